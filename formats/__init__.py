@@ -1,0 +1,1 @@
+"""Pure encoding: events in, bytes/JSON out.  No I/O."""
