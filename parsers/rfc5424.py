@@ -101,7 +101,10 @@ def _minute_epoch(key: str, offset: str) -> float:
             raise ValueError("TIME-OFFSET out of range (hours 00-23, minutes 00-59)")
         delta = timedelta(hours=oh, minutes=om)
         tz = timezone(-delta if offset[0] == "-" else delta)
-    v = datetime(y, mo, d, h, mi, tzinfo=tz).timestamp()  # ValueError for a date that does not exist
+    try:
+        v = datetime(y, mo, d, h, mi, tzinfo=tz).timestamp()
+    except ValueError as e:
+        raise ValueError(f"TIMESTAMP names a date or time that does not exist ({e})") from None
     if len(_minute_cache) >= _CACHE_MAX:
         _minute_cache.clear()
     _minute_cache[ck] = v
@@ -122,7 +125,7 @@ def parse_timestamp(ts: str, lenient: bool = False, notes: list | None = None) -
         off = m.group(4) or ""
         if off in ("z",):
             off = "Z"
-        elif off and ":" not in off:
+        elif off[:1] in ("+", "-") and ":" not in off:
             off = off[:3] + ":" + off[3:]
         frac = m.group(3)
         if notes is not None:
@@ -183,15 +186,19 @@ def _check_name(name: str, what: str, lenient: bool, i: int) -> None:
     _valid_names.add(name)
 
 
-def _unescape(v: str, start: int, lenient: bool) -> str:
+def _unescape(v: str, start: int, lenient: bool, notes: list | None = None) -> str:
     """Undo ``\\" \\\\ \\]``; keep other backslashes literally; reject an unescaped ']'."""
     out = []
     k = 0
     while True:
         b = v.find("\\", k)
         chunk = v[k:] if b == -1 else v[k:b]
-        if "]" in chunk and not lenient:
-            raise _Err(start + k + chunk.index("]"), "']' inside PARAM-VALUE must be escaped as '\\]'", "sd_value")
+        if "]" in chunk:
+            if not lenient:
+                raise _Err(start + k + chunk.index("]"), "']' inside PARAM-VALUE must be escaped as '\\]'", "sd_value")
+            if notes is not None:
+                notes.append("unescaped ']' in PARAM-VALUE accepted")
+                notes = None
         out.append(chunk)
         if b == -1:
             return "".join(out)
@@ -255,11 +262,13 @@ def _sd_element(s: str, i: int, sd: dict, lenient: bool, notes: list) -> int:
         name = s[i:eq]
         if lenient and name.endswith(" ") and name.strip() and " " not in name.strip():
             name = name.rstrip()
+            notes.append("SP before '=' in SD-PARAM accepted")
         _check_name(name, "PARAM-NAME", lenient, i)
         q0 = eq + 1
-        if lenient:
+        if lenient and q0 < n and s[q0] == " ":
             while q0 < n and s[q0] == " ":
                 q0 += 1
+            notes.append("SP after '=' in SD-PARAM accepted")
         if q0 >= n or s[q0] != '"':
             if not lenient:
                 raise _Err(q0, 'PARAM-VALUE must be enclosed in double quotes', "sd_value")
@@ -273,6 +282,7 @@ def _sd_element(s: str, i: int, sd: dict, lenient: bool, notes: list) -> int:
                 raise _Err(q0, "PARAM-VALUE missing", "sd_value")
             value = s[q0:e]
             i = e
+            notes.append(f"unquoted PARAM-VALUE for {name!r} accepted")
         else:
             vs = q0 + 1
             q = s.find('"', vs)
@@ -287,7 +297,7 @@ def _sd_element(s: str, i: int, sd: dict, lenient: bool, notes: list) -> int:
                 q = s.find('"', q + 1)
             value = s[vs:q]
             if "\\" in value or "]" in value:
-                value = _unescape(value, vs, lenient)
+                value = _unescape(value, vs, lenient, notes)
             i = q + 1
         old = params.get(name)
         if old is None:
