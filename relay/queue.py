@@ -1,0 +1,1113 @@
+"""Disk-backed per-sink queue: the relay's promise "never lose an accepted event".
+
+One SQLite database (standard library, WAL mode) per sink, e.g.
+``<state_dir>/queue-<sink>.db``.  A row holds the sink's already *rendered* payload
+(bytes, rendered once at enqueue so the sender never parses or renders again), a small
+metadata dict (dedup key, event time, source, route ...), ``enqueued_at``, ``attempts``,
+``next_attempt_at``, ``last_attempt_at`` and ``last_error``.  Rows that exhaust their retries
+or fail permanently move to the ``dead`` table (the dead-letter queue, DLQ) together with the
+reason (status code / error excerpt), the attempt count and timestamps.
+
+Every public method is **one SQLite transaction** (or none, for the read-only ones), except
+:meth:`DiskQueue.replay_dlq`, which is one transaction per ``batch`` rows so that a large
+DLQ is never one giant transaction.  All methods are synchronous and thread-safe (one
+connection guarded by a lock); the asyncio appliance calls them from a worker thread
+(``asyncio.to_thread``) or directly.
+
+Delivery model (at-least-once)
+------------------------------
+``put_many`` -> ``lease`` -> send -> ``ack`` | ``retry`` | ``dead_letter`` | ``release``.
+Leases live in memory only: after a restart every row that was not acknowledged is simply
+available again, so a crash between a successful send and its ``ack`` produces a duplicate,
+never a loss.  Carry a dedup key in the metadata so that the receiver can drop duplicates.
+Exactly one process should consume (lease) a given queue; other processes (the
+``relay queue`` CLI) may read it, replay its DLQ or purge it concurrently (SQLite locking,
+``busy_timeout``).
+
+Crash semantics (what is guaranteed once ``put_many`` returns)
+--------------------------------------------------------------
+* ``synchronous="FULL"`` (default): the group's rows were committed to the WAL and the WAL
+  was fsync()ed before ``put_many`` returned.  They survive a process crash (SIGKILL, OOM
+  kill), an OS crash and a power cut, provided the storage honours fsync/flush.
+* ``synchronous="NORMAL"``: the rows were committed to the WAL, which is in the OS page
+  cache but not yet fsync()ed (SQLite syncs the WAL at checkpoints).  They survive a
+  process crash (SIGKILL) but an OS crash or power cut may lose the most recently
+  committed groups.  The database stays consistent either way.
+* Always: a group is atomic.  After any crash either the whole group is in the queue or
+  none of it is (a killed ``put_many`` that did not return stored nothing, or everything;
+  the caller did not get an acknowledgement, so it must still hold the events).
+* ``ack``/``retry``/``dead_letter`` have the same durability as ``put_many``.  Losing an
+  ``ack`` (crash before it was durable) means a redelivery; losing a ``retry`` update means
+  an earlier retry with one attempt less counted.  Neither loses an event.
+* Disk full (``SQLITE_FULL``): ``put_many`` raises :class:`QueueDiskFull` (a subclass of
+  :class:`QueueFull`) after rolling back; nothing of that group is stored and the process
+  does not exit.  Treat it like ``block``: stop reading sources, alert, retry later.  Other
+  write methods raise it too (deletions also need WAL space); the in-memory state is left
+  as it was, so the caller can simply try again.  Set ``max_bytes`` well below the free
+  space so the configured limit is reached before the disk is.
+* Corruption: at open the file is checked (``PRAGMA quick_check`` plus a schema check).  A
+  file that is not a database, is truncated/malformed, has a foreign or unknown schema or
+  gives an I/O error is *moved aside* to ``<name>.corrupt-<UTC timestamp>`` (with its
+  ``-wal``/``-shm`` files), logged, counted (``stats["corrupt_recovered"]``), recorded in
+  :attr:`DiskQueue.recovered_from`, and a fresh queue is created so the relay starts anyway.
+  Salvage is best effort: rows that can still be read from the quarantined file (queue and
+  DLQ, original ids kept) are copied into the fresh queue; rows on unreadable pages are not
+  (the quarantined file is kept for forensics).  Permission problems, a locked database or a
+  missing directory are *not* treated as corruption: they raise :class:`QueueError`.
+  Corruption found after open raises :class:`QueueCorrupt`; reopening the queue repairs it.
+
+Retry schedule
+--------------
+``retry`` counts one attempt and schedules the next one ``delay`` seconds later, where
+``delay`` is the server's ``retry_after`` (seconds from now) when given, else
+``random.uniform(0, min(cap, base * factor ** (attempts - 1)))`` (exponential backoff with
+full jitter).  One jitter draw is made per ``retry`` call (per attempt count), so the rows
+of one failed batch stay together and are retried as one batch again.  When ``attempts``
+reaches ``max_attempts`` the row moves to the DLQ instead; ``max_attempts=0`` retries
+forever.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+try:  # orjson is a project dependency; fall back to json so this module stands alone
+    import orjson as _orjson
+
+    def _dumps(obj: dict) -> bytes:
+        return _orjson.dumps(obj)
+
+    _loads = _orjson.loads
+except ImportError:  # pragma: no cover
+    import json as _json
+
+    def _dumps(obj: dict) -> bytes:
+        return _json.dumps(obj, separators=(",", ":")).encode()
+
+    def _loads(raw: bytes):
+        return _json.loads(raw)
+
+
+__all__ = [
+    "DiskQueue",
+    "RetryPolicy",
+    "Item",
+    "DeadItem",
+    "QueueError",
+    "QueueFull",
+    "QueueDiskFull",
+    "QueueCorrupt",
+    "SCHEMA_VERSION",
+]
+
+log = logging.getLogger("relay.queue")
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x524C5951  # "RLYQ": marks our files; anything else is a foreign database
+REASON_MAX = 2000  # characters of error text / reason kept per row
+
+# SQLite primary result codes (Python 3.11 exposes them as exc.sqlite_errorcode)
+_SQLITE_PERM = 3
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_NOTADB = 26
+_CORRUPTION_CODES = {_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_NOTADB}
+
+_IN_CHUNK = 500  # ids per "IN (...)" list
+
+_SCHEMA = f"""
+CREATE TABLE queue (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload         BLOB    NOT NULL,
+    meta            BLOB,
+    enqueued_at     REAL    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL DEFAULT 0,
+    last_attempt_at REAL,
+    last_error      TEXT
+);
+CREATE INDEX queue_retry_due ON queue(next_attempt_at) WHERE attempts > 0;
+CREATE TABLE dead (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue_id        INTEGER NOT NULL,
+    payload         BLOB    NOT NULL,
+    meta            BLOB,
+    enqueued_at     REAL    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    last_attempt_at REAL,
+    last_error      TEXT,
+    reason          TEXT    NOT NULL,
+    dead_at         REAL    NOT NULL
+);
+CREATE TABLE totals (
+    k          INTEGER PRIMARY KEY CHECK (k = 0),
+    rows       INTEGER NOT NULL,
+    bytes      INTEGER NOT NULL,
+    dead_rows  INTEGER NOT NULL,
+    dead_bytes INTEGER NOT NULL
+);
+INSERT INTO totals VALUES (0, 0, 0, 0, 0);
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_EXPECTED_COLUMNS = {
+    "queue": ["id", "payload", "meta", "enqueued_at", "attempts", "next_attempt_at",
+              "last_attempt_at", "last_error"],
+    "dead": ["id", "queue_id", "payload", "meta", "enqueued_at", "attempts",
+             "last_attempt_at", "last_error", "reason", "dead_at"],
+    "totals": ["k", "rows", "bytes", "dead_rows", "dead_bytes"],
+}
+
+_Q_COLS = "id, payload, meta, enqueued_at, attempts, next_attempt_at, last_attempt_at, last_error"
+_D_COLS = ("id, queue_id, payload, meta, enqueued_at, attempts, last_attempt_at, last_error, "
+           "reason, dead_at")
+
+
+# --------------------------------------------------------------------------- exceptions
+class QueueError(Exception):
+    """Base class for queue errors (also: locked, permission denied, cannot open)."""
+
+
+class QueueFull(QueueError):
+    """The queue is at ``max_rows``/``max_bytes`` (``full_policy="block"``).  Nothing of the
+    group was stored: stop reading sources and offer the same group again later."""
+
+
+class QueueDiskFull(QueueFull):
+    """SQLite reported "database or disk is full".  Nothing of the group was stored; handle
+    like :class:`QueueFull` (stop reading, alert, retry later)."""
+
+
+class QueueCorrupt(QueueError):
+    """Corruption or an I/O error found after open; reopen the queue to quarantine and
+    salvage the file."""
+
+
+class _BadFile(Exception):
+    """Internal: the file at open is corrupt or has the wrong schema."""
+
+
+# --------------------------------------------------------------------------- data classes
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry schedule.  Defaults follow the RhythmX integration guide: 60 s base, doubling,
+    1 h cap, 5 attempts.  ``max_attempts=0`` means retry forever."""
+
+    base: float = 60.0
+    factor: float = 2.0
+    cap: float = 3600.0
+    max_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.cap < 0:
+            raise ValueError("RetryPolicy: base and cap must be >= 0")
+        if self.factor < 1:
+            raise ValueError("RetryPolicy: factor must be >= 1")
+        if self.max_attempts < 0:
+            raise ValueError("RetryPolicy: max_attempts must be >= 0 (0 = forever)")
+
+    def ceiling(self, attempts: int) -> float:
+        """Upper bound of the delay after the ``attempts``-th failure (attempts >= 1)."""
+        n = max(1, attempts) - 1
+        try:
+            raw = self.base * self.factor ** n
+        except OverflowError:
+            raw = float("inf")
+        return min(self.cap, raw)
+
+    def delay(self, attempts: int, rng: random.Random | None = None) -> float:
+        """Full-jitter delay: uniform(0, min(cap, base * factor ** (attempts - 1)))."""
+        return (rng or random).uniform(0.0, self.ceiling(attempts))
+
+
+class Item:
+    """A queued row as returned by :meth:`DiskQueue.lease` and :meth:`DiskQueue.list`.
+    ``meta`` is decoded lazily."""
+
+    __slots__ = ("id", "payload", "_meta_raw", "_meta", "enqueued_at", "attempts",
+                 "next_attempt_at", "last_attempt_at", "last_error")
+
+    def __init__(self, id: int, payload: bytes, meta_raw: bytes | None, enqueued_at: float,
+                 attempts: int, next_attempt_at: float, last_attempt_at: float | None,
+                 last_error: str | None) -> None:
+        self.id = id
+        self.payload = payload
+        self._meta_raw = meta_raw
+        self._meta = None
+        self.enqueued_at = enqueued_at
+        self.attempts = attempts
+        self.next_attempt_at = next_attempt_at
+        self.last_attempt_at = last_attempt_at
+        self.last_error = last_error
+
+    @property
+    def meta(self) -> dict:
+        if self._meta is None:
+            self._meta = _loads(self._meta_raw) if self._meta_raw else {}
+        return self._meta
+
+    def __repr__(self) -> str:
+        return (f"Item(id={self.id}, attempts={self.attempts}, "
+                f"next_attempt_at={self.next_attempt_at}, payload={self.payload[:40]!r})")
+
+
+@dataclass
+class DeadItem:
+    """A dead-lettered row (:meth:`DiskQueue.list` with ``dlq=True``)."""
+
+    id: int
+    queue_id: int
+    payload: bytes
+    meta: dict
+    enqueued_at: float
+    attempts: int
+    last_attempt_at: float | None
+    last_error: str | None
+    reason: str
+    dead_at: float
+
+
+def _excerpt(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = str(text)
+    return text if len(text) <= REASON_MAX else text[:REASON_MAX] + "...[truncated]"
+
+
+def _chunks(seq: Sequence, size: int = _IN_CHUNK):
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def _code(exc: BaseException) -> int:
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+
+
+# --------------------------------------------------------------------------- the queue
+class DiskQueue:
+    """A durable FIFO queue for one sink.  See the module docstring for the semantics.
+
+    :param path: database file (its directory is created if missing).
+    :param synchronous: ``"FULL"`` (fsync per commit) or ``"NORMAL"``.
+    :param max_rows: limit on queued rows (DLQ not counted); ``None`` = unlimited.
+    :param max_bytes: limit on the summed payload bytes of queued rows; ``None`` = unlimited.
+    :param full_policy: ``"block"`` (raise :class:`QueueFull`, store nothing of the group) or
+        ``"drop_newest"`` (store what fits, drop and count the rest).
+    :param retry: the :class:`RetryPolicy`.
+    :param busy_timeout: seconds to wait for a lock held by another connection.
+    :param check: run ``PRAGMA quick_check`` at open (reads the whole file).
+    :param rng: random source for the jitter (tests pass a seeded one).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, synchronous: str = "FULL",
+                 max_rows: int | None = None, max_bytes: int | None = None,
+                 full_policy: str = "block", retry: RetryPolicy | None = None,
+                 busy_timeout: float = 5.0, check: bool = True,
+                 rng: random.Random | None = None) -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        if full_policy not in ("block", "drop_newest"):
+            raise ValueError(f"full_policy must be 'block' or 'drop_newest', not {full_policy!r}")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError("max_rows must be >= 1 or None")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1 or None")
+        self.path = os.fspath(path)
+        self.synchronous = synchronous
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.full_policy = full_policy
+        self.retry_policy = retry or RetryPolicy()
+        self.busy_timeout = busy_timeout
+        self._rng = rng or random.Random()
+        self._lock = threading.RLock()
+        # in-flight leases: id -> attempts at lease time (0 = fresh row)
+        self._inflight: dict[int, int] = {}
+        # every row with attempts == 0 and id <= _fresh_hwm is leased or gone (see lease())
+        self._fresh_hwm = 0
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("enqueued", "acked", "retried", "dead_lettered", "dropped_full", "blocked_full",
+             "disk_full", "released", "replayed", "purged", "corrupt_recovered", "salvaged",
+             "totals_repaired"), 0)
+        #: path of the quarantined file when the queue was recovered at open, else None
+        self.recovered_from: str | None = None
+        #: why the file was quarantined (text), else None
+        self.recovery_reason: str | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._open(check)
+
+    # ------------------------------------------------------------------ open / recovery
+    def _connect(self, path: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                               timeout=self.busy_timeout)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise QueueError(f"{path}: could not switch to WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _verify(self, conn: sqlite3.Connection, check: bool) -> bool:
+        """Check integrity and schema.  Returns True when the file is new (empty)."""
+        if check:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            if rows != [("ok",)]:
+                raise _BadFile("quick_check: " + "; ".join(str(r[0]) for r in rows[:5]))
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        if app_id == 0 and version == 0 and not tables:
+            return True
+        if app_id != APPLICATION_ID:
+            raise _BadFile(f"not a relay queue (application_id={app_id:#x}, tables={sorted(tables)})")
+        if version != SCHEMA_VERSION:
+            raise _BadFile(f"schema version {version}, expected {SCHEMA_VERSION}")
+        for table, cols in _EXPECTED_COLUMNS.items():
+            have = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            if have != cols:
+                raise _BadFile(f"table {table}: columns {have}, expected {cols}")
+        if conn.execute("SELECT count(*) FROM totals").fetchone()[0] != 1:
+            raise _BadFile("table totals: expected exactly one row")
+        return False
+
+    def _open(self, check: bool) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        conn = None
+        try:
+            conn = self._connect(self.path)
+            fresh = self._verify(conn, check)
+            if fresh:
+                self._create_schema(conn)
+                _fsync_dir(directory)
+            elif check:
+                self._repair_totals(conn)
+        except _BadFile as exc:
+            if conn is not None:
+                conn.close()
+            self._recover(str(exc))
+            return
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            code = _code(exc)
+            if code in _CORRUPTION_CODES:
+                self._recover(f"{getattr(exc, 'sqlite_errorname', 'error')}: {exc}")
+                return
+            if code == _SQLITE_FULL:
+                raise QueueDiskFull(f"{self.path}: {exc}") from exc
+            raise QueueError(f"{self.path}: cannot open queue: {exc}") from exc
+        except QueueError:
+            if conn is not None:
+                conn.close()
+            raise
+        self._conn = conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _repair_totals(self, conn: sqlite3.Connection) -> None:
+        """Recount rows and bytes (cheap next to quick_check); fix the totals row if off."""
+        rows, nbytes = conn.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM queue").fetchone()
+        drows, dbytes = conn.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead").fetchone()
+        have = conn.execute("SELECT rows, bytes, dead_rows, dead_bytes FROM totals").fetchone()
+        if tuple(have) != (rows, nbytes, drows, dbytes):
+            log.warning("queue %s: totals %s did not match the rows %s; repaired",
+                        self.path, tuple(have), (rows, nbytes, drows, dbytes))
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE totals SET rows=?, bytes=?, dead_rows=?, dead_bytes=?",
+                         (rows, nbytes, drows, dbytes))
+            conn.execute("COMMIT")
+            self.stats["totals_repaired"] += 1
+
+    def _recover(self, reason: str) -> None:
+        """Move the bad file aside, create a fresh queue, salvage what is readable."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = f"{self.path}.corrupt-{stamp}"
+        n = 1
+        while os.path.exists(aside):
+            aside = f"{self.path}.corrupt-{stamp}.{n}"
+            n += 1
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            src = self.path + suffix
+            if os.path.exists(src):
+                os.replace(src, aside + suffix)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        self.recovered_from = aside
+        self.recovery_reason = reason
+        self.stats["corrupt_recovered"] += 1
+        log.error("queue %s is unusable (%s); moved aside to %s, starting a fresh queue",
+                  self.path, reason, aside)
+        try:
+            conn = self._connect(self.path)
+            self._verify(conn, False)
+            self._create_schema(conn)
+        except (sqlite3.Error, _BadFile) as exc:
+            raise QueueError(f"{self.path}: cannot create a fresh queue: {exc}") from exc
+        self._conn = conn
+        _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        try:
+            saved = self._salvage(aside)
+        except Exception as exc:  # best effort, never blocks start-up
+            log.warning("queue %s: salvage from %s failed: %s", self.path, aside, exc)
+            saved = 0
+        self.stats["salvaged"] += saved
+        if saved:
+            log.warning("queue %s: salvaged %d rows from %s", self.path, saved, aside)
+
+    def _salvage(self, aside: str, time_budget: float = 30.0) -> int:
+        """Copy readable rows of the quarantined file into the fresh queue (best effort).
+
+        Rows are read in id order; when a read fails the scan tries to jump past the bad
+        region (ids +1, +10, ... +10^6).  Original ids, attempts and schedule are kept."""
+        try:
+            src = sqlite3.connect(f"file:{_uri_path(aside)}?mode=ro", uri=True,
+                                  isolation_level=None, timeout=0.1)
+        except sqlite3.Error:
+            return 0
+        deadline = time.monotonic() + time_budget
+        total = 0
+        try:
+            try:
+                src.execute("PRAGMA query_only = 1")
+                tables = {r[0] for r in src.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.Error:
+                return 0
+            plan = (("queue", _EXPECTED_COLUMNS["queue"], "rows", "bytes"),
+                    ("dead", _EXPECTED_COLUMNS["dead"], "dead_rows", "dead_bytes"))
+            for table, cols, rcol, bcol in plan:
+                if table not in tables:
+                    continue
+                try:
+                    have = [r[1] for r in src.execute(f"PRAGMA table_info({table})")]
+                except sqlite3.Error:
+                    continue
+                if have != cols:
+                    continue
+                collist = ", ".join(cols)
+                marks = ", ".join("?" * len(cols))
+                pay = cols.index("payload")
+                last = 0
+                failures = 0
+                while time.monotonic() < deadline:
+                    try:
+                        batch = src.execute(
+                            f"SELECT {collist} FROM {table} WHERE id > ? ORDER BY id LIMIT 500",
+                            (last,)).fetchall()
+                    except sqlite3.Error:
+                        batch = None
+                    if batch is None:
+                        failures += 1
+                        if failures > 7:
+                            break
+                        last += 10 ** (failures - 1)
+                        continue
+                    if not batch:
+                        break
+                    failures = 0
+                    good = [r for r in batch if isinstance(r[pay], bytes)]
+                    last = batch[-1][0]
+                    with self._lock:
+                        conn = self._conn
+                        conn.execute("BEGIN IMMEDIATE")
+                        try:
+                            cur = conn.executemany(
+                                f"INSERT OR IGNORE INTO {table} ({collist}) VALUES ({marks})", good)
+                            added = cur.rowcount
+                            conn.execute(
+                                f"UPDATE totals SET {rcol} = (SELECT count(*) FROM {table}), "
+                                f"{bcol} = (SELECT coalesce(sum(length(payload)), 0) FROM {table})")
+                            conn.execute("COMMIT")
+                        except BaseException:
+                            _rollback(conn)
+                            raise
+                    total += max(added, 0)
+        finally:
+            src.close()
+        return total
+
+    # ------------------------------------------------------------------ helpers
+    def _write(self, fn):
+        """Run ``fn(conn)`` in one IMMEDIATE transaction; map SQLite errors."""
+        conn = self._conn
+        if conn is None:
+            raise QueueError(f"{self.path}: queue is closed")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+        return result
+
+    def _read(self, sql: str, params=()) -> list:
+        conn = self._conn
+        if conn is None:
+            raise QueueError(f"{self.path}: queue is closed")
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: sqlite3.Error) -> QueueError:
+        code = _code(exc)
+        if code == _SQLITE_FULL:
+            self.stats["disk_full"] += 1
+            log.error("queue %s: disk full: %s", self.path, exc)
+            return QueueDiskFull(f"{self.path}: {exc}")
+        if code in _CORRUPTION_CODES:
+            log.error("queue %s: corruption or I/O error: %s", self.path, exc)
+            return QueueCorrupt(f"{self.path}: {exc}")
+        return QueueError(f"{self.path}: {exc}")
+
+    @staticmethod
+    def _ids(ids_or_items: Iterable) -> list[int]:
+        out = []
+        for x in ids_or_items:
+            out.append(x.id if isinstance(x, (Item, DeadItem)) else int(x))
+        return out
+
+    def _move_to_dead(self, conn: sqlite3.Connection, ids: list[int], reason: str,
+                      now: float) -> tuple[int, int]:
+        """Inside a transaction: move queue rows ``ids`` to the DLQ; returns (rows, bytes)."""
+        rows = nbytes = 0
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            conn.execute(
+                f"INSERT INTO dead (queue_id, payload, meta, enqueued_at, attempts, "
+                f"last_attempt_at, last_error, reason, dead_at) "
+                f"SELECT id, payload, meta, enqueued_at, attempts, last_attempt_at, last_error, "
+                f"?, ? FROM queue WHERE id IN ({marks}) ORDER BY id",
+                (reason, now, *chunk))
+            for (size,) in conn.execute(
+                    f"DELETE FROM queue WHERE id IN ({marks}) RETURNING length(payload)", chunk):
+                rows += 1
+                nbytes += size
+        conn.execute("UPDATE totals SET rows = rows - ?, bytes = bytes - ?, "
+                     "dead_rows = dead_rows + ?, dead_bytes = dead_bytes + ?",
+                     (rows, nbytes, rows, nbytes))
+        return rows, nbytes
+
+    # ------------------------------------------------------------------ producer side
+    def put_many(self, items: list[tuple[bytes, dict | None]], now: float | None = None) -> int:
+        """Enqueue a group of ``(payload, meta)`` in ONE transaction (group commit).
+
+        Returns the number of rows stored.  Durable per the ``synchronous`` mode when it
+        returns.  When the queue is full: ``block`` raises :class:`QueueFull` and stores
+        nothing; ``drop_newest`` stores the leading rows that fit and counts the rest in
+        ``stats["dropped_full"]``.  Disk full raises :class:`QueueDiskFull`, nothing stored."""
+        if not items:
+            return 0
+        ts = time.time() if now is None else now
+        rows = []
+        nbytes = 0
+        for payload, meta in items:
+            if not isinstance(payload, bytes):
+                if isinstance(payload, (bytearray, memoryview)):
+                    payload = bytes(payload)
+                else:
+                    raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+            rows.append((payload, _dumps(meta) if meta else None, ts))
+            nbytes += len(payload)
+        if self.full_policy == "block" and (
+                (self.max_rows is not None and len(rows) > self.max_rows)
+                or (self.max_bytes is not None and nbytes > self.max_bytes)):
+            # would block forever: a programming/configuration error, not back-pressure
+            raise ValueError(
+                f"group of {len(rows)} rows / {nbytes} bytes can never fit the queue "
+                f"(max_rows={self.max_rows}, max_bytes={self.max_bytes}); send smaller groups")
+        with self._lock:
+            result: list = []
+
+            def txn(conn: sqlite3.Connection) -> int:
+                todo = rows
+                size = nbytes
+                if self.max_rows is not None or self.max_bytes is not None:
+                    have_rows, have_bytes = conn.execute(
+                        "SELECT rows, bytes FROM totals").fetchone()
+                    room_rows = (self.max_rows - have_rows) if self.max_rows is not None else None
+                    room_bytes = (self.max_bytes - have_bytes) if self.max_bytes is not None else None
+                    fits = ((room_rows is None or len(rows) <= room_rows)
+                            and (room_bytes is None or nbytes <= room_bytes))
+                    if not fits:
+                        if self.full_policy == "block":
+                            result.append(("full", have_rows, have_bytes))
+                            return 0
+                        # drop_newest: keep the leading rows that fit
+                        k = 0
+                        size = 0
+                        limit_rows = len(rows) if room_rows is None else max(0, room_rows)
+                        while k < limit_rows:
+                            s = len(rows[k][0])
+                            if room_bytes is not None and size + s > room_bytes:
+                                break
+                            size += s
+                            k += 1
+                        todo = rows[:k]
+                        result.append(("dropped", len(rows) - k))
+                if todo:
+                    conn.executemany(
+                        "INSERT INTO queue (payload, meta, enqueued_at) VALUES (?, ?, ?)", todo)
+                    conn.execute("UPDATE totals SET rows = rows + ?, bytes = bytes + ?",
+                                 (len(todo), size))
+                return len(todo)
+
+            stored = self._write(txn)
+            if result and result[0][0] == "full":
+                self.stats["blocked_full"] += 1
+                _, have_rows, have_bytes = result[0]
+                raise QueueFull(
+                    f"{self.path}: queue full ({have_rows} rows, {have_bytes} bytes; "
+                    f"max_rows={self.max_rows}, max_bytes={self.max_bytes}); "
+                    f"group of {len(rows)} not stored")
+            if result and result[0][0] == "dropped":
+                self.stats["dropped_full"] += result[0][1]
+                log.warning("queue %s full: dropped %d newest rows", self.path, result[0][1])
+            self.stats["enqueued"] += stored
+            return stored
+
+    def put(self, payload: bytes, meta: dict | None = None) -> int:
+        """Enqueue one row (one transaction: ~30x the cost per row of a group)."""
+        return self.put_many([(payload, meta)])
+
+    # ------------------------------------------------------------------ consumer side
+    def lease(self, n: int, now: float | None = None) -> list[Item]:
+        """Up to ``n`` rows with ``next_attempt_at <= now``, oldest (lowest id) first, that are
+        not already leased; they are marked in-flight in memory until ``ack``/``retry``/
+        ``dead_letter``/``release``.  Read-only (no write transaction)."""
+        if n <= 0:
+            return []
+        now = time.time() if now is None else now
+        with self._lock:
+            inflight = self._inflight
+            extra = len(inflight)
+            # fresh rows (attempts = 0) above the high-water mark, in rowid order
+            fresh = []
+            for row in self._read(
+                    f"SELECT {_Q_COLS} FROM queue WHERE id > ? AND attempts = 0 "
+                    f"ORDER BY id LIMIT ?", (self._fresh_hwm, n + extra)):
+                if row[0] not in inflight:
+                    fresh.append(row)
+                    if len(fresh) >= n:
+                        break
+            # retried rows that are due (partial index), lowest id first
+            due = []
+            for row in self._read(
+                    f"SELECT {_Q_COLS} FROM queue INDEXED BY queue_retry_due "
+                    f"WHERE attempts > 0 AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+                    (now, n + extra)):
+                if row[0] not in inflight:
+                    due.append(row)
+                    if len(due) >= n:
+                        break
+            if due:
+                chosen = sorted(fresh + due)[:n] if fresh else due
+            else:
+                chosen = fresh
+            out = []
+            for row in chosen:
+                item = Item(*row)
+                inflight[item.id] = item.attempts
+                if item.attempts == 0 and item.id > self._fresh_hwm:
+                    self._fresh_hwm = item.id
+                out.append(item)
+            return out
+
+    def _forget(self, ids: Iterable[int]) -> None:
+        for i in ids:
+            self._inflight.pop(i, None)
+
+    def ack(self, ids_or_items: Iterable) -> int:
+        """Delete delivered rows (one transaction).  Returns the number deleted; unknown ids
+        (already acked, purged) are ignored."""
+        ids = self._ids(ids_or_items)
+        if not ids:
+            return 0
+        with self._lock:
+            def txn(conn):
+                rows = nbytes = 0
+                for chunk in _chunks(ids):
+                    marks = ",".join("?" * len(chunk))
+                    for (size,) in conn.execute(
+                            f"DELETE FROM queue WHERE id IN ({marks}) RETURNING length(payload)",
+                            chunk):
+                        rows += 1
+                        nbytes += size
+                if rows:
+                    conn.execute("UPDATE totals SET rows = rows - ?, bytes = bytes - ?",
+                                 (rows, nbytes))
+                return rows
+
+            done = self._write(txn)
+            self._forget(ids)
+            self.stats["acked"] += done
+            return done
+
+    def retry(self, ids_or_items: Iterable, error: str, now: float | None = None,
+              retry_after: float | None = None) -> int:
+        """Count one failed attempt for each row and schedule the next one (one transaction).
+
+        ``next_attempt_at = now + delay``: ``retry_after`` seconds when given (the server's
+        Retry-After, relative; negative counts as 0), else full-jitter exponential backoff
+        (:meth:`RetryPolicy.delay`, one draw per attempt count per call).  Rows whose
+        ``attempts`` reach ``max_attempts`` (unless 0) move to the DLQ with the reason.
+        Returns the number of rows moved to the DLQ."""
+        ids = self._ids(ids_or_items)
+        if not ids:
+            return 0
+        now = time.time() if now is None else now
+        err = _excerpt(error)
+        policy = self.retry_policy
+        with self._lock:
+            def txn(conn):
+                current = []
+                for chunk in _chunks(ids):
+                    marks = ",".join("?" * len(chunk))
+                    current.extend(conn.execute(
+                        f"SELECT id, attempts FROM queue WHERE id IN ({marks})", chunk))
+                delays: dict[int, float] = {}
+                updates = []
+                dead = []
+                for rid, attempts in current:
+                    na = attempts + 1
+                    if na not in delays:
+                        if retry_after is not None:
+                            delays[na] = max(0.0, float(retry_after))
+                        else:
+                            delays[na] = policy.delay(na, self._rng)
+                    updates.append((na, now + delays[na], now, err, rid))
+                    if policy.max_attempts and na >= policy.max_attempts:
+                        dead.append(rid)
+                conn.executemany(
+                    "UPDATE queue SET attempts = ?, next_attempt_at = ?, last_attempt_at = ?, "
+                    "last_error = ? WHERE id = ?", updates)
+                moved = 0
+                if dead:
+                    reason = _excerpt(f"gave up after {policy.max_attempts} attempts: {error}")
+                    moved, _ = self._move_to_dead(conn, dead, reason, now)
+                return len(updates), moved
+
+            retried, moved = self._write(txn)
+            self._forget(ids)
+            self.stats["retried"] += retried - moved
+            self.stats["dead_lettered"] += moved
+            if moved:
+                log.warning("queue %s: %d rows dead-lettered after %d attempts: %s",
+                            self.path, moved, policy.max_attempts, err)
+            return moved
+
+    def dead_letter(self, ids_or_items: Iterable, reason: str, now: float | None = None) -> int:
+        """Permanent failure: move rows straight to the DLQ with ``reason`` (e.g. the HTTP
+        status and a response excerpt); the failed attempt is counted.  One transaction.
+        Returns the number moved."""
+        ids = self._ids(ids_or_items)
+        if not ids:
+            return 0
+        now = time.time() if now is None else now
+        why = _excerpt(reason) or "dead-lettered"
+        with self._lock:
+            def txn(conn):
+                for chunk in _chunks(ids):
+                    marks = ",".join("?" * len(chunk))
+                    conn.execute(
+                        f"UPDATE queue SET attempts = attempts + 1, last_attempt_at = ?, "
+                        f"last_error = ? WHERE id IN ({marks})", (now, why, *chunk))
+                return self._move_to_dead(conn, ids, why, now)[0]
+
+            moved = self._write(txn)
+            self._forget(ids)
+            self.stats["dead_lettered"] += moved
+            if moved:
+                log.warning("queue %s: %d rows dead-lettered: %s", self.path, moved, why)
+            return moved
+
+    def release(self, ids_or_items: Iterable) -> int:
+        """Give leased rows back without counting an attempt (e.g. at shutdown).  They are
+        available to the next ``lease`` at once, in their original order.  No I/O."""
+        ids = self._ids(ids_or_items)
+        with self._lock:
+            released = 0
+            for i in ids:
+                attempts = self._inflight.pop(i, None)
+                if attempts is None:
+                    continue
+                released += 1
+                if attempts == 0 and i <= self._fresh_hwm:
+                    self._fresh_hwm = i - 1
+            self.stats["released"] += released
+            return released
+
+    def release_all(self) -> int:
+        """Release every in-flight row (shutdown)."""
+        with self._lock:
+            return self.release(list(self._inflight))
+
+    # ------------------------------------------------------------------ introspection
+    def depth(self) -> int:
+        """Rows in the queue (including leased ones; DLQ not counted)."""
+        with self._lock:
+            return self._read("SELECT rows FROM totals")[0][0]
+
+    def size_bytes(self) -> int:
+        """Summed payload bytes of the queued rows."""
+        with self._lock:
+            return self._read("SELECT bytes FROM totals")[0][0]
+
+    def dlq_depth(self) -> int:
+        with self._lock:
+            return self._read("SELECT dead_rows FROM totals")[0][0]
+
+    def inflight(self) -> int:
+        """Rows leased by this process and not yet settled."""
+        with self._lock:
+            return len(self._inflight)
+
+    def oldest_age(self, now: float | None = None) -> float | None:
+        """Seconds since the head row (lowest id) was enqueued; None when empty.  Rows
+        replayed from the DLQ keep their original ``enqueued_at`` but join at the tail."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._read("SELECT enqueued_at FROM queue ORDER BY id LIMIT 1")
+        return max(0.0, now - rows[0][0]) if rows else None
+
+    def next_due(self, now: float | None = None) -> float | None:
+        """Seconds until some row not leased by us becomes eligible (0.0 = now); None
+        when there is none.  Lets a sender sleep instead of polling."""
+        now = time.time() if now is None else now
+        with self._lock:
+            inflight = self._inflight
+            for (rid,) in self._read(
+                    "SELECT id FROM queue WHERE id > ? AND attempts = 0 ORDER BY id LIMIT ?",
+                    (self._fresh_hwm, len(inflight) + 1)):
+                if rid not in inflight:
+                    return 0.0
+            for rid, at in self._read(
+                    "SELECT id, next_attempt_at FROM queue INDEXED BY queue_retry_due "
+                    "WHERE attempts > 0 ORDER BY next_attempt_at LIMIT ?", (len(inflight) + 1,)):
+                if rid not in inflight:
+                    return max(0.0, at - now)
+            return None
+
+    def list(self, limit: int = 100, offset: int = 0, dlq: bool = False):
+        """Rows in id order without leasing them: :class:`Item` (queue) or
+        :class:`DeadItem` (``dlq=True``)."""
+        with self._lock:
+            if dlq:
+                rows = self._read(f"SELECT {_D_COLS} FROM dead ORDER BY id LIMIT ? OFFSET ?",
+                                  (limit, offset))
+                return [DeadItem(r[0], r[1], r[2], _loads(r[3]) if r[3] else {}, *r[4:])
+                        for r in rows]
+            rows = self._read(f"SELECT {_Q_COLS} FROM queue ORDER BY id LIMIT ? OFFSET ?",
+                              (limit, offset))
+            return [Item(*r) for r in rows]
+
+    # ------------------------------------------------------------------ operator actions
+    def replay_dlq(self, ids: Iterable[int] | None = None,
+                   progress: Callable[[int, int], None] | None = None,
+                   batch: int = 1000) -> int:
+        """Move DLQ rows (all, or the given DLQ ids) back to the tail of the queue with
+        ``attempts`` reset, in transactions of ``batch`` rows, calling
+        ``progress(done, total)`` after each.  Respects ``max_rows``/``max_bytes``: stops
+        when the queue is full (the rest stays in the DLQ).  Returns the number moved."""
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        wanted = None if ids is None else sorted(set(self._ids(ids)))
+        with self._lock:
+            if wanted is None:
+                total = self.dlq_depth()
+            else:
+                total = 0
+                for chunk in _chunks(wanted):
+                    marks = ",".join("?" * len(chunk))
+                    total += self._read(f"SELECT count(*) FROM dead WHERE id IN ({marks})",
+                                        chunk)[0][0]
+        done = 0
+        cursor = 0  # position in `wanted`
+        last_id = 0
+        while True:
+            with self._lock:
+                def txn(conn):
+                    nonlocal cursor, last_id
+                    if wanted is None:
+                        sel = conn.execute(
+                            "SELECT id, length(payload) FROM dead WHERE id > ? ORDER BY id LIMIT ?",
+                            (last_id, batch)).fetchall()
+                    else:
+                        part = wanted[cursor:cursor + batch]
+                        sel = []
+                        for chunk in _chunks(part):
+                            marks = ",".join("?" * len(chunk))
+                            sel.extend(conn.execute(
+                                f"SELECT id, length(payload) FROM dead WHERE id IN ({marks}) "
+                                f"ORDER BY id", chunk))
+                        cursor += len(part)
+                        if not part:
+                            return None
+                        if not sel:
+                            return 0, False
+                    if not sel:
+                        return None
+                    # respect the capacity limits
+                    if self.max_rows is not None or self.max_bytes is not None:
+                        have_rows, have_bytes = conn.execute(
+                            "SELECT rows, bytes FROM totals").fetchone()
+                        k = 0
+                        size = 0
+                        while k < len(sel):
+                            if self.max_rows is not None and have_rows + k + 1 > self.max_rows:
+                                break
+                            if (self.max_bytes is not None
+                                    and have_bytes + size + sel[k][1] > self.max_bytes):
+                                break
+                            size += sel[k][1]
+                            k += 1
+                        full = k < len(sel)
+                        sel = sel[:k]
+                    else:
+                        full = False
+                    if sel:
+                        last_id = sel[-1][0]
+                    moved = nbytes = 0
+                    for chunk in _chunks([r[0] for r in sel]):
+                        marks = ",".join("?" * len(chunk))
+                        conn.execute(
+                            f"INSERT INTO queue (payload, meta, enqueued_at, attempts, "
+                            f"next_attempt_at, last_attempt_at, last_error) "
+                            f"SELECT payload, meta, enqueued_at, 0, 0, last_attempt_at, "
+                            f"'replayed from DLQ: ' || reason FROM dead WHERE id IN ({marks}) "
+                            f"ORDER BY id", chunk)
+                        for (size_,) in conn.execute(
+                                f"DELETE FROM dead WHERE id IN ({marks}) "
+                                f"RETURNING length(payload)", chunk):
+                            moved += 1
+                            nbytes += size_
+                    conn.execute("UPDATE totals SET rows = rows + ?, bytes = bytes + ?, "
+                                 "dead_rows = dead_rows - ?, dead_bytes = dead_bytes - ?",
+                                 (moved, nbytes, moved, nbytes))
+                    return moved, full
+
+                res = self._write(txn)
+            if res is None:
+                break
+            moved, full = res
+            done += moved
+            self.stats["replayed"] += moved
+            if progress is not None:
+                progress(done, total)
+            if full:
+                log.warning("queue %s: full while replaying the DLQ; %d of %d replayed",
+                            self.path, done, total)
+                break
+        return done
+
+    def purge(self, dlq: bool = False) -> int:
+        """Delete every row of the queue (``dlq=False``) or of the DLQ (``dlq=True``).
+        One transaction.  Returns the number deleted.  Purging the queue drops leases."""
+        with self._lock:
+            table, rcol, bcol = ("dead", "dead_rows", "dead_bytes") if dlq else ("queue", "rows", "bytes")
+
+            def txn(conn):
+                n = conn.execute(f"SELECT {rcol} FROM totals").fetchone()[0]
+                conn.execute(f"DELETE FROM {table}")
+                conn.execute(f"UPDATE totals SET {rcol} = 0, {bcol} = 0")
+                return n
+
+            n = self._write(txn)
+            if not dlq:
+                self._inflight.clear()
+            self.stats["purged"] += n
+            log.warning("queue %s: purged %d rows from the %s", self.path, n,
+                        "DLQ" if dlq else "queue")
+            return n
+
+    # ------------------------------------------------------------------ lifecycle
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file and truncate it."""
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error as exc:
+                    raise self._translate(exc) from exc
+
+    def close(self) -> None:
+        """Checkpoint (best effort) and close.  Leases are dropped (rows stay queued)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            self._inflight.clear()
+            if conn is not None:
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+                conn.close()
+
+    def __enter__(self) -> "DiskQueue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DiskQueue({self.path!r}, synchronous={self.synchronous!r})"
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _uri_path(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(os.path.abspath(path))
