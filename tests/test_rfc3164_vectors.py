@@ -162,6 +162,126 @@ def test_deviations_name_real_vectors():
     assert all(r.strip() for r in DEVIATIONS.values())
 
 
+# --- conventions beyond the vectors -------------------------------------------------
+
+def _ts(y, mo, d, h=0, mi=0, s=0):
+    return datetime(y, mo, d, h, mi, s, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("line, received, year", [
+    # ordinary: the year of the received time
+    (b"<13>Jun 13 16:33:35 host app: x", _ts(2024, 6, 15), 2024),
+    # Dec/Jan rollover: a December message received in early January -> previous year
+    (b"<13>Dec 31 23:59:58 host app: x", _ts(2025, 1, 1, 0, 0, 3), 2024),
+    # a sender slightly ahead at New Year: January message received on Dec 31 -> next year
+    (b"<13>Jan  1 00:00:05 host app: x", _ts(2024, 12, 31, 23, 59, 50), 2025),
+    # up to one day in the future stays in the received year ...
+    (b"<13>Mar  2 11:00:00 host app: x", _ts(2024, 3, 1, 12), 2024),
+    # ... more than one day in the future goes to the previous year
+    (b"<13>Mar  2 13:00:00 host app: x", _ts(2024, 3, 1, 12), 2023),
+    # nearly a year old stays in the previous year
+    (b"<13>Mar  3 00:00:00 host app: x", _ts(2024, 3, 1, 12), 2023),
+])
+def test_year_guess_window(line, received, year):
+    ev = rfc3164.parse(line, received=received)
+    assert datetime.fromtimestamp(ev.time_unix, UTC).year == year
+    assert ev.received == received
+
+
+def test_year_hint_and_explicit_year_win_over_the_guess():
+    ev = rfc3164.parse(b"<13>Dec 31 23:59:58 host app: x", received=_ts(2025, 1, 1), year_hint=2019)
+    assert ev.time_unix == _ts(2019, 12, 31, 23, 59, 58)
+    ev = rfc3164.parse(b"<190>Apr 15 2007 21:28:13: %PIX-6-302014: x", received=_ts(2025, 1, 1))
+    assert ev.time_unix == _ts(2007, 4, 15, 21, 28, 13)
+    ev = rfc3164.parse(b"<190>Apr 15 21:28:13 2007 linksys app: msg", year_hint=2020)
+    assert ev.time_unix == _ts(2007, 4, 15, 21, 28, 13) and ev.hostname == "linksys"
+
+
+def test_zone_for_times_without_offset():
+    berlin = ZoneInfo("Europe/Berlin")
+    ev = rfc3164.parse(b"<13>Jul  1 12:00:00 host app: x", received=_ts(2024, 7, 2), tz=berlin)
+    assert ev.time_unix == _ts(2024, 7, 1, 10)            # CEST = UTC+2
+    ev = rfc3164.parse(b"<13>2024-01-10T12:00:00 host app: x", tz=berlin)
+    assert ev.time_unix == _ts(2024, 1, 10, 11)           # CET = UTC+1
+    ev = rfc3164.parse(b"<13>2024-01-10T12:00:00.5-05:30 host app: x", tz=berlin)
+    assert ev.time_unix == _ts(2024, 1, 10, 17, 30) + 0.5  # explicit offset wins
+
+
+def test_nonexistent_date_keeps_text_without_time():
+    ev = rfc3164.parse(b"<13>Feb 29 10:00:00 host app: x", year_hint=2023)
+    assert ev.timestamp == "Feb 29 10:00:00" and ev.time_unix is None and ev.notes
+    ev = rfc3164.parse(b"<13>Feb 29 10:00:00 host app: x", year_hint=2024)
+    assert ev.time_unix == _ts(2024, 2, 29, 10)
+    ev = rfc3164.parse(b"<13>Feb 30 10:00:00 host app: x", received=_ts(2024, 3, 1))
+    assert ev.time_unix is None and ev.hostname == "host"
+
+
+def test_out_of_range_time_is_not_a_timestamp():
+    ev = rfc3164.parse(b"<13>Jan 10 25:00:00 host app: x")
+    assert ev.timestamp is None and ev.hostname is None
+    assert ev.msg == "Jan 10 25:00:00 host app: x"
+
+
+@pytest.mark.parametrize("line, kind", [
+    (b"", "empty"),
+    (b"<", "pri"), (b"<>", "pri"), (b"<13", "pri"), (b"<1a>x", "pri"),
+    (b"<1234>Oct 11 22:14:15 h t: m", "pri"), (b"<192>Oct 11 22:14:15 h t: m", "pri"),
+    ("<\u00b9>x".encode(), "pri"),  # a non-ASCII digit is not a PRI digit
+])
+def test_parse_errors(line, kind):
+    with pytest.raises(ParseError) as ei:
+        rfc3164.parse(line)
+    assert ei.value.kind == kind
+
+
+def test_cisco_ios_origin_id_hostname_and_marks():
+    ev = rfc3164.parse(b"<189>45: R1: *Mar  1 18:46:11.123: %SYS-5-CONFIG_I: Configured by console",
+                       year_hint=2024)
+    assert (ev.hostname, ev.app_name, ev.timestamp) == ("R1", "%SYS-5-CONFIG_I", "Mar  1 18:46:11.123")
+    assert ev.sd == {"meta": {"sequenceId": "45"}, "timeQuality": {"isSynced": "0"}}
+    assert ev.msg == "Configured by console"
+    assert ev.time_unix == _ts(2024, 3, 1, 18, 46, 11) + 0.123
+
+
+def test_non_utf8_bytes_are_kept():
+    data = b"<13>Oct 11 22:14:15 host app[7]: caf\xe9 \xff"
+    ev = rfc3164.parse(data)
+    assert ev.msg.encode("utf-8", "surrogateescape") == b"caf\xe9 \xff"
+    assert ev.raw is data and ev.format == "rfc3164" and ev.procid == "7"
+
+
+def test_msg_keeps_spaces_beyond_the_separator_and_no_tag_bracket():
+    ev = rfc3164.parse(b"<13>Oct 11 22:14:15 host app:   three")
+    assert ev.msg == "  three"
+    ev = rfc3164.parse(b"<13>Oct 11 22:14:15 host [audit] x")
+    assert (ev.hostname, ev.app_name, ev.msg) == ("host", None, "[audit] x")
+    ev = rfc3164.parse(b"<13>Oct 11 22:14:15 host app[12 x")
+    assert (ev.app_name, ev.procid, ev.msg) == ("app", None, "[12 x")
+
+
+try:
+    from hypothesis import given, settings, strategies as st
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    given = None
+
+if given is not None:
+    _PIECES = st.sampled_from([b"<13>", b"<191>", b"<", b">", b"Oct", b"OCT", b" ", b"  ", b"11",
+                               b"2", b"22:14:15", b".", b"*", b":", b"2007", b"2006-11-10T10:43:21",
+                               b"+02:00", b"Z", b"host", b"0002::", b"app", b"[", b"]", b"123",
+                               b"Message forwarded from ", b"91: ", b"\xff", b"\n"])
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.one_of(st.binary(max_size=80), st.lists(_PIECES, max_size=14).map(b"".join)))
+    def test_only_parse_error_ever_raised(data):
+        try:
+            ev = rfc3164.parse(data, received=_ts(2024, 12, 31, 23, 59, 59))
+        except ParseError as e:
+            assert e.kind in ("empty", "pri")
+            return
+        assert isinstance(ev.msg, str)
+        assert ev.timestamp is None or ev.timestamp in data.decode("utf-8", "surrogateescape")
+
+
 def test_zz_summary(capsys):
     """Runs last in this module: prints the tally (visible with -s or in -rA)."""
     total = _TALLY["passed"] + _TALLY["deviations"]
