@@ -404,8 +404,17 @@ def _parse_body(event: Event, tag: str):
     try:
         body = orjson.loads(s)
     except orjson.JSONDecodeError as exc:
-        event.note(f"{tag}: body is not valid JSON ({exc}); ignored")
-        return None
+        clean = text(s)         # bytes that are not UTF-8 (surrogateescape) -> U+FFFD
+        body = None
+        if clean is not s and clean != s:
+            try:
+                body = orjson.loads(clean)
+                event.note(f"{tag}: body has bytes that are not UTF-8; replaced by U+FFFD")
+            except orjson.JSONDecodeError:
+                body = None
+        if body is None:
+            event.note(f"{tag}: body is not valid JSON ({exc}); ignored")
+            return None
     if body.__class__ is not dict:
         event.note(f"{tag}: body is JSON but not an object; ignored")
         return None
