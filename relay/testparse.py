@@ -1,0 +1,170 @@
+"""`relay test-parse`: show every step for one raw message.
+
+:func:`analyse` returns the stable JSON record documented in the README::
+
+    {"input": str, "ok": bool, "error": {"offset": int, "reason": str} | null,
+     "syslog": {...} | null}
+
+Later stages add keys to the same record (``event``, ``routes``, ``outputs``);
+the human renderer prints whatever keys are present.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Iterable, Iterator
+
+from parsers import detect
+from parsers.event import Event, text
+from parsers.framing import Deframer
+
+__all__ = ["analyse", "iter_inputs", "render_human", "caret_line"]
+
+
+def analyse(raw: bytes, *, lenient: bool = False) -> dict:
+    ev = detect.parse(raw, lenient=lenient)
+    return record_for(ev)
+
+
+def record_for(ev: Event) -> dict:
+    err = ev.error
+    rec = {
+        "input": text(ev.raw.decode("utf-8", "surrogateescape")),
+        "ok": err is None,
+        "error": None if err is None else {"offset": err.offset, "reason": err.reason},
+        "syslog": None if err is not None else ev.syslog_dict(),
+    }
+    if ev.notes:
+        rec["notes"] = list(ev.notes)
+    return rec
+
+
+# ------------------------------------------------------------------ inputs
+
+def iter_inputs(messages: Iterable[str], file, framed: bool, max_frame: int,
+                problems: list) -> Iterator[tuple[str, bytes]]:
+    """Yield (label, raw bytes).  Arguments first, else the file (or stdin when
+    ``file`` is '-'/None).  Lines are split on LF (a trailing CR is removed);
+    ``framed`` reads an RFC 6587 stream (octet counting or LF, per frame); framing
+    problems (oversize, garbage, a partial frame at the end) go to ``problems``."""
+    if messages:
+        for i, m in enumerate(messages, 1):
+            yield f"arg {i}", m.encode("utf-8", "surrogateescape")
+        return
+    fh = file if file is not None else sys.stdin.buffer
+    if framed:
+        d = Deframer(max_frame=max_frame)
+        n = 0
+        while True:
+            chunk = fh.read(65536)
+            if not chunk:
+                break
+            for fr in d.feed(chunk):
+                n += 1
+                yield f"frame {n}", fr
+        for fr in d.close():
+            n += 1
+            yield f"frame {n}", fr
+        problems.extend(d.drain_problems())
+        return
+    for n, line in enumerate(fh, 1):
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.strip():
+            continue
+        yield f"line {n}", line
+
+
+# ------------------------------------------------------------------ human output
+
+def _display(s: str) -> list[str]:
+    """Printable pieces per character (control characters escaped)."""
+    out = []
+    for c in s:
+        o = ord(c)
+        if c == "\t":
+            out.append("\\t")
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\r":
+            out.append("\\r")
+        elif o < 32 or o == 127:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        else:
+            out.append(c)
+    return out
+
+
+def caret_line(raw: bytes, offset: int, width: int = 100) -> tuple[str, str]:
+    """The input as one printable line and a line with '^' under byte ``offset``."""
+    s = raw.decode("utf-8", "surrogateescape")
+    # byte offset -> character index
+    ci = len(raw[:offset].decode("utf-8", "surrogateescape"))
+    pieces = _display(s)
+    if ci >= len(pieces):
+        pieces.append(" ")  # caret after the end: "message ends early"
+    col = sum(len(p) for p in pieces[:ci])
+    line = "".join(pieces)
+    start = 0
+    if len(line) > width:
+        start = max(0, min(col - width // 2, len(line) - width))
+        prefix = "..." if start else ""
+        suffix = "..." if start + width < len(line) else ""
+        line = prefix + line[start:start + width] + suffix
+        col = col - start + len(prefix)
+    return line, " " * col + "^"
+
+
+def render_human(label: str, raw: bytes, rec: dict, out) -> None:
+    w = out.write
+    w(f"== {label}: ")
+    if not rec["ok"]:
+        err = rec["error"]
+        w(f"PARSE ERROR at byte {err['offset']}: {err['reason']}\n")
+        line, caret = caret_line(raw, err["offset"])
+        w(f"   {line}\n   {caret}\n")
+    else:
+        sl = rec["syslog"]
+        w(f"{sl['format']}\n")
+        rows = [("facility", sl["facility"]), ("severity", sl["severity"]), ("pri", sl["pri"]),
+                ("version", sl["version"]), ("timestamp", sl["timestamp"]), ("time_unix", sl["time_unix"]),
+                ("hostname", sl["hostname"]), ("app_name", sl["app_name"]), ("procid", sl["procid"]),
+                ("msgid", sl["msgid"])]
+        for k, v in rows:
+            if v is not None or sl["format"] == "rfc5424":
+                w(f"   {k:<10} {'-' if v is None else v}\n")
+        sd = sl["structured_data"]
+        if sd:
+            w("   structured data\n")
+            items = list(sd.items())
+            for i, (sid, params) in enumerate(items):
+                last = i == len(items) - 1
+                w(f"   {'└─' if last else '├─'} {sid}\n")
+                pitems = list(params.items())
+                for j, (k, v) in enumerate(pitems):
+                    lead = "   " if last else "│  "
+                    w(f"   {lead}{'└─' if j == len(pitems) - 1 else '├─'} {k} = {v!r}\n")
+        msg = sl["msg"]
+        w(f"   {'msg':<10} {'-' if msg is None else repr(msg)}\n")
+    for note in rec.get("notes", ()):
+        w(f"   note: {note}\n")
+    for key in rec:
+        if key in ("input", "ok", "error", "syslog", "notes"):
+            continue
+        _render_extra(key, rec[key], w)
+
+
+def _render_extra(key: str, value, w) -> None:
+    """Keys added by later stages (event, routes, outputs, ...): shown generically."""
+    import orjson
+    w(f"   {key}:\n")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, (dict, list)):
+                v = orjson.dumps(v).decode()
+            w(f"      {k:<16} {v}\n")
+    else:
+        w(f"      {value}\n")
