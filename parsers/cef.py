@@ -35,9 +35,11 @@ Errors raise ``ParseError(offset, reason, kind)``; the offset is in UTF-8 bytes 
 """
 from __future__ import annotations
 
+import time
+
 from .event import ParseError
 
-__all__ = ["CefRecord", "parse", "severity_number", "LONG_NAMES", "CUSTOM_PREFIXES"]
+__all__ = ["CefRecord", "parse", "severity_number", "parse_time", "LONG_NAMES", "CUSTOM_PREFIXES"]
 
 _KEYCH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.[],")
 _BLANK = " \t"
@@ -71,6 +73,11 @@ class CefRecord:
 
     def severity_number(self) -> int | None:
         return severity_number(self.severity)
+
+    def time(self, key: str = "rt", now: float | None = None) -> float | None:
+        """``parse_time`` of extension ``key``, zoneless values read in ``dtz``."""
+        value = self.extension.get(key)
+        return None if value is None else parse_time(value, self.extension.get("dtz"), now)
 
     def labelled(self) -> dict[str, str]:
         """Custom fields resolved through their labels: ``{cs1Label value: cs1 value}`` for
@@ -122,6 +129,73 @@ def severity_number(severity: str) -> int | None:
     except ValueError:
         return None
     return int(f) if f.is_integer() and 0 <= f <= 10 else None
+
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+
+
+def _zone(name: str | None):
+    import datetime as _dt
+    if not name or name in ("UTC", "GMT", "Z", "UT"):
+        return _dt.timezone.utc
+    if name[0] in "+-" and name[1:].replace(":", "").isdigit():
+        d = name[1:].replace(":", "")
+        off = _dt.timedelta(hours=int(d[:2]), minutes=int(d[2:4] or 0))
+        return _dt.timezone(-off if name[0] == "-" else off)
+    try:
+        import zoneinfo
+        return zoneinfo.ZoneInfo(name)
+    except (ValueError, KeyError, OSError, ImportError):
+        return None
+
+
+def parse_time(value: str, tz: str | None = None, now: float | None = None) -> float | None:
+    """A CEF time field (``rt``, ``start``, ``end``, ``art``, ``deviceCustomDate1``...) as UTC
+    epoch seconds, or ``None`` when unreadable.  Forms: epoch milliseconds; ISO 8601;
+    ``MMM dd[ yyyy] HH:mm:ss[.SSS...][ zone]``.  A value without zone is read in ``tz``
+    (usually the record's ``dtz``; UTC when absent or unknown); without a year, the year
+    of ``now`` (default: current time), minus one if that would put it over a day ahead."""
+    import datetime as _dt
+    v = value.strip()
+    if v.isascii() and v.isdigit():
+        return int(v) / 1000.0
+    if v[:4].isdigit():
+        try:
+            d = _dt.datetime.fromisoformat(v)
+        except ValueError:
+            return None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=_zone(tz) or _dt.timezone.utc)
+        return d.timestamp()
+    parts = v.split()
+    if len(parts) < 3 or parts[0][:3].lower() not in _MONTHS or not parts[1].isdigit():
+        return None
+    month, day = _MONTHS[parts[0][:3].lower()], int(parts[1])
+    rest = parts[2:]
+    year = None
+    if rest[0].isdigit() and len(rest[0]) == 4:
+        year = int(rest[0])
+        rest = rest[1:]
+    if not rest:
+        return None
+    clock, frac = rest[0].partition(".")[::2]
+    hms = clock.split(":")
+    if len(hms) != 3 or not all(x.isdigit() for x in hms) or (frac and not frac.isdigit()):
+        return None
+    zone = _zone(" ".join(rest[1:])) if len(rest) > 1 else (_zone(tz) or _dt.timezone.utc)
+    if zone is None:
+        return None
+    micro = int((frac + "000000")[:6]) if frac else 0
+    ref = _dt.datetime.fromtimestamp(time.time() if now is None else now, _dt.timezone.utc)
+    try:
+        d = _dt.datetime(year or ref.year, month, day, int(hms[0]), int(hms[1]), int(hms[2]), micro,
+                         tzinfo=zone)
+        if year is None and d.timestamp() > ref.timestamp() + 86400:
+            d = d.replace(year=ref.year - 1)
+    except ValueError:
+        return None
+    return d.timestamp()
 
 
 def _boff(text: str, i: int) -> int:
