@@ -80,9 +80,7 @@ from typing import Callable, Iterable, Sequence
 try:  # orjson is a project dependency; fall back to json so this module stands alone
     import orjson as _orjson
 
-    def _dumps(obj: dict) -> bytes:
-        return _orjson.dumps(obj)
-
+    _dumps = _orjson.dumps
     _loads = _orjson.loads
 except ImportError:  # pragma: no cover
     import json as _json
@@ -338,6 +336,8 @@ class DiskQueue:
         self._inflight: dict[int, int] = {}
         # every row with attempts == 0 and id <= _fresh_hwm is leased or gone (see lease())
         self._fresh_hwm = 0
+        self._hwm_lowered = False  # leased fresh rows may lie above _fresh_hwm
+        self._inflight_retried = 0  # leased rows with attempts > 0
         self.stats: dict[str, int] = dict.fromkeys(
             ("enqueued", "acked", "retried", "dead_lettered", "dropped_full", "blocked_full",
              "disk_full", "released", "replayed", "purged", "corrupt_recovered", "salvaged",
@@ -596,8 +596,17 @@ class DiskQueue:
 
     @staticmethod
     def _ids(ids_or_items: Iterable) -> list[int]:
+        seq = ids_or_items if isinstance(ids_or_items, (list, tuple)) else list(ids_or_items)
+        if seq and type(seq[0]) is Item:
+            try:
+                return [x.id for x in seq]
+            except AttributeError:
+                pass
+        elif seq and type(seq[0]) is int:
+            if all(type(x) is int for x in seq):
+                return list(seq)
         out = []
-        for x in ids_or_items:
+        for x in seq:
             out.append(x.id if isinstance(x, (Item, DeadItem)) else int(x))
         return out
 
@@ -633,16 +642,11 @@ class DiskQueue:
         if not items:
             return 0
         ts = time.time() if now is None else now
-        rows = []
-        nbytes = 0
-        for payload, meta in items:
-            if not isinstance(payload, bytes):
-                if isinstance(payload, (bytearray, memoryview)):
-                    payload = bytes(payload)
-                else:
-                    raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-            rows.append((payload, _dumps(meta) if meta else None, ts))
-            nbytes += len(payload)
+        dumps = _dumps
+        rows = [(payload, dumps(meta) if meta else None, ts) for payload, meta in items]
+        if not all(type(r[0]) is bytes for r in rows):
+            rows = [(_as_bytes(r[0]), r[1], r[2]) for r in rows]
+        nbytes = sum(len(r[0]) for r in rows)
         if self.full_policy == "block" and (
                 (self.max_rows is not None and len(rows) > self.max_rows)
                 or (self.max_bytes is not None and nbytes > self.max_bytes)):
@@ -714,42 +718,48 @@ class DiskQueue:
         now = time.time() if now is None else now
         with self._lock:
             inflight = self._inflight
-            extra = len(inflight)
-            # fresh rows (attempts = 0) above the high-water mark, in rowid order
-            fresh = []
-            for row in self._read(
-                    f"SELECT {_Q_COLS} FROM queue WHERE id > ? AND attempts = 0 "
-                    f"ORDER BY id LIMIT ?", (self._fresh_hwm, n + extra)):
-                if row[0] not in inflight:
-                    fresh.append(row)
-                    if len(fresh) >= n:
-                        break
+            hwm = self._fresh_hwm
+            # fresh rows (attempts = 0) above the high-water mark, in rowid order.  Leased
+            # fresh rows lie above the mark only after release() lowered it.
+            extra = 0
+            if self._hwm_lowered:
+                extra = sum(1 for i, a in inflight.items() if a == 0 and i > hwm)
+                if not extra:
+                    self._hwm_lowered = False
+            fresh = self._read(
+                f"SELECT {_Q_COLS} FROM queue WHERE id > ? AND attempts = 0 "
+                f"ORDER BY id LIMIT ?", (hwm, n + extra))
+            if extra:
+                fresh = [r for r in fresh if r[0] not in inflight][:n]
             # retried rows that are due (partial index), lowest id first
-            due = []
-            for row in self._read(
-                    f"SELECT {_Q_COLS} FROM queue INDEXED BY queue_retry_due "
-                    f"WHERE attempts > 0 AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-                    (now, n + extra)):
-                if row[0] not in inflight:
-                    due.append(row)
-                    if len(due) >= n:
-                        break
+            due = self._read(
+                f"SELECT {_Q_COLS} FROM queue INDEXED BY queue_retry_due "
+                f"WHERE attempts > 0 AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+                (now, n + self._inflight_retried))
+            if due and self._inflight_retried:
+                due = [r for r in due if r[0] not in inflight][:n]
             if due:
                 chosen = sorted(fresh + due)[:n] if fresh else due
             else:
                 chosen = fresh
-            out = []
-            for row in chosen:
-                item = Item(*row)
-                inflight[item.id] = item.attempts
-                if item.attempts == 0 and item.id > self._fresh_hwm:
-                    self._fresh_hwm = item.id
-                out.append(item)
+            out = [Item(*row) for row in chosen]
+            for item in out:
+                a = item.attempts
+                inflight[item.id] = a
+                if a:
+                    self._inflight_retried += 1
+                elif item.id > hwm:
+                    hwm = item.id
+            self._fresh_hwm = hwm
             return out
 
     def _forget(self, ids: Iterable[int]) -> None:
+        pop = self._inflight.pop
+        retried = 0
         for i in ids:
-            self._inflight.pop(i, None)
+            if pop(i, 0):
+                retried += 1
+        self._inflight_retried -= retried
 
     def ack(self, ids_or_items: Iterable) -> int:
         """Delete delivered rows (one transaction).  Returns the number deleted; unknown ids
@@ -866,8 +876,11 @@ class DiskQueue:
                 if attempts is None:
                     continue
                 released += 1
-                if attempts == 0 and i <= self._fresh_hwm:
+                if attempts:
+                    self._inflight_retried -= 1
+                elif i <= self._fresh_hwm:
                     self._fresh_hwm = i - 1
+                    self._hwm_lowered = True
             self.stats["released"] += released
             return released
 
@@ -947,8 +960,10 @@ class DiskQueue:
             raise ValueError("batch must be >= 1")
         wanted = None if ids is None else sorted(set(self._ids(ids)))
         with self._lock:
+            # rows dead-lettered while the replay runs are not part of it
+            max_id = self._read("SELECT coalesce(max(id), 0) FROM dead")[0][0]
             if wanted is None:
-                total = self.dlq_depth()
+                total = self._read("SELECT count(*) FROM dead WHERE id <= ?", (max_id,))[0][0]
             else:
                 total = 0
                 for chunk in _chunks(wanted):
@@ -964,8 +979,9 @@ class DiskQueue:
                     nonlocal cursor, last_id
                     if wanted is None:
                         sel = conn.execute(
-                            "SELECT id, length(payload) FROM dead WHERE id > ? ORDER BY id LIMIT ?",
-                            (last_id, batch)).fetchall()
+                            "SELECT id, length(payload) FROM dead WHERE id > ? AND id <= ? "
+                            "ORDER BY id LIMIT ?", (last_id, max_id, batch)).fetchall()
+                        more = len(sel) == batch
                     else:
                         part = wanted[cursor:cursor + batch]
                         sel = []
@@ -975,12 +991,11 @@ class DiskQueue:
                                 f"SELECT id, length(payload) FROM dead WHERE id IN ({marks}) "
                                 f"ORDER BY id", chunk))
                         cursor += len(part)
-                        if not part:
-                            return None
+                        more = cursor < len(wanted)
                         if not sel:
-                            return 0, False
+                            return 0, False, more
                     if not sel:
-                        return None
+                        return 0, False, False
                     # respect the capacity limits
                     if self.max_rows is not None or self.max_bytes is not None:
                         have_rows, have_bytes = conn.execute(
@@ -1018,12 +1033,9 @@ class DiskQueue:
                     conn.execute("UPDATE totals SET rows = rows + ?, bytes = bytes + ?, "
                                  "dead_rows = dead_rows - ?, dead_bytes = dead_bytes - ?",
                                  (moved, nbytes, moved, nbytes))
-                    return moved, full
+                    return moved, full, more
 
-                res = self._write(txn)
-            if res is None:
-                break
-            moved, full = res
+                moved, full, more = self._write(txn)
             done += moved
             self.stats["replayed"] += moved
             if progress is not None:
@@ -1031,6 +1043,8 @@ class DiskQueue:
             if full:
                 log.warning("queue %s: full while replaying the DLQ; %d of %d replayed",
                             self.path, done, total)
+                break
+            if not more:
                 break
         return done
 
@@ -1049,6 +1063,8 @@ class DiskQueue:
             n = self._write(txn)
             if not dlq:
                 self._inflight.clear()
+                self._inflight_retried = 0
+                self._hwm_lowered = False
             self.stats["purged"] += n
             log.warning("queue %s: purged %d rows from the %s", self.path, n,
                         "DLQ" if dlq else "queue")
@@ -1069,6 +1085,7 @@ class DiskQueue:
         with self._lock:
             conn, self._conn = self._conn, None
             self._inflight.clear()
+            self._inflight_retried = 0
             if conn is not None:
                 try:
                     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1084,6 +1101,14 @@ class DiskQueue:
 
     def __repr__(self) -> str:
         return f"DiskQueue({self.path!r}, synchronous={self.synchronous!r})"
+
+
+def _as_bytes(payload) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,700 @@
+"""Tests for relay.queue.DiskQueue: order, group commit, leases, retry schedule, DLQ,
+replay, purge, full policies, crash safety (SIGKILL), corruption quarantine, disk full."""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.queue import (
+    REASON_MAX,
+    DeadItem,
+    DiskQueue,
+    Item,
+    QueueCorrupt,
+    QueueDiskFull,
+    QueueError,
+    QueueFull,
+    RetryPolicy,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows(n: int, start: int = 0, size: int = 0) -> list[tuple[bytes, dict]]:
+    out = []
+    for i in range(start, start + n):
+        payload = (b"row-%06d " % i).ljust(size, b"x") if size else b"row-%06d" % i
+        out.append((payload, {"dedup": f"k{i}", "seq": i, "route": "qradar"}))
+    return out
+
+
+def seq_of(item) -> int:
+    return item.meta["seq"]
+
+
+@pytest.fixture
+def qpath(tmp_path) -> str:
+    return str(tmp_path / "state" / "queue-qradar.db")
+
+
+@pytest.fixture
+def q(qpath):
+    queue = DiskQueue(qpath, retry=RetryPolicy(base=10, factor=2, cap=100, max_attempts=5),
+                      rng=random.Random(1))
+    yield queue
+    queue.close()
+
+
+def count_statements(queue: DiskQueue) -> list[str]:
+    seen: list[str] = []
+    queue._conn.set_trace_callback(seen.append)
+    return seen
+
+
+# --------------------------------------------------------------------------- basics
+def test_fifo_order_and_roundtrip(q):
+    assert q.put_many(rows(3)) == 3
+    assert q.put_many(rows(4, start=3)) == 4
+    assert q.depth() == 7
+    items = q.lease(100)
+    assert [seq_of(i) for i in items] == list(range(7))
+    assert items[0].payload == b"row-000000"
+    assert items[0].meta == {"dedup": "k0", "seq": 0, "route": "qradar"}
+    assert all(i.attempts == 0 for i in items)
+    assert [i.id for i in items] == sorted(i.id for i in items)
+
+
+def test_lease_limits_and_does_not_hand_out_twice(q):
+    q.put_many(rows(10))
+    a = q.lease(4)
+    b = q.lease(4)
+    c = q.lease(4)
+    assert [seq_of(i) for i in a] == [0, 1, 2, 3]
+    assert [seq_of(i) for i in b] == [4, 5, 6, 7]
+    assert [seq_of(i) for i in c] == [8, 9]
+    assert q.lease(4) == []
+    assert q.inflight() == 10
+    assert q.lease(0) == []
+
+
+def test_group_commit_is_one_transaction(q):
+    stmts = count_statements(q)
+    assert q.put_many(rows(500)) == 500
+    commits = [s for s in stmts if s.strip().upper() == "COMMIT"]
+    begins = [s for s in stmts if s.strip().upper().startswith("BEGIN")]
+    assert len(commits) == 1 and len(begins) == 1
+    stmts.clear()
+    q.ack(q.lease(500))
+    assert len([s for s in stmts if s.strip().upper() == "COMMIT"]) == 1
+    assert q.depth() == 0
+
+
+def test_bad_payload_stores_nothing(q):
+    batch = rows(5)
+    batch[3] = ("a str is not bytes", {})
+    with pytest.raises(TypeError):
+        q.put_many(batch)
+    assert q.depth() == 0
+    assert q.put_many([(bytearray(b"ba"), None), (memoryview(b"mv"), {})]) == 2
+    assert [i.payload for i in q.lease(5)] == [b"ba", b"mv"]
+
+
+def test_ack_deletes_and_ignores_unknown(q):
+    q.put_many(rows(5))
+    items = q.lease(5)
+    assert q.ack(items[:2]) == 2
+    assert q.ack([items[0].id, 999999]) == 0
+    assert q.depth() == 3
+    assert q.size_bytes() == sum(len(i.payload) for i in items[2:])
+    assert q.stats["acked"] == 2
+    # acked rows never come back, unacked rows stay leased
+    assert q.lease(10) == []
+
+
+def test_release_gives_back_without_attempt_in_order(q):
+    q.put_many(rows(8))
+    first = q.lease(5)
+    assert q.release([first[1], first[2].id]) == 2
+    nxt = q.lease(4)
+    assert [seq_of(i) for i in nxt] == [1, 2, 5, 6]
+    assert all(i.attempts == 0 for i in nxt)
+    assert q.stats["released"] == 2
+    assert q.release_all() == 7
+    assert [seq_of(i) for i in q.lease(100)] == list(range(8))
+
+
+def test_reopen_makes_unacked_leases_available_again(qpath):
+    q1 = DiskQueue(qpath)
+    q1.put_many(rows(6))
+    leased = q1.lease(4)
+    q1.ack(leased[:1])
+    q1.retry(leased[3:4], "503", now=1000.0, retry_after=50)
+    q1.close()
+    q2 = DiskQueue(qpath)
+    try:
+        assert q2.depth() == 5
+        assert [seq_of(i) for i in q2.lease(10, now=1049.0)] == [1, 2, 4, 5]
+        again = q2.lease(10, now=1050.0)
+        assert [seq_of(i) for i in again] == [3]
+        assert again[0].attempts == 1 and again[0].next_attempt_at == 1050.0
+        assert again[0].last_error == "503"
+    finally:
+        q2.close()
+
+
+# --------------------------------------------------------------------------- retry schedule
+def test_retry_policy_defaults_and_bounds():
+    p = RetryPolicy()
+    assert (p.base, p.factor, p.cap, p.max_attempts) == (60.0, 2.0, 3600.0, 5)
+    assert [p.ceiling(n) for n in range(1, 9)] == [60, 120, 240, 480, 960, 1920, 3600, 3600]
+    rng = random.Random(7)
+    for n in range(1, 12):
+        draws = [p.delay(n, rng) for _ in range(400)]
+        assert all(0.0 <= d <= min(3600.0, 60.0 * 2 ** (n - 1)) for d in draws)
+        # full jitter: spread over the whole range, not a constant
+        assert min(draws) < 0.25 * p.ceiling(n) and max(draws) > 0.75 * p.ceiling(n)
+    assert RetryPolicy(base=1, factor=2, cap=1e9).ceiling(5000) == 1e9  # no overflow
+    with pytest.raises(ValueError):
+        RetryPolicy(factor=0.5)
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=-1)
+
+
+def test_retry_backoff_within_full_jitter_bounds(qpath):
+    policy = RetryPolicy(base=10, factor=2, cap=100, max_attempts=0)
+    q = DiskQueue(qpath, retry=policy, rng=random.Random(3))
+    try:
+        q.put_many(rows(1))
+        now = 1_000_000.0
+        seen_delays = []
+        for attempt in range(1, 12):
+            items = q.lease(1, now=now)
+            assert len(items) == 1 and items[0].attempts == attempt - 1
+            assert q.retry(items, f"fail {attempt}", now=now) == 0
+            row = q.list()[0]
+            delay = row.next_attempt_at - now
+            assert row.attempts == attempt
+            assert 0.0 <= delay <= min(100.0, 10.0 * 2 ** (attempt - 1))
+            seen_delays.append(delay)
+            # not eligible before its time (unless the draw was ~0)
+            if delay > 1e-6:
+                assert q.lease(1, now=now + delay - 1e-6) == []
+            now = row.next_attempt_at
+        assert q.dlq_depth() == 0  # max_attempts=0: retry forever
+        assert len(set(seen_delays)) == len(seen_delays)  # jitter really draws
+        assert q.stats["retried"] == 11
+    finally:
+        q.close()
+
+
+def test_retry_jitter_draw_is_shared_by_a_batch(q):
+    q.put_many(rows(20))
+    items = q.lease(20, now=0.0)
+    q.retry(items, "timeout", now=0.0)
+    ats = {i.next_attempt_at for i in q.list(limit=100)}
+    assert len(ats) == 1 and 0.0 <= ats.pop() <= 10.0
+
+
+def test_retry_after_is_honoured(q):
+    q.put_many(rows(2))
+    items = q.lease(2, now=1000.0)
+    q.retry(items[:1], "429 Too Many Requests", now=1000.0, retry_after=42.0)
+    q.retry(items[1:], "429", now=1000.0, retry_after=-5)  # in the past: now
+    listed = {seq_of(i): i for i in q.list()}
+    assert listed[0].next_attempt_at == 1042.0
+    assert listed[1].next_attempt_at == 1000.0
+    assert [seq_of(i) for i in q.lease(5, now=1041.9)] == [1]
+    assert [seq_of(i) for i in q.lease(5, now=1042.0)] == [0]
+
+
+def test_max_attempts_moves_to_dlq_with_reason(q):
+    q.put_many(rows(3))
+    enq = q.list()[0].enqueued_at
+    now = 5000.0
+    for attempt in range(1, 6):
+        items = q.lease(1, now=now)
+        assert [seq_of(i) for i in items] == [0]
+        moved = q.retry(items, f"HTTP 503 upstream down #{attempt}", now=now)
+        assert moved == (1 if attempt == 5 else 0)
+        now += 1000.0
+    assert q.depth() == 2 and q.dlq_depth() == 1
+    dead = q.list(dlq=True)
+    assert len(dead) == 1 and isinstance(dead[0], DeadItem)
+    d = dead[0]
+    assert d.attempts == 5
+    assert "5 attempts" in d.reason and "HTTP 503 upstream down #5" in d.reason
+    assert d.last_error == "HTTP 503 upstream down #5"
+    assert d.dead_at == 9000.0 and d.last_attempt_at == 9000.0
+    assert d.enqueued_at == enq
+    assert d.payload == b"row-000000" and d.meta["seq"] == 0
+    assert q.stats["dead_lettered"] == 1 and q.stats["retried"] == 4
+    assert [seq_of(i) for i in q.lease(10, now=now)] == [1, 2]
+
+
+def test_dead_letter_permanent_failure(q):
+    q.put_many(rows(3))
+    items = q.lease(3)
+    body = "400 Bad Request: " + "x" * (REASON_MAX * 2)
+    assert q.dead_letter(items[1:2], body, now=7.0) == 1
+    d = q.list(dlq=True)[0]
+    assert d.reason.startswith("400 Bad Request: xxx")
+    assert len(d.reason) < REASON_MAX + 50  # excerpt, not the whole body
+    assert d.attempts == 1 and d.dead_at == 7.0 and d.queue_id == items[1].id
+    assert q.depth() == 2 and q.dlq_depth() == 1
+    assert q.inflight() == 2
+
+
+def test_retried_rows_keep_fifo_among_eligible(q):
+    q.put_many(rows(6))
+    items = q.lease(3, now=0.0)
+    q.retry(items[1:2], "x", now=0.0, retry_after=10)
+    q.ack([items[0], items[2]])
+    assert [seq_of(i) for i in q.lease(10, now=100.0)] == [1, 3, 4, 5]
+
+
+def test_next_due(q):
+    assert q.next_due(now=0.0) is None
+    q.put_many(rows(1))
+    assert q.next_due(now=0.0) == 0.0
+    q.retry(q.lease(1, now=0.0), "x", now=0.0, retry_after=30)
+    assert q.next_due(now=10.0) == pytest.approx(20.0)
+    q.lease(1, now=40.0)
+    assert q.next_due(now=40.0) is None  # only row is leased
+
+
+# --------------------------------------------------------------------------- DLQ operations
+def _fill_dlq(q: DiskQueue, n: int) -> None:
+    q.put_many(rows(n))
+    q.dead_letter(q.lease(n), "422 unprocessable")
+
+
+def test_replay_dlq_in_batches_with_progress(q):
+    _fill_dlq(q, 2500)
+    assert q.depth() == 0 and q.dlq_depth() == 2500
+    calls = []
+    stmts = count_statements(q)
+    moved = q.replay_dlq(progress=lambda done, total: calls.append((done, total)), batch=1000)
+    assert moved == 2500
+    assert calls == [(1000, 2500), (2000, 2500), (2500, 2500)]
+    assert len([s for s in stmts if s.strip().upper() == "COMMIT"]) == 3
+    assert q.dlq_depth() == 0 and q.depth() == 2500
+    items = q.lease(3000)
+    assert [seq_of(i) for i in items] == list(range(2500))
+    assert all(i.attempts == 0 for i in items)
+    assert items[0].last_error.startswith("replayed from DLQ: 422")
+    assert q.stats["replayed"] == 2500
+
+
+def test_replay_selected_ids_and_capacity(qpath):
+    q = DiskQueue(qpath, max_rows=5)
+    try:
+        _fill_dlq(q, 5)
+        dead = q.list(dlq=True)
+        assert q.replay_dlq(ids=[dead[3].id, dead[1].id, 424242]) == 2
+        assert sorted(seq_of(i) for i in q.list()) == [1, 3]
+        assert q.dlq_depth() == 3
+        q.put_many(rows(2, start=100))
+        # room for one more row: the replay stops there, the rest stays in the DLQ
+        assert q.replay_dlq() == 1
+        assert q.depth() == 5 and q.dlq_depth() == 2
+    finally:
+        q.close()
+
+
+def test_purge(q):
+    q.put_many(rows(10))
+    q.dead_letter(q.lease(3), "gone")
+    q.lease(2)
+    assert q.purge() == 7
+    assert q.depth() == 0 and q.inflight() == 0 and q.size_bytes() == 0
+    assert q.dlq_depth() == 3
+    assert q.purge(dlq=True) == 3
+    assert q.dlq_depth() == 0
+    q.put_many(rows(1, start=50))
+    assert [seq_of(i) for i in q.lease(5)] == [50]
+
+
+def test_list_and_ages(q):
+    q.put_many(rows(5), now=100.0)
+    q.put_many(rows(5, start=5), now=200.0)
+    assert [seq_of(i) for i in q.list(limit=3, offset=4)] == [4, 5, 6]
+    assert q.oldest_age(now=150.0) == 50.0
+    q.ack(q.lease(5))
+    assert q.oldest_age(now=250.0) == 50.0
+    q.purge()
+    assert q.oldest_age() is None
+    assert q.list() == [] and q.list(dlq=True) == []
+
+
+# --------------------------------------------------------------------------- full policies
+def test_block_policy_raises_and_stores_nothing_of_the_batch(qpath):
+    q = DiskQueue(qpath, max_rows=10, full_policy="block")
+    try:
+        assert q.put_many(rows(8)) == 8
+        with pytest.raises(QueueFull) as ei:
+            q.put_many(rows(5, start=8))
+        assert not isinstance(ei.value, QueueDiskFull)
+        assert q.depth() == 8
+        assert q.stats["blocked_full"] == 1 and q.stats["dropped_full"] == 0
+        assert q.put_many(rows(2, start=8)) == 2
+        with pytest.raises(QueueFull):
+            q.put_many(rows(1, start=10))
+        q.ack(q.lease(3))
+        assert q.put_many(rows(3, start=10)) == 3
+        assert [seq_of(i) for i in q.lease(100)] == list(range(3, 13))
+        with pytest.raises(ValueError):  # could never fit: would block forever
+            q.put_many(rows(11))
+    finally:
+        q.close()
+
+
+def test_block_policy_max_bytes(qpath):
+    q = DiskQueue(qpath, max_bytes=1000, full_policy="block")
+    try:
+        assert q.put_many(rows(3, size=300)) == 3
+        with pytest.raises(QueueFull):
+            q.put_many(rows(1, start=3, size=101))
+        assert q.depth() == 3 and q.size_bytes() == 900
+        assert q.put_many(rows(1, start=3, size=100)) == 1
+    finally:
+        q.close()
+
+
+def test_drop_newest_counts(qpath):
+    q = DiskQueue(qpath, max_rows=10, max_bytes=10_000, full_policy="drop_newest")
+    try:
+        assert q.put_many(rows(8)) == 8
+        assert q.put_many(rows(5, start=8)) == 2
+        assert q.stats["dropped_full"] == 3
+        assert q.put_many(rows(4, start=13)) == 0
+        assert q.stats["dropped_full"] == 7
+        assert [seq_of(i) for i in q.lease(100)] == list(range(10))
+        assert q.stats["enqueued"] == 10
+    finally:
+        q.close()
+
+
+# --------------------------------------------------------------------------- concurrency
+def test_threads_put_and_consume_without_loss_or_duplicates(q):
+    producers, groups, per = 4, 25, 40
+    total = producers * groups * per
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def produce(p: int) -> None:
+        try:
+            for g in range(groups):
+                start = (p * groups + g) * per
+                q.put_many(rows(per, start=start))
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    def consume() -> None:
+        deadline = time.monotonic() + 30
+        try:
+            while len(got) < total and time.monotonic() < deadline:
+                items = q.lease(64)
+                if not items:
+                    time.sleep(0.001)
+                    continue
+                half = len(items) // 2
+                q.release(items[half:])  # some go back and must come out again
+                got.extend(seq_of(i) for i in items[:half] or items)
+                q.ack(items[:half] or items)
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+    threads.append(threading.Thread(target=consume))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sorted(got) == list(range(total))
+    assert q.depth() == 0
+
+
+# --------------------------------------------------------------------------- crash safety
+CHILD = textwrap.dedent("""
+    import sys
+    from relay.queue import DiskQueue
+    path, sync = sys.argv[1], sys.argv[2]
+    q = DiskQueue(path, synchronous=sync)
+    seq = int(sys.argv[3])
+    while True:
+        q.put_many([(b"%d" % i, {"seq": i}) for i in range(seq, seq + 50)])
+        seq += 50
+        sys.stdout.write("%d\\n" % seq)   # everything below seq was acknowledged
+        sys.stdout.flush()
+""")
+
+
+@pytest.mark.parametrize("sync", ["FULL", "NORMAL"])
+def test_sigkill_after_put_many_returns_loses_nothing(qpath, sync):
+    os.makedirs(os.path.dirname(qpath), exist_ok=True)
+    rng = random.Random(sync)
+    acked = 0
+    for round_ in range(3):
+        target = acked + rng.randrange(300, 2000)
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, qpath, sync, str(acked)],
+                                stdout=subprocess.PIPE, cwd=str(ROOT), text=True)
+        try:
+            while True:
+                line = proc.stdout.readline()
+                assert line, f"child died early (rc={proc.poll()})"
+                acked = int(line)
+                if acked >= target:
+                    proc.send_signal(signal.SIGKILL)  # right after a put returned
+                    break
+        finally:
+            proc.kill()
+            proc.wait(10)
+            proc.stdout.close()
+        assert proc.returncode == -signal.SIGKILL
+        q = DiskQueue(qpath, synchronous=sync)
+        try:
+            assert q.recovered_from is None
+            stored = [int(i.payload) for i in q.list(limit=10**7)]
+            # every acknowledged row is there, in order, and groups are all-or-nothing
+            assert stored[:acked] == list(range(acked))
+            assert stored == list(range(len(stored)))
+            assert len(stored) % 50 == 0
+            assert q.depth() == len(stored)
+            acked = len(stored)  # the next child continues after what is stored
+        finally:
+            q.close()
+
+
+# --------------------------------------------------------------------------- corruption
+def _make_queue_file(path: str, n: int, size: int = 250) -> None:
+    q = DiskQueue(path)
+    q.put_many(rows(n, size=size))
+    q.close()  # checkpoints: everything is in the main file
+    assert not os.path.exists(path + "-wal") or os.path.getsize(path + "-wal") == 0
+
+
+def _assert_fresh_queue_works(q: DiskQueue) -> None:
+    before = q.depth()
+    assert q.put_many(rows(3, start=900_000)) == 3
+    items = q.lease(10 ** 6)
+    assert [seq_of(i) for i in items][-3:] == [900_000, 900_001, 900_002]
+    q.ack(items)
+    assert q.depth() == 0 and before + 3 == len(items)
+
+
+def test_garbage_header_is_moved_aside(qpath, caplog):
+    _make_queue_file(qpath, 100)
+    with open(qpath, "r+b") as f:
+        f.write(b"this is not an sqlite file" * 4)
+    q = DiskQueue(qpath)
+    try:
+        assert q.stats["corrupt_recovered"] == 1
+        assert q.recovered_from and os.path.exists(q.recovered_from)
+        assert ".corrupt-" in q.recovered_from
+        assert glob.glob(qpath + ".corrupt-*")
+        assert "not a database" in q.recovery_reason.lower() or "notadb" in q.recovery_reason.lower()
+        assert any("moved aside" in r.getMessage() for r in caplog.records)
+        assert q.depth() == 0
+        _assert_fresh_queue_works(q)
+    finally:
+        q.close()
+
+
+def test_truncated_file_is_moved_aside_and_salvaged(qpath):
+    _make_queue_file(qpath, 3000)
+    full = os.path.getsize(qpath)
+    os.truncate(qpath, full // 2)
+    q = DiskQueue(qpath)
+    try:
+        assert q.stats["corrupt_recovered"] == 1
+        assert os.path.getsize(q.recovered_from) == full // 2  # evidence kept as it was
+        n = q.depth()
+        assert n == q.stats["salvaged"] < 3000
+        seqs = [seq_of(i) for i in q.list(limit=10 ** 6)]
+        assert seqs == sorted(seqs) and set(seqs) <= set(range(3000))
+        _assert_fresh_queue_works(q)
+    finally:
+        q.close()
+
+
+def test_garbage_pages_in_the_middle_salvage_the_readable_rows(qpath):
+    _make_queue_file(qpath, 3000)
+    page = 4096
+    with open(qpath, "r+b") as f:
+        f.seek(page * 40)
+        f.write(random.Random(5).randbytes(page * 3))
+    q = DiskQueue(qpath)
+    try:
+        assert q.stats["corrupt_recovered"] == 1
+        assert q.recovered_from is not None
+        got = q.list(limit=10 ** 6)
+        assert 0 < len(got) <= 3000
+        assert q.stats["salvaged"] == len(got)
+        for item in got:  # salvaged rows are intact originals
+            assert item.payload == (b"row-%06d " % seq_of(item)).ljust(250, b"x")
+        _assert_fresh_queue_works(q)
+    finally:
+        q.close()
+
+
+def test_truncated_to_a_few_bytes(qpath):
+    _make_queue_file(qpath, 10)
+    os.truncate(qpath, 50)
+    q = DiskQueue(qpath)
+    try:
+        assert q.stats["corrupt_recovered"] == 1
+        _assert_fresh_queue_works(q)
+    finally:
+        q.close()
+
+
+def test_foreign_schema_is_moved_aside_intact(qpath):
+    os.makedirs(os.path.dirname(qpath))
+    conn = sqlite3.connect(qpath)
+    conn.execute("CREATE TABLE customers (name TEXT)")
+    conn.execute("INSERT INTO customers VALUES ('precious')")
+    conn.commit()
+    conn.close()
+    q = DiskQueue(qpath)
+    try:
+        assert q.stats["corrupt_recovered"] == 1
+        assert "not a relay queue" in q.recovery_reason
+        _assert_fresh_queue_works(q)
+    finally:
+        q.close()
+    kept = sqlite3.connect(q.recovered_from)
+    assert kept.execute("SELECT name FROM customers").fetchall() == [("precious",)]
+    kept.close()
+
+
+def test_wrong_schema_version_is_moved_aside_and_rows_salvaged(qpath):
+    _make_queue_file(qpath, 20)
+    conn = sqlite3.connect(qpath)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    q = DiskQueue(qpath)
+    try:
+        assert q.stats["corrupt_recovered"] == 1 and "schema version 99" in q.recovery_reason
+        assert [seq_of(i) for i in q.lease(100)] == list(range(20))  # same columns: salvaged
+    finally:
+        q.close()
+
+
+def test_wrong_totals_are_repaired_at_open(qpath):
+    _make_queue_file(qpath, 7)
+    conn = sqlite3.connect(qpath)
+    conn.execute("UPDATE totals SET rows = 12345")
+    conn.commit()
+    conn.close()
+    q = DiskQueue(qpath)
+    try:
+        assert q.depth() == 7 and q.stats["totals_repaired"] == 1
+        assert q.recovered_from is None
+    finally:
+        q.close()
+
+
+def test_locked_database_is_not_treated_as_corrupt(qpath):
+    _make_queue_file(qpath, 5)
+    other = sqlite3.connect(qpath, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("DELETE FROM queue WHERE id = 1")
+    try:
+        q = DiskQueue(qpath, busy_timeout=0.2)
+        try:
+            with pytest.raises(QueueError) as ei:
+                q.put_many(rows(1))
+            assert not isinstance(ei.value, (QueueCorrupt, QueueFull))
+            assert q.recovered_from is None
+        finally:
+            other.execute("ROLLBACK")
+        assert q.put_many(rows(1, start=5)) == 1
+        assert q.depth() == 6
+        q.close()
+    finally:
+        other.close()
+    assert not glob.glob(qpath + ".corrupt-*")
+
+
+def test_unopenable_path_raises_instead_of_quarantine(tmp_path):
+    target = tmp_path / "dir-not-file.db"
+    target.mkdir()
+    with pytest.raises(QueueError):
+        DiskQueue(str(target))
+    assert target.is_dir() and not glob.glob(str(target) + ".corrupt-*")
+
+
+# --------------------------------------------------------------------------- disk full
+def test_disk_full_raises_and_recovers_after_space_is_freed(q):
+    q.put_many(rows(200, size=250))
+    pages = q._conn.execute("PRAGMA page_count").fetchone()[0]
+    q._conn.execute(f"PRAGMA max_page_count = {pages + 20}")
+    stored = 200
+    with pytest.raises(QueueDiskFull) as ei:
+        for g in range(1000):
+            stored += q.put_many(rows(50, start=stored, size=250))
+    assert isinstance(ei.value, QueueFull)  # callers may treat it like "block"
+    assert q.depth() == stored  # the failing group stored nothing, earlier ones all
+    assert q.stats["disk_full"] >= 1
+    assert q.stats["enqueued"] == stored
+    # the queue still works: delivering frees space (ack works while full)
+    items = q.lease(150)
+    assert [seq_of(i) for i in items] == list(range(150))
+    assert q.ack(items) == 150
+    assert q.put_many(rows(50, start=stored, size=250)) == 50
+    rest = q.lease(10 ** 6)
+    assert [seq_of(i) for i in rest] == list(range(150, stored + 50))
+    q.ack(rest)
+    assert q.depth() == 0
+
+
+def test_disk_full_on_retry_keeps_lease_state(q):
+    q.put_many(rows(300, size=250))
+    items = q.lease(10)
+    pages = q._conn.execute("PRAGMA page_count").fetchone()[0]
+    q._conn.execute(f"PRAGMA max_page_count = {pages}")
+    long_error = "E" * 200_000  # the update needs new pages
+    try:
+        q.retry(items, long_error)
+    except QueueDiskFull:
+        assert q.inflight() == 10  # nothing changed in memory: caller may try again
+        assert all(i.attempts == 0 for i in q.list(limit=10))
+    q._conn.execute("PRAGMA max_page_count = 1073741823")
+    q.retry(items, "short")
+    assert q.inflight() == 0
+
+
+# --------------------------------------------------------------------------- misc
+def test_bad_arguments(qpath):
+    with pytest.raises(ValueError):
+        DiskQueue(qpath, synchronous="OFF")
+    with pytest.raises(ValueError):
+        DiskQueue(qpath, full_policy="drop_oldest")
+    with pytest.raises(ValueError):
+        DiskQueue(qpath, max_rows=0)
+
+
+def test_closed_queue_raises(qpath):
+    q = DiskQueue(qpath)
+    q.close()
+    with pytest.raises(QueueError):
+        q.put_many(rows(1))
+    q.close()  # idempotent
+
+
+def test_item_repr_and_lazy_meta(q):
+    q.put_many([(b"p", None)])
+    item = q.lease(1)[0]
+    assert isinstance(item, Item) and item.meta == {} and "id=1" in repr(item)
