@@ -130,10 +130,19 @@ def canonical_status(value) -> str | None:
     (``OPEN`` -> ``open``, ``In Progress`` -> ``in_progress``)."""
     if value is None:
         return None
+    hit = _STATUS_CACHE.get(value) if value.__class__ is str else None
+    if hit is not None:
+        return hit
     s = str(value).strip()
     if not s:
         return None
-    return s.lower().replace(" ", "_").replace("-", "_")
+    s = s.lower().replace(" ", "_").replace("-", "_")
+    if value.__class__ is str and len(_STATUS_CACHE) < 256:
+        _STATUS_CACHE[value] = s
+    return s
+
+
+_STATUS_CACHE: dict = {}
 
 
 # ---------------------------------------------------------------------------
@@ -347,6 +356,7 @@ _BODY_CANONICAL = frozenset((
     "src_ip", "source_ip", "dst_ip", "destination_ip", "host", "hostname", "user",
     "url", "link", "investigation_url", "event", "timestamp", "created_at",
 ))
+_EMPTY: dict = {}
 _STATUS_FROM_EVENT = {"created": "open", "closed": "closed", "reopened": "open"}
 
 
@@ -375,14 +385,41 @@ def _sd_element(event: Event, cfg: RhythmxConfig) -> dict:
     return {}
 
 
-def _param(params: dict, name: str, event: Event):
-    v = params.get(name)
-    if v.__class__ is list:
-        event.note(f"rhythmx: SD param {name!r} repeated; first value used")
-        v = v[0] if v else None
-    if v is not None and not v.isascii():
-        v = text(v)
-    return v
+def _clean_params(params: dict, event: Event) -> dict:
+    """The SD params with every value a plain str: a repeated param keeps its first
+    value (with a note), bytes that are not UTF-8 become U+FFFD.  Returns the same
+    dict when nothing needs doing (the usual case)."""
+    for v in params.values():
+        if v.__class__ is not str or not v.isascii():
+            break
+    else:
+        return params
+    out = {}
+    for k, v in params.items():
+        if v.__class__ is list:
+            event.note(f"rhythmx: SD param {k!r} repeated; first value used")
+            v = v[0] if v else None
+        if v is not None and not v.isascii():
+            v = text(v)
+        out[k] = v
+    return out
+
+
+_USED_CACHE: dict = {}
+
+
+def _used_params(cfg: RhythmxConfig) -> frozenset:
+    """The SD param names with a canonical meaning under this config."""
+    hit = _USED_CACHE.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    used = frozenset((cfg.id_param, cfg.risk_param, cfg.status_param, cfg.actor_param,
+                      cfg.actor_type_param, cfg.entity_param, cfg.alarm_count_param,
+                      cfg.sigma_alert_count_param, cfg.threat_case_count_param, cfg.related_param))
+    if len(_USED_CACHE) > 64:
+        _USED_CACHE.clear()
+    _USED_CACHE[id(cfg)] = (cfg, used)
+    return used
 
 
 def _parse_body(event: Event, tag: str):
@@ -445,22 +482,45 @@ def _mitre(items):
     return s, None
 
 
+def _count(raw, bval, canon: str, pname: str, event: Event):
+    n = None
+    if raw is not None:
+        try:
+            n = int(raw)
+        except ValueError:
+            event.note(f"rhythmx: SD {pname}={raw!r} is not an integer; ignored")
+    bn = _to_int(bval) if bval is not None else None
+    if n is None:
+        return bn
+    if bn is not None and bn != n:
+        event.note(f"rhythmx: {canon} SD={n} body={bn}; SD wins")
+    return n
+
+
 def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
     """Fill ``event.fields`` (canonical schema) from a SigmaIncident message; set
     ``event.body`` to the parsed JSON body when there is one.  Never raises for
     content problems: they become ``event.notes``."""
     cfg = config or DEFAULT_CONFIG
-    params = _sd_element(event, cfg)
-    if event.sd is None:
+    sd = event.sd
+    if sd is None:
         event.note("rhythmx: no structured data; body only")
-    elif not params and cfg.sd_id not in event.sd:
-        event.note(f"rhythmx: no {cfg.sd_id} SD element; body only")
+        params = {}
+    else:
+        params = sd.get(cfg.sd_id)
+        if params is None:
+            params = _sd_element(event, cfg)
+            if not params:
+                event.note(f"rhythmx: no {cfg.sd_id} SD element; body only")
+        if params:
+            params = _clean_params(params, event)
     body = _parse_body(event, "rhythmx")
-    b = body if body is not None else {}
+    b = body if body is not None else _EMPTY
     note = event.note
+    get = params.get
 
     # --- identity: SD wins, body fills -----------------------------------
-    inc_id = _param(params, cfg.id_param, event) if params else None
+    inc_id = get(cfg.id_param)
     b_id = b.get("incident_id")
     if b_id is not None:
         b_id = str(b_id)
@@ -471,21 +531,21 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
 
     # --- risk score --------------------------------------------------------
     score = None
-    if params:
-        raw = _param(params, cfg.risk_param, event)
-        if raw is not None:
-            score = to_score(raw)
-            if score is None:
-                note(f"rhythmx: SD {cfg.risk_param}={raw!r} is not a number; ignored")
-    b_score = to_score(b.get("risk_score"))
+    raw = get(cfg.risk_param)
+    if raw is not None:
+        score = to_score(raw)
+        if score is None:
+            note(f"rhythmx: SD {cfg.risk_param}={raw!r} is not a number; ignored")
+    b_score = b.get("risk_score")
     if b_score is not None:
+        b_score = to_score(b_score)
         if score is None:
             score = b_score
-        elif b_score != score:
+        elif b_score is not None and b_score != score:
             note(f"rhythmx: risk_score SD={score} body={b_score}; SD wins")
 
     # --- status ------------------------------------------------------------
-    status = _param(params, cfg.status_param, event) if params else None
+    status = get(cfg.status_param)
     b_status = b.get("status")
     if b_status is not None:
         if status is None:
@@ -504,82 +564,88 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         status = _STATUS_FROM_EVENT.get(ev_type)
 
     # --- extras: body first, SD values override -----------------------------
-    extra = {}
     if body is not None:
-        for k, v in body.items():
-            if k not in _BODY_CANONICAL:
-                extra[k] = v
-    known = (cfg.id_param, cfg.risk_param, cfg.status_param)
-    for canon, pname in (("actor", cfg.actor_param), ("actor_type", cfg.actor_type_param),
-                         ("entity", cfg.entity_param)):
-        v = _param(params, pname, event) if params else None
-        bv = b.get(canon)
-        if bv is None and canon == "actor":
-            bv = b.get("group_key")
-        elif bv is None and canon == "entity":
-            bv = b.get("entity_name")
-        if v is None:
-            v = bv
-        elif bv is not None and str(bv) != v:
-            note(f"rhythmx: {canon} SD={v!r} body={bv!r}; SD wins")
-        if v is not None:
-            extra[canon] = v
-    for canon, pname in (("alarm_count", cfg.alarm_count_param),
-                         ("sigma_alert_count", cfg.sigma_alert_count_param),
-                         ("threat_case_count", cfg.threat_case_count_param)):
-        raw = _param(params, pname, event) if params else None
-        n = _to_int(raw)
-        if raw is not None and n is None:
-            note(f"rhythmx: SD {pname}={raw!r} is not an integer; ignored")
-        bn = _to_int(b.get(canon))
-        if n is None:
-            n = bn
-        elif bn is not None and bn != n:
-            note(f"rhythmx: {canon} SD={n} body={bn}; SD wins")
+        extra = {k: v for k, v in body.items() if k not in _BODY_CANONICAL}
+    else:
+        extra = {}
+    v = get(cfg.actor_param)
+    bv = b.get("actor")
+    if bv is None:
+        bv = b.get("group_key")
+    if v is None:
+        v = bv
+    elif bv is not None and str(bv) != v:
+        note(f"rhythmx: actor SD={v!r} body={bv!r}; SD wins")
+    actor = v
+    if v is not None:
+        extra["actor"] = v
+    v = get(cfg.actor_type_param)
+    bv = b.get("actor_type")
+    if v is None:
+        v = bv
+    elif bv is not None and str(bv) != v:
+        note(f"rhythmx: actor_type SD={v!r} body={bv!r}; SD wins")
+    actor_type = v
+    if v is not None:
+        extra["actor_type"] = v
+    v = get(cfg.entity_param)
+    bv = b.get("entity")
+    if bv is None:
+        bv = b.get("entity_name")
+    if v is None:
+        v = bv
+    elif bv is not None and str(bv) != v:
+        note(f"rhythmx: entity SD={v!r} body={bv!r}; SD wins")
+    entity = v
+    if v is not None:
+        extra["entity"] = v
+    alarms = _count(get(cfg.alarm_count_param), b.get("alarm_count"), "alarm_count",
+                    cfg.alarm_count_param, event)
+    sigma = _count(get(cfg.sigma_alert_count_param), b.get("sigma_alert_count"),
+                   "sigma_alert_count", cfg.sigma_alert_count_param, event)
+    cases = _count(get(cfg.threat_case_count_param), b.get("threat_case_count"),
+                   "threat_case_count", cfg.threat_case_count_param, event)
+    for canon, n in (("alarm_count", alarms), ("sigma_alert_count", sigma), ("threat_case_count", cases)):
         if n is not None:
             extra[canon] = n
-        else:
-            extra.pop(canon, None)
-    raw = _param(params, cfg.related_param, event) if params else None
+        elif canon in extra:
+            del extra[canon]
+    raw = get(cfg.related_param)
     b_rel = b.get("related_case_ids")
     if raw is not None:
-        rel = _split_ids(raw)
+        rel = [x.strip() for x in raw.split(",") if x.strip()] if raw else []
         if b_rel is not None and _split_ids(b_rel) != rel:
             note(f"rhythmx: related_case_ids SD={rel} body={_split_ids(b_rel)}; SD wins")
         extra["related_case_ids"] = rel
     elif b_rel is not None:
         extra["related_case_ids"] = _split_ids(b_rel)
-    if params:
-        used = {cfg.actor_param, cfg.actor_type_param, cfg.entity_param, cfg.alarm_count_param,
-                cfg.sigma_alert_count_param, cfg.threat_case_count_param, cfg.related_param}
-        for k in params:
-            if k not in known and k not in used:
-                v = _param(params, k, event)
+    if params and not _used_params(cfg).issuperset(params):
+        used = _used_params(cfg)
+        for k, v in params.items():
+            if k not in used:
                 bv = extra.get(k)
                 if bv is not None and str(bv) != v:
                     note(f"rhythmx: {k} SD={v!r} body={bv!r}; SD wins")
                 extra[k] = v
 
     # --- who / where ---------------------------------------------------------
-    actor = extra.get("actor")
-    actor_type = extra.get("actor_type")
     user = b.get("user")
     host = b.get("host") or b.get("hostname")
     src_ip = b.get("src_ip") or b.get("source_ip")
     dst_ip = b.get("dst_ip") or b.get("destination_ip")
     if actor is not None:
         at = str(actor_type).lower() if actor_type is not None else None
-        if at in ("user", "account", "username"):
+        if at is None:
+            if is_ip(actor):
+                src_ip = src_ip or actor
+            else:
+                user = user or actor
+        elif at in ("user", "account", "username"):
             user = user or actor
         elif at in ("host", "hostname", "device", "computer"):
             host = host or actor
         elif at in ("ip", "ip_address", "address"):
             src_ip = src_ip or actor
-        elif at is None:
-            if is_ip(actor):
-                src_ip = src_ip or actor
-            else:
-                user = user or actor
 
     tactic, tactic_id = _mitre(b.get("mitre_tactics"))
     technique, technique_id = _mitre(b.get("mitre_techniques"))
@@ -610,13 +676,13 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         dedup = f"{cfg.dedup_prefix}:raw:{_digest_key(event)}"
     name = b.get("title") or b.get("name")
     if name is None:
-        name = f"RhythmX incident {inc_id or '?'}" + (f": {actor}" if actor else "")
+        name = f"RhythmX incident {inc_id or '?'}: {actor}" if actor else f"RhythmX incident {inc_id or '?'}"
     description = b.get("description") or b.get("summary")
     if description is None:
         description = (
-            f"SigmaIncident {ev_type or 'event'}: actor={actor or '-'} entity={extra.get('entity') or '-'} "
-            f"risk_score={score if score is not None else '-'} alarms={extra.get('alarm_count', '-')} "
-            f"sigma_alerts={extra.get('sigma_alert_count', '-')} threat_cases={extra.get('threat_case_count', '-')}")
+            f"SigmaIncident {ev_type or 'event'}: actor={actor or '-'} entity={entity or '-'} "
+            f"risk_score={'-' if score is None else score} alarms={'-' if alarms is None else alarms} "
+            f"sigma_alerts={'-' if sigma is None else sigma} threat_cases={'-' if cases is None else cases}")
 
     event.fields = {
         "kind": "incident",
