@@ -23,19 +23,14 @@ __all__ = ["parse", "looks_like_rfc5424"]
 
 def looks_like_rfc5424(data: bytes) -> bool:
     """``<\\d{1,3}>[1-9]\\d{0,2} `` at the start of ``data``, by byte checks."""
-    if data[:1] != b"<":
+    if not data.startswith(b"<"):
         return False
     j = data.find(b">", 2, 5)
-    if j < 0 or not data[1:j].isdigit():
+    if j < 0:
         return False
-    k = j + 1
-    if not 0x31 <= (data[k] if k < len(data) else 0) <= 0x39:  # 1-9
-        return False
-    k += 1
-    end = k + 2
-    while k < end and k < len(data) and 0x30 <= data[k] <= 0x39:
-        k += 1
-    return data[k:k + 1] == b" "
+    v = data[j + 1:j + 5]          # VERSION (1-3 digits) and its SP
+    sp = v.find(b" ")
+    return sp > 0 and v[0] != 0x30 and v[:sp].isdigit() and data[1:j].isdigit()
 
 
 def _raw(data: bytes, err: ParseError) -> Event:

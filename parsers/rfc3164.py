@@ -81,7 +81,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 
 from .event import FORMAT_RFC3164, Event, ParseError
 
@@ -129,35 +129,76 @@ def _mdays(y: int, m: int) -> int:
     return 30 if m in (4, 6, 9, 11) else 31
 
 
+_day_cache: dict[tuple, int] = {}
+
+
+def _day_epoch(y: int, mo: int, d: int) -> int:
+    key = (y, mo, d)
+    v = _day_cache.get(key)
+    if v is None:
+        if len(_day_cache) > 4096:
+            _day_cache.clear()
+        v = _day_cache[key] = _days(y, mo, d) * 86400
+    return v
+
+
 def _local(y: int, mo: int, d: int, h: int, mi: int, s: int, tz) -> float:
     """Epoch seconds of a wall-clock time in ``tz`` (fold 0 in a DST overlap)."""
     if tz is UTC or d > _mdays(y, mo):  # (a non-existent date only guides the year guess)
-        return _days(y, mo, d) * 86400 + h * 3600 + mi * 60 + s
+        return _day_epoch(y, mo, d) + h * 3600 + mi * 60 + s
     return datetime(y, mo, d, h, mi, s, tzinfo=tz).timestamp()
 
 
+_year_cache = [None, None, 0]  # [15-minute slot, tz, year]
+
+
 def _year_of(t: float, tz) -> int:
-    if tz is UTC:
-        return time.gmtime(t).tm_year
-    return datetime.fromtimestamp(t, tz).year
+    """The calendar year in ``tz`` at epoch ``t`` (cached per 15 minutes: every
+    zone offset is a multiple of 15 minutes, so a year never changes inside one)."""
+    slot = int(t // 900)
+    c = _year_cache
+    if c[0] == slot and c[1] is tz:
+        return c[2]
+    y = time.gmtime(t).tm_year if tz is UTC else datetime.fromtimestamp(t, tz).year
+    c[0], c[1], c[2] = slot, tz, y
+    return y
 
 
-def _time_unix(m: re.Match, received, year_hint, tz, ev: Event):
-    """UTC epoch seconds for a matched timestamp, or None (with a note)."""
-    if m.group(1) is not None:  # BSD
-        mo = _MONTHS.get(m.group(1)) or _MONTHS.get(m.group(1).capitalize())
-        d, h, mi = int(m.group(2)), int(m.group(4)), int(m.group(5))
-        sec = int(m.group(6))
-        frac = m.group(7)
-        year = m.group(3) or m.group(8)
-        if sec == 60:  # leap second as sent: count it as :59 + 1 s
-            sec = 59
-            frac_add = 1.0
-        else:
-            frac_add = 0.0
-        if year is not None:
-            y = int(year)
-        elif year_hint is not None:
+def _match_ts(s: str, i: int):
+    """The timestamp at ``i`` (after an optional Cisco clock mark ``*``/``.``):
+    ``(match, mark, fields)`` or ``None``.  ``fields`` is ``(year|None, month, day,
+    hour, minute, second, fraction|None, offset|None, bsd)`` with ints checked
+    for range (hour <= 23, minute <= 59, second <= 60, day 1-31, month name)."""
+    mark = s[i:i + 1]
+    if mark == "*" or mark == ".":
+        m = _TS.match(s, i + 1)
+    else:
+        m = _TS.match(s, i)
+        mark = None
+    if m is None:
+        return None
+    mon, d, yb, h, mi, sec, frac, ya, iy, imo, idd, ih, imi, isec, ifrac, off = m.groups()
+    if mon is not None:
+        mo = _MONTHS.get(mon) or _MONTHS.get(mon.capitalize())
+        if mo is None:
+            return None
+        y = yb or ya
+        f = (int(y) if y else None, mo, int(d), int(h), int(mi), int(sec), frac, None, True)
+    else:
+        f = (int(iy), int(imo), int(idd), int(ih), int(imi), int(isec), ifrac, off, False)
+    if f[2] == 0 or f[2] > 31 or f[3] > 23 or f[4] > 59 or f[5] > 60:
+        return None
+    return m, mark, f
+
+
+def _time_unix(f: tuple, received, year_hint, tz, ev: Event):
+    """UTC epoch seconds for the timestamp fields ``f``, or None (with a note)."""
+    y, mo, d, h, mi, sec, frac, off, bsd = f
+    leap = sec == 60  # a leap second as sent: :59 + 1 s
+    if leap:
+        sec = 59
+    if y is None:
+        if year_hint is not None:
             y = year_hint
         else:  # the year that puts it in (now + 1 day - 1 year, now + 1 day]
             now = time.time() if received is None else received
@@ -167,60 +208,23 @@ def _time_unix(m: re.Match, received, year_hint, tz, ev: Event):
                 y -= 1
             elif mo == 1 and d <= 2 and _local(y + 1, mo, d, h, mi, sec, tz) <= limit:
                 y += 1
-        if d > _mdays(y, mo):
-            ev.note(f"timestamp date {y:04d}-{mo:02d}-{d:02d} does not exist; time_unix unknown")
-            return None
+    if not 1 <= mo <= 12 or d > _mdays(y, mo):
+        ev.note(f"timestamp date {y:04d}-{mo:02d}-{d:02d} does not exist; time_unix unknown")
+        return None
+    if off is None:
         t = _local(y, mo, d, h, mi, sec, tz)
-    else:  # ISO 8601
-        y, mo, d = int(m.group(9)), int(m.group(10)), int(m.group(11))
-        h, mi, sec = int(m.group(12)), int(m.group(13)), int(m.group(14))
-        frac = m.group(15)
-        off = m.group(16)
-        frac_add = 0.0
-        if sec == 60:
-            sec = 59
-            frac_add = 1.0
-        if not 1 <= mo <= 12 or d > _mdays(y, mo):
-            ev.note(f"timestamp date {m.group(9)}-{m.group(10)}-{m.group(11)} does not exist; time_unix unknown")
-            return None
-        if off is None:
-            t = _local(y, mo, d, h, mi, sec, tz)
-        else:
-            t = _days(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec
-            if off not in "Zz":
-                oh, om = int(off[1:3]), int(off[-2:])
-                if oh > 23 or om > 59:
-                    ev.note(f"timestamp offset {off} out of range; time_unix unknown")
-                    return None
-                o = oh * 3600 + om * 60
-                t = t - o if off[0] == "+" else t + o
+    else:
+        t = _day_epoch(y, mo, d) + h * 3600 + mi * 60 + sec
+        if off != "Z" and off != "z":
+            oh, om = int(off[1:3]), int(off[-2:])
+            if oh > 23 or om > 59:
+                ev.note(f"timestamp offset {off} out of range; time_unix unknown")
+                return None
+            o = oh * 3600 + om * 60
+            t = t - o if off[0] == "+" else t + o
     if frac:
         t += float("0." + frac[:9])
-    return t + frac_add
-
-
-def _valid(m: re.Match) -> bool:
-    if m.group(1) is not None:
-        if m.group(1) not in _MONTHS and m.group(1).capitalize() not in _MONTHS:
-            return False
-        return (1 <= int(m.group(2)) <= 31 and int(m.group(4)) <= 23
-                and int(m.group(5)) <= 59 and int(m.group(6)) <= 60)
-    return (1 <= int(m.group(11)) <= 31 and int(m.group(12)) <= 23
-            and int(m.group(13)) <= 59 and int(m.group(14)) <= 60)
-
-
-def _match_ts(s: str, i: int):
-    """``(match, mark)`` for a timestamp at ``i`` (after an optional Cisco clock
-    mark ``*``/``.``), else ``(None, None)``."""
-    mark = s[i:i + 1]
-    if mark == "*" or mark == ".":
-        m = _TS.match(s, i + 1)
-    else:
-        m = _TS.match(s, i)
-        mark = None
-    if m is not None and _valid(m):
-        return m, mark
-    return None, None
+    return t + 1.0 if leap else t
 
 
 def _is_hostname(w: str) -> bool:
@@ -246,8 +250,6 @@ def parse(data: bytes, *, received: float | None = None, year_hint: int | None =
     n = len(s)
     ev = Event(data, FORMAT_RFC3164)
     ev.received = received
-    if tz is timezone.utc:
-        tz = UTC
 
     # PRI
     if s[0] == "<":
@@ -290,16 +292,17 @@ def parse(data: bytes, *, received: float | None = None, year_hint: int | None =
                 k = sp + 1
                 while k < n and s[k] == " ":
                     k += 1
-                if _match_ts(s, k)[0] is not None and _is_hostname(s[i:sp - 1]):
+                if _match_ts(s, k) is not None and _is_hostname(s[i:sp - 1]):
                     hostname = s[i:sp - 1]
                     i = k
 
     # TIMESTAMP
-    m, mark = _match_ts(s, i) if i < n else (None, None)
-    has_ts = m is not None
+    r = _match_ts(s, i) if i < n else None
+    has_ts = r is not None
     if has_ts:
-        ev.timestamp = m.group(0)
-        ev.time_unix = _time_unix(m, received, year_hint, tz, ev)
+        m, mark, f = r
+        ev.timestamp = m.group()
+        ev.time_unix = _time_unix(f, received, year_hint, tz, ev)
         i = m.end()
         if i < n and s[i] == ":":
             i += 1
