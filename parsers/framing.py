@@ -29,7 +29,14 @@ like a frame: a digit run, or ``<PRI>``.  Anything else is reported as
 of UTF-8 bytes, lands us mid-message) and resynced as above, so an
 octet-counted stream without LFs cannot wedge.  The context ends with the next
 non-transparent frame.  Consequence: a line without PRI straight after an
-octet-counted frame on the same connection is treated as garbage.
+octet-counted frame on the same connection is treated as garbage.  Limit (of
+RFC 6587 itself): if a too-short MSG-LEN leaves stray bytes ending in digits,
+they run into the next MSG-LEN (``..."1" + "12 <13>..."`` reads as ``112``), and
+that frame comes out wrong; the stream still recovers after it.
+
+Speed: per frame one ``bytes.find`` (memchr) and one slice for LF frames, one
+short ``find`` + ``int`` + slice for octet-counted frames; no per-byte Python
+loops except over blank separators and junk.  See ``bench/bench_framing.py``.
 
 Size limits and memory: the deframer never holds more than ``max_frame`` +
 :data:`SLACK` bytes between calls, whatever the input (see
@@ -142,7 +149,7 @@ class Deframer:
     """
 
     __slots__ = ("max_frame", "oversize", "trailer", "nul_trailer", "stats",
-                 "_trunc", "_tb", "_nul", "_parts", "_plen", "_need", "_wait",
+                 "_trunc", "_tb", "_nul", "_pend", "_need", "_wait",
                  "_state", "_skip", "_octx", "_fed", "_problems")
 
     def __init__(self, max_frame: int = 65536, oversize: str = "truncate",
@@ -168,9 +175,8 @@ class Deframer:
         self._reset()
 
     def _reset(self) -> None:
-        self._parts: list[bytes] = []   # pending bytes: start of an incomplete frame, or junk tail
-        self._plen = 0
-        self._need = 0                  # process again once _plen >= _need
+        self._pend = bytearray()        # pending bytes: start of an incomplete frame, or junk tail
+        self._need = 0                  # process again once len(_pend) >= _need
         self._wait = False              # ... or once a trailer arrives
         self._state = _START
         self._skip = 0                  # bytes still to discard in _SKIP
@@ -181,7 +187,7 @@ class Deframer:
     @property
     def buffered(self) -> int:
         """Bytes held between calls (always <= max_frame + SLACK)."""
-        return self._plen
+        return len(self._pend)
 
     def drain_problems(self) -> list[FrameProblem]:
         """Problem records since the last call, oldest first; clears them."""
@@ -219,16 +225,14 @@ class Deframer:
             data = data[e + 1:]
             if not data:
                 return out
-        parts = self._parts
-        if parts:
-            parts.append(data)
-            self._plen += len(data)
-            if self._state == _START and self._plen < self._need and (
+        pend = self._pend
+        if pend:
+            pend += data
+            if self._state == _START and len(pend) < self._need and (
                     not self._wait or (self._tb not in data and not (self._nul and b"\0" in data))):
                 return out
-            buf = b"".join(parts)
-            self._parts = []
-            self._plen = 0
+            buf = bytes(pend)
+            pend.clear()
         else:
             buf = data
         self._run(buf, out, False)
@@ -242,10 +246,9 @@ class Deframer:
         if self._state == _SKIP:
             self._problem("partial_at_close", self._fed,
                           f"stream ended {self._skip} bytes short of the end of an oversize octet-counted frame")
-        elif self._parts:
-            buf = b"".join(self._parts)
-            self._parts = []
-            self._plen = 0
+        elif self._pend:
+            buf = bytes(self._pend)
+            self._pend.clear()
             self._run(buf, out, True, partial)
         self._reset()
         return out
@@ -304,14 +307,11 @@ class Deframer:
         self.stats["discarded_bytes"] += keep - p
         self._state = _JUNK
         if keep < n:
-            self._parts = [buf[keep:]]
-            self._plen = n - keep
+            self._pend += memoryview(buf)[keep:]
         return -1
 
     def _leave(self, buf: bytes, pos: int, need: int, wait: bool) -> None:
-        rest = buf[pos:]
-        self._parts = [rest]
-        self._plen = len(rest)
+        self._pend += memoryview(buf)[pos:]
         self._need = need
         self._wait = wait
 

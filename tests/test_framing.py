@@ -473,3 +473,20 @@ def test_property_lf_stream_recovers_after_junk_line(junk, msgs):
     stream = junk + b"\n" + b"".join(frame_lf(m) for m in msgs)
     frames, _ = run([stream], max_frame=1000)
     assert frames[-len(msgs):] == msgs
+
+
+def test_trickled_input_is_linear_and_bounded():
+    # 1-byte reads of big frames: no rescanning or re-copying of the pending bytes per read
+    import time
+    mf = 300_000
+    big_octet = frame_octet(b"<13>" + b"o" * 299_000)
+    big_line = b"<14>" + b"l" * 299_000 + b"\n"
+    d = Deframer(max_frame=mf)
+    t0 = time.process_time()
+    frames = []
+    for stream in (big_octet, big_line):
+        for i in range(len(stream)):
+            frames += d.feed(stream[i:i + 1])
+        assert d.buffered == 0
+    assert time.process_time() - t0 < 10      # quadratic behaviour would copy ~90 GB
+    assert [len(f) for f in frames] == [299_004, 299_004]
