@@ -1,0 +1,439 @@
+"""The relay's one TOML configuration file -> typed config.
+
+Every problem is reported with the file, the key path and what is wrong, e.g.::
+
+    relay.toml: sinks.qradar.format: 'leff' is not one of: leef, leef1, cef, rfc5424, json
+
+Unknown keys are errors too (a typo must not silently fall back to a default).
+The reference for every key is docs/config.md; examples/relay.toml is a complete,
+commented example.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "Config", "RelayConfig", "QueueConfig", "RetryConfig", "SourceConfig",
+           "RouteConfig", "SinkConfig", "load", "loads", "parse_address", "SINK_TYPES", "SINK_FORMATS"]
+
+SOURCE_TYPES = ("udp", "tcp", "tls")
+SINK_TYPES = ("syslog", "file")
+SINK_FORMATS = ("leef", "leef1", "cef", "rfc5424", "json")
+
+
+class ConfigError(ValueError):
+    def __init__(self, file: str, path: str, message: str) -> None:
+        self.file, self.path, self.message = file, path, message
+        where = f"{file}: {path}: " if path else f"{file}: "
+        super().__init__(where + message)
+
+
+@dataclass
+class RetryConfig:
+    base: float = 60.0
+    factor: float = 2.0
+    cap: float = 3600.0
+    max_attempts: int = 5
+
+
+@dataclass
+class QueueConfig:
+    synchronous: str = "FULL"
+    max_rows: int | None = 1_000_000
+    max_bytes: int | None = 1 << 30
+    full_policy: str = "block"
+
+
+@dataclass
+class RelayConfig:
+    state_dir: Path = Path("state")
+    metrics_address: tuple[str, int] | None = ("127.0.0.1", 9514)
+    drain_timeout: float = 10.0
+    log_level: str = "info"
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    type: str
+    address: tuple[str, int]
+    lenient: bool = False
+    max_message_size: int = 65536
+    oversize: str = "truncate"
+    allow: list = field(default_factory=list)          # ip_network objects; empty = everyone
+    receive_buffer: int | None = 4 * 1024 * 1024       # udp SO_RCVBUF
+    max_connections: int = 1000
+    idle_timeout: float = 600.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_verify_client: bool = False
+
+    def allowed(self, ip: str) -> bool:
+        if not self.allow:
+            return True
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.allow)
+
+
+@dataclass
+class RouteConfig:
+    name: str
+    match: str
+    sinks: list[str]
+    final: bool = False
+    rule: Any = None  # compiled relay.rules.Rule
+
+
+@dataclass
+class SinkConfig:
+    name: str
+    type: str
+    format: str = "leef"
+    # syslog
+    address: tuple[str, int] | None = None
+    protocol: str = "tcp"
+    framing: str | None = None          # octet | lf; default lf for tcp, octet for tls
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_verify: bool = True
+    tls_server_name: str | None = None
+    connect_timeout: float = 10.0
+    # file
+    path: Path | None = None
+    # encoders
+    leef_vendor: str = "Relay"
+    leef_product: str = "SOC Relay"
+    leef_version: str = "1.0"
+    leef_delimiter: str = "^"
+    cef_vendor: str = "Relay"
+    cef_product: str = "SOC Relay"
+    cef_version: str = "1.0"
+    hostname: str = "original"          # syslog header HOSTNAME: "original" device, or a fixed name
+    # delivery
+    batch_size: int = 500
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    options: dict = field(default_factory=dict)  # type-specific extras (later sink types)
+
+
+@dataclass
+class Config:
+    file: str
+    relay: RelayConfig
+    sources: dict[str, SourceConfig]
+    routes: dict[str, RouteConfig]
+    sinks: dict[str, SinkConfig]
+    warnings: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port)."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("must be 'host:port'")
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r} is not '[ipv6]:port'")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{text!r} is not 'host:port'")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} in {text!r} is not 0-65535")
+    return host, int(port)
+
+
+class _Table:
+    """Reads keys from one TOML table, remembering which were used."""
+
+    def __init__(self, file: str, path: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(file, path, f"must be a table, not {type(data).__name__}")
+        self.file, self.path, self.data = file, path, data
+        self.used: set[str] = set()
+
+    def err(self, key: str | None, msg: str) -> ConfigError:
+        return ConfigError(self.file, f"{self.path}.{key}" if key and self.path else (key or self.path), msg)
+
+    def get(self, key: str, types, default=None, *, choices=None, check=None, required=False):
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise self.err(key, "is required")
+            return default
+        v = self.data[key]
+        if types is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, types) or (isinstance(v, bool) and types in (int, float, (int, float))):
+            tn = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+            raise self.err(key, f"must be {_article(tn)}, not {type(v).__name__} {v!r}")
+        if choices is not None and v not in choices:
+            raise self.err(key, f"{v!r} is not one of: {', '.join(choices)}")
+        if check is not None:
+            try:
+                out = check(v)
+            except (ValueError, TypeError, OSError) as e:
+                raise self.err(key, str(e)) from None
+            if out is not None:
+                v = out
+        return v
+
+    def table(self, key: str) -> "_Table":
+        self.used.add(key)
+        return _Table(self.file, f"{self.path}.{key}" if self.path else key, self.data.get(key, {}))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.err(unknown[0], "unknown key" + (f" (known keys: {', '.join(sorted(self.used))})"
+                                                       if self.used else ""))
+
+
+def _article(tn: str) -> str:
+    return ("an " if tn[0] in "aeiou" else "a ") + tn
+
+
+def _positive(v):
+    if v <= 0:
+        raise ValueError(f"must be greater than 0, not {v}")
+
+
+def _non_negative(v):
+    if v < 0:
+        raise ValueError(f"must not be negative, not {v}")
+
+
+def _networks(v):
+    out = []
+    for item in v:
+        if not isinstance(item, str):
+            raise ValueError(f"entries must be CIDR strings, not {item!r}")
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as e:
+            raise ValueError(f"{item!r} is not an IP network: {e}") from None
+    return out
+
+
+def _retry(t: _Table, base: RetryConfig) -> RetryConfig:
+    r = RetryConfig(
+        base=t.get("base", float, base.base, check=_positive),
+        factor=t.get("factor", float, base.factor, check=lambda v: None if v >= 1 else (_ for _ in ()).throw(
+            ValueError(f"must be >= 1, not {v}"))),
+        cap=t.get("cap", float, base.cap, check=_positive),
+        max_attempts=t.get("max_attempts", int, base.max_attempts, check=_non_negative),
+    )
+    t.finish()
+    return r
+
+
+def _queue(t: _Table, base: QueueConfig) -> QueueConfig:
+    q = QueueConfig(
+        synchronous=t.get("synchronous", str, base.synchronous, choices=("FULL", "NORMAL")),
+        max_rows=t.get("max_rows", int, base.max_rows, check=_positive),
+        max_bytes=t.get("max_bytes", int, base.max_bytes, check=_positive),
+        full_policy=t.get("full_policy", str, base.full_policy, choices=("block", "drop_newest")),
+    )
+    t.finish()
+    return q
+
+
+def _path(base_dir: Path):
+    def conv(v: str) -> Path:
+        if not v:
+            raise ValueError("must not be empty")
+        p = Path(os.path.expandvars(v)).expanduser()
+        return p if p.is_absolute() else base_dir / p
+    return conv
+
+
+def _existing_file(base_dir: Path):
+    conv = _path(base_dir)
+
+    def check(v: str) -> Path:
+        p = conv(v)
+        if not p.is_file():
+            raise ValueError(f"file {str(p)!r} does not exist")
+        return p
+    return check
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load(path: str | os.PathLike, *, compile_rules: bool = True) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(p), "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(p), "", f"cannot read: {e}") from None
+    return loads(text, file=str(p), base_dir=p.resolve().parent, compile_rules=compile_rules)
+
+
+def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, compile_rules: bool = True) -> Config:
+    base_dir = base_dir or Path.cwd()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, "", f"not valid TOML: {e}") from None
+    root = _Table(file, "", data)
+    pathconv = _path(base_dir)
+
+    # [relay]
+    rt = root.table("relay")
+    metrics = rt.get("metrics_address", str, "127.0.0.1:9514")
+    relay = RelayConfig(
+        state_dir=rt.get("state_dir", str, "state", check=pathconv),
+        metrics_address=None if metrics in ("", "off") else rt.get("metrics_address", str, check=parse_address),
+        drain_timeout=rt.get("drain_timeout", float, 10.0, check=_non_negative),
+        log_level=rt.get("log_level", str, "info", choices=("debug", "info", "warning", "error")),
+    )
+    relay.queue = _queue(rt.table("queue"), QueueConfig())
+    relay.retry = _retry(rt.table("retry"), RetryConfig())
+    rt.finish()
+
+    # [sources.*]
+    sources: dict[str, SourceConfig] = {}
+    st = root.table("sources")
+    for name in st.data:
+        t = st.table(name)
+        typ = t.get("type", str, required=True, choices=SOURCE_TYPES)
+        sc = SourceConfig(
+            name=name, type=typ,
+            address=t.get("address", str, required=True, check=parse_address),
+            lenient=t.get("lenient", bool, False),
+            max_message_size=t.get("max_message_size", int, 65536, check=lambda v: None if 480 <= v <= 16 << 20
+                                   else (_ for _ in ()).throw(ValueError(f"must be 480..16777216, not {v}"))),
+            oversize=t.get("oversize", str, "truncate", choices=("truncate", "drop")),
+            allow=t.get("allow", list, [], check=_networks),
+        )
+        if typ == "udp":
+            sc.receive_buffer = t.get("receive_buffer", int, 4 << 20, check=_positive)
+        else:
+            sc.max_connections = t.get("max_connections", int, 1000, check=_positive)
+            sc.idle_timeout = t.get("idle_timeout", float, 600.0, check=_non_negative)
+        if typ == "tls":
+            sc.tls_cert = t.get("tls_cert", str, required=True, check=_existing_file(base_dir))
+            sc.tls_key = t.get("tls_key", str, required=True, check=_existing_file(base_dir))
+            sc.tls_ca = t.get("tls_ca", str, None, check=_existing_file(base_dir))
+            sc.tls_verify_client = t.get("tls_verify_client", bool, False)
+            if sc.tls_verify_client and sc.tls_ca is None:
+                raise t.err("tls_verify_client", "needs tls_ca (the CA that signs client certificates)")
+        t.finish()
+        sources[name] = sc
+    st.finish()
+
+    # [sinks.*]
+    sinks: dict[str, SinkConfig] = {}
+    kt = root.table("sinks")
+    for name in kt.data:
+        t = kt.table(name)
+        typ = t.get("type", str, required=True, choices=SINK_TYPES)
+        sk = SinkConfig(name=name, type=typ)
+        sk.format = t.get("format", str, "leef", choices=SINK_FORMATS)
+        if typ == "syslog":
+            sk.address = t.get("address", str, required=True, check=parse_address)
+            sk.protocol = t.get("protocol", str, "tcp", choices=("tcp", "udp", "tls"))
+            sk.framing = t.get("framing", str, "octet" if sk.protocol == "tls" else "lf", choices=("octet", "lf"))
+            if sk.protocol == "udp" and "framing" in t.data:
+                raise t.err("framing", "UDP carries one message per datagram; framing applies to tcp and tls")
+            sk.connect_timeout = t.get("connect_timeout", float, 10.0, check=_positive)
+            if sk.protocol == "tls":
+                sk.tls_ca = t.get("tls_ca", str, None, check=_existing_file(base_dir))
+                sk.tls_cert = t.get("tls_cert", str, None, check=_existing_file(base_dir))
+                sk.tls_key = t.get("tls_key", str, None, check=_existing_file(base_dir))
+                sk.tls_verify = t.get("tls_verify", bool, True)
+                sk.tls_server_name = t.get("tls_server_name", str, None)
+        elif typ == "file":
+            sk.path = t.get("path", str, required=True, check=pathconv)
+        sk.leef_vendor = t.get("leef_vendor", str, sk.leef_vendor)
+        sk.leef_product = t.get("leef_product", str, sk.leef_product)
+        sk.leef_version = t.get("leef_version", str, sk.leef_version)
+        sk.leef_delimiter = t.get("leef_delimiter", str, sk.leef_delimiter, check=_delimiter)
+        sk.cef_vendor = t.get("cef_vendor", str, sk.cef_vendor)
+        sk.cef_product = t.get("cef_product", str, sk.cef_product)
+        sk.cef_version = t.get("cef_version", str, sk.cef_version)
+        sk.hostname = t.get("hostname", str, "original")
+        sk.batch_size = t.get("batch_size", int, 500, check=_positive)
+        sk.queue = _queue(t.table("queue"), relay.queue)
+        sk.retry = _retry(t.table("retry"), relay.retry)
+        t.finish()
+        sinks[name] = sk
+    kt.finish()
+
+    # [routes.*]
+    routes: dict[str, RouteConfig] = {}
+    ro = root.table("routes")
+    for name in ro.data:
+        t = ro.table(name)
+        rc = RouteConfig(
+            name=name,
+            match=t.get("match", str, required=True),
+            sinks=t.get("sinks", list, required=True),
+            final=t.get("final", bool, False),
+        )
+        for i, s in enumerate(rc.sinks):
+            if not isinstance(s, str):
+                raise t.err("sinks", f"entry {i} must be a sink name (string), not {s!r}")
+            if s not in sinks:
+                raise t.err("sinks", f"no sink named {s!r} (defined sinks: {', '.join(sinks) or 'none'})")
+        if not rc.sinks:
+            raise t.err("sinks", "must name at least one sink")
+        if compile_rules:
+            from .rules import RuleSyntaxError, compile_rule
+            try:
+                rc.rule = compile_rule(rc.match)
+            except RuleSyntaxError as e:
+                raise t.err("match", f"rule syntax error:\n{e}") from None
+        t.finish()
+        routes[name] = rc
+    ro.finish()
+    root.finish()
+
+    cfg = Config(file=file, relay=relay, sources=sources, routes=routes, sinks=sinks)
+    used = {s for r in routes.values() for s in r.sinks}
+    for s in sinks:
+        if s not in used:
+            cfg.warnings.append(f"{file}: sinks.{s}: no route sends events to this sink")
+    if not sources:
+        cfg.warnings.append(f"{file}: sources: no sources: the relay will receive nothing")
+    addrs: dict = {}
+    for s in sources.values():
+        key = ("udp" if s.type == "udp" else "tcp", s.address)
+        if key in addrs:
+            raise ConfigError(file, f"sources.{s.name}.address",
+                              f"{s.address[0]}:{s.address[1]} is already used by sources.{addrs[key]}")
+        addrs[key] = s.name
+    return cfg
+
+
+def _delimiter(v: str):
+    if len(v) == 1:
+        if v in "=|" or v == "\n" or v == "\r":
+            raise ValueError(f"{v!r} cannot be a LEEF delimiter")
+        return None
+    h = v[2:] if v[:2].lower() == "0x" else v[1:] if v[:1].lower() == "x" else None
+    if h and 1 <= len(h) <= 4:
+        try:
+            c = chr(int(h, 16))
+        except ValueError:
+            pass
+        else:
+            return _delimiter(c) or c
+    raise ValueError(f"{v!r} must be one character or a hex code like x09 / 0x5E")

@@ -1,0 +1,297 @@
+"""The hot path: frame -> parse -> normalise -> route -> render -> durable per-sink queue.
+
+Sources call :meth:`Pipeline.handle` with a batch of ``(message bytes, peer)`` pairs.
+Each message is parsed (RFC 5424 / 3164 / raw, per source strict or lenient),
+normalised (docs/schema.md), matched against the routes in order (a ``final`` route
+stops the search), and rendered once per matched sink.  The rendered payloads go to
+each sink's :class:`GroupCommitter`, which writes everything submitted meanwhile, from
+every connection, in one SQLite transaction (group commit) on its own thread.
+
+``handle`` returns ``None`` when nothing was queued, else a future that completes when
+every message of the batch is durably queued in every matched sink.  TCP/TLS sources
+pause reading until then (durability and backpressure); UDP sources don't wait but stop
+handing over while :meth:`backlog` exceeds ``max_backlog``.
+
+Events that match no route are counted (``relay_unrouted_total``) and not queued: add
+a catch-all route (``match = 'format exists'``) to keep everything.  An event a sink
+cannot render goes straight to that sink's dead-letter table with the reason.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Callable
+
+from formats import xsoar as xsoar_fmt
+from formats.render import Renderer, RenderOptions
+from parsers import detect
+from parsers.event import FORMAT_RAW
+from parsers.normalise import normalise
+
+from .config import Config, SinkConfig, SourceConfig
+from .metrics import REGISTRY
+from .queue import DiskQueue, QueueDiskFull, QueueFull
+
+log = logging.getLogger("relay.pipeline")
+
+__all__ = ["Pipeline", "GroupCommitter", "make_renderer"]
+
+
+def make_renderer(cfg: SinkConfig) -> Callable:
+    """sink config -> ``render(event, routes) -> bytes`` (what goes into its queue)."""
+    if cfg.type in ("xsoar", "xsoar_webhook"):
+        import orjson
+        opts = cfg.options.get("xsoar_options") or xsoar_fmt.XsoarOptions()
+        fn = xsoar_fmt.incident if cfg.type == "xsoar" else xsoar_fmt.webhook_item
+
+        def render_xsoar(ev, routes):
+            return orjson.dumps(fn(ev, opts, routes))
+        return render_xsoar
+    r = Renderer(RenderOptions(format=cfg.format, leef_vendor=cfg.leef_vendor, leef_product=cfg.leef_product,
+                               leef_version=cfg.leef_version, leef_delimiter=cfg.leef_delimiter,
+                               cef_vendor=cfg.cef_vendor, cef_product=cfg.cef_product, cef_version=cfg.cef_version,
+                               hostname=cfg.hostname))
+    sanitised = REGISTRY.counter("relay_sanitised_total", sink=cfg.name)
+    render = r.render
+
+    def render_syslog(ev, routes):
+        before = r.sanitised
+        out = render(ev)
+        if r.sanitised != before:
+            sanitised.value += r.sanitised - before
+        return out
+    return render_syslog
+
+
+class GroupCommitter:
+    """Collects batches for one queue and commits them together on a dedicated thread.
+
+    ``submit(items)`` returns an asyncio future resolved (on the loop) once the items are
+    durable.  A full queue with policy ``block`` (or a full disk) keeps the futures
+    pending and retries every ``retry_interval`` seconds: the sources stay paused, which
+    is the backpressure.  ``drop_newest`` is applied by the queue and counted there.
+    """
+
+    def __init__(self, name: str, queue: DiskQueue, loop: asyncio.AbstractEventLoop,
+                 on_commit: Callable[[], None] | None = None, retry_interval: float = 0.5) -> None:
+        self.name = name
+        self.queue = queue
+        self.loop = loop
+        self.on_commit = on_commit
+        self.retry_interval = retry_interval
+        self._cv = threading.Condition()
+        self._pending: list = []       # [(items, future)]
+        self._dead: list = []          # [(payload, meta, reason)]
+        self._pending_n = 0
+        self._closed = False
+        self.blocked_reason: str | None = None
+        self._enq = REGISTRY.counter("relay_enqueued_total", sink=name)
+        self._dropped = REGISTRY.counter("relay_queue_dropped_total", sink=name)
+        self._thread = threading.Thread(target=self._run, name=f"commit-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._pending_n
+
+    def submit(self, items: list) -> asyncio.Future:
+        fut = self.loop.create_future()
+        with self._cv:
+            if self._closed:
+                fut.set_exception(RuntimeError(f"sink {self.name}: queue closed"))
+                return fut
+            self._pending.append((items, fut))
+            self._pending_n += len(items)
+            self._cv.notify()
+        return fut
+
+    def submit_dead(self, payload: bytes, meta: dict, reason: str) -> None:
+        with self._cv:
+            self._dead.append((payload, meta, reason))
+            self._cv.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is pending, then stop the thread."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def _resolve(self, futs, exc: BaseException | None = None) -> None:
+        def done():
+            for f in futs:
+                if not f.done():
+                    if exc is None:
+                        f.set_result(None)
+                    else:
+                        f.set_exception(exc)
+        try:
+            self.loop.call_soon_threadsafe(done)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _run(self) -> None:
+        warned = 0.0
+        while True:
+            with self._cv:
+                while not self._pending and not self._dead and not self._closed:
+                    self._cv.wait()
+                if not self._pending and not self._dead and self._closed:
+                    return
+                batch, self._pending = self._pending, []
+                dead, self._dead = self._dead, []
+            items = [it for b, _ in batch for it in b]
+            futs = [f for _, f in batch]
+            if dead:
+                try:
+                    self.queue.put_dead([(p, m, r) for p, m, r in dead])
+                except Exception as e:  # keep trying: these are accepted events too
+                    log.error("sink %s: cannot store %d unrenderable event(s) in the dead-letter table: %s",
+                              self.name, len(dead), e)
+                    with self._cv:
+                        self._dead[:0] = dead
+            while items:
+                try:
+                    n = self.queue.put_many(items)
+                except (QueueFull, QueueDiskFull) as e:
+                    self.blocked_reason = str(e)
+                    now = time.monotonic()
+                    if now - warned > 10:
+                        log.warning("sink %s: queue cannot take more events (%s); sources paused until it drains",
+                                    self.name, e)
+                        warned = now
+                    with self._cv:
+                        if self._closed:
+                            self._resolve(futs, RuntimeError(f"sink {self.name}: shutting down with a full queue"))
+                            self._pending_n -= len(items)
+                            items = []
+                            break
+                        self._cv.wait(self.retry_interval)
+                    continue
+                except Exception as e:
+                    log.error("sink %s: enqueue failed: %s", self.name, e)
+                    self._resolve(futs, e)
+                    with self._cv:
+                        self._pending_n -= len(items)
+                    items = []
+                    break
+                self.blocked_reason = None
+                self._enq.value += n
+                if n < len(items):
+                    self._dropped.value += len(items) - n
+                with self._cv:
+                    self._pending_n -= len(items)
+                self._resolve(futs)
+                if self.on_commit is not None:
+                    try:
+                        self.loop.call_soon_threadsafe(self.on_commit)
+                    except RuntimeError:
+                        pass
+                items = []
+
+
+class Pipeline:
+    """See the module docstring."""
+
+    def __init__(self, config: Config, committers: dict[str, GroupCommitter], max_backlog: int = 200_000) -> None:
+        self.committers = committers
+        self.max_backlog = max_backlog
+        self._source_counters: dict[str, tuple] = {}
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """(Re)build routes and renderers; called at start and on reload."""
+        self.config = config
+        self.routes = [(r.name, r.rule, tuple(r.sinks), r.final, REGISTRY.counter("relay_routed_total", route=r.name))
+                       for r in config.routes.values()]
+        self.renderers = {name: make_renderer(s) for name, s in config.sinks.items()}
+        self._unrouted = REGISTRY.counter("relay_unrouted_total")
+        self._render_err = {name: REGISTRY.counter("relay_render_errors_total", sink=name) for name in config.sinks}
+
+    def _counters(self, source: SourceConfig):
+        c = self._source_counters.get(source.name)
+        if c is None:
+            c = (REGISTRY.counter("relay_received_total", source=source.name), {}, {})
+            self._source_counters[source.name] = c
+        return c
+
+    def backlog(self) -> int:
+        return sum(c.pending for c in self.committers.values())
+
+    def route(self, ev) -> tuple[list[str], list[str]]:
+        """-> (matched route names, sink names in order, each once)."""
+        names: list[str] = []
+        sinks: list[str] = []
+        for name, rule, rsinks, final, counter in self.routes:
+            if rule(ev):
+                counter.value += 1
+                names.append(name)
+                for s in rsinks:
+                    if s not in sinks:
+                        sinks.append(s)
+                if final:
+                    break
+        return names, sinks
+
+    def process(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):
+        """One message -> (event, route names, [(sink, payload | None, meta, error)])."""
+        received_c, parsed_c, failed_c = self._counters(source)
+        received_c.value += 1
+        ev = detect.parse(raw, lenient=source.lenient, received=received, peer=peer, source=source.name)
+        if ev.format == FORMAT_RAW:
+            kind = ev.error.kind if ev.error is not None else "unknown"
+            c = failed_c.get(kind)
+            if c is None:
+                c = failed_c[kind] = REGISTRY.counter("relay_parse_failed_total", source=source.name, reason=kind)
+            c.value += 1
+        else:
+            c = parsed_c.get(ev.format)
+            if c is None:
+                c = parsed_c[ev.format] = REGISTRY.counter("relay_parsed_total", source=source.name, format=ev.format)
+            c.value += 1
+        normalise(ev)
+        routes, sinks = self.route(ev)
+        if not sinks:
+            self._unrouted.value += 1
+            return ev, routes, []
+        f = ev.fields
+        meta = {"source": source.name, "routes": routes, "received": received}
+        if f is not None:
+            if f.get("dedup_key"):
+                meta["dedup_key"] = f["dedup_key"]
+            if f.get("event"):
+                meta["event"] = f["event"]
+            if f.get("status"):
+                meta["status"] = f["status"]
+        out = []
+        for s in sinks:
+            try:
+                out.append((s, self.renderers[s](ev, routes), meta, None))
+            except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
+                self._render_err[s].value += 1
+                out.append((s, raw, meta, f"render failed: {type(e).__name__}: {e}"))
+        return ev, routes, out
+
+    def handle(self, items: list, source: SourceConfig, received: float | None = None):
+        if received is None:
+            received = time.time()
+        per_sink: dict[str, list] = {}
+        for raw, peer in items:
+            _, _, out = self.process(raw, source, peer, received)
+            for sink, payload, meta, err in out:
+                if err is not None:
+                    self.committers[sink].submit_dead(payload, meta, err)
+                    continue
+                b = per_sink.get(sink)
+                if b is None:
+                    per_sink[sink] = [(payload, meta)]
+                else:
+                    b.append((payload, meta))
+        if not per_sink:
+            return None
+        futs = [self.committers[s].submit(b) for s, b in per_sink.items()]
+        if len(futs) == 1:
+            return futs[0]
+        return asyncio.gather(*futs)

@@ -1,0 +1,278 @@
+"""`relay run`: the process lifecycle in one place.
+
+Start: load and check the config (exit 2 with the file, key path and problem when it
+is wrong), open one disk queue per sink (a corrupted file is moved aside and reported,
+the relay starts anyway), start the sinks' delivery loops, the pipeline, the sources
+and the metrics server, then tell systemd ``READY=1`` when ``NOTIFY_SOCKET`` is set.
+
+Signals: SIGTERM/SIGINT drain gracefully: stop accepting, hand over what was read,
+commit it, let the sinks deliver for up to ``relay.drain_timeout`` seconds, keep the
+rest queued on disk, exit 0.  SIGHUP reloads the config; an invalid new config is
+reported and the old one keeps running.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from .config import Config, ConfigError, SinkConfig, SourceConfig, load
+from .metrics import REGISTRY, MetricsServer
+from .pipeline import GroupCommitter, Pipeline
+from .queue import DiskQueue, RetryPolicy
+
+log = logging.getLogger("relay")
+
+__all__ = ["Server", "run", "sd_notify", "open_queue", "setup_logging"]
+
+
+def setup_logging(level: str = "info") -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_relay", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        h._relay = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def sd_notify(state: str) -> bool:
+    """Send a systemd notification (no libsystemd needed).  False when not under systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+        return True
+    except OSError as e:
+        log.warning("sd_notify(%s) failed: %s", state, e)
+        return False
+
+
+def queue_path(state_dir: Path, sink: str) -> Path:
+    return state_dir / f"queue-{sink}.db"
+
+
+def open_queue(state_dir: Path, sink: SinkConfig) -> DiskQueue:
+    q = sink.queue
+    r = sink.retry
+    state_dir.mkdir(parents=True, exist_ok=True)
+    dq = DiskQueue(queue_path(state_dir, sink.name), synchronous=q.synchronous, max_rows=q.max_rows,
+                   max_bytes=q.max_bytes, full_policy=q.full_policy,
+                   retry=RetryPolicy(base=r.base, factor=r.factor, cap=r.cap, max_attempts=r.max_attempts))
+    if dq.recovered_from:
+        log.error("sink %s: queue file was corrupted (%s); moved aside to %s and started a fresh queue "
+                  "(salvaged rows were copied)", sink.name, dq.recovered_reason if hasattr(dq, "recovered_reason")
+                  else "see above", dq.recovered_from)
+        REGISTRY.inc("relay_queue_recovered_total", sink=sink.name)
+    return dq
+
+
+class _SinkRuntime:
+    def __init__(self, cfg: SinkConfig, queue: DiskQueue, sink, committer: GroupCommitter, task: asyncio.Task,
+                 stop: asyncio.Event) -> None:
+        self.cfg, self.queue, self.sink, self.committer, self.task, self.stop = cfg, queue, sink, committer, task, stop
+
+
+class Server:
+    def __init__(self, config_path: str | os.PathLike, config: Config | None = None) -> None:
+        self.config_path = str(config_path)
+        self.config = config
+        self.sinks: dict[str, _SinkRuntime] = {}
+        self.sources: dict[str, object] = {}
+        self.pipeline: Pipeline | None = None
+        self.metrics: MetricsServer | None = None
+        self._stop = asyncio.Event()
+        self._ready = False
+        self._reloading = False
+
+    # ------------------------------------------------------------------ start / stop
+    async def start(self) -> None:
+        if self.config is None:
+            self.config = load(self.config_path)
+        cfg = self.config
+        for w in cfg.warnings:
+            log.warning("%s", w)
+        loop = asyncio.get_running_loop()
+        for name, sc in cfg.sinks.items():
+            self.sinks[name] = self._start_sink(sc, loop)
+        self.pipeline = Pipeline(cfg, {n: r.committer for n, r in self.sinks.items()})
+        if cfg.relay.metrics_address is not None:
+            host, port = cfg.relay.metrics_address
+            self.metrics = MetricsServer(host, port, ready_fn=self._ready_state)
+            await self.metrics.start()
+            log.info("metrics on http://%s:%d/metrics (/health, /ready)", host, self.metrics.port)
+        for name, sc in cfg.sources.items():
+            await self._start_source(sc)
+        self._ready = True
+        sd_notify("READY=1\nSTATUS=relay running")
+        log.info("relay running: %d source(s), %d route(s), %d sink(s); config %s",
+                 len(self.sources), len(cfg.routes), len(self.sinks), self.config_path)
+
+    def _start_sink(self, sc: SinkConfig, loop) -> _SinkRuntime:
+        from .sinks import make_sink
+        queue = open_queue(self.config.relay.state_dir, sc)
+        sink = make_sink(sc, queue)
+        committer = GroupCommitter(sc.name, queue, loop, on_commit=sink.notify)
+        stop = asyncio.Event()
+        task = asyncio.create_task(sink.run(stop), name=f"sink-{sc.name}")
+        task.add_done_callback(lambda t, n=sc.name: self._sink_done(n, t))
+        return _SinkRuntime(sc, queue, sink, committer, task, stop)
+
+    def _sink_done(self, name: str, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("sink %s: delivery loop died: %r (events stay queued; restart the relay)", name, exc)
+
+    async def _start_source(self, sc: SourceConfig) -> None:
+        from .sources import make_source
+        src = make_source(sc, self.pipeline)
+        try:
+            await src.start()
+        except OSError as e:
+            raise OSError(f"source {sc.name}: cannot listen on {sc.type} {sc.address[0]}:{sc.address[1]}: "
+                          f"{e.strerror or e}") from None
+        self.sources[sc.name] = src
+        host, port = getattr(src, "bound_address", sc.address)[:2]
+        log.info("source %s: listening on %s %s:%d", sc.name, sc.type, host, port)
+
+    def _ready_state(self) -> tuple[bool, str]:
+        if not self._ready:
+            return False, "starting"
+        blocked = [n for n, r in self.sinks.items() if r.committer.blocked_reason]
+        if blocked:
+            return False, "queue full: " + ", ".join(blocked)
+        return True, "ready"
+
+    async def stop(self) -> None:
+        timeout = self.config.relay.drain_timeout if self.config else 10.0
+        sd_notify("STOPPING=1")
+        log.info("stopping: draining for up to %.1f s", timeout)
+        self._ready = False
+        deadline = time.monotonic() + timeout
+        for name, src in list(self.sources.items()):
+            try:
+                await src.stop(max(0.5, deadline - time.monotonic()))
+            except Exception as e:
+                log.error("source %s: error while stopping: %r", name, e)
+        self.sources.clear()
+        # everything handed over is committed before the sinks stop
+        await asyncio.gather(*(asyncio.to_thread(r.committer.close, max(1.0, deadline - time.monotonic()))
+                               for r in self.sinks.values()))
+        for r in self.sinks.values():
+            r.sink.notify()
+        # let sinks deliver what is due until the deadline, then stop them
+        while time.monotonic() < deadline and any(
+                r.queue.depth() - (r.queue.inflight() if hasattr(r.queue, "inflight") else 0) > 0
+                and r.cfg.type != "none" for r in self.sinks.values()):
+            await asyncio.sleep(0.1)
+        for r in self.sinks.values():
+            r.stop.set()
+        await asyncio.wait([r.task for r in self.sinks.values()], timeout=max(1.0, deadline - time.monotonic()) + 2)
+        for r in self.sinks.values():
+            if not r.task.done():
+                r.task.cancel()
+        for r in self.sinks.values():
+            try:
+                r.queue.close()
+            except Exception as e:
+                log.error("sink %s: closing queue: %r", r.cfg.name, e)
+        if self.metrics is not None:
+            await self.metrics.close()
+        log.info("stopped")
+
+    # ------------------------------------------------------------------ reload
+    async def reload(self) -> bool:
+        if self._reloading:
+            return False
+        self._reloading = True
+        try:
+            try:
+                new = load(self.config_path)
+            except ConfigError as e:
+                log.error("reload: new configuration rejected, keeping the running one: %s", e)
+                REGISTRY.inc("relay_config_reloads_total", result="rejected")
+                return False
+            old = self.config
+            loop = asyncio.get_running_loop()
+            # sinks: stop removed/changed ones (their queues stay on disk), start new/changed ones
+            for name in list(self.sinks):
+                if name not in new.sinks or new.sinks[name] != old.sinks[name]:
+                    await self._stop_sink(name)
+            for name, sc in new.sinks.items():
+                if name not in self.sinks:
+                    self.sinks[name] = self._start_sink(sc, loop)
+            self.pipeline.committers = {n: r.committer for n, r in self.sinks.items()}
+            self.pipeline.configure(new)
+            self.config = new
+            # sources: restart the ones whose settings changed
+            for name in list(self.sources):
+                if name not in new.sources or new.sources[name] != old.sources.get(name):
+                    await self.sources.pop(name).stop(1.0)
+            for name, sc in new.sources.items():
+                if name not in self.sources:
+                    try:
+                        await self._start_source(sc)
+                    except OSError as e:
+                        log.error("reload: %s", e)
+            REGISTRY.inc("relay_config_reloads_total", result="applied")
+            log.info("reload: configuration applied (%d source(s), %d route(s), %d sink(s))",
+                     len(self.sources), len(new.routes), len(self.sinks))
+            return True
+        finally:
+            self._reloading = False
+
+    async def _stop_sink(self, name: str) -> None:
+        r = self.sinks.pop(name)
+        await asyncio.to_thread(r.committer.close, 5.0)
+        r.stop.set()
+        try:
+            await asyncio.wait_for(r.task, 10)
+        except (asyncio.TimeoutError, Exception):
+            r.task.cancel()
+        r.queue.close()
+
+    # ------------------------------------------------------------------ main
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.start()
+        except OSError as e:
+            log.error("%s", e)
+            await self.stop()
+            return 1
+        await self._stop.wait()
+        await self.stop()
+        return 0
+
+
+def run(config_path: str) -> int:
+    """Entry point for `relay run`: exit status 0 on a clean stop, 1 on a start-up
+    failure, 2 on a configuration error."""
+    try:
+        cfg = load(config_path)
+    except ConfigError as e:
+        setup_logging()
+        log.error("%s", e)
+        return 2
+    setup_logging(cfg.relay.log_level)
+    try:
+        import uvloop  # optional: faster loop when installed
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(Server(config_path, cfg).serve())
