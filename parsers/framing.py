@@ -367,7 +367,7 @@ class Deframer:
                         if eof:
                             self._problem("partial_at_close", base + pos,
                                           f"stream ended inside an octet-counted frame: {n - start} of {size} bytes")
-                            if partial:
+                            if partial and start < n:
                                 append(buf[start:])
                             pos = n
                             break
@@ -381,7 +381,7 @@ class Deframer:
                                 self._problem("partial_at_close", base + pos,
                                               f"stream ended inside an oversize octet-counted frame: "
                                               f"{n - start} of {size} bytes")
-                                if partial:
+                                if partial and start < n:
                                     append(buf[start:])
                                 pos = n
                                 break

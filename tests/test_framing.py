@@ -490,3 +490,14 @@ def test_trickled_input_is_linear_and_bounded():
         assert d.buffered == 0
     assert time.process_time() - t0 < 10      # quadratic behaviour would copy ~90 GB
     assert [len(f) for f in frames] == [299_004, 299_004]
+
+
+def test_close_partial_true_never_returns_an_empty_frame():
+    d = Deframer()
+    d.feed(b"6 ")
+    assert d.close(partial=True) == []
+    assert kinds(d) == ["partial_at_close"]
+    d = Deframer(max_frame=3)
+    d.feed(b"9 ")
+    assert d.close(partial=True) == []
+    assert kinds(d) == ["partial_at_close"]
