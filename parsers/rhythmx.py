@@ -679,10 +679,11 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         name = f"RhythmX incident {inc_id or '?'}: {actor}" if actor else f"RhythmX incident {inc_id or '?'}"
     description = b.get("description") or b.get("summary")
     if description is None:
+        # plain words, no "k=v": the text goes into CEF/LEEF values and XSOAR details
         description = (
-            f"SigmaIncident {ev_type or 'event'}: actor={actor or '-'} entity={entity or '-'} "
-            f"risk_score={'-' if score is None else score} alarms={'-' if alarms is None else alarms} "
-            f"sigma_alerts={'-' if sigma is None else sigma} threat_cases={'-' if cases is None else cases}")
+            f"SigmaIncident {ev_type or 'event'} for {actor or 'unknown actor'} at {entity or 'unknown entity'}: "
+            f"risk score {'unknown' if score is None else score}, {'?' if alarms is None else alarms} alarms, "
+            f"{'?' if sigma is None else sigma} sigma alerts, {'?' if cases is None else cases} threat cases")
 
     event.fields = {
         "kind": "incident",

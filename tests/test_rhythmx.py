@@ -75,6 +75,9 @@ def test_default_shape_fields():
     assert x["timeline"]["first_alarm_time"] == "2026-03-13T03:58:11Z"
     assert e.body == BODY
     assert e.notes is None
+    assert f["description"] == ("SigmaIncident created for jdoe at Primary Site: risk score 82, "
+                                "12 alarms, 3 sigma alerts, 1 threat cases")
+    assert "=" not in f["description"]
 
 
 def test_counts_are_ints_for_numeric_rules():
