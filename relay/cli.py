@@ -28,12 +28,21 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message (schema in the README).")
 @click.option("--max-frame", type=click.IntRange(64, 16 * 1024 * 1024), default=65536, show_default=True,
               help="Largest frame accepted with --framed (longer frames are truncated and reported).")
-def test_parse(messages, file, framed, lenient, as_json, max_frame):
+@click.option("--render", "render", default="", metavar="FORMATS",
+              help="Comma-separated outputs to show: leef, leef1, cef, json, rfc5424, xsoar, xsoar_webhook.")
+def test_parse(messages, file, framed, lenient, as_json, max_frame, render):
     """Parse raw syslog MESSAGES (or a file, or stdin) and show every step.
 
     Exit status: 0 when every message parsed, 1 when any did not, 2 on usage errors.
     """
-    from .testparse import analyse, iter_inputs, render_human
+    from .testparse import RENDER_CHOICES, analyse, default_renderers, iter_inputs, render_human
+
+    wanted = [r.strip() for r in render.split(",") if r.strip()]
+    bad = [r for r in wanted if r not in RENDER_CHOICES]
+    if bad:
+        raise click.BadParameter(f"unknown output {bad[0]!r} (choose from {', '.join(RENDER_CHOICES)})",
+                                 param_hint="--render")
+    renderers = default_renderers(wanted)
 
     if messages and file is not None:
         raise click.UsageError("give messages as arguments or --file, not both")
@@ -44,11 +53,11 @@ def test_parse(messages, file, framed, lenient, as_json, max_frame):
     problems: list = []
     for label, raw in iter_inputs(messages, file, framed, max_frame, problems):
         total += 1
-        rec = analyse(raw, lenient=lenient)
+        rec = analyse(raw, lenient=lenient, renderers=renderers)
         if not rec["ok"]:
             failed += 1
         if as_json:
-            out.write(orjson.dumps(rec).decode() + "\n")
+            out.write(orjson.dumps(rec, default=str).decode() + "\n")
         else:
             render_human(label, raw, rec, out)
     for prob in problems:
@@ -60,6 +69,138 @@ def test_parse(messages, file, framed, lenient, as_json, max_frame):
     if not as_json:
         click.echo(f"{total} message(s): {total - failed if failed <= total else 0} parsed, {failed} failed", err=True)
     sys.exit(1 if failed else 0)
+
+
+# --------------------------------------------------------------------------- run / validate
+
+@main.command("run")
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default="/etc/relay/relay.toml",
+              show_default=True, help="The configuration file.")
+def run_cmd(config):
+    """Run the relay daemon (SIGTERM drains and stops, SIGHUP reloads the config)."""
+    from .server import run
+    sys.exit(run(config))
+
+
+@main.command("validate")
+@click.argument("config", type=click.Path(dir_okay=False))
+def validate_cmd(config):
+    """Check CONFIG: syntax, types, references, rules.  Exit 0 when valid, 2 when not."""
+    from .config import ConfigError, load
+    try:
+        cfg = load(config)
+    except ConfigError as e:
+        click.echo(f"invalid: {e}", err=True)
+        sys.exit(2)
+    for w in cfg.warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"{config}: valid: {len(cfg.sources)} source(s), {len(cfg.routes)} route(s), {len(cfg.sinks)} sink(s)")
+
+
+# --------------------------------------------------------------------------- queue
+
+def _queues(config: str, sink: str | None):
+    from .config import ConfigError, load
+    from .server import open_queue
+    try:
+        cfg = load(config)
+    except ConfigError as e:
+        raise click.ClickException(str(e))
+    names = [sink] if sink else list(cfg.sinks)
+    if sink and sink not in cfg.sinks:
+        raise click.ClickException(f"no sink named {sink!r} in {config} (sinks: {', '.join(cfg.sinks) or 'none'})")
+    for n in names:
+        yield n, open_queue(cfg.relay.state_dir, cfg.sinks[n])
+
+
+_config_opt = click.option("-c", "--config", "config", type=click.Path(dir_okay=False, exists=True),
+                           default="/etc/relay/relay.toml", show_default=True, help="The configuration file.")
+
+
+@main.group("queue")
+def queue_cmd():
+    """Inspect and manage the per-sink disk queues and dead-letter tables."""
+
+
+@queue_cmd.command("status")
+@_config_opt
+@click.option("--json", "as_json", is_flag=True)
+def queue_status(config, as_json):
+    """Depth, oldest age and dead letters of every sink's queue."""
+    import time
+    rows = []
+    for name, q in _queues(config, None):
+        with q:
+            age = q.oldest_age(time.time())
+            rows.append({"sink": name, "depth": q.depth(), "oldest_age_seconds": age, "dead_letters": q.dlq_depth(),
+                         "bytes": q.size_bytes(), "path": str(q.path) if hasattr(q, "path") else None})
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    click.echo(f"{'sink':<20} {'queued':>10} {'oldest':>10} {'dead':>8}")
+    for r in rows:
+        age = "-" if r["oldest_age_seconds"] is None else f"{r['oldest_age_seconds']:.0f}s"
+        click.echo(f"{r['sink']:<20} {r['depth']:>10} {age:>10} {r['dead_letters']:>8}")
+
+
+@queue_cmd.command("list")
+@_config_opt
+@click.argument("sink")
+@click.option("--dead", is_flag=True, help="List the dead-letter table instead of the queue.")
+@click.option("--limit", type=click.IntRange(1, 100000), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--json", "as_json", is_flag=True)
+def queue_list(config, sink, dead, limit, offset, as_json):
+    """Show queued (or dead-lettered) events of SINK."""
+    for name, q in _queues(config, sink):
+        with q:
+            items = q.list(limit=limit, offset=offset, dlq=dead)
+        for it in items:
+            d = {k: getattr(it, k) for k in ("id", "attempts", "enqueued_at", "last_error", "reason", "failed_at",
+                                             "next_attempt_at") if hasattr(it, k)}
+            d["meta"] = it.meta if not callable(getattr(it, "meta", None)) else it.meta()
+            d["payload"] = it.payload.decode("utf-8", "replace")
+            if as_json:
+                click.echo(orjson.dumps(d, default=str).decode())
+            else:
+                why = d.get("reason") or d.get("last_error")
+                click.echo(f"#{d['id']} attempts={d.get('attempts')} {('reason=' + repr(why)) if why else ''}")
+                click.echo(f"    {d['payload'][:300]}")
+
+
+@queue_cmd.command("replay")
+@_config_opt
+@click.argument("sink")
+@click.option("--id", "ids", type=int, multiple=True, help="Replay only these dead-letter ids.")
+def queue_replay(config, sink, ids):
+    """Move dead-lettered events of SINK back into its queue (attempts reset)."""
+    for name, q in _queues(config, sink):
+        with q:
+            total = q.dlq_depth() if not ids else len(ids)
+            with click.progressbar(length=max(total, 1), label=f"replaying {name}", file=sys.stderr) as bar:
+                last = [0]
+
+                def progress(done, tot):
+                    bar.update(done - last[0])
+                    last[0] = done
+                n = q.replay_dlq(ids=list(ids) or None, progress=progress)
+        click.echo(f"{name}: {n} event(s) moved back to the queue")
+
+
+@queue_cmd.command("purge")
+@_config_opt
+@click.argument("sink")
+@click.option("--dead", is_flag=True, help="Purge the dead-letter table instead of the queue.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def queue_purge(config, sink, dead, yes):
+    """Delete every queued (or dead-lettered) event of SINK."""
+    what = "dead-letter table" if dead else "queue"
+    if not yes:
+        click.confirm(f"Delete every event in the {what} of sink {sink!r}?", abort=True)
+    for name, q in _queues(config, sink):
+        with q:
+            n = q.purge(dlq=dead)
+        click.echo(f"{name}: {n} event(s) deleted from the {what}")
 
 
 if __name__ == "__main__":  # pragma: no cover
