@@ -13,16 +13,48 @@ from __future__ import annotations
 import sys
 from typing import Iterable, Iterator
 
+from formats import xsoar
+from formats.render import Renderer, RenderOptions
 from parsers import detect
 from parsers.event import Event, text
 from parsers.framing import Deframer
+from parsers.normalise import normalise
 
-__all__ = ["analyse", "iter_inputs", "render_human", "caret_line"]
+__all__ = ["analyse", "iter_inputs", "render_human", "caret_line", "RENDER_CHOICES", "default_renderers"]
+
+RENDER_CHOICES = ("leef", "leef1", "cef", "json", "rfc5424", "xsoar", "xsoar_webhook")
 
 
-def analyse(raw: bytes, *, lenient: bool = False) -> dict:
+def default_renderers(names) -> dict:
+    """name -> callable(event) -> str | dict, with default options (no config)."""
+    out = {}
+    for n in names:
+        if n == "xsoar":
+            out[n] = lambda ev, o=xsoar.XsoarOptions(): xsoar.incident(ev, o)
+        elif n == "xsoar_webhook":
+            out[n] = lambda ev, o=xsoar.XsoarOptions(): xsoar.webhook_item(ev, o)
+        else:
+            r = Renderer(RenderOptions(format=n))
+            out[n] = lambda ev, r=r: r.render(ev).decode("utf-8", "replace")
+    return out
+
+
+def analyse(raw: bytes, *, lenient: bool = False, renderers: dict | None = None) -> dict:
     ev = detect.parse(raw, lenient=lenient)
-    return record_for(ev)
+    normalise(ev)
+    rec = record_for(ev)
+    rec["event"] = ev.fields
+    if renderers:
+        outputs = {}
+        for name, fn in renderers.items():
+            try:
+                outputs[name] = fn(ev)
+            except (ValueError, TypeError) as e:
+                outputs[name] = {"error": f"{type(e).__name__}: {e}"}
+        rec["outputs"] = outputs
+    if ev.notes:
+        rec["notes"] = list(ev.notes)
+    return rec
 
 
 def record_for(ev: Event) -> dict:
@@ -158,13 +190,24 @@ def render_human(label: str, raw: bytes, rec: dict, out) -> None:
 
 
 def _render_extra(key: str, value, w) -> None:
-    """Keys added by later stages (event, routes, outputs, ...): shown generically."""
+    """Keys added by later stages (event, routes, outputs, ...)."""
     import orjson
+    if value is None:
+        return
     w(f"   {key}:\n")
     if isinstance(value, dict):
         for k, v in value.items():
+            if v is None or v == {} or v == []:
+                continue
             if isinstance(v, (dict, list)):
-                v = orjson.dumps(v).decode()
+                v = orjson.dumps(v, option=orjson.OPT_INDENT_2 if key == "outputs" else 0).decode()
+                if key == "outputs":
+                    v = v.replace("\n", "\n" + " " * 23)
+            elif key == "outputs" and isinstance(v, str):
+                v = v.rstrip("\n")
             w(f"      {k:<16} {v}\n")
+    elif isinstance(value, list):
+        for v in value:
+            w(f"      {v}\n")
     else:
         w(f"      {value}\n")
