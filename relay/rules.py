@@ -494,6 +494,25 @@ def _bind_path(p: _Path) -> None:
             e = ev.enrich
             return e.get(key) if e else None
         p.get = get_bare
+    elif len(segs) == 2 and segs[1].__class__ is str:
+        # the common alias shape (asset.criticality, ti.match) without _walk
+        a, b = segs
+
+        def get_bare2(ev, a=a, b=b):
+            f = ev.fields
+            if f:
+                v = f.get(a)
+                if isinstance(v, dict):
+                    v = v.get(b)
+                    if v is not None:
+                        return v
+            e = ev.enrich
+            if e:
+                v = e.get(a)
+                if isinstance(v, dict):
+                    return v.get(b)
+            return None
+        p.get = get_bare2
     else:
         r = tuple(segs)
 
@@ -727,34 +746,91 @@ def _leaf(cmp: _Cmp, errs: list):
     if p.multi:
         # a repeated SD param is a list: the positive test holds if it holds
         # for any element; a negated one holds if it holds for none
-        def test_any(v):
-            if v.__class__ is list:
-                for x in v:
-                    if test(x):
-                        return True
-                return False
-            return test(v)
-        t = test_any
-    else:
-        t = test
+        def any_of(v):
+            for x in v:
+                if test(x):
+                    return True
+            return False
+
+        if negate:
+            def leaf(ev):
+                try:
+                    v = get(ev)
+                    return v is not None and not (any_of(v) if v.__class__ is list else test(v))
+                except Exception:
+                    errs[0] += 1
+                    gerr[0] += 1
+                    return False
+        else:
+            def leaf(ev):
+                try:
+                    v = get(ev)
+                    return any_of(v) if v.__class__ is list else test(v)
+                except Exception:
+                    errs[0] += 1
+                    gerr[0] += 1
+                    return False
+        return leaf
 
     if negate:
         def leaf(ev):
             try:
                 v = get(ev)
-                return v is not None and not t(v)
+                return v is not None and not test(v)
             except Exception:
                 errs[0] += 1
                 gerr[0] += 1
                 return False
-    else:
-        def leaf(ev):
-            try:
-                return t(get(ev))
-            except Exception:
-                errs[0] += 1
-                gerr[0] += 1
-                return False
+        return leaf
+
+    # Fast paths for == and ordering, the bulk of real rules: when the value
+    # has the literal's exact type (str for a string literal; int or float for
+    # a number) the comparison is one C call; anything else goes to the full
+    # test with its coercions.
+    lit = operand.value if op in ("==", "<", "<=", ">", ">=") else None
+    if lit is not None and lit is not True and lit is not False:
+        cmp_ = eq if op == "==" else _ORDER[op]
+        k1, k2 = (str, str) if lit.__class__ is str else (int, float)
+        if p.kind == "bare" and len(p.segs) == 1:
+            # the bare-name getter inlined: fields, then enrich
+            key = p.root
+
+            def leaf(ev):
+                try:
+                    f = ev.fields
+                    v = f.get(key) if f else None
+                    if v is None:
+                        e = ev.enrich
+                        v = e.get(key) if e else None
+                    c = v.__class__
+                    if c is k1 or c is k2:
+                        return cmp_(v, lit)
+                    return test(v)
+                except Exception:
+                    errs[0] += 1
+                    gerr[0] += 1
+                    return False
+        else:
+            def leaf(ev):
+                try:
+                    v = get(ev)
+                    c = v.__class__
+                    if c is k1 or c is k2:
+                        return cmp_(v, lit)
+                    return test(v)
+                except Exception:
+                    errs[0] += 1
+                    gerr[0] += 1
+                    return False
+        return leaf
+
+    def leaf(ev):
+        try:
+            return test(get(ev))
+        except Exception:
+            errs[0] += 1
+            gerr[0] += 1
+            return False
     return leaf
 
 
@@ -867,7 +943,23 @@ def compile_rule(text: str) -> Rule:
     except RecursionError:
         raise _syntax_error(text, 0, "rule nested too deeply") from None
     fields = {c.path.text for c, _ in leaves}
-    return Rule(text, _guard(func, errs), fields, errs, tuple(leaves))
+    # Leaves catch their own errors and and/or/not cannot raise, so a shallow
+    # rule needs no outer guard (one call less per event); a deep one could hit
+    # the recursion limit between leaves.
+    if _depth(tree) > _GUARD_DEPTH:
+        func = _guard(func, errs)
+    return Rule(text, func, fields, errs, tuple(leaves))
+
+
+_GUARD_DEPTH = 32
+
+
+def _depth(node) -> int:
+    if isinstance(node, _Cmp):
+        return 1
+    if isinstance(node, _Not):
+        return 1 + _depth(node.child)
+    return 1 + max(_depth(c) for c in node.children)
 
 
 def _guard(func, errs):

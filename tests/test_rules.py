@@ -697,3 +697,32 @@ def test_non_finite_floats_in_events():
     e = ev(fields={"x": math.nan, "y": math.inf})
     assert not m("x == 1", e) and not m("x > 1", e) and not m("x < 1", e)
     assert m("y > 1", e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.booleans(), st.integers(-100, 100), st.floats(), st.text(max_size=6),
+                 st.sampled_from(["5", " 5 ", "5.0", "-1", "abc", "true", "False", "b", "B"])),
+       st.sampled_from(["==", "!=", "<", "<=", ">", ">=", "in", "not in", "contains", "matches", "exists"]),
+       st.sampled_from(["5", "-1", "0.5", '"5"', '"b"', '"abc"', "true", "null"]))
+def test_all_evaluation_paths_agree(value, op, lit):
+    """The same comparison through the different compiled shapes (inlined bare
+    getter with fast path, fields.<x> getter with fast path, two-level alias,
+    body path via _walk, SD path with any-semantics) gives the same answer for
+    a scalar value."""
+    if op in ("in", "not in"):
+        lit = f"[{lit}, 99]"
+    elif op == "matches":
+        lit = "/^" + lit.strip('"').replace(".", "\\.") + "/i"
+    elif op == "exists":
+        lit = ""
+    if op in ("<", "<=", ">", ">=") and lit in ("true", "null") or op == "contains" and lit == "null":
+        return
+    e = ev(fields={"x": value, "y": {"x": value}}, body={"a": {"x": value}},
+           sd={"s": {"x": value}} if value.__class__ is str or value is None else None)
+    shapes = [f"x {op} {lit}", f"fields.x {op} {lit}", f"y.x {op} {lit}", f"body.a.x {op} {lit}",
+              f"enrich.x {op} {lit}"]
+    results = [m(s, e) for s in shapes[:4]]
+    assert len(set(results)) == 1, list(zip(shapes, results))
+    assert m(shapes[4], ev(enrich={"x": value})) is results[0]
+    if e.sd is not None or value is None:
+        assert m(f"sd.s.x {op} {lit}", e) is results[0]
