@@ -1,0 +1,662 @@
+"""Syslog sinks: TCP, TLS and UDP clients (QRadar or any syslog receiver).
+
+The queue holds one complete syslog line per row (``<PRI>1 TIMESTAMP HOST APP - - LEEF:...``)
+without framing; this module frames it and sends bytes.  It never renders.
+
+Framing (TCP and TLS)
+---------------------
+* ``octet`` (RFC 6587 octet counting / RFC 5425): ``LEN SP MSG``; carries any byte.
+* ``lf`` (non-transparent framing): ``MSG LF``.  A trailing LF or CRLF of a payload is dropped;
+  every other CR or LF inside it becomes a space (an LF would split the record and a CR
+  confuses receivers that accept CRLF).  Each changed payload counts in
+  ``relay_sanitised_total{sink}``.
+* UDP: one payload per datagram, no framing.
+
+TCP/TLS delivery: at-least-once without loss on connection breaks
+------------------------------------------------------------------
+Plain syslog over TCP has no application acknowledgement, and ``write()`` returning only
+means that the local kernel has the bytes.  So a batch is *not* acknowledged in the queue
+when it has been written.  Instead the sink counts the wire bytes it handed to the kernel on
+the connection and reads the kernel's count of bytes not yet acknowledged by the peer
+(``ioctl(TIOCOUTQ)`` = SIOCOUTQ on Linux); ``sent - outq`` is what the peer's TCP stack has
+acknowledged.  A batch ends at a known wire offset; it is
+
+1. *wire-acknowledged* once ``sent - outq >= end`` (polled every ``ack_poll_interval``,
+   5 ms, while batches are pending), and
+2. *settled* (acked in the queue) once it is wire-acknowledged **and** either
+   ``settle_delay`` seconds (1 s) have passed with the connection still up, or the peer has
+   acknowledged ``settle_bytes`` (32 MiB) more bytes after it.
+
+Why step 2: the peer's TCP acknowledges bytes when they reach its *receive buffer*, before
+its application read them.  A receiver that closes or crashes with unread data (Linux then
+sends RST) drops whatever sat in that buffer.  Bytes acknowledged ``settle_bytes`` later
+have certainly been read if the peer's receive buffer is smaller than that (Linux
+``tcp_rmem`` max: 6 MiB by default, 32 MiB on some distributions); otherwise the time rule
+assumes the receiver reads within ``settle_delay``.  Remaining window (documented, not
+closable without an application-level ack such as RELP): a receiver that keeps data
+unread for longer than ``settle_delay`` and then loses it, or that reads it and then loses
+it (crash before its own storage).
+
+Batches are pipelined: further batches are written while earlier ones wait to settle,
+bounded by ``max_unsettled_bytes`` (64 MiB) and ``max_inflight`` batches (256).
+
+TLS: the TLS layer runs on an :class:`ssl.MemoryBIO` pair, so the sink knows exactly which
+*wire* (ciphertext) offset ends each batch: the rule above applies to TLS unchanged (no
+"buffer empty" approximation needed).  TLS handshake and post-handshake records count as
+wire bytes too.
+
+On a connection error, an EOF or RST from the peer, a stall (no byte acknowledged for
+``stall_timeout`` = 60 s while bytes are outstanding) or a close, **every batch not yet
+settled** is given back to the queue with :class:`~relay.sinks.base.UnavailableError`: the
+rows are *released* (no attempt counted; they are the next ones sent) and the sink
+reconnects after a backoff.  Duplicates come only from those batches (at most the settle
+window plus the unsettled bound); nothing is lost.  A batch in flight during 5 consecutive
+breaks with no batch settled in between is *retried* instead (attempt counted), so a
+message that makes the receiver drop the connection ends in the DLQ after ``max_attempts``.
+
+Without ``TIOCOUTQ`` (non-Linux) ``outq`` is taken as 0: batches settle ``settle_delay``
+after they were written; a break loses at most what the kernel had not delivered then.
+
+Connecting: ``connect_timeout`` covers TCP connect plus the TLS handshake.  Failures
+(refused, timeout, DNS, TLS handshake or certificate verification) raise
+``UnavailableError`` with the reconnect delay: exponential backoff with full jitter,
+``uniform(0, min(reconnect_max, reconnect_min * 2 ** (n - 1)))`` after the n-th consecutive
+failure (0.5 s .. 30 s); reset when a batch settles.  ``relay_send_errors_total{reason}``:
+``connect``, ``tls``, ``tls_verify``, ``connection_lost``, ``stall``.
+
+TLS context: ``tls_ca`` (PEM CA bundle; system defaults when unset), optional client
+certificate ``tls_cert``/``tls_key``, ``tls_verify`` (chain and host name, checked against
+``tls_server_name`` or the address host; ``false`` disables both), TLS >= 1.2.
+
+UDP: NO DELIVERY GUARANTEE.  A row is acked as soon as ``send()`` accepted the datagram; the
+network or the receiver may drop it without notice.  A payload over 65507 bytes (IPv4;
+65527 for IPv6) or refused with EMSGSIZE is dead-lettered (reason ``oversize``).  An ICMP
+"port unreachable" reported on a later datagram (``ECONNREFUSED``) releases the rest of the
+batch and pauses the sink (the datagrams before it may be lost: UDP).
+
+Options (``SinkConfig.options``): ``settle_delay``, ``settle_bytes``, ``ack_poll_interval``,
+``stall_timeout``, ``reconnect_min``, ``reconnect_max``, ``max_inflight``,
+``max_unsettled_bytes``.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import fcntl
+import logging
+import random
+import socket
+import ssl
+import struct
+import time
+from typing import Sequence
+
+from .base import PermanentError, Sink, UnavailableError
+
+__all__ = ["SyslogStreamSink", "SyslogUdpSink", "frame_batch", "frame_lf", "frame_octet",
+           "UDP_MAX_V4", "UDP_MAX_V6"]
+
+log = logging.getLogger("relay.sinks.syslog")
+
+try:
+    import termios
+    _TIOCOUTQ = getattr(termios, "TIOCOUTQ", None)
+except ImportError:  # pragma: no cover
+    _TIOCOUTQ = None
+
+UDP_MAX_V4 = 65507
+UDP_MAX_V6 = 65527
+_POISON_BREAKS = 5
+_INT = struct.Struct("i")
+
+
+# --------------------------------------------------------------------------- framing
+def frame_octet(payload: bytes) -> bytes:
+    return b"%d %s" % (len(payload), payload)
+
+
+def frame_lf(payload: bytes) -> tuple[bytes, bool]:
+    """``payload + LF`` after the LF-framing rule; returns (frame, changed)."""
+    if b"\n" not in payload and b"\r" not in payload:
+        return payload + b"\n", False
+    p = payload
+    if p.endswith(b"\r\n"):
+        p = p[:-2]
+    elif p.endswith(b"\n"):
+        p = p[:-1]
+    p = p.replace(b"\r", b" ").replace(b"\n", b" ")
+    return p + b"\n", p != payload
+
+
+def frame_batch(payloads: Sequence[bytes], framing: str) -> tuple[bytes, int]:
+    """All payloads framed into one buffer; returns (bytes, number of payloads changed)."""
+    if framing == "octet":
+        return b"".join([b"%d %s" % (len(p), p) for p in payloads]), 0
+    if framing == "lf":
+        changed = 0
+        out = []
+        for p in payloads:
+            if b"\n" in p or b"\r" in p:
+                f, c = frame_lf(p)
+                changed += c
+                out.append(f)
+            else:
+                out.append(p)
+                out.append(b"\n")
+        return b"".join(out), changed
+    raise ValueError(f"unknown framing {framing!r} (use 'octet' or 'lf')")
+
+
+def _opt(cfg, key: str, default):
+    opts = getattr(cfg, "options", None) or {}
+    v = opts.get(key, default)
+    return type(default)(v) if v is not None else default
+
+
+def make_ssl_context(cfg) -> ssl.SSLContext:
+    if cfg.tls_ca:
+        ctx = ssl.create_default_context(cafile=str(cfg.tls_ca))
+    else:
+        ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.tls_cert:
+        ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key) if cfg.tls_key else None)
+    if not cfg.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class _ConnError(Exception):
+    def __init__(self, msg: str, reason: str) -> None:
+        super().__init__(msg)
+        self.reason = reason
+
+
+class _Pending:
+    __slots__ = ("end", "size", "fut", "wire_at")
+
+    def __init__(self, end: int, size: int, fut: asyncio.Future) -> None:
+        self.end = end
+        self.size = size
+        self.fut = fut
+        self.wire_at: float | None = None
+
+
+# --------------------------------------------------------------------------- connection
+class _Conn:
+    """One TCP (optionally TLS) connection with byte-exact acknowledgement tracking."""
+
+    def __init__(self, sink: "SyslogStreamSink", sock: socket.socket, peer: str,
+                 sslobj: ssl.SSLObject | None = None, incoming: ssl.MemoryBIO | None = None,
+                 outgoing: ssl.MemoryBIO | None = None, sent: int = 0) -> None:
+        self.sink = sink
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.sslobj, self.incoming, self.outgoing = sslobj, incoming, outgoing
+        self.loop = asyncio.get_running_loop()
+        self.sent = sent          # wire bytes accepted by the kernel on this connection
+        self.acked = 0            # wire bytes the peer's TCP acknowledged
+        self.progress_at = time.monotonic()
+        self.pending: collections.deque[_Pending] = collections.deque()
+        self.unsettled = 0        # plaintext bytes of pending batches
+        self.room = asyncio.Event()
+        self.room.set()
+        self.dead: asyncio.Future = self.loop.create_future()
+        self.error: _ConnError | None = None
+        self.wrote_batches = False
+        self._poller: asyncio.Task | None = None
+        self._reader = asyncio.create_task(self._read_loop())
+
+    # -- acknowledgement tracking
+    def outq(self) -> int:
+        if _TIOCOUTQ is None:
+            return 0
+        try:
+            return _INT.unpack(fcntl.ioctl(self.fd, _TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return self.sent - self.acked  # unknown: assume nothing new was acknowledged
+
+    def check(self) -> None:
+        if self.dead.done():
+            return
+        now = time.monotonic()
+        acked = self.sent - self.outq()
+        if acked > self.acked:
+            self.acked = acked
+            self.progress_at = now
+        elif self.sent > self.acked and now - self.progress_at > self.sink.stall_timeout:
+            self.fail(_ConnError(
+                f"peer {self.peer} acknowledged nothing for {self.sink.stall_timeout:g} s "
+                f"({self.sent - self.acked} bytes outstanding)", "stall"))
+            return
+        settle_delay, settle_bytes = self.sink.settle_delay, self.sink.settle_bytes
+        for p in self.pending:
+            if p.wire_at is None:
+                if p.end <= acked:
+                    p.wire_at = now
+                else:
+                    break
+        pending = self.pending
+        settled = False
+        while pending:
+            p = pending[0]
+            if p.wire_at is None or (now - p.wire_at < settle_delay
+                                     and acked - p.end < settle_bytes):
+                break
+            pending.popleft()
+            self.unsettled -= p.size
+            settled = True
+            if not p.fut.done():
+                p.fut.set_result(None)
+        if settled:
+            self.sink._progress()
+            if self.unsettled <= self.sink.max_unsettled_bytes:
+                self.room.set()
+
+    async def _poll_loop(self) -> None:
+        interval = self.sink.ack_poll_interval
+        try:
+            while self.pending and not self.dead.done():
+                await asyncio.sleep(interval)
+                self.check()
+        finally:
+            self._poller = None
+
+    # -- writing
+    async def _writable(self) -> None:
+        fut = self.loop.create_future()
+        self.loop.add_writer(self.fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await asyncio.wait([fut, self.dead], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            try:
+                self.loop.remove_writer(self.fd)
+            except (ValueError, OSError):
+                pass
+            fut.cancel()
+
+    async def send_wire(self, data: bytes) -> None:
+        view = memoryview(data)
+        sock = self.sock
+        while view:
+            if self.dead.done():
+                raise self.error or _ConnError("connection closed", "connection_lost")
+            try:
+                n = sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self.fail(_ConnError(f"send to {self.peer} failed: {exc}", "connection_lost"))
+                raise self.error from exc
+            if n:
+                if self.sent == self.acked:
+                    self.progress_at = time.monotonic()
+                self.sent += n
+                view = view[n:]
+            if view:
+                self._ensure_poller()
+                await self._writable()
+
+    async def write(self, data: bytes) -> asyncio.Future:
+        """Send one framed batch; returns a future resolved when it settles (or failed
+        with :class:`_ConnError` when the connection breaks first)."""
+        if self.sslobj is not None:
+            self.sslobj.write(data)
+            wire = self.outgoing.read()
+        else:
+            wire = data
+        fut = self.loop.create_future()
+        p = _Pending(self.sent + len(wire), len(data), fut)
+        self.pending.append(p)
+        self.unsettled += len(data)
+        if self.unsettled > self.sink.max_unsettled_bytes:
+            self.room.clear()
+        self.wrote_batches = True
+        await self.send_wire(wire)
+        self._ensure_poller()
+        return fut
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None and not self.dead.done():
+            self._poller = asyncio.create_task(self._poll_loop())
+
+    # -- reading: EOF / RST / TLS alerts
+    async def _read_loop(self) -> None:
+        loop, sock = self.loop, self.sock
+        try:
+            while True:
+                data = await loop.sock_recv(sock, 65536)
+                if not data:
+                    self.fail(_ConnError(f"peer {self.peer} closed the connection (EOF)",
+                                         "connection_lost"))
+                    return
+                if self.sslobj is not None:
+                    self.incoming.write(data)
+                    try:
+                        while self.sslobj.read(65536):
+                            pass  # a syslog receiver sends no application data; ignore
+                    except ssl.SSLWantReadError:
+                        pass
+                    except ssl.SSLZeroReturnError:
+                        self.fail(_ConnError(f"peer {self.peer} closed the TLS session",
+                                             "connection_lost"))
+                        return
+                    if self.outgoing.pending:  # e.g. a TLS 1.3 KeyUpdate response
+                        async with self.sink._wlock:
+                            await self.send_wire(self.outgoing.read())
+                # plain TCP: a syslog receiver sends nothing; discard
+        except asyncio.CancelledError:
+            raise
+        except (OSError, ssl.SSLError, _ConnError) as exc:
+            if not self.dead.done():
+                self.fail(_ConnError(f"connection to {self.peer} failed: {exc}",
+                                     "connection_lost"))
+
+    # -- teardown
+    def fail(self, err: _ConnError) -> None:
+        if self.dead.done():
+            return
+        self.error = err
+        self.dead.set_result(err)
+        self.room.set()
+        cur = asyncio.current_task()
+        if self._reader is not cur:
+            self._reader.cancel()
+        if self._poller is not None and self._poller is not cur:
+            self._poller.cancel()
+        try:
+            self.loop.remove_writer(self.fd)
+        except (ValueError, OSError):
+            pass
+        try:
+            self.loop.remove_reader(self.fd)
+        except (ValueError, OSError):
+            pass
+        pending, self.pending = self.pending, collections.deque()
+        self.unsettled = 0
+        for p in pending:
+            if not p.fut.done():
+                p.fut.set_exception(err)
+                p.fut.exception()  # mark retrieved if nobody awaits it any more
+        self.sink._conn_failed(self, err)
+        self.loop.call_soon(self._close_sock)
+
+    def _close_sock(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """Graceful close (TLS close_notify, FIN)."""
+        if self.dead.done():
+            return
+        try:
+            if self.sslobj is not None:
+                try:
+                    self.sslobj.unwrap()
+                except ssl.SSLError:
+                    pass
+                out = self.outgoing.read()
+                if out:
+                    await asyncio.wait_for(self.send_wire(out), timeout)
+            self.sock.shutdown(socket.SHUT_WR)
+        except (OSError, asyncio.TimeoutError, _ConnError, ssl.SSLError):
+            pass
+        self.fail(_ConnError("closed by the relay", "closed"))
+
+
+# --------------------------------------------------------------------------- TCP / TLS sink
+class SyslogStreamSink(Sink):
+    """Syslog over TCP or TLS with at-least-once delivery (see the module docstring)."""
+
+    type = "syslog"
+
+    def __init__(self, cfg, queue, **kw) -> None:
+        super().__init__(cfg, queue, **kw)
+        if cfg.address is None:
+            raise ValueError(f"sink {cfg.name}: syslog needs an address")
+        self.host, self.port = cfg.address
+        self.protocol = cfg.protocol
+        if self.protocol not in ("tcp", "tls"):
+            raise ValueError(f"sink {cfg.name}: SyslogStreamSink is for tcp/tls, not {cfg.protocol}")
+        self.framing = cfg.framing or ("octet" if self.protocol == "tls" else "lf")
+        if self.framing not in ("octet", "lf"):
+            raise ValueError(f"sink {cfg.name}: unknown framing {self.framing!r}")
+        self.connect_timeout = float(cfg.connect_timeout or 10.0)
+        self.settle_delay = _opt(cfg, "settle_delay", 1.0)
+        self.settle_bytes = _opt(cfg, "settle_bytes", 32 << 20)
+        self.ack_poll_interval = _opt(cfg, "ack_poll_interval", 0.005)
+        self.stall_timeout = _opt(cfg, "stall_timeout", 60.0)
+        self.reconnect_min = _opt(cfg, "reconnect_min", 0.5)
+        self.reconnect_max = _opt(cfg, "reconnect_max", 30.0)
+        self.max_inflight = _opt(cfg, "max_inflight", 256)
+        self.max_unsettled_bytes = _opt(cfg, "max_unsettled_bytes", 64 << 20)
+        self.ssl_context = make_ssl_context(cfg) if self.protocol == "tls" else None
+        self.server_hostname = (cfg.tls_server_name or self.host) if self.protocol == "tls" else None
+        self._wlock = asyncio.Lock()
+        self._conn: _Conn | None = None
+        self._fails = 0               # consecutive connect failures/breaks, no settle since
+        self._breaks = 0              # breaks with batches written, no settle since
+        self._next_connect = 0.0
+        self._rng = random.Random()
+        self.m_sanitised = self.registry.counter("relay_sanitised_total", sink=self.name)
+        self.connects = 0             # successful connections (tests, diagnostics)
+
+    # -- backoff
+    def _backoff(self) -> float:
+        self._fails += 1
+        ceiling = min(self.reconnect_max, self.reconnect_min * 2 ** min(self._fails - 1, 30))
+        delay = self._rng.uniform(0.0, ceiling)
+        self._next_connect = time.monotonic() + delay
+        return delay
+
+    def _progress(self) -> None:
+        self._fails = 0
+        self._breaks = 0
+
+    def _conn_failed(self, conn: _Conn, err: _ConnError) -> None:
+        if err.reason == "closed":
+            return
+        if conn.wrote_batches:
+            self._breaks += 1
+        delay = self._backoff()
+        log.warning("sink %s: %s; reconnecting in %.2f s", self.name, err, delay)
+
+    def _unavailable(self, err: _ConnError) -> UnavailableError:
+        retry_after = max(0.0, self._next_connect - time.monotonic())
+        return UnavailableError(str(err), retry_after, reason=err.reason,
+                                count_attempt=self._breaks >= _POISON_BREAKS)
+
+    # -- connecting
+    async def _connect(self) -> _Conn:
+        now = time.monotonic()
+        if now < self._next_connect:
+            raise UnavailableError(
+                f"reconnect to {self.host}:{self.port} in {self._next_connect - now:.2f} s",
+                self._next_connect - now, reason="backoff")
+        try:
+            conn = await asyncio.wait_for(self._open(), self.connect_timeout)
+        except asyncio.TimeoutError:
+            err = _ConnError(f"connect to {self.host}:{self.port} timed out after "
+                             f"{self.connect_timeout:g} s", "connect")
+        except ssl.SSLCertVerificationError as exc:
+            err = _ConnError(f"TLS certificate verification of {self.host}:{self.port} failed: "
+                             f"{exc.verify_message or exc}", "tls_verify")
+        except ssl.SSLError as exc:
+            err = _ConnError(f"TLS handshake with {self.host}:{self.port} failed: {exc}", "tls")
+        except (OSError, _ConnError) as exc:
+            err = _ConnError(f"connect to {self.host}:{self.port} failed: {exc}", "connect")
+        else:
+            self.connects += 1
+            log.info("sink %s: connected to %s (%s)", self.name, conn.peer, self.protocol)
+            return conn
+        delay = self._backoff()
+        log.warning("sink %s: %s; next attempt in %.2f s", self.name, err, delay)
+        raise UnavailableError(str(err), delay, reason=err.reason)
+
+    async def _open(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        last: Exception | None = None
+        for family, type_, proto, _, addr in infos:
+            sock = socket.socket(family, type_, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for opt, val in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+                    if hasattr(socket, opt):
+                        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
+                await loop.sock_connect(sock, addr)
+                peer = f"{addr[0]}:{addr[1]}"
+                if self.ssl_context is None:
+                    return _Conn(self, sock, peer)
+                return await self._handshake(sock, peer)
+            except BaseException as exc:
+                sock.close()
+                if not isinstance(exc, OSError) or isinstance(exc, ssl.SSLError):
+                    raise
+                last = exc
+        raise last or OSError(f"no address for {self.host}")
+
+    async def _handshake(self, sock: socket.socket, peer: str) -> _Conn:
+        loop = asyncio.get_running_loop()
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        sslobj = self.ssl_context.wrap_bio(incoming, outgoing, server_side=False,
+                                           server_hostname=self.server_hostname)
+        sent = 0
+        while True:
+            try:
+                sslobj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                out = outgoing.read()
+                if out:
+                    await loop.sock_sendall(sock, out)
+                    sent += len(out)
+                data = await loop.sock_recv(sock, 65536)
+                if not data:
+                    raise _ConnError("peer closed the connection during the TLS handshake",
+                                     "tls")
+                incoming.write(data)
+        out = outgoing.read()
+        if out:
+            await loop.sock_sendall(sock, out)
+            sent += len(out)
+        return _Conn(self, sock, peer, sslobj, incoming, outgoing, sent=sent)
+
+    # -- sending
+    async def send(self, items: Sequence) -> None:
+        data, changed = frame_batch([it.payload for it in items], self.framing)
+        if changed:
+            self.m_sanitised.value += changed
+        async with self._wlock:
+            conn = self._conn
+            if conn is None or conn.dead.done():
+                self._conn = None
+                conn = self._conn = await self._connect()
+            while not conn.room.is_set():
+                room = asyncio.ensure_future(conn.room.wait())
+                try:
+                    await asyncio.wait([room, conn.dead], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    room.cancel()
+            try:
+                fut = await conn.write(data)
+            except _ConnError as err:
+                raise self._unavailable(err) from None
+            except ssl.SSLError as exc:
+                err = _ConnError(f"TLS error: {exc}", "tls")
+                conn.fail(err)
+                raise self._unavailable(err) from None
+        try:
+            await fut
+        except _ConnError as err:
+            raise self._unavailable(err) from None
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
+# --------------------------------------------------------------------------- UDP sink
+class SyslogUdpSink(Sink):
+    """Syslog over UDP: one payload per datagram; NO delivery guarantee (module doc)."""
+
+    type = "syslog"
+
+    def __init__(self, cfg, queue, **kw) -> None:
+        super().__init__(cfg, queue, **kw)
+        if cfg.address is None:
+            raise ValueError(f"sink {cfg.name}: syslog needs an address")
+        self.host, self.port = cfg.address
+        self.reconnect_min = _opt(cfg, "reconnect_min", 0.5)
+        self.reconnect_max = _opt(cfg, "reconnect_max", 30.0)
+        self._sock: socket.socket | None = None
+        self.max_datagram = UDP_MAX_V4
+        self._fails = 0
+
+    async def _socket(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+            family, type_, proto, _, addr = infos[0]
+            sock = socket.socket(family, type_, proto)
+            sock.setblocking(False)
+            sock.connect(addr)  # UDP: sets the default peer, enables ICMP error reports
+        except OSError as exc:
+            raise UnavailableError(f"UDP socket to {self.host}:{self.port}: {exc}",
+                                   self._delay(), reason="connect") from exc
+        self.max_datagram = UDP_MAX_V6 if family == socket.AF_INET6 else UDP_MAX_V4
+        self._sock = sock
+        return sock
+
+    def _delay(self) -> float:
+        self._fails += 1
+        return random.uniform(0.0, min(self.reconnect_max,
+                                       self.reconnect_min * 2 ** min(self._fails - 1, 30)))
+
+    async def send(self, items: Sequence):
+        sock = await self._socket()
+        loop = asyncio.get_running_loop()
+        failed = []
+        limit = self.max_datagram
+        for i, it in enumerate(items):
+            p = it.payload
+            if len(p) > limit:
+                failed.append((it, PermanentError(
+                    f"payload of {len(p)} bytes exceeds the UDP maximum of {limit} bytes",
+                    reason="oversize")))
+                continue
+            try:
+                try:
+                    sock.send(p)
+                except (BlockingIOError, InterruptedError):
+                    await loop.sock_sendall(sock, p)
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    failed.append((it, PermanentError(
+                        f"payload of {len(p)} bytes is too large for a datagram: {exc}",
+                        reason="oversize")))
+                    continue
+                err = UnavailableError(f"UDP send to {self.host}:{self.port}: {exc}",
+                                       self._delay(), reason="connect")
+                failed.extend((rest, err) for rest in items[i:])
+                if exc.errno != errno.ECONNREFUSED:
+                    sock.close()
+                    self._sock = None
+                return failed
+        self._fails = 0
+        return failed
+
+    async def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
