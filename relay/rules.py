@@ -215,7 +215,7 @@ def _path_text(segs) -> str:
     for s in segs[1:]:
         if s.__class__ is int:
             out.append(f"[{s}]")
-        elif _BARE_SEG_RE.fullmatch(s) and s.lower() not in KEYWORDS:
+        elif _BARE_SEG_RE.fullmatch(s):
             out.append("." + s)
         else:
             out.append(".\"" + s.replace("\\", "\\\\").replace('"', '\\"') + "\"")
@@ -911,7 +911,11 @@ def _syntax_error(text: str, loc: int, message: str) -> RuleSyntaxError:
     else:
         col = loc - line_start + 1
     lineno = text.count("\n", 0, line_start) + 1
-    return RuleSyntaxError(message, col, text[line_start:line_end], lineno)
+    line_text = text[line_start:line_end]
+    if line_text.endswith("\r"):        # CRLF rule text
+        line_text = line_text[:-1]
+        col = min(col, len(line_text) + 1)
+    return RuleSyntaxError(message, col, line_text, lineno)
 
 
 def _message(e) -> str:

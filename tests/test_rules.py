@@ -726,3 +726,23 @@ def test_all_evaluation_paths_agree(value, op, lit):
     assert m(shapes[4], ev(enrich={"x": value})) is results[0]
     if e.sd is not None or value is None:
         assert m(f"sd.s.x {op} {lit}", e) is results[0]
+
+
+def test_deep_but_legal_nesting_evaluates():
+    depth = 60
+    r = compile_rule("not " * depth + "pri == 137")
+    assert r(sigma_event()) is True            # even number of nots
+    r = compile_rule("(" * 40 + "pri == 1 or (pri == 137 and not severity == 9)" + ")" * 40)
+    assert r(sigma_event()) is True
+    assert r(None) is False and r.errors >= 1
+
+
+def test_crlf_rule_text():
+    assert m('app_name == "SigmaIncident"\r\n and risk_score >= 70', sigma_event())
+    with pytest.raises(RuleSyntaxError) as ei:
+        compile_rule('app_name ==\r\n and x == 1')
+    assert (ei.value.line_text, ei.value.column, ei.value.lineno) == (" and x == 1", 2, 2)
+    with pytest.raises(RuleSyntaxError) as ei:
+        compile_rule('x == "abc\r\n and y == 1')
+    assert (ei.value.line_text, ei.value.column, ei.value.message) == ('x == "abc', 6, "unterminated string")
+    assert compile_rule('fields.in == 1').fields == {"fields.in"}
