@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import orjson
 
 from parsers.event import Event, text
+from parsers.schema import SEVERITY_TO_CEF, SEVERITY_TO_LEEF, SEVERITY_TO_SYSLOG, severity_from_syslog
 
 from . import cef as _cef
 from . import leef as _leef
@@ -37,10 +38,9 @@ __all__ = ["RenderOptions", "Renderer", "FORMATS", "SEV_BAND", "sev_of"]
 
 FORMATS = ("leef", "leef1", "cef", "rfc5424", "json")
 
-# band -> (LEEF sev / CEF severity, syslog severity)
-SEV_BAND = {"informational": (1, 6), "low": (3, 5), "medium": (5, 4), "high": (7, 3), "critical": (9, 2)}
-_SYSLOG_TO_BAND = {0: "critical", 1: "critical", 2: "critical", 3: "high", 4: "medium", 5: "low",
-                   6: "informational", 7: "informational"}
+# band -> (LEEF sev / CEF severity, syslog severity): docs/schema.md 2.5
+SEV_BAND = {band: (SEVERITY_TO_LEEF[band], SEVERITY_TO_SYSLOG[band]) for band in SEVERITY_TO_LEEF}
+assert SEVERITY_TO_LEEF == SEVERITY_TO_CEF  # one column in the renderer
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def sev_of(fields: dict | None, event: Event) -> str:
         if s in SEV_BAND:
             return s
     if event.severity is not None:
-        return _SYSLOG_TO_BAND[event.severity]
+        return severity_from_syslog(event.severity)
     return "informational"
 
 

@@ -24,10 +24,11 @@ Pure decoding: no I/O.
 from __future__ import annotations
 
 from parsers.event import Event
-from parsers.rhythmx import (
-    _event_time, _parse_body, canonical_status, log_fields, score_from_1_5,
+from parsers.schema import (
+    _event_time, canonical_status, log_fields, score_from_1_5,
     score_from_severity, severity_from_1_5, severity_from_score, time_pair, to_score,
 )
+from parsers.schema import parse_body as _parse_body
 
 __all__ = ["normalise", "normalise_dict", "normalise_resources", "matches", "detect_shape",
            "VENDOR", "PRODUCT", "SHAPES"]

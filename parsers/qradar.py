@@ -14,7 +14,7 @@
 """
 from __future__ import annotations
 
-from parsers.rhythmx import canonical_status, is_ip, severity_from_score, time_pair, to_score
+from parsers.schema import canonical_status, is_ip, severity_from_score, time_pair, to_score
 
 __all__ = ["normalise_offense", "magnitude_to_score", "OFFENSE_TYPES"]
 

@@ -12,7 +12,7 @@ import pytest
 from parsers.event import Event, FORMAT_RFC5424
 from parsers import falcon
 from parsers.falcon import detect_shape, matches, normalise, normalise_dict, normalise_resources
-from parsers.rhythmx import SEVERITIES
+from parsers.schema import SEVERITIES
 from tests.vectors import load_json
 
 SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "samples"

@@ -9,10 +9,9 @@ import pytest
 
 from parsers.event import Event, FORMAT_RFC5424
 from parsers import rhythmx
-from parsers.rhythmx import (
-    RhythmxConfig, SEVERITIES, SEVERITY_TO_CEF, SEVERITY_TO_LEEF, SEVERITY_TO_SYSLOG, iso_utc,
-    log_fields, matches, normalise, parse_time, severity_from_score, severity_from_syslog,
-    time_pair, to_score,
+from parsers.rhythmx import RhythmxConfig, matches, normalise
+from parsers.schema import (
+    SEVERITIES, SEVERITY_TO_CEF, SEVERITY_TO_LEEF, SEVERITY_TO_SYSLOG, iso_utc, log_fields, parse_time, severity_from_score, severity_from_syslog, time_pair, to_score,
 )
 
 SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "samples" / "sigma_incidents.log"
