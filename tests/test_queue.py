@@ -122,6 +122,17 @@ def test_ack_deletes_and_ignores_unknown(q):
     assert q.lease(10) == []
 
 
+def test_ack_non_contiguous_and_duplicate_ids(q):
+    q.put_many(rows(6, size=100))
+    items = q.lease(6)
+    assert q.ack([items[0].id, items[2].id, items[4].id, items[4].id]) == 3
+    assert q.depth() == 3 and q.size_bytes() == 300
+    q.release_all()
+    assert [seq_of(i) for i in q.lease(10)] == [1, 3, 5]
+    assert q.ack([items[1].id, items[1].id, items[3].id]) == 2  # [1,1,3]: not a range
+    assert [seq_of(i) for i in q.list()] == [5]
+
+
 def test_release_gives_back_without_attempt_in_order(q):
     q.put_many(rows(8))
     first = q.lease(5)
