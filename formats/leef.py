@@ -50,12 +50,11 @@ _HDR_TABLE = str.maketrans({"|": " ", "\r": " ", "\n": " "})
 class _Delim:
     """Per-delimiter tables, built once."""
 
-    __slots__ = ("d", "field", "values", "keys", "key_cache")
+    __slots__ = ("d", "field", "keys", "key_cache")
 
     def __init__(self, d: str) -> None:
         self.d = d
         self.field = delimiter_field(d)
-        self.values = str.maketrans({d: " ", "\r": " ", "\n": " "})
         bad = {c: "_" for c in "= \t\r\n|\x0b\x0c"}
         bad[d] = "_"
         self.keys = str.maketrans(bad)
@@ -147,7 +146,6 @@ def encode(vendor: str, product: str, product_version: str, event_id: str, attri
     if not attributes:
         return head, changes
     d = dd.d
-    vt = dd.values
     kc = dd.key_cache
     has_time = has_format = False
     parts = []
@@ -164,9 +162,15 @@ def encode(vendor: str, product: str, product_version: str, event_id: str, attri
                 has_format = True
             if type(v) is not str:
                 v = str(v)
-            if d in v or "\n" in v or "\r" in v:
-                changes += v.count(d) + v.count("\n") + v.count("\r")
-                v = v.translate(vt)
+            if d in v:
+                changes += v.count(d)
+                v = v.replace(d, " ")
+            if "\n" in v:
+                changes += v.count("\n")
+                v = v.replace("\n", " ")
+            if "\r" in v:
+                changes += v.count("\r")
+                v = v.replace("\r", " ")
         r = kc.get(k)
         if r is None:
             r = dd.key(k)
