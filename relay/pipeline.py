@@ -212,9 +212,8 @@ class Pipeline:
 
     def _counters(self, source: SourceConfig):
         c = self._source_counters.get(source.name)
-        if c is None:
-            c = (REGISTRY.counter("relay_received_total", source=source.name), {}, {})
-            self._source_counters[source.name] = c
+        if c is None:  # (parsed by format, failed by reason); sources count relay_received_total
+            c = self._source_counters[source.name] = ({}, {})
         return c
 
     def backlog(self) -> int:
@@ -237,8 +236,7 @@ class Pipeline:
 
     def process(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):
         """One message -> (event, route names, [(sink, payload | None, meta, error)])."""
-        received_c, parsed_c, failed_c = self._counters(source)
-        received_c.value += 1
+        parsed_c, failed_c = self._counters(source)
         ev = detect.parse(raw, lenient=source.lenient, received=received, peer=peer, source=source.name)
         if ev.format == FORMAT_RAW:
             kind = ev.error.kind if ev.error is not None else "unknown"
