@@ -21,7 +21,11 @@ __all__ = ["ConfigError", "Config", "RelayConfig", "QueueConfig", "RetryConfig",
            "RouteConfig", "SinkConfig", "load", "loads", "parse_address", "SINK_TYPES", "SINK_FORMATS"]
 
 SOURCE_TYPES = ("udp", "tcp", "tls")
-SINK_TYPES = ("syslog", "file")
+SINK_TYPES = ("syslog", "file", "xsoar", "xsoar_webhook")
+# Sink types whose keys are read by their own module: type -> "module:function", called as
+# function(table, sink_config, base_dir) and expected to read its keys with table.get(...)
+# and store what it needs in sink_config.options (see relay/sinks/xsoar.py).
+SINK_OPTION_READERS = {"xsoar": "relay.sinks.xsoar:read_config", "xsoar_webhook": "relay.sinks.xsoar:read_config"}
 SINK_FORMATS = ("leef", "leef1", "cef", "rfc5424", "json")
 
 
@@ -362,6 +366,14 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
                 sk.tls_server_name = t.get("tls_server_name", str, None)
         elif typ == "file":
             sk.path = t.get("path", str, required=True, check=pathconv)
+        if typ in SINK_OPTION_READERS:
+            import importlib
+            mod, _, fn = SINK_OPTION_READERS[typ].partition(":")
+            try:
+                reader = getattr(importlib.import_module(mod), fn)
+            except (ImportError, AttributeError) as e:
+                raise t.err("type", f"sink type {typ!r} is not available in this build ({e})") from None
+            reader(t, sk, base_dir)
         sk.leef_vendor = t.get("leef_vendor", str, sk.leef_vendor)
         sk.leef_product = t.get("leef_product", str, sk.leef_product)
         sk.leef_version = t.get("leef_version", str, sk.leef_version)
