@@ -227,8 +227,10 @@ class _Conn(asyncio.Protocol):
                                           ssl_handshake_timeout=src.handshake_timeout)
             if tr is None:
                 raise ConnectionResetError("the peer closed the connection during the handshake")
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:          # stop() or the connection went away
+            self.hs_task = None
             self.raw.abort()
+            self.connection_lost(None)          # the TLS layer does not report it to us mid-handshake
             return
         except Exception as e:
             self.hs_task = None
