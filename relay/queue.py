@@ -55,6 +55,13 @@ Crash semantics (what is guaranteed once ``put_many`` returns)
   (the quarantined file is kept for forensics).  Permission problems, a locked database or a
   missing directory are *not* treated as corruption: they raise :class:`QueueError`.
   Corruption found after open raises :class:`QueueCorrupt`; reopening the queue repairs it.
+  Checked and moved aside as found: the check runs on a read-only connection, so the
+  quarantined file and its ``-wal`` are not modified (salvage reads both).
+  Limit: damage confined to the ``-wal`` file is invisible.  SQLite checksums WAL frames
+  and silently ignores everything from the first bad frame on, so the groups committed in
+  those frames (not yet checkpointed into the main file) are lost without an error.  A
+  damaged main-file page that the WAL holds a newer copy of is harmless (SQLite reads
+  the WAL copy).
 
 Retry schedule
 --------------
@@ -111,14 +118,9 @@ APPLICATION_ID = 0x524C5951  # "RLYQ": marks our files; anything else is a forei
 REASON_MAX = 2000  # characters of error text / reason kept per row
 
 # SQLite primary result codes (Python 3.11 exposes them as exc.sqlite_errorcode)
-_SQLITE_PERM = 3
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
-_SQLITE_READONLY = 8
 _SQLITE_IOERR = 10
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
-_SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 _CORRUPTION_CODES = {_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_NOTADB}
 
@@ -392,10 +394,37 @@ class DiskQueue:
     def _open(self, check: bool) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
+        # Check through a read-only connection first: closing it never checkpoints, so a
+        # bad file is moved aside exactly as found, its -wal intact (a read-write
+        # connection would fold the WAL into the damaged file when it closes).
+        verified = False
+        if os.path.isfile(self.path) and os.path.getsize(self.path) > 0:
+            ro = None
+            try:
+                ro = sqlite3.connect(f"file:{_uri_path(self.path)}?mode=ro", uri=True,
+                                     isolation_level=None, timeout=self.busy_timeout)
+                self._verify(ro, check)
+                verified = True
+            except _BadFile as exc:
+                ro.close()
+                ro = None
+                self._recover(str(exc))
+                return
+            except sqlite3.Error as exc:
+                if ro is not None:
+                    ro.close()
+                    ro = None
+                if _code(exc) in _CORRUPTION_CODES:
+                    self._recover(f"{getattr(exc, 'sqlite_errorname', 'error')}: {exc}")
+                    return
+                # anything else (cannot open read-only, busy ...): the read-write path decides
+            finally:
+                if ro is not None:
+                    ro.close()
         conn = None
         try:
             conn = self._connect(self.path)
-            fresh = self._verify(conn, check)
+            fresh = self._verify(conn, check and not verified)
             if fresh:
                 self._create_schema(conn)
                 _fsync_dir(directory)
@@ -457,10 +486,14 @@ class DiskQueue:
         while os.path.exists(aside):
             aside = f"{self.path}.corrupt-{stamp}.{n}"
             n += 1
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            src = self.path + suffix
-            if os.path.exists(src):
-                os.replace(src, aside + suffix)
+        try:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                src = self.path + suffix
+                if os.path.exists(src):
+                    os.replace(src, aside + suffix)
+        except OSError as exc:
+            raise QueueError(f"{self.path} is unusable ({reason}) and could not be moved "
+                             f"aside: {exc}") from exc
         _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         self.recovered_from = aside
         self.recovery_reason = reason
@@ -489,20 +522,26 @@ class DiskQueue:
 
         Rows are read in id order; when a read fails the scan tries to jump past the bad
         region (ids +1, +10, ... +10^6).  Original ids, attempts and schedule are kept."""
-        try:
-            src = sqlite3.connect(f"file:{_uri_path(aside)}?mode=ro", uri=True,
-                                  isolation_level=None, timeout=0.1)
-        except sqlite3.Error:
+        src = None
+        tables: set = set()
+        # read-only first (sees the WAL); immutable=1 if that fails (ignores WAL and locks)
+        for opts in ("mode=ro", "immutable=1"):
+            try:
+                src = sqlite3.connect(f"file:{_uri_path(aside)}?{opts}", uri=True,
+                                      isolation_level=None, timeout=0.1)
+                src.execute("PRAGMA query_only = 1")
+                tables = {r[0] for r in src.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                break
+            except sqlite3.Error:
+                if src is not None:
+                    src.close()
+                src = None
+        if src is None:
             return 0
         deadline = time.monotonic() + time_budget
         total = 0
         try:
-            try:
-                src.execute("PRAGMA query_only = 1")
-                tables = {r[0] for r in src.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            except sqlite3.Error:
-                return 0
             plan = (("queue", _EXPECTED_COLUMNS["queue"], "rows", "bytes"),
                     ("dead", _EXPECTED_COLUMNS["dead"], "dead_rows", "dead_bytes"))
             for table, cols, rcol, bcol in plan:
@@ -638,7 +677,10 @@ class DiskQueue:
         Returns the number of rows stored.  Durable per the ``synchronous`` mode when it
         returns.  When the queue is full: ``block`` raises :class:`QueueFull` and stores
         nothing; ``drop_newest`` stores the leading rows that fit and counts the rest in
-        ``stats["dropped_full"]``.  Disk full raises :class:`QueueDiskFull`, nothing stored."""
+        ``stats["dropped_full"]``.  Disk full raises :class:`QueueDiskFull`, nothing stored.
+        Under ``block`` a group larger than ``max_rows``/``max_bytes`` itself raises
+        ``ValueError`` (it could never fit).  A payload that is not bytes-like or a meta
+        that orjson cannot encode raises ``TypeError`` before anything is written."""
         if not items:
             return 0
         ts = time.time() if now is None else now

@@ -129,7 +129,7 @@ def test_ack_non_contiguous_and_duplicate_ids(q):
     assert q.depth() == 3 and q.size_bytes() == 300
     q.release_all()
     assert [seq_of(i) for i in q.lease(10)] == [1, 3, 5]
-    assert q.ack([items[1].id, items[1].id, items[3].id]) == 2  # [1,1,3]: not a range
+    assert q.ack([items[1].id, items[1].id, items[3].id]) == 2  # duplicates: not a range
     assert [seq_of(i) for i in q.list()] == [5]
 
 
@@ -709,3 +709,30 @@ def test_item_repr_and_lazy_meta(q):
     q.put_many([(b"p", None)])
     item = q.lease(1)[0]
     assert isinstance(item, Item) and item.meta == {} and "id=1" in repr(item)
+
+
+def test_quarantine_moves_the_wal_along_and_salvages_from_it(qpath):
+    _make_queue_file(qpath, 3000)  # checkpointed into the main file
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, qpath, "NORMAL", "3000"],
+                            stdout=subprocess.PIPE, cwd=str(ROOT), text=True)
+    try:
+        assert int(proc.stdout.readline()) == 3050
+        proc.send_signal(signal.SIGKILL)  # no checkpoint: the new group is only in the -wal
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+    assert os.path.getsize(qpath + "-wal") > 0
+    with open(qpath, "r+b") as f:  # damage pages of the main file that the WAL does not hold
+        f.seek(4096 * 40)
+        f.write(random.Random(9).randbytes(4096 * 3))
+    q = DiskQueue(qpath)
+    try:
+        assert q.stats["corrupt_recovered"] == 1
+        assert os.path.getsize(q.recovered_from + "-wal") > 0  # evidence kept together
+        seqs = [seq_of(i) for i in q.list(limit=10 ** 6)]
+        assert seqs[-50:] == list(range(3000, 3050))  # the rows only the WAL held
+        assert 50 < len(seqs) < 3050
+        _assert_fresh_queue_works(q)
+    finally:
+        q.close()
