@@ -43,6 +43,7 @@ __all__ = ["CefRecord", "parse", "severity_number", "parse_time", "LONG_NAMES", 
 
 _KEYCH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.[],")
 _BLANK = " \t"
+_KEYSTR = "".join(sorted(_KEYCH))
 
 
 class CefRecord:
@@ -300,7 +301,7 @@ def _parse_extension(s: str, i: int, n: int, strict: bool) -> dict[str, str]:
     out: dict[str, str] = {}
     if i >= n:
         return out
-    keych = _KEYCH
+    ks = _KEYSTR
     key = None
     vstart = i
     pos = i
@@ -309,41 +310,32 @@ def _parse_extension(s: str, i: int, n: int, strict: bool) -> dict[str, str]:
         if e < 0:
             break
         pos = e + 1
-        if _escaped(s, e, vstart):
+        if s[e - 1] == "\\" and _escaped(s, e, vstart):
             continue
-        k = e
-        while k > vstart and s[k - 1] in keych:
-            k -= 1
         if key is None:  # the extension must start with key=
-            if k == e:
+            if e == i or s[e - 1] in _BLANK:
                 raise ParseError(_boff(s, e), "keyless extension pair ('=' without a key)", "cef_keyless")
-            if k != i:
+            if s[i:e].strip(ks):
                 raise ParseError(_boff(s, i), "extension does not start with key=value", "cef_extension")
-            key = s[k:e]
+            key = s[i:e]
             vstart = e + 1
             continue
-        if k == e:
-            if s[e - 1] in _BLANK:
-                raise ParseError(_boff(s, e), "keyless extension pair ('=' without a key)", "cef_keyless")
+        if e > vstart and s[e - 1] in _BLANK:
+            raise ParseError(_boff(s, e), "keyless extension pair ('=' without a key)", "cef_keyless")
+        sp = s.rfind(" ", vstart, e)
+        tab = s.rfind("\t", vstart, e)
+        if tab > sp:
+            sp = tab
+        if sp < 0 or s[sp + 1:e].strip(ks):  # '=' inside a value, not ' key='
             if strict:
                 raise ParseError(_boff(s, e), "unescaped '=' in extension value", "cef_value")
             continue
-        if s[k - 1] not in _BLANK:
-            if strict:
-                raise ParseError(_boff(s, e), "unescaped '=' in extension value", "cef_value")
-            continue
-        j = k - 1
-        while j > vstart and s[j - 1] in _BLANK:
-            j -= 1
-        out[key] = _unescape_ext(s[vstart:j])
-        key = s[k:e]
+        out[key] = _unescape_ext(s[vstart:sp].rstrip(_BLANK))
+        key = s[sp + 1:e]
         vstart = e + 1
     if key is None:
         raise ParseError(_boff(s, i), "extension is not key=value pairs (keyless value)", "cef_extension")
-    j = n
-    while j > vstart and s[j - 1] in _BLANK:
-        j -= 1
-    out[key] = _unescape_ext(s[vstart:j])
+    out[key] = _unescape_ext(s[vstart:n].rstrip(_BLANK))
     return out
 
 
