@@ -30,7 +30,12 @@ def main() -> None:
               help="Largest frame accepted with --framed (longer frames are truncated and reported).")
 @click.option("--render", "render", default="", metavar="FORMATS",
               help="Comma-separated outputs to show: leef, leef1, cef, json, rfc5424, xsoar, xsoar_webhook.")
-def test_parse(messages, file, framed, lenient, as_json, max_frame, render):
+@click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="Apply this relay config: show which routes match (and why) and the exact bytes each matched "
+                   "sink would receive.  No network, no queues.")
+@click.option("--source", "source", default=None, metavar="NAME",
+              help="With --config: parse as this configured source does (its lenient setting).")
+def test_parse(messages, file, framed, lenient, as_json, max_frame, render, config, source):
     """Parse raw syslog MESSAGES (or a file, or stdin) and show every step.
 
     Exit status: 0 when every message parsed, 1 when any did not, 2 on usage errors.
@@ -43,6 +48,22 @@ def test_parse(messages, file, framed, lenient, as_json, max_frame, render):
         raise click.BadParameter(f"unknown output {bad[0]!r} (choose from {', '.join(RENDER_CHOICES)})",
                                  param_hint="--render")
     renderers = default_renderers(wanted)
+    view = None
+    if config is not None:
+        from .config import ConfigError, load
+        from .testparse import ConfigView
+        try:
+            cfg = load(config)
+        except ConfigError as e:
+            raise click.UsageError(str(e))
+        if source is not None:
+            if source not in cfg.sources:
+                raise click.BadParameter(f"no source {source!r} in {config} (sources: {', '.join(cfg.sources)})",
+                                         param_hint="--source")
+            lenient = lenient or cfg.sources[source].lenient
+        view = ConfigView(cfg)
+    elif source is not None:
+        raise click.UsageError("--source needs --config")
 
     if messages and file is not None:
         raise click.UsageError("give messages as arguments or --file, not both")
@@ -53,7 +74,7 @@ def test_parse(messages, file, framed, lenient, as_json, max_frame, render):
     problems: list = []
     for label, raw in iter_inputs(messages, file, framed, max_frame, problems):
         total += 1
-        rec = analyse(raw, lenient=lenient, renderers=renderers)
+        rec = analyse(raw, lenient=lenient, renderers=renderers, view=view)
         if not rec["ok"]:
             failed += 1
         if as_json:

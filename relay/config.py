@@ -179,7 +179,10 @@ class _Table:
         if key not in self.data:
             if required:
                 raise self.err(key, "is required")
-            return default
+            if default is None or check is None:
+                return default
+            out = check(default)  # defaults go through the same conversion (paths, addresses)
+            return default if out is None else out
         v = self.data[key]
         if types is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
@@ -304,7 +307,8 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     metrics = rt.get("metrics_address", str, "127.0.0.1:9514")
     relay = RelayConfig(
         state_dir=rt.get("state_dir", str, "state", check=pathconv),
-        metrics_address=None if metrics in ("", "off") else rt.get("metrics_address", str, check=parse_address),
+        metrics_address=None if metrics in ("", "off") else rt.get("metrics_address", str, metrics,
+                                                                       check=parse_address),
         drain_timeout=rt.get("drain_timeout", float, 10.0, check=_non_negative),
         log_level=rt.get("log_level", str, "info", choices=("debug", "info", "warning", "error")),
     )

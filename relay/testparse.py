@@ -39,11 +39,43 @@ def default_renderers(names) -> dict:
     return out
 
 
-def analyse(raw: bytes, *, lenient: bool = False, renderers: dict | None = None) -> dict:
-    ev = detect.parse(raw, lenient=lenient)
+class ConfigView:
+    """`test-parse --config`: the configured routes and sinks, with no network and no queues."""
+
+    def __init__(self, config) -> None:
+        from .pipeline import Pipeline
+        self.config = config
+        self.pipeline = Pipeline(config, committers={})
+
+    def apply(self, ev, rec: dict) -> None:
+        from .rules import explain
+        names, sinks = self.pipeline.route(ev)
+        rec["routes"] = names
+        rec["route_checks"] = {r.name: explain(r.rule, ev) for r in self.config.routes.values()}
+        outputs = {}
+        for s in sinks:
+            cfg = self.config.sinks[s]
+            try:
+                payload = self.pipeline.renderers[s](ev, names)
+            except Exception as e:  # the relay would dead-letter it with this reason
+                outputs[s] = {"error": f"render failed: {type(e).__name__}: {e}"}
+                continue
+            if cfg.type in ("xsoar", "xsoar_webhook"):
+                import orjson
+                outputs[s] = orjson.loads(payload)
+            else:
+                outputs[s] = payload.decode("utf-8", "replace")
+        rec["sinks"] = outputs
+
+
+def analyse(raw: bytes, *, lenient: bool = False, renderers: dict | None = None, view: ConfigView | None = None,
+            received: float | None = None) -> dict:
+    ev = detect.parse(raw, lenient=lenient, received=received)
     normalise(ev)
     rec = record_for(ev)
     rec["event"] = ev.fields
+    if view is not None:
+        view.apply(ev, rec)
     if renderers:
         outputs = {}
         for name, fn in renderers.items():
@@ -197,6 +229,11 @@ def _render_extra(key: str, value, w) -> None:
     w(f"   {key}:\n")
     if isinstance(value, dict):
         for k, v in value.items():
+            if key == "route_checks" and isinstance(v, list):
+                w(f"      {k}\n")
+                for line in v:
+                    w(f"          {line}\n")
+                continue
             if v is None or v == {} or v == []:
                 continue
             if isinstance(v, (dict, list)):
