@@ -137,10 +137,9 @@ class Metrics(dict):
 class RelayProcess:
     """``relay run --config <dir>/relay.toml`` as a subprocess.
 
-    ``config`` is the TOML text; ``{metrics}`` in it is not needed: :attr:`metrics_port` is
-    written into ``[relay] metrics_address`` by the caller (see ``e2e`` tests) - this class only
-    needs to know the port to poll.  Use as a context manager or call :meth:`stop` in a
-    ``finally``.
+    ``config`` is the TOML text, written to ``workdir/relay.toml``; its ``[relay]
+    metrics_address`` must be ``127.0.0.1:<metrics_port>`` (the port polled for /ready and
+    /metrics).  Use as a context manager or call :meth:`stop` in a ``finally``.
     """
 
     def __init__(self, workdir: Path, config: str, metrics_port: int, *, ready_timeout: float = 20.0,
