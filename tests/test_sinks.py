@@ -456,9 +456,11 @@ def test_graceful_stop_releases_unsettled(tmp_path):
     accepted = []
 
     async def main():
+        done = asyncio.Event()
+
         async def handle(reader, writer):
             accepted.append(writer)
-            await asyncio.sleep(30)
+            await done.wait()  # never reads
 
         srv = await asyncio.start_server(handle, HOST, 0)
         srv.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -474,7 +476,9 @@ def test_graceful_stop_releases_unsettled(tmp_path):
         took = time.monotonic() - t0
         for w in accepted:
             w.transport.abort()
+        done.set()
         srv.close()
+        await srv.wait_closed()
         return took, sink
 
     took, sink = run(main())

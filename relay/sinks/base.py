@@ -125,6 +125,8 @@ class Sink:
     type = "base"
     #: batches in flight at once (pipelining); subclasses may raise it
     max_inflight = 1
+    #: most rows acked in one transaction (group commit of completed batches)
+    ack_group_max = 5000
 
     def __init__(self, cfg, queue, *, registry: Registry | None = None,
                  drain_timeout: float = 10.0, auth_recheck: float = 60.0,
@@ -158,6 +160,8 @@ class Sink:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._ack_buf: list = []
+        self._ack_task: asyncio.Task | None = None
         self._running = False
 
     # ------------------------------------------------------------------ to override
@@ -297,7 +301,7 @@ class Sink:
         ok = [it for it in items if it.id not in failed] if failed else items
         if ok:
             try:
-                await asyncio.to_thread(self.queue.ack, ok)
+                await self._ack(ok)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -318,6 +322,39 @@ class Sink:
                 groups.setdefault(id(exc), (exc, []))[1].append(item)
             for exc, group in groups.values():
                 await self._settle_failed(group, exc)
+
+    async def _ack(self, items: list) -> None:
+        """Group commit: batches that complete while an ack transaction runs are acked
+        together in the next one (one fsync for many batches when pipelining)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._ack_buf.append((items, fut))
+        if self._ack_task is None:
+            self._ack_task = asyncio.create_task(self._ack_flush())
+        await asyncio.shield(fut)
+
+    async def _ack_flush(self) -> None:
+        try:
+            while self._ack_buf:
+                # at most ~ack_group_max rows per transaction: the queue lock is held
+                # for the whole commit and lease() must not wait long behind it
+                k, rows = 0, 0
+                while k < len(self._ack_buf) and (k == 0 or rows < self.ack_group_max):
+                    rows += len(self._ack_buf[k][0])
+                    k += 1
+                buf, self._ack_buf = self._ack_buf[:k], self._ack_buf[k:]
+                ids = [it.id for items, _ in buf for it in items]
+                try:
+                    await asyncio.to_thread(self.queue.ack, ids)
+                except Exception as exc:
+                    for _, f in buf:
+                        if not f.done():
+                            f.set_exception(exc)
+                    continue
+                for _, f in buf:
+                    if not f.done():
+                        f.set_result(None)
+        finally:
+            self._ack_task = None
 
     async def _settle_failed(self, items: list, exc: SinkError) -> None:
         q = self.queue
@@ -394,6 +431,8 @@ class Sink:
                 for t in pending:
                     t.cancel()
                 await asyncio.wait(pending, timeout=5.0)
+        if self._ack_task is not None:  # let the last group commit finish
+            await asyncio.wait([self._ack_task], timeout=30.0)
         self.queue.release_all()
 
     # ------------------------------------------------------------------ cached gauges

@@ -115,6 +115,8 @@ class FileSink(Sink):
         except OSError as exc:
             self._fails += 1
             delay = min(30.0, 2.0 ** (self._fails - 1))
+            log.warning("sink %s: cannot write %s: %s; events stay queued, retrying in %g s",
+                        self.name, self.path, exc, delay)
             raise UnavailableError(f"cannot write {self.path}: {exc}", delay,
                                    reason="file") from exc
         self._fails = 0

@@ -38,7 +38,8 @@ unread for longer than ``settle_delay`` and then loses it, or that reads it and 
 it (crash before its own storage).
 
 Batches are pipelined: further batches are written while earlier ones wait to settle,
-bounded by ``max_unsettled_bytes`` (64 MiB) and ``max_inflight`` batches (256).
+bounded by ``max_unsettled_bytes`` (64 MiB) and ``max_inflight`` batches (256); the leased
+rows of those batches are held in memory (about twice the payload bytes).
 
 TLS: the TLS layer runs on an :class:`ssl.MemoryBIO` pair, so the sink knows exactly which
 *wire* (ciphertext) offset ends each batch: the rule above applies to TLS unchanged (no
@@ -272,10 +273,10 @@ class _Conn:
         try:
             await asyncio.wait([fut, self.dead], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            try:
+            # after fail() the writer is already removed and the fd may be closed (and its
+            # number reused by another socket): never touch it then
+            if not self.dead.done():
                 self.loop.remove_writer(self.fd)
-            except (ValueError, OSError):
-                pass
             fut.cancel()
 
     async def send_wire(self, data: bytes) -> None:
