@@ -27,6 +27,8 @@ import logging
 import time
 from typing import Any
 
+from ..metrics import REGISTRY
+
 log = logging.getLogger("relay.sources")
 
 __all__ = ["Source", "UdpSource", "TcpSource", "TlsSource", "make_source", "LogLimiter", "bind_error"]
@@ -84,7 +86,6 @@ class Source:
     """Base class: ``cfg``, ``pipeline``, ``bound_address``; ``start()`` and ``stop()``."""
 
     def __init__(self, cfg, pipeline, registry=None) -> None:
-        from ..metrics import REGISTRY
         self.cfg = cfg
         self.pipeline = pipeline
         self.registry = registry if registry is not None else REGISTRY
