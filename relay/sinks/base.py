@@ -31,7 +31,9 @@ those are settled per their exception and every other row of the batch is acked.
 
 Several batches may be in flight at once (``max_inflight``, 1 by default; the syslog stream
 sink pipelines).  The queue's methods are synchronous SQLite (``ack`` fsyncs): they run in a
-worker thread (``asyncio.to_thread``) so the event loop never waits on the disk.
+worker thread (``asyncio.to_thread``) so the event loop never waits on the disk.  Acks are
+group-committed: batches that succeed while an ack transaction runs are acked together in
+the next one (at most ``ack_group_max`` = 5000 rows per transaction).
 
 Idle: when nothing is due the loop sleeps until ``next_due()`` or until :meth:`Sink.notify`
 (the pipeline calls it after enqueueing), at most ``idle_recheck`` seconds (5 s, so rows put

@@ -35,7 +35,10 @@ have certainly been read if the peer's receive buffer is smaller than that (Linu
 assumes the receiver reads within ``settle_delay``.  Remaining window (documented, not
 closable without an application-level ack such as RELP): a receiver that keeps data
 unread for longer than ``settle_delay`` and then loses it, or that reads it and then loses
-it (crash before its own storage).
+it (crash before its own storage); and with TLS 1.3 a server that rejects our client
+certificate does so after our handshake completed, so data sent right after it is
+TCP-acknowledged and discarded: keep ``settle_delay`` above the round trip (it is) and watch
+``relay_send_errors_total{reason="connection_lost"}``.
 
 Batches are pipelined: further batches are written while earlier ones wait to settle,
 bounded by ``max_unsettled_bytes`` (64 MiB) and ``max_inflight`` batches (256); the leased
