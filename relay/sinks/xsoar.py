@@ -1,0 +1,995 @@
+"""Cortex XSOAR delivery: REST incidents (``type = "xsoar"``) and the Generic Webhook
+(``type = "xsoar_webhook"``).  The API facts are in the reference notes (apis.md section 1).
+
+Promise: a matched event becomes exactly ONE XSOAR incident, across retries, restarts,
+XSOAR outages and re-sent messages.  The queue row (rendered by formats/xsoar.py) carries
+the event's ``dedup_key`` in its meta and in the custom field ``dedup_field``
+(``relaydedupkey``); for every row the REST sink
+
+1. looks the key up in its **dedup store** (SQLite, ``<state_dir>/xsoar-dedup-<sink>.db``,
+   key -> incident id, version, closed flag, digest of the last body sent; FIFO-capped at
+   ``dedup_store_size`` keys, kept across restarts);
+2. on a miss, **searches** XSOAR: ``POST /incidents/search`` with
+   ``query: <dedup_field>:"<key>"`` and an explicit ``size`` (XSOAR returns *nothing* when
+   ``size`` is omitted) and reads ``data`` defensively (it is ``null`` when nothing matches);
+3. creates the incident (``POST /incident``, one call per incident: there is no
+   multi-create) only when both miss, and records it in the store before the row is acked.
+
+A create whose answer was lost (connection dropped after XSOAR processed it, timeout, relay
+killed) is retried later; the retry finds the incident by the search and does not create a
+second one.  ``mode = "create"``: an event for a known incident is skipped (acked, counted
+``relay_xsoar_incidents_total{action="skipped"}``).  ``mode = "sync"``: it updates the
+incident by id with its current ``version`` (optimistic locking); on a version conflict the
+incident is re-read and the update retried (3 times).  An update whose body equals the last
+one sent is skipped (``unchanged``).  ``close_on_source_close = true`` closes the incident
+(``/incident/batchClose`` or ``/incident/close``) when the event says closed.
+
+Failures (per request):
+
+=================================================  ============================================
+429 (``Retry-After`` honoured), 408, 5xx,           :class:`RetryableError`: this row is retried
+read/write timeout, connection dropped              by the queue (backoff with jitter); rows of
+                                                    the batch not yet tried are given back
+                                                    (no attempt counted) and the sink pauses
+connect refused / connect timeout / TLS failure     :class:`UnavailableError`: rows given back,
+                                                    sink pauses (growing backoff, 1..60 s)
+401, 403                                            :class:`AuthError`: the sink blocks, every
+                                                    event stays queued, ``relay_sink_blocked=1``
+                                                    and an ALERT log line say why
+other 3xx/4xx                                       :class:`PermanentError`: dead letter, with
+                                                    the status and an excerpt of the answer
+=================================================  ============================================
+
+Within a leased batch, rows with the same dedup key are handled in order, one after the
+other; different keys run concurrently, at most ``concurrency`` requests in flight (one
+``httpx.AsyncClient`` per sink).  A row leaves the queue only after XSOAR acknowledged it.
+
+The webhook sink posts one object (``batch_size = 1``) or an array of items, waits up to
+``linger`` seconds to fill a batch, authenticates with a header or Basic auth, classifies
+answers the same way and keeps its own dedup store (the webhook has no search).  Its window:
+a crash between XSOAR's 200 and the store write re-sends those items once; set the Generic
+Webhook instance's ``duplication_key`` to ``relay.dedup_key`` to close it on the XSOAR side.
+
+Secrets come from an environment variable or a file, never from the config text or the
+command line; they are held in :class:`Secret` (redacted ``repr``) and never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import logging
+import os
+import random
+import re
+import secrets as _secrets
+import sqlite3
+import ssl
+import string
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from formats.xsoar import XsoarOptions
+
+from . import register
+from .base import (AuthError, PermanentError, RetryableError, Sink, SinkError,
+                   UnavailableError)
+
+__all__ = ["read_config", "XsoarSink", "XsoarWebhookSink", "XsoarSettings", "Secret",
+           "DedupStore", "DedupRecord", "classify", "auth_headers", "search_query"]
+
+log = logging.getLogger("relay.sinks.xsoar")
+# httpx logs every request at INFO: far too chatty for an appliance (and URLs only)
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+STATUS_CLOSED = 2               # XSOAR IncidentStatus DONE
+SEARCH_SIZE = 10                # explicit: XSOAR's default size is 0 (no results)
+CONFLICT_RETRIES = 3
+EXCERPT = 300
+MAX_RETRY_AFTER = 3600.0
+
+
+# =========================================================================== secrets
+class Secret:
+    """A credential.  ``repr``/``str`` never show the value; ``reveal()`` does."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(<redacted> from {self.source})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Secret) and other.source == self.source and \
+            _secrets.compare_digest(other._value.encode(), self._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+    def __reduce__(self):  # never pickle a credential by accident
+        raise TypeError("Secret cannot be pickled")
+
+
+def _read_secret(table, env_key: str, file_key: str, what: str, base_dir: Path, *,
+                 required: bool) -> Secret | None:
+    env = table.get(env_key, str, None)
+    path = table.get(file_key, str, None)
+    if env is not None and path is not None:
+        raise table.err(env_key, f"set either {env_key} or {file_key}, not both")
+    if env is None and path is None:
+        if required:
+            raise table.err(env_key, f"is required: the name of an environment variable holding the {what} "
+                                     f"(or {file_key}: a file holding it); secrets are never written in the "
+                                     f"config or passed on the command line")
+        return None
+    if env is not None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+            raise table.err(env_key, f"{env!r} is not an environment variable name")
+        value = os.environ.get(env)
+        if value is None:
+            raise table.err(env_key, f"environment variable {env} is not set (it must hold the {what})")
+        value = value.strip()
+        if not value:
+            raise table.err(env_key, f"environment variable {env} is empty (it must hold the {what})")
+        return Secret(value, f"${env}")
+    p = Path(os.path.expandvars(path)).expanduser()
+    if not p.is_absolute():
+        p = base_dir / p
+    try:
+        value = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise table.err(file_key, f"cannot read the {what} from {str(p)!r}: "
+                                  f"{getattr(e, 'strerror', None) or e}") from None
+    if not value:
+        raise table.err(file_key, f"{str(p)!r} is empty (it must hold the {what})")
+    if "\n" in value:
+        raise table.err(file_key, f"{str(p)!r} must hold the {what} on one line")
+    return Secret(value, str(p))
+
+
+# =========================================================================== config
+@dataclass(frozen=True)
+class XsoarSettings:
+    """What ``read_config`` stores in ``sink_config.options["xsoar"]``."""
+
+    url: str
+    kind: str = "xsoar"                      # "xsoar" | "xsoar_webhook"
+    # REST
+    api_key: Secret | None = None
+    auth_id: str | None = None
+    key_type: str = "standard"               # standard | advanced (XSOAR 8)
+    api_prefix: str = ""
+    mode: str = "create"                     # create | sync
+    close_on_source_close: bool = False
+    close_endpoint: str = "batchClose"       # batchClose | close
+    close_reason: str = "Resolved"
+    close_notes: str = "Closed at the source (relay)"
+    dedup_field: str = "relaydedupkey"
+    # webhook
+    auth_header: str | None = None
+    auth_value: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+    linger: float = 0.2
+    # both
+    batch_size: int = 50
+    concurrency: int = 4
+    timeout: float = 30.0
+    connect_timeout: float = 10.0
+    tls_verify: bool = True
+    tls_ca: Path | None = None
+    proxy: str | None = None
+    dedup_store_size: int = 100_000
+
+    @property
+    def version(self) -> str:
+        return "8" if self.auth_id else "6"
+
+
+def _url(v: str):
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{v!r} is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials (user:password@); use the *_env / *_file keys")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{v!r} must not have a query or fragment")
+    return v.rstrip("/")
+
+
+def _prefix(v: str):
+    v = v.strip()
+    if v in ("", "/"):
+        return ""
+    if not v.startswith("/") or " " in v or "?" in v:
+        raise ValueError(f"{v!r} must be a path like /xsoar/public/v1 (or empty)")
+    return v.rstrip("/")
+
+
+def _pos(v):
+    if v <= 0:
+        raise ValueError(f"must be greater than 0, not {v}")
+
+
+def _nonneg(v):
+    if v < 0:
+        raise ValueError(f"must not be negative, not {v}")
+
+
+def _field_key(v: str):
+    if not re.fullmatch(r"[a-z0-9_]+", v):
+        raise ValueError(f"{v!r} is not an XSOAR field machine key (lower case, no spaces, e.g. relaydedupkey)")
+
+
+def read_config(table, sk, base_dir: Path) -> None:
+    """Read the ``[sinks.<name>]`` keys of an ``xsoar`` / ``xsoar_webhook`` sink (see
+    docs in the module docstring).  Stores ``options["xsoar"]`` (:class:`XsoarSettings`) and
+    ``options["xsoar_options"]`` (:class:`formats.xsoar.XsoarOptions`, used by the renderer)."""
+    kind = sk.type
+    for literal in ("api_key", "password", "auth_value", "token"):
+        if literal in table.data:
+            raise table.err(literal, "secrets are never written in the config: use "
+                                     f"{literal}_env (an environment variable) or {literal}_file")
+    url = table.get("url", str, required=True, check=_url)
+    common: dict[str, Any] = dict(
+        url=url, kind=kind,
+        batch_size=table.get("batch_size", int, 50, check=_pos),
+        concurrency=table.get("concurrency", int, 4, check=_pos),
+        timeout=table.get("timeout", float, 30.0, check=_pos),
+        connect_timeout=table.get("connect_timeout", float, 10.0, check=_pos),
+        tls_verify=table.get("tls_verify", bool, True),
+        proxy=table.get("proxy", str, None, check=_url),
+        dedup_store_size=table.get("dedup_store_size", int, 100_000, check=_pos),
+    )
+    ca = table.get("tls_ca", str, None)
+    if ca is not None:
+        p = Path(os.path.expandvars(ca)).expanduser()
+        p = p if p.is_absolute() else base_dir / p
+        if not p.is_file():
+            raise table.err("tls_ca", f"file {str(p)!r} does not exist")
+        common["tls_ca"] = p
+    if kind == "xsoar":
+        key = _read_secret(table, "api_key_env", "api_key_file", "XSOAR API key", base_dir, required=True)
+        auth_id = table.get("auth_id", (str, int), None)
+        if auth_id is not None:
+            auth_id = str(auth_id).strip()
+            if not auth_id:
+                raise table.err("auth_id", "must not be empty (the XSOAR 8 API key ID)")
+        key_type = table.get("key_type", str, "standard", choices=("standard", "advanced"))
+        if key_type == "advanced" and auth_id is None:
+            raise table.err("key_type", "advanced keys are XSOAR 8 keys: set auth_id (the key's ID) too")
+        prefix = table.get("api_prefix", str, None, check=_prefix)
+        if prefix is None:
+            prefix = "/xsoar/public/v1" if auth_id else ""
+        settings = XsoarSettings(
+            **common, api_key=key, auth_id=auth_id, key_type=key_type, api_prefix=prefix,
+            mode=table.get("mode", str, "create", choices=("create", "sync")),
+            close_on_source_close=table.get("close_on_source_close", bool, False),
+            close_endpoint=table.get("close_endpoint", str, "batchClose", choices=("batchClose", "close")),
+            close_reason=table.get("close_reason", str, "Resolved"),
+            close_notes=table.get("close_notes", str, "Closed at the source (relay)"),
+            dedup_field=table.get("dedup_field", str, "relaydedupkey", check=_field_key),
+        )
+    else:
+        header = table.get("auth_header", str, None)
+        value = _read_secret(table, "auth_value_env", "auth_value_file", "webhook header value", base_dir,
+                             required=header is not None)
+        if value is not None and header is None:
+            raise table.err("auth_header", "is required with auth_value_env/auth_value_file "
+                                           "(the header name, e.g. Authorization)")
+        if header is not None and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", header):
+            raise table.err("auth_header", f"{header!r} is not an HTTP header name")
+        user = table.get("username", str, None)
+        if user is not None and user.startswith("_header:"):
+            raise table.err("username", "'_header:<Name>' is the XSOAR-side setting; here use "
+                                        f"auth_header = {user[8:].strip()!r} and auth_value_env/auth_value_file")
+        pw = _read_secret(table, "password_env", "password_file", "webhook password", base_dir,
+                          required=user is not None)
+        if pw is not None and user is None:
+            raise table.err("username", "is required with password_env/password_file")
+        if header is not None and user is not None:
+            raise table.err("username", "use either auth_header or username/password, not both")
+        settings = XsoarSettings(
+            **common, auth_header=header, auth_value=value, username=user, password=pw,
+            linger=table.get("linger", float, 0.2, check=_nonneg),
+        )
+    # the incident body (formats/xsoar.py)
+    th = table.table("severity_thresholds")
+    thresholds = tuple((th.get(band, (int, float), default, check=_nonneg), sev)
+                       for band, default, sev in (("critical", 85, 4), ("high", 70, 3), ("medium", 40, 2)))
+    th.finish()
+    if not thresholds[0][0] >= thresholds[1][0] >= thresholds[2][0]:
+        raise th.err(None, "must be critical >= high >= medium")
+    cf = table.table("custom_fields")
+    custom: dict[str, str] = {}
+    for k in list(cf.data):
+        try:
+            _field_key(k)
+        except ValueError as e:
+            raise cf.err(k, str(e)) from None
+        custom[k] = cf.get(k, str)
+    cf.finish()
+    opts = XsoarOptions(
+        incident_type=table.get("incident_type", str, "Unclassified"),
+        dedup_field=settings.dedup_field,
+        thresholds=thresholds,
+        instance=table.get("instance", str, "relay"),
+        create_investigation=table.get("create_investigation", bool, True),
+        custom_fields=custom,
+    )
+    sk.options["xsoar"] = settings
+    sk.options["xsoar_options"] = opts
+    sk.batch_size = settings.batch_size
+    if ca is not None:
+        sk.tls_ca = common["tls_ca"]
+    sk.tls_verify = settings.tls_verify
+
+
+# =========================================================================== dedup store
+@dataclass
+class DedupRecord:
+    key: str
+    incident_id: str | None
+    version: int | None = None
+    closed: bool = False
+    digest: str | None = None
+
+
+class DedupStore:
+    """dedup_key -> (incident id, version, closed, digest of the last body sent), in SQLite.
+
+    FIFO-capped at ``cap`` keys (the oldest inserted go first; updates keep their place).
+    Synchronous and thread-safe; the sinks call it through ``asyncio.to_thread``.  A file that
+    cannot be opened as our database is moved aside and a fresh store is started: the store
+    is an accelerator, the search before create is the safety net.
+    """
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS dedup (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        key         TEXT NOT NULL UNIQUE,
+        incident_id TEXT,
+        version     INTEGER,
+        closed      INTEGER NOT NULL DEFAULT 0,
+        digest      TEXT,
+        updated_at  REAL NOT NULL
+    );
+    """
+
+    def __init__(self, path: str | os.PathLike, cap: int = 100_000) -> None:
+        self.path = os.fspath(path)
+        self.cap = max(1, int(cap))
+        self._lock = threading.Lock()
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = self._open()
+        except sqlite3.DatabaseError as e:
+            aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            log.error("xsoar dedup store %s is unreadable (%s); moved aside to %s, starting empty "
+                      "(the search before create still prevents duplicates)", self.path, e, aside)
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.replace(self.path + suffix, aside + suffix)
+                except FileNotFoundError:
+                    pass
+            self._conn = self._open()
+        self._count = self._conn.execute("SELECT count(*) FROM dedup").fetchone()[0]
+        self._trim()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # survives a process crash; see module doc
+            conn.executescript(self.SCHEMA)
+            conn.execute("SELECT seq, key, incident_id, version, closed, digest FROM dedup LIMIT 1").fetchall()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self, key: str) -> DedupRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT incident_id, version, closed, digest FROM dedup WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return DedupRecord(key, row[0], row[1], bool(row[2]), row[3])
+
+    def put(self, rec: DedupRecord) -> None:
+        with self._lock:
+            conn = self._conn
+            exists = conn.execute("SELECT 1 FROM dedup WHERE key = ?", (rec.key,)).fetchone() is not None
+            conn.execute(
+                "INSERT INTO dedup (key, incident_id, version, closed, digest, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET incident_id = excluded.incident_id, "
+                "version = excluded.version, closed = excluded.closed, digest = excluded.digest, "
+                "updated_at = excluded.updated_at",
+                (rec.key, rec.incident_id, rec.version, int(rec.closed), rec.digest, time.time()))
+            if not exists:
+                self._count += 1
+                self._trim()
+
+    def _trim(self) -> None:
+        if self._count <= self.cap:
+            return
+        excess = self._count - self.cap
+        self._conn.execute("DELETE FROM dedup WHERE seq IN (SELECT seq FROM dedup ORDER BY seq LIMIT ?)",
+                           (excess,))
+        self._count = self._conn.execute("SELECT count(*) FROM dedup").fetchone()[0]
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT key FROM dedup ORDER BY seq")]
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+
+
+def store_path(queue, sink_name: str) -> Path:
+    """Next to the sink's queue file (``<state_dir>/xsoar-dedup-<sink>.db``)."""
+    qp = getattr(queue, "path", None)
+    base = Path(qp).parent if qp else Path("state")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", sink_name)
+    return base / f"xsoar-dedup-{safe}.db"
+
+
+# =========================================================================== HTTP helpers
+_ALNUM = string.ascii_letters + string.digits
+
+
+def auth_headers(s: XsoarSettings, now: float | None = None) -> dict[str, str]:
+    """Request headers for the REST API: XSOAR 6 (raw key), XSOAR 8 standard (key + key id)
+    or XSOAR 8 advanced (sha256(key + nonce + timestamp), nonce, timestamp, key id)."""
+    h = {"Accept": "application/json", "Content-Type": "application/json"}
+    key = s.api_key.reveal() if s.api_key is not None else ""
+    if s.auth_id is None:
+        h["Authorization"] = key
+        return h
+    h["x-xdr-auth-id"] = s.auth_id
+    if s.key_type == "advanced":
+        nonce = "".join(_secrets.choice(_ALNUM) for _ in range(64))
+        ts = str(int(time.time() if now is None else now) * 1000)
+        h["x-xdr-timestamp"] = ts
+        h["x-xdr-nonce"] = nonce
+        h["Authorization"] = hashlib.sha256(f"{key}{nonce}{ts}".encode()).hexdigest()
+    else:
+        h["Authorization"] = key
+    return h
+
+
+def webhook_headers(s: XsoarSettings) -> dict[str, str]:
+    h = {"Accept": "application/json", "Content-Type": "application/json"}
+    if s.auth_header and s.auth_value is not None:
+        h[s.auth_header] = s.auth_value.reveal()
+    elif s.username is not None and s.password is not None:
+        tok = base64.b64encode(f"{s.username}:{s.password.reveal()}".encode()).decode()
+        h["Authorization"] = f"Basic {tok}"
+    return h
+
+
+def search_query(field_name: str, key: str) -> str:
+    """``field:"value"`` with backslash and quote escaped."""
+    return f'{field_name}:"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _excerpt(resp: httpx.Response) -> str:
+    try:
+        t = resp.text
+    except Exception:  # pragma: no cover - undecodable
+        t = repr(resp.content[:EXCERPT])
+    t = " ".join(t.split())
+    return t if len(t) <= EXCERPT else t[:EXCERPT] + "..."
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    v = resp.headers.get("Retry-After")
+    if not v:
+        return None
+    v = v.strip()
+    try:
+        secs = float(v)
+    except ValueError:
+        try:
+            dt = email.utils.parsedate_to_datetime(v)
+        except (TypeError, ValueError):
+            return None
+        if dt is None:
+            return None
+        secs = dt.timestamp() - time.time()
+    return min(MAX_RETRY_AFTER, max(0.0, secs))
+
+
+def classify(resp: httpx.Response, what: str, version: str = "6") -> SinkError | None:
+    """HTTP answer -> None (2xx) or the error to raise (see the module docstring)."""
+    st = resp.status_code
+    if 200 <= st < 300:
+        return None
+    ex = _excerpt(resp)
+    if st in (401, 403):
+        hint = ("the API key is wrong, revoked or lacks the permission" if version == "6" else
+                "check the API key, its ID (auth_id) and key_type") if what != "webhook" else \
+            "check the webhook credentials (auth header / username and password)"
+        return AuthError(f"XSOAR answered HTTP {st} to {what}: {hint}; answer: {ex}", reason="auth")
+    if st == 429:
+        ra = retry_after(resp)
+        return RetryableError(f"XSOAR throttled {what} (HTTP 429, Retry-After {ra})", retry_after=ra,
+                              reason="throttled")
+    if st == 408 or st >= 500:
+        return RetryableError(f"XSOAR answered HTTP {st} to {what}: {ex}", retry_after=retry_after(resp),
+                              reason="server_error")
+    if 300 <= st < 400:
+        return PermanentError(f"XSOAR answered HTTP {st} (redirect to {resp.headers.get('Location', '?')}) to "
+                              f"{what}: check url/api_prefix", reason="rejected")
+    return PermanentError(f"XSOAR rejected {what}: HTTP {st}: {ex}", reason="rejected")
+
+
+class _Conflict(Exception):
+    """An update was refused because of a stale version."""
+
+
+def _is_conflict(resp: httpx.Response) -> bool:
+    if resp.status_code not in (400, 409, 412):
+        return False
+    return "version" in resp.text.lower()
+
+
+# =========================================================================== common base
+class _XsoarBase(Sink):
+    type = "xsoar"
+
+    def __init__(self, cfg, queue, **kw) -> None:
+        super().__init__(cfg, queue, **kw)
+        s: XsoarSettings = cfg.options.get("xsoar")
+        if s is None:
+            raise ValueError(f"sink {cfg.name}: no xsoar settings (the config reader did not run)")
+        self.settings = s
+        self.batch_size = max(1, s.batch_size)
+        self.store = DedupStore(store_path(queue, self.name), s.dedup_store_size)
+        reg = self.registry
+        reg.gauge("relay_xsoar_dedup_entries", lambda: len(self.store), sink=self.name)
+        self._backoff = 0
+        self._client: httpx.AsyncClient | None = None
+        if not s.tls_verify:
+            log.warning("sink %s: tls_verify = false: the XSOAR certificate is NOT checked", self.name)
+
+    # ------------------------------------------------------------------ client
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            s = self.settings
+            if not s.tls_verify:
+                verify: Any = False
+            else:
+                verify = ssl.create_default_context(cafile=str(s.tls_ca) if s.tls_ca else None)
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(s.timeout, connect=min(s.connect_timeout, s.timeout)),
+                limits=httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency),
+                verify=verify, trust_env=False, proxy=s.proxy, follow_redirects=False)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            try:
+                await self._client.aclose()
+            finally:
+                self._client = None
+        await asyncio.to_thread(self.store.close)
+
+    def count(self, action: str, n: int = 1) -> None:
+        self.registry.counter("relay_xsoar_incidents_total", sink=self.name, action=action).value += n
+
+    def _req_counter(self, op: str, status) -> None:
+        self.registry.counter("relay_xsoar_requests_total", sink=self.name, op=op,
+                              status=str(status)).value += 1
+
+    def _unavailable(self, msg: str, reason: str) -> UnavailableError:
+        self._backoff = min(self._backoff + 1, 7)
+        delay = min(60.0, 2 ** (self._backoff - 1)) * random.uniform(0.5, 1.0)
+        return UnavailableError(f"{msg}; pausing {delay:.1f} s", retry_after=delay, reason=reason)
+
+    async def _post(self, url: str, op: str, body, headers: dict[str, str]) -> httpx.Response:
+        """POST JSON; transport failures -> Unavailable/RetryableError (never with secrets)."""
+        content = body if isinstance(body, (bytes, bytearray)) else orjson.dumps(body)
+        path = urlsplit(url).path or "/"
+        what = f"{op} (POST {path})"
+        try:
+            resp = await self.client().post(url, content=content, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            self._req_counter(op, "connect_error")
+            raise self._unavailable(f"cannot connect to XSOAR for {what}: {type(e).__name__}: {e}",
+                                    "connect") from None
+        except httpx.TimeoutException as e:
+            self._req_counter(op, "timeout")
+            raise RetryableError(f"XSOAR did not answer {what} within {self.settings.timeout:g} s "
+                                 f"({type(e).__name__})", reason="timeout") from None
+        except httpx.ProxyError as e:
+            self._req_counter(op, "connect_error")
+            raise self._unavailable(f"proxy failed for {what}: {e}", "connect") from None
+        except (httpx.TransportError, OSError) as e:
+            self._req_counter(op, "connection_error")
+            raise RetryableError(f"connection to XSOAR broke during {what} ({type(e).__name__}: {e}); "
+                                 f"its outcome is unknown", reason="connection") from None
+        self._backoff = 0
+        self._req_counter(op, resp.status_code)
+        return resp
+
+    @staticmethod
+    def _json(resp: httpx.Response, what: str):
+        try:
+            return orjson.loads(resp.content) if resp.content else None
+        except orjson.JSONDecodeError:
+            raise RetryableError(f"XSOAR answered {what} with HTTP {resp.status_code} but not JSON: "
+                                 f"{_excerpt(resp)}", reason="bad_answer") from None
+
+    # ------------------------------------------------------------------ batch runner
+    async def _run_groups(self, groups: list[list], handler) -> list:
+        """Run ``handler(item)`` for each group in order, groups concurrently (bounded by
+        ``concurrency``).  A retryable/auth failure stops the batch: the rows not yet tried are
+        given back without counting an attempt (and the sink pauses)."""
+        failed: list[tuple[Any, SinkError]] = []
+        sem = asyncio.Semaphore(self.settings.concurrency)
+        state: dict[str, Any] = {"stop": None, "untried": None}
+
+        def untried_error() -> SinkError:
+            if state["untried"] is None:
+                cause = state["stop"]
+                if isinstance(cause, AuthError):
+                    state["untried"] = cause
+                else:
+                    ra = getattr(cause, "retry_after", None)
+                    if isinstance(cause, UnavailableError):
+                        state["untried"] = cause
+                    else:
+                        self._backoff = min(self._backoff + 1, 7)
+                        pause = ra if ra is not None else min(30.0, 0.5 * 2 ** (self._backoff - 1)) * \
+                            random.uniform(0.5, 1.0)
+                        state["untried"] = UnavailableError(f"not tried: {cause}", retry_after=pause,
+                                                            reason=cause.reason)
+            return state["untried"]
+
+        async def run_group(group: list) -> None:
+            async with sem:
+                for item in group:
+                    if state["stop"] is not None:
+                        failed.append((item, untried_error()))
+                        continue
+                    try:
+                        await handler(item)
+                    except (AuthError, RetryableError) as e:
+                        failed.append((item, e))
+                        if state["stop"] is None:
+                            state["stop"] = e
+                    except PermanentError as e:
+                        failed.append((item, e))
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:  # a bug must not lose the row: retry it, say why
+                        log.exception("sink %s: unexpected error handling row %s", self.name, item.id)
+                        failed.append((item, RetryableError(f"internal error: {type(e).__name__}: {e}",
+                                                            reason="internal")))
+
+        await asyncio.gather(*(run_group(g) for g in groups))
+        return failed
+
+    @staticmethod
+    def _groups(items: Sequence, key_of) -> list[list]:
+        groups: OrderedDict = OrderedDict()
+        for it in items:
+            k = key_of(it)
+            groups.setdefault(k if k else ("", it.id), []).append(it)
+        return list(groups.values())
+
+
+# =========================================================================== REST sink
+class XsoarSink(_XsoarBase):
+    """``POST /incident`` with search-before-create and a persistent dedup store."""
+
+    type = "xsoar"
+
+    def __init__(self, cfg, queue, **kw) -> None:
+        super().__init__(cfg, queue, **kw)
+        s = self.settings
+        self.base = s.url + s.api_prefix
+        self._field_warned = False
+        log.info("sink %s: XSOAR %s REST API at %s (mode %s, close_on_source_close=%s, dedup field %s)",
+                 self.name, s.version, self.base, s.mode, s.close_on_source_close, s.dedup_field)
+
+    # ------------------------------------------------------------------ requests
+    async def _call(self, op: str, path: str, body) -> Any:
+        resp = await self._post(self.base + path, op, body, auth_headers(self.settings))
+        err = classify(resp, f"{op} (POST {path})", self.settings.version)
+        if err is not None:
+            raise err
+        return self._json(resp, f"{op} (POST {path})")
+
+    async def search_key(self, key: str) -> dict | None:
+        """The oldest incident carrying ``key`` in the dedup field, or None."""
+        s = self.settings
+        body = {"filter": {"query": search_query(s.dedup_field, key), "page": 0, "size": SEARCH_SIZE,
+                           "sort": [{"field": "created", "asc": True}]}}
+        res = await self._call("search", "/incidents/search", body)
+        data = (res or {}).get("data") if isinstance(res, dict) else None
+        if data is None:
+            data = []
+        if not isinstance(data, list):
+            raise RetryableError(f"XSOAR search answered an unexpected shape: {str(res)[:EXCERPT]}",
+                                 reason="bad_answer")
+        hits = [inc for inc in data if isinstance(inc, dict) and _custom(inc).get(s.dedup_field) == key]
+        if not hits:
+            return None
+        if len(hits) > 1:
+            log.warning("sink %s: %d XSOAR incidents carry %s=%r (ids %s); using the oldest", self.name,
+                        len(hits), s.dedup_field, key, ", ".join(str(h.get("id")) for h in hits))
+        return min(hits, key=lambda h: (str(h.get("created") or ""), _id_order(h.get("id"))))
+
+    async def get_by_id(self, inc_id: str) -> dict | None:
+        body = {"filter": {"id": [inc_id], "page": 0, "size": 1}}
+        res = await self._call("search", "/incidents/search", body)
+        data = (res or {}).get("data") if isinstance(res, dict) else None
+        for inc in data or ():
+            if isinstance(inc, dict) and str(inc.get("id")) == str(inc_id):
+                return inc
+        return None
+
+    async def create(self, body: dict) -> dict:
+        res = await self._call("create", "/incident", body)
+        if not isinstance(res, dict) or res.get("id") in (None, ""):
+            # XSOAR answers 200 without an incident when e.g. a pre-process rule dropped it
+            log.warning("sink %s: XSOAR accepted the incident but returned no id (dropped by a pre-process "
+                        "rule?): %s", self.name, str(res)[:EXCERPT])
+            return {}
+        if not self._field_warned and self.settings.dedup_field not in _custom(res):
+            self._field_warned = True
+            log.warning("sink %s: XSOAR did not keep the custom field %r on incident %s: create that incident "
+                        "field (Short text) and add it to the incident type, otherwise a create whose answer "
+                        "was lost cannot be found again and may be duplicated", self.name,
+                        self.settings.dedup_field, res.get("id"))
+        return res
+
+    async def update(self, rec: DedupRecord, body: dict) -> dict:
+        """Update by id with the current version; on a stale version re-read and retry."""
+        upd = {k: v for k, v in body.items() if k != "createInvestigation"}
+        version = rec.version
+        for attempt in range(CONFLICT_RETRIES + 1):
+            if version is None:
+                cur = await self.get_by_id(rec.incident_id)
+                if cur is None:
+                    raise PermanentError(f"XSOAR incident {rec.incident_id} ({rec.key}) no longer exists",
+                                         reason="rejected")
+                version = cur.get("version")
+            upd["id"] = rec.incident_id
+            upd["version"] = version
+            path = "/incident"
+            resp = await self._post(self.base + path, "update", upd, auth_headers(self.settings))
+            if _is_conflict(resp):
+                self.count("version_conflicts")
+                log.info("sink %s: version conflict updating incident %s (version %s); re-reading it",
+                         self.name, rec.incident_id, version)
+                version = None
+                continue
+            err = classify(resp, f"update (POST {path})", self.settings.version)
+            if err is not None:
+                raise err
+            res = self._json(resp, "update")
+            return res if isinstance(res, dict) else {}
+        raise RetryableError(f"incident {rec.incident_id}: version conflict {CONFLICT_RETRIES + 1} times in a row",
+                             reason="conflict")
+
+    async def close_incident(self, rec: DedupRecord) -> None:
+        s = self.settings
+        if s.close_endpoint == "close":
+            body = {"id": rec.incident_id, "CustomFields": {}, "closeReason": s.close_reason,
+                    "closeNotes": s.close_notes}
+            await self._call("close", "/incident/close", body)
+            return
+        body = {"ids": [rec.incident_id], "all": False, "closeReason": s.close_reason,
+                "closeNotes": s.close_notes,
+                "filter": {"page": 0, "size": 50, "sort": [{"field": "id", "asc": False}]}}
+        res = await self._call("close", "/incident/batchClose", body)
+        if isinstance(res, dict) and res.get("notUpdated"):
+            cur = await self.get_by_id(rec.incident_id)
+            if cur is None or cur.get("status") != STATUS_CLOSED:
+                raise PermanentError(f"XSOAR did not close incident {rec.incident_id} (notUpdated="
+                                     f"{res.get('notUpdated')})", reason="rejected")
+
+    # ------------------------------------------------------------------ per row
+    def _key(self, item) -> str | None:
+        k = item.meta.get("dedup_key")
+        return str(k) if k else None
+
+    async def _handle(self, item) -> None:
+        s = self.settings
+        try:
+            body = orjson.loads(item.payload)
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise PermanentError(f"queued payload is not an incident body: {e}", reason="bad_payload") from None
+        meta = item.meta
+        key = self._key(item) or (_custom(body).get(s.dedup_field) or None)
+        closing = s.close_on_source_close and (meta.get("event") == "closed" or meta.get("status") == "closed")
+        digest = hashlib.blake2b(item.payload, digest_size=16).hexdigest()
+
+        rec = await asyncio.to_thread(self.store.get, key) if key else None
+        if rec is not None:
+            self.count("dedup_hit")
+        elif key:
+            found = await self.search_key(key)
+            if found is not None:
+                rec = DedupRecord(key, str(found.get("id")), _int(found.get("version")),
+                                  found.get("status") == STATUS_CLOSED, None)
+                self.count("found")
+                log.info("sink %s: %s already is XSOAR incident %s (found by search)", self.name, key, rec.incident_id)
+                await asyncio.to_thread(self.store.put, rec)
+        if rec is None or rec.incident_id is None:
+            if not key:
+                log.warning("sink %s: row %s has no dedup key: creating without duplicate protection",
+                            self.name, item.id)
+            inc = await self.create(body)
+            self.count("created")
+            if not inc:
+                return
+            rec = DedupRecord(key or "", str(inc["id"]), _int(inc.get("version")),
+                              inc.get("status") == STATUS_CLOSED, digest)
+            if key:
+                await asyncio.to_thread(self.store.put, rec)
+        elif s.mode == "sync":
+            if rec.digest == digest:
+                self.count("unchanged")
+            else:
+                res = await self.update(rec, body)
+                rec.version = _int(res.get("version")) if res.get("version") is not None else None
+                rec.digest = digest
+                await asyncio.to_thread(self.store.put, rec)
+                self.count("updated")
+        elif not closing:
+            self.count("skipped")
+        if closing and not rec.closed and rec.incident_id:
+            await self.close_incident(rec)
+            rec.closed = True
+            rec.version = None   # closing bumped it; re-read before any later update
+            if key:
+                await asyncio.to_thread(self.store.put, rec)
+            self.count("closed")
+
+    async def send(self, items: Sequence):
+        groups = self._groups(items, self._key)
+        return await self._run_groups(groups, self._handle)
+
+
+# =========================================================================== webhook sink
+class XsoarWebhookSink(_XsoarBase):
+    """Generic Webhook: ``POST <url>`` with one object or an array; local dedup store only."""
+
+    type = "xsoar_webhook"
+
+    def __init__(self, cfg, queue, **kw) -> None:
+        super().__init__(cfg, queue, **kw)
+        s = self.settings
+        self.linger = s.linger
+        auth = "header " + s.auth_header if s.auth_header else ("basic" if s.username else "none")
+        log.info("sink %s: XSOAR Generic Webhook at %s (auth %s, batch %d, linger %g s)", self.name, s.url,
+                 auth, self.batch_size, self.linger)
+
+    @staticmethod
+    def _key(item) -> str | None:
+        k = item.meta.get("dedup_key")
+        if k:
+            return str(k)
+        try:
+            raw = orjson.loads(item.payload).get("rawJson") or {}
+            k = (raw.get("relay") or {}).get("dedup_key")
+        except (ValueError, AttributeError):
+            return None
+        return str(k) if k else None
+
+    async def _linger(self, items: list) -> None:
+        """Wait up to ``linger`` s (from the oldest row's arrival) for a fuller batch; the extra
+        rows are leased here and appended to ``items`` (the base loop settles that same list)."""
+        if self.linger <= 0 or len(items) >= self.batch_size:
+            return
+        deadline = time.monotonic() + max(0.0, min(self.linger, self.linger - (time.time() - items[0].enqueued_at)))
+        while len(items) < self.batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(left, 0.05))
+            more = await asyncio.to_thread(self.queue.lease, self.batch_size - len(items))
+            items.extend(more)
+
+    async def send(self, items: list):
+        await self._linger(items)
+        s = self.settings
+        to_send: list = []
+        bodies: list[bytes] = []
+        seen: set[str] = set()
+        failed: list = []
+        for it in items:
+            key = self._key(it)
+            if key and (key in seen or await asyncio.to_thread(self.store.get, key) is not None):
+                self.count("skipped")
+                continue
+            try:
+                obj = orjson.loads(it.payload)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                failed.append((it, PermanentError(f"queued payload is not a webhook item: {e}",
+                                                  reason="bad_payload")))
+                continue
+            if key:
+                seen.add(key)
+            to_send.append((it, key))
+            bodies.append(bytes(it.payload))
+        if not to_send:
+            return failed
+        if s.batch_size == 1 and len(bodies) == 1:
+            content = bodies[0]
+        else:
+            content = b"[" + b",".join(bodies) + b"]"
+        resp = await self._post(s.url, "webhook", content, webhook_headers(s))
+        err = classify(resp, "webhook", "webhook")
+        if err is not None:
+            return failed + [(it, err) for it, _ in to_send]
+        res = None
+        try:
+            res = orjson.loads(resp.content) if resp.content else None
+        except orjson.JSONDecodeError:
+            pass
+        ids: list = []
+        if isinstance(res, list) and len(res) == len(to_send):
+            ids = [str(r.get("id")) if isinstance(r, dict) and r.get("id") is not None else None for r in res]
+        recs = [DedupRecord(key, ids[i] if ids else None) for i, (_, key) in enumerate(to_send) if key]
+        if recs:
+            await asyncio.to_thread(lambda: [self.store.put(r) for r in recs])
+        self.count("created", len(to_send))
+        return failed
+
+
+# =========================================================================== helpers
+def _custom(inc: dict) -> dict:
+    cf = inc.get("CustomFields")
+    if not isinstance(cf, dict):
+        cf = inc.get("customFields")
+    return cf if isinstance(cf, dict) else {}
+
+
+def _int(v) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _id_order(v):
+    s = str(v)
+    return (0, int(s)) if s.isdigit() else (1, s)
+
+
+register("xsoar", XsoarSink)
+register("xsoar_webhook", XsoarWebhookSink)
