@@ -6,6 +6,7 @@ Later sink types register themselves with :func:`register` (e.g. ``"xsoar"``,
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from .base import (AuthError, PermanentError, RetryableError, Sink, SinkError,
@@ -30,6 +31,11 @@ SINK_REGISTRY: dict[str, Callable[..., Sink]] = {
 }
 
 
+#: sink types whose module registers itself when imported (imported on first use, so a
+#: missing optional dependency only matters to configs that use the type)
+_LAZY = {"xsoar": ".xsoar", "xsoar_webhook": ".xsoar"}
+
+
 def register(type_name: str, factory: Callable[..., Sink]) -> None:
     SINK_REGISTRY[type_name] = factory
 
@@ -37,6 +43,8 @@ def register(type_name: str, factory: Callable[..., Sink]) -> None:
 def make_sink(cfg, queue, **kw) -> Sink:
     """The sink for ``cfg.type``; ``kw`` goes to :class:`Sink` (registry, drain_timeout,
     auth_recheck, ...)."""
+    if cfg.type not in SINK_REGISTRY and cfg.type in _LAZY:
+        importlib.import_module(_LAZY[cfg.type], __name__)
     try:
         factory = SINK_REGISTRY[cfg.type]
     except KeyError:
