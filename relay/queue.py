@@ -53,7 +53,8 @@ Crash semantics (what is guaranteed once ``put_many`` returns)
   Salvage is best effort: rows that can still be read from the quarantined file (queue and
   DLQ, original ids kept) are copied into the fresh queue; rows on unreadable pages are not
   (the quarantined file is kept for forensics).  Permission problems, a locked database or a
-  missing directory are *not* treated as corruption: they raise :class:`QueueError`.
+  path that cannot be opened (e.g. a directory) are *not* treated as corruption: they raise
+  :class:`QueueError`.  A missing state directory is created.
   Corruption found after open raises :class:`QueueCorrupt`; reopening the queue repairs it.
   Checked and moved aside as found: the check runs on a read-only connection, so the
   quarantined file and its ``-wal`` are not modified (salvage reads both).
@@ -561,7 +562,7 @@ class DiskQueue:
                 while time.monotonic() < deadline:
                     try:
                         batch = src.execute(
-                            f"SELECT {collist} FROM {table} WHERE id > ? ORDER BY id LIMIT 500",
+                            f"SELECT {collist} FROM {table} WHERE id > ? ORDER BY id LIMIT 2000",
                             (last,)).fetchall()
                     except sqlite3.Error:
                         batch = None
@@ -583,9 +584,15 @@ class DiskQueue:
                             cur = conn.executemany(
                                 f"INSERT OR IGNORE INTO {table} ({collist}) VALUES ({marks})", good)
                             added = cur.rowcount
-                            conn.execute(
-                                f"UPDATE totals SET {rcol} = (SELECT count(*) FROM {table}), "
-                                f"{bcol} = (SELECT coalesce(sum(length(payload)), 0) FROM {table})")
+                            if added == len(good):
+                                conn.execute(
+                                    f"UPDATE totals SET {rcol} = {rcol} + ?, {bcol} = {bcol} + ?",
+                                    (added, sum(len(r[pay]) for r in good)))
+                            else:  # some ids were already there: recount
+                                conn.execute(
+                                    f"UPDATE totals SET {rcol} = (SELECT count(*) FROM {table}), "
+                                    f"{bcol} = (SELECT coalesce(sum(length(payload)), 0) "
+                                    f"FROM {table})")
                             conn.execute("COMMIT")
                         except BaseException:
                             _rollback(conn)
@@ -916,6 +923,30 @@ class DiskQueue:
             if moved:
                 log.warning("queue %s: %d rows dead-lettered: %s", self.path, moved, why)
             return moved
+
+    def put_dead(self, items: list[tuple[bytes, dict | None, str]], now: float | None = None) -> int:
+        """Store ``(payload, meta, reason)`` rows straight in the DLQ (events accepted but
+        never deliverable as they are, e.g. a sink could not render them).  One
+        transaction; durable like :meth:`put_many`.  Not subject to the queue caps: these
+        are accepted events and must not be lost.  Returns the number stored."""
+        if not items:
+            return 0
+        ts = time.time() if now is None else now
+        rows = [(_as_bytes(p), _dumps(m) if m else None, ts, _excerpt(r) or "dead-lettered", ts)
+                for p, m, r in items]
+        nbytes = sum(len(r[0]) for r in rows)
+        with self._lock:
+            def txn(conn):
+                conn.executemany("INSERT INTO dead (queue_id, payload, meta, enqueued_at, attempts, "
+                                 "last_attempt_at, last_error, reason, dead_at) "
+                                 "VALUES (0, ?, ?, ?, 0, NULL, NULL, ?, ?)", rows)  # queue_id 0: never queued
+                conn.execute("UPDATE totals SET dead_rows = dead_rows + ?, dead_bytes = dead_bytes + ?",
+                             (len(rows), nbytes))
+                return len(rows)
+            n = self._write(txn)
+            self.stats["dead_lettered"] += n
+            log.warning("queue %s: %d event(s) stored as dead letters: %s", self.path, n, rows[0][3])
+            return n
 
     def release(self, ids_or_items: Iterable) -> int:
         """Give leased rows back without counting an attempt (e.g. at shutdown).  They are

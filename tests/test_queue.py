@@ -739,3 +739,15 @@ def test_quarantine_moves_the_wal_along_and_salvages_from_it(qpath):
         _assert_fresh_queue_works(q)
     finally:
         q.close()
+
+
+def test_put_dead_stores_unrenderable_events_with_reason(tmp_path):
+    q = DiskQueue(tmp_path / "q.db", max_rows=1)
+    q.put_many([(b"fills the queue", None)])
+    assert q.put_dead([(b"raw 1", {"k": 1}, "render failed: ValueError: sev"), (b"raw 2", None, "x")]) == 2
+    assert q.depth() == 1 and q.dlq_depth() == 2          # not subject to the queue cap
+    d = q.list(dlq=True)
+    assert [x.payload for x in d] == [b"raw 1", b"raw 2"] and d[0].reason.startswith("render failed")
+    q.close()
+    q = DiskQueue(tmp_path / "q.db")                       # durable
+    assert q.dlq_depth() == 2
