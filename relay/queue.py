@@ -352,6 +352,11 @@ class DiskQueue:
         self._conn: sqlite3.Connection | None = None
         self._open(check)
 
+    @property
+    def recovered_reason(self) -> str | None:
+        """Alias of :attr:`recovery_reason` (the name relay/server.py looks for)."""
+        return self.recovery_reason
+
     # ------------------------------------------------------------------ open / recovery
     def _connect(self, path: str) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,

@@ -516,6 +516,7 @@ def test_garbage_header_is_moved_aside(qpath, caplog):
         assert ".corrupt-" in q.recovered_from
         assert glob.glob(qpath + ".corrupt-*")
         assert "not a database" in q.recovery_reason.lower() or "notadb" in q.recovery_reason.lower()
+        assert q.recovered_reason == q.recovery_reason
         assert any("moved aside" in r.getMessage() for r in caplog.records)
         assert q.depth() == 0
         _assert_fresh_queue_works(q)
