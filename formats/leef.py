@@ -37,7 +37,7 @@ offset so QRadar does not apply its own zone).
 """
 from __future__ import annotations
 
-import time
+from .syslog import utc_second
 
 __all__ = ["encode", "dev_time", "dev_time_attrs", "check_sev", "delimiter_field",
            "DEV_TIME_FORMAT"]
@@ -186,9 +186,7 @@ def dev_time(epoch: float) -> tuple[str, str]:
     """``(devTime, devTimeFormat)`` for a UTC epoch in seconds, to the millisecond:
     ``("2025-05-14T09:12:44.000+0000", "yyyy-MM-dd'T'HH:mm:ss.SSSZ")``."""
     secs, ms = divmod(round(epoch * 1000), 1000)
-    t = time.gmtime(secs)
-    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
-            f"{t.tm_sec:02d}.{ms:03d}+0000", DEV_TIME_FORMAT)
+    return f"{utc_second(secs)}.{ms:03d}+0000", DEV_TIME_FORMAT
 
 
 def dev_time_attrs(epoch: float) -> list[tuple[str, str]]:

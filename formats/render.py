@@ -32,7 +32,7 @@ from parsers.schema import SEVERITY_TO_CEF, SEVERITY_TO_LEEF, SEVERITY_TO_SYSLOG
 
 from . import cef as _cef
 from . import leef as _leef
-from .syslog import rfc5424_header
+from .syslog import rfc5424_header, rfc5424_timestamp
 
 __all__ = ["RenderOptions", "Renderer", "FORMATS", "SEV_BAND", "sev_of"]
 
@@ -71,8 +71,8 @@ def sev_of(fields: dict | None, event: Event) -> str:
 def _str(v) -> str | None:
     if v is None:
         return None
-    if isinstance(v, str):
-        return text(v)
+    if type(v) is str:
+        return v if v.isascii() else text(v)
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
@@ -117,6 +117,7 @@ class Renderer:
             raise ValueError(f"unknown format {options.format!r} (one of {', '.join(FORMATS)})")
         self.o = options
         self.sanitised = 0
+        self._hcache: dict = {}
         self.render = {
             "leef": self._leef, "leef1": self._leef, "cef": self._cef,
             "rfc5424": self._passthrough, "json": self._json,
@@ -124,23 +125,33 @@ class Renderer:
         self._leef_version = "1.0" if options.format == "leef1" else "2.0"
 
     # ---------------------------------------------------------------- header
-    def _header(self, ev: Event, f: dict | None, band: str) -> str:
+    def _header(self, ev: Event, f: dict | None, band: str, epoch: float | None) -> str:
         o = self.o
         host = o.hostname
         if host == "original":
             host = ev.hostname or (f.get("host") if f else None) or _peer_ip(ev.peer)
         facility = ev.facility if ev.facility is not None else 17
-        epoch = _epoch(ev, f)
         app = ev.app_name or (f.get("product") if f else None) or o.app_name
         msgid = (f.get("event") if f else None) or ev.msgid
-        return rfc5424_header(facility * 8 + SEV_BAND[band][1], epoch, host, app, None,
-                              msgid if isinstance(msgid, str) else None)
+        if type(msgid) is not str:
+            msgid = None
+        key = (facility, band, host, app, msgid)
+        parts = self._hcache.get(key)
+        if parts is None:  # "<PRI>1 " and " HOST APP - MSGID -", built once per device/app/event
+            head = rfc5424_header(facility * 8 + SEV_BAND[band][1], None, host, app, None, msgid)
+            pre, _, post = head.partition(" - ")  # split around the NILVALUE timestamp
+            parts = (pre + " ", " " + post)
+            if len(self._hcache) >= 4096:
+                self._hcache.clear()
+            self._hcache[key] = parts
+        return parts[0] + rfc5424_timestamp(epoch) + parts[1]
 
     # ---------------------------------------------------------------- LEEF
     def _leef(self, ev: Event) -> bytes:
         f = ev.fields
         band = sev_of(f, ev)
-        attrs = self.leef_attributes(ev, f, band)
+        epoch = _epoch(ev, f)
+        attrs = self.leef_attributes(ev, f, band, epoch)
         if _is_falcon(f):
             vendor, product, version = "CrowdStrike", "FalconHost", "1.0"
         else:
@@ -151,25 +162,29 @@ class Renderer:
         if changes:
             self.sanitised += changes
             ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF replaced by space)")
-        return f"{self._header(ev, f, band)} {line}".encode("utf-8", "replace")
+        return f"{self._header(ev, f, band, epoch)} {line}".encode("utf-8", "replace")
 
-    def leef_attributes(self, ev: Event, f: dict | None, band: str) -> list:
-        epoch = _epoch(ev, f)
-        attrs = [("cat", _str((f.get("tactic") if _is_falcon(f) else f.get("kind")) if f else "log")
+    def leef_attributes(self, ev: Event, f: dict | None, band: str, epoch: float | None = None) -> list:
+        if epoch is None:
+            epoch = _epoch(ev, f)
+        falcon = _is_falcon(f)
+        attrs = [("cat", _str((f.get("tactic") if falcon else f.get("kind")) if f else "log")
                   or (f.get("kind") if f else "log")),
                  ("sev", SEV_BAND[band][0])]
         if epoch is not None:
             attrs.extend(_leef.dev_time_attrs(epoch))
         if f:
+            append = attrs.append
             for src, key in _LEEF_COMMON:
                 v = f.get(src)
                 if v is not None and v != "":
-                    attrs.append((key, _str(v)))
-            extra = f.get("extra") or {}
-            for src, key in (_LEEF_FALCON if _is_falcon(f) else _LEEF_RHYTHMX):
-                v = extra.get(src)
-                if v is not None and v != "" and v != []:
-                    attrs.append((key, _str(v)))
+                    append((key, v if type(v) is str and v.isascii() else _str(v)))
+            extra = f.get("extra")
+            if extra:
+                for src, key in (_LEEF_FALCON if falcon else _LEEF_RHYTHMX):
+                    v = extra.get(src)
+                    if v is not None and v != "" and v != []:
+                        append((key, v if type(v) is str and v.isascii() else _str(v)))
             triage = f.get("triage")
             if isinstance(triage, dict):
                 for k in ("score", "severity", "owner", "mode"):
@@ -223,7 +238,7 @@ class Renderer:
             vendor, product, version = self.o.cef_vendor, self.o.cef_product, self.o.cef_version
         name = (f.get("name") if f else None) or ev.app_name or "syslog"
         line = _cef.encode(vendor, product, version, _event_id(ev, f), _str(name), SEV_BAND[band][0], ext)
-        return f"{self._header(ev, f, band)} {line}".encode("utf-8", "replace")
+        return f"{self._header(ev, f, band, epoch)} {line}".encode("utf-8", "replace")
 
     # ---------------------------------------------------------------- others
     def _passthrough(self, ev: Event) -> bytes:

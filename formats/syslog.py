@@ -74,13 +74,28 @@ def _token(value, allowed: frozenset, limit: int, idna: bool = False) -> str:
     return r
 
 
+_seconds: dict[int, str] = {}
+
+
+def utc_second(secs: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` for an integer epoch second (cached: events of one
+    second share it; the encoders call this per message)."""
+    r = _seconds.get(secs)
+    if r is None:
+        t = time.gmtime(secs)
+        r = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+             f"{t.tm_sec:02d}")
+        if len(_seconds) >= 4096:
+            _seconds.clear()
+        _seconds[secs] = r
+    return r
+
+
 def rfc5424_timestamp(epoch: float | None) -> str:
     if epoch is None:
         return NILVALUE
     secs, ms = divmod(round(epoch * 1000), 1000)
-    t = time.gmtime(secs)
-    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
-            f"{t.tm_sec:02d}.{ms:03d}Z")
+    return f"{utc_second(secs)}.{ms:03d}Z"
 
 
 def rfc5424_header(pri: int, timestamp_epoch: float | None, hostname: str | None,

@@ -58,6 +58,7 @@ class RelayConfig:
     metrics_address: tuple[str, int] | None = ("127.0.0.1", 9514)
     drain_timeout: float = 10.0
     log_level: str = "info"
+    workers: int = 1
     queue: QueueConfig = field(default_factory=QueueConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
 
@@ -311,6 +312,7 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
                                                                        check=parse_address),
         drain_timeout=rt.get("drain_timeout", float, 10.0, check=_non_negative),
         log_level=rt.get("log_level", str, "info", choices=("debug", "info", "warning", "error")),
+        workers=rt.get("workers", (int, str), 1, check=_workers),
     )
     relay.queue = _queue(rt.table("queue"), QueueConfig())
     relay.retry = _retry(rt.table("retry"), RetryConfig())
@@ -437,6 +439,14 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
                               f"{s.address[0]}:{s.address[1]} is already used by sources.{addrs[key]}")
         addrs[key] = s.name
     return cfg
+
+
+def _workers(v):
+    if v == "auto":
+        return max(1, min(8, os.cpu_count() or 1))
+    if isinstance(v, (str, bool)) or v < 1 or v > 64:
+        raise ValueError(f"must be 1..64 or \"auto\", not {v!r}")
+    return None
 
 
 def _delimiter(v: str):

@@ -41,6 +41,8 @@ HELP = {
     "relay_sink_up": "1 when the sink's last delivery succeeded, 0 after a failure.",
     "relay_sink_blocked": "1 when the sink stopped on an authorisation error (events stay queued).",
     "relay_config_reloads_total": "Configuration reloads, by result.",
+    "relay_worker_restarts_total": "Ingest worker processes that died and were restarted.",
+    "relay_udp_receive_buffer_bytes": "The receive buffer the kernel granted a UDP source socket.",
     "relay_rule_errors_total": "Rule evaluations that failed (counted as no match), by route.",
 }
 
@@ -81,6 +83,22 @@ class Registry:
     def __init__(self) -> None:
         self._counters: dict[tuple, Counter] = {}
         self._gauges: dict[tuple, Gauge] = {}
+        self._external: dict[object, dict[tuple, float]] = {}  # worker id -> counter snapshot
+
+    def counters_snapshot(self) -> dict[tuple, float]:
+        """``{(name, labels): value}`` of every counter (sent by ingest workers)."""
+        return {k: c.value for k, c in self._counters.items()}
+
+    def set_external(self, origin, snapshot: dict[tuple, float]) -> None:
+        """Counters from another process (an ingest worker); added to ours when read."""
+        self._external[origin] = snapshot
+
+    def _merged_counters(self) -> dict[tuple, float]:
+        out = {k: c.value for k, c in self._counters.items()}
+        for snap in self._external.values():
+            for k, v in snap.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     def counter(self, name: str, **labels) -> Counter:
         key = (name, _labels(labels))
@@ -109,8 +127,9 @@ class Registry:
     def value(self, name: str, **labels) -> float:
         """For tests and the CLI: the current value (0 when never set)."""
         key = (name, _labels(labels))
-        if key in self._counters:
-            return self._counters[key].value
+        merged = self._merged_counters()
+        if key in merged:
+            return merged[key]
         if key in self._gauges:
             return self._gauges[key].get()
         return 0
@@ -118,12 +137,12 @@ class Registry:
     def total(self, name: str, **labels) -> float:
         """Sum over every label set that includes ``labels``."""
         want = set(_labels(labels))
-        return sum(c.value for (n, lab), c in self._counters.items() if n == name and want <= set(lab))
+        return sum(v for (n, lab), v in self._merged_counters().items() if n == name and want <= set(lab))
 
     def render(self) -> str:
         by_name: dict[str, list] = {}
-        for (name, lab), c in self._counters.items():
-            by_name.setdefault(name, []).append(("counter", lab, c.value))
+        for (name, lab), v in self._merged_counters().items():
+            by_name.setdefault(name, []).append(("counter", lab, v))
         for (name, lab), g in self._gauges.items():
             by_name.setdefault(name, []).append(("gauge", lab, g.get()))
         out = []
@@ -143,6 +162,7 @@ class Registry:
     def clear(self) -> None:
         self._counters.clear()
         self._gauges.clear()
+        self._external.clear()
 
 
 REGISTRY = Registry()

@@ -89,7 +89,8 @@ class Server:
         self.config = config
         self.sinks: dict[str, _SinkRuntime] = {}
         self.sources: dict[str, object] = {}
-        self.pipeline: Pipeline | None = None
+        self.pipeline = None        # Pipeline (in-process) or WorkerPool (workers > 1)
+        self.pool = None
         self.metrics: MetricsServer | None = None
         self._stop = asyncio.Event()
         self._ready = False
@@ -105,7 +106,14 @@ class Server:
         loop = asyncio.get_running_loop()
         for name, sc in cfg.sinks.items():
             self.sinks[name] = self._start_sink(sc, loop)
-        self.pipeline = Pipeline(cfg, {n: r.committer for n, r in self.sinks.items()})
+        if cfg.relay.workers > 1:
+            from .workers import WorkerPool
+            self.pool = WorkerPool(self.config_path, cfg.relay.workers, on_enqueued=self._notify_sinks,
+                                   log_level=cfg.relay.log_level)
+            await self.pool.start()
+            self.pipeline = self.pool
+        else:
+            self.pipeline = Pipeline(cfg, {n: r.committer for n, r in self.sinks.items()})
         if cfg.relay.metrics_address is not None:
             host, port = cfg.relay.metrics_address
             self.metrics = MetricsServer(host, port, ready_fn=self._ready_state)
@@ -117,6 +125,12 @@ class Server:
         sd_notify("READY=1\nSTATUS=relay running")
         log.info("relay running: %d source(s), %d route(s), %d sink(s); config %s",
                  len(self.sources), len(cfg.routes), len(self.sinks), self.config_path)
+
+    def _notify_sinks(self, names) -> None:
+        for n in names:
+            r = self.sinks.get(n)
+            if r is not None:
+                r.sink.notify()
 
     def _start_sink(self, sc: SinkConfig, loop) -> _SinkRuntime:
         from .sinks import make_sink
@@ -167,6 +181,8 @@ class Server:
             except Exception as e:
                 log.error("source %s: error while stopping: %r", name, e)
         self.sources.clear()
+        if self.pool is not None:  # workers finish and commit what they were handed
+            await self.pool.stop(max(1.0, deadline - time.monotonic()))
         # everything handed over is committed before the sinks stop
         await asyncio.gather(*(asyncio.to_thread(r.committer.close, max(1.0, deadline - time.monotonic()))
                                for r in self.sinks.values()))
@@ -213,8 +229,13 @@ class Server:
             for name, sc in new.sinks.items():
                 if name not in self.sinks:
                     self.sinks[name] = self._start_sink(sc, loop)
-            self.pipeline.committers = {n: r.committer for n, r in self.sinks.items()}
-            self.pipeline.configure(new)
+            if self.pool is not None:
+                if new.relay.workers != old.relay.workers:
+                    log.warning("reload: relay.workers changed; restart the relay to apply it")
+                await self.pool.reload()
+            else:
+                self.pipeline.committers = {n: r.committer for n, r in self.sinks.items()}
+                self.pipeline.configure(new)
             self.config = new
             # sources: restart the ones whose settings changed
             for name in list(self.sources):

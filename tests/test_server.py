@@ -192,3 +192,51 @@ def test_queue_commands_dead_letters_and_replay(tmp_path):
     assert p.returncode == 0 and b"0 event(s) deleted" in p.stdout
     p = subprocess.run([RELAY, "queue", "list", "-c", cfg, "nope"], capture_output=True, timeout=30)
     assert p.returncode == 1 and b"no sink named 'nope'" in p.stderr
+
+
+def _worker_pids(relay_pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if ppid == relay_pid and b"spawn_main" in cmd:  # not the multiprocessing resource tracker
+                out.append(int(d))
+    return out
+
+
+def test_worker_processes_deliver_restart_and_reload(tmp_path):
+    tcp, mport = free_port(), free_port()
+    out = tmp_path / "out.leef"
+    cfgtext = config(tmp_path, tcp, mport, file_sink(out)).replace("[relay]\n", "[relay]\nworkers = 2\n")
+    relay = RelayProcess(tmp_path, cfgtext, mport)
+    with relay:
+        send_tcp(tcp, [SIGMA.format(n=i, risk=90 if i % 2 else 10) for i in range(4000)])
+        wait_until(lambda: len(lines_of(out)) >= 2000, 20, what="2000 LEEF lines")
+        relay.wait_metric("relay_parsed_total", 4000, 10, source="tcp", format="rfc5424")
+        relay.wait_metric("relay_routed_total", 2000, 10, route="high")
+        # a worker dies: it is restarted and the relay keeps accepting
+        pids = wait_until(lambda: _worker_pids(relay.proc.pid) if len(_worker_pids(relay.proc.pid)) == 2 else None,
+                          10, what="two worker processes")
+        os.kill(pids[0], signal.SIGKILL)
+        relay.wait_metric("relay_worker_restarts_total", 1, 10)
+        wait_until(lambda: len(_worker_pids(relay.proc.pid)) == 2, 15, what="the worker to be restarted")
+        send_tcp(tcp, [SIGMA.format(n=10000 + i, risk=95) for i in range(100)])
+        wait_until(lambda: len(lines_of(out)) >= 2100, 20, what="delivery after the restart")
+        # reload reaches the workers: the threshold goes down to 5
+        relay.config_path.write_text(cfgtext.replace("risk_score >= 70", "risk_score >= 5"))
+        relay.proc.send_signal(signal.SIGHUP)
+        relay.wait_metric("relay_config_reloads_total", 1, 10, result="applied")
+        time.sleep(0.5)
+        send_tcp(tcp, [SIGMA.format(n=20000 + i, risk=10) for i in range(50)])
+        wait_until(lambda: len(lines_of(out)) >= 2150, 20, what="the reloaded rule in the workers")
+    assert relay.returncode == 0
+    ids = [line.split("externalId=")[1].split("^")[0] for line in lines_of(out)]
+    assert len(ids) == len(set(ids)) == 2150
