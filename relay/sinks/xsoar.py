@@ -443,12 +443,23 @@ class DedupStore:
         with self._lock:
             return [r[0] for r in self._conn.execute("SELECT key FROM dedup ORDER BY seq")]
 
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def reopen(self) -> None:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._open()
+
     def close(self) -> None:
         with self._lock:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except sqlite3.Error:
+                    pass
+                self._conn = None
 
 
 def store_path(queue, sink_name: str) -> Path:
@@ -532,9 +543,13 @@ def classify(resp: httpx.Response, what: str, version: str = "6") -> SinkError |
         return None
     ex = _excerpt(resp)
     if st in (401, 403):
-        hint = ("the API key is wrong, revoked or lacks the permission" if version == "6" else
-                "check the API key, its ID (auth_id) and key_type") if what != "webhook" else \
-            "check the webhook credentials (auth header / username and password)"
+        if what == "webhook":
+            hint = "check the webhook credentials (auth_header + value, or username/password)"
+        elif version == "6":
+            hint = ("the API key is wrong, revoked or lacks the permission (an XSOAR 8 server also needs "
+                    "auth_id, the key's ID)")
+        else:
+            hint = "check the API key, its ID (auth_id) and key_type (standard/advanced)"
         return AuthError(f"XSOAR answered HTTP {st} to {what}: {hint}; answer: {ex}", reason="auth")
     if st == 429:
         ra = retry_after(resp)
@@ -577,6 +592,11 @@ class _XsoarBase(Sink):
         self._client: httpx.AsyncClient | None = None
         if not s.tls_verify:
             log.warning("sink %s: tls_verify = false: the XSOAR certificate is NOT checked", self.name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.store.closed:   # run again after a previous run closed it
+            await asyncio.to_thread(self.store.reopen)
+        await super().run(stop)
 
     # ------------------------------------------------------------------ client
     def client(self) -> httpx.AsyncClient:
