@@ -144,6 +144,7 @@ class GroupCommitter:
                 dead, self._dead = self._dead, []
             items = [it for b, _ in batch for it in b]
             futs = [f for _, f in batch]
+            groups = _groups(items, self.queue)
             if dead:
                 try:
                     self.queue.put_dead([(p, m, r) for p, m, r in dead])
@@ -152,6 +153,12 @@ class GroupCommitter:
                               self.name, len(dead), e)
                     with self._cv:
                         self._dead[:0] = dead
+            self._commit_groups(groups, futs, warned)
+
+    def _commit_groups(self, groups: list, futs: list, warned: float = 0.0) -> None:
+        total = sum(len(g) for g in groups)
+        committed = 0
+        for items in groups:
             while items:
                 try:
                     n = self.queue.put_many(items)
@@ -165,31 +172,53 @@ class GroupCommitter:
                     with self._cv:
                         if self._closed:
                             self._resolve(futs, RuntimeError(f"sink {self.name}: shutting down with a full queue"))
-                            self._pending_n -= len(items)
-                            items = []
-                            break
+                            self._pending_n -= total - committed
+                            return
                         self._cv.wait(self.retry_interval)
                     continue
                 except Exception as e:
                     log.error("sink %s: enqueue failed: %s", self.name, e)
                     self._resolve(futs, e)
                     with self._cv:
-                        self._pending_n -= len(items)
-                    items = []
-                    break
+                        self._pending_n -= total - committed
+                    return
                 self.blocked_reason = None
                 self._enq.value += n
                 if n < len(items):
                     self._dropped.value += len(items) - n
-                with self._cv:
-                    self._pending_n -= len(items)
-                self._resolve(futs)
-                if self.on_commit is not None:
-                    try:
-                        self.loop.call_soon_threadsafe(self.on_commit)
-                    except RuntimeError:
-                        pass
+                committed += len(items)
                 items = []
+        with self._cv:
+            self._pending_n -= total
+        self._resolve(futs)
+        if self.on_commit is not None:
+            try:
+                self.loop.call_soon_threadsafe(self.on_commit)
+            except RuntimeError:
+                pass
+
+
+def _groups(items: list, queue) -> list[list]:
+    """Split a merged batch into groups that can each fit the queue's caps (a group
+    larger than the caps would never fit under the ``block`` policy)."""
+    limit = 5000
+    if getattr(queue, "max_rows", None):
+        limit = max(1, min(limit, queue.max_rows // 2 or 1))
+    max_bytes = getattr(queue, "max_bytes", None)
+    byte_limit = max(1, max_bytes // 2) if max_bytes else None
+    if len(items) <= limit and byte_limit is None:
+        return [items]
+    out, cur, size = [], [], 0
+    for it in items:
+        n = len(it[0])
+        if cur and (len(cur) >= limit or (byte_limit is not None and size + n > byte_limit)):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(it)
+        size += n
+    if cur:
+        out.append(cur)
+    return out
 
 
 class Pipeline:

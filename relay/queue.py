@@ -1039,11 +1039,16 @@ class DiskQueue:
     # ------------------------------------------------------------------ operator actions
     def replay_dlq(self, ids: Iterable[int] | None = None,
                    progress: Callable[[int, int], None] | None = None,
-                   batch: int = 1000) -> int:
+                   batch: int = 1000, include_unrendered: bool = False) -> int:
         """Move DLQ rows (all, or the given DLQ ids) back to the tail of the queue with
         ``attempts`` reset, in transactions of ``batch`` rows, calling
         ``progress(done, total)`` after each.  Respects ``max_rows``/``max_bytes``: stops
-        when the queue is full (the rest stays in the DLQ).  Returns the number moved."""
+        when the queue is full (the rest stays in the DLQ).  Returns the number moved.
+
+        Rows stored by :meth:`put_dead` (``queue_id`` 0: the raw event, never rendered for
+        this sink) are skipped unless ``include_unrendered``: sending them would deliver
+        raw bytes where the sink expects its own format."""
+        rendered = "" if include_unrendered else " AND queue_id != 0"
         if batch < 1:
             raise ValueError("batch must be >= 1")
         wanted = None if ids is None else sorted(set(self._ids(ids)))
@@ -1051,12 +1056,12 @@ class DiskQueue:
             # rows dead-lettered while the replay runs are not part of it
             max_id = self._read("SELECT coalesce(max(id), 0) FROM dead")[0][0]
             if wanted is None:
-                total = self._read("SELECT count(*) FROM dead WHERE id <= ?", (max_id,))[0][0]
+                total = self._read(f"SELECT count(*) FROM dead WHERE id <= ?{rendered}", (max_id,))[0][0]
             else:
                 total = 0
                 for chunk in _chunks(wanted):
                     marks = ",".join("?" * len(chunk))
-                    total += self._read(f"SELECT count(*) FROM dead WHERE id IN ({marks})",
+                    total += self._read(f"SELECT count(*) FROM dead WHERE id IN ({marks}){rendered}",
                                         chunk)[0][0]
         done = 0
         cursor = 0  # position in `wanted`
@@ -1067,7 +1072,7 @@ class DiskQueue:
                     nonlocal cursor, last_id
                     if wanted is None:
                         sel = conn.execute(
-                            "SELECT id, length(payload) FROM dead WHERE id > ? AND id <= ? "
+                            f"SELECT id, length(payload) FROM dead WHERE id > ? AND id <= ?{rendered} "
                             "ORDER BY id LIMIT ?", (last_id, max_id, batch)).fetchall()
                         more = len(sel) == batch
                     else:
@@ -1076,7 +1081,7 @@ class DiskQueue:
                         for chunk in _chunks(part):
                             marks = ",".join("?" * len(chunk))
                             sel.extend(conn.execute(
-                                f"SELECT id, length(payload) FROM dead WHERE id IN ({marks}) "
+                                f"SELECT id, length(payload) FROM dead WHERE id IN ({marks}){rendered} "
                                 f"ORDER BY id", chunk))
                         cursor += len(part)
                         more = cursor < len(wanted)

@@ -337,7 +337,9 @@ class _WorkerState:
                     else:
                         per_sink.setdefault(sink, []).append((payload, meta))
         warned = 0.0
-        for sink, rows in per_sink.items():
+        from .pipeline import _groups
+        groups = [(sink, g) for sink, rows in per_sink.items() for g in _groups(rows, self.queues[sink])]
+        for sink, rows in groups:
             q = self.queues[sink]
             while True:
                 try:

@@ -752,3 +752,14 @@ def test_put_dead_stores_unrenderable_events_with_reason(tmp_path):
     q.close()
     q = DiskQueue(tmp_path / "q.db")                       # durable
     assert q.dlq_depth() == 2
+
+
+def test_replay_skips_unrendered_dead_letters(tmp_path):
+    q = DiskQueue(tmp_path / "q.db")
+    q.put_many([(b"rendered", None)])
+    q.dead_letter(q.lease(10), "HTTP 400")
+    q.put_dead([(b"raw event", None, "render failed")])
+    assert q.replay_dlq() == 1
+    assert [i.payload for i in q.lease(10)] == [b"rendered"]
+    assert q.dlq_depth() == 1
+    assert q.replay_dlq(include_unrendered=True) == 1

@@ -1,0 +1,144 @@
+"""The in-process pipeline: routing, rendering once per sink, group commit into the
+per-sink queues, dead letters for unrenderable events, and caps under the block policy."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import orjson
+import pytest
+
+from relay.config import loads
+from relay.metrics import REGISTRY
+from relay.pipeline import GroupCommitter, Pipeline, _groups
+from relay.queue import DiskQueue
+
+CFG = '''
+[sources.tcp]
+type = "tcp"
+address = "127.0.0.1:5514"
+[routes.high]
+match = 'risk_score >= 70'
+sinks = ["leef", "archive"]
+final = true
+[routes.all]
+match = 'format exists'
+sinks = ["archive"]
+[sinks.leef]
+type = "file"
+path = "/dev/null"
+format = "leef"
+[sinks.archive]
+type = "file"
+path = "/dev/null"
+format = "json"
+'''
+
+SIGMA = ('<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created [incident@32473 id="INC-{n}" '
+         'risk_score="{risk}"] {{"incident_id":"INC-{n}"}}').format
+
+
+def make(tmp_path, loop, **qargs):
+    cfg = loads(CFG)
+    queues = {name: DiskQueue(tmp_path / f"{name}.db", **qargs) for name in cfg.sinks}
+    committers = {name: GroupCommitter(name, q, loop) for name, q in queues.items()}
+    return cfg, queues, committers, Pipeline(cfg, committers)
+
+
+def test_route_render_and_commit(tmp_path):
+    async def main():
+        cfg, queues, committers, p = make(tmp_path, asyncio.get_running_loop())
+        before = REGISTRY.value("relay_routed_total", route="all")
+        fut = p.handle([(SIGMA(n=1, risk=90).encode(), "10.0.0.1:514"), (SIGMA(n=2, risk=10).encode(), "10.0.0.1:514"),
+                        (b"<13>1 - h a - - - plain", "10.0.0.2:514")], cfg.sources["tcp"])
+        await asyncio.wait_for(fut, 10)
+        leef = queues["leef"].lease(10)
+        archive = queues["archive"].lease(10)
+        assert len(leef) == 1 and b"LEEF:2.0|" in leef[0].payload and b"externalId=INC-1" in leef[0].payload
+        assert leef[0].meta["dedup_key"] == "rhythmx:INC-1" and leef[0].meta["routes"] == ["high"]
+        # the high-risk event matched the final route: archived once, not again by "all"
+        assert [orjson.loads(i.payload)["event"]["id"] for i in archive] == ["INC-1", "INC-2", None]
+        assert REGISTRY.value("relay_routed_total", route="all") - before == 2
+        for c in committers.values():
+            c.close()
+    asyncio.run(main())
+
+
+def test_unroutable_events_are_counted(tmp_path):
+    async def main():
+        cfg = loads(CFG.replace("format exists", "risk_score >= 50"))
+        q = DiskQueue(tmp_path / "q.db")
+        committers = {n: GroupCommitter(n, q, asyncio.get_running_loop()) for n in cfg.sinks}
+        p = Pipeline(cfg, committers)
+        before = REGISTRY.value("relay_unrouted_total")
+        assert p.handle([(SIGMA(n=3, risk=1).encode(), "h:1")], cfg.sources["tcp"]) is None
+        assert REGISTRY.value("relay_unrouted_total") - before == 1
+        for c in committers.values():
+            c.close()
+    asyncio.run(main())
+
+
+def test_unrenderable_event_goes_to_dead_letters_with_reason(tmp_path):
+    async def main():
+        cfg, queues, committers, p = make(tmp_path, asyncio.get_running_loop())
+
+        def broken(ev, routes):
+            raise ValueError("LEEF devTime without devTimeFormat")
+        p.renderers["leef"] = broken
+        fut = p.handle([(SIGMA(n=4, risk=99).encode(), "h:1")], cfg.sources["tcp"])
+        await asyncio.wait_for(fut, 10)
+        for c in committers.values():
+            c.close()
+        (dead,) = queues["leef"].list(dlq=True)
+        assert dead.reason.startswith("render failed: ValueError: LEEF devTime") and b"INC-4" in dead.payload
+        assert queues["leef"].depth() == 0 and queues["archive"].depth() == 1
+    asyncio.run(main())
+
+
+def test_groups_fit_the_caps():
+    class Q:
+        max_rows, max_bytes = 10, 100
+    items = [(b"x" * 20, None)] * 23
+    groups = _groups(items, Q)
+    assert sum(len(g) for g in groups) == 23
+    assert all(len(g) <= 5 and sum(len(p) for p, _ in g) <= 50 for g in groups)
+
+
+def test_block_policy_with_merged_batches_larger_than_the_cap(tmp_path):
+    """Several batches merged by the committer exceed max_rows: they are committed in
+    groups as a consumer drains the queue, never refused."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        q = DiskQueue(tmp_path / "q.db", max_rows=10, full_policy="block")
+        c = GroupCommitter("s", q, loop, retry_interval=0.02)
+        futs = [c.submit([(f"{b}-{i}".encode(), None) for i in range(8)]) for b in range(3)]
+        got: list = []
+        stop = threading.Event()
+
+        def consume():
+            while not stop.is_set():
+                items = q.lease(4)
+                got.extend(i.payload for i in items)
+                q.ack(items)
+                time.sleep(0.01)
+        t = threading.Thread(target=consume)
+        t.start()
+        await asyncio.wait_for(asyncio.gather(*futs), 20)
+        deadline = time.monotonic() + 10
+        while len(got) < 24 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        stop.set()
+        t.join()
+        c.close()
+        assert sorted(got) == sorted(f"{b}-{i}".encode() for b in range(3) for i in range(8))
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("workers", [1])
+def test_process_never_raises_on_garbage(tmp_path, workers):
+    cfg = loads(CFG)
+    p = Pipeline(cfg, {})
+    for raw in (b"", b"\xff\xfe", b"<13>1 ", b"<999>garbage", b"{not json", b"<13>1 - - - - - [x@1 a=\"]"):
+        ev, routes, out = p.process(raw, cfg.sources["tcp"], None, 0.0)
+        assert ev.fields is not None
