@@ -22,7 +22,7 @@ from relay.config import ConfigError, loads
 from relay.metrics import Registry
 from relay.pipeline import make_renderer
 from relay.queue import DiskQueue, RetryPolicy
-from relay.sinks import AuthError, PermanentError, RetryableError, UnavailableError, make_sink
+from relay.sinks import AuthError, PermanentError, RetryableError, make_sink
 from relay.sinks.xsoar import (DedupRecord, DedupStore, Secret, XsoarSink, XsoarWebhookSink, auth_headers,
                                classify, search_query, store_path)
 from tests.emulators.xsoar import XsoarEmulator
