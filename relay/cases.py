@@ -1161,8 +1161,11 @@ def _tstr(s: str, multiline: bool = False) -> str:
     if multiline and "\n" in s and "'''" not in s and not s.endswith("'") and \
             not _CTRL.search(s.replace("\n", "")):
         return "'''\n" + s + "'''"
-    if "'" not in s and not _CTRL.search(s):
-        return "'" + s + "'"
+    if not _CTRL.search(s):
+        if '"' not in s and "\\" not in s:
+            return '"' + s + '"'
+        if "'" not in s:
+            return "'" + s + "'"
     out = []
     for ch in s:
         o = ord(ch)
