@@ -570,7 +570,7 @@ def test_cli_config_tests_output_and_junit(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(loads("", compile_rules=False), "tests"),
-                    reason="relay/config.py does not read [[tests]] yet (diff in docs/cases.md)")
+                    reason="relay/config.py does not read [[tests]] yet (a change the lead applies)")
 def test_config_file_with_tests_tables(tmp_path):
     p = tmp_path / "t.toml"
     p.write_text(EXAMPLE_CONFIG.read_text().replace("[relay]\n", "[relay]\nrun_tests_at_start = true\n", 1) + f"""
@@ -687,7 +687,7 @@ def test_watch_ends_on_ctrl_c(tmp_path):
 @click.option("--junit", "junit", type=click.Path(dir_okay=False), default=None)
 @click.option("--watch", "watch_", is_flag=True)
 def _test_parse(config, cases_dir, update, junit, watch_):
-    """The --cases part of `relay test-parse`, as in the cli.py diff (docs/cases.md)."""
+    """The --cases part of `relay test-parse`, as the proposed relay/cli.py change wires it."""
     import sys
     if cases_dir is None:
         raise click.UsageError("this wrapper only runs --cases")
