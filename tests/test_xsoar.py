@@ -470,6 +470,21 @@ def test_auth_failure_blocks_keeps_everything(tmp_path, key_env, emu, caplog, st
     q2.close()
 
 
+def test_auth_failure_with_store_hits_stays_blocked(tmp_path, key_env, emu, caplog):
+    """A probe batch mixing a dedup-store hit (no request) and a 403 must not 'unblock'."""
+    cfg, q, sink, reg = rest_sink(tmp_path, emu)
+    enqueue(q, cfg, [sigma("INC-1")])
+    assert run_sink(sink, lambda: q.depth() == 0)
+    emu.fail(403)
+    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-2")])
+    with caplog.at_level(logging.INFO):
+        run_sink(sink, lambda: False, timeout=1.0)    # auth_recheck 0.3 s: several probes
+    assert reg.value("relay_sink_blocked", sink="xs") == 1 and q.depth() == 2
+    assert "accepted again" not in caplog.text
+    assert reg.value("relay_sent_total", sink="xs") == 1
+    q.close()
+
+
 def test_wrong_key_v6_403_csrf(tmp_path, monkeypatch, emu, caplog):
     monkeypatch.setenv(ENV, "wrong-key-value-123")
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
@@ -495,7 +510,7 @@ def test_rejected_incident_dead_lettered_with_status(tmp_path, key_env, emu):
     q.close()
 
 
-def test_connection_refused_counts_no_attempt(tmp_path, key_env):
+def test_connection_refused_counts_no_attempt(tmp_path, key_env, caplog):
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
@@ -504,8 +519,10 @@ def test_connection_refused_counts_no_attempt(tmp_path, key_env):
     reg = Registry()
     sink = make_sink(cfg, q, registry=reg)
     enqueue(q, cfg, [sigma("INC-1"), sigma("INC-2")])
-    run_sink(sink, lambda: False, timeout=1.0)
+    with caplog.at_level(logging.WARNING):
+        run_sink(sink, lambda: False, timeout=1.0)
     assert q.depth() == 2 and q.dlq_depth() == 0
+    assert "XSOAR unreachable" in caplog.text and KEY not in caplog.text
     assert reg.value("relay_retried_total", sink="xs") == 0
     assert reg.value("relay_send_errors_total", sink="xs", reason="connect") >= 1
     assert all(it.attempts == 0 for it in q.list())

@@ -589,6 +589,7 @@ class _XsoarBase(Sink):
         reg = self.registry
         reg.gauge("relay_xsoar_dedup_entries", lambda: len(self.store), sink=self.name)
         self._backoff = 0
+        self._unreachable_logged = -1e9
         self._client: httpx.AsyncClient | None = None
         if not s.tls_verify:
             log.warning("sink %s: tls_verify = false: the XSOAR certificate is NOT checked", self.name)
@@ -630,6 +631,11 @@ class _XsoarBase(Sink):
     def _unavailable(self, msg: str, reason: str) -> UnavailableError:
         self._backoff = min(self._backoff + 1, 7)
         delay = min(60.0, 2 ** (self._backoff - 1)) * random.uniform(0.5, 1.0)
+        now = time.monotonic()
+        if self._backoff == 1 or now - self._unreachable_logged >= 60.0:
+            # the base loop logs released rows at debug only: say it here, at most once a minute
+            self._unreachable_logged = now
+            log.warning("sink %s: XSOAR unreachable: %s; events stay queued, retrying", self.name, msg)
         return UnavailableError(f"{msg}; pausing {delay:.1f} s", retry_after=delay, reason=reason)
 
     async def _post(self, url: str, op: str, body, headers: dict[str, str]) -> httpx.Response:
@@ -689,7 +695,7 @@ class _XsoarBase(Sink):
                         pause = ra if ra is not None else min(30.0, 0.5 * 2 ** (self._backoff - 1)) * \
                             random.uniform(0.5, 1.0)
                         state["untried"] = UnavailableError(f"not tried: {cause}", retry_after=pause,
-                                                            reason=cause.reason)
+                                                            reason="deferred")
             return state["untried"]
 
         async def run_group(group: list) -> None:
@@ -714,6 +720,11 @@ class _XsoarBase(Sink):
                                                             reason="internal")))
 
         await asyncio.gather(*(run_group(g) for g in groups))
+        auth = next((e for _, e in failed if isinstance(e, AuthError)), None)
+        if auth is not None:
+            # the whole batch goes back (rows done in it are in the dedup store and are skipped
+            # next time): acking part of it would count as "authorisation accepted again"
+            raise auth
         return failed
 
     @staticmethod

@@ -52,6 +52,7 @@ import hmac
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import struct
@@ -766,7 +767,16 @@ class _Handler(BaseHTTPRequestHandler):
         if f is not None:
             body_out = f.body if f.body is not None else _err(f.status, f"injected HTTP {f.status}")
             hdrs = {"Retry-After": f.retry_after} if f.retry_after is not None else {}
-            if f.status == 401 and op == "webhook":
+            if f.body is None and f.status >= 500:      # what a reverse proxy in front of XSOAR sends
+                from http import HTTPStatus
+                try:
+                    phrase = HTTPStatus(f.status).phrase
+                except ValueError:
+                    phrase = "Server Error"
+                reply = _Reply(f.status, text=f"{f.status} {phrase}", headers=hdrs, note=f"injected {f.status}")
+            elif isinstance(f.body, str):
+                reply = _Reply(f.status, text=f.body, headers=hdrs, note=f"injected {f.status}")
+            elif f.status == 401 and op == "webhook":
                 reply = _Reply(401, text="Authorization failed.", note="injected 401", headers=hdrs)
             elif f.status == 403 and version == "6":
                 reply = _Reply(403, CSRF_BODY, note="injected 403", headers=hdrs)
@@ -944,6 +954,10 @@ def main(argv: list[str] | None = None) -> int:
                         duplication_key=a.duplication_key, empty_search=a.empty_search, ssl_context=ctx,
                         out=None if a.quiet else (lambda s: print(s, flush=True)))
     emu.start()
+
+    def _term(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _term)
     print(f"XSOAR emulator on {emu.url}\n"
           f"  XSOAR 6:  url = \"{emu.url}\"  (Authorization: <key>)\n"
           f"  XSOAR 8:  url = \"{emu.url}\", auth_id = \"{a.auth_id}\"  (paths /xsoar/public/v1/... or /xsoar/...)\n"
