@@ -1455,8 +1455,7 @@ def cli_cases(config_path: str, cases_dir: str, *, update: bool = False, junit: 
                 continue
             again = runner.run(_reload(r.case, path))
             results[i] = again
-            w(f"updated: {path}" + ("" if again.ok else " (STILL FAILING, please report: the blessed file "
-                                                          "does not describe the actual output)") + "\n")
+            w(f"updated: {path}" + ("" if again.ok else " (still failing after the update:)") + "\n")
             if not again.ok:
                 w(format_result(again))
     if junit:
