@@ -1,0 +1,364 @@
+"""The .deb and .rpm: build, lint, reproducibility, and the .deb installed into a clean Debian 12
+root with no network (smoke run on :514 as user relay, a real systemd boot of the hardened unit,
+upgrade keeping an edited conffile, remove/purge).  The .rpm: layout, requires, scriptlets.
+
+Needs root and Debian's tools (packaging/deps installs them); skipped with the reason otherwise.
+The Debian root is debootstrapped once and cached as a tarball under .cache/packaging/.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "packaging"
+CACHE = ROOT / ".cache" / "packaging"
+TESTROOT = PKG / "tests" / "testroot"
+TIMINGS: dict[str, float] = {}
+
+
+def _version() -> str:
+    ns: dict = {}
+    exec((ROOT / "relay" / "__version__.py").read_text(), ns)
+    return ns["__version__"]
+
+
+VERSION = _version()
+
+
+def sh(*cmd, check=True, timeout=600, env=None, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})}, **kw)
+    if check and r.returncode != 0:
+        pytest.fail(f"command failed ({r.returncode}): {' '.join(map(str, cmd))}\n"
+                    f"--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-4000:]}")
+    return r
+
+
+def _precondition() -> str | None:
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "needs root on Linux (debootstrap, chroot, unshare, systemd-nspawn)"
+    if not shutil.which("apt-get") or not shutil.which("dpkg"):
+        return "needs a Debian/apt system (dpkg-buildpackage, debootstrap)"
+    r = subprocess.run([str(PKG / "deps")], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        return f"packaging/deps could not install the packaging tools: {r.stderr.strip()[-800:]}"
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        return "cannot create network namespaces here (unshare -n)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def env_ok():
+    why = _precondition()
+    if why:
+        pytest.skip(f"packaging tests SKIPPED: {why}")
+
+
+def _copy_tree(dst: Path) -> None:
+    """The files packaging/build uses, as a plain (non-git) tree at another path."""
+    files = subprocess.run(["git", "ls-files", "-z", "--", "pyproject.toml", "README.md", "relay", "parsers",
+                            "formats", "docs"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    for f in filter(None, files):
+        src = ROOT / f.decode()
+        if src.exists():
+            (dst / f.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f.decode())
+
+
+def _sde() -> str:
+    return subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _bumped(v: str) -> str:
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", v)
+    assert m, f"test expects a X.Y.Z version, got {v}"
+    return f"{m[1]}.{m[2]}.{int(m[3]) + 1}"
+
+
+@pytest.fixture(scope="module")
+def built(env_ok, tmp_path_factory):
+    """v1 from the checkout, v1 again from a copy at another path (reproducibility), v2 (bumped
+    version, .deb only) from that copy for the upgrade test."""
+    tmp = tmp_path_factory.mktemp("pkg")
+    sde = _sde()
+    t0 = time.monotonic()
+    sh(PKG / "build", env={"RELAY_DIST": str(tmp / "dist1"), "SOURCE_DATE_EPOCH": sde})
+    TIMINGS["build both"] = time.monotonic() - t0
+    src = tmp / "elsewhere" / "src"
+    _copy_tree(src)
+    t0 = time.monotonic()
+    sh(PKG / "build", env={"RELAY_DIST": str(tmp / "dist2"), "RELAY_SRC": str(src), "SOURCE_DATE_EPOCH": sde})
+    TIMINGS["rebuild both"] = time.monotonic() - t0
+    v2 = _bumped(VERSION)
+    vf = src / "relay" / "__version__.py"
+    vf.write_text(vf.read_text().replace(f'"{VERSION}"', f'"{v2}"'))
+    sh(PKG / "build", "--deb-only", env={"RELAY_DIST": str(tmp / "dist3"), "RELAY_SRC": str(src),
+                                         "SOURCE_DATE_EPOCH": sde})
+    d = {
+        "deb": tmp / "dist1" / f"relay_{VERSION}-1_amd64.deb",
+        "rpm": tmp / "dist1" / f"relay-{VERSION}-1.x86_64.rpm",
+        "deb_again": tmp / "dist2" / f"relay_{VERSION}-1_amd64.deb",
+        "rpm_again": tmp / "dist2" / f"relay-{VERSION}-1.x86_64.rpm",
+        "deb_v2": tmp / "dist3" / f"relay_{v2}-1_amd64.deb",
+        "v2": v2,
+        "tmp": tmp,
+    }
+    for k, p in d.items():
+        if k not in ("v2", "tmp"):
+            assert p.is_file(), f"packaging/build did not produce {p}"
+    return d
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- build artefacts
+
+def test_versions_come_from_version_py(built):
+    assert sh("dpkg-deb", "-f", built["deb"], "Version").stdout.strip() == f"{VERSION}-1"
+    assert sh("rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", built["rpm"]).stdout.strip() == f"{VERSION}-1"
+    assert sh("dpkg-deb", "-f", built["deb_v2"], "Version").stdout.strip() == f"{built['v2']}-1"
+
+
+def test_reproducible_from_another_path(built):
+    assert _sha(built["deb"]) == _sha(built["deb_again"]), "the .deb differs between two builds of the same tree"
+    assert _sha(built["rpm"]) == _sha(built["rpm_again"]), "the .rpm differs between two builds of the same tree"
+
+
+def test_lintian_clean(built):
+    r = sh("lintian", "--fail-on", "error,warning", "--no-tag-display-limit", built["deb"], check=False)
+    assert r.returncode == 0, f"lintian:\n{r.stdout}\n{r.stderr}"
+    assert "unused-override" not in r.stdout
+
+
+def test_rpmlint_clean(built):
+    if not shutil.which("rpmlint"):
+        pytest.skip("rpmlint is not installed (packaging/deps installs it on Debian)")
+    r = sh("rpmlint", "-r", PKG / "rpm" / "relay.rpmlintrc", built["rpm"], check=False)
+    out = r.stdout + r.stderr
+    assert re.search(r"0 errors, 0 warnings", out), f"rpmlint:\n{out}"
+
+
+def test_one_payload_in_both_packages(built, tmp_path):
+    """/opt/relay is byte-identical in the .deb and the .rpm."""
+    d, r = tmp_path / "deb", tmp_path / "rpm"
+    d.mkdir()
+    r.mkdir()
+    sh("dpkg-deb", "-x", built["deb"], d)
+    sh("sh", "-c", f"rpm2cpio '{built['rpm']}' | cpio -idm --quiet", cwd=r)
+
+    def tree(base: Path) -> dict:
+        out = {}
+        for p in sorted((base / "opt/relay").rglob("*")):
+            rel = str(p.relative_to(base))
+            out[rel] = "link:" + os.readlink(p) if p.is_symlink() else (_sha(p) if p.is_file() else "dir")
+        return out
+    td, tr = tree(d), tree(r)
+    assert len(td) > 400 and td == tr
+    assert (d / "opt/relay/bin/relay").read_text().startswith("#!/opt/relay/bin/python\n")
+    assert "command" not in (d / "opt/relay/pyvenv.cfg").read_text()
+    assert not list(d.glob("opt/relay/bin/activate*")) and not list(d.glob("opt/relay/bin/pip*"))
+    # uvloop is shipped (optional dependency, used when importable), stripped
+    assert list(d.glob("opt/relay/lib/python3.11/site-packages/uvloop/loop.*.so"))
+    # every .py is precompiled (unchecked-hash) so nothing writes __pycache__ under /opt at run time
+    pys = list(d.glob("opt/relay/lib/python3.11/site-packages/relay/**/*.py"))
+    assert pys and all(list(p.parent.glob(f"__pycache__/{p.stem}.cpython-311.pyc")) for p in pys)
+
+
+def test_rpm_layout_requires_scripts(built):
+    rpm = built["rpm"]
+    files = sh("rpm", "-qlp", rpm).stdout.split()
+    for f in ["/opt/relay/bin/relay", "/opt/relay/pyvenv.cfg", "/usr/bin/relay", "/etc/relay/relay.toml",
+              "/usr/lib/systemd/system/relay.service", "/usr/lib/sysusers.d/relay.conf",
+              "/usr/lib/tmpfiles.d/relay.conf", "/var/lib/relay", "/usr/share/doc/relay/copyright"]:
+        assert f in files, f"{f} not in the .rpm"
+    flags = sh("rpm", "-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME}:"
+               "%{FILEGROUPNAME}\n]", rpm).stdout
+    assert re.search(r"^/etc/relay/relay.toml cn -rw-r----- root:relay$", flags, re.M), \
+        "relay.toml must be %config(noreplace) root:relay 0640"
+    assert re.search(r"^/var/lib/relay\s+drwxr-x--- relay:relay$", flags, re.M)
+    req = [line.strip() for line in sh("rpm", "-qp", "--requires", rpm).stdout.splitlines()]
+    assert "/usr/bin/python3.11" in req and "systemd" in req and "/usr/bin/kill" in req
+    assert not [x for x in req if "python(abi)" in x or x.startswith("lib") or "/opt/" in x], \
+        f"automatic requires leaked from the bundled venv: {req}"
+    prov = sh("rpm", "-qp", "--provides", rpm).stdout.split("\n")
+    assert not [x for x in prov if "python3" in x], f"the venv leaked provides: {prov}"
+    scripts = sh("rpm", "-qp", "--scripts", rpm).stdout
+    assert "useradd -r -g relay" in scripts and "preset relay.service" in scripts
+    assert "disable --now relay.service" in scripts and "try-restart relay.service" in scripts
+    lic = sh("rpm", "-qp", "--qf", "%{LICENSE}", rpm).stdout
+    assert lic.startswith("LicenseRef-Proprietary AND ")
+
+
+def test_copyright_covers_every_locked_requirement():
+    locked = re.findall(r"^([A-Za-z0-9_.-]+)==", (PKG / "requirements.lock").read_text(), re.M)
+    text = (PKG / "copyright").read_text()
+    assert locked
+    for name in locked:
+        mod = name.lower().replace("-", "_")
+        assert f"site-packages/{mod}*" in text, f"packaging/copyright has no stanza for {name}"
+
+
+def test_unit_security_offline(env_ok):
+    """systemd-analyze security on the unit file alone (the full verify runs in the test root)."""
+    r = sh("systemd-analyze", "security", "--offline=true", "--threshold=20", PKG / "relay.service", check=False)
+    m = re.search(r"Overall exposure level for relay.service: ([0-9.]+) (\w+)", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    TIMINGS["exposure (host, unit file)"] = float(m[1])
+    assert float(m[1]) <= 2.0, r.stdout
+
+
+# ----------------------------------------------------------------------------- .deb in a clean root
+
+@pytest.fixture(scope="module")
+def target(built, tmp_path_factory):
+    deps = sorted({re.sub(r"\(.*\)", "", d).strip() for d in
+                   sh("dpkg-deb", "-f", built["deb"], "Depends").stdout.split(",")})
+    t0 = time.monotonic()
+    tarball = sh(TESTROOT, "base", CACHE, *deps, timeout=900).stdout.strip().splitlines()[-1]
+    TIMINGS["debian root (cache)"] = time.monotonic() - t0
+    root = tmp_path_factory.mktemp("target") / "root"
+    sh(TESTROOT, "new", tarball, root)
+    for f in ("send.py", "smoke-chroot.sh", "boot-smoke.sh"):
+        shutil.copy(PKG / "tests" / f, root / "tmp" / f)
+    shutil.copy(PKG / "tests" / "send.py", root / "root" / "send.py")
+    shutil.copy(PKG / "tests" / "boot-smoke.sh", root / "root" / "boot-smoke.sh")
+    shutil.copy(built["deb"], root / "tmp" / "relay.deb")
+    shutil.copy(built["deb_v2"], root / "tmp" / "relay-v2.deb")
+    return root
+
+
+def inroot(root: Path, *cmd, check=True, timeout=300):
+    return sh(TESTROOT, "run", root, *cmd, check=check, timeout=timeout)
+
+
+def test_deb_installs_offline_with_its_dependencies(target):
+    assert not (target / "usr/bin/python3.11").exists(), "the cached root must not have the deps installed"
+    # apt resolves Depends from the pre-fetched archives only; no network in the namespace
+    r = inroot(target, "apt-get", "install", "-y", "-q", "--no-download", "--no-install-recommends",
+               "/tmp/relay.deb")
+    assert "Setting up relay" in r.stdout
+    st = (target / "etc/relay/relay.toml").stat()
+    pw = {l.split(":")[0]: l.split(":") for l in (target / "etc/passwd").read_text().splitlines()}
+    gr = {l.split(":")[0]: l.split(":") for l in (target / "etc/group").read_text().splitlines()}
+    assert "relay" in pw and pw["relay"][6] == "/usr/sbin/nologin" and pw["relay"][5] == "/var/lib/relay"
+    assert int(pw["relay"][2]) < 1000, "relay must be a system user"
+    assert st.st_uid == 0 and st.st_gid == int(gr["relay"][2]) and oct(st.st_mode & 0o777) == "0o640"
+    sd = (target / "var/lib/relay").stat()
+    assert sd.st_uid == int(pw["relay"][2]) and oct(sd.st_mode & 0o777) == "0o750"
+    assert os.readlink(target / "usr/bin/relay") == "/opt/relay/bin/relay"
+    # enabled by the debhelper snippets (started at the next boot: no systemd runs in a chroot)
+    assert (target / "etc/systemd/system/multi-user.target.wants/relay.service").is_symlink()
+
+
+def test_relay_version_as_root_and_as_relay(target):
+    assert inroot(target, "relay", "--version").stdout.strip() == f"relay {VERSION}"
+    out = inroot(target, "setpriv", "--reuid=relay", "--regid=relay", "--init-groups", "/usr/bin/relay",
+                 "--version").stdout.strip()
+    assert out == f"relay {VERSION}"
+    r = inroot(target, "setpriv", "--reuid=relay", "--regid=relay", "--init-groups", "/usr/bin/relay",
+               "validate", "/etc/relay/relay.toml")
+    assert "valid: 2 source(s)" in r.stdout
+    # nothing was written under /opt by running it (precompiled .pyc)
+    assert not [p for p in (target / "opt/relay").rglob("*.pyc") if p.stat().st_mtime > time.time() - 120]
+
+
+def test_smoke_udp_and_tcp_on_514_as_user_relay(target):
+    r = inroot(target, "/bin/sh", "/tmp/smoke-chroot.sh", "chroot", check=False, timeout=120)
+    assert r.returncode == 0 and "SMOKE OK" in r.stdout, r.stdout + r.stderr
+    assert re.search(r"CapEff:\s*0000000000000400", r.stdout), r.stdout  # CAP_NET_BIND_SERVICE only
+    uid = [l for l in (target / "etc/passwd").read_text().splitlines() if l.startswith("relay:")][0].split(":")[2]
+    assert re.search(rf"Uid:\s*{uid}\s", r.stdout)
+    arch = (target / "var/lib/relay/out/archive.jsonl").read_text()
+    assert "chroot-udp" in arch and "chroot-tcp" in arch
+    assert "chroot-" not in (target / "var/lib/relay/out/qradar.leef").read_text("utf-8") \
+        if (target / "var/lib/relay/out/qradar.leef").exists() else True
+
+
+def test_systemd_analyze_verify_and_security(target):
+    r = sh("systemd-analyze", "verify", f"--root={target}", "relay.service", check=False)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stdout + r.stderr
+    r = sh("systemd-analyze", "security", "--offline=true", f"--root={target}", "relay.service", check=False)
+    m = re.search(r"Overall exposure level for relay.service: ([0-9.]+) (\w+)", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    TIMINGS["exposure (installed)"] = float(m[1])
+    print(f"\nsystemd-analyze security relay.service: {m[1]} {m[2]}")
+    assert float(m[1]) <= 2.0
+
+
+def test_boot_with_systemd_runs_the_hardened_unit(target):
+    """Boot the root with systemd-nspawn (private network): the real unit, its sandbox and
+    Type=notify, then UDP+TCP on :514 and a reload."""
+    if not shutil.which("systemd-nspawn"):
+        pytest.skip("systemd-nspawn missing (packaging/deps installs systemd-container)")
+    unit = target / "etc/systemd/system/relay-smoke.service"
+    shutil.copy(PKG / "tests" / "relay-smoke.service", unit)
+    wants = target / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "relay-smoke.service"
+    link.unlink(missing_ok=True)
+    link.symlink_to("/etc/systemd/system/relay-smoke.service")
+    out = target / "root/smoke.out"
+    out.unlink(missing_ok=True)
+    shutil.rmtree(target / "var/lib/relay/out", ignore_errors=True)
+    t0 = time.monotonic()
+    r = subprocess.run(["timeout", "180", "systemd-nspawn", "-q", "-D", str(target), "--register=no",
+                        "--keep-unit", "--private-network", "--boot", "--console=pipe"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
+    TIMINGS["nspawn boot"] = time.monotonic() - t0
+    link.unlink()
+    unit.unlink()
+    text = out.read_text() if out.exists() else "(no smoke.out)"
+    assert "BOOT SMOKE OK" in text, f"{text}\n--- nspawn rc={r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert re.search(r"CapEff:\s*0000000000000400", text) and re.search(r"NoNewPrivs:\s*1", text)
+    assert re.search(r"Seccomp:\s*2", text), text
+    assert "StatusText=relay running" in text or "StatusText=" in text
+
+
+def test_upgrade_keeps_the_edited_conffile(target, built):
+    conf = target / "etc/relay/relay.toml"
+    edited = conf.read_text().replace('log_level = "info"', 'log_level = "debug"') + "# edited by the admin\n"
+    conf.write_text(edited)
+    r = inroot(target, "dpkg", "-i", "/tmp/relay-v2.deb")
+    assert f"Unpacking relay ({built['v2']}-1) over ({VERSION}-1)" in r.stdout, r.stdout
+    assert conf.read_text() == edited
+    assert not list((target / "etc/relay").glob("relay.toml.dpkg-*"))
+    st = conf.stat()
+    assert oct(st.st_mode & 0o777) == "0o640"
+    assert inroot(target, "relay", "--version").stdout.strip() == f"relay {built['v2']}"
+    sp = target / "opt/relay/lib/python3.11/site-packages"
+    assert (sp / f"relay-{built['v2']}.dist-info").is_dir() and not (sp / f"relay-{VERSION}.dist-info").exists()
+
+
+def test_remove_keeps_state_and_purge_removes_it(target):
+    inroot(target, "dpkg", "--remove", "relay")
+    assert not (target / "opt/relay").exists() and not (target / "usr/bin/relay").exists()
+    assert (target / "etc/relay/relay.toml").exists(), "remove must keep the conffile"
+    assert (target / "var/lib/relay/out/archive.jsonl").exists(), "remove must keep the state (queues)"
+    inroot(target, "dpkg", "--purge", "relay")
+    assert not (target / "etc/relay").exists()
+    assert not (target / "var/lib/relay").exists()
+    assert not (target / "etc/systemd/system/multi-user.target.wants/relay.service").exists()
+    # the system user stays (Debian practice: its uid may still own files elsewhere)
+    assert "\nrelay:" in "\n" + (target / "etc/passwd").read_text()
+    r = inroot(target, "dpkg-query", "-W", "-f=${Status}", "relay", check=False)
+    assert "installed" not in r.stdout or "not-installed" in r.stdout
+
+
+def test_zz_report_timings(capsys):
+    with capsys.disabled():
+        print("\npackaging timings/figures: " + ", ".join(f"{k}: {v:.1f}" for k, v in TIMINGS.items()))
