@@ -35,11 +35,34 @@ def main() -> None:
                    "sink would receive.  No network, no queues.")
 @click.option("--source", "source", default=None, metavar="NAME",
               help="With --config: parse as this configured source does (its lenient setting).")
-def test_parse(messages, file, framed, lenient, as_json, max_frame, render, config, source):
+@click.option("--cases", "cases_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="With --config: run the golden-file cases in DIR (docs/cases.md) and the config's [[tests]]; "
+                   "print a diff for each failure and 'N passed, N failed'.")
+@click.option("--update", is_flag=True, help="With --cases: write the actual results into the failing cases' "
+                                             "expected files (after showing the diff).")
+@click.option("--junit", "junit", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="With --cases: also write the results as JUnit XML to FILE.")
+@click.option("--watch", "watch", is_flag=True, help="With --cases: re-run the affected cases whenever the config, "
+                                                     "a case or a file the config reads changes; Ctrl-C ends.")
+def test_parse(messages, file, framed, lenient, as_json, max_frame, render, config, source, cases_dir, update,
+               junit, watch):
     """Parse raw syslog MESSAGES (or a file, or stdin) and show every step.
 
-    Exit status: 0 when every message parsed, 1 when any did not, 2 on usage errors.
+    With --config FILE --cases DIR: run golden-file rule tests instead (docs/cases.md).
+
+    Exit status: 0 when every message parsed (every case passed), 1 when any did not,
+    2 on usage errors.
     """
+    if cases_dir is not None:
+        if config is None:
+            raise click.UsageError("--cases needs --config")
+        if messages or file is not None or framed or render or as_json or source is not None:
+            raise click.UsageError("--cases takes its inputs from the case files: no messages, --file, --framed, "
+                                   "--render, --json or --source")
+        from .cases import cli_cases
+        sys.exit(cli_cases(config, cases_dir, update=update, junit=junit, watch_mode=watch))
+    if update or junit or watch:
+        raise click.UsageError("--update, --junit and --watch need --cases DIR")
     from .testparse import RENDER_CHOICES, analyse, default_renderers, iter_inputs, render_human
 
     wanted = [r.strip() for r in render.split(",") if r.strip()]
@@ -53,7 +76,7 @@ def test_parse(messages, file, framed, lenient, as_json, max_frame, render, conf
         from .config import ConfigError, load
         from .testparse import ConfigView
         try:
-            cfg = load(config)
+            cfg = load(config, secrets=False)
         except ConfigError as e:
             raise click.UsageError(str(e))
         if source is not None:
@@ -105,8 +128,13 @@ def run_cmd(config):
 
 @main.command("validate")
 @click.argument("config", type=click.Path(dir_okay=False))
-def validate_cmd(config):
-    """Check CONFIG: syntax, types, references, rules.  Exit 0 when valid, 2 when not."""
+@click.option("--run-tests", "run_tests", is_flag=True,
+              help="Also run the config's [[tests]] (docs/cases.md); exit 1 when any fails.")
+@click.option("--junit", "junit", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="With --run-tests: also write the results as JUnit XML to FILE.")
+def validate_cmd(config, run_tests, junit):
+    """Check CONFIG: syntax, types, references, rules.  Exit 0 when valid, 2 when not
+    (with --run-tests: 1 when a test fails)."""
     from .config import ConfigError, load
     try:
         cfg = load(config)
@@ -116,6 +144,11 @@ def validate_cmd(config):
     for w in cfg.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"{config}: valid: {len(cfg.sources)} source(s), {len(cfg.routes)} route(s), {len(cfg.sinks)} sink(s)")
+    if run_tests:
+        from .cases import cli_config_tests
+        sys.exit(cli_config_tests(cfg, junit=junit))
+    elif junit:
+        raise click.UsageError("--junit needs --run-tests")
 
 
 # --------------------------------------------------------------------------- queue

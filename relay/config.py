@@ -59,6 +59,7 @@ class RelayConfig:
     drain_timeout: float = 10.0
     log_level: str = "info"
     workers: int = 1
+    run_tests_at_start: bool = False   # run [[tests]] before starting (and on reload); refuse on a failure
     queue: QueueConfig = field(default_factory=QueueConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
 
@@ -142,6 +143,7 @@ class Config:
     routes: dict[str, RouteConfig]
     sinks: dict[str, SinkConfig]
     warnings: list[str] = field(default_factory=list)
+    tests: list[dict] = field(default_factory=list)  # [[tests]] tables, checked and run by relay/cases.py
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -166,10 +168,11 @@ def parse_address(text: str) -> tuple[str, int]:
 class _Table:
     """Reads keys from one TOML table, remembering which were used."""
 
-    def __init__(self, file: str, path: str, data: Any) -> None:
+    def __init__(self, file: str, path: str, data: Any, secrets: bool = True) -> None:
         if not isinstance(data, dict):
             raise ConfigError(file, path, f"must be a table, not {type(data).__name__}")
         self.file, self.path, self.data = file, path, data
+        self.secrets = secrets  # False: option readers skip resolving credentials (test-parse)
         self.used: set[str] = set()
 
     def err(self, key: str | None, msg: str) -> ConfigError:
@@ -203,7 +206,7 @@ class _Table:
 
     def table(self, key: str) -> "_Table":
         self.used.add(key)
-        return _Table(self.file, f"{self.path}.{key}" if self.path else key, self.data.get(key, {}))
+        return _Table(self.file, f"{self.path}.{key}" if self.path else key, self.data.get(key, {}), self.secrets)
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)
@@ -283,7 +286,7 @@ def _existing_file(base_dir: Path):
 
 # ----------------------------------------------------------------------------- loading
 
-def load(path: str | os.PathLike, *, compile_rules: bool = True) -> Config:
+def load(path: str | os.PathLike, *, compile_rules: bool = True, secrets: bool = True) -> Config:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -291,16 +294,19 @@ def load(path: str | os.PathLike, *, compile_rules: bool = True) -> Config:
         raise ConfigError(str(p), "", "file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(str(p), "", f"cannot read: {e}") from None
-    return loads(text, file=str(p), base_dir=p.resolve().parent, compile_rules=compile_rules)
+    return loads(text, file=str(p), base_dir=p.resolve().parent, compile_rules=compile_rules, secrets=secrets)
 
 
-def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, compile_rules: bool = True) -> Config:
+def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, compile_rules: bool = True,
+          secrets: bool = True) -> Config:
+    """Parse config text.  ``secrets=False`` leaves credentials unresolved (for
+    ``relay test-parse --config``, which renders request bodies but sends nothing)."""
     base_dir = base_dir or Path.cwd()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"not valid TOML: {e}") from None
-    root = _Table(file, "", data)
+    root = _Table(file, "", data, secrets)
     pathconv = _path(base_dir)
 
     # [relay]
@@ -313,6 +319,7 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
         drain_timeout=rt.get("drain_timeout", float, 10.0, check=_non_negative),
         log_level=rt.get("log_level", str, "info", choices=("debug", "info", "warning", "error")),
         workers=rt.get("workers", (int, str), 1, check=_workers),
+        run_tests_at_start=rt.get("run_tests_at_start", bool, False),
     )
     relay.queue = _queue(rt.table("queue"), QueueConfig())
     relay.retry = _retry(rt.table("retry"), RetryConfig())
@@ -422,9 +429,15 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
         t.finish()
         routes[name] = rc
     ro.finish()
+    tests = root.get("tests", list, [])
     root.finish()
 
-    cfg = Config(file=file, relay=relay, sources=sources, routes=routes, sinks=sinks)
+    cfg = Config(file=file, relay=relay, sources=sources, routes=routes, sinks=sinks, tests=tests)
+    if tests:
+        from .cases import validate_config_tests
+        validate_config_tests(tests, file, cfg)
+    if relay.run_tests_at_start and not tests:
+        cfg.warnings.append(f"{file}: relay.run_tests_at_start: there are no [[tests]] to run")
     used = {s for r in routes.values() for s in r.sinks}
     for s in sinks:
         if s not in used:

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cases import startup_tests
 from .config import Config, ConfigError, SinkConfig, SourceConfig, load
 from .metrics import REGISTRY, MetricsServer
 from .pipeline import GroupCommitter, Pipeline
@@ -220,6 +221,11 @@ class Server:
                 log.error("reload: new configuration rejected, keeping the running one: %s", e)
                 REGISTRY.inc("relay_config_reloads_total", result="rejected")
                 return False
+            failed = startup_tests(new)   # on the loop: no event is counted meanwhile (see relay/cases.py)
+            if failed:
+                log.error("reload: new configuration rejected, keeping the running one:\n%s", "\n".join(failed))
+                REGISTRY.inc("relay_config_reloads_total", result="rejected")
+                return False
             old = self.config
             loop = asyncio.get_running_loop()
             # sinks: stop removed/changed ones (their queues stay on disk), start new/changed ones
@@ -291,6 +297,10 @@ def run(config_path: str) -> int:
         log.error("%s", e)
         return 2
     setup_logging(cfg.relay.log_level)
+    failed = startup_tests(cfg)
+    if failed:
+        log.error("%s", "\n".join(failed))
+        return 2
     try:
         import uvloop  # optional: faster loop when installed
         runner = uvloop.run

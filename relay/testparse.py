@@ -69,8 +69,8 @@ class ConfigView:
 
 
 def analyse(raw: bytes, *, lenient: bool = False, renderers: dict | None = None, view: ConfigView | None = None,
-            received: float | None = None) -> dict:
-    ev = detect.parse(raw, lenient=lenient, received=received)
+            received: float | None = None, peer: str | None = None, source: str | None = None) -> dict:
+    ev = detect.parse(raw, lenient=lenient, received=received, peer=peer, source=source)
     normalise(ev)
     rec = record_for(ev)
     rec["event"] = ev.fields

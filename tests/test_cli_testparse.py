@@ -151,3 +151,46 @@ def test_framed_partial_frame_at_end_is_reported(tmp_path):
     p = run("--json", "--framed", "--file", str(f), check_rc=1)
     assert [r["ok"] for r in records(p)] == [True]
     assert b"partial_at_close" in p.stderr
+
+
+def test_config_shows_routes_and_exact_sink_outputs_without_credentials(tmp_path):
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text('''
+[sources.tcp]
+type = "tcp"
+address = "127.0.0.1:5514"
+[routes.high]
+match = 'app_name == "SigmaIncident" and risk_score >= 70'
+sinks = ["qradar", "xsoar"]
+[routes.all]
+match = 'format exists'
+sinks = ["archive"]
+[sinks.qradar]
+type = "syslog"
+address = "127.0.0.1:6514"
+format = "cef"
+[sinks.xsoar]
+type = "xsoar"
+url = "https://xsoar.example.com"
+api_key_env = "RELAY_TEST_UNSET_KEY"
+incident_type = "SigmaIncident"
+dedup_field = "rhythmxincidentid"
+[sinks.archive]
+type = "file"
+path = "out.jsonl"
+format = "json"
+''')
+    env_free = SIGMA.replace('risk_score="82"', 'risk_score="82"')
+    (rec,) = records(run("--json", "--config", str(cfg), env_free, check_rc=0))
+    assert rec["routes"] == ["high", "all"]
+    assert rec["sinks"]["qradar"].split(" ", 7)[-1].startswith("CEF:0|Relay|SOC Relay|1.0|created|")
+    body = rec["sinks"]["xsoar"]
+    assert body["type"] == "SigmaIncident" and body["CustomFields"]["rhythmxincidentid"] == "rhythmx:INC-7601d999"
+    assert isinstance(body["rawJSON"], str)
+    assert set(rec["sinks"]) == {"qradar", "xsoar", "archive"}
+    assert rec["route_checks"]["high"][-1] == "rule -> true"
+    human = run("--config", str(cfg), SIGMA, check_rc=0).stdout.decode()
+    assert "risk_score >= 70  ->  true" in human and "CEF:0|" in human
+    # validate still insists on the credential
+    p = subprocess.run([RELAY.replace("relay", "relay"), "validate", str(cfg)], capture_output=True, timeout=60)
+    assert p.returncode == 2 and b"RELAY_TEST_UNSET_KEY is not set" in p.stderr

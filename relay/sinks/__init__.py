@@ -51,3 +51,8 @@ def make_sink(cfg, queue, **kw) -> Sink:
         raise ValueError(f"sink {cfg.name}: unknown type {cfg.type!r} "
                          f"(known: {', '.join(sorted(SINK_REGISTRY))})") from None
     return factory(cfg, queue, **kw)
+
+
+from . import xsoar as _xsoar  # noqa: E402,F401 - registers "xsoar", "xsoar_webhook"
+
+__all__ += ["_xsoar"] if "__all__" in dir() else []
