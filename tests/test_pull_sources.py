@@ -928,3 +928,60 @@ def test_emulators_run_standalone():
         finally:
             p.terminate()
             p.wait(5)
+
+
+# ============================================================================= WorkerPool mode
+class _PoolStandIn:
+    """What enqueue_events sees of relay.workers.WorkerPool: no route/renderers/committers,
+    a config_path and an on_enqueued callback."""
+
+    def __init__(self, config_path):
+        self.config_path = str(config_path)
+        self.notified = []
+
+    def on_enqueued(self, sinks):
+        self.notified.extend(sinks)
+
+    def handle(self, *a, **k):  # pragma: no cover - pull sources must not use it
+        raise AssertionError("pull events must not go to the worker processes")
+
+
+def test_enqueue_events_with_worker_pool_uses_private_pipeline(tmp_path, secrets_env, falcon):
+    falcon.add_alerts(9)
+    conf = tmp_path / "relay.toml"
+    conf.write_text(f"""
+[relay]
+state_dir = "state"
+workers = 2
+[sinks.archive]
+type = "file"
+path = "archive.log"
+format = "json"
+[routes.falcon]
+match = 'source == "falcon" and fields.vendor == "CrowdStrike"'
+sinks = ["archive"]
+""")
+
+    async def main():
+        h = Harness(tmp_path).open()
+        pool = _PoolStandIn(conf)
+        src = falcon_source(h, falcon)
+        src.pipeline = pool
+        await src.start()
+        try:
+            await until(lambda: src.polls >= 2, what="two polls")
+        finally:
+            await src.stop()
+            h.close()
+        return pool
+    pool = run(main())
+    assert "archive" in pool.notified
+    q = DiskQueue(tmp_path / "state" / "queue-archive.db")
+    try:
+        rows = q.list(100)
+    finally:
+        q.close()
+    assert len(rows) == 9
+    body = json.loads(rows[0].payload)
+    assert body["event"]["vendor"] == "CrowdStrike" and body["syslog"]["format"] == "api"
+    assert rows[0].meta["routes"] == ["falcon"] and rows[0].meta["dedup_key"].startswith("falcon:")
