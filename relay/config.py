@@ -20,7 +20,11 @@ from typing import Any
 __all__ = ["ConfigError", "Config", "RelayConfig", "QueueConfig", "RetryConfig", "SourceConfig",
            "RouteConfig", "SinkConfig", "load", "loads", "parse_address", "SINK_TYPES", "SINK_FORMATS"]
 
-SOURCE_TYPES = ("udp", "tcp", "tls")
+SOURCE_TYPES = ("udp", "tcp", "tls", "falcon", "qradar_offenses")
+# Pull sources read their own keys (no address): type -> "module:function", called as
+# function(table, source_config, base_dir); it stores what it needs in source_config.options.
+SOURCE_OPTION_READERS = {"falcon": "relay.sources.falcon:read_config",
+                         "qradar_offenses": "relay.sources.qradar:read_config"}
 SINK_TYPES = ("syslog", "file", "xsoar", "xsoar_webhook")
 # Sink types whose keys are read by their own module: type -> "module:function", called as
 # function(table, sink_config, base_dir) and expected to read its keys with table.get(...)
@@ -80,6 +84,7 @@ class SourceConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_verify_client: bool = False
+    options: dict = field(default_factory=dict)        # pull sources' own settings
 
     def allowed(self, ip: str) -> bool:
         if not self.allow:
@@ -331,6 +336,19 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     for name in st.data:
         t = st.table(name)
         typ = t.get("type", str, required=True, choices=SOURCE_TYPES)
+        if typ in SOURCE_OPTION_READERS:
+            sc = SourceConfig(name=name, type=typ, address=("", 0))
+            sc.lenient = t.get("lenient", bool, False)
+            import importlib
+            mod, _, fn = SOURCE_OPTION_READERS[typ].partition(":")
+            try:
+                reader = getattr(importlib.import_module(mod), fn)
+            except (ImportError, AttributeError) as e:
+                raise t.err("type", f"source type {typ!r} is not available in this build ({e})") from None
+            reader(t, sc, base_dir)
+            t.finish()
+            sources[name] = sc
+            continue
         sc = SourceConfig(
             name=name, type=typ,
             address=t.get("address", str, required=True, check=parse_address),
@@ -446,6 +464,8 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
         cfg.warnings.append(f"{file}: sources: no sources: the relay will receive nothing")
     addrs: dict = {}
     for s in sources.values():
+        if s.type in SOURCE_OPTION_READERS:
+            continue
         key = ("udp" if s.type == "udp" else "tcp", s.address)
         if key in addrs:
             raise ConfigError(file, f"sources.{s.name}.address",
