@@ -23,6 +23,10 @@ __all__ = ["ConfigError", "Config", "RelayConfig", "QueueConfig", "RetryConfig",
 SOURCE_TYPES = ("udp", "tcp", "tls", "falcon", "qradar_offenses")
 # Pull sources read their own keys (no address): type -> "module:function", called as
 # function(table, source_config, base_dir); it stores what it needs in source_config.options.
+# Enrichment and triage (issue 9) read their own top-level tables:
+# function({table name: _Table}, base_dir) -> an object stored as Config.enrich.
+ENRICH_TABLES = ("lookups", "triage", "audit", "summary")
+ENRICH_READER = "relay.enrich:read_config"
 SOURCE_OPTION_READERS = {"falcon": "relay.sources.falcon:read_config",
                          "qradar_offenses": "relay.sources.qradar:read_config"}
 SINK_TYPES = ("syslog", "file", "xsoar", "xsoar_webhook")
@@ -149,6 +153,7 @@ class Config:
     sinks: dict[str, SinkConfig]
     warnings: list[str] = field(default_factory=list)
     tests: list[dict] = field(default_factory=list)  # [[tests]] tables, checked and run by relay/cases.py
+    enrich: object = None  # relay.enrich.EnrichConfig when [lookups.*] / [triage] / [audit] / [summary] are set
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -448,9 +453,19 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
         routes[name] = rc
     ro.finish()
     tests = root.get("tests", list, [])
+    enrich = None
+    if any(k in data for k in ENRICH_TABLES):
+        import importlib
+        mod, _, fn = ENRICH_READER.partition(":")
+        try:
+            reader = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(file, next(k for k in ENRICH_TABLES if k in data),
+                              f"enrichment is not available in this build ({e})") from None
+        enrich = reader({k: root.table(k) for k in ENRICH_TABLES if k in data}, base_dir)
     root.finish()
 
-    cfg = Config(file=file, relay=relay, sources=sources, routes=routes, sinks=sinks, tests=tests)
+    cfg = Config(file=file, relay=relay, sources=sources, routes=routes, sinks=sinks, tests=tests, enrich=enrich)
     if tests:
         from .cases import validate_config_tests
         validate_config_tests(tests, file, cfg)

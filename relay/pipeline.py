@@ -236,6 +236,10 @@ class Pipeline:
         self.routes = [(r.name, r.rule, tuple(r.sinks), r.final, REGISTRY.counter("relay_routed_total", route=r.name))
                        for r in config.routes.values()]
         self.renderers = {name: make_renderer(s) for name, s in config.sinks.items()}
+        self.enricher = None  # callable(event) filling event.enrich / triage; see relay/enrich
+        if config.enrich is not None:
+            from .enrich import build_enricher
+            self.enricher = build_enricher(config)
         self._unrouted = REGISTRY.counter("relay_unrouted_total")
         self._render_err = {name: REGISTRY.counter("relay_render_errors_total", sink=name) for name in config.sinks}
 
@@ -279,6 +283,8 @@ class Pipeline:
                 c = parsed_c[ev.format] = REGISTRY.counter("relay_parsed_total", source=source.name, format=ev.format)
             c.value += 1
         normalise(ev)
+        if self.enricher is not None:
+            self.enricher(ev)
         routes, sinks = self.route(ev)
         if not sinks:
             self._unrouted.value += 1

@@ -49,6 +49,11 @@ class ConfigView:
 
     def apply(self, ev, rec: dict) -> None:
         from .rules import explain
+        if self.pipeline.enricher is not None:
+            self.pipeline.enricher(ev)
+            rec["event"] = ev.fields
+            if ev.enrich is not None:
+                rec["enrich"] = ev.enrich
         names, sinks = self.pipeline.route(ev)
         rec["routes"] = names
         rec["route_checks"] = {r.name: explain(r.rule, ev) for r in self.config.routes.values()}
