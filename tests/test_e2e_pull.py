@@ -37,13 +37,14 @@ SEC = "e2e-qradar-sec-c0ffee"
 XSOAR_KEY = "e2e-xsoar-key"
 
 
-def _falcon_config(mport: int, falcon_url: str, qradar_addr: str) -> str:
+def _falcon_config(mport: int, falcon_url: str, qradar_addr: str, workers: int = 1) -> str:
     return f"""
 [relay]
 state_dir = "state"
 metrics_address = "127.0.0.1:{mport}"
 drain_timeout = 5
 log_level = "info"
+workers = {workers}
 
 [sources.falcon]
 type = "falcon"
@@ -77,7 +78,9 @@ def _dedup_keys(lines: list[str]) -> list[str]:
     return out
 
 
-def test_falcon_to_qradar_leef_exactly_once_across_restart(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_falcon_to_qradar_leef_exactly_once_across_restart(tmp_path, workers):
+    """workers = 2: the pull source queues through its own pipeline in the main process."""
     (tmp_path / "falcon.secret").write_text(SECRET + "\n")
     now = time.time()
     with FalconEmulator(client_secret=SECRET, token_ttl=1.5) as falcon, QradarStandIn() as qradar:
@@ -85,7 +88,7 @@ def test_falcon_to_qradar_leef_exactly_once_across_restart(tmp_path):
         falcon.fail(429, count=2, op="query", retry_after="future:1")
         falcon.fail(503, count=2, op="entities", body=False)
         mport = free_port()
-        relay = RelayProcess(tmp_path, _falcon_config(mport, falcon.url, qradar.address), mport)
+        relay = RelayProcess(tmp_path, _falcon_config(mport, falcon.url, qradar.address, workers), mport)
         with relay:
             qradar.wait_for(30, 30)
             for _ in range(3):                      # tokens (1.5 s) expire while the relay runs
@@ -98,7 +101,7 @@ def test_falcon_to_qradar_leef_exactly_once_across_restart(tmp_path):
         falcon.add_alerts(6)
         falcon.add_alert(time.time() - 30)
         falcon.add_alert(time.time() - 20)
-        relay2 = RelayProcess(tmp_path, _falcon_config(mport, falcon.url, qradar.address), mport)
+        relay2 = RelayProcess(tmp_path, _falcon_config(mport, falcon.url, qradar.address, workers), mport)
         with relay2:
             qradar.wait_for(47, 30)
             falcon.add_alerts(3)
