@@ -292,13 +292,13 @@ def relay_supports_workers() -> bool:
 class RelayDaemon:
     name = "relay"
 
-    def __init__(self, work: Path, sink_port: int, args, profile: str | None = None) -> None:
+    def __init__(self, work: Path, sink_port: int, args, profile: str | None = None, workers: int = 0) -> None:
         self.work = work
         self.tcp_port = free_port()
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.metrics_port = free_port()
         state = work / "state"
-        workers = f"workers = {args.workers}\n" if args.workers else ""
+        workers = f"workers = {workers}\n" if workers else ""
         self.conf = work / "relay.toml"
         self.conf.write_text(f"""# written by bench/bench_e2e.py
 [relay]
@@ -547,9 +547,14 @@ def wait_sink(sink: CountingSink, expected: int, stall: float, cap: float) -> bo
 
 
 def start_daemon(system: str, work: Path, sink: CountingSink, args, profile: str | None = None):
-    if system == "relay":
-        return RelayDaemon(work, sink.port, args, profile)
+    if system.startswith("relay"):
+        return RelayDaemon(work, sink.port, args, profile, relay_workers(system, args))
     return RsyslogDaemon(work, sink.port, args)
+
+
+def relay_workers(system: str, args) -> int:
+    """Workers for a system name: relay -> --workers (0: key not written), relay:w2 -> 2."""
+    return int(system.partition(":w")[2]) if ":w" in system else args.workers
 
 
 def run_tcp(system: str, files: list[Path], n: int, expected: int, args, tmp: Path, tag: str,
@@ -562,7 +567,7 @@ def run_tcp(system: str, files: list[Path], n: int, expected: int, args, tmp: Pa
         d = start_daemon(system, work, sink, args, profile)
         time.sleep(0.3)
         la = os.getloadavg()[0]
-        main_pid = d.relay_pid() if system == "relay" else d.pid
+        main_pid = d.relay_pid() if system.startswith("relay") else d.pid
         th0 = task_cpu(main_pid)
         cpu0 = tree_cpu(main_pid)       # the relay (not py-spy) in a profile run
         t0 = time.monotonic()
@@ -790,49 +795,51 @@ def med(rs: list[dict], key: str) -> float:
     return statistics.median(v) if v else float("nan")
 
 
-def print_tcp_table(results: list[dict], scenarios: list[str]) -> list[dict]:
+def print_tcp_table(results: list[dict], scenarios: list[str], systems: list[str]) -> list[dict]:
     summary = []
     print("\n== TCP (medians; msgs/s = input messages / wall time first byte sent -> last line at the sink)")
     print(f"{'scenario':<24} {'system':<8} {'runs':>4} {'msgs/s':>10} {'lines/s':>10} {'wall s':>8} "
           f"{'CPU s':>7} {'CPU us/msg':>10} {'cores':>6} {'complete':>8}  each run msgs/s")
     for sc in scenarios:
         row = {"scenario": sc}
-        for system in ("relay", "rsyslog"):
+        for system in systems:
             rs = [r for r in results if r["scenario"] == sc and r["system"] == system]
             if not rs:
                 continue
             each = " ".join(f"{r['msgs_per_s'] / 1000:.1f}k" for r in rs)
-            print(f"{sc:<24} {system:<8} {len(rs):>4} {med(rs, 'msgs_per_s'):>10.0f} {med(rs, 'lines_per_s'):>10.0f} "
+            print(f"{sc:<24} {system:<9} {len(rs):>3} {med(rs, 'msgs_per_s'):>10.0f} {med(rs, 'lines_per_s'):>10.0f} "
                   f"{med(rs, 'wall_s'):>8.2f} {med(rs, 'cpu_s'):>7.2f} {med(rs, 'cpu_us_per_msg'):>10.2f} "
                   f"{med(rs, 'cores'):>6.2f} {sum(r['complete'] for r in rs):>4}/{len(rs):<3}  {each}")
             row[system] = {"msgs_per_s": med(rs, "msgs_per_s"), "cpu_us_per_msg": med(rs, "cpu_us_per_msg"),
                            "cores": med(rs, "cores"), "runs": len(rs), "complete": all(r["complete"] for r in rs)}
-        if "relay" in row and "rsyslog" in row:
-            row["ratio_msgs_per_s"] = row["relay"]["msgs_per_s"] / row["rsyslog"]["msgs_per_s"]
-            row["ratio_cpu_per_msg"] = row["relay"]["cpu_us_per_msg"] / row["rsyslog"]["cpu_us_per_msg"]
-            print(f"{'':<24} ratio relay/rsyslog: throughput {row['ratio_msgs_per_s']:.3f}, "
-                  f"CPU per message {row['ratio_cpu_per_msg']:.2f}x")
+        for system in systems:
+            if system.startswith("relay") and system in row and "rsyslog" in row:
+                sfx = "" if system == "relay" else "_" + system.replace(":", "_")
+                row["ratio_msgs_per_s" + sfx] = row[system]["msgs_per_s"] / row["rsyslog"]["msgs_per_s"]
+                row["ratio_cpu_per_msg" + sfx] = row[system]["cpu_us_per_msg"] / row["rsyslog"]["cpu_us_per_msg"]
+                print(f"{'':<24} ratio {system}/rsyslog: throughput {row['ratio_msgs_per_s' + sfx]:.3f}, "
+                      f"CPU per message {row['ratio_cpu_per_msg' + sfx]:.2f}x")
         summary.append(row)
     return summary
 
 
-def print_udp_table(results: list[dict]) -> list[dict]:
+def print_udp_table(results: list[dict], systems: list[str]) -> list[dict]:
     summary = []
     print("\n== UDP (paced sender; delivered = lines at the sink / datagrams sent)")
     print(f"{'system':<8} {'sent':>8} {'sent/s':>8} {'delivered %':>11} {'kernel drops':>12} {'CPU s':>7} "
           f"{'CPU us/msg':>10} {'cores':>6}  each run delivered %")
-    for system in ("relay", "rsyslog"):
+    for system in systems:
         rs = [r for r in results if r["system"] == system]
         if not rs:
             continue
         each = " ".join(f"{r['delivered_pct']:.3f}" for r in rs)
-        print(f"{system:<8} {med(rs, 'sent'):>8.0f} {med(rs, 'achieved_rate'):>8.0f} {med(rs, 'delivered_pct'):>11.3f} "
+        print(f"{system:<9}{med(rs, 'sent'):>8.0f} {med(rs, 'achieved_rate'):>8.0f} {med(rs, 'delivered_pct'):>11.3f} "
               f"{med(rs, 'kernel_drops'):>12.0f} {med(rs, 'cpu_s'):>7.2f} {med(rs, 'cpu_us_per_msg'):>10.2f} "
               f"{med(rs, 'cores'):>6.2f}  {each}")
         s = {"system": system, "delivered_pct": med(rs, "delivered_pct"), "min_delivered_pct":
              min(r["delivered_pct"] for r in rs), "kernel_drops": med(rs, "kernel_drops"),
              "cpu_us_per_msg": med(rs, "cpu_us_per_msg"), "achieved_rate": med(rs, "achieved_rate")}
-        if system == "relay":
+        if system.startswith("relay"):
             s["relay_udp_kernel_drops_total"] = med(rs, "relay_udp_kernel_drops_total")
         summary.append(s)
     return summary
@@ -869,7 +876,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds relay, rsyslog (default 2)")
     ap.add_argument("--conns", default="1", help="comma list of TCP connection counts (default 1; e.g. 1,4)")
     ap.add_argument("--forward", default="30,100", help="comma list of %% forwarded (default 30,100)")
-    ap.add_argument("--systems", default="relay,rsyslog", help="comma list: relay, rsyslog (default both)")
+    ap.add_argument("--systems", default="relay,rsyslog",
+                    help="comma list of relay, relay:wN (relay with [relay] workers = N), rsyslog (default relay,rsyslog)")
     ap.add_argument("--no-tcp", action="store_true")
     ap.add_argument("--no-udp", action="store_true")
     ap.add_argument("--udp-rate", type=int, default=50_000)
@@ -894,7 +902,7 @@ def main() -> int:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     conns = [int(c) for c in args.conns.split(",") if c.strip()]
     forwards = [int(f) for f in args.forward.split(",") if f.strip()]
-    if args.workers and not relay_supports_workers():
+    if (args.workers or any(":w" in s for s in systems)) and not relay_supports_workers():
         print("--workers: relay/config.py has no [relay] workers setting yet", file=sys.stderr)
         return 2
     if "rsyslog" in systems and rsyslogd_path() is None:
@@ -944,7 +952,7 @@ def main() -> int:
                               f"(load {r['load1_before']:.2f})", flush=True)
                 for f in files:
                     f.unlink(missing_ok=True)
-            out["tcp_summary"] = print_tcp_table(out["tcp_runs"], [t for t, _, _ in tcp_plan])
+            out["tcp_summary"] = print_tcp_table(out["tcp_runs"], [t for t, _, _ in tcp_plan], systems)
 
         # ------------------------------------------------------------------ UDP
         if not args.no_udp and not args.profile_only:
@@ -959,7 +967,7 @@ def main() -> int:
                     print(f"  udp round {rnd + 1} {system:<8} sent {r['sent']} ({r['achieved_rate']:.0f}/s) "
                           f"delivered {r['delivered_pct']:.3f}% kernel drops {r['kernel_drops']}{extra} "
                           f"{r['cpu_us_per_msg']:.2f} us CPU/msg (load {r['load1_before']:.2f})", flush=True)
-            out["udp_summary"] = print_udp_table(out["udp_runs"])
+            out["udp_summary"] = print_udp_table(out["udp_runs"], systems)
 
         # ------------------------------------------------------------------ profile
         if args.profile or args.profile_only:
@@ -989,16 +997,20 @@ def main() -> int:
         out["uptime_end"] = uptime_end
         print()
         for row in out.get("tcp_summary", []):
-            rl, rs = row.get("relay"), row.get("rsyslog")
-            line = f"{row['scenario'].upper().replace(' CONNS', ' conns').replace(' CONN', ' conn')}: "
-            line = f"TCP {row['scenario'][4:]}: "
-            if rl:
-                line += f"relay {rl['msgs_per_s']:.0f} msgs/s ({rl['cpu_us_per_msg']:.2f} µs CPU/msg)"
-            if rs:
-                line += f", rsyslog {rs['msgs_per_s']:.0f} msgs/s ({rs['cpu_us_per_msg']:.2f} µs CPU/msg)"
-            if "ratio_msgs_per_s" in row:
-                line += f", ratio {row['ratio_msgs_per_s']:.3f}"
-            print(line)
+            rs = row.get("rsyslog")
+            for system in systems:
+                rl = row.get(system)
+                if not system.startswith("relay") or not rl:
+                    continue
+                line = (f"TCP {row['scenario'][4:]}: {system} {rl['msgs_per_s']:.0f} msgs/s "
+                        f"({rl['cpu_us_per_msg']:.2f} µs CPU/msg)")
+                if rs:
+                    line += (f", rsyslog {rs['msgs_per_s']:.0f} msgs/s ({rs['cpu_us_per_msg']:.2f} µs CPU/msg), "
+                             f"ratio {rl['msgs_per_s'] / rs['msgs_per_s']:.3f}")
+                print(line)
+            if rs and not any(s.startswith("relay") for s in systems):
+                print(f"TCP {row['scenario'][4:]}: rsyslog {rs['msgs_per_s']:.0f} msgs/s "
+                      f"({rs['cpu_us_per_msg']:.2f} µs CPU/msg)")
         for s in out.get("udp_summary", []):
             print(f"UDP {args.udp_rate / 1000:g}k/s {args.udp_seconds:g} s: {s['system']} delivered "
                   f"{s['delivered_pct']:.3f}% (worst run {s['min_delivered_pct']:.3f}%), kernel drops "
