@@ -8,9 +8,16 @@ from the batch in flight.  A full disk and a corrupted queue file each have a te
   messages, a slow sink stand-in with outages, SIGKILL once while the relay is still reading
   them and once while it is delivering, restart, drain: every accepted event arrives, every
   duplicate lies in the settle window of a break.
-* :func:`test_sigterm_drains_exits_zero_and_restart_delivers_the_rest`
-* :func:`test_full_disk_blocks_sources_and_recovers` - state_dir on a 2 MiB tmpfs (root only).
-* :func:`test_corrupted_queue_file_is_moved_aside` - garbage and truncated queue files.
+* :func:`test_sigterm_drains_exits_zero_and_restart_delivers_the_rest` - SIGTERM while a slow
+  sink is being fed: exit 0 within drain_timeout + 4 s, the rest stays queued, a restart
+  delivers it.
+* :func:`test_full_disk_blocks_sources_and_recovers` - state_dir on a tmpfs (root only):
+  ``disk`` fills a 2 MiB file system for real, ``max_bytes`` stops at [relay.queue] max_bytes
+  on a 16 MiB one.  The relay stays up, /ready says 503, the TCP source stops reading, and
+  once the sink is back everything accepted arrives and new traffic flows.  The ``disk`` case
+  is an expected failure while the relay cannot commit acks on a full disk (_DISK_FULL_ACK_BUG).
+* :func:`test_corrupted_queue_file_is_moved_aside` - garbage and truncated queue files: the
+  relay starts, logs it, moves the file aside, counts relay_queue_recovered_total, delivers.
 
 Everything runs on 127.0.0.1; every wait has a deadline; every relay process is killed in
 teardown.  The helpers are private to this module on purpose (tests/peers.py was not committed
@@ -517,7 +524,7 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup)
     cleanup.append(relay)
     sink = FlakySlowSink(snk, rate=3_000_000)
     cleanup.append(sink)
-    outages = Outages(sink, period=4.0, duration=1.5, count=5)
+    outages = Outages(sink, period=4.0, duration=1.0, count=5)
     cleanup.append(outages)
     messages = [message(i) for i in range(N_EVENTS)]
     kills: list[tuple[float, float]] = []      # (kill time, stand-in saw every connection end)
@@ -570,7 +577,8 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup)
     missing = set(range(N_EVENTS)) - set(in_db) - at_sink
     assert not missing, f"{len(missing)} accepted events neither delivered nor queued, e.g. {sorted(missing)[:10]}"
 
-    # -- phase 3: restart and let it drain
+    # -- phase 3: restart and let it drain (the sink a bit faster now, still going down)
+    sink.rate = 6_000_000
     relay.start()
     wait_until(lambda: len(sink.seqs()) >= N_EVENTS, 150, "every event at the sink", interval=0.5)
     outages.stop()
@@ -595,7 +603,7 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup)
     # copy reached the stand-in at most about settle_delay before that break began - or
     # during the break (a SIGKILLed relay's kernel still flushes its socket send buffer) - and
     # the next copy came after the break began.
-    slack = 1.0
+    slack = 1.5
     breaks = sorted([("outage", a, b) for a, b in sink.outages] + [("kill", a, b) for a, b in kills],
                     key=lambda x: x[1])
     per_break = [0] * len(breaks)
@@ -623,7 +631,7 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup)
 # ============================================================================ SIGTERM
 
 def test_sigterm_drains_exits_zero_and_restart_delivers_the_rest(tmp_path, cleanup):
-    n = 10_000
+    n = 8000
     drain = 3.0
     src, met, snk = free_port(), free_port(), free_port()
     state = tmp_path / "state"
@@ -637,7 +645,7 @@ def test_sigterm_drains_exits_zero_and_restart_delivers_the_rest(tmp_path, clean
     relay.start()
     send_all(src, [message(i) for i in range(n)])
     wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= n, 30, "all enqueued")
-    wait_until(lambda: sink.count() >= 1000, 30, "delivery to start")
+    wait_until(lambda: sink.count() >= 500, 30, "delivery to start")
     t0 = time.monotonic()
     rc = relay.terminate(timeout=drain + 15)
     took = time.monotonic() - t0
@@ -646,13 +654,13 @@ def test_sigterm_drains_exits_zero_and_restart_delivers_the_rest(tmp_path, clean
     assert rc == 0, log1[-3000:]
     assert took <= drain + 4.0, f"stopping took {took:.1f} s with drain_timeout = {drain}"
     assert "stopping: draining" in log1
+    sink.rate = None        # the kernel flushes what the relay had written; no need to wait slowly
     wait_until(lambda: sink.open_connections() == 0, 20, "the relay's connection to end")
     at_sink = sink.seqs()
     in_db = queued_seqs(state / f"queue-{SINK}.db")
     assert len(at_sink) < n, "everything was delivered before SIGTERM: the restart is not exercised"
     assert set(range(n)) - at_sink <= set(in_db), "undelivered events are not in the queue"
     assert set(range(n)) <= at_sink | set(in_db), "events lost at SIGTERM"
-    sink.rate = None
     relay.start()
     wait_until(lambda: len(sink.seqs()) >= n, 60, "every event at the sink after restart", interval=0.2)
     assert sink.seqs() == set(range(n))
@@ -759,21 +767,25 @@ def test_full_disk_blocks_sources_and_recovers(tmp_path, cleanup, limit):
     # free space: start the sink so the queue drains; finish the last message and close
     sink = FlakySlowSink(snk)
     cleanup.append(sink)
-    try:
-        sock.setblocking(True)
-        sock.settimeout(30)
-        if off:
-            sock.sendall(msgs[i][off:])
-        sock.close()
-        wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= written, 30,
-                   f"all {written} written events to be enqueued")
-    except (TimeoutError, OSError):
+
+    def ack_bug() -> bool:
         log = relay.log()
-        if limit == "disk" and "ack failed" in log and "disk is full" in log:
-            print(f"known bug: {log.count('ack failed')} failed acks, {sink.count()} lines at the sink "
-                  f"for {enq_full:.0f} queued events")
-            pytest.xfail(_DISK_FULL_ACK_BUG)
-        raise
+        return log.count("ack failed") >= 3 and "disk is full" in log
+
+    got = wait_until(lambda: ("ok" if relay.metric("relay_enqueued_total", sink=SINK) >= i else
+                              "bug" if ack_bug() else None), 40, f"the {i} whole messages to be enqueued")
+    if got == "bug":
+        assert limit == "disk", relay.log()[-3000:]
+        print(f"known bug: {relay.log().count('ack failed')} failed acks so far, {sink.count()} lines at the "
+              f"sink for {enq_full:.0f} queued events")
+        pytest.xfail(_DISK_FULL_ACK_BUG)
+    sock.setblocking(True)
+    sock.settimeout(30)
+    if off:
+        sock.sendall(msgs[i][off:])
+    sock.close()
+    wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= written, 30,
+               f"all {written} written events to be enqueued")
     wait_until(lambda: len(sink.seqs()) >= written, 60, "every accepted event at the sink", interval=0.2)
     assert sink.seqs() == set(range(written))
     wait_until(lambda: relay.ready()[0] == 200, 20, "/ready 200 again")
