@@ -123,6 +123,8 @@ def read_secret(table, env_key: str, file_key: str, what: str, base_dir: Path, l
     if env is None and path is None:
         raise table.err(env_key, f"is required: the name of an environment variable holding the {what} "
                                  f"(or {file_key}: a file holding it)")
+    if not getattr(table, "secrets", True):   # relay test-parse --config: no credentials needed
+        return Secret("unresolved", f"${env}" if env is not None else str(path))
     if env is not None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
             raise table.err(env_key, f"{env!r} is not an environment variable name")
@@ -482,11 +484,17 @@ class PullSource(Source):
 
     # ------------------------------------------------------------ helpers
     def state_dir(self) -> Path:
+        """``state_dir`` of the source, else ``options["relay_state_dir"]`` (set by the
+        config loader), else ``[relay] state_dir`` of the pipeline's config (read from the
+        config file for a WorkerPool)."""
         s = self.settings.state_dir or self.cfg.options.get("relay_state_dir")
         if s is None:
             conf = getattr(self.pipeline, "config", None)
-            s = getattr(getattr(conf, "relay", None), "state_dir", None) or Path("state")
-        return Path(s)
+            s = getattr(getattr(conf, "relay", None), "state_dir", None)
+        if s is None and getattr(self.pipeline, "config_path", None):
+            from ..config import load
+            s = load(self.pipeline.config_path).relay.state_dir
+        return Path(s or "state")
 
     def count_request(self, op: str, status) -> None:
         key = (op, str(status))
