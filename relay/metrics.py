@@ -33,6 +33,7 @@ HELP = {
     "relay_send_errors_total": "Delivery errors, by sink and reason.",
     "relay_render_errors_total": "Events a sink could not render (dead-lettered with the reason), by sink.",
     "relay_sanitised_total": "Values changed by an encoder's documented sanitising rule, by sink.",
+    "relay_queue_commits_total": "Group commits (transactions) into a sink's queue; enqueued / commits = rows per commit.",
     "relay_queue_dropped_total": "Events dropped because a sink's queue was full (policy drop_newest), by sink.",
     "relay_queue_depth": "Events waiting in a sink's queue.",
     "relay_queue_oldest_age_seconds": "Age of the oldest event in a sink's queue.",

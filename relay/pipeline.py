@@ -89,6 +89,7 @@ class GroupCommitter:
         self.blocked_reason: str | None = None
         self._enq = REGISTRY.counter("relay_enqueued_total", sink=name)
         self._dropped = REGISTRY.counter("relay_queue_dropped_total", sink=name)
+        self._commits = REGISTRY.counter("relay_queue_commits_total", sink=name)
         self._thread = threading.Thread(target=self._run, name=f"commit-{name}", daemon=True)
         self._thread.start()
 
@@ -183,6 +184,7 @@ class GroupCommitter:
                         self._pending_n -= total - committed
                     return
                 self.blocked_reason = None
+                self._commits.value += 1
                 self._enq.value += n
                 if n < len(items):
                     self._dropped.value += len(items) - n

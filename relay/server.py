@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .cases import startup_tests
-from .config import Config, ConfigError, SinkConfig, SourceConfig, load
+from .config import SOURCE_OPTION_READERS, Config, ConfigError, SinkConfig, SourceConfig, load
 from .metrics import REGISTRY, MetricsServer
 from .pipeline import GroupCommitter, Pipeline
 from .queue import DiskQueue, RetryPolicy
@@ -159,6 +159,8 @@ class Server:
             raise OSError(f"source {sc.name}: cannot listen on {sc.type} {sc.address[0]}:{sc.address[1]}: "
                           f"{e.strerror or e}") from None
         self.sources[sc.name] = src
+        if sc.type in SOURCE_OPTION_READERS:     # pull source: it logs what it polls
+            return
         host, port = getattr(src, "bound_address", sc.address)[:2]
         log.info("source %s: listening on %s %s:%d", sc.name, sc.type, host, port)
 

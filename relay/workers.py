@@ -344,6 +344,7 @@ class _WorkerState:
             while True:
                 try:
                     n = q.put_many(rows)
+                    REGISTRY.counter("relay_queue_commits_total", sink=sink).value += 1
                     REGISTRY.counter("relay_enqueued_total", sink=sink).value += n
                     if n < len(rows):
                         REGISTRY.counter("relay_queue_dropped_total", sink=sink).value += len(rows) - n

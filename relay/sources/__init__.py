@@ -116,12 +116,22 @@ from .udp import UdpSource  # noqa: E402
 from .tcp import TcpSource, TlsSource  # noqa: E402
 
 
+#: Pull sources (vendor APIs), imported on first use: type -> "module:class".
+PULL_SOURCES = {"falcon": "relay.sources.falcon:FalconSource",
+                "qradar_offenses": "relay.sources.qradar:QradarOffenseSource"}
+
+
 def make_source(cfg, pipeline, registry=None) -> Source:
-    """The source for ``cfg.type`` (udp, tcp or tls)."""
+    """The source for ``cfg.type`` (udp, tcp, tls, or a pull source of PULL_SOURCES)."""
+    if cfg.type in PULL_SOURCES:
+        import importlib
+        mod, _, cls = PULL_SOURCES[cfg.type].partition(":")
+        return getattr(importlib.import_module(mod), cls)(cfg, pipeline, registry)
     if cfg.type == "udp":
         return UdpSource(cfg, pipeline, registry)
     if cfg.type == "tcp":
         return TcpSource(cfg, pipeline, registry)
     if cfg.type == "tls":
         return TlsSource(cfg, pipeline, registry)
-    raise ValueError(f"source {cfg.name!r}: unknown type {cfg.type!r} (udp, tcp or tls)")
+    raise ValueError(f"source {cfg.name!r}: unknown type {cfg.type!r} "
+                     f"(udp, tcp, tls, {', '.join(PULL_SOURCES)})")
