@@ -97,9 +97,8 @@ class AuditWriter:
         if not q:
             return
         n = len(q)
-        batch = [q[i] for i in range(n)]
-        data = b"".join(orjson.dumps(r, default=_default, option=orjson.OPT_APPEND_NEWLINE) for r in batch)
-        self._append(data)
+        lines = [orjson.dumps(q[i], default=_default, option=orjson.OPT_APPEND_NEWLINE) for i in range(n)]
+        self._append(lines)
         for _ in range(n):
             q.popleft()
         self._written.value += n
@@ -110,7 +109,7 @@ class AuditWriter:
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, lines: list) -> None:
         lock = os.open(str(self.path) + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -126,15 +125,26 @@ class AuditWriter:
             if self._fd is None:
                 self._fd = self._open()
             size = os.fstat(self._fd).st_size
-            if size > 0 and size + len(data) > self.max_bytes:
-                self._rotate()
-            view = memoryview(data)
-            while view:
-                k = os.write(self._fd, view)
-                view = view[k:]
+            chunk: list = []
+            csize = 0
+            for line in lines:   # rotate between lines: no file grows past max_bytes (unless one line does)
+                if size + csize + len(line) > self.max_bytes and (size + csize) > 0:
+                    self._write(b"".join(chunk))
+                    chunk, csize = [], 0
+                    self._rotate()
+                    size = 0
+                chunk.append(line)
+                csize += len(line)
+            self._write(b"".join(chunk))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
             os.close(lock)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            k = os.write(self._fd, view)
+            view = view[k:]
 
     def _rotate(self) -> None:
         os.close(self._fd)

@@ -69,6 +69,7 @@ class HttpLookup:
         REGISTRY.gauge("relay_lookup_circuit_open", fn=lambda: 1.0 if self.circuit_open() else 0.0, table=name)
         self.threads = []
         if live:
+            import httpx  # noqa: F401  (imported here, not in a fetcher thread while events flow)
             for i in range(max(1, concurrency)):
                 t = threading.Thread(target=self._run, name=f"lookup-{name}-{i}", daemon=True)
                 t.start()
@@ -175,7 +176,9 @@ class HttpLookup:
             self.last_error = msg
             self.consecutive += 1
             self._trial = False
-            if self.half_open or self.consecutive >= self.failures:
+            if time.monotonic() < self.open_until:
+                pass                           # a request that was already in flight when it opened
+            elif self.half_open or self.consecutive >= self.failures:
                 self.open_until = time.monotonic() + self.cooldown
                 self.half_open = True          # the first request after the cooldown is the trial
                 self._opened.value += 1

@@ -538,12 +538,14 @@ def load_rows(data: bytes, opts: Opts) -> tuple[Index, int, list[str]]:
                 r.setdefault(kc, k)
                 ks = (kc,)
             else:
-                if keys is None:
-                    try:
-                        keys = _key_columns(opts, list(r))
-                    except TableError as e:
+                try:   # JSON objects differ: each one names its own key (ip, cidr, hostname...)
+                    ks = _key_columns(opts, list(r))
+                except TableError as e:
+                    if keys is None and i == 0:
                         raise TableError(f"{line}: {e}") from None
-                ks = tuple(c for c in keys if c in r) or keys
+                    row_error(line, e)
+                    continue
+                keys = ks
             try:
                 take(r, line, ks)
             except RowError as e:
