@@ -622,7 +622,7 @@ def test_http_backend_hangs_circuit_opens_and_events_do_not_stall(tmp_path, monk
 def test_http_circuit_half_open_recovers(tmp_path, cmdb, monkeypatch):
     monkeypatch.setenv("RELAY_TEST_CMDB_TOKEN", "t")
     cmdb.hang = 30.0
-    enrich = build_enricher(_http_cfg(tmp_path, cmdb, "").__class__ and _http_cfg(tmp_path, cmdb))
+    enrich = build_enricher(_http_cfg(tmp_path, cmdb))
     h = next(iter(runtime.http.values()))
     h.cooldown = 0.3
     for i in range(2):
@@ -643,7 +643,6 @@ def test_http_circuit_half_open_recovers(tmp_path, cmdb, monkeypatch):
 
 def test_audit_lines(tmp_path):
     _, enrich, e = _triaged(tmp_path, "auto", risk_score=90, src_ip="203.0.113.7", dst_ip="10.20.0.5")
-    cfg = _triaged.__defaults__
     shutdown()
     lines = [json.loads(x) for x in (tmp_path / "audit" / "triage.jsonl").read_text().splitlines()]
     assert len(lines) == 1
@@ -706,7 +705,6 @@ def test_dry_run_writes_and_sends_nothing(tmp_path, cmdb, monkeypatch):
     assert e.fields["triage"]["score"] == 50
     time.sleep(0.2)
     assert cmdb.hits == 0 and not (tmp_path / "audit").exists() and not runtime.http
-    cfg2 = _http_cfg(tmp_path, cmdb, ).__class__     # noqa: F841
     nosecrets = config(tmp_path, f'[lookups.c]\nkind = "asset"\nurl = "{cmdb.url}"\ntoken_env = "UNSET_X_Y"\n'
                                  '[triage]\n', secrets=False)
     assert nosecrets.enrich.live is False
@@ -775,7 +773,6 @@ def test_summary_cached_for_later_messages_and_audited(tmp_path, llm, monkeypatc
     assert len(llm.requests) == 1 and llm.headers[0]["Authorization"] == "Bearer llm-S3CRET-key"
     prompt = llm.requests[0]["messages"][1]["content"]
     assert "db-core-01" in prompt and "crown jewel" in prompt
-    other = ev(risk_score=90, dst_ip="10.20.0.5", dedup_key="rhythmx:X", src_ip="1.1.1.1")
     low = ev(risk_score=10, dedup_key="rhythmx:LOW")          # below min_severity / not bound for XSOAR
     enrich(low)
     assert s.wait_idle(5) and len(llm.requests) == 1
@@ -786,7 +783,6 @@ def test_summary_cached_for_later_messages_and_audited(tmp_path, llm, monkeypatc
     assert sums[0]["prompt"][1]["content"] == prompt and sums[0]["model"] == "relay-test-model"
     assert [a["summary"] for a in lines if a["type"] == "triage"] == ["queued", "added (cached)", None]
     assert "llm-S3CRET-key" not in (tmp_path / "audit" / "triage.jsonl").read_text()
-    del other
 
 
 def test_summary_failure_timeout_and_budget(tmp_path, llm, monkeypatch):
