@@ -366,6 +366,33 @@ def test_remove_keeps_state_and_purge_removes_it(target):
     assert "installed" not in r.stdout or "not-installed" in r.stdout
 
 
+def test_rpm_installs_and_runs_its_scriptlets(built, tmp_path):
+    """The .rpm in a Debian root that has /usr/bin/python3.11 (no EL root is reachable here):
+    %pre creates the user, %attr/%config land, relay runs, rpm -e cleans /opt."""
+    deps = sorted({re.sub(r"\(.*\)", "", d).strip() for d in
+                   sh("dpkg-deb", "-f", built["deb"], "Depends").stdout.split(",")})
+    tarball = sh(TESTROOT, "base", CACHE, *deps, timeout=900).stdout.strip().splitlines()[-1]
+    root = tmp_path / "root"
+    sh(TESTROOT, "new", tarball, root)
+    inroot(root, "apt-get", "install", "-y", "-q", "--no-download", "--no-install-recommends", *deps)
+    rpm = ["unshare", "-n", "rpm", "--root", root, "--dbpath", "/var/lib/rpm"]   # package path: host side
+    sh(*rpm, "--initdb")
+    r = sh(*rpm, "--test", "-i", built["rpm"], check=False)
+    assert r.returncode != 0 and "/usr/bin/python3.11" in r.stderr, "rpm must demand /usr/bin/python3.11"
+    sh(*rpm, "-i", "--nodeps", built["rpm"])
+    assert "\nrelay:" in "\n" + (root / "etc/passwd").read_text(), "%pre did not create the relay user"
+    gid = int([l for l in (root / "etc/group").read_text().splitlines() if l.startswith("relay:")][0].split(":")[2])
+    st = (root / "etc/relay/relay.toml").stat()
+    assert st.st_uid == 0 and st.st_gid == gid and oct(st.st_mode & 0o777) == "0o640"
+    assert oct((root / "var/lib/relay").stat().st_mode & 0o777) == "0o750"
+    assert (root / "usr/lib/systemd/system/relay.service").is_file()
+    assert inroot(root, "relay", "--version").stdout.strip() == f"relay {VERSION}"
+    v = sh(*rpm, "-V", "--nodeps", "relay", check=False)
+    assert v.returncode == 0, f"rpm -V: {v.stdout}{v.stderr}"
+    sh(*rpm, "-e", "--nodeps", "relay")
+    assert not (root / "opt/relay").exists() and not (root / "usr/bin/relay").exists()
+
+
 def test_zz_report_timings(capsys):
     with capsys.disabled():
         print("\npackaging timings/figures: " + ", ".join(f"{k}: {v:.1f}" for k, v in TIMINGS.items()))
