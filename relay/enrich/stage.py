@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..metrics import HELP, REGISTRY
 from .audit import AuditWriter
-from .config import DEFAULT_TRIAGE_MATCH, EnrichConfig
+from .config import EnrichConfig
 from .http import HttpLookup, _Flag, PENDING
 from .summary import Summarizer, _iso
 from .triage import RANK, Triage, explain
@@ -195,17 +195,20 @@ class Enricher:
         self.audit = audit
         self.summarizer = summarizer
         # kind -> ([(field spec, plain key | None, getter)], [source objects with .get and .name])
+        # kind -> ([(field spec, plain key | None, getter, (sources that look this field up))], [sources])
         self.kinds = {}
         for lc in ec.lookups.values():
             src = sources[lc.name]
             fl, srcs = self.kinds.setdefault(lc.kind, ([], []))
             srcs.append(src)
             for spec in lc.fields:
-                if all(spec != x[0] for x in fl):
+                for i, x in enumerate(fl):
+                    if x[0] == spec:
+                        fl[i] = (x[0], x[1], x[2], x[3] + (src,))
+                        break
+                else:
                     key, get = _getter(spec)
-                    fl.append((spec, key, get))
-        # each source answers only for the fields its own table names
-        self.wanted = {lc.name: frozenset(lc.fields) for lc in ec.lookups.values()}
+                    fl.append((spec, key, get, (src,)))
         self.asset = self.kinds.get("asset")
         self.vuln = self.kinds.get("vuln")
         self.ti = self.kinds.get("ti")
@@ -231,18 +234,15 @@ class Enricher:
         enrich = {}
         hits = []
         missing = None
-        wanted = self.wanted
         g = self.asset
         if g is not None:
             best = None
             best_c = -1
-            for spec, key, get in g[0]:
+            for spec, key, get, srcs in g[0]:
                 v = f.get(key) if key is not None else get(f)
                 if v.__class__ is not str or not v:
                     continue
-                for src in g[1]:
-                    if spec not in wanted[src.name]:
-                        continue
+                for src in srcs:
                     e = src.get(v)
                     if e is None:
                         continue
@@ -259,13 +259,11 @@ class Enricher:
         g = self.vuln
         if g is not None:
             found = None
-            for spec, key, get in g[0]:
+            for spec, key, get, srcs in g[0]:
                 v = f.get(key) if key is not None else get(f)
                 if v.__class__ is not str or not v:
                     continue
-                for src in g[1]:
-                    if spec not in wanted[src.name]:
-                        continue
+                for src in srcs:
                     e = src.get(v)
                     if e is None:
                         continue
@@ -283,13 +281,11 @@ class Enricher:
         if g is not None:
             found = None
             n = 0
-            for spec, key, get in g[0]:
+            for spec, key, get, srcs in g[0]:
                 v = f.get(key) if key is not None else get(f)
                 if v.__class__ is not str or not v:
                     continue
-                for src in g[1]:
-                    if spec not in wanted[src.name]:
-                        continue
+                for src in srcs:
                     e = src.get(v)
                     if e is None:
                         continue
