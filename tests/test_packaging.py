@@ -88,7 +88,7 @@ def _bumped(v: str) -> str:
 @pytest.fixture(scope="module")
 def built(env_ok, tmp_path_factory):
     """v1 from the checkout (its HEAD), v1 again from an export of the same commit at another path
-    (reproducibility), v2 (bumped version, .deb only) from that export for the upgrade test."""
+    (reproducibility), v2 (bumped version) from that export for the upgrade tests."""
     tmp = tmp_path_factory.mktemp("pkg")
     ref, sde = _head()
     t0 = time.monotonic()
@@ -102,14 +102,14 @@ def built(env_ok, tmp_path_factory):
     v2 = _bumped(VERSION)
     vf = src / "relay" / "__version__.py"
     vf.write_text(vf.read_text().replace(f'"{VERSION}"', f'"{v2}"'))
-    sh(PKG / "build", "--deb-only", env={"RELAY_DIST": str(tmp / "dist3"), "RELAY_SRC": str(src),
-                                         "SOURCE_DATE_EPOCH": sde})
+    sh(PKG / "build", env={"RELAY_DIST": str(tmp / "dist3"), "RELAY_SRC": str(src), "SOURCE_DATE_EPOCH": sde})
     d = {
         "deb": tmp / "dist1" / f"relay_{VERSION}-1_amd64.deb",
         "rpm": tmp / "dist1" / f"relay-{VERSION}-1.x86_64.rpm",
         "deb_again": tmp / "dist2" / f"relay_{VERSION}-1_amd64.deb",
         "rpm_again": tmp / "dist2" / f"relay-{VERSION}-1.x86_64.rpm",
         "deb_v2": tmp / "dist3" / f"relay_{v2}-1_amd64.deb",
+        "rpm_v2": tmp / "dist3" / f"relay-{v2}-1.x86_64.rpm",
         "v2": v2,
         "tmp": tmp,
     }
@@ -368,7 +368,8 @@ def test_remove_keeps_state_and_purge_removes_it(target):
 
 def test_rpm_installs_and_runs_its_scriptlets(built, tmp_path):
     """The .rpm in a Debian root that has /usr/bin/python3.11 (no EL root is reachable here):
-    %pre creates the user, %attr/%config land, relay runs, rpm -e cleans /opt."""
+    %pre creates the user, %attr/%config land, relay runs, an upgrade keeps the edited config,
+    rpm -e cleans /opt."""
     deps = sorted({re.sub(r"\(.*\)", "", d).strip() for d in
                    sh("dpkg-deb", "-f", built["deb"], "Depends").stdout.split(",")})
     tarball = sh(TESTROOT, "base", CACHE, *deps, timeout=900).stdout.strip().splitlines()[-1]
@@ -389,6 +390,14 @@ def test_rpm_installs_and_runs_its_scriptlets(built, tmp_path):
     assert inroot(root, "relay", "--version").stdout.strip() == f"relay {VERSION}"
     v = sh(*rpm, "-V", "--nodeps", "relay", check=False)
     assert v.returncode == 0, f"rpm -V: {v.stdout}{v.stderr}"
+    # upgrade: %config(noreplace) keeps the admin's edit, the new version runs
+    conf = root / "etc/relay/relay.toml"
+    edited = conf.read_text() + "# edited by the admin\n"
+    conf.write_text(edited)
+    sh(*rpm, "-U", "--nodeps", built["rpm_v2"])
+    assert conf.read_text() == edited and not list((root / "etc/relay").glob("relay.toml.rpm*"))
+    assert inroot(root, "relay", "--version").stdout.strip() == f"relay {built['v2']}"
+    assert not (root / f"opt/relay/lib/python3.11/site-packages/relay-{VERSION}.dist-info").exists()
     sh(*rpm, "-e", "--nodeps", "relay")
     assert not (root / "opt/relay").exists() and not (root / "usr/bin/relay").exists()
 
