@@ -210,6 +210,18 @@ def test_copyright_covers_every_locked_requirement():
         assert f"site-packages/{mod}*" in text, f"packaging/copyright has no stanza for {name}"
 
 
+def test_lock_covers_pyproject_dependencies():
+    """A dependency added to pyproject.toml must reach the packages: re-run packaging/lock."""
+    import tomllib
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+    lock = (PKG / "requirements.lock").read_text()
+    locked = {n.lower().replace("_", "-") for n in re.findall(r"^([A-Za-z0-9_.-]+)==", lock, re.M)}
+    assert names <= locked, f"not in packaging/requirements.lock (run packaging/lock): {sorted(names - locked)}"
+    assert "uvloop" in locked
+    assert lock.count("--hash=sha256:") >= len(locked)
+
+
 def test_unit_security_offline(env_ok):
     """systemd-analyze security on the unit file alone (the full verify runs in the test root)."""
     r = sh("systemd-analyze", "security", "--offline=true", "--threshold=20", PKG / "relay.service", check=False)
