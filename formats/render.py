@@ -230,6 +230,14 @@ class Renderer:
             ext.extend(_cef.custom_strings([(k, _str(v)) for k, v in customs_s if v not in (None, "")]))
             ext.extend(_cef.custom_numbers([(k, v) for k, v in customs_n if isinstance(v, (int, float))
                                             and not isinstance(v, bool)]))
+            triage = f.get("triage")
+            if isinstance(triage, dict):  # cs1-6 / cn1-3 are taken: the flex fields carry triage
+                if isinstance(triage.get("score"), int):
+                    ext += [("flexNumber1", str(triage["score"])), ("flexNumber1Label", "TriageScore")]
+                if triage.get("severity"):
+                    ext += [("flexString1", _str(triage["severity"])), ("flexString1Label", "TriageSeverity")]
+                if triage.get("owner"):
+                    ext += [("flexString2", _str(triage["owner"])), ("flexString2Label", "TriageOwner")]
         else:
             ext.append(("msg", _str(ev.msg) or ""))
         if _is_falcon(f):

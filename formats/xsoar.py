@@ -123,13 +123,16 @@ def incident(ev: Event, opts: XsoarOptions, routes=()) -> dict:
             custom[key] = _s(v)
     triage = f.get("triage")
     if isinstance(triage, dict):
-        for k in ("score", "severity", "owner", "explanation"):
+        for k in ("score", "severity", "owner", "explanation", "summary"):
             if triage.get(k) not in (None, ""):
                 custom["relaytriage" + k] = _s(triage[k])
+    severity = severity_for(f, opts)
+    if isinstance(triage, dict) and triage.get("mode") == "auto" and triage.get("severity") in BAND_SEVERITY:
+        severity = max(severity, BAND_SEVERITY[triage["severity"]])  # auto triage may raise, never lower
     body = {
         "name": _s(f.get("name") or ev.msgid or ev.app_name or "relay event"),
         "type": opts.incident_type,
-        "severity": severity_for(f, opts),
+        "severity": severity,
         "occurred": occurred_iso(ev, f),
         "details": _s(f.get("description") or ev.msg or ""),
         "labels": _labels(ev, f, routes, opts),

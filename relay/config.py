@@ -466,6 +466,8 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     root.finish()
 
     cfg = Config(file=file, relay=relay, sources=sources, routes=routes, sinks=sinks, tests=tests, enrich=enrich)
+    if enrich is not None and hasattr(enrich, "validate"):
+        enrich.validate(cfg)   # escalation / summary sink names exist
     if tests:
         from .cases import validate_config_tests
         validate_config_tests(tests, file, cfg)

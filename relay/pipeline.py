@@ -157,39 +157,52 @@ class GroupCommitter:
             self._commit_groups(groups, futs, warned)
 
     def _commit_groups(self, groups: list, futs: list, warned: float = 0.0) -> None:
+        from collections import deque
         total = sum(len(g) for g in groups)
         committed = 0
-        for items in groups:
-            while items:
-                try:
-                    n = self.queue.put_many(items)
-                except (QueueFull, QueueDiskFull) as e:
-                    self.blocked_reason = str(e)
-                    now = time.monotonic()
-                    if now - warned > 10:
-                        log.warning("sink %s: queue cannot take more events (%s); sources paused until it drains",
-                                    self.name, e)
-                        warned = now
-                    with self._cv:
-                        if self._closed:
-                            self._resolve(futs, RuntimeError(f"sink {self.name}: shutting down with a full queue"))
-                            self._pending_n -= total - committed
-                            return
-                        self._cv.wait(self.retry_interval)
+        todo = deque(g for g in groups if g)
+        while todo:
+            items = todo.popleft()
+            try:
+                n = self.queue.put_many(items)
+            except (QueueFull, QueueDiskFull) as e:
+                if isinstance(e, QueueDiskFull) and len(items) > 1:
+                    # a group too big for the space left: commit it in smaller pieces
+                    half = len(items) // 2
+                    todo.appendleft(items[half:])
+                    todo.appendleft(items[:half])
                     continue
-                except Exception as e:
-                    log.error("sink %s: enqueue failed: %s", self.name, e)
-                    self._resolve(futs, e)
-                    with self._cv:
+                self.blocked_reason = str(e)
+                now = time.monotonic()
+                if now - warned > 10:
+                    log.warning("sink %s: queue cannot take more events (%s); sources paused until it drains",
+                                self.name, e)
+                    warned = now
+                with self._cv:
+                    if self._closed:
+                        self._resolve(futs, RuntimeError(f"sink {self.name}: shutting down with a full queue"))
                         self._pending_n -= total - committed
-                    return
-                self.blocked_reason = None
-                self._commits.value += 1
-                self._enq.value += n
-                if n < len(items):
-                    self._dropped.value += len(items) - n
-                committed += len(items)
-                items = []
+                        return
+                    self._cv.wait(self.retry_interval)
+                todo.appendleft(items)
+                continue
+            except Exception as e:
+                log.error("sink %s: enqueue failed: %s", self.name, e)
+                self._resolve(futs, e)
+                with self._cv:
+                    self._pending_n -= total - committed
+                return
+            self.blocked_reason = None
+            self._commits.value += 1
+            self._enq.value += n
+            if n < len(items):
+                self._dropped.value += len(items) - n
+            committed += len(items)
+            if self.on_commit is not None and todo:
+                try:  # let the sink start draining while the rest waits for room
+                    self.loop.call_soon_threadsafe(self.on_commit)
+                except RuntimeError:
+                    pass
         with self._cv:
             self._pending_n -= total
         self._resolve(futs)
@@ -238,6 +251,7 @@ class Pipeline:
         self.routes = [(r.name, r.rule, tuple(r.sinks), r.final, REGISTRY.counter("relay_routed_total", route=r.name))
                        for r in config.routes.values()]
         self.renderers = {name: make_renderer(s) for name, s in config.sinks.items()}
+        self._triage_counters: dict = {}
         self.enricher = None  # callable(event) filling event.enrich / triage; see relay/enrich
         if config.enrich is not None:
             from .enrich import build_enricher
@@ -267,6 +281,19 @@ class Pipeline:
                         sinks.append(s)
                 if final:
                     break
+        meta = ev.meta
+        if meta is not None:   # triage mode auto: an escalation adds sinks (relay/enrich)
+            extra = meta.get("triage_sinks")
+            if extra:
+                rname = meta.get("triage_route") or "triage"
+                c = self._triage_counters.get(rname)
+                if c is None:
+                    c = self._triage_counters[rname] = REGISTRY.counter("relay_routed_total", route=rname)
+                c.value += 1
+                names.append(rname)
+                for s in extra:
+                    if s not in sinks and s in self.renderers:
+                        sinks.append(s)
         return names, sinks
 
     def process(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):

@@ -45,7 +45,12 @@ class ConfigView:
     def __init__(self, config) -> None:
         from .pipeline import Pipeline
         self.config = config
-        self.pipeline = Pipeline(config, committers={})
+        if config.enrich is not None:  # no audit lines, no HTTP calls from test-parse / cases
+            from .enrich import dry_run
+            with dry_run():
+                self.pipeline = Pipeline(config, committers={})
+        else:
+            self.pipeline = Pipeline(config, committers={})
 
     def apply(self, ev, rec: dict) -> None:
         from .rules import explain

@@ -202,7 +202,7 @@ def test_cef_hostile_values_round_trip(name, desc, user, actor):
     def crlf(v):  # documented: CR is written as \r and decoded back to CR; trailing blanks trimmed
         return v.rstrip(" \t")
 
-    assert rec.name == name.replace("\r", " ").replace("\n", " ")
+    assert rec.name == name.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")  # CR LF is one break
     assert x["suser"] == crlf(user)
     assert x["msg"] == crlf(desc)
     assert x["cs1"] == crlf(actor) and x["cs1Label"] == "Actor"
