@@ -76,6 +76,7 @@ forever.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -316,7 +317,7 @@ class DiskQueue:
                  max_rows: int | None = None, max_bytes: int | None = None,
                  full_policy: str = "block", retry: RetryPolicy | None = None,
                  busy_timeout: float = 5.0, check: bool = True,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, reserve_bytes: int | None = None) -> None:
         synchronous = synchronous.upper()
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
@@ -350,7 +351,15 @@ class DiskQueue:
         #: why the file was quarantined (text), else None
         self.recovery_reason: str | None = None
         self._conn: sqlite3.Connection | None = None
+        # Disk-full insurance: a file of ``reserve_bytes`` beside the queue.  Acknowledging
+        # (deleting) rows needs WAL space too; on a full disk the reserve is given up so
+        # acks can still be recorded and the queue can drain, and while it cannot be
+        # recreated put_many refuses with QueueDiskFull (sources pause, nothing is lost).
+        self._reserve_path = self.path + ".reserve"
+        self._reserve_bytes = reserve_bytes
+        self._reserve_checked = 0.0
         self._open(check)
+        self._ensure_reserve()
 
     @property
     def recovered_reason(self) -> str | None:
@@ -359,15 +368,29 @@ class DiskQueue:
 
     # ------------------------------------------------------------------ open / recovery
     def _connect(self, path: str) -> sqlite3.Connection:
+        new = not os.path.exists(path) or os.path.getsize(path) == 0
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                timeout=self.busy_timeout)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            # only takes effect on a new file, before WAL mode writes its header: freed pages
+            # can then be handed back to the filesystem (incremental_vacuum) when disk is short
+            if new:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise QueueError(f"{path}: could not switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute("PRAGMA journal_size_limit = 67108864")
+            # checkpoint often enough, and truncate the WAL after checkpoints, so that the
+            # WAL never holds more than ~1/16 of the filesystem (matters on small disks)
+            try:
+                st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+                fs = st.f_blocks * st.f_frsize
+            except OSError:
+                fs = 1 << 40
+            pages = max(16, min(1000, fs // 4096 // 16))
+            conn.execute(f"PRAGMA journal_size_limit = {max(64 << 10, min(64 << 20, fs // 16))}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         except BaseException:
             conn.close()
             raise
@@ -608,6 +631,140 @@ class DiskQueue:
         return total
 
     # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ disk-full reserve
+    def _reserve_size(self) -> int:
+        if self._reserve_bytes is not None:
+            return self._reserve_bytes
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+            total = st.f_blocks * st.f_frsize
+        except OSError:
+            total = 1 << 30
+        return max(128 << 10, min(4 << 20, total // 16))   # 4 MiB, less on tiny filesystems
+
+    def _ensure_reserve(self) -> bool:
+        """Create the reserve file if it is missing; False when the disk has no room."""
+        size = self._reserve_size()
+        try:
+            if os.path.getsize(self._reserve_path) >= size:
+                return True
+        except OSError:
+            pass
+        try:
+            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                except (AttributeError, OSError) as e:
+                    if getattr(e, "errno", None) == errno.ENOSPC:
+                        raise
+                    os.pwrite(fd, b"\0" * size, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
+        except OSError as e:
+            try:
+                os.unlink(self._reserve_path)
+            except OSError:
+                pass
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                log.warning("queue %s: cannot create the disk reserve %s: %s", self.path, self._reserve_path, e)
+                return True   # not a space problem: do not block enqueueing over it
+            return False
+
+    def _release_reserve(self) -> bool:
+        try:
+            os.unlink(self._reserve_path)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            log.error("queue %s: cannot release the disk reserve: %s", self.path, e)
+            return False
+        log.warning("queue %s: disk full: released the %s reserve so acknowledgements can be recorded",
+                    self.path, self._reserve_path)
+        return True
+
+    def _tight(self) -> bool:
+        """Is the filesystem short of space (less than 8x the reserve free)?"""
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 8 * self._reserve_size()
+
+    def _reclaim(self) -> None:
+        """Hand free pages back to the filesystem and shrink the WAL (short on disk)."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.execute("PRAGMA incremental_vacuum")
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, AttributeError):
+                pass
+
+    def _free_pages_bytes(self) -> int:
+        try:
+            n = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+            return n * size
+        except (sqlite3.Error, AttributeError):
+            return 0
+
+    def _check_space(self, nbytes: int) -> None:
+        """Refuse a group that would leave too little room to checkpoint the WAL and to
+        record acknowledgements (both need free space on a WAL database).  New rows go to
+        the WAL first, which needs filesystem space; at checkpoint they move into the main
+        file, where free pages are reused.  When short, reclaim first (checkpoint, hand
+        free pages back to the filesystem, truncate the WAL)."""
+        d = os.path.dirname(os.path.abspath(self.path))
+        reserve = self._reserve_size()
+
+        def room() -> tuple[int, int]:
+            try:
+                st = os.statvfs(d)
+            except OSError:
+                return 1 << 62, 0
+            fs = st.f_bavail * st.f_frsize
+            return fs, (self._free_pages_bytes() if fs < (64 << 20) else 0)
+
+        fs, pages = room()
+        if fs >= 2 * nbytes + reserve and fs + pages >= 4 * nbytes + reserve:
+            return
+        self._reclaim()
+        fs, pages = room()
+        if fs >= 2 * nbytes + reserve and fs + pages >= 4 * nbytes + reserve:
+            return
+        self.stats["disk_full"] += 1
+        raise QueueDiskFull(f"{self.path}: disk is full: only {fs} bytes free on {d}, not enough to queue "
+                            f"{nbytes} more bytes and still checkpoint and record acknowledgements")
+
+    def _write_ack(self, fn):
+        """Like :meth:`_write`, for writes that make room (ack, retry, dead letter,
+        release...): on a full disk, give up the reserve, retry once, and checkpoint so
+        the WAL shrinks."""
+        try:
+            result = self._write(fn)
+        except QueueDiskFull:
+            pass
+        else:
+            if self._tight():  # keep the WAL small while the disk is short of space
+                self._reclaim()
+            return result
+        try:  # first make room by checkpointing the WAL into the main file
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return self._write(fn)
+        except (QueueDiskFull, sqlite3.Error):
+            pass
+        if not self._release_reserve():
+            raise QueueDiskFull(f"{self.path}: disk full, and the reserve for acknowledgements is used up")
+        result = self._write(fn)
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        return result
+
     def _write(self, fn):
         """Run ``fn(conn)`` in one IMMEDIATE transaction; map SQLite errors."""
         conn = self._conn
@@ -708,6 +865,14 @@ class DiskQueue:
             raise ValueError(
                 f"group of {len(rows)} rows / {nbytes} bytes can never fit the queue "
                 f"(max_rows={self.max_rows}, max_bytes={self.max_bytes}); send smaller groups")
+        if not os.path.exists(self._reserve_path):
+            now_m = time.monotonic()   # best effort: recreate the reserve when there is room again
+            if now_m - self._reserve_checked >= 0.5:
+                self._reserve_checked = now_m
+                if not self._ensure_reserve():
+                    self._reclaim()
+                    self._ensure_reserve()
+        self._check_space(nbytes)
         with self._lock:
             result: list = []
 
@@ -817,10 +982,22 @@ class DiskQueue:
 
     def ack(self, ids_or_items: Iterable) -> int:
         """Delete delivered rows (one transaction).  Returns the number deleted; unknown ids
-        (already acked, purged) are ignored."""
+        (already acked, purged) are ignored.  On a full disk a large ack is split into
+        smaller transactions (each needs only a little WAL space), checkpointing between
+        them, so a full queue can always drain."""
         ids = self._ids(ids_or_items)
         if not ids:
             return 0
+        try:
+            return self._ack(ids)
+        except QueueDiskFull:
+            if len(ids) < 2:
+                raise
+            ids = sorted(ids)
+            half = len(ids) // 2
+            return self.ack(ids[:half]) + self.ack(ids[half:])
+
+    def _ack(self, ids: list[int]) -> int:
         with self._lock:
             lo, hi = min(ids), max(ids)
             contiguous = hi - lo + 1 == len(ids) == len(set(ids))
@@ -846,7 +1023,7 @@ class DiskQueue:
                                  (rows, nbytes))
                 return rows
 
-            done = self._write(txn)
+            done = self._write_ack(txn)
             self._forget(ids)
             self.stats["acked"] += done
             return done
@@ -895,7 +1072,7 @@ class DiskQueue:
                     moved, _ = self._move_to_dead(conn, dead, reason, now)
                 return len(updates), moved
 
-            retried, moved = self._write(txn)
+            retried, moved = self._write_ack(txn)
             self._forget(ids)
             self.stats["retried"] += retried - moved
             self.stats["dead_lettered"] += moved
@@ -922,7 +1099,7 @@ class DiskQueue:
                         f"last_error = ? WHERE id IN ({marks})", (now, why, *chunk))
                 return self._move_to_dead(conn, ids, why, now)[0]
 
-            moved = self._write(txn)
+            moved = self._write_ack(txn)
             self._forget(ids)
             self.stats["dead_lettered"] += moved
             if moved:
@@ -948,7 +1125,7 @@ class DiskQueue:
                 conn.execute("UPDATE totals SET dead_rows = dead_rows + ?, dead_bytes = dead_bytes + ?",
                              (len(rows), nbytes))
                 return len(rows)
-            n = self._write(txn)
+            n = self._write_ack(txn)
             self.stats["dead_lettered"] += n
             log.warning("queue %s: %d event(s) stored as dead letters: %s", self.path, n, rows[0][3])
             return n
@@ -1153,7 +1330,7 @@ class DiskQueue:
                 conn.execute(f"UPDATE totals SET {rcol} = 0, {bcol} = 0")
                 return n
 
-            n = self._write(txn)
+            n = self._write_ack(txn)
             if not dlq:
                 self._inflight.clear()
                 self._inflight_retried = 0

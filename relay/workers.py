@@ -116,6 +116,8 @@ class WorkerPool:
             w.ready = True
         elif kind == "counters":
             REGISTRY.set_external(w.wid, msg[1])
+        elif kind == "notify":  # rows committed while the rest of a batch waits for room
+            self.on_enqueued(msg[1])
         elif kind == "log":
             pass
 
@@ -216,6 +218,13 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
     setup_logging(log_level)
     wlog = logging.getLogger(f"relay.worker{wid}")
     state = _WorkerState(config_path, wlog)
+
+    def notify(sinks):
+        try:
+            conn.send(("notify", sinks))
+        except OSError:
+            pass
+    state.notify = notify
     state.configure(load(config_path))
     inbox: queue_mod.Queue = queue_mod.Queue()
 
@@ -289,6 +298,7 @@ class _WorkerState:
         self.pipeline = None
         self.queues: dict = {}
         self.config = None
+        self.notify = lambda sinks: None
 
     def configure(self, cfg) -> None:
         from .pipeline import Pipeline
@@ -339,7 +349,10 @@ class _WorkerState:
         warned = 0.0
         from .pipeline import _groups
         groups = [(sink, g) for sink, rows in per_sink.items() for g in _groups(rows, self.queues[sink])]
-        for sink, rows in groups:
+        from collections import deque
+        todo = deque(groups)
+        while todo:
+            sink, rows = todo.popleft()
             q = self.queues[sink]
             while True:
                 try:
@@ -350,6 +363,12 @@ class _WorkerState:
                         REGISTRY.counter("relay_queue_dropped_total", sink=sink).value += len(rows) - n
                     break
                 except (QueueFull, QueueDiskFull) as e:
+                    self.notify([sink])   # what is committed can drain meanwhile
+                    if isinstance(e, QueueDiskFull) and len(rows) > 1:
+                        half = len(rows) // 2
+                        todo.appendleft((sink, rows[half:]))
+                        rows = rows[:half]
+                        continue
                     now = time.monotonic()
                     if now - warned > 10:
                         self.log.warning("sink %s: queue cannot take more events (%s); sources paused until it "

@@ -312,7 +312,12 @@ class Sink:
                               self.name, len(ok))
                 self.queue.release(ok)
                 self.count_error("queue")
+                # a queue that cannot record acks (e.g. a full disk) must not turn into a
+                # full-speed resend loop: back off, growing while acks keep failing
+                self._ack_failures = getattr(self, "_ack_failures", 0) + 1
+                self._pause(min(30.0, 0.5 * 2 ** min(self._ack_failures, 6)))
                 return
+            self._ack_failures = 0
             self.m_sent.value += len(ok)
             self.stats["sent"] += len(ok)
             self.m_up.value = 1
