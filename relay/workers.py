@@ -57,6 +57,7 @@ class WorkerPool:
         self.max_backlog = max_backlog
         self.log_level = log_level
         self.workers = [_Worker(i) for i in range(n)]
+        self.min_split = 32          # smallest part worth sending to another worker
         self._next_batch = 0
         self._rr = 0
         self._stopping = False
@@ -149,9 +150,20 @@ class WorkerPool:
         return sum(w.pending_items for w in self.workers)
 
     def handle(self, items: list, source, received: float | None = None):
+        """Hand a batch to the workers.  A large batch (one read from one connection) is
+        split across every live worker so that a single busy connection uses every core;
+        the returned future completes when all parts are durable."""
         if received is None:
             received = time.time()
         live = [w for w in self.workers if w.ready]
+        if len(live) > 1 and len(items) >= 2 * self.min_split:
+            k = min(len(live), len(items) // self.min_split)
+            step = -(-len(items) // k)
+            futs = [self._handle_one(items[i:i + step], source, received, live) for i in range(0, len(items), step)]
+            return asyncio.gather(*futs)
+        return self._handle_one(items, source, received, live)
+
+    def _handle_one(self, items: list, source, received: float, live: list):
         fut = self.loop.create_future()
         if not live:
             fut.set_exception(RuntimeError("no ingest worker is running"))
