@@ -41,7 +41,6 @@ import logging
 import math
 import os
 import random
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,6 +50,8 @@ from urllib.parse import urlsplit
 
 from parsers.event import Event
 
+from ..secrets import Secret
+from ..secrets import read_secret as _read_secret
 from . import Source
 
 log = logging.getLogger("relay.sources.pull")
@@ -86,63 +87,9 @@ class TransientFailure(PullFailure):
 
 
 # =========================================================================== secrets
-class Secret:
-    """A credential: ``repr``/``str`` never show it; ``reveal()`` does."""
-
-    __slots__ = ("_value", "source")
-
-    def __init__(self, value: str, source: str) -> None:
-        self._value = value
-        self.source = source
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret(<redacted> from {self.source})"
-
-    __str__ = __repr__
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
 def read_secret(table, env_key: str, file_key: str, what: str, base_dir: Path, literal: str) -> Secret:
-    """A required secret from an environment variable (``env_key``) or a file (``file_key``);
-    the literal key (``literal``) is refused: secrets are never written in the config."""
-    if literal in table.data:
-        raise table.err(literal, f"secrets are never written in the config: use {env_key} "
-                                 f"(an environment variable) or {file_key}")
-    env = table.get(env_key, str, None)
-    path = table.get(file_key, str, None)
-    if env is not None and path is not None:
-        raise table.err(env_key, f"set either {env_key} or {file_key}, not both")
-    if env is None and path is None:
-        raise table.err(env_key, f"is required: the name of an environment variable holding the {what} "
-                                 f"(or {file_key}: a file holding it)")
-    if not getattr(table, "secrets", True):   # relay test-parse --config: no credentials needed
-        return Secret("unresolved", f"${env}" if env is not None else str(path))
-    if env is not None:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
-            raise table.err(env_key, f"{env!r} is not an environment variable name")
-        value = (os.environ.get(env) or "").strip()
-        if not value:
-            raise table.err(env_key, f"environment variable {env} is not set or empty (it must hold the {what})")
-        return Secret(value, f"${env}")
-    p = Path(os.path.expandvars(path)).expanduser()
-    if not p.is_absolute():
-        p = base_dir / p
-    try:
-        value = p.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise table.err(file_key, f"cannot read the {what} from {str(p)!r}: "
-                                  f"{getattr(e, 'strerror', None) or e}") from None
-    if not value or "\n" in value:
-        raise table.err(file_key, f"{str(p)!r} must hold the {what} on one line")
-    return Secret(value, str(p))
+    """A required secret (see relay/secrets.py); the literal key is refused."""
+    return _read_secret(table, env_key, file_key, what, base_dir, required=True, literal=literal)
 
 
 # =========================================================================== config
