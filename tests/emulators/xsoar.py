@@ -699,6 +699,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "XsoarEmulator/1.0"
     timeout = 60
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms stall
 
     def log_message(self, fmt, *args) -> None:  # quiet: the emulator prints its own lines
         pass
