@@ -50,7 +50,7 @@ _HDR_TABLE = str.maketrans({"|": " ", "\r": " ", "\n": " "})
 class _Delim:
     """Per-delimiter tables, built once."""
 
-    __slots__ = ("d", "field", "keys", "key_cache")
+    __slots__ = ("d", "field", "keys", "key_cache", "plain")
 
     def __init__(self, d: str) -> None:
         self.d = d
@@ -59,6 +59,8 @@ class _Delim:
         bad[d] = "_"
         self.keys = str.maketrans(bad)
         self.key_cache: dict[str, tuple[str, int]] = {}
+        # fast path: key -> "key=" for str keys that need no sanitising and no value check
+        self.plain: dict[str, str] = {}
 
     def key(self, k: str) -> tuple[str, int]:
         r = self.key_cache.get(k)
@@ -74,6 +76,8 @@ class _Delim:
         r = (t, n)
         if len(self.key_cache) < 4096:
             self.key_cache[k] = r
+            if not n and k.__class__ is str and k not in _SPECIAL_KEYS:
+                self.plain[k] = t + "="
         return r
 
 
@@ -92,6 +96,8 @@ def delimiter_field(d: str) -> str:
 
 
 _delims: dict[str, _Delim] = {}
+_SPECIAL_KEYS = frozenset(("sev", "devTime", "devTimeFormat"))  # values checked, never on the fast path
+_heads: dict[tuple, tuple[str, int]] = {}
 
 
 def _delim(d: str) -> _Delim:
@@ -134,23 +140,43 @@ def encode(vendor: str, product: str, product_version: str, event_id: str, attri
         dd = _delims.get("\t") or _delim("\t")
     else:
         raise ValueError(f"LEEF version {version!r} is not '1.0' or '2.0'")
-    v1, c1 = _header(vendor)
-    v2, c2 = _header(product)
-    v3, c3 = _header(product_version)
-    v4, c4 = _header(event_id)
-    changes = c1 + c2 + c3 + c4
-    if version == "2.0":
-        head = f"LEEF:2.0|{v1}|{v2}|{v3}|{v4}|{dd.field}|"
+    if (vendor.__class__ is str and product.__class__ is str and product_version.__class__ is str
+            and event_id.__class__ is str):  # plain str header fields: cached
+        hk = (vendor, product, product_version, event_id, version, dd.d)
+        hit = _heads.get(hk)
     else:
-        head = f"LEEF:1.0|{v1}|{v2}|{v3}|{v4}|"
+        hit = hk = None
+    if hit is None:
+        v1, c1 = _header(vendor)
+        v2, c2 = _header(product)
+        v3, c3 = _header(product_version)
+        v4, c4 = _header(event_id)
+        if version == "2.0":
+            hit = (f"LEEF:2.0|{v1}|{v2}|{v3}|{v4}|{dd.field}|", c1 + c2 + c3 + c4)
+        else:
+            hit = (f"LEEF:1.0|{v1}|{v2}|{v3}|{v4}|", c1 + c2 + c3 + c4)
+        if hk is not None:
+            if len(_heads) >= 4096:
+                _heads.clear()
+            _heads[hk] = hit
+    head, changes = hit
     if not attributes:
         return head, changes
     d = dd.d
     kc = dd.key_cache
+    plain = dd.plain
     has_time = has_format = False
     parts = []
+    append = parts.append
     items = attributes.items() if isinstance(attributes, dict) else attributes
     for k, v in items:
+        # fast path: a str value without the delimiter, CR or LF (isprintable() is False
+        # for CR and LF) under a clean, ordinary key: written as is
+        if v.__class__ is str and v.isprintable() and d not in v:
+            p = plain.get(k)
+            if p is not None:
+                append(p + v)
+                continue
         if v is None:
             continue
         if k == "sev":
@@ -176,7 +202,7 @@ def encode(vendor: str, product: str, product_version: str, event_id: str, attri
             r = dd.key(k)
         if r[1]:
             changes += r[1]
-        parts.append(f"{r[0]}={v}")
+        append(f"{r[0]}={v}")
     if has_time and not has_format:
         raise ValueError("LEEF devTime given without devTimeFormat")
     return head + d.join(parts), changes

@@ -32,7 +32,7 @@ from parsers.schema import SEVERITY_TO_CEF, SEVERITY_TO_LEEF, SEVERITY_TO_SYSLOG
 
 from . import cef as _cef
 from . import leef as _leef
-from .syslog import rfc5424_header, rfc5424_timestamp
+from .syslog import rfc5424_header, rfc5424_timestamp, utc_second
 
 __all__ = ["RenderOptions", "Renderer", "FORMATS", "SEV_BAND", "sev_of"]
 
@@ -123,9 +123,16 @@ class Renderer:
             "rfc5424": self._passthrough, "json": self._json,
         }[options.format]
         self._leef_version = "1.0" if options.format == "leef1" else "2.0"
+        self._leef_ident = (options.leef_vendor, options.leef_product, options.leef_version)
+        self._leef_delim = options.leef_delimiter
 
     # ---------------------------------------------------------------- header
     def _header(self, ev: Event, f: dict | None, band: str, epoch: float | None) -> str:
+        pre, post = self._header_parts(ev, f, band)
+        return pre + rfc5424_timestamp(epoch) + post
+
+    def _header_parts(self, ev: Event, f: dict | None, band: str) -> tuple[str, str]:
+        """``("<PRI>1 ", " HOST APP - MSGID -")``: the header around its TIMESTAMP."""
         o = self.o
         host = o.hostname
         if host == "original":
@@ -144,47 +151,79 @@ class Renderer:
             if len(self._hcache) >= 4096:
                 self._hcache.clear()
             self._hcache[key] = parts
-        return parts[0] + rfc5424_timestamp(epoch) + parts[1]
+        return parts
 
     # ---------------------------------------------------------------- LEEF
     def _leef(self, ev: Event) -> bytes:
         f = ev.fields
         band = sev_of(f, ev)
         epoch = _epoch(ev, f)
-        attrs = self.leef_attributes(ev, f, band, epoch)
-        if _is_falcon(f):
+        if epoch is not None:  # one second/millisecond split for devTime and the header
+            secs, ms = divmod(round(epoch * 1000), 1000)
+            stamp = f"{utc_second(secs)}.{ms:03d}"
+            attrs = self._leef_attrs(ev, f, band, stamp + "+0000")
+            stamp += "Z"
+        else:
+            attrs = self._leef_attrs(ev, f, band, None)
+            stamp = "-"
+        if f and f.get("vendor") == "CrowdStrike":
             vendor, product, version = "CrowdStrike", "FalconHost", "1.0"
         else:
-            vendor, product, version = self.o.leef_vendor, self.o.leef_product, self.o.leef_version
+            vendor, product, version = self._leef_ident
         event_id = _event_id(ev, f)
         line, changes = _leef.encode(vendor, product, version, event_id, attrs,
-                                     version=self._leef_version, delimiter=self.o.leef_delimiter)
+                                     version=self._leef_version, delimiter=self._leef_delim)
         if changes:
             self.sanitised += changes
             ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF replaced by space)")
-        return f"{self._header(ev, f, band, epoch)} {line}".encode("utf-8", "replace")
+        pre, post = self._header_parts(ev, f, band)
+        return f"{pre}{stamp}{post} {line}".encode("utf-8", "replace")
 
     def leef_attributes(self, ev: Event, f: dict | None, band: str, epoch: float | None = None) -> list:
         if epoch is None:
             epoch = _epoch(ev, f)
-        falcon = _is_falcon(f)
-        attrs = [("cat", _str((f.get("tactic") if falcon else f.get("kind")) if f else "log")
-                  or (f.get("kind") if f else "log")),
-                 ("sev", SEV_BAND[band][0])]
-        if epoch is not None:
-            attrs.extend(_leef.dev_time_attrs(epoch))
+        return self._leef_attrs(ev, f, band, None if epoch is None else _leef.dev_time(epoch)[0])
+
+    def _leef_attrs(self, ev: Event, f: dict | None, band: str, dev_time: str | None) -> list:
+        """The LEEF attribute pairs; ``dev_time`` is the devTime value (None: none)."""
+        if f:
+            falcon = f.get("vendor") == "CrowdStrike"
+            cat = f.get("tactic") if falcon else f.get("kind")
+            if cat.__class__ is not str or not cat.isascii():
+                cat = _str(cat)
+            attrs = [("cat", cat or f.get("kind")), ("sev", SEV_BAND[band][0])]
+        else:
+            falcon = False
+            attrs = [("cat", "log"), ("sev", SEV_BAND[band][0])]
+        if dev_time is not None:
+            attrs.append(("devTime", dev_time))
+            attrs.append(("devTimeFormat", _leef.DEV_TIME_FORMAT))
         if f:
             append = attrs.append
+            get = f.get
             for src, key in _LEEF_COMMON:
-                v = f.get(src)
-                if v is not None and v != "":
-                    append((key, v if type(v) is str and v.isascii() else _str(v)))
-            extra = f.get("extra")
+                v = get(src)
+                if v is not None:
+                    if v.__class__ is str:
+                        if v:
+                            append((key, v if v.isascii() else text(v)))
+                    elif v.__class__ is int:
+                        append((key, str(v)))
+                    elif v != "":
+                        append((key, _str(v)))
+            extra = get("extra")
             if extra:
+                get = extra.get
                 for src, key in (_LEEF_FALCON if falcon else _LEEF_RHYTHMX):
-                    v = extra.get(src)
-                    if v is not None and v != "" and v != []:
-                        append((key, v if type(v) is str and v.isascii() else _str(v)))
+                    v = get(src)
+                    if v is not None:
+                        if v.__class__ is str:
+                            if v:
+                                append((key, v if v.isascii() else text(v)))
+                        elif v.__class__ is int:
+                            append((key, str(v)))
+                        elif v != "" and v != []:
+                            append((key, _str(v)))
             triage = f.get("triage")
             if isinstance(triage, dict):
                 for k in ("score", "severity", "owner", "mode"):
