@@ -65,6 +65,12 @@ _BODY_CANONICAL = frozenset((
     "url", "link", "investigation_url", "event", "timestamp", "created_at",
 ))
 _EMPTY: dict = {}
+# body keys by section: a body with none of a section's keys skips that section's lookups
+_B_PARTY = frozenset(("actor", "group_key", "actor_type", "entity", "entity_name", "alarm_count",
+                      "sigma_alert_count", "threat_case_count", "related_case_ids"))
+_B_WHO = frozenset(("user", "host", "hostname", "src_ip", "source_ip", "dst_ip", "destination_ip"))
+_B_MITRE = frozenset(("mitre_tactics", "mitre_techniques"))
+_B_TEXT = frozenset(("title", "name", "description", "summary", "url", "link", "investigation_url"))
 _STATUS_FROM_EVENT = {"created": "open", "closed": "closed", "reopened": "open"}
 
 
@@ -130,6 +136,9 @@ def _used_params(cfg: RhythmxConfig) -> frozenset:
     return used
 
 
+_DEFAULT_USED = _used_params(DEFAULT_CONFIG)
+
+
 def _split_ids(value) -> list[str]:
     if value is None:
         return []
@@ -187,6 +196,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
             params = _clean_params(params, event)
     body = _parse_body(event, "rhythmx")
     b = body if body is not None else _EMPTY
+    bkeys = b.keys()
     note = event.note
     get = params.get
 
@@ -204,12 +214,20 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
     score = None
     raw = get(cfg.risk_param)
     if raw is not None:
-        score = to_score(raw)
-        if score is None:
-            note(f"rhythmx: SD {cfg.risk_param}={raw!r} is not a number; ignored")
+        if raw.isdigit() and raw.isascii():  # the usual "82": to_score without the detours
+            score = int(raw)
+            if score > 100:
+                score = 100
+        else:
+            score = to_score(raw)
+            if score is None:
+                note(f"rhythmx: SD {cfg.risk_param}={raw!r} is not a number; ignored")
     b_score = b.get("risk_score")
     if b_score is not None:
-        b_score = to_score(b_score)
+        if b_score.__class__ is int:
+            b_score = 0 if b_score < 0 else 100 if b_score > 100 else b_score
+        else:
+            b_score = to_score(b_score)
         if score is None:
             score = b_score
         elif b_score is not None and b_score != score:
@@ -239,58 +257,96 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         extra = {k: v for k, v in body.items() if k not in _BODY_CANONICAL}
     else:
         extra = {}
-    v = get(cfg.actor_param)
-    bv = b.get("actor")
-    if bv is None:
-        bv = b.get("group_key")
-    if v is None:
-        v = bv
-    elif bv is not None and str(bv) != v:
-        note(f"rhythmx: actor SD={v!r} body={bv!r}; SD wins")
-    actor = v
-    if v is not None:
-        extra["actor"] = v
-    v = get(cfg.actor_type_param)
-    bv = b.get("actor_type")
-    if v is None:
-        v = bv
-    elif bv is not None and str(bv) != v:
-        note(f"rhythmx: actor_type SD={v!r} body={bv!r}; SD wins")
-    actor_type = v
-    if v is not None:
-        extra["actor_type"] = v
-    v = get(cfg.entity_param)
-    bv = b.get("entity")
-    if bv is None:
-        bv = b.get("entity_name")
-    if v is None:
-        v = bv
-    elif bv is not None and str(bv) != v:
-        note(f"rhythmx: entity SD={v!r} body={bv!r}; SD wins")
-    entity = v
-    if v is not None:
-        extra["entity"] = v
-    alarms = _count(get(cfg.alarm_count_param), b.get("alarm_count"), "alarm_count",
-                    cfg.alarm_count_param, event)
-    sigma = _count(get(cfg.sigma_alert_count_param), b.get("sigma_alert_count"),
-                   "sigma_alert_count", cfg.sigma_alert_count_param, event)
-    cases = _count(get(cfg.threat_case_count_param), b.get("threat_case_count"),
-                   "threat_case_count", cfg.threat_case_count_param, event)
-    for canon, n in (("alarm_count", alarms), ("sigma_alert_count", sigma), ("threat_case_count", cases)):
-        if n is not None:
-            extra[canon] = n
-        elif canon in extra:
-            del extra[canon]
-    raw = get(cfg.related_param)
-    b_rel = b.get("related_case_ids")
-    if raw is not None:
-        rel = [x.strip() for x in raw.split(",") if x.strip()] if raw else []
-        if b_rel is not None and _split_ids(b_rel) != rel:
-            note(f"rhythmx: related_case_ids SD={rel} body={_split_ids(b_rel)}; SD wins")
-        extra["related_case_ids"] = rel
-    elif b_rel is not None:
-        extra["related_case_ids"] = _split_ids(b_rel)
-    if params and not _used_params(cfg).issuperset(params):
+    if bkeys.isdisjoint(_B_PARTY):  # nothing in the body to compare with: SD values as they are
+        actor = get(cfg.actor_param)
+        if actor is not None:
+            extra["actor"] = actor
+        actor_type = get(cfg.actor_type_param)
+        if actor_type is not None:
+            extra["actor_type"] = actor_type
+        entity = get(cfg.entity_param)
+        if entity is not None:
+            extra["entity"] = entity
+        counts = []
+        for canon, pname in (("alarm_count", cfg.alarm_count_param),
+                             ("sigma_alert_count", cfg.sigma_alert_count_param),
+                             ("threat_case_count", cfg.threat_case_count_param)):
+            raw = get(pname)
+            if raw is None:
+                n = None
+            elif raw.isdigit() and raw.isascii():
+                n = int(raw)
+            else:
+                n = _count(raw, None, canon, pname, event)
+            if n is not None:
+                extra[canon] = n
+            counts.append(n)
+        alarms, sigma, cases = counts
+        raw = get(cfg.related_param)
+        if raw is not None:
+            extra["related_case_ids"] = [x.strip() for x in raw.split(",") if x.strip()] if raw else []
+    else:
+        v = get(cfg.actor_param)
+        bv = b.get("actor")
+        if bv is None:
+            bv = b.get("group_key")
+        if v is None:
+            v = bv
+        elif bv is not None and str(bv) != v:
+            note(f"rhythmx: actor SD={v!r} body={bv!r}; SD wins")
+        actor = v
+        if v is not None:
+            extra["actor"] = v
+        v = get(cfg.actor_type_param)
+        bv = b.get("actor_type")
+        if v is None:
+            v = bv
+        elif bv is not None and str(bv) != v:
+            note(f"rhythmx: actor_type SD={v!r} body={bv!r}; SD wins")
+        actor_type = v
+        if v is not None:
+            extra["actor_type"] = v
+        v = get(cfg.entity_param)
+        bv = b.get("entity")
+        if bv is None:
+            bv = b.get("entity_name")
+        if v is None:
+            v = bv
+        elif bv is not None and str(bv) != v:
+            note(f"rhythmx: entity SD={v!r} body={bv!r}; SD wins")
+        entity = v
+        if v is not None:
+            extra["entity"] = v
+        counts = []
+        for canon, pname in (("alarm_count", cfg.alarm_count_param),
+                             ("sigma_alert_count", cfg.sigma_alert_count_param),
+                             ("threat_case_count", cfg.threat_case_count_param)):
+            raw = get(pname)
+            bv = b.get(canon)
+            if raw is not None and raw.isdigit() and raw.isascii() and (bv is None or bv.__class__ is int):
+                n = int(raw)  # _count's usual case, inline
+                if bv is not None and bv != n:
+                    note(f"rhythmx: {canon} SD={n} body={bv}; SD wins")
+            elif raw is None and bv is None:
+                n = None
+            else:
+                n = _count(raw, bv, canon, pname, event)
+            if n is not None:
+                extra[canon] = n
+            elif canon in extra:
+                del extra[canon]
+            counts.append(n)
+        alarms, sigma, cases = counts
+        raw = get(cfg.related_param)
+        b_rel = b.get("related_case_ids")
+        if raw is not None:
+            rel = [x.strip() for x in raw.split(",") if x.strip()] if raw else []
+            if b_rel is not None and _split_ids(b_rel) != rel:
+                note(f"rhythmx: related_case_ids SD={rel} body={_split_ids(b_rel)}; SD wins")
+            extra["related_case_ids"] = rel
+        elif b_rel is not None:
+            extra["related_case_ids"] = _split_ids(b_rel)
+    if params and not (_DEFAULT_USED if cfg is DEFAULT_CONFIG else _used_params(cfg)).issuperset(params):
         used = _used_params(cfg)
         for k, v in params.items():
             if k not in used:
@@ -300,10 +356,13 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
                 extra[k] = v
 
     # --- who / where ---------------------------------------------------------
-    user = b.get("user")
-    host = b.get("host") or b.get("hostname")
-    src_ip = b.get("src_ip") or b.get("source_ip")
-    dst_ip = b.get("dst_ip") or b.get("destination_ip")
+    if bkeys.isdisjoint(_B_WHO):
+        user = host = src_ip = dst_ip = None
+    else:
+        user = b.get("user")
+        host = b.get("host") or b.get("hostname")
+        src_ip = b.get("src_ip") or b.get("source_ip")
+        dst_ip = b.get("dst_ip") or b.get("destination_ip")
     if actor is not None:
         at = str(actor_type).lower() if actor_type is not None else None
         if at is None:
@@ -318,8 +377,11 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         elif at in ("ip", "ip_address", "address"):
             src_ip = src_ip or actor
 
-    tactic, tactic_id = _mitre(b.get("mitre_tactics"))
-    technique, technique_id = _mitre(b.get("mitre_techniques"))
+    if bkeys.isdisjoint(_B_MITRE):
+        tactic = tactic_id = technique = technique_id = None
+    else:
+        tactic, tactic_id = _mitre(b.get("mitre_tactics"))
+        technique, technique_id = _mitre(b.get("mitre_techniques"))
 
     # --- severity ------------------------------------------------------------
     if score is not None:
@@ -345,10 +407,14 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
     else:
         note("rhythmx: no incident id; dedup_key from message digest")
         dedup = f"{cfg.dedup_prefix}:raw:{_digest_key(event)}"
-    name = b.get("title") or b.get("name")
+    if bkeys.isdisjoint(_B_TEXT):
+        name = description = url = None
+    else:
+        name = b.get("title") or b.get("name")
+        description = b.get("description") or b.get("summary")
+        url = b.get("url") or b.get("link") or b.get("investigation_url")
     if name is None:
         name = f"RhythmX incident {inc_id or '?'}: {actor}" if actor else f"RhythmX incident {inc_id or '?'}"
-    description = b.get("description") or b.get("summary")
     if description is None:
         # plain words, no "k=v": the text goes into CEF/LEEF values and XSOAR details
         description = (
@@ -378,7 +444,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         "tactic_id": tactic_id,
         "technique": technique,
         "technique_id": technique_id,
-        "url": b.get("url") or b.get("link") or b.get("investigation_url"),
+        "url": url,
         "extra": extra,
     }
     return event
