@@ -56,6 +56,11 @@ _NAME = r'[!#-<>-\\^-~]{1,32}'
 _SD_FAST = re.compile(r'\[(' + _NAME + r')((?: ' + _NAME + r'="[^"\\\]]*")*)\]')
 _PARAM_FAST = re.compile(r' (' + _NAME + r')="([^"\\\]]*)"')
 
+_NAME_RE = re.compile(_NAME + r"\Z")
+# split fast path caches (valid by the strict rules): ' NAME=' -> NAME; 'SD-ID NAME=' -> (SD-ID, NAME)
+_tok_names: dict[str, str] = {}
+_tok_heads: dict[str, tuple[str, str]] = {}
+
 _minute_cache: dict[str, float] = {}
 _CACHE_MAX = 4096
 
@@ -211,8 +216,66 @@ def _unescape(v: str, start: int, lenient: bool, notes: list | None = None) -> s
             k = b + 1
 
 
+def _sd_split(s: str, i: int, sd: dict) -> int:
+    """The common SD-ELEMENT by str.split: exactly what _SD_FAST accepts (valid names,
+    quoted values without backslash, '"' or ']'), names checked through small caches.
+    Adds the element to sd and returns the index after ']', or -1 (not handled)."""
+    j = s.find("]", i)
+    inner = s[i + 1:j]
+    if j == -1 or "\\" in inner:
+        return -1
+    toks = inner.split('"')
+    n = len(toks)
+    if n == 1:
+        return -1
+    if not n & 1 or toks[-1]:
+        return -1
+    head = _tok_heads.get(toks[0])
+    if head is None:
+        sdid, sp, rest = toks[0].partition(" ")
+        if not sp or rest[-1:] != "=" or _NAME_RE.match(sdid) is None or _NAME_RE.match(rest[:-1]) is None:
+            return -1
+        head = (sdid, rest[:-1])
+        if len(_tok_heads) >= _NAMES_MAX:
+            _tok_heads.clear()
+        _tok_heads[toks[0]] = head
+    sdid = head[0]
+    if sdid in sd:
+        return -1
+    names = [head[1]]
+    if n > 3:
+        tn = _tok_names
+        for t in toks[2:-1:2]:
+            name = tn.get(t)
+            if name is None:
+                if t[:1] != " " or t[-1:] != "=" or _NAME_RE.match(t, 1, len(t) - 1) is None:
+                    return -1
+                name = t[1:-1]
+                if len(tn) >= _NAMES_MAX:
+                    tn.clear()
+                tn[t] = name
+            names.append(name)
+    values = toks[1::2]
+    params = dict(zip(names, values))
+    if len(params) != len(names):  # a repeated PARAM-NAME: keep every value
+        params = {}
+        for k, v in zip(names, values):
+            old = params.get(k)
+            if old is None:
+                params[k] = v
+            elif type(old) is list:
+                old.append(v)
+            else:
+                params[k] = [old, v]
+    sd[sdid] = params
+    return j + 1
+
+
 def _sd_element(s: str, i: int, sd: dict, lenient: bool, notes: list) -> int:
     """Parse one SD-ELEMENT starting at s[i] == '['; add it to sd; return the index after ']'."""
+    e = _sd_split(s, i, sd)
+    if e != -1:
+        return e
     m = _SD_FAST.match(s, i)
     if m is not None:
         sdid = m.group(1)
@@ -398,14 +461,27 @@ def _parse(s: str, data: bytes, lenient: bool, notes: list) -> Event:
         except ValueError as e:
             raise _Err(pos, str(e), "timestamp") from None
     p1 = pos + len(parts[0]) + 1
-    host = _header_field(host, "HOSTNAME", lenient, p1, notes)
-    p2 = p1 + len(parts[1]) + 1
-    app = _header_field(app, "APP-NAME", lenient, p2, notes)
-    p3 = p2 + len(parts[2]) + 1
-    procid = _header_field(procid, "PROCID", lenient, p3, notes)
-    p4 = p3 + len(parts[3]) + 1
-    msgid = _header_field(msgid, "MSGID", lenient, p4, notes)
-    i = p4 + len(parts[4]) + 1  # start of STRUCTURED-DATA
+    p2 = p1 + len(host) + 1
+    p3 = p2 + len(app) + 1
+    p4 = p3 + len(procid) + 1
+    i = p4 + len(msgid) + 1  # start of STRUCTURED-DATA
+    # the usual fields (printable US-ASCII within the limits, or "-") need no call
+    if host == "-":
+        host = None
+    elif not (0 < len(host) <= 255 and host.isascii() and host.isprintable()):
+        host = _header_field(host, "HOSTNAME", lenient, p1, notes)
+    if app == "-":
+        app = None
+    elif not (0 < len(app) <= 48 and app.isascii() and app.isprintable()):
+        app = _header_field(app, "APP-NAME", lenient, p2, notes)
+    if procid == "-":
+        procid = None
+    elif not (0 < len(procid) <= 128 and procid.isascii() and procid.isprintable()):
+        procid = _header_field(procid, "PROCID", lenient, p3, notes)
+    if msgid == "-":
+        msgid = None
+    elif not (0 < len(msgid) <= 32 and msgid.isascii() and msgid.isprintable()):
+        msgid = _header_field(msgid, "MSGID", lenient, p4, notes)
     # ---- STRUCTURED-DATA
     c = s[i] if i < n else ""
     if c == "-":
