@@ -180,7 +180,7 @@ def encode(vendor: str, product: str, product_version: str, event_id: str, attri
         if v is None:
             continue
         if k == "sev":
-            v = check_sev(v)
+            v = str(v) if v.__class__ is int and 1 <= v <= 10 else check_sev(v)
         else:
             if k == "devTime":
                 has_time = True

@@ -298,7 +298,8 @@ class Pipeline:
 
     def process(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):
         """One message -> (event, route names, [(sink, payload | None, meta, error)])."""
-        parsed_c, failed_c = self._counters(source)
+        c = self._source_counters.get(source.name)
+        parsed_c, failed_c = c if c is not None else self._counters(source)
         ev = detect.parse(raw, lenient=source.lenient, received=received, peer=peer, source=source.name)
         if ev.format == FORMAT_RAW:
             kind = ev.error.kind if ev.error is not None else "unknown"
@@ -321,12 +322,15 @@ class Pipeline:
         f = ev.fields
         meta = {"source": source.name, "routes": routes, "received": received}
         if f is not None:
-            if f.get("dedup_key"):
-                meta["dedup_key"] = f["dedup_key"]
-            if f.get("event"):
-                meta["event"] = f["event"]
-            if f.get("status"):
-                meta["status"] = f["status"]
+            v = f.get("dedup_key")
+            if v:
+                meta["dedup_key"] = v
+            v = f.get("event")
+            if v:
+                meta["event"] = v
+            v = f.get("status")
+            if v:
+                meta["status"] = v
         out = []
         for s in sinks:
             try:
