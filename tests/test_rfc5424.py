@@ -131,7 +131,7 @@ PRINT = "".join(chr(c) for c in range(33, 127))
 NAME_CHARS = "".join(c for c in PRINT if c not in '= ]"')
 
 names = st.text(NAME_CHARS, min_size=1, max_size=32)
-header = st.one_of(st.none(), st.text(PRINT, min_size=1, max_size=20))
+header = st.one_of(st.none(), st.text(PRINT, min_size=1, max_size=20).filter(lambda x: x != "-"))  # "-" is NILVALUE
 hostile = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40) | st.sampled_from(
     ['"', "\\", "]", '\\"', "\\]", "\\\\", "a]b", "[x]", "=", " ", "\t", "\n", "\r\n", "é€𐍈", "\\n", ""])
 param_values = st.one_of(hostile, st.lists(hostile, min_size=2, max_size=3))
