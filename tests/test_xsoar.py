@@ -372,7 +372,8 @@ def test_dedup_store_survives_restart_without_search(tmp_path, key_env, emu):
 
 
 def test_dedup_store_cap_evicted_key_found_by_search(tmp_path, key_env, emu):
-    cfg, q, sink, reg = rest_sink(tmp_path, emu, "dedup_store_size = 2")
+    # concurrency 1: incidents enter the FIFO store in order, so INC-0 is the one evicted
+    cfg, q, sink, reg = rest_sink(tmp_path, emu, "dedup_store_size = 2\nconcurrency = 1")
     enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(4)])
     assert run_sink(sink, lambda: q.depth() == 0)
     enqueue(q, cfg, [sigma("INC-0")])                    # evicted from the store
