@@ -52,9 +52,11 @@ import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
+
+from ._server import LoopbackServer
 
 __all__ = ["FalconEmulator", "iso", "parse_time"]
 
@@ -214,7 +216,7 @@ def _pred(prop: str, op: str, vals: list[str]) -> Callable[[dict], bool]:
     return match
 
 
-class FalconEmulator:
+class FalconEmulator(LoopbackServer):
     """See the module docstring.  ``start()``/``close()`` or ``with``; :attr:`url`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, client_id: str = "test-client",
@@ -241,43 +243,12 @@ class FalconEmulator:
         self.rate_limit = 6000
         self._window = (0, 0)               # (minute, used)
         self._seq = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "FalconEmulator":
-        emu = self
+    thread_name = "falcon-emulator"
 
-        class Handler(_Handler):
-            emulator = emu
-
-        srv = ThreadingHTTPServer((self.host, self.port), Handler)
-        srv.daemon_threads = True
-        self._server = srv
-        self.port = srv.server_address[1]
-        self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="falcon-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> "FalconEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _handler_class(self) -> type:
+        return type("Handler", (_Handler,), {"emulator": self})
 
     # ------------------------------------------------------------------ data
     def add_alert(self, created: float | None = None, **over) -> dict:

@@ -19,12 +19,14 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from ._server import LoopbackServer
 
 __all__ = ["LlmEmulator"]
 
 
-class LlmEmulator:
+class LlmEmulator(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = "llm-test-key",
                  model: str = "relay-test-model") -> None:
         self.host, self.port = host, port
@@ -34,12 +36,12 @@ class LlmEmulator:
         self.headers: list[dict] = []
         self._faults: list[list] = []    # [kind, value, remaining count or None]
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     # lifecycle
-    def start(self) -> "LlmEmulator":
+    thread_name = "llm-emulator"
+
+    def _handler_class(self) -> type:
         emu = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,30 +52,14 @@ class LlmEmulator:
 
             def do_POST(self):
                 emu._handle(self)
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="llm-emulator", daemon=True)
-        self._thread.start()
-        return self
+        return Handler
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/v1/chat/completions"
 
-    def close(self) -> None:
+    def _before_close(self) -> None:
         self._stop.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "LlmEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # faults
     def fail(self, status: int, count: int | None = None) -> None:

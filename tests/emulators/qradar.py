@@ -38,9 +38,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
+
+from ._server import LoopbackServer
 
 __all__ = ["QradarEmulator", "compile_filter", "FilterError"]
 
@@ -225,7 +227,7 @@ class _Fault:
         self.status, self.count, self.op, self.code, self.message = status, count, op, code, message
 
 
-class QradarEmulator:
+class QradarEmulator(LoopbackServer):
     """See the module docstring.  ``start()``/``close()`` or ``with``; :attr:`url`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, token: str = "test-sec-token",
@@ -244,42 +246,11 @@ class QradarEmulator:
         self.requests: list[dict] = []
         self._next_id = 1200
         self._last_ms = 0
-        self._server = None
-        self._thread = None
 
-    def start(self) -> "QradarEmulator":
-        emu = self
+    thread_name = "qradar-emulator"
 
-        class Handler(_Handler):
-            emulator = emu
-
-        srv = ThreadingHTTPServer((self.host, self.port), Handler)
-        srv.daemon_threads = True
-        self._server = srv
-        self.port = srv.server_address[1]
-        self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="qradar-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> "QradarEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _handler_class(self) -> type:
+        return type("Handler", (_Handler,), {"emulator": self})
 
     # ------------------------------------------------------------------ data
     def now_ms(self) -> int:

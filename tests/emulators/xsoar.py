@@ -62,8 +62,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
+
+from ._server import LoopbackServer
 
 __all__ = ["XsoarEmulator", "Fault"]
 
@@ -110,7 +112,7 @@ class _QueryError(ValueError):
     pass
 
 
-class XsoarEmulator:
+class XsoarEmulator(LoopbackServer):
     """See the module docstring.  ``start()`` / ``close()`` (or a ``with`` block);
     :attr:`url` is ``http://127.0.0.1:<port>``."""
 
@@ -142,40 +144,28 @@ class XsoarEmulator:
         self._dup_seen: list[str] = []
         self.stats: Counter = Counter()
         self.log: list[dict] = []          # one entry per request: method, path, op, status, note
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._conns: set[socket.socket] = set()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "XsoarEmulator":
-        emu = self
+    thread_name = "xsoar-emulator"
 
-        class Handler(_Handler):
-            emulator = emu
+    def _handler_class(self) -> type:
+        return type("Handler", (_Handler,), {"emulator": self})
 
-        srv = ThreadingHTTPServer((self.host, self.port), Handler)
-        srv.daemon_threads = True
+    def _wrap(self, srv) -> None:
         if self.ssl_context is not None:
             srv.socket = self.ssl_context.wrap_socket(srv.socket, server_side=True)
-        self._server = srv
-        self.port = srv.server_address[1]
-        self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="xsoar-emulator", daemon=True)
-        self._thread.start()
-        return self
 
     @property
     def url(self) -> str:
         scheme = "https" if self.ssl_context is not None else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
-    def close(self) -> None:
+    def _before_close(self) -> None:
         self._closing.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+
+    def _after_shutdown(self) -> None:
         with self.lock:
             conns = list(self._conns)
         for c in conns:
@@ -183,15 +173,6 @@ class XsoarEmulator:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-    def __enter__(self) -> "XsoarEmulator":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ faults & control
     def _add(self, f: Fault, seconds: float | None) -> Fault:
