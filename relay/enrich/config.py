@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from ..secrets import read_secret
 from .tables import FORMATS, KINDS, FileTable, Opts, TableError
 
 __all__ = ["EnrichConfig", "LookupConfig", "TriageConfig", "OwnerRule", "EscalateRule", "AuditConfig",
@@ -217,28 +218,15 @@ def _sub(t, path_suffix: str, data):
 
 
 def _read_secret(t, env_key: str, file_key: str, base_dir: Path) -> tuple[str | None, str | None]:
-    env = t.get(env_key, str, None)
-    fil = t.get(file_key, str, None)
-    if env and fil:
-        raise t.err(file_key, f"set {env_key} or {file_key}, not both")
+    """(value, "env NAME" | "file PATH") via relay/secrets.py; (None, None) when neither key
+    is set; the value is None when credentials are not resolved (test-parse)."""
+    sec = read_secret(t, env_key, file_key, "secret", base_dir, required=False)
+    if sec is None:
+        return None, None
+    src = f"env {sec.source[1:]}" if sec.source.startswith("$") else f"file {sec.source}"
     if not t.secrets:
-        return None, (f"env {env}" if env else f"file {fil}" if fil else None)
-    if env:
-        v = os.environ.get(env)
-        if not v:
-            raise t.err(env_key, f"environment variable {env} is not set or empty")
-        return v.strip(), f"env {env}"
-    if fil:
-        p = Path(os.path.expandvars(fil)).expanduser()
-        p = p if p.is_absolute() else base_dir / p
-        try:
-            v = p.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise t.err(file_key, f"cannot read {p}: {e.strerror or e}") from None
-        if not v:
-            raise t.err(file_key, f"{p} is empty")
-        return v, f"file {p}"
-    return None, None
+        return None, src
+    return sec.reveal(), src
 
 
 def _lookup(t, name: str, base_dir: Path, live: bool) -> LookupConfig:
