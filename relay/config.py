@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["ConfigError", "Config", "RelayConfig", "QueueConfig", "RetryConfig", "SourceConfig",
            "RouteConfig", "SinkConfig", "load", "loads", "parse_address", "SINK_TYPES", "SINK_FORMATS"]
@@ -229,14 +230,30 @@ def _article(tn: str) -> str:
     return ("an " if tn[0] in "aeiou" else "a ") + tn
 
 
-def _positive(v):
+# Checks shared with the modules that read their own keys (sinks, pull sources, enrichment).
+def positive(v):
     if v <= 0:
         raise ValueError(f"must be greater than 0, not {v}")
 
 
-def _non_negative(v):
+def non_negative(v):
     if v < 0:
         raise ValueError(f"must not be negative, not {v}")
+
+
+def http_url(v: str) -> str:
+    """An http(s) URL without credentials, query or fragment; trailing '/' removed."""
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{v!r} is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials (user:password@); use the *_env / *_file keys")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{v!r} must not have a query or fragment")
+    return v.rstrip("/")
+
+
+_positive, _non_negative = positive, non_negative
 
 
 def _networks(v):

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from ..secrets import read_secret
+from ..config import non_negative as _non_negative, positive as _positive
 from .tables import FORMATS, KINDS, FileTable, Opts, TableError
 
 __all__ = ["EnrichConfig", "LookupConfig", "TriageConfig", "OwnerRule", "EscalateRule", "AuditConfig",
@@ -308,14 +309,8 @@ def _lookup(t, name: str, base_dir: Path, live: bool) -> LookupConfig:
     return lc
 
 
-def _positive(v):
-    if v <= 0:
-        raise ValueError(f"must be greater than 0, not {v}")
 
 
-def _non_negative(v):
-    if v < 0:
-        raise ValueError(f"must not be negative, not {v}")
 
 
 def _triage(t) -> TriageConfig:

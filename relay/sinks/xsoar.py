@@ -81,6 +81,7 @@ import orjson
 from formats.xsoar import XsoarOptions
 
 from ..secrets import Secret, read_secret
+from ..config import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
 from . import register
 from .base import (AuthError, PermanentError, RetryableError, Sink, SinkError,
                    UnavailableError)
@@ -144,15 +145,6 @@ class XsoarSettings:
         return "8" if self.auth_id else "6"
 
 
-def _url(v: str):
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{v!r} is not an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not contain credentials (user:password@); use the *_env / *_file keys")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{v!r} must not have a query or fragment")
-    return v.rstrip("/")
 
 
 def _prefix(v: str):
@@ -164,14 +156,8 @@ def _prefix(v: str):
     return v.rstrip("/")
 
 
-def _pos(v):
-    if v <= 0:
-        raise ValueError(f"must be greater than 0, not {v}")
 
 
-def _nonneg(v):
-    if v < 0:
-        raise ValueError(f"must not be negative, not {v}")
 
 
 def _field_key(v: str):

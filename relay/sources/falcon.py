@@ -58,13 +58,15 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from parsers import falcon as falcon_parser
 from parsers.schema import time_pair
 
-from .pull import (AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure,
-                   http_url, jitter, make_event, read_common, read_secret, retry_after_epoch)
+from ..config import http_url
+from .pull import (
+    AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure, jitter,
+    make_event, read_common, read_secret, retry_after_epoch,
+)
 
 log = logging.getLogger("relay.sources.falcon")
 

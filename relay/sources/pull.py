@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 from parsers.event import Event
 
 from ..secrets import Secret
+from ..config import non_negative as _nonneg, positive as _pos
 from ..secrets import read_secret as _read_secret
 from . import Source
 
@@ -113,25 +114,10 @@ class PullSettings:
     state_dir: Path | None = None        # default: [relay] state_dir
 
 
-def _pos(v):
-    if v <= 0:
-        raise ValueError(f"must be greater than 0, not {v}")
 
 
-def _nonneg(v):
-    if v < 0:
-        raise ValueError(f"must not be negative, not {v}")
 
 
-def http_url(v: str) -> str:
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{v!r} is not an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not contain credentials (user:password@)")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{v!r} must not have a query or fragment")
-    return v.rstrip("/")
 
 
 def read_common(table, base_dir: Path, *, poll_interval: float, page_size: int, max_page: int,

@@ -54,8 +54,11 @@ from pathlib import Path
 
 from parsers.qradar import normalise_offense
 
-from .pull import (AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure,
-                   http_url, jitter, make_event, read_common, read_secret)
+from ..config import http_url
+from .pull import (
+    AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure, jitter,
+    make_event, read_common, read_secret,
+)
 
 log = logging.getLogger("relay.sources.qradar")
 
