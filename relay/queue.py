@@ -86,6 +86,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from .fsutil import fsync_dir as _fsync_dir
+
 try:  # orjson is a project dependency; fall back to json so this module stands alone
     import orjson as _orjson
 
@@ -1387,19 +1389,6 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
     except sqlite3.Error:
         pass
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _uri_path(path: str) -> str:

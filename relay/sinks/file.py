@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..fsutil import fsync_dir
 from .base import Sink, UnavailableError
 from .syslog import frame_batch
 
@@ -57,14 +58,7 @@ class FileSink(Sink):
         st = os.fstat(fd)
         self._fd, self._ident = fd, (st.st_dev, st.st_ino)
         if not existed:
-            try:
-                dfd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-            except OSError:
-                pass
+            fsync_dir(self.path.parent)
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, None

@@ -50,8 +50,9 @@ from urllib.parse import urlsplit
 
 from parsers.event import Event
 
-from ..secrets import Secret
 from ..config import non_negative as _nonneg, positive as _pos
+from ..fsutil import fsync_dir
+from ..secrets import Secret
 from ..secrets import read_secret as _read_secret
 from . import Source
 
@@ -344,14 +345,7 @@ class StateFile:
             except OSError:
                 pass
             raise
-        try:
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+        fsync_dir(self.path.parent)
 
 
 # =========================================================================== retries
