@@ -765,10 +765,13 @@ def test_full_disk_blocks_sources_and_recovers(tmp_path, cleanup, limit):
 
     # On a really full disk acks need room too (SQLite's WAL): the queue keeps a reserve
     # and free space for them (relay/queue.py), and a failed ack backs off instead of
-    # re-sending in a loop (relay/sinks/base.py).  A regression shows up as a timeout here.
-    wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= i, 60,
+    # re-sending in a loop (relay/sinks/base.py).  A regression shows up as a timeout here
+    # (the queue never drains) and as hundreds of failed acks (the original bug logged 339 in
+    # 2 minutes); a few failed acks while space is being reclaimed are normal (their rows are
+    # re-sent, counted as duplicates below).
+    wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= i, 120,
                f"the {i} whole messages to be enqueued")
-    assert relay.log().count("ack failed") < 3, relay.log()[-3000:]
+    assert relay.log().count("ack failed") < 20, relay.log()[-3000:]
     sock.setblocking(True)
     sock.settimeout(30)
     if off:
