@@ -57,9 +57,18 @@ _SD_FAST = re.compile(r'\[(' + _NAME + r')((?: ' + _NAME + r'="[^"\\\]]*")*)\]')
 _PARAM_FAST = re.compile(r' (' + _NAME + r')="([^"\\\]]*)"')
 
 _NAME_RE = re.compile(_NAME + r"\Z")
-# split fast path caches (valid by the strict rules): ' NAME=' -> NAME; 'SD-ID NAME=' -> (SD-ID, NAME)
-_tok_names: dict[str, str] = {}
-_tok_heads: dict[str, tuple[str, str]] = {}
+
+# The usual header in one match: PRI (no leading zero; <= 191 checked in code),
+# VERSION, TIMESTAMP (as _TS; ranges checked in code) or '-', then HOSTNAME, APP-NAME,
+# PROCID, MSGID (printable US-ASCII within their limits, or '-'), each followed by SP.
+# What it does not match takes the field-by-field path, which gives the precise error.
+_HEAD = re.compile(
+    r"<(0|[1-9]\d{0,2})>([1-9]\d{0,2}) "
+    r"(-|(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}):(\d{2})(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})) "
+    r"([!-~]{1,255}) ([!-~]{1,48}) ([!-~]{1,128}) ([!-~]{1,32}) ", re.ASCII)
+# split fast path cache (valid by the strict rules):
+# ('SD-ID NAME=', ' NAME=', ..., '') -> (SD-ID, (NAME, ...), names unique)
+_shapes: dict[tuple, tuple] = {}
 
 _minute_cache: dict[str, float] = {}
 _CACHE_MAX = 4096
@@ -218,57 +227,59 @@ def _unescape(v: str, start: int, lenient: bool, notes: list | None = None) -> s
 
 def _sd_split(s: str, i: int, sd: dict) -> int:
     """The common SD-ELEMENT by str.split: exactly what _SD_FAST accepts (valid names,
-    quoted values without backslash, '"' or ']'), names checked through small caches.
+    quoted values without backslash, '"' or ']'), names checked once per shape (the
+    tuple of SD-ID and PARAM-NAME tokens) through a small cache.
     Adds the element to sd and returns the index after ']', or -1 (not handled)."""
     j = s.find("]", i)
+    if j == -1:
+        return -1
     inner = s[i + 1:j]
-    if j == -1 or "\\" in inner:
+    if "\\" in inner:
         return -1
     toks = inner.split('"')
     n = len(toks)
-    if n == 1:
+    if n == 1 or not n & 1 or toks[-1]:
         return -1
-    if not n & 1 or toks[-1]:
-        return -1
-    head = _tok_heads.get(toks[0])
-    if head is None:
-        sdid, sp, rest = toks[0].partition(" ")
-        if not sp or rest[-1:] != "=" or _NAME_RE.match(sdid) is None or _NAME_RE.match(rest[:-1]) is None:
+    key = tuple(toks[::2])
+    shape = _shapes.get(key)
+    if shape is None:
+        shape = _shape(toks[:-1:2])
+        if shape is None:
             return -1
-        head = (sdid, rest[:-1])
-        if len(_tok_heads) >= _NAMES_MAX:
-            _tok_heads.clear()
-        _tok_heads[toks[0]] = head
-    sdid = head[0]
+        if len(_shapes) >= _NAMES_MAX:
+            _shapes.clear()
+        _shapes[key] = shape
+    sdid, names, unique = shape
     if sdid in sd:
         return -1
-    names = [head[1]]
-    if n > 3:
-        tn = _tok_names
-        for t in toks[2:-1:2]:
-            name = tn.get(t)
-            if name is None:
-                if t[:1] != " " or t[-1:] != "=" or _NAME_RE.match(t, 1, len(t) - 1) is None:
-                    return -1
-                name = t[1:-1]
-                if len(tn) >= _NAMES_MAX:
-                    tn.clear()
-                tn[t] = name
-            names.append(name)
-    values = toks[1::2]
-    params = dict(zip(names, values))
-    if len(params) != len(names):  # a repeated PARAM-NAME: keep every value
-        params = {}
-        for k, v in zip(names, values):
-            old = params.get(k)
-            if old is None:
-                params[k] = v
-            elif type(old) is list:
-                old.append(v)
-            else:
-                params[k] = [old, v]
+    if unique:
+        sd[sdid] = dict(zip(names, toks[1::2]))
+        return j + 1
+    params: dict = {}  # a repeated PARAM-NAME: keep every value
+    for k, v in zip(names, toks[1::2]):
+        old = params.get(k)
+        if old is None:
+            params[k] = v
+        elif type(old) is list:
+            old.append(v)
+        else:
+            params[k] = [old, v]
     sd[sdid] = params
     return j + 1
+
+
+def _shape(heads: list):
+    """('SD-ID NAME=', ' NAME=', ...) -> (SD-ID, (NAME, ...), names unique) when every
+    name is valid by the strict rules, else None."""
+    sdid, sp, rest = heads[0].partition(" ")
+    if not sp or rest[-1:] != "=" or _NAME_RE.match(sdid) is None or _NAME_RE.match(rest, 0, len(rest) - 1) is None:
+        return None
+    names = [rest[:-1]]
+    for t in heads[1:]:
+        if t[:1] != " " or t[-1:] != "=" or _NAME_RE.match(t, 1, len(t) - 1) is None:
+            return None
+        names.append(t[1:-1])
+    return sdid, tuple(names), len(set(names)) == len(names)
 
 
 def _sd_element(s: str, i: int, sd: dict, lenient: bool, notes: list) -> int:
@@ -415,7 +426,9 @@ def parse(data: bytes, *, lenient: bool = False) -> Event:
         raise ParseError(_byte_offset(s, base + e.i), e.reason, e.kind) from None
 
 
-def _parse(s: str, data: bytes, lenient: bool, notes: list) -> Event:
+def _header(s: str, lenient: bool, notes: list) -> tuple:
+    """PRI VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID, every rule checked with its
+    precise error; returns them with the index of STRUCTURED-DATA."""
     n = len(s)
     # ---- PRI
     if n == 0 or s[0] != "<":
@@ -482,6 +495,44 @@ def _parse(s: str, data: bytes, lenient: bool, notes: list) -> Event:
         msgid = None
     elif not (0 < len(msgid) <= 32 and msgid.isascii() and msgid.isprintable()):
         msgid = _header_field(msgid, "MSGID", lenient, p4, notes)
+    return pri, v, ts, time_unix, host, app, procid, msgid, i
+
+
+def _parse(s: str, data: bytes, lenient: bool, notes: list) -> Event:
+    n = len(s)
+    # ---- HEADER: one regex for the usual case, else the field-by-field checks
+    m = _HEAD.match(s)
+    if m is not None:
+        pri, v, ts, key, sec, frac, off, host, app, procid, msgid = m.groups()
+        pri = int(pri)
+        if pri > 191:
+            m = None
+        elif key is not None:
+            b = _minute_cache.get(key + off)
+            if b is None:
+                try:
+                    b = _minute_epoch(key, off)
+                except ValueError:
+                    b = None
+            sec = int(sec)
+            if b is None or sec > 59:
+                m = None
+            else:
+                time_unix = b + sec + (float(frac) if frac else 0.0)
+        else:
+            ts = time_unix = None
+    if m is not None:
+        i = m.end()
+        if host == "-":
+            host = None
+        if app == "-":
+            app = None
+        if procid == "-":
+            procid = None
+        if msgid == "-":
+            msgid = None
+    else:
+        pri, v, ts, time_unix, host, app, procid, msgid, i = _header(s, lenient, notes)
     # ---- STRUCTURED-DATA
     c = s[i] if i < n else ""
     if c == "-":
