@@ -15,22 +15,20 @@
 """
 from __future__ import annotations
 
+import re
+
 from . import rfc3164, rfc5424
 from .event import FORMAT_RAW, Event, ParseError
 
 __all__ = ["parse", "looks_like_rfc5424"]
 
+# bytes pattern: \d is ASCII digits only
+_RFC5424_START = re.compile(rb"<\d{1,3}>[1-9]\d{0,2} ").match
+
 
 def looks_like_rfc5424(data: bytes) -> bool:
-    """``<\\d{1,3}>[1-9]\\d{0,2} `` at the start of ``data``, by byte checks."""
-    if not data.startswith(b"<"):
-        return False
-    j = data.find(b">", 2, 5)
-    if j < 0:
-        return False
-    v = data[j + 1:j + 5]          # VERSION (1-3 digits) and its SP
-    sp = v.find(b" ")
-    return sp > 0 and v[0] != 0x30 and v[:sp].isdigit() and data[1:j].isdigit()
+    """``<\\d{1,3}>[1-9]\\d{0,2} `` at the start of ``data``."""
+    return _RFC5424_START(data) is not None
 
 
 def _raw(data: bytes, err: ParseError) -> Event:
@@ -48,7 +46,7 @@ def parse(data: bytes, *, lenient: bool = False, received: float | None = None,
     ``lenient`` is passed to the RFC 5424 parser; ``received`` and ``year_hint``
     to the RFC 3164 parser (year guessing)."""
     try:
-        if looks_like_rfc5424(data):
+        if _RFC5424_START(data) is not None:
             ev = rfc5424.parse(data, lenient=lenient)
         else:
             ev = rfc3164.parse(data, received=received, year_hint=year_hint)
