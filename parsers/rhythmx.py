@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orjson import JSONDecodeError as _JSONDecodeError, loads as _loads
 
 from parsers.event import Event, text
-from parsers.schema import (_BAND_SCORE, _digest_key, _event_time, _to_int, canonical_status, is_ip,
-                            parse_body as _parse_body, severity_from_score, severity_from_syslog,
-                            time_pair, to_score)
+from parsers.schema import (_BAND_SCORE, _STATUS_CACHE, _digest_key, _event_time, _to_int, canonical_status,
+                            is_ip, parse_body as _parse_body, severity_from_syslog, time_pair, to_score)
 
 __all__ = ["RhythmxConfig", "DEFAULT_CONFIG", "normalise", "matches"]
 
@@ -177,15 +177,65 @@ def _count(raw, bval, canon: str, pname: str, event: Event):
     return n
 
 
+_NAMES_CACHE: dict = {}
+
+
+def _param_names(cfg: RhythmxConfig) -> tuple:
+    """The config's SD param names, in one tuple (cached per config)."""
+    hit = _NAMES_CACHE.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    names = (cfg.id_param, cfg.risk_param, cfg.status_param, cfg.actor_param, cfg.actor_type_param,
+             cfg.entity_param, cfg.alarm_count_param, cfg.sigma_alert_count_param,
+             cfg.threat_case_count_param, cfg.related_param)
+    if len(_NAMES_CACHE) > 64:
+        _NAMES_CACHE.clear()
+    _NAMES_CACHE[id(cfg)] = (cfg, names)
+    return names
+
+
+_DEFAULT_NAMES = _param_names(DEFAULT_CONFIG)
+
+_TEMPLATE_CACHE: dict = {}
+
+
+def _fields_template(cfg: RhythmxConfig) -> dict:
+    """The canonical fields of an incident under this config, every value None but
+    kind, vendor and product (cached per config; copied, never changed)."""
+    hit = _TEMPLATE_CACHE.get(id(cfg))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    t = dict.fromkeys(("kind", "vendor", "product", "id", "dedup_key", "event", "name", "description",
+                       "risk_score", "severity", "status", "occurred", "occurred_unix", "src_ip", "dst_ip",
+                       "host", "user", "tactic", "tactic_id", "technique", "technique_id", "url", "extra"))
+    t["kind"] = "incident"
+    t["vendor"] = cfg.vendor
+    t["product"] = cfg.product
+    if len(_TEMPLATE_CACHE) > 64:
+        _TEMPLATE_CACHE.clear()
+    _TEMPLATE_CACHE[id(cfg)] = (cfg, t)
+    return t
+
+
+_DEFAULT_TEMPLATE = _fields_template(DEFAULT_CONFIG)
+
+
 def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
     """Fill ``event.fields`` (canonical schema) from a SigmaIncident message; set
     ``event.body`` to the parsed JSON body when there is one.  Never raises for
     content problems: they become ``event.notes``."""
-    cfg = config or DEFAULT_CONFIG
+    if config is None or config is DEFAULT_CONFIG:
+        cfg = DEFAULT_CONFIG
+        (id_p, risk_p, status_p, actor_p, actor_type_p, entity_p, alarm_p, sigma_p, threat_p,
+         related_p) = _DEFAULT_NAMES
+    else:
+        cfg = config
+        (id_p, risk_p, status_p, actor_p, actor_type_p, entity_p, alarm_p, sigma_p, threat_p,
+         related_p) = _param_names(cfg)
     sd = event.sd
     if sd is None:
         event.note("rhythmx: no structured data; body only")
-        params = {}
+        params = _EMPTY
     else:
         params = sd.get(cfg.sd_id)
         if params is None:
@@ -193,15 +243,36 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
             if not params:
                 event.note(f"rhythmx: no {cfg.sd_id} SD element; body only")
         if params:
-            params = _clean_params(params, event)
-    body = _parse_body(event, "rhythmx")
+            try:  # every value a str, all ASCII (the usual case): nothing to clean
+                clean = "".join(params.values()).isascii()
+            except TypeError:
+                clean = False
+            if not clean:
+                params = _clean_params(params, event)
+    body = event.body
+    if body is None:
+        msg = event.msg
+        if msg and msg[0] == "{":
+            try:
+                body = _loads(msg)
+            except _JSONDecodeError:
+                body = _parse_body(event, "rhythmx")  # the slow way, with its note
+            else:
+                if body.__class__ is dict:
+                    event.body = body
+                else:
+                    body = _parse_body(event, "rhythmx")
+        else:
+            body = _parse_body(event, "rhythmx")
+    elif body.__class__ is not dict:
+        body = None
     b = body if body is not None else _EMPTY
     bkeys = b.keys()
     note = event.note
     get = params.get
 
     # --- identity: SD wins, body fills -----------------------------------
-    inc_id = get(cfg.id_param)
+    inc_id = get(id_p)
     b_id = b.get("incident_id")
     if b_id is not None:
         b_id = str(b_id)
@@ -212,7 +283,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
 
     # --- risk score --------------------------------------------------------
     score = None
-    raw = get(cfg.risk_param)
+    raw = get(risk_p)
     if raw is not None:
         if raw.isdigit() and raw.isascii():  # the usual "82": to_score without the detours
             score = int(raw)
@@ -221,7 +292,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         else:
             score = to_score(raw)
             if score is None:
-                note(f"rhythmx: SD {cfg.risk_param}={raw!r} is not a number; ignored")
+                note(f"rhythmx: SD {risk_p}={raw!r} is not a number; ignored")
     b_score = b.get("risk_score")
     if b_score is not None:
         if b_score.__class__ is int:
@@ -234,7 +305,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
             note(f"rhythmx: risk_score SD={score} body={b_score}; SD wins")
 
     # --- status ------------------------------------------------------------
-    status = get(cfg.status_param)
+    status = get(status_p)
     b_status = b.get("status")
     if b_status is not None:
         if status is None:
@@ -248,45 +319,53 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
             ev_type = str(ev_type)
     if ev_type is not None:
         ev_type = ev_type.lower()
-    status = canonical_status(status)
+    if status is not None:
+        hit = _STATUS_CACHE.get(status) if status.__class__ is str else None
+        status = hit if hit is not None else canonical_status(status)
     if status is None and ev_type is not None:
         status = _STATUS_FROM_EVENT.get(ev_type)
 
     # --- extras: body first, SD values override -----------------------------
-    if body is not None:
-        extra = {k: v for k, v in body.items() if k not in _BODY_CANONICAL}
-    else:
+    if body is None or bkeys <= _BODY_CANONICAL:
         extra = {}
+    else:
+        extra = {k: v for k, v in body.items() if k not in _BODY_CANONICAL}
     if bkeys.isdisjoint(_B_PARTY):  # nothing in the body to compare with: SD values as they are
-        actor = get(cfg.actor_param)
+        actor = get(actor_p)
         if actor is not None:
             extra["actor"] = actor
-        actor_type = get(cfg.actor_type_param)
+        actor_type = get(actor_type_p)
         if actor_type is not None:
             extra["actor_type"] = actor_type
-        entity = get(cfg.entity_param)
+        entity = get(entity_p)
         if entity is not None:
             extra["entity"] = entity
-        counts = []
-        for canon, pname in (("alarm_count", cfg.alarm_count_param),
-                             ("sigma_alert_count", cfg.sigma_alert_count_param),
-                             ("threat_case_count", cfg.threat_case_count_param)):
-            raw = get(pname)
-            if raw is None:
-                n = None
-            elif raw.isdigit() and raw.isascii():
-                n = int(raw)
-            else:
-                n = _count(raw, None, canon, pname, event)
-            if n is not None:
-                extra[canon] = n
-            counts.append(n)
-        alarms, sigma, cases = counts
-        raw = get(cfg.related_param)
+        raw = get(alarm_p)
+        if raw is None:
+            alarms = None
+        else:
+            alarms = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "alarm_count", alarm_p, event)
+            if alarms is not None:
+                extra["alarm_count"] = alarms
+        raw = get(sigma_p)
+        if raw is None:
+            sigma = None
+        else:
+            sigma = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "sigma_alert_count", sigma_p, event)
+            if sigma is not None:
+                extra["sigma_alert_count"] = sigma
+        raw = get(threat_p)
+        if raw is None:
+            cases = None
+        else:
+            cases = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "threat_case_count", threat_p, event)
+            if cases is not None:
+                extra["threat_case_count"] = cases
+        raw = get(related_p)
         if raw is not None:
             extra["related_case_ids"] = [x.strip() for x in raw.split(",") if x.strip()] if raw else []
     else:
-        v = get(cfg.actor_param)
+        v = get(actor_p)
         bv = b.get("actor")
         if bv is None:
             bv = b.get("group_key")
@@ -297,7 +376,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         actor = v
         if v is not None:
             extra["actor"] = v
-        v = get(cfg.actor_type_param)
+        v = get(actor_type_p)
         bv = b.get("actor_type")
         if v is None:
             v = bv
@@ -306,7 +385,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         actor_type = v
         if v is not None:
             extra["actor_type"] = v
-        v = get(cfg.entity_param)
+        v = get(entity_p)
         bv = b.get("entity")
         if bv is None:
             bv = b.get("entity_name")
@@ -318,9 +397,8 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         if v is not None:
             extra["entity"] = v
         counts = []
-        for canon, pname in (("alarm_count", cfg.alarm_count_param),
-                             ("sigma_alert_count", cfg.sigma_alert_count_param),
-                             ("threat_case_count", cfg.threat_case_count_param)):
+        for canon, pname in (("alarm_count", alarm_p), ("sigma_alert_count", sigma_p),
+                             ("threat_case_count", threat_p)):
             raw = get(pname)
             bv = b.get(canon)
             if raw is not None and raw.isdigit() and raw.isascii() and (bv is None or bv.__class__ is int):
@@ -337,7 +415,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
                 del extra[canon]
             counts.append(n)
         alarms, sigma, cases = counts
-        raw = get(cfg.related_param)
+        raw = get(related_p)
         b_rel = b.get("related_case_ids")
         if raw is not None:
             rel = [x.strip() for x in raw.split(",") if x.strip()] if raw else []
@@ -366,7 +444,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
     if actor is not None:
         at = str(actor_type).lower() if actor_type is not None else None
         if at is None:
-            if is_ip(actor):
+            if (actor.__class__ is not str or actor[:1].isdigit() or ":" in actor) and is_ip(actor):
                 src_ip = src_ip or actor
             else:
                 user = user or actor
@@ -385,7 +463,13 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
 
     # --- severity ------------------------------------------------------------
     if score is not None:
-        severity = severity_from_score(score)
+        # severity_from_score, inline
+        if score >= 60:
+            severity = "critical" if score >= 80 else "high"
+        elif score >= 40:
+            severity = "medium"
+        else:
+            severity = "low" if score >= 20 else "informational"
     else:
         level = b.get("risk_level")
         level = level.lower() if isinstance(level, str) else None
@@ -397,7 +481,12 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
             note("rhythmx: no risk_score; severity from syslog PRI")
 
     # --- time ----------------------------------------------------------------
-    occurred, unix = _event_time(event)
+    occurred = event.timestamp
+    unix = event.time_unix
+    # _event_time's usual case inline: UTC with milliseconds, used as it is
+    if occurred is None or unix is None or len(occurred) != 24 or occurred[23] != "Z" \
+            or occurred[19] != "." or occurred[10] != "T":
+        occurred, unix = _event_time(event)
     if unix is None:
         occurred, unix = time_pair(b.get("timestamp") or b.get("created_at"))
 
@@ -422,29 +511,37 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
             f"risk score {'unknown' if score is None else score}, {'?' if alarms is None else alarms} alarms, "
             f"{'?' if sigma is None else sigma} sigma alerts, {'?' if cases is None else cases} threat cases")
 
-    event.fields = {
-        "kind": "incident",
-        "vendor": cfg.vendor,
-        "product": cfg.product,
-        "id": inc_id,
-        "dedup_key": dedup,
-        "event": ev_type,
-        "name": name,
-        "description": description,
-        "risk_score": score,
-        "severity": severity,
-        "status": status,
-        "occurred": occurred,
-        "occurred_unix": unix,
-        "src_ip": src_ip,
-        "dst_ip": dst_ip,
-        "host": host,
-        "user": user,
-        "tactic": tactic,
-        "tactic_id": tactic_id,
-        "technique": technique,
-        "technique_id": technique_id,
-        "url": url,
-        "extra": extra,
-    }
+    # the canonical dict: a copy of the config's template (key order, constants, None)
+    # with the values of this message; cheaper than a 23-key literal
+    f = (_DEFAULT_TEMPLATE if cfg is DEFAULT_CONFIG else _fields_template(cfg)).copy()
+    f["id"] = inc_id
+    f["dedup_key"] = dedup
+    f["event"] = ev_type
+    f["name"] = name
+    f["description"] = description
+    f["risk_score"] = score
+    f["severity"] = severity
+    f["status"] = status
+    f["occurred"] = occurred
+    f["occurred_unix"] = unix
+    if src_ip is not None:
+        f["src_ip"] = src_ip
+    if dst_ip is not None:
+        f["dst_ip"] = dst_ip
+    if host is not None:
+        f["host"] = host
+    if user is not None:
+        f["user"] = user
+    if tactic is not None:
+        f["tactic"] = tactic
+    if tactic_id is not None:
+        f["tactic_id"] = tactic_id
+    if technique is not None:
+        f["technique"] = technique
+    if technique_id is not None:
+        f["technique_id"] = technique_id
+    if url is not None:
+        f["url"] = url
+    f["extra"] = extra
+    event.fields = f
     return event
