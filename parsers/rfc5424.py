@@ -287,6 +287,11 @@ def _sd_element(s: str, i: int, sd: dict, lenient: bool, notes: list) -> int:
     e = _sd_split(s, i, sd)
     if e != -1:
         return e
+    return _sd_general(s, i, sd, lenient, notes)
+
+
+def _sd_general(s: str, i: int, sd: dict, lenient: bool, notes: list) -> int:
+    """_sd_element without the split fast path."""
     m = _SD_FAST.match(s, i)
     if m is not None:
         sdid = m.group(1)
@@ -552,7 +557,8 @@ def _parse(s: str, data: bytes, lenient: bool, notes: list) -> Event:
                     notes.append(f"malformed SD-ELEMENT dropped: {e.reason}")
                     i = close + 1
                 continue
-            i = _sd_element(s, i, sd, False, notes)
+            e = _sd_split(s, i, sd)
+            i = e if e != -1 else _sd_general(s, i, sd, False, notes)
         if not sd:
             sd = None
     else:
@@ -574,11 +580,15 @@ def _parse(s: str, data: bytes, lenient: bool, notes: list) -> Event:
                         raise _Err(i + 2 + e.start, "MSG after a BOM must be valid UTF-8", "msg_utf8") from None
                     notes.append("MSG after a BOM is not valid UTF-8; kept as bytes")
             msg = msg or None
-    ev = Event(data, FORMAT_RFC5424)
+    # Event.__init__ inline (every slot set once; checked against __slots__ at import)
+    ev = _new_event(Event)
+    ev.format = FORMAT_RFC5424
     if pri is not None:
         ev.pri = pri
         ev.facility = pri >> 3
         ev.severity = pri & 7
+    else:
+        ev.pri = ev.facility = ev.severity = None
     ev.version = int(v)
     ev.timestamp = ts
     ev.time_unix = time_unix
@@ -588,6 +598,21 @@ def _parse(s: str, data: bytes, lenient: bool, notes: list) -> Event:
     ev.msgid = msgid
     ev.sd = sd
     ev.msg = msg
-    if notes:
-        ev.notes = notes
+    ev.raw = data
+    ev.received = ev.peer = ev.source = ev.error = None
+    ev.notes = notes if notes else None
+    ev.fields = ev.body = ev.enrich = ev.meta = None
     return ev
+
+
+_new_event = Event.__new__
+
+
+def _self_check() -> None:
+    ev = parse(b"<13>1 - - - - - -")
+    unset = [name for name in Event.__slots__ if not hasattr(ev, name)]
+    if unset:  # a slot added to Event must be set in _parse too
+        raise ImportError(f"parsers.rfc5424: Event slots not set by _parse: {unset}")
+
+
+_self_check()
