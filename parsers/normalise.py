@@ -15,6 +15,8 @@ from .schema import log_fields
 
 __all__ = ["normalise", "generic_fields"]
 
+_RX_APP = rhythmx.DEFAULT_CONFIG.app_name  # rhythmx.matches' first test, inline
+
 def generic_fields(ev: Event) -> dict:
     """The generic mapping (docs/schema.md 2.4); a raw event is named ``unparsed``."""
     f = log_fields(ev)
@@ -30,7 +32,7 @@ def normalise(ev: Event, rhythmx_config: rhythmx.RhythmxConfig | None = None) ->
     the generic mapping is used)."""
     if ev.format != FORMAT_RAW:
         try:
-            if rhythmx.matches(ev, rhythmx_config):
+            if (rhythmx_config is None and ev.app_name == _RX_APP) or rhythmx.matches(ev, rhythmx_config):
                 return rhythmx.normalise(ev, rhythmx_config)
             if falcon.matches(ev):
                 return falcon.normalise(ev)

@@ -71,6 +71,9 @@ _B_PARTY = frozenset(("actor", "group_key", "actor_type", "entity", "entity_name
 _B_WHO = frozenset(("user", "host", "hostname", "src_ip", "source_ip", "dst_ip", "destination_ip"))
 _B_MITRE = frozenset(("mitre_tactics", "mitre_techniques"))
 _B_TEXT = frozenset(("title", "name", "description", "summary", "url", "link", "investigation_url"))
+_B_SECTIONS = _B_PARTY | _B_WHO | _B_MITRE | _B_TEXT
+# "0".."999" -> int: the usual count and score strings without isdigit/isascii/int
+_SMALL_INT = {str(i): i for i in range(1000)}
 _STATUS_FROM_EVENT = {"created": "open", "closed": "closed", "reopened": "open"}
 
 
@@ -285,8 +288,10 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
     score = None
     raw = get(risk_p)
     if raw is not None:
-        if raw.isdigit() and raw.isascii():  # the usual "82": to_score without the detours
+        score = _SMALL_INT.get(raw)  # the usual "82": to_score without the detours
+        if score is None and raw.isdigit() and raw.isascii():
             score = int(raw)
+        if score is not None:
             if score > 100:
                 score = 100
         else:
@@ -330,7 +335,8 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         extra = {}
     else:
         extra = {k: v for k, v in body.items() if k not in _BODY_CANONICAL}
-    if bkeys.isdisjoint(_B_PARTY):  # nothing in the body to compare with: SD values as they are
+    plain = bkeys.isdisjoint(_B_SECTIONS)  # none of the party, who, MITRE or text keys in the body
+    if plain or bkeys.isdisjoint(_B_PARTY):  # nothing in the body to compare with: SD values as they are
         actor = get(actor_p)
         if actor is not None:
             extra["actor"] = actor
@@ -344,21 +350,27 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         if raw is None:
             alarms = None
         else:
-            alarms = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "alarm_count", alarm_p, event)
+            alarms = _SMALL_INT.get(raw)
+            if alarms is None:
+                alarms = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "alarm_count", alarm_p, event)
             if alarms is not None:
                 extra["alarm_count"] = alarms
         raw = get(sigma_p)
         if raw is None:
             sigma = None
         else:
-            sigma = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "sigma_alert_count", sigma_p, event)
+            sigma = _SMALL_INT.get(raw)
+            if sigma is None:
+                sigma = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "sigma_alert_count", sigma_p, event)
             if sigma is not None:
                 extra["sigma_alert_count"] = sigma
         raw = get(threat_p)
         if raw is None:
             cases = None
         else:
-            cases = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "threat_case_count", threat_p, event)
+            cases = _SMALL_INT.get(raw)
+            if cases is None:
+                cases = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "threat_case_count", threat_p, event)
             if cases is not None:
                 extra["threat_case_count"] = cases
         raw = get(related_p)
@@ -434,7 +446,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
                 extra[k] = v
 
     # --- who / where ---------------------------------------------------------
-    if bkeys.isdisjoint(_B_WHO):
+    if plain or bkeys.isdisjoint(_B_WHO):
         user = host = src_ip = dst_ip = None
     else:
         user = b.get("user")
@@ -455,7 +467,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         elif at in ("ip", "ip_address", "address"):
             src_ip = src_ip or actor
 
-    if bkeys.isdisjoint(_B_MITRE):
+    if plain or bkeys.isdisjoint(_B_MITRE):
         tactic = tactic_id = technique = technique_id = None
     else:
         tactic, tactic_id = _mitre(b.get("mitre_tactics"))
@@ -496,7 +508,7 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
     else:
         note("rhythmx: no incident id; dedup_key from message digest")
         dedup = f"{cfg.dedup_prefix}:raw:{_digest_key(event)}"
-    if bkeys.isdisjoint(_B_TEXT):
+    if plain or bkeys.isdisjoint(_B_TEXT):
         name = description = url = None
     else:
         name = b.get("title") or b.get("name")
