@@ -66,9 +66,14 @@ _HEAD = re.compile(
     r"<(0|[1-9]\d{0,2})>([1-9]\d{0,2}) "
     r"(-|(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}):(\d{2})(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})) "
     r"([!-~]{1,255}) ([!-~]{1,48}) ([!-~]{1,128}) ([!-~]{1,32}) ", re.ASCII)
-# split fast path cache (valid by the strict rules):
-# ('SD-ID NAME=', ' NAME=', ..., '') -> (SD-ID, (NAME, ...), names unique)
-_shapes: dict[tuple, tuple] = {}
+# split fast path cache (valid by the strict rules), by the first token 'SD-ID NAME=':
+# (['SD-ID NAME=', ' NAME=', ..., ''], (SD-ID, (NAME, ...), names unique))
+_shapes: dict[str, tuple] = {}
+# APP-NAME -> (match of the regex of its usual first SD-ELEMENT, SD-ID, PARAM-NAMEs);
+# (SD-ID, PARAM-NAME, ...) -> that match, or False when a name is not valid
+_app_shapes: dict = {}
+_shape_res: dict[tuple, object] = {}
+_SHAPES_MAX = 256
 
 _minute_cache: dict[str, float] = {}
 _CACHE_MAX = 4096
@@ -228,7 +233,7 @@ def _unescape(v: str, start: int, lenient: bool, notes: list | None = None) -> s
 def _sd_split(s: str, i: int, sd: dict) -> int:
     """The common SD-ELEMENT by str.split: exactly what _SD_FAST accepts (valid names,
     quoted values without backslash, '"' or ']'), names checked once per shape (the
-    tuple of SD-ID and PARAM-NAME tokens) through a small cache.
+    list of SD-ID and PARAM-NAME tokens) through a small cache.
     Adds the element to sd and returns the index after ']', or -1 (not handled)."""
     j = s.find("]", i)
     if j == -1:
@@ -240,16 +245,16 @@ def _sd_split(s: str, i: int, sd: dict) -> int:
     n = len(toks)
     if n == 1 or not n & 1 or toks[-1]:
         return -1
-    key = tuple(toks[::2])
-    shape = _shapes.get(key)
-    if shape is None:
-        shape = _shape(toks[:-1:2])
+    heads = toks[::2]
+    shape = _shapes.get(heads[0])
+    if shape is None or shape[0] != heads:
+        shape = _shape(heads)
         if shape is None:
             return -1
         if len(_shapes) >= _NAMES_MAX:
             _shapes.clear()
-        _shapes[key] = shape
-    sdid, names, unique = shape
+        _shapes[heads[0]] = shape
+    sdid, names, unique = shape[1]
     if sdid in sd:
         return -1
     if unique:
@@ -269,17 +274,38 @@ def _sd_split(s: str, i: int, sd: dict) -> int:
 
 
 def _shape(heads: list):
-    """('SD-ID NAME=', ' NAME=', ...) -> (SD-ID, (NAME, ...), names unique) when every
-    name is valid by the strict rules, else None."""
+    """['SD-ID NAME=', ' NAME=', ..., ''] -> (heads, (SD-ID, (NAME, ...), names unique))
+    when every name is valid by the strict rules, else None."""
     sdid, sp, rest = heads[0].partition(" ")
     if not sp or rest[-1:] != "=" or _NAME_RE.match(sdid) is None or _NAME_RE.match(rest, 0, len(rest) - 1) is None:
         return None
     names = [rest[:-1]]
-    for t in heads[1:]:
+    for t in heads[1:-1]:
         if t[:1] != " " or t[-1:] != "=" or _NAME_RE.match(t, 1, len(t) - 1) is None:
             return None
         names.append(t[1:-1])
-    return sdid, tuple(names), len(set(names)) == len(names)
+    return heads, (sdid, tuple(names), len(set(names)) == len(names))
+
+
+def _learn_shape(app, sd: dict) -> None:
+    """Remember the first SD-ELEMENT's shape (SD-ID and PARAM-NAMEs in order) for this
+    APP-NAME as one regex: the next message of the same kind matches it in one go.
+    The regex accepts exactly what _sd_split accepts for that shape (names valid by
+    the strict rules, each once, values without '"', '\\' or ']'), and gives the same
+    dict; anything else falls through to the usual path."""
+    sdid, params = next(iter(sd.items()))
+    key = (sdid, *params)
+    rx = _shape_res.get(key)
+    if rx is None:
+        rx = False
+        if _NAME_RE.match(sdid) is not None and all(_NAME_RE.match(k) is not None for k in params):
+            rx = re.compile(r"\[" + re.escape(sdid) + "".join(
+                " " + re.escape(k) + r'="([^"\\\]]*)"' for k in params) + r"\]").match
+        _shape_res[key] = rx  # bounded: learning stops when full (no compile floods)
+    if rx:
+        if len(_app_shapes) >= _NAMES_MAX:
+            _app_shapes.clear()
+        _app_shapes[app] = (rx, sdid, tuple(params))
 
 
 def _sd_element(s: str, i: int, sd: dict, lenient: bool, notes: list) -> int:
@@ -545,6 +571,13 @@ def _parse(s: str, data: bytes, lenient: bool, notes: list) -> Event:
         i += 1
     elif c == "[":
         sd = {}
+        shape = _app_shapes.get(app)
+        if shape is not None and (m := shape[0](s, i)) is not None:
+            # the first SD-ELEMENT has the shape last learnt for this APP-NAME
+            sd[shape[1]] = dict(zip(shape[2], m.groups()))
+            i = m.end()
+        else:
+            m = None
         while i < n and s[i] == "[":
             if lenient:
                 try:
@@ -561,6 +594,8 @@ def _parse(s: str, data: bytes, lenient: bool, notes: list) -> Event:
             i = e if e != -1 else _sd_general(s, i, sd, False, notes)
         if not sd:
             sd = None
+        elif m is None and len(_shape_res) < _SHAPES_MAX:
+            _learn_shape(app, sd)
     else:
         raise _Err(i, "STRUCTURED-DATA must be '-' or start with '['", "sd")
     # ---- MSG
