@@ -1,12 +1,27 @@
 """Disk-backed per-sink queue: the relay's promise "never lose an accepted event".
 
 One SQLite database (standard library, WAL mode) per sink, e.g.
-``<state_dir>/queue-<sink>.db``.  A row holds the sink's already *rendered* payload
+``<state_dir>/queue-<sink>.db``.  An event holds the sink's already *rendered* payload
 (bytes, rendered once at enqueue so the sender never parses or renders again), a small
 metadata dict (dedup key, event time, source, route ...), ``enqueued_at``, ``attempts``,
-``next_attempt_at``, ``last_attempt_at`` and ``last_error``.  Rows that exhaust their retries
-or fail permanently move to the ``dead`` table (the dead-letter queue, DLQ) together with the
-reason (status code / error excerpt), the attempt count and timestamps.
+``next_attempt_at``, ``last_attempt_at`` and ``last_error``.  Events that exhaust their
+retries or fail permanently move to the ``dead`` table (the dead-letter queue, DLQ, one row
+per event) together with the reason (status code / error excerpt), the attempt count and
+timestamps.
+
+Packed rows (schema 2).  SQLite's cost is per row (~4 us to insert, ~3 us to lease and
+delete one, measured in bench/bench_queue.py), which alone would be a third of the relay's
+budget per message.  So a group from :meth:`DiskQueue.put_many` is stored as few rows as
+possible: up to ``PACK_EVENTS`` events / ``PACK_BYTES`` bytes per row, payloads and
+metadata concatenated, their lengths in ``lens``.  Every event still has its own id: a row
+with id ``R`` and ``n`` events holds ids ``R - n + 1 .. R`` (ids come from the
+AUTOINCREMENT sequence, never reused, increasing across processes sharing the file).  The
+API is per event as before.  Settling part of a row (ack, dead letter) records the
+offsets in the small ``partial`` table (the row itself is not rewritten) and the row is
+deleted when its last event is settled; retrying part of a row cuts the row into runs so
+that every event keeps its id and its place in the order.  The price: disk space comes
+back a row at a time, and a damaged page in a packed row's blob loses that row's events
+at salvage.  A schema-1 file (one row per event) is upgraded in place at open.
 
 Every public method is **one SQLite transaction** (or none, for the read-only ones), except
 :meth:`DiskQueue.replay_dlq`, which is one transaction per ``batch`` rows so that a large
@@ -83,6 +98,8 @@ import random
 import sqlite3
 import threading
 import time
+from array import array
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -117,7 +134,7 @@ __all__ = [
 
 log = logging.getLogger("relay.queue")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x524C5951  # "RLYQ": marks our files; anything else is a foreign database
 REASON_MAX = 2000  # characters of error text / reason kept per row
 
@@ -129,6 +146,9 @@ _SQLITE_NOTADB = 26
 _CORRUPTION_CODES = {_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_NOTADB}
 
 _IN_CHUNK = 500  # ids per "IN (...)" list
+PACK_EVENTS = 256          # events per packed row (at most)
+PACK_BYTES = 256 << 10     # payload bytes per packed row (soft limit: one event may exceed it)
+_RUN_GAP = 256             # ids further apart than this are looked up separately
 
 _SCHEMA = f"""
 CREATE TABLE queue (
@@ -139,7 +159,13 @@ CREATE TABLE queue (
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL    NOT NULL DEFAULT 0,
     last_attempt_at REAL,
-    last_error      TEXT
+    last_error      TEXT,
+    n               INTEGER NOT NULL DEFAULT 1,
+    lens            BLOB
+);
+CREATE TABLE partial (
+    id   INTEGER PRIMARY KEY,
+    done BLOB NOT NULL
 );
 CREATE INDEX queue_retry_due ON queue(next_attempt_at) WHERE attempts > 0;
 CREATE TABLE dead (
@@ -166,15 +192,22 @@ PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
+_V1_QUEUE_COLUMNS = ["id", "payload", "meta", "enqueued_at", "attempts", "next_attempt_at",
+                     "last_attempt_at", "last_error"]
 _EXPECTED_COLUMNS = {
-    "queue": ["id", "payload", "meta", "enqueued_at", "attempts", "next_attempt_at",
-              "last_attempt_at", "last_error"],
+    "queue": _V1_QUEUE_COLUMNS + ["n", "lens"],
+    "partial": ["id", "done"],
     "dead": ["id", "queue_id", "payload", "meta", "enqueued_at", "attempts",
              "last_attempt_at", "last_error", "reason", "dead_at"],
     "totals": ["k", "rows", "bytes", "dead_rows", "dead_bytes"],
 }
 
-_Q_COLS = "id, payload, meta, enqueued_at, attempts, next_attempt_at, last_attempt_at, last_error"
+# a queue row with its settled offsets (``done``, from the small ``partial`` table, so
+# that settling part of a packed row never rewrites the row itself)
+_Q_COLS = ("q.id, q.payload, q.meta, q.enqueued_at, q.attempts, q.next_attempt_at, "
+           "q.last_attempt_at, q.last_error, q.n, q.lens, p.done")
+_Q_FROM = "queue q LEFT JOIN partial p ON p.id = q.id"
+_Q_DUE = "queue q INDEXED BY queue_retry_due LEFT JOIN partial p ON p.id = q.id"
 _D_COLS = ("id, queue_id, payload, meta, enqueued_at, attempts, last_attempt_at, last_error, "
            "reason, dead_at")
 
@@ -383,6 +416,11 @@ class DiskQueue:
             if str(mode).lower() != "wal":
                 raise QueueError(f"{path}: could not switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # Debian's SQLite is built with SECURE_DELETE on: every deleted row would be
+            # overwritten with zeros, i.e. an ack would write each delivered payload again
+            # (and need that much WAL space on a full disk).  FAST zeroes deleted cells only
+            # on pages that are written anyway; freed overflow pages are not rewritten.
+            conn.execute("PRAGMA secure_delete = FAST")
             # checkpoint often enough, and truncate the WAL after checkpoints, so that the
             # WAL never holds more than ~1/16 of the filesystem (matters on small disks)
             try:
@@ -412,15 +450,36 @@ class DiskQueue:
             return True
         if app_id != APPLICATION_ID:
             raise _BadFile(f"not a relay queue (application_id={app_id:#x}, tables={sorted(tables)})")
-        if version != SCHEMA_VERSION:
+        if version not in (1, SCHEMA_VERSION):
             raise _BadFile(f"schema version {version}, expected {SCHEMA_VERSION}")
         for table, cols in _EXPECTED_COLUMNS.items():
+            if version == 1 and table == "queue":
+                cols = _V1_QUEUE_COLUMNS
+            elif version == 1 and table == "partial":
+                continue
             have = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
             if have != cols:
                 raise _BadFile(f"table {table}: columns {have}, expected {cols}")
         if conn.execute("SELECT count(*) FROM totals").fetchone()[0] != 1:
             raise _BadFile("table totals: expected exactly one row")
         return False
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Schema 1 (one event per row) -> 2 (packed rows): add the columns; old rows are
+        rows of one event, which is what the defaults say."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] != 1:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("ALTER TABLE queue ADD COLUMN n INTEGER NOT NULL DEFAULT 1")
+            conn.execute("ALTER TABLE queue ADD COLUMN lens BLOB")
+            conn.execute("CREATE TABLE partial (id INTEGER PRIMARY KEY, done BLOB NOT NULL)")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        log.info("queue %s: schema upgraded from 1 to %d", self.path, SCHEMA_VERSION)
 
     def _open(self, check: bool) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -459,8 +518,10 @@ class DiskQueue:
             if fresh:
                 self._create_schema(conn)
                 _fsync_dir(directory)
-            elif check:
-                self._repair_totals(conn)
+            else:
+                self._migrate(conn)
+                if check:
+                    self._repair_totals(conn)
         except _BadFile as exc:
             if conn is not None:
                 conn.close()
@@ -495,8 +556,7 @@ class DiskQueue:
 
     def _repair_totals(self, conn: sqlite3.Connection) -> None:
         """Recount rows and bytes (cheap next to quick_check); fix the totals row if off."""
-        rows, nbytes = conn.execute(
-            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM queue").fetchone()
+        rows, nbytes = _count_queue(conn)
         drows, dbytes = conn.execute(
             "SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead").fetchone()
         have = conn.execute("SELECT rows, bytes, dead_rows, dead_bytes FROM totals").fetchone()
@@ -573,26 +633,30 @@ class DiskQueue:
         deadline = time.monotonic() + time_budget
         total = 0
         try:
-            plan = (("queue", _EXPECTED_COLUMNS["queue"], "rows", "bytes"),
-                    ("dead", _EXPECTED_COLUMNS["dead"], "dead_rows", "dead_bytes"))
-            for table, cols, rcol, bcol in plan:
+            plan = (("partial", (_EXPECTED_COLUMNS["partial"],)),
+                    ("queue", (_EXPECTED_COLUMNS["queue"], _V1_QUEUE_COLUMNS)),
+                    ("dead", (_EXPECTED_COLUMNS["dead"],)))
+            for table, known in plan:
                 if table not in tables:
                     continue
                 try:
                     have = [r[1] for r in src.execute(f"PRAGMA table_info({table})")]
                 except sqlite3.Error:
                     continue
-                if have != cols:
+                if have not in known:
                     continue
+                cols = have
+                # packed queue rows are up to PACK_BYTES each: read few at a time
+                step = 16 if table == "queue" else 2000
                 collist = ", ".join(cols)
                 marks = ", ".join("?" * len(cols))
-                pay = cols.index("payload")
+                pay = cols.index("payload" if "payload" in cols else "done")
                 last = 0
                 failures = 0
                 while time.monotonic() < deadline:
                     try:
                         batch = src.execute(
-                            f"SELECT {collist} FROM {table} WHERE id > ? ORDER BY id LIMIT 2000",
+                            f"SELECT {collist} FROM {table} WHERE id > ? ORDER BY id LIMIT {step}",
                             (last,)).fetchall()
                     except sqlite3.Error:
                         batch = None
@@ -605,31 +669,33 @@ class DiskQueue:
                     if not batch:
                         break
                     failures = 0
-                    good = [r for r in batch if isinstance(r[pay], bytes)]
+                    good = [r for r in batch if isinstance(r[pay], bytes)]  # type-checked
+
                     last = batch[-1][0]
                     with self._lock:
                         conn = self._conn
                         conn.execute("BEGIN IMMEDIATE")
                         try:
-                            cur = conn.executemany(
+                            conn.executemany(
                                 f"INSERT OR IGNORE INTO {table} ({collist}) VALUES ({marks})", good)
-                            added = cur.rowcount
-                            if added == len(good):
-                                conn.execute(
-                                    f"UPDATE totals SET {rcol} = {rcol} + ?, {bcol} = {bcol} + ?",
-                                    (added, sum(len(r[pay]) for r in good)))
-                            else:  # some ids were already there: recount
-                                conn.execute(
-                                    f"UPDATE totals SET {rcol} = (SELECT count(*) FROM {table}), "
-                                    f"{bcol} = (SELECT coalesce(sum(length(payload)), 0) "
-                                    f"FROM {table})")
                             conn.execute("COMMIT")
                         except BaseException:
                             _rollback(conn)
                             raise
-                    total += max(added, 0)
         finally:
             src.close()
+        with self._lock:   # count what arrived; drop settled-offset lists of rows not salvaged
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.execute("SELECT rows + dead_rows FROM totals").fetchone()[0]
+                conn.execute("DELETE FROM partial WHERE id NOT IN (SELECT id FROM queue)")
+                _recount(conn)
+                total = conn.execute("SELECT rows + dead_rows FROM totals").fetchone()[0] - before
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
         return total
 
     # ------------------------------------------------------------------ helpers
@@ -820,26 +886,136 @@ class DiskQueue:
             out.append(x.id if isinstance(x, (Item, DeadItem)) else int(x))
         return out
 
-    def _move_to_dead(self, conn: sqlite3.Connection, ids: list[int], reason: str,
-                      now: float) -> tuple[int, int]:
-        """Inside a transaction: move queue rows ``ids`` to the DLQ; returns (rows, bytes)."""
-        rows = nbytes = 0
-        for chunk in _chunks(ids):
+    @staticmethod
+    def _overlapping(conn: sqlite3.Connection, eids: list[int], cols: str) -> list:
+        """Inside a transaction: the queue rows (``id, n, <cols>``) holding any of the sorted,
+        distinct event ids ``eids``.  Rows are disjoint id ranges ``id - n + 1 .. id``, so
+        for a run of ids from lo to hi they are the rows from the first with id >= lo up
+        to the first that starts after hi."""
+        out = []
+        i, m = 0, len(eids)
+        while i < m:
+            j = i
+            while j + 1 < m and eids[j + 1] - eids[j] <= _RUN_GAP:
+                j += 1
+            hi = eids[j]
+            for row in conn.execute(f"SELECT q.id, q.n, {cols} FROM {_Q_FROM} WHERE q.id >= ? ORDER BY q.id",
+                                    (eids[i],)):
+                if row[0] - row[1] + 1 > hi:
+                    break
+                out.append(row)
+            i = j + 1
+        return out
+
+    def _settle(self, conn: sqlite3.Connection, eids: list[int], data: bool = False):
+        """Inside a transaction: take the events ``eids`` (sorted, distinct) out of the queue:
+        a row whose events are all settled is deleted, otherwise its ``done`` list grows.
+        Returns ``(events, bytes, taken)``; with ``data`` ``taken`` lists
+        ``(row in _Q_COLS order, [offsets])`` for the caller to move the events elsewhere."""
+        cols = "length(q.payload), q.lens, p.done" + (f", {_Q_COLS}" if data else "")
+        deletes: list = []
+        updates: list = []
+        taken: list = []
+        events = nbytes = 0
+        for row in self._overlapping(conn, eids, cols):
+            rid, n, plen, lens, done = row[:5]
+            first = rid - n + 1
+            a = bisect_left(eids, first)
+            b = bisect_right(eids, rid)
+            if a == b:
+                continue
+            offs = [e - first for e in eids[a:b]]
+            if done:
+                skip = set(_arr(done))
+                offs = [o for o in offs if o not in skip]
+                if not offs:
+                    continue
+            else:
+                skip = set()
+            if n == 1:
+                nbytes += plen
+            else:
+                ln = _arr(lens)
+                nbytes += sum([ln[o] for o in offs])
+            events += len(offs)
+            if len(offs) + len(skip) >= n:
+                deletes.append(rid)
+            else:
+                skip.update(offs)
+                updates.append((array("I", sorted(skip)).tobytes(), rid))
+            if data:
+                taken.append((row[5:], offs))
+        for chunk in _chunks(deletes):
             marks = ",".join("?" * len(chunk))
-            conn.execute(
-                f"INSERT INTO dead (queue_id, payload, meta, enqueued_at, attempts, "
-                f"last_attempt_at, last_error, reason, dead_at) "
-                f"SELECT id, payload, meta, enqueued_at, attempts, last_attempt_at, last_error, "
-                f"?, ? FROM queue WHERE id IN ({marks}) ORDER BY id",
-                (reason, now, *chunk))
-            for (size,) in conn.execute(
-                    f"DELETE FROM queue WHERE id IN ({marks}) RETURNING length(payload)", chunk):
-                rows += 1
-                nbytes += size
-        conn.execute("UPDATE totals SET rows = rows - ?, bytes = bytes - ?, "
-                     "dead_rows = dead_rows + ?, dead_bytes = dead_bytes + ?",
-                     (rows, nbytes, rows, nbytes))
-        return rows, nbytes
+            conn.execute(f"DELETE FROM queue WHERE id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM partial WHERE id IN ({marks})", chunk)
+        if updates:
+            conn.executemany("INSERT OR REPLACE INTO partial (done, id) VALUES (?, ?)", updates)
+        if events:
+            conn.execute("UPDATE totals SET rows = rows - ?, bytes = bytes - ?", (events, nbytes))
+        return events, nbytes, taken
+
+    @staticmethod
+    def _resplit(conn: sqlite3.Connection, row, offs: set, attrs: tuple) -> None:
+        """Inside a transaction: give the events at offsets ``offs`` of ``row`` (``_Q_COLS``
+        order) new ``(attempts, next_attempt_at, last_attempt_at, last_error)`` by cutting
+        the row into runs of consecutive events; every event keeps its id (and so its
+        place in the queue order).  Totals do not change."""
+        rid, n = row[0], row[8]
+        first = rid - n + 1
+        parts = _split(row)
+        skip = set(_arr(row[10])) if row[10] else set()
+        runs: list[list] = []
+        for k in range(n):
+            flag = k in offs
+            if runs and runs[-1][2] == flag:
+                runs[-1][1] = k
+            else:
+                runs.append([k, k, flag])
+        conn.execute("DELETE FROM queue WHERE id = ?", (rid,))
+        conn.execute("DELETE FROM partial WHERE id = ?", (rid,))
+        out = []
+        partial = []
+        for start, end, flag in runs:
+            dn = [k - start for k in range(start, end + 1) if k in skip]
+            if len(dn) == end - start + 1:
+                continue
+            payload, meta, lens = _pack(parts[start:end + 1])
+            a = attrs if flag else (row[4], row[5], row[6], row[7])
+            out.append((first + end, payload, meta, row[3], *a, end - start + 1, lens))
+            if dn:
+                partial.append((first + end, array("I", dn).tobytes()))
+        conn.executemany(
+            "INSERT INTO queue (id, payload, meta, enqueued_at, attempts, next_attempt_at, "
+            "last_attempt_at, last_error, n, lens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", out)
+        if partial:
+            conn.executemany("INSERT INTO partial (id, done) VALUES (?, ?)", partial)
+
+    def _to_dead(self, conn: sqlite3.Connection, taken: list, reason: str, now: float,
+                 attempts_add: int = 0, last_error: str | None = None) -> int:
+        """Inside a transaction: insert settled events (``_settle(..., data=True)``) into the
+        DLQ with ``reason``; returns the number."""
+        rows = []
+        nbytes = 0
+        for row, offs in taken:
+            rid, n = row[0], row[8]
+            first = rid - n + 1
+            parts = _split(row)
+            attempts = row[4] + attempts_add
+            lat = now if attempts_add else row[6]
+            lerr = last_error if last_error is not None else row[7]
+            for o in offs:
+                payload, meta = parts[o]
+                nbytes += len(payload)
+                rows.append((first + o, payload, meta, row[3], attempts, lat, lerr, reason, now))
+        if rows:
+            conn.executemany(
+                "INSERT INTO dead (queue_id, payload, meta, enqueued_at, attempts, "
+                "last_attempt_at, last_error, reason, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows)
+            conn.execute("UPDATE totals SET dead_rows = dead_rows + ?, dead_bytes = dead_bytes + ?",
+                         (len(rows), nbytes))
+        return len(rows)
 
     # ------------------------------------------------------------------ producer side
     def put_many(self, items: list[tuple[bytes, dict | None]], now: float | None = None) -> int:
@@ -905,8 +1081,7 @@ class DiskQueue:
                         todo = rows[:k]
                         result.append(("dropped", len(rows) - k))
                 if todo:
-                    conn.executemany(
-                        "INSERT INTO queue (payload, meta, enqueued_at) VALUES (?, ?, ?)", todo)
+                    self._insert_packed(conn, [(r[0], r[1]) for r in todo], ts)
                     conn.execute("UPDATE totals SET rows = rows + ?, bytes = bytes + ?",
                                  (len(todo), size))
                 return len(todo)
@@ -925,13 +1100,45 @@ class DiskQueue:
             self.stats["enqueued"] += stored
             return stored
 
+    @staticmethod
+    def _insert_packed(conn: sqlite3.Connection, events: list, ts: float, attempts: int = 0,
+                       next_attempt_at: float = 0.0, last_attempt_at: float | None = None,
+                       last_error: str | None = None) -> None:
+        """Inside a transaction: store ``[(payload, meta_raw)]`` as packed rows of up to
+        PACK_EVENTS events / PACK_BYTES bytes.  A row holds the events with ids
+        ``id - n + 1 .. id``: ids are taken from the AUTOINCREMENT sequence, so they are
+        never reused and keep increasing across processes writing the same file."""
+        got = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
+        last = got[0] if got else 0
+        out = []
+        i, total = 0, len(events)
+        while i < total:
+            j = i + 1
+            size = len(events[i][0])
+            limit = min(total, i + PACK_EVENTS)
+            while j < limit:
+                s = len(events[j][0])
+                if size + s > PACK_BYTES:
+                    break
+                size += s
+                j += 1
+            chunk = events[i:j]
+            last += len(chunk)
+            payload, meta, lens = _pack(chunk)
+            out.append((last, payload, meta, ts, attempts, next_attempt_at, last_attempt_at,
+                        last_error, len(chunk), lens))
+            i = j
+        conn.executemany(
+            "INSERT INTO queue (id, payload, meta, enqueued_at, attempts, next_attempt_at, "
+            "last_attempt_at, last_error, n, lens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", out)
+
     def put(self, payload: bytes, meta: dict | None = None) -> int:
         """Enqueue one row (one transaction: ~30x the cost per row of a group)."""
         return self.put_many([(payload, meta)])
 
     # ------------------------------------------------------------------ consumer side
     def lease(self, n: int, now: float | None = None) -> list[Item]:
-        """Up to ``n`` rows with ``next_attempt_at <= now``, oldest (lowest id) first, that are
+        """Up to ``n`` events with ``next_attempt_at <= now``, oldest (lowest id) first, that are
         not already leased; they are marked in-flight in memory until ``ack``/``retry``/
         ``dead_letter``/``release``.  Read-only (no write transaction)."""
         if n <= 0:
@@ -940,30 +1147,22 @@ class DiskQueue:
         with self._lock:
             inflight = self._inflight
             hwm = self._fresh_hwm
-            # fresh rows (attempts = 0) above the high-water mark, in rowid order.  Leased
-            # fresh rows lie above the mark only after release() lowered it.
-            extra = 0
-            if self._hwm_lowered:
-                extra = sum(1 for i, a in inflight.items() if a == 0 and i > hwm)
-                if not extra:
-                    self._hwm_lowered = False
-            fresh = self._read(
-                f"SELECT {_Q_COLS} FROM queue WHERE id > ? AND attempts = 0 "
-                f"ORDER BY id LIMIT ?", (hwm, n + extra))
-            if extra:
-                fresh = [r for r in fresh if r[0] not in inflight][:n]
+            # fresh events (attempts = 0) above the high-water mark, in id order.  A row's id
+            # is its last event's id, so every row with id > hwm holds such events; leased
+            # fresh events lie above the mark only after release() lowered it.
+            fresh = self._collect(
+                f"SELECT {_Q_COLS} FROM {_Q_FROM} WHERE q.id > ? AND q.attempts = 0 "
+                "ORDER BY q.id LIMIT ?",
+                (), hwm, hwm + 1, n)
             # retried rows that are due (partial index), lowest id first
-            due = self._read(
-                f"SELECT {_Q_COLS} FROM queue INDEXED BY queue_retry_due "
-                f"WHERE attempts > 0 AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-                (now, n + self._inflight_retried))
-            if due and self._inflight_retried:
-                due = [r for r in due if r[0] not in inflight][:n]
+            due = self._collect(
+                f"SELECT {_Q_COLS} FROM {_Q_DUE} "
+                "WHERE q.attempts > 0 AND q.next_attempt_at <= ? AND q.id > ? ORDER BY q.id LIMIT ?",
+                (now,), 0, 0, n)
             if due:
-                chosen = sorted(fresh + due)[:n] if fresh else due
+                out = sorted(fresh + due, key=_item_id)[:n] if fresh else due
             else:
-                chosen = fresh
-            out = [Item(*row) for row in chosen]
+                out = fresh
             for item in out:
                 a = item.attempts
                 inflight[item.id] = a
@@ -972,7 +1171,43 @@ class DiskQueue:
                 elif item.id > hwm:
                     hwm = item.id
             self._fresh_hwm = hwm
+            if self._hwm_lowered and not any(
+                    a == 0 and i > hwm for i, a in inflight.items()):
+                self._hwm_lowered = False
             return out
+
+    def _collect(self, sql: str, params: tuple, after: int, lo: int, n: int) -> list[Item]:
+        """Events of the rows ``sql`` selects (in id order; its last two parameters are "id >
+        ?" and the LIMIT), id >= ``lo``, not settled and not in flight, up to ``n``; reads
+        rows a few at a time."""
+        inflight = self._inflight
+        out: list[Item] = []
+        want = max(4, n // 64)
+        while len(out) < n:
+            rows = self._read(sql, (*params, after, want))
+            for row in rows:
+                rid, payload, meta, enq, att, nxt, lat, lerr, cnt, lens, done = row
+                if cnt == 1:
+                    if rid >= lo and rid not in inflight:
+                        out.append(Item(rid, payload, meta, enq, att, nxt, lat, lerr))
+                        if len(out) >= n:
+                            return out
+                    continue
+                first = rid - cnt + 1
+                skip = set(_arr(done)) if done else ()
+                k = 0
+                for pl, ml in _split(row):
+                    eid = first + k
+                    if eid >= lo and k not in skip and eid not in inflight:
+                        out.append(Item(eid, pl, ml, enq, att, nxt, lat, lerr))
+                        if len(out) >= n:
+                            return out
+                    k += 1
+            if len(rows) < want:
+                break
+            after = rows[-1][0]
+            want *= 2
+        return out
 
     def _forget(self, ids: Iterable[int]) -> None:
         pop = self._inflight.pop
@@ -1001,29 +1236,10 @@ class DiskQueue:
 
     def _ack(self, ids: list[int]) -> int:
         with self._lock:
-            lo, hi = min(ids), max(ids)
-            contiguous = hi - lo + 1 == len(ids) == len(set(ids))
+            eids = sorted(set(ids))
 
             def txn(conn):
-                # count, then delete (cheaper than DELETE ... RETURNING per row); a
-                # contiguous run of ids (the usual FIFO ack) is one range.
-                rows = nbytes = 0
-                if contiguous:
-                    parts = [("id BETWEEN ? AND ?", (lo, hi))]
-                else:
-                    parts = [(f"id IN ({','.join('?' * len(c))})", c) for c in _chunks(ids)]
-                for where, params in parts:
-                    r, b = conn.execute(
-                        f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM queue "
-                        f"WHERE {where}", params).fetchone()
-                    if r:
-                        conn.execute(f"DELETE FROM queue WHERE {where}", params)
-                        rows += r
-                        nbytes += b
-                if rows:
-                    conn.execute("UPDATE totals SET rows = rows - ?, bytes = bytes - ?",
-                                 (rows, nbytes))
-                return rows
+                return self._settle(conn, eids)[0]
 
             done = self._write_ack(txn)
             self._forget(ids)
@@ -1045,34 +1261,52 @@ class DiskQueue:
         now = time.time() if now is None else now
         err = _excerpt(error)
         policy = self.retry_policy
+        eids = sorted(set(ids))
         with self._lock:
             def txn(conn):
-                current = []
-                for chunk in _chunks(ids):
-                    marks = ",".join("?" * len(chunk))
-                    current.extend(conn.execute(
-                        f"SELECT id, attempts FROM queue WHERE id IN ({marks})", chunk))
                 delays: dict[int, float] = {}
-                updates = []
-                dead = []
-                for rid, attempts in current:
-                    na = attempts + 1
+                in_place = []
+                split = []     # (row, offsets) moving to a new row
+                dead = []      # event ids giving up
+                retried = 0
+                for row in self._overlapping(conn, eids, _Q_COLS):
+                    rid, n = row[0], row[1]
+                    row = row[2:]
+                    first = rid - n + 1
+                    a = bisect_left(eids, first)
+                    b = bisect_right(eids, rid)
+                    if a == b:
+                        continue
+                    skip = set(_arr(row[10])) if row[10] else set()
+                    offs = [e - first for e in eids[a:b] if e - first not in skip]
+                    if not offs:
+                        continue
+                    retried += len(offs)
+                    na = row[4] + 1
+                    if policy.max_attempts and na >= policy.max_attempts:
+                        dead.extend(first + o for o in offs)
+                        continue
                     if na not in delays:
                         if retry_after is not None:
                             delays[na] = max(0.0, float(retry_after))
                         else:
                             delays[na] = policy.delay(na, self._rng)
-                    updates.append((na, now + delays[na], now, err, rid))
-                    if policy.max_attempts and na >= policy.max_attempts:
-                        dead.append(rid)
-                conn.executemany(
-                    "UPDATE queue SET attempts = ?, next_attempt_at = ?, last_attempt_at = ?, "
-                    "last_error = ? WHERE id = ?", updates)
+                    if len(offs) + len(skip) >= n:   # the whole rest of the row: in place
+                        in_place.append((na, now + delays[na], now, err, rid))
+                    else:
+                        split.append((row, offs, na, now + delays[na]))
+                if in_place:
+                    conn.executemany(
+                        "UPDATE queue SET attempts = ?, next_attempt_at = ?, last_attempt_at = ?, "
+                        "last_error = ? WHERE id = ?", in_place)
+                for row, offs, na, at in split:
+                    self._resplit(conn, row, set(offs), (na, at, now, err))
                 moved = 0
                 if dead:
                     reason = _excerpt(f"gave up after {policy.max_attempts} attempts: {error}")
-                    moved, _ = self._move_to_dead(conn, dead, reason, now)
-                return len(updates), moved
+                    _, _, taken = self._settle(conn, sorted(dead), data=True)
+                    moved = self._to_dead(conn, taken, reason, now, attempts_add=1, last_error=err)
+                return retried, moved
 
             retried, moved = self._write_ack(txn)
             self._forget(ids)
@@ -1092,14 +1326,11 @@ class DiskQueue:
             return 0
         now = time.time() if now is None else now
         why = _excerpt(reason) or "dead-lettered"
+        eids = sorted(set(ids))
         with self._lock:
             def txn(conn):
-                for chunk in _chunks(ids):
-                    marks = ",".join("?" * len(chunk))
-                    conn.execute(
-                        f"UPDATE queue SET attempts = attempts + 1, last_attempt_at = ?, "
-                        f"last_error = ? WHERE id IN ({marks})", (now, why, *chunk))
-                return self._move_to_dead(conn, ids, why, now)[0]
+                _, _, taken = self._settle(conn, eids, data=True)
+                return self._to_dead(conn, taken, why, now, attempts_add=1, last_error=why)
 
             moved = self._write_ack(txn)
             self._forget(ids)
@@ -1190,17 +1421,30 @@ class DiskQueue:
         now = time.time() if now is None else now
         with self._lock:
             inflight = self._inflight
-            for (rid,) in self._read(
-                    "SELECT id FROM queue WHERE id > ? AND attempts = 0 ORDER BY id LIMIT ?",
-                    (self._fresh_hwm, len(inflight) + 1)):
-                if rid not in inflight:
+            hwm = self._fresh_hwm
+            limit = len(inflight) + 1   # rows whose every event is in flight are at most that many
+            for rid, n, done in self._read(
+                    f"SELECT q.id, q.n, p.done FROM {_Q_FROM} WHERE q.id > ? AND q.attempts = 0 "
+                    "ORDER BY q.id LIMIT ?",
+                    (hwm, limit)):
+                if self._has_free(rid, n, done, hwm + 1):
                     return 0.0
-            for rid, at in self._read(
-                    "SELECT id, next_attempt_at FROM queue INDEXED BY queue_retry_due "
-                    "WHERE attempts > 0 ORDER BY next_attempt_at LIMIT ?", (len(inflight) + 1,)):
-                if rid not in inflight:
+            for rid, n, done, at in self._read(
+                    f"SELECT q.id, q.n, p.done, q.next_attempt_at FROM {_Q_DUE} "
+                    "WHERE q.attempts > 0 ORDER BY q.next_attempt_at LIMIT ?", (limit,)):
+                if self._has_free(rid, n, done, 0):
                     return max(0.0, at - now)
             return None
+
+    def _has_free(self, rid: int, n: int, done: bytes | None, lo: int) -> bool:
+        """Does row ``rid`` hold an event with id >= lo that is neither settled nor leased?"""
+        inflight = self._inflight
+        if n == 1:
+            return rid >= lo and rid not in inflight
+        first = rid - n + 1
+        skip = set(_arr(done)) if done else ()
+        return any(e not in inflight and e - first not in skip
+                   for e in range(max(first, lo), rid + 1))
 
     def list(self, limit: int = 100, offset: int = 0, dlq: bool = False):
         """Rows in id order without leasing them: :class:`Item` (queue) or
@@ -1211,9 +1455,34 @@ class DiskQueue:
                                   (limit, offset))
                 return [DeadItem(r[0], r[1], r[2], _loads(r[3]) if r[3] else {}, *r[4:])
                         for r in rows]
-            rows = self._read(f"SELECT {_Q_COLS} FROM queue ORDER BY id LIMIT ? OFFSET ?",
-                              (limit, offset))
-            return [Item(*r) for r in rows]
+            out: list[Item] = []
+            after = 0
+            while len(out) < limit:
+                rows = self._read(f"SELECT {_Q_COLS} FROM {_Q_FROM} WHERE q.id > ? ORDER BY q.id LIMIT 64",
+                                  (after,))
+                if not rows:
+                    break
+                after = rows[-1][0]
+                for row in rows:
+                    rid, n, done = row[0], row[8], row[10]
+                    live = n - (len(done) // 4 if done else 0)
+                    if offset >= live:
+                        offset -= live
+                        continue
+                    first = rid - n + 1
+                    skip = set(_arr(done)) if done else ()
+                    for k, (payload, meta) in enumerate(_split(row)):
+                        if k in skip:
+                            continue
+                        if offset:
+                            offset -= 1
+                            continue
+                        out.append(Item(first + k, payload, meta, *row[3:8]))
+                        if len(out) >= limit:
+                            break
+                    if len(out) >= limit:
+                        break
+            return out
 
     # ------------------------------------------------------------------ operator actions
     def replay_dlq(self, ids: Iterable[int] | None = None,
@@ -1329,6 +1598,8 @@ class DiskQueue:
             def txn(conn):
                 n = conn.execute(f"SELECT {rcol} FROM totals").fetchone()[0]
                 conn.execute(f"DELETE FROM {table}")
+                if not dlq:
+                    conn.execute("DELETE FROM partial")
                 conn.execute(f"UPDATE totals SET {rcol} = 0, {bcol} = 0")
                 return n
 
@@ -1373,6 +1644,75 @@ class DiskQueue:
 
     def __repr__(self) -> str:
         return f"DiskQueue({self.path!r}, synchronous={self.synchronous!r})"
+
+
+def _item_id(item: "Item") -> int:
+    return item.id
+
+
+def _arr(blob: bytes | None) -> array:
+    a = array("I")
+    if blob:
+        a.frombytes(blob)
+    return a
+
+
+def _row_live(n: int, payload_len: int, lens: bytes | None, done: bytes | None) -> tuple[int, int]:
+    """(events, payload bytes) of a queue row that are not settled yet."""
+    if not done:
+        return n, payload_len
+    d = _arr(done)
+    if n == 1:
+        return 0, 0
+    ln = _arr(lens)
+    return n - len(d), payload_len - sum(ln[o] for o in d)
+
+
+def _count_queue(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Count the unsettled events and their payload bytes (scans the table)."""
+    rows, nbytes = conn.execute(
+        "SELECT coalesce(sum(n), 0), coalesce(sum(length(payload)), 0) FROM queue q "
+        "WHERE NOT EXISTS (SELECT 1 FROM partial p WHERE p.id = q.id)").fetchone()
+    for n, plen, lens, done in conn.execute(
+            "SELECT q.n, length(q.payload), q.lens, p.done FROM queue q JOIN partial p ON p.id = q.id"):
+        e, b = _row_live(n, plen, lens, done)
+        rows += e
+        nbytes += b
+    return rows, nbytes
+
+
+def _recount(conn: sqlite3.Connection) -> None:
+    rows, nbytes = _count_queue(conn)
+    conn.execute("UPDATE totals SET rows = ?, bytes = ?, "
+                 "dead_rows = (SELECT count(*) FROM dead), "
+                 "dead_bytes = (SELECT coalesce(sum(length(payload)), 0) FROM dead)", (rows, nbytes))
+
+
+def _split(row) -> list[tuple[bytes, bytes | None]]:
+    """A queue row (``_Q_COLS`` order) -> [(payload, meta_raw)] for each of its n events."""
+    payload, meta, n, lens = row[1], row[2], row[8], row[9]
+    if n == 1:
+        return [(payload, meta)]
+    ln = _arr(lens)
+    out = []
+    p = m = 0
+    for k in range(n):
+        pl = ln[k]
+        ml = ln[n + k]
+        out.append((payload[p:p + pl], meta[m:m + ml] if ml else None))
+        p += pl
+        m += ml
+    return out
+
+
+def _pack(items: list[tuple[bytes, bytes | None]]) -> tuple[bytes, bytes | None, bytes | None]:
+    """[(payload, meta_raw)] -> (payload, meta, lens) columns of one row."""
+    if len(items) == 1:
+        return items[0][0], items[0][1], None
+    plens = [len(p) for p, _ in items]
+    mlens = [len(m) if m else 0 for _, m in items]
+    metas = b"".join([m for _, m in items if m])
+    return b"".join([p for p, _ in items]), metas or None, array("I", plens + mlens).tobytes()
 
 
 def _as_bytes(payload) -> bytes:

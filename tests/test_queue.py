@@ -661,13 +661,19 @@ def test_disk_full_raises_and_recovers_after_space_is_freed(q):
     assert q.depth() == stored  # the failing group stored nothing, earlier ones all
     assert q.stats["disk_full"] >= 1
     assert q.stats["enqueued"] == stored
-    # the queue still works: delivering frees space (ack works while full)
+    # the queue still works: delivering frees space (ack works while full).  Space comes
+    # back a packed row (one put_many group) at a time: settling part of a row frees none.
     items = q.lease(150)
     assert [seq_of(i) for i in items] == list(range(150))
     assert q.ack(items) == 150
+    with pytest.raises(QueueDiskFull):   # 50 events of the first group are still queued
+        q.put_many(rows(50, start=stored, size=250))
+    items = q.lease(50)
+    assert [seq_of(i) for i in items] == list(range(150, 200))
+    assert q.ack(items) == 50
     assert q.put_many(rows(50, start=stored, size=250)) == 50
     rest = q.lease(10 ** 6)
-    assert [seq_of(i) for i in rest] == list(range(150, stored + 50))
+    assert [seq_of(i) for i in rest] == list(range(200, stored + 50))
     q.ack(rest)
     assert q.depth() == 0
 
@@ -763,3 +769,107 @@ def test_replay_skips_unrendered_dead_letters(tmp_path):
     assert [i.payload for i in q.lease(10)] == [b"rendered"]
     assert q.dlq_depth() == 1
     assert q.replay_dlq(include_unrendered=True) == 1
+
+
+# --------------------------------------------------------------------------- packed rows
+def test_a_group_is_packed_into_few_rows_and_ids_stay_per_event(q):
+    from relay.queue import PACK_EVENTS
+    q.put_many(rows(PACK_EVENTS * 2 + 10))
+    assert q._conn.execute("SELECT count(*) FROM queue").fetchone()[0] == 3
+    items = q.lease(10 ** 6)
+    assert [seq_of(i) for i in items] == list(range(PACK_EVENTS * 2 + 10))
+    ids = [i.id for i in items]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # one id per event, consecutive
+    assert all(i.payload == b"row-%06d" % seq_of(i) for i in items)
+    assert q.depth() == len(items) and q.size_bytes() == sum(len(i.payload) for i in items)
+
+
+def test_partial_settlement_of_a_packed_row_survives_a_restart(qpath):
+    q = DiskQueue(qpath)
+    q.put_many(rows(10))
+    items = q.lease(10)
+    assert q.ack(items[0:3]) == 3
+    assert q.dead_letter(items[5:6], "HTTP 400") == 1
+    assert q.retry(items[8:9], "HTTP 503") == 0
+    assert q.depth() == 6 and q.dlq_depth() == 1
+    assert q.ack(items[0:3]) == 0            # already settled: ignored
+    q.close()                               # the rest is still leased: dropped with the process
+    q = DiskQueue(qpath)
+    try:
+        assert q.depth() == 6 and q.stats["totals_repaired"] == 0
+        again = q.lease(10, now=time.time() + 10 ** 5)
+        assert [seq_of(i) for i in again] == [3, 4, 6, 7, 8, 9]   # order kept, retried one too
+        assert [i.attempts for i in again] == [0, 0, 0, 0, 1, 0]
+        assert [i.id for i in again] == [items[k].id for k in (3, 4, 6, 7, 8, 9)]
+        assert [seq_of(i) for i in q.list()] == [3, 4, 6, 7, 8, 9]
+        assert [seq_of(i) for i in q.list(limit=2, offset=3)] == [7, 8]
+        assert q.list(dlq=True)[0].queue_id == items[5].id
+        assert q.ack(again) == 6 and q.depth() == 0 and q.size_bytes() == 0
+        assert q._conn.execute("SELECT count(*) FROM queue").fetchone()[0] == 0
+        assert q._conn.execute("SELECT count(*) FROM partial").fetchone()[0] == 0
+    finally:
+        q.close()
+
+
+def test_leases_cut_across_packed_rows(q):
+    q.put_many(rows(7))
+    q.put_many(rows(5, start=7))
+    a = q.lease(4)
+    b = q.lease(4)
+    c = q.lease(10)
+    assert [seq_of(i) for i in a + b + c] == list(range(12))
+    q.release(b)
+    assert [seq_of(i) for i in q.lease(2)] == [4, 5]
+    assert q.next_due() == 0.0
+    q.ack(a + c)
+    assert [seq_of(i) for i in q.lease(10)] == [6, 7]
+    assert q.next_due() is None
+
+
+def test_schema_1_file_is_upgraded_in_place(qpath):
+    os.makedirs(os.path.dirname(qpath))
+    conn = sqlite3.connect(qpath, isolation_level=None)
+    conn.executescript("""
+        CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL, meta BLOB,
+            enqueued_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0, last_attempt_at REAL, last_error TEXT);
+        CREATE INDEX queue_retry_due ON queue(next_attempt_at) WHERE attempts > 0;
+        CREATE TABLE dead (id INTEGER PRIMARY KEY AUTOINCREMENT, queue_id INTEGER NOT NULL,
+            payload BLOB NOT NULL, meta BLOB, enqueued_at REAL NOT NULL, attempts INTEGER NOT NULL,
+            last_attempt_at REAL, last_error TEXT, reason TEXT NOT NULL, dead_at REAL NOT NULL);
+        CREATE TABLE totals (k INTEGER PRIMARY KEY CHECK (k = 0), rows INTEGER NOT NULL,
+            bytes INTEGER NOT NULL, dead_rows INTEGER NOT NULL, dead_bytes INTEGER NOT NULL);
+        INSERT INTO totals VALUES (0, 3, 24, 0, 0);
+        PRAGMA application_id = 1380735313;
+        PRAGMA user_version = 1;
+    """)
+    for i in range(3):
+        conn.execute("INSERT INTO queue (payload, meta, enqueued_at) VALUES (?, ?, 1.0)",
+                     (b"row-%06d" % i, b'{"seq": %d}' % i))
+    conn.close()
+    q = DiskQueue(qpath)
+    try:
+        assert q.recovered_from is None and q.depth() == 3
+        q.put_many(rows(3, start=3))
+        items = q.lease(10)
+        assert [seq_of(i) for i in items] == list(range(6))
+        assert [i.id for i in items] == list(range(1, 7))
+        assert q.ack(items) == 6 and q.depth() == 0
+        assert q._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        q.close()
+
+
+def test_two_writers_on_one_file_never_reuse_ids(qpath):
+    a = DiskQueue(qpath)
+    b = DiskQueue(qpath)
+    try:
+        for k in range(5):
+            a.put_many(rows(3, start=k * 6))
+            b.put_many(rows(3, start=k * 6 + 3))
+        items = a.lease(100)
+        assert [seq_of(i) for i in items] == list(range(30))
+        assert len({i.id for i in items}) == 30
+    finally:
+        a.close()
+        b.close()
