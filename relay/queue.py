@@ -92,6 +92,7 @@ forever.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import random
@@ -393,7 +394,13 @@ class DiskQueue:
         self._reserve_path = self.path + ".reserve"
         self._reserve_bytes = reserve_bytes
         self._reserve_checked = 0.0
+        self._lock_fd: int | None = None
         self._open(check)
+        try:
+            self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:   # read-only directory...: SQLite's own locking still applies
+            log.warning("queue %s: no writer lock file (%s); concurrent writers fall back to "
+                        "SQLite's busy polling", self.path, exc)
         self._ensure_reserve()
 
     @property
@@ -834,10 +841,18 @@ class DiskQueue:
         return result
 
     def _write(self, fn):
-        """Run ``fn(conn)`` in one IMMEDIATE transaction; map SQLite errors."""
+        """Run ``fn(conn)`` in one IMMEDIATE transaction; map SQLite errors.
+
+        Writers of the same file (ingest workers committing, the main process acking, the
+        ``relay queue`` CLI) first take an exclusive ``flock`` on ``<file>.lock``: a waiting
+        writer then wakes the moment the lock is free, where SQLite's own busy handler
+        polls with sleeps of 1, 2, 5, 10 ... ms (milliseconds per commit on a busy queue)."""
         conn = self._conn
         if conn is None:
             raise QueueError(f"{self.path}: queue is closed")
+        fd = self._lock_fd
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -848,6 +863,9 @@ class DiskQueue:
                 raise
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         return result
 
     def _read(self, sql: str, params=()) -> list:
@@ -1635,6 +1653,9 @@ class DiskQueue:
                 except sqlite3.Error:
                     pass
                 conn.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def __enter__(self) -> "DiskQueue":
         return self
