@@ -108,6 +108,36 @@ _CEF_FALCON = (("mac", "smac"), ("filename", "fname"), ("filepath", "filePath"),
                ("domain", "dntdom"), ("technique", "act"), ("objective", "reason"))
 
 
+_MS = tuple(f".{i:03d}" for i in range(1000))
+
+
+def _leef_plan(version: str, delimiter: str):
+    """Per-sink constants of :meth:`Renderer._leef_fast`, or ``None`` (no fast path) when the
+    delimiter is unusable or could occur in the devTime/devTimeFormat text or in a key."""
+    try:
+        dd = _leef._delim("\t" if version == "1.0" else delimiter)
+        d = dd.d
+        if d in _leef.DEV_TIME_FORMAT or d in "0123456789-T:.+":
+            return None
+        keys = ["cat", "devTime", "devTimeFormat"]
+        keys += [k for table in (_LEEF_COMMON, _LEEF_RHYTHMX, _LEEF_FALCON) for _, k in table]
+        keys += ["triage" + k.capitalize() for k in ("score", "severity", "owner", "mode")]
+        if any(dd.key(k)[1] for k in keys):
+            return None
+        sev_dt, sev_only = {}, {}
+        for band, (n, _) in SEV_BAND.items():
+            sev = _leef.check_sev(n)
+            sev_dt[band] = f"sev={sev}{d}devTime="
+            sev_only[band] = f"sev={sev}"
+    except ValueError:
+        return None
+
+    def table(t):
+        return tuple(k + "=" for _, k in t), tuple(src for src, _ in t)
+    return (d, sev_dt, sev_only, f"{d}devTimeFormat={_leef.DEV_TIME_FORMAT}",
+            table(_LEEF_COMMON), table(_LEEF_RHYTHMX), table(_LEEF_FALCON))
+
+
 class Renderer:
     """Renders events for one sink.  ``render(event) -> bytes`` (one line, no framing);
     ``sanitised`` counts characters the LEEF sanitising rule changed."""
@@ -119,12 +149,16 @@ class Renderer:
         self.sanitised = 0
         self._hcache: dict = {}
         self.render = {
-            "leef": self._leef, "leef1": self._leef, "cef": self._cef,
+            "leef": self._leef_fast, "leef1": self._leef_fast, "cef": self._cef,
             "rfc5424": self._passthrough, "json": self._json,
         }[options.format]
         self._leef_version = "1.0" if options.format == "leef1" else "2.0"
         self._leef_ident = (options.leef_vendor, options.leef_product, options.leef_version)
         self._leef_delim = options.leef_delimiter
+        self._lf = None
+        if options.format in ("leef", "leef1"):
+            self._lf = _leef_plan(self._leef_version, options.leef_delimiter)
+        self._lheads: dict = {}
 
     # ---------------------------------------------------------------- header
     def _header(self, ev: Event, f: dict | None, band: str, epoch: float | None) -> str:
@@ -154,6 +188,101 @@ class Renderer:
         return parts
 
     # ---------------------------------------------------------------- LEEF
+    def _leef_fast(self, ev: Event) -> bytes:
+        """:meth:`_leef` for the usual event (canonical fields, every value ASCII, no value
+        holding the delimiter, CR or LF): the pairs are built as ``key=value`` strings with
+        the constants of :func:`_leef_plan` and checked once, on the joined text.  Anything
+        else (a check failing, an exception) goes through :meth:`_leef`: same bytes, same
+        errors, same sanitising counts and notes."""
+        f = ev.fields
+        plan = self._lf
+        if not f or plan is None:
+            return self._leef(ev)
+        d, sev_dt, sev_only, dt_tail, common, rhythmx, falcon_keys = plan
+        try:
+            s = f.get("severity")
+            band = s if s in SEV_BAND else sev_of(f, ev)
+            epoch = f.get("occurred_unix")
+            if epoch is None:
+                epoch = _epoch(ev, f)
+            if epoch is not None:
+                secs, ms = divmod(round(epoch * 1000), 1000)
+                sec = utc_second(secs) + _MS[ms]  # "YYYY-MM-DDTHH:MM:SS.mmm"
+                first = f"{sev_dt[band]}{sec}+0000{dt_tail}"
+                stamp = sec + "Z"
+                nd = 2  # delimiters inside ``first``
+            else:
+                first = sev_only[band]
+                stamp = "-"
+                nd = 0
+            get = f.get
+            falcon = get("vendor") == "CrowdStrike"
+            cat = get("tactic") if falcon else get("kind")
+            if cat.__class__ is not str or not cat.isascii():
+                cat = _str(cat)
+            cat = cat or get("kind")
+            if cat is not None:
+                if cat.__class__ is not str:
+                    cat = str(cat)
+                first = f"cat={cat}{d}{first}"
+                nd += 1
+            parts = [first]
+            append = parts.append
+            for p, v in zip(common[0], map(get, common[1])):
+                if v is not None:
+                    if v.__class__ is str:
+                        if v:
+                            append(p + v)
+                    elif v.__class__ is int:
+                        append(p + str(v))
+                    elif v != "":
+                        append(p + _str(v))
+            extra = get("extra")
+            if extra:
+                table = falcon_keys if falcon else rhythmx
+                for p, v in zip(table[0], map(extra.get, table[1])):
+                    if v is not None:
+                        if v.__class__ is str:
+                            if v:
+                                append(p + v)
+                        elif v.__class__ is int:
+                            append(p + str(v))
+                        elif v != "" and v != []:
+                            append(p + _str(v))
+            body = d.join(parts)
+            n = len(parts) - 1
+            triage = get("triage")
+            if triage is not None and isinstance(triage, dict):
+                for k in ("score", "severity", "owner", "mode"):
+                    if triage.get(k) is not None:
+                        body = f"{body}{d}triage{k.capitalize()}={_str(triage[k])}"
+                        n += 1
+            # every value ASCII (text() is then the identity) and none needing sanitising
+            if not body.isascii() or "\n" in body or "\r" in body or body.count(d) != n + nd:
+                event_id = None
+            else:
+                e = get("event") or get("kind")
+                event_id = _str(e) if e else (ev.msgid or ev.app_name or "syslog")
+        except Exception:
+            event_id = None
+        if event_id is None:
+            return self._leef(ev)
+        hk = (falcon, event_id)
+        head = self._lheads.get(hk)
+        if head is None:
+            vendor, product, version = ("CrowdStrike", "FalconHost", "1.0") if falcon else self._leef_ident
+            head = _leef.encode(vendor, product, version, event_id, (),
+                                version=self._leef_version, delimiter=self._leef_delim)
+            if len(self._lheads) >= 4096:
+                self._lheads.clear()
+            self._lheads[hk] = head
+        line, changes = head
+        if changes:
+            self.sanitised += changes
+            ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF replaced by space)")
+        pre, post = self._header_parts(ev, f, band)
+        return f"{pre}{stamp}{post} {line}{body}".encode("utf-8", "replace")
+
     def _leef(self, ev: Event) -> bytes:
         f = ev.fields
         band = sev_of(f, ev)
