@@ -263,25 +263,37 @@ class Renderer:
             else:
                 e = get("event") or get("kind")
                 event_id = _str(e) if e else (ev.msgid or ev.app_name or "syslog")
+                # the syslog header and LEEF header around the timestamp, cached together
+                host = self.o.hostname
+                if host == "original":
+                    host = ev.hostname or get("host") or _peer_ip(ev.peer)
+                msgid = get("event") or ev.msgid
+                if msgid.__class__ is not str:
+                    msgid = None
+                key = (ev.facility, band, host, ev.app_name or get("product") or self.o.app_name, msgid,
+                       falcon, event_id)
+                hit = self._lheads.get(key)
         except Exception:
             event_id = None
         if event_id is None:
             return self._leef(ev)
-        hk = (falcon, event_id)
-        head = self._lheads.get(hk)
-        if head is None:
+        if hit is None:
             vendor, product, version = ("CrowdStrike", "FalconHost", "1.0") if falcon else self._leef_ident
-            head = _leef.encode(vendor, product, version, event_id, (),
-                                version=self._leef_version, delimiter=self._leef_delim)
+            try:
+                line, changes = _leef.encode(vendor, product, version, event_id, (),
+                                             version=self._leef_version, delimiter=self._leef_delim)
+                pre, post = self._header_parts(ev, f, band)
+            except Exception:  # raised where the full path raises (after its note)
+                return self._leef(ev)
+            hit = (pre, f"{post} {line}", changes)
             if len(self._lheads) >= 4096:
                 self._lheads.clear()
-            self._lheads[hk] = head
-        line, changes = head
+            self._lheads[key] = hit
+        pre, rest, changes = hit
         if changes:
             self.sanitised += changes
             ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF replaced by space)")
-        pre, post = self._header_parts(ev, f, band)
-        return f"{pre}{stamp}{post} {line}{body}".encode("utf-8", "replace")
+        return f"{pre}{stamp}{rest}{body}".encode("utf-8", "replace")
 
     def _leef(self, ev: Event) -> bytes:
         f = ev.fields
