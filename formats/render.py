@@ -108,6 +108,8 @@ _CEF_FALCON = (("mac", "smac"), ("filename", "fname"), ("filepath", "filePath"),
                ("domain", "dntdom"), ("technique", "act"), ("objective", "reason"))
 
 
+_CS_KEYS = tuple((f"cs{i}", f"cs{i}Label") for i in range(1, _cef.CUSTOM_SLOTS["cs"] + 1))
+_CN_KEYS = tuple((f"cn{i}", f"cn{i}Label") for i in range(1, _cef.CUSTOM_SLOTS["cn"] + 1))
 _MS = tuple(f".{i:03d}" for i in range(1000))
 
 
@@ -159,6 +161,7 @@ class Renderer:
         if options.format in ("leef", "leef1"):
             self._lf = _leef_plan(self._leef_version, options.leef_delimiter)
         self._lheads: dict = {}
+        self._cheads: dict = {}
 
     # ---------------------------------------------------------------- header
     def _header(self, ev: Event, f: dict | None, band: str, epoch: float | None) -> str:
@@ -407,9 +410,17 @@ class Renderer:
                              ("RelatedCaseIds", _str(extra.get("related_case_ids"))), ("Technique", f.get("technique_id"))]
                 customs_n = [("RiskScore", f.get("risk_score")), ("AlarmCount", extra.get("alarm_count")),
                              ("ThreatCaseCount", extra.get("threat_case_count"))]
-            ext.extend(_cef.custom_strings([(k, _str(v)) for k, v in customs_s if v not in (None, "")]))
-            ext.extend(_cef.custom_numbers([(k, v) for k, v in customs_n if isinstance(v, (int, float))
-                                            and not isinstance(v, bool)]))
+            cs = [(k, _str(v)) for k, v in customs_s if v not in (None, "")]
+            for (key, label_key), (label, v) in zip(_CS_KEYS, cs):  # _cef.custom_strings(cs), inlined
+                ext.append((key, v))
+                ext.append((label_key, label))
+            cn = [(k, v) for k, v in customs_n if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if all(v.__class__ is int for _, v in cn):  # _cef.custom_numbers(cn), inlined
+                for (key, label_key), (label, v) in zip(_CN_KEYS, cn):
+                    ext.append((key, str(v)))
+                    ext.append((label_key, label))
+            else:
+                ext.extend(_cef.custom_numbers(cn))
             triage = f.get("triage")
             if isinstance(triage, dict):  # cs1-6 / cn1-3 are taken: the flex fields carry triage
                 if isinstance(triage.get("score"), int):
@@ -420,12 +431,29 @@ class Renderer:
                     ext += [("flexString2", _str(triage["owner"])), ("flexString2Label", "TriageOwner")]
         else:
             ext.append(("msg", _str(ev.msg) or ""))
-        if _is_falcon(f):
+        falcon = _is_falcon(f)
+        if falcon:
             vendor, product, version = "CrowdStrike", "FalconHost", "1.0"
         else:
             vendor, product, version = self.o.cef_vendor, self.o.cef_product, self.o.cef_version
         name = (f.get("name") if f else None) or ev.app_name or "syslog"
-        line = _cef.encode(vendor, product, version, _event_id(ev, f), _str(name), SEV_BAND[band][0], ext)
+        event_id, name = _event_id(ev, f), _str(name)
+        # the pairs as written when no value needs escaping or trimming (no backslash, '=',
+        # CR, LF, and no value ending in a blank: "  " / "\t " / a last blank would show it)
+        parts = [f"{k}={v}" for k, v in ext if v is not None]
+        body = " ".join(parts)
+        if body and ("\\" in body or "\n" in body or "\r" in body or "  " in body or "\t " in body
+                     or body[-1] in " \t" or body.count("=") != len(parts)):
+            line = _cef.encode(vendor, product, version, event_id, name, SEV_BAND[band][0], ext)
+        else:
+            hk = (falcon, event_id, name, band)
+            head = self._cheads.get(hk)
+            if head is None:
+                head = _cef.encode(vendor, product, version, event_id, name, SEV_BAND[band][0])
+                if len(self._cheads) >= 4096:
+                    self._cheads.clear()
+                self._cheads[hk] = head
+            line = head + body
         return f"{self._header(ev, f, band, epoch)} {line}".encode("utf-8", "replace")
 
     # ---------------------------------------------------------------- others
