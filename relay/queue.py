@@ -1037,7 +1037,8 @@ class DiskQueue:
 
     # ------------------------------------------------------------------ producer side
     def put_many(self, items: list[tuple[bytes, dict | None]], now: float | None = None) -> int:
-        """Enqueue a group of ``(payload, meta)`` in ONE transaction (group commit).
+        """Enqueue a group of ``(payload, meta)`` in ONE transaction (group commit).  ``meta``
+        is a dict, None, or the dict already encoded as JSON bytes.
 
         Returns the number of rows stored.  Durable per the ``synchronous`` mode when it
         returns.  When the queue is full: ``block`` raises :class:`QueueFull` and stores
@@ -1050,7 +1051,8 @@ class DiskQueue:
             return 0
         ts = time.time() if now is None else now
         dumps = _dumps
-        rows = [(payload, dumps(meta) if meta else None, ts) for payload, meta in items]
+        rows = [(payload, (meta if type(meta) is bytes else dumps(meta)) if meta else None, ts)
+                for payload, meta in items]
         if not all(type(r[0]) is bytes for r in rows):
             rows = [(_as_bytes(r[0]), r[1], r[2]) for r in rows]
         nbytes = sum(len(r[0]) for r in rows)
@@ -1365,8 +1367,8 @@ class DiskQueue:
         if not items:
             return 0
         ts = time.time() if now is None else now
-        rows = [(_as_bytes(p), _dumps(m) if m else None, ts, _excerpt(r) or "dead-lettered", ts)
-                for p, m, r in items]
+        rows = [(_as_bytes(p), (m if type(m) is bytes else _dumps(m)) if m else None, ts,
+                 _excerpt(r) or "dead-lettered", ts) for p, m, r in items]
         nbytes = sum(len(r[0]) for r in rows)
         with self._lock:
             def txn(conn):

@@ -109,7 +109,8 @@ class Server:
             self.sinks[name] = self._start_sink(sc, loop)
         if cfg.relay.workers > 1:
             from .workers import WorkerPool
-            self.pool = WorkerPool(self.config_path, cfg.relay.workers, on_enqueued=self._notify_sinks,
+            self.pool = WorkerPool(self.config_path, cfg.relay.workers,
+                                   {n: r.committer for n, r in self.sinks.items()},
                                    log_level=cfg.relay.log_level)
             await self.pool.start()
             self.pipeline = self.pool
@@ -126,12 +127,6 @@ class Server:
         sd_notify("READY=1\nSTATUS=relay running")
         log.info("relay running: %d source(s), %d route(s), %d sink(s); config %s",
                  len(self.sources), len(cfg.routes), len(self.sinks), self.config_path)
-
-    def _notify_sinks(self, names) -> None:
-        for n in names:
-            r = self.sinks.get(n)
-            if r is not None:
-                r.sink.notify()
 
     def _start_sink(self, sc: SinkConfig, loop) -> _SinkRuntime:
         from .sinks import make_sink
@@ -240,6 +235,7 @@ class Server:
             if self.pool is not None:
                 if new.relay.workers != old.relay.workers:
                     log.warning("reload: relay.workers changed; restart the relay to apply it")
+                self.pool.committers = {n: r.committer for n, r in self.sinks.items()}
                 await self.pool.reload()
             else:
                 self.pipeline.committers = {n: r.committer for n, r in self.sinks.items()}

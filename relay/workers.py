@@ -1,17 +1,18 @@
-"""Ingest worker processes: parsing, normalising, routing, rendering and queueing on
-every core.
+"""Ingest worker processes: parsing, normalising, routing and rendering on every core.
 
 With ``[relay] workers = N`` (N > 1) the main process keeps the sockets, the framing,
-the sinks' delivery loops and the metrics; N worker processes do the per-message work
-(:meth:`relay.pipeline.Pipeline.process`) and write each sink's rows into its SQLite
-queue themselves (group commit: everything a worker received meanwhile, one transaction
-per sink).  CPython runs one thread at a time per process, so this is what puts the
-second core to work.
+the queues' group commits, the sinks' delivery loops and the metrics; N worker processes
+do the per-message work (:meth:`relay.pipeline.Pipeline.process`) and send back each
+sink's rendered rows.  CPython runs one thread at a time per process, so this is what puts
+the second core to work.  The main process commits what the workers return through the
+same :class:`relay.pipeline.GroupCommitter` as the in-process pipeline: one transaction and
+one fsync for everything that arrived meanwhile, where workers committing their own parts
+paid an fsync each and waited for each other's write lock.
 
 :class:`WorkerPool` has the same ``handle`` / ``backlog`` contract as the in-process
 pipeline: ``handle(items, source, received)`` returns a future that completes once the
-batch is durably queued (the worker's reply), so TCP sources keep pausing until their
-data is safe.  A worker that dies fails its in-flight batches (their TCP connections are
+batch is durably queued (the worker's reply, then the commit), so TCP sources keep pausing
+until their data is safe.  A worker that dies fails its in-flight batches (their TCP connections are
 closed, so senders retransmit; nothing acknowledged is lost) and is restarted.
 Counters from the workers are merged into the main registry, so /metrics shows totals.
 """
@@ -25,7 +26,8 @@ import queue as queue_mod
 import signal
 import threading
 import time
-from typing import Callable
+
+import orjson
 
 from .metrics import REGISTRY
 
@@ -49,11 +51,11 @@ class _Worker:
 class WorkerPool:
     """See the module docstring."""
 
-    def __init__(self, config_path: str, n: int, on_enqueued: Callable[[list], None],
+    def __init__(self, config_path: str, n: int, committers: dict,
                  max_backlog: int = 200_000, log_level: str = "info") -> None:
         self.config_path = config_path
         self.n = n
-        self.on_enqueued = on_enqueued
+        self.committers = committers   # sink name -> GroupCommitter (replaced on reload)
         self.max_backlog = max_backlog
         self.log_level = log_level
         self.workers = [_Worker(i) for i in range(n)]
@@ -99,28 +101,50 @@ class WorkerPool:
     def _dispatch(self, w: _Worker, msg) -> None:
         kind = msg[0]
         if kind == "done":
-            _, batch_ids, errors, sinks, counters = msg
-            for bid in batch_ids:
-                fut, n = w.inflight.pop(bid, (None, 0))
-                w.pending_items -= n
-                if fut is not None and not fut.done():
-                    err = errors.get(bid)
-                    if err is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(RuntimeError(err))
+            _, batch_ids, errors, rows, dead, counters = msg
             if counters:
                 REGISTRY.set_external(w.wid, counters)
-            if sinks:
-                self.on_enqueued(sinks)
+            done = [(bid, *w.inflight.pop(bid, (None, 0))) for bid in batch_ids]
+            commits = []
+            for sink, items in rows.items():
+                c = self.committers.get(sink)
+                if c is None:   # removed by a reload while the batch was out
+                    log.error("sink %s is gone (reload); %d event(s) of this batch refused", sink, len(items))
+                    for bid, _, _ in done:
+                        errors.setdefault(bid, f"sink {sink} no longer configured")
+                    continue
+                commits.append(c.submit(items))
+            for sink, items in dead.items():
+                c = self.committers.get(sink)
+                if c is not None:
+                    for payload, meta, reason in items:
+                        c.submit_dead(payload, meta, reason)
+            if not commits:
+                self._settle(w, done, errors, None)
+            else:
+                g = commits[0] if len(commits) == 1 else asyncio.gather(*commits)
+                g.add_done_callback(lambda f, w=w, done=done, errors=errors: self._settle(
+                    w, done, errors, f.exception() if not f.cancelled() else RuntimeError("cancelled")))
         elif kind == "ready":
             w.ready = True
         elif kind == "counters":
             REGISTRY.set_external(w.wid, msg[1])
-        elif kind == "notify":  # rows committed while the rest of a batch waits for room
-            self.on_enqueued(msg[1])
         elif kind == "log":
             pass
+
+    @staticmethod
+    def _settle(w: _Worker, done: list, errors: dict, exc: BaseException | None) -> None:
+        """The batches of one reply are committed (or failed): resolve their futures."""
+        for bid, fut, n in done:
+            w.pending_items -= n
+            if fut is not None and not fut.done():
+                err = errors.get(bid)
+                if exc is not None:
+                    fut.set_exception(exc)
+                elif err is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(RuntimeError(err))
 
     def _lost(self, w: _Worker) -> None:
         try:
@@ -147,7 +171,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ pipeline contract
     def backlog(self) -> int:
-        return sum(w.pending_items for w in self.workers)
+        return sum(w.pending_items for w in self.workers)  # until committed, not just processed
 
     def handle(self, items: list, source, received: float | None = None):
         """Hand a batch to the workers.  A large batch (one read from one connection) is
@@ -231,12 +255,6 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
     wlog = logging.getLogger(f"relay.worker{wid}")
     state = _WorkerState(config_path, wlog)
 
-    def notify(sinks):
-        try:
-            conn.send(("notify", sinks))
-        except OSError:
-            pass
-    state.notify = notify
     state.configure(load(config_path))
     inbox: queue_mod.Queue = queue_mod.Queue()
 
@@ -281,7 +299,7 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
             elif m[0] == "stop":
                 stop = True
         if batches:
-            ids, errors, sinks = state.process(batches)
+            ids, errors, rows, dead = state.process(batches)
             now = time.monotonic()
             counters = None
             if now - last_counters > 0.25 or stop:
@@ -291,7 +309,7 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
             else:
                 dirty = True
             try:
-                conn.send(("done", ids, errors, sinks, counters))
+                conn.send(("done", ids, errors, rows, dead, counters))
             except OSError:
                 return
         if stop:
@@ -304,42 +322,34 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
 
 
 class _WorkerState:
+    """A worker's pipeline: processes batches, returns the rendered rows per sink (the main
+    process commits them)."""
+
     def __init__(self, config_path: str, wlog) -> None:
         self.config_path = config_path
         self.log = wlog
         self.pipeline = None
-        self.queues: dict = {}
         self.config = None
-        self.notify = lambda sinks: None
 
     def configure(self, cfg) -> None:
         from .pipeline import Pipeline
-        from .server import queue_path
-        from .queue import DiskQueue, RetryPolicy
-        for name in list(self.queues):
-            if name not in cfg.sinks or cfg.sinks[name].queue != self.config.sinks[name].queue:
-                self.queues.pop(name).close()
-        for name, sc in cfg.sinks.items():
-            if name not in self.queues:
-                q, r = sc.queue, sc.retry
-                self.queues[name] = DiskQueue(queue_path(cfg.relay.state_dir, name), synchronous=q.synchronous,
-                                              max_rows=q.max_rows, max_bytes=q.max_bytes, full_policy=q.full_policy,
-                                              retry=RetryPolicy(base=r.base, factor=r.factor, cap=r.cap,
-                                                                max_attempts=r.max_attempts))
         if self.pipeline is None:
             self.pipeline = Pipeline(cfg, committers={})
         else:
             self.pipeline.configure(cfg)
         self.config = cfg
 
-    def process(self, batches: list) -> tuple[list, dict, list]:
-        from .queue import QueueDiskFull, QueueFull
+    def process(self, batches: list) -> tuple[list, dict, dict, dict]:
+        """-> (batch ids, {batch id: error}, {sink: [(payload, meta_json)]},
+        {sink: [(payload, meta, reason)]}).  Metadata goes back encoded (orjson), as the
+        queue stores it."""
         per_sink: dict[str, list] = {}
         dead: dict[str, list] = {}
         ids = []
         errors: dict = {}
         sources = self.config.sources
         process = self.pipeline.process
+        dumps = orjson.dumps
         for _, bid, source_name, received, items in batches:
             ids.append(bid)
             src = sources.get(source_name)
@@ -353,52 +363,19 @@ class _WorkerState:
                     self.log.exception("processing a message failed: %s", e)
                     errors[bid] = f"processing failed: {e}"
                     continue
-                for sink, payload, meta, err in out:
+                if not out:
+                    continue
+                meta = dumps(out[0][2])   # one meta per event, shared by its sinks
+                for sink, payload, _, err in out:
                     if err is not None:
                         dead.setdefault(sink, []).append((payload, meta, err))
-                    else:
-                        per_sink.setdefault(sink, []).append((payload, meta))
-        warned = 0.0
-        from .pipeline import _groups
-        groups = [(sink, g) for sink, rows in per_sink.items() for g in _groups(rows, self.queues[sink])]
-        from collections import deque
-        todo = deque(groups)
-        while todo:
-            sink, rows = todo.popleft()
-            q = self.queues[sink]
-            while True:
-                try:
-                    n = q.put_many(rows)
-                    REGISTRY.counter("relay_queue_commits_total", sink=sink).value += 1
-                    REGISTRY.counter("relay_enqueued_total", sink=sink).value += n
-                    if n < len(rows):
-                        REGISTRY.counter("relay_queue_dropped_total", sink=sink).value += len(rows) - n
-                    break
-                except (QueueFull, QueueDiskFull) as e:
-                    self.notify([sink])   # what is committed can drain meanwhile
-                    if isinstance(e, QueueDiskFull) and len(rows) > 1:
-                        half = len(rows) // 2
-                        todo.appendleft((sink, rows[half:]))
-                        rows = rows[:half]
                         continue
-                    now = time.monotonic()
-                    if now - warned > 10:
-                        self.log.warning("sink %s: queue cannot take more events (%s); sources paused until it "
-                                         "drains", sink, e)
-                        warned = now
-                    time.sleep(0.5)
-        for sink, rows in dead.items():
-            try:
-                self.queues[sink].put_dead(rows)
-            except Exception as e:
-                self.log.error("sink %s: cannot dead-letter %d unrenderable event(s): %s", sink, len(rows), e)
-                for bid in ids:
-                    errors.setdefault(bid, f"dead-letter write failed: {e}")
-        return ids, errors, list(per_sink)
+                    b = per_sink.get(sink)
+                    if b is None:
+                        per_sink[sink] = [(payload, meta)]
+                    else:
+                        b.append((payload, meta))
+        return ids, errors, per_sink, dead
 
     def close(self) -> None:
-        for q in self.queues.values():
-            try:
-                q.close()
-            except Exception:
-                pass
+        pass
