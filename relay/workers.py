@@ -365,16 +365,18 @@ class _WorkerState:
                     continue
                 if not out:
                     continue
-                meta = dumps(out[0][2])   # one meta per event, shared by its sinks
-                for sink, payload, _, err in out:
+                last = enc = None
+                for sink, payload, meta, err in out:
+                    if meta is not last:   # sinks of one event mostly share one meta dict
+                        last, enc = meta, dumps(meta)
                     if err is not None:
-                        dead.setdefault(sink, []).append((payload, meta, err))
+                        dead.setdefault(sink, []).append((payload, enc, err))
                         continue
                     b = per_sink.get(sink)
                     if b is None:
-                        per_sink[sink] = [(payload, meta)]
+                        per_sink[sink] = [(payload, enc)]
                     else:
-                        b.append((payload, meta))
+                        b.append((payload, enc))
         return ids, errors, per_sink, dead
 
     def close(self) -> None:

@@ -56,7 +56,10 @@ def test_route_render_and_commit(tmp_path):
         leef = queues["leef"].lease(10)
         archive = queues["archive"].lease(10)
         assert len(leef) == 1 and b"LEEF:2.0|" in leef[0].payload and b"externalId=INC-1" in leef[0].payload
-        assert leef[0].meta["dedup_key"] == "rhythmx:INC-1" and leef[0].meta["routes"] == ["high"]
+        # syslog rows carry where from and why (the LEEF itself has the ids); XSOAR rows
+        # also the dedup key, event and status (tests/test_xsoar.py)
+        assert leef[0].meta["routes"] == ["high"] and leef[0].meta["source"] == "tcp"
+        assert "dedup_key" not in leef[0].meta
         # the high-risk event matched the final route: archived once, not again by "all"
         assert [orjson.loads(i.payload)["event"]["id"] for i in archive] == ["INC-1", "INC-2", None]
         assert REGISTRY.value("relay_routed_total", route="all") - before == 2
