@@ -100,6 +100,7 @@ import sqlite3
 import threading
 import time
 from array import array
+from itertools import accumulate
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -1173,12 +1174,12 @@ class DiskQueue:
             fresh = self._collect(
                 f"SELECT {_Q_COLS} FROM {_Q_FROM} WHERE q.id > ? AND q.attempts = 0 "
                 "ORDER BY q.id LIMIT ?",
-                (), hwm, hwm + 1, n)
+                (), hwm, hwm + 1, n, self._hwm_lowered)
             # retried rows that are due (partial index), lowest id first
             due = self._collect(
                 f"SELECT {_Q_COLS} FROM {_Q_DUE} "
                 "WHERE q.attempts > 0 AND q.next_attempt_at <= ? AND q.id > ? ORDER BY q.id LIMIT ?",
-                (now,), 0, 0, n)
+                (now,), 0, 0, n, self._inflight_retried > 0)
             if due:
                 out = sorted(fresh + due, key=_item_id)[:n] if fresh else due
             else:
@@ -1196,11 +1197,13 @@ class DiskQueue:
                 self._hwm_lowered = False
             return out
 
-    def _collect(self, sql: str, params: tuple, after: int, lo: int, n: int) -> list[Item]:
+    def _collect(self, sql: str, params: tuple, after: int, lo: int, n: int,
+                 check_inflight: bool = True) -> list[Item]:
         """Events of the rows ``sql`` selects (in id order; its last two parameters are "id >
         ?" and the LIMIT), id >= ``lo``, not settled and not in flight, up to ``n``; reads
-        rows a few at a time."""
-        inflight = self._inflight
+        rows a few at a time.  ``check_inflight=False``: the caller knows none of them can
+        be in flight."""
+        inflight = self._inflight if check_inflight else {}
         out: list[Item] = []
         want = max(4, n // 64)
         while len(out) < n:
@@ -1214,15 +1217,31 @@ class DiskQueue:
                             return out
                     continue
                 first = rid - cnt + 1
+                ln = _arr(lens)
+                pofs = list(accumulate(ln[:cnt], initial=0))
+                mofs = list(accumulate(ln[cnt:], initial=0)) if meta else None
+                k0 = lo - first if lo > first else 0
+                k1 = min(cnt, k0 + n - len(out))
+                if not done and not inflight:   # the usual case: a plain run of fresh events
+                    if meta:
+                        out += [Item(first + k, payload[pofs[k]:pofs[k + 1]],
+                                     meta[mofs[k]:mofs[k + 1]] or None, enq, att, nxt, lat, lerr)
+                                for k in range(k0, k1)]
+                    else:
+                        out += [Item(first + k, payload[pofs[k]:pofs[k + 1]], None, enq, att, nxt,
+                                     lat, lerr) for k in range(k0, k1)]
+                    if len(out) >= n:
+                        return out
+                    continue
                 skip = set(_arr(done)) if done else ()
-                k = 0
-                for pl, ml in _split(row):
+                for k in range(k0, cnt):
                     eid = first + k
-                    if eid >= lo and k not in skip and eid not in inflight:
-                        out.append(Item(eid, pl, ml, enq, att, nxt, lat, lerr))
+                    if k not in skip and eid not in inflight:
+                        ml = meta[mofs[k]:mofs[k + 1]] if meta else None
+                        out.append(Item(eid, payload[pofs[k]:pofs[k + 1]], ml or None,
+                                        enq, att, nxt, lat, lerr))
                         if len(out) >= n:
                             return out
-                    k += 1
             if len(rows) < want:
                 break
             after = rows[-1][0]

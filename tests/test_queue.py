@@ -873,3 +873,83 @@ def test_two_writers_on_one_file_never_reuse_ids(qpath):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_packed_rows_behave_like_a_simple_model(tmp_path, seed):
+    """Random put / lease / ack / retry / dead letter / release / reopen against a plain
+    per-event model: packing must be invisible through the API."""
+    rng = random.Random(seed)
+    path = str(tmp_path / "q.db")
+    policy = RetryPolicy(base=1, factor=2, cap=8, max_attempts=3)
+    q = DiskQueue(path, retry=policy, rng=random.Random(seed))
+    model: dict[int, list] = {}     # seq -> [attempts, next_at]
+    dead: list[int] = []
+    leased: dict[int, object] = {}  # seq -> Item
+    now = 1000.0
+    seq = 0
+    try:
+        for _ in range(120):
+            op = rng.random()
+            if op < 0.2:
+                k = rng.choice([1, 2, 5, 40, 300])
+                q.put_many(rows(k, start=seq), now=now)
+                for s in range(seq, seq + k):
+                    model[s] = [0, 0.0]
+                seq += k
+            elif op < 0.45:
+                n = rng.choice([1, 3, 50, 500])
+                got = q.lease(n, now=now)
+                want = sorted(s for s, (a, at) in model.items() if s not in leased and at <= now)[:n]
+                assert [seq_of(i) for i in got] == want
+                for i in got:
+                    assert i.attempts == model[seq_of(i)][0]
+                    assert i.payload == b"row-%06d" % seq_of(i)
+                    leased[seq_of(i)] = i
+            elif leased and op < 0.85:
+                pick = rng.sample(sorted(leased), rng.randint(1, len(leased)))
+                items = [leased.pop(s) for s in pick]
+                action = rng.choice(["ack", "ack", "retry", "dead", "release"])
+                if action == "ack":
+                    assert q.ack(items) == len(items)
+                    for s in pick:
+                        del model[s]
+                elif action == "retry":
+                    moved = q.retry(items, "boom", now=now, retry_after=rng.choice([0, 5]))
+                    gone = 0
+                    for s in pick:
+                        model[s][0] += 1
+                        if model[s][0] >= policy.max_attempts:
+                            del model[s]
+                            dead.append(s)
+                            gone += 1
+                    assert moved == gone
+                    # the schedule (retry_after, or jitter for the first attempts): read it back
+                    for i in q.list(limit=10 ** 6):
+                        if seq_of(i) in model:
+                            model[seq_of(i)][1] = i.next_attempt_at
+                elif action == "dead":
+                    assert q.dead_letter(items, "400") == len(items)
+                    for s in pick:
+                        del model[s]
+                        dead.append(s)
+                else:
+                    assert q.release(items) == len(items)
+            elif op < 0.9:
+                now += rng.choice([1, 6, 20])
+            else:
+                q.close()
+                q = DiskQueue(path, retry=policy, rng=random.Random(seed))
+                leased.clear()
+            assert q.depth() == len(model)
+            free = [at for s, (a, at) in model.items() if s not in leased]
+            due = q.next_due(now=now)
+            assert (due is None) == (not free)
+            if free:
+                assert due == pytest.approx(max(0.0, min(free) - now))
+            assert q.size_bytes() == sum(len(b"row-%06d" % s) for s in model)
+            assert q.dlq_depth() == len(dead)
+        assert sorted(seq_of(i) for i in q.list(limit=10 ** 6)) == sorted(model)
+        assert sorted(d.meta["seq"] for d in q.list(limit=10 ** 6, dlq=True)) == sorted(dead)
+    finally:
+        q.close()
