@@ -874,10 +874,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=1_000_000, help="TCP messages per run (default 1000000)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds relay, rsyslog (default 2)")
-    ap.add_argument("--conns", default="1", help="comma list of TCP connection counts (default 1; e.g. 1,4)")
+    ap.add_argument("--conns", default="1,4", help="comma list of TCP connection counts (default 1,4)")
     ap.add_argument("--forward", default="30,100", help="comma list of %% forwarded (default 30,100)")
-    ap.add_argument("--systems", default="relay,rsyslog",
-                    help="comma list of relay, relay:wN (relay with [relay] workers = N), rsyslog (default relay,rsyslog)")
+    ap.add_argument("--systems", default="relay,relay:w2,rsyslog",
+                    help="comma list of relay, relay:wN (relay with [relay] workers = N), rsyslog "
+                         "(default relay,relay:w2,rsyslog)")
     ap.add_argument("--no-tcp", action="store_true")
     ap.add_argument("--no-udp", action="store_true")
     ap.add_argument("--udp-rate", type=int, default=50_000)
@@ -1015,6 +1016,23 @@ def main() -> int:
             print(f"UDP {args.udp_rate / 1000:g}k/s {args.udp_seconds:g} s: {s['system']} delivered "
                   f"{s['delivered_pct']:.3f}% (worst run {s['min_delivered_pct']:.3f}%), kernel drops "
                   f"{s['kernel_drops']:.0f}, {s['cpu_us_per_msg']:.2f} µs CPU/msg")
+        # the targets, per relay variant (medians; see the tables for every run)
+        for system in systems:
+            if not system.startswith("relay"):
+                continue
+            tcp = [(row["scenario"][4:], row[system]["msgs_per_s"]) for row in out.get("tcp_summary", [])
+                   if row.get(system)]
+            if tcp:
+                best = max(tcp, key=lambda t: t[1])
+                met = [sc for sc, v in tcp if v >= 50_000]
+                print(f"target TCP >= 50,000 msgs/s, {system}: "
+                      + (f"met in {', '.join(met)}" if met else "not met")
+                      + f" (best {best[1]:.0f} msgs/s, {best[0]})")
+            for u in out.get("udp_summary", []):
+                if u["system"] == system:
+                    ok = u["min_delivered_pct"] >= 99.5 and args.udp_rate >= 50_000 and args.udp_seconds >= 10
+                    print(f"target UDP 50k/s 10 s >= 99.5% delivered, {system}: "
+                          f"{'met' if ok else 'not met'} (worst run {u['min_delivered_pct']:.3f}%)")
         print(f"uptime at end: {uptime_end}")
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
