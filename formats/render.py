@@ -142,13 +142,17 @@ def _leef_plan(version: str, delimiter: str):
 
 class Renderer:
     """Renders events for one sink.  ``render(event) -> bytes`` (one line, no framing);
-    ``sanitised`` counts characters the LEEF sanitising rule changed."""
+    ``sanitised`` counts characters the LEEF sanitising rule changed (and, when set,
+    ``sanitised_counter.value`` too, for each render that returns).  ``render`` also takes
+    an ignored second argument (the route names), so that it can be a sink's render
+    function as it is (relay/pipeline.make_renderer)."""
 
     def __init__(self, options: RenderOptions) -> None:
         if options.format not in FORMATS:
             raise ValueError(f"unknown format {options.format!r} (one of {', '.join(FORMATS)})")
         self.o = options
         self.sanitised = 0
+        self.sanitised_counter = None   # a metrics counter (``.value``) or None
         self._hcache: dict = {}
         self.render = {
             "leef": self._leef_fast, "leef1": self._leef_fast, "cef": self._cef,
@@ -191,7 +195,7 @@ class Renderer:
         return parts
 
     # ---------------------------------------------------------------- LEEF
-    def _leef_fast(self, ev: Event) -> bytes:
+    def _leef_fast(self, ev: Event, routes=None) -> bytes:
         """:meth:`_leef` for the usual event (canonical fields, every value ASCII, no value
         holding the delimiter, CR or LF): the pairs are built as ``key=value`` strings with
         the constants of :func:`_leef_plan` and checked once, on the joined text.  Anything
@@ -296,6 +300,8 @@ class Renderer:
         if changes:
             self.sanitised += changes
             ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF replaced by space)")
+            if self.sanitised_counter is not None:
+                self.sanitised_counter.value += changes
         return f"{pre}{stamp}{rest}{body}".encode("utf-8", "replace")
 
     def _leef(self, ev: Event) -> bytes:
@@ -321,6 +327,8 @@ class Renderer:
             self.sanitised += changes
             ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF replaced by space)")
         pre, post = self._header_parts(ev, f, band)
+        if changes and self.sanitised_counter is not None:
+            self.sanitised_counter.value += changes
         return f"{pre}{stamp}{post} {line}".encode("utf-8", "replace")
 
     def leef_attributes(self, ev: Event, f: dict | None, band: str, epoch: float | None = None) -> list:
@@ -378,7 +386,7 @@ class Renderer:
         return attrs
 
     # ---------------------------------------------------------------- CEF
-    def _cef(self, ev: Event) -> bytes:
+    def _cef(self, ev: Event, routes=None) -> bytes:
         f = ev.fields
         band = sev_of(f, ev)
         epoch = _epoch(ev, f)
@@ -457,10 +465,10 @@ class Renderer:
         return f"{self._header(ev, f, band, epoch)} {line}".encode("utf-8", "replace")
 
     # ---------------------------------------------------------------- others
-    def _passthrough(self, ev: Event) -> bytes:
+    def _passthrough(self, ev: Event, routes=None) -> bytes:
         return ev.raw
 
-    def _json(self, ev: Event) -> bytes:
+    def _json(self, ev: Event, routes=None) -> bytes:
         return orjson.dumps({"event": ev.fields, "syslog": ev.syslog_dict()},
                             option=orjson.OPT_NON_STR_KEYS, default=_str)
 

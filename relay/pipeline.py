@@ -30,6 +30,9 @@ from parsers import detect
 from parsers.event import FORMAT_RAW
 from parsers.normalise import normalise
 
+_parse = detect.parse
+_normalise = normalise
+
 from .config import Config, SinkConfig, SourceConfig
 from .metrics import REGISTRY
 from .queue import DiskQueue, QueueDiskFull, QueueFull
@@ -53,16 +56,10 @@ def make_renderer(cfg: SinkConfig) -> Callable:
                                leef_version=cfg.leef_version, leef_delimiter=cfg.leef_delimiter,
                                cef_vendor=cfg.cef_vendor, cef_product=cfg.cef_product, cef_version=cfg.cef_version,
                                hostname=cfg.hostname))
-    sanitised = REGISTRY.counter("relay_sanitised_total", sink=cfg.name)
-    render = r.render
-
-    def render_syslog(ev, routes):
-        before = r.sanitised
-        out = render(ev)
-        if r.sanitised != before:
-            sanitised.value += r.sanitised - before
-        return out
-    return render_syslog
+    # the renderer counts its sanitised characters into relay_sanitised_total{sink} itself
+    # and takes (event, routes): its render method is the sink's render function, no wrapper
+    r.sanitised_counter = REGISTRY.counter("relay_sanitised_total", sink=cfg.name)
+    return r.render
 
 
 class GroupCommitter:
@@ -248,12 +245,16 @@ class Pipeline:
     def configure(self, config: Config) -> None:
         """(Re)build routes and renderers; called at start and on reload."""
         self.config = config
-        self.routes = [(r.name, r.rule, tuple(r.sinks), r.final, REGISTRY.counter("relay_routed_total", route=r.name))
+        # (name, match, sinks (each once, in order), final, counter); match is the compiled
+        # rule's function without the Rule.__call__ layer
+        self.routes = [(r.name, getattr(r.rule, "match", r.rule), tuple(dict.fromkeys(r.sinks)), r.final,
+                        REGISTRY.counter("relay_routed_total", route=r.name))
                        for r in config.routes.values()]
         self.renderers = {name: make_renderer(s) for name, s in config.sinks.items()}
         self._full_meta_sinks = frozenset(name for name, s in config.sinks.items()
                                           if s.type in ("xsoar", "xsoar_webhook"))
         self._triage_counters: dict = {}
+        self._last_counter: tuple = (None, None, None)   # (source, format, counter): see process
         self.enricher = None  # callable(event) filling event.enrich / triage; see relay/enrich
         if config.enrich is not None:
             from .enrich import build_enricher
@@ -274,57 +275,101 @@ class Pipeline:
         """-> (matched route names, sink names in order, each once)."""
         names: list[str] = []
         sinks: list[str] = []
-        for name, rule, rsinks, final, counter in self.routes:
-            if rule(ev):
+        for name, match, rsinks, final, counter in self.routes:
+            if match(ev):
                 counter.value += 1
                 names.append(name)
-                for s in rsinks:
-                    if s not in sinks:
-                        sinks.append(s)
+                if sinks:
+                    for s in rsinks:
+                        if s not in sinks:
+                            sinks.append(s)
+                else:
+                    sinks += rsinks
                 if final:
                     break
-        meta = ev.meta
-        if meta is not None:   # triage mode auto: an escalation adds sinks (relay/enrich)
-            extra = meta.get("triage_sinks")
-            if extra:
-                rname = meta.get("triage_route") or "triage"
-                c = self._triage_counters.get(rname)
-                if c is None:
-                    c = self._triage_counters[rname] = REGISTRY.counter("relay_routed_total", route=rname)
-                c.value += 1
-                names.append(rname)
-                for s in extra:
-                    if s not in sinks and s in self.renderers:
-                        sinks.append(s)
+        if ev.meta is not None:
+            self._triage(ev.meta, names, sinks)
         return names, sinks
 
-    def process(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):
-        """One message -> (event, route names, [(sink, payload | None, meta, error)])."""
+    def _triage(self, meta: dict, names: list, sinks: list) -> None:
+        """Triage mode auto: an escalation adds sinks (relay/enrich)."""
+        extra = meta.get("triage_sinks")
+        if extra:
+            rname = meta.get("triage_route") or "triage"
+            c = self._triage_counters.get(rname)
+            if c is None:
+                c = self._triage_counters[rname] = REGISTRY.counter("relay_routed_total", route=rname)
+            c.value += 1
+            names.append(rname)
+            for s in extra:
+                if s not in sinks and s in self.renderers:
+                    sinks.append(s)
+
+    def _parsed_counter(self, source: SourceConfig, ev):
+        """The counter this event adds to: relay_parsed_total{source, format}, or
+        relay_parse_failed_total{source, reason} for a raw event."""
         c = self._source_counters.get(source.name)
         parsed_c, failed_c = c if c is not None else self._counters(source)
-        ev = detect.parse(raw, lenient=source.lenient, received=received, peer=peer, source=source.name)
         if ev.format == FORMAT_RAW:
             kind = ev.error.kind if ev.error is not None else "unknown"
             c = failed_c.get(kind)
             if c is None:
                 c = failed_c[kind] = REGISTRY.counter("relay_parse_failed_total", source=source.name, reason=kind)
-            c.value += 1
         else:
             c = parsed_c.get(ev.format)
             if c is None:
                 c = parsed_c[ev.format] = REGISTRY.counter("relay_parsed_total", source=source.name, format=ev.format)
+        return c
+
+    def process(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):
+        """One message -> (event, route names, [(sink, payload | None, meta, error)])."""
+        name = source.name
+        ev = _parse(raw, lenient=source.lenient, received=received, peer=peer, source=name)
+        # the counter of the last (source, format) seen, else the per-source tables
+        last = self._last_counter
+        if last[0] is source and last[1] == ev.format:
+            last[2].value += 1
+        else:
+            c = self._parsed_counter(source, ev)
             c.value += 1
-        normalise(ev)
+            if ev.format != FORMAT_RAW:
+                self._last_counter = (source, ev.format, c)
+        _normalise(ev)
         if self.enricher is not None:
             self.enricher(ev)
-        routes, sinks = self.route(ev)
+        # self.route(ev), inline
+        routes: list[str] = []
+        sinks: list[str] = []
+        for rname, match, rsinks, final, counter in self.routes:
+            if match(ev):
+                counter.value += 1
+                routes.append(rname)
+                if sinks:
+                    for s in rsinks:
+                        if s not in sinks:
+                            sinks.append(s)
+                else:
+                    sinks += rsinks
+                if final:
+                    break
+        if ev.meta is not None:
+            self._triage(ev.meta, routes, sinks)
         if not sinks:
             self._unrouted.value += 1
             return ev, routes, []
         # queue metadata: where the event came from and why it is there; the XSOAR sinks
         # also need the dedup key, event and status (the syslog and file sinks' payload
         # already carries those: keeping their rows small is bytes written twice saved)
-        meta = {"source": source.name, "routes": routes, "received": received}
+        meta = {"source": name, "routes": routes, "received": received}
+        renderers = self.renderers
+        if len(sinks) == 1 and sinks[0] not in self._full_meta_sinks:
+            s = sinks[0]
+            try:
+                return ev, routes, [(s, renderers[s](ev, routes), meta, None)]
+            except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
+                self._render_err[s].value += 1
+                return ev, routes, [(s, raw, self._full_meta(meta, ev.fields),
+                                     f"render failed: {type(e).__name__}: {e}")]
         full = None
         out = []
         full_sinks = self._full_meta_sinks
@@ -335,7 +380,7 @@ class Pipeline:
                     full = self._full_meta(meta, ev.fields)
                 m = full
             try:
-                out.append((s, self.renderers[s](ev, routes), m, None))
+                out.append((s, renderers[s](ev, routes), m, None))
             except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
                 self._render_err[s].value += 1
                 out.append((s, raw, self._full_meta(meta, ev.fields),
