@@ -135,10 +135,12 @@ def parse_metrics(text: str) -> dict:
 
 
 def config(*, src_port: int, metrics_port: int, sink_port: int, state_dir: Path,
-           drain_timeout: float = 3.0, batch_size: int = 500, max_bytes: int | None = None) -> str:
+           drain_timeout: float = 3.0, batch_size: int = 500, max_bytes: int | None = None,
+           workers: int = 1) -> str:
     queue = f"\n[relay.queue]\nmax_bytes = {max_bytes}\n" if max_bytes else ""
     return f"""
 [relay]
+workers = {workers}
 state_dir = "{state_dir}"
 metrics_address = "{LOOPBACK}:{metrics_port}"
 drain_timeout = {drain_timeout}
@@ -513,7 +515,8 @@ def cleanup():
 N_EVENTS = 50_000
 
 
-def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup, workers):
     """Two SIGKILLs: the first while the relay is still reading the 50,000 events (accepted =
     what is in its queue file or already at the sink; that must include everything its
     relay_enqueued_total counted), the second while it delivers them to a slow sink that goes
@@ -522,7 +525,8 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup)
     src, met, snk = free_port(), free_port(), free_port()
     state = tmp_path / "state"
     db = state / f"queue-{SINK}.db"
-    relay = Relay(tmp_path, config(src_port=src, metrics_port=met, sink_port=snk, state_dir=state), met)
+    relay = Relay(tmp_path, config(src_port=src, metrics_port=met, sink_port=snk, state_dir=state,
+                                   workers=workers), met)
     cleanup.append(relay)
     sink = FlakySlowSink(snk, rate=3_000_000)
     cleanup.append(sink)
