@@ -448,9 +448,13 @@ class Renderer:
         event_id, name = _event_id(ev, f), _str(name)
         # the pairs as written when no value needs escaping or trimming (no backslash, '=',
         # CR, LF, and no value ending in a blank: "  " / "\t " / a last blank would show it)
-        parts = [f"{k}={v}" for k, v in ext if v is not None]
-        body = " ".join(parts)
-        if body and ("\\" in body or "\n" in body or "\r" in body or "  " in body or "\t " in body
+        if falcon and _has_backslash(extra):
+            # Falcon paths and command lines are Windows paths: the escaping encoder at once
+            parts = body = None
+        else:
+            parts = [f"{k}={v}" for k, v in ext if v is not None]
+            body = " ".join(parts)
+        if body is None or body and ("\\" in body or "\n" in body or "\r" in body or "  " in body or "\t " in body
                      or body[-1] in " \t" or body.count("=") != len(parts)):
             line = _cef.encode(vendor, product, version, event_id, name, SEV_BAND[band][0], ext)
         else:
@@ -471,6 +475,15 @@ class Renderer:
     def _json(self, ev: Event, routes=None) -> bytes:
         return orjson.dumps({"event": ev.fields, "syslog": ev.syslog_dict()},
                             option=orjson.OPT_NON_STR_KEYS, default=_str)
+
+
+def _has_backslash(extra: dict) -> bool:
+    """A Falcon event's file path or command line holds a backslash (most do)."""
+    v = extra.get("filepath")
+    if v.__class__ is str and "\\" in v:
+        return True
+    v = extra.get("cmdline")
+    return v.__class__ is str and "\\" in v
 
 
 def _event_id(ev: Event, f: dict | None) -> str:
