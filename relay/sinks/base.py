@@ -129,6 +129,9 @@ class Sink:
     max_inflight = 1
     #: most rows acked in one transaction (group commit of completed batches)
     ack_group_max = 5000
+    #: rows leased in one worker-thread hop when several batches are free to go (backlog):
+    #: the lease is split into batches of ``batch_size``; at least one batch per hop
+    lease_max_rows = 2000
 
     def __init__(self, cfg, queue, *, registry: Registry | None = None,
                  drain_timeout: float = 10.0, auth_recheck: float = 60.0,
@@ -159,7 +162,9 @@ class Sink:
         self.blocked = False
         self.blocked_reason: str | None = None
         self._pause_until = 0.0          # monotonic: no lease before this
-        self._wake: asyncio.Event | None = None
+        self._notified = False           # notify() seen since the last lease
+        self._waiter: asyncio.Future | None = None   # the loop's current sleep
+        self._waiter_on_notify = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
         self._ack_buf: list = []
@@ -179,20 +184,34 @@ class Sink:
     # ------------------------------------------------------------------ public
     def notify(self) -> None:
         """Wake the loop: new rows were queued.  Safe from any thread; cheap when idle."""
-        wake, loop = self._wake, self._loop
-        if wake is None or loop is None:
+        loop = self._loop
+        if loop is None or self._notified:
+            # already notified and not yet consumed: the loop leases after clearing the
+            # flag, so it sees every row committed before this call
             return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            wake.set()
+            self._on_notify()
         else:
             try:
-                loop.call_soon_threadsafe(wake.set)
+                loop.call_soon_threadsafe(self._on_notify)
             except RuntimeError:  # loop closed
                 pass
+
+    def _on_notify(self) -> None:
+        self._notified = True
+        w = self._waiter
+        if w is not None and self._waiter_on_notify and not w.done():
+            w.set_result(None)
+
+    def _kick(self, *_) -> None:
+        """Wake the loop from its current sleep (a batch finished, stop was set)."""
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def count_error(self, reason: str, n: int = 1) -> None:
         self.registry.counter("relay_send_errors_total", sink=self.name, reason=reason).value += n
@@ -203,8 +222,8 @@ class Sink:
             raise RuntimeError(f"sink {self.name}: run() is already running")
         self._running = True
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
         stop_wait = asyncio.ensure_future(stop.wait())
+        stop_wait.add_done_callback(self._kick)
         stats_task = asyncio.create_task(self._stats_loop(stop))
         try:
             await self._loop_body(stop, stop_wait)
@@ -226,19 +245,23 @@ class Sink:
 
     # ------------------------------------------------------------------ internals
     async def _loop_body(self, stop: asyncio.Event, stop_wait: asyncio.Future) -> None:
-        wake = self._wake
-        assert wake is not None
+        bs = self.batch_size
         while not stop.is_set():
             now = time.monotonic()
             if now < self._pause_until:
-                await self._wait([stop_wait], self._pause_until - now)
+                await self._sleep(self._pause_until - now, False)
                 continue
-            if len(self._tasks) >= self.max_inflight:
-                await self._wait([stop_wait, *self._tasks], None)
+            free = self.max_inflight - len(self._tasks)
+            if free <= 0:
+                # woken when a batch finishes (done callback) or at stop; O(1) per wakeup
+                await self._sleep(None, False)
                 continue
-            wake.clear()
+            self._notified = False
+            # several batches per worker-thread hop when there are free slots (backlog);
+            # split below into batches of batch_size, each delivered on its own
+            n = bs if self.blocked else bs * max(1, min(free, self.lease_max_rows // bs))
             try:
-                items = await asyncio.to_thread(self.queue.lease, self.batch_size)
+                items = await asyncio.to_thread(self.queue.lease, n)
             except Exception:
                 log.exception("sink %s: lease failed; trying again in 1 s", self.name)
                 self.count_error("queue")
@@ -248,28 +271,50 @@ class Sink:
                 self.queue.release(items)
                 break
             if items:
-                task = asyncio.create_task(self._deliver(items))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                for i in range(0, len(items), bs):
+                    task = asyncio.create_task(self._deliver(items[i:i + bs] if i or len(items) > bs
+                                                             else items))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._task_done)
                 if self.blocked:
                     # one probe batch at a time while blocked
                     await self._wait([stop_wait, task], None)
                 continue
-            wake_fut = asyncio.ensure_future(wake.wait())
+            if self._notified:
+                continue
             if self._tasks:
                 # rows in flight may be given back (connection break): look again soon
-                await self._wait([stop_wait, wake_fut, *self._tasks], 1.0, cancel=[wake_fut])
+                await self._sleep(1.0, True)
                 continue
             try:
                 due = await asyncio.to_thread(self.queue.next_due)
             except Exception:
                 log.exception("sink %s: next_due failed", self.name)
                 due = None
-            if due == 0.0:
-                wake_fut.cancel()
+            if due == 0.0 or self._notified:
                 continue
             timeout = self.idle_recheck if due is None else min(due + 0.001, self.idle_recheck)
-            await self._wait([stop_wait, wake_fut], timeout, cancel=[wake_fut])
+            await self._sleep(timeout, True)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._kick()
+
+    async def _sleep(self, timeout: float | None, on_notify: bool) -> None:
+        """Sleep until ``timeout``, :meth:`_kick` (a batch finished, stop) or, with
+        ``on_notify``, :meth:`notify`.  One future, no per-task callbacks."""
+        if on_notify and self._notified:
+            return
+        loop = self._loop
+        fut = self._waiter = loop.create_future()
+        self._waiter_on_notify = on_notify
+        h = loop.call_later(timeout, self._kick) if timeout is not None else None
+        try:
+            await fut
+        finally:
+            self._waiter = None
+            if h is not None:
+                h.cancel()
 
     @staticmethod
     async def _wait(aws: list, timeout: float | None, cancel: Sequence = ()) -> None:

@@ -133,11 +133,36 @@ def frame_lf(payload: bytes) -> tuple[bytes, bool]:
     return p + b"\n", p != payload
 
 
+class _Prefixes(dict):
+    """``b"LEN "`` per payload length (octet counting), made once per length."""
+
+    def __missing__(self, n: int) -> bytes:
+        v = b"%d " % n
+        if n < 65536:
+            self[n] = v
+        return v
+
+
+_PREFIX = _Prefixes()
+
+
 def frame_batch(payloads: Sequence[bytes], framing: str) -> tuple[bytes, int]:
     """All payloads framed into one buffer; returns (bytes, number of payloads changed)."""
     if framing == "octet":
-        return b"".join([b"%d %s" % (len(p), p) for p in payloads]), 0
+        # one join of (prefix, payload) pairs: no per-payload formatting or copy
+        payloads = payloads if isinstance(payloads, list) else list(payloads)
+        parts: list = [b""] * (2 * len(payloads))
+        parts[0::2] = map(_PREFIX.__getitem__, map(len, payloads))
+        parts[1::2] = payloads
+        return b"".join(parts), 0
     if framing == "lf":
+        parts = list(payloads)
+        n = len(parts)
+        parts.append(b"")
+        data = b"\n".join(parts)
+        # fast path: no payload holds a CR or an LF (the joined LFs are exactly n)
+        if b"\r" not in data and data.count(b"\n") == n:
+            return data, 0
         changed = 0
         out = []
         for p in payloads:
@@ -172,6 +197,11 @@ def make_ssl_context(cfg) -> ssl.SSLContext:
     return ctx
 
 
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class _ConnError(Exception):
     def __init__(self, msg: str, reason: str) -> None:
         super().__init__(msg)
@@ -204,7 +234,10 @@ class _Conn:
         self.sent = sent          # wire bytes accepted by the kernel on this connection
         self.acked = 0            # wire bytes the peer's TCP acknowledged
         self.progress_at = time.monotonic()
+        # batches written and not settled, in wire order: first those the peer's TCP has
+        # not acknowledged yet, then (``settling``) those waiting out the settle rule
         self.pending: collections.deque[_Pending] = collections.deque()
+        self.settling: collections.deque[_Pending] = collections.deque()
         self.unsettled = 0        # plaintext bytes of pending batches
         self.room = asyncio.Event()
         self.room.set()
@@ -212,6 +245,7 @@ class _Conn:
         self.error: _ConnError | None = None
         self.wrote_batches = False
         self._poller: asyncio.Task | None = None
+        self._nap: asyncio.Future | None = None   # the poller's sleep until a settle time
         self._reader = asyncio.create_task(self._read_loop())
 
     # -- acknowledgement tracking
@@ -236,21 +270,21 @@ class _Conn:
                 f"peer {self.peer} acknowledged nothing for {self.sink.stall_timeout:g} s "
                 f"({self.sent - self.acked} bytes outstanding)", "stall"))
             return
+        pending, settling = self.pending, self.settling
+        if pending and pending[0].end <= acked:
+            while pending and pending[0].end <= acked:
+                p = pending.popleft()
+                p.wire_at = now
+                settling.append(p)
+        if not settling:
+            return
         settle_delay, settle_bytes = self.sink.settle_delay, self.sink.settle_bytes
-        for p in self.pending:
-            if p.wire_at is None:
-                if p.end <= acked:
-                    p.wire_at = now
-                else:
-                    break
-        pending = self.pending
         settled = False
-        while pending:
-            p = pending[0]
-            if p.wire_at is None or (now - p.wire_at < settle_delay
-                                     and acked - p.end < settle_bytes):
+        while settling:
+            p = settling[0]
+            if now - p.wire_at < settle_delay and acked - p.end < settle_bytes:
                 break
-            pending.popleft()
+            settling.popleft()
             self.unsettled -= p.size
             settled = True
             if not p.fut.done():
@@ -261,13 +295,36 @@ class _Conn:
                 self.room.set()
 
     async def _poll_loop(self) -> None:
+        """Poll ``outq`` every ``ack_poll_interval`` while bytes are outstanding; when the
+        peer has acknowledged everything, sleep until the first batch's settle time (a
+        write wakes it: :meth:`_wake_poller`)."""
         interval = self.sink.ack_poll_interval
+        settle_delay = self.sink.settle_delay
+        loop = self.loop
         try:
-            while self.pending and not self.dead.done():
-                await asyncio.sleep(interval)
+            while (self.pending or self.settling) and not self.dead.done():
+                delay = interval
+                if not self.pending and self.sent <= self.acked:
+                    delay = max(interval, self.settling[0].wire_at + settle_delay + 0.001
+                                - time.monotonic())
+                if delay > interval:
+                    fut = self._nap = loop.create_future()
+                    h = loop.call_later(delay, _resolve, fut)
+                    try:
+                        await fut
+                    finally:
+                        self._nap = None
+                        h.cancel()
+                else:
+                    await asyncio.sleep(interval)
                 self.check()
         finally:
             self._poller = None
+
+    def _wake_poller(self) -> None:
+        nap = self._nap
+        if nap is not None and not nap.done():
+            nap.set_result(None)
 
     # -- writing
     async def _writable(self) -> None:
@@ -302,6 +359,7 @@ class _Conn:
                 view = view[n:]
             if view:
                 self._ensure_poller()
+                self._wake_poller()
                 await self._writable()
 
     async def write(self, data: bytes) -> asyncio.Future:
@@ -321,6 +379,7 @@ class _Conn:
         self.wrote_batches = True
         await self.send_wire(wire)
         self._ensure_poller()
+        self._wake_poller()
         return fut
 
     def _ensure_poller(self) -> None:
@@ -379,7 +438,8 @@ class _Conn:
             self.loop.remove_reader(self.fd)
         except (ValueError, OSError):
             pass
-        pending, self.pending = self.pending, collections.deque()
+        pending = [*self.settling, *self.pending]
+        self.pending, self.settling = collections.deque(), collections.deque()
         self.unsettled = 0
         for p in pending:
             if not p.fut.done():
