@@ -11,7 +11,9 @@ Reported per framing:
   * acked/s:     payloads until the queue is empty (every batch settled and acked; this
                  includes the final ``settle_delay`` of the last batch, so it is shown both
                  raw and with that fixed delay subtracted);
-  * CPU us/payload of this process (sink + SQLite).
+  * CPU us/payload of this process (sink + SQLite), and of its event-loop thread alone
+    (framing, sends, TIOCOUTQ polls, wakeups: what competes with the sources and the
+    commits of the running relay; lease/ack SQLite work runs in worker threads).
 
     .venv/bin/python bench/bench_sink.py [--rows N] [--batch B] [--framing lf|octet|both]
                                          [--sync NORMAL|FULL] [--repeat R]
@@ -118,6 +120,7 @@ async def run_once(directory: str, rows: int, batch: int, framing: str, sync: st
     sink = SyslogStreamSink(cfg, q, registry=Registry())
     stop = asyncio.Event()
     c0, t0, w0 = time.process_time(), time.perf_counter(), time.time()
+    m0 = time.thread_time()
     task = asyncio.create_task(sink.run(stop))
     delivered_at = None
     loop = asyncio.get_running_loop()
@@ -135,6 +138,7 @@ async def run_once(directory: str, rows: int, batch: int, framing: str, sync: st
         await asyncio.sleep(0.01)
     t_acked = time.perf_counter() - t0
     cpu = time.process_time() - c0
+    cpu_main = time.thread_time() - m0
     stop.set()
     await task
     proc.join(10)
@@ -145,7 +149,7 @@ async def run_once(directory: str, rows: int, batch: int, framing: str, sync: st
     t_delivered = (delivered_at - w0) if delivered_at else float("nan")
     return {"delivered": rows / t_delivered, "acked": rows / t_acked,
             "acked_net": rows / max(1e-9, t_acked - settle_delay),
-            "cpu_us": cpu / rows * 1e6}
+            "cpu_us": cpu / rows * 1e6, "main_us": cpu_main / rows * 1e6}
 
 
 def main() -> None:
@@ -171,7 +175,8 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             print(f"{framing:6s} delivered {med['delivered']:>9,.0f}/s   acked "
                   f"{med['acked']:>9,.0f}/s ({med['acked_net']:>9,.0f}/s without the final "
-                  f"settle delay)   CPU {med['cpu_us']:.2f} us/payload   (median of "
+                  f"settle delay)   CPU {med['cpu_us']:.2f} us/payload (event-loop thread "
+                  f"{med['main_us']:.2f})   (median of "
                   f"{args.repeat})")
     finally:
         if args.dir is None:

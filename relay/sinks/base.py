@@ -378,11 +378,13 @@ class Sink:
     async def _ack(self, items: list) -> None:
         """Group commit: batches that complete while an ack transaction runs are acked
         together in the next one (one fsync for many batches when pipelining)."""
-        fut = asyncio.get_running_loop().create_future()
+        fut = self._loop.create_future()
         self._ack_buf.append((items, fut))
         if self._ack_task is None:
             self._ack_task = asyncio.create_task(self._ack_flush())
-        await asyncio.shield(fut)
+        # no shield needed: a cancelled waiter leaves its rows in the group (the flush
+        # acks them anyway and skips the done future)
+        await fut
 
     async def _ack_flush(self) -> None:
         try:
