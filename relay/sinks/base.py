@@ -30,7 +30,9 @@ sets ``relay_sink_up`` to 0; a success sets it to 1.  ``send`` may also return a
 those are settled per their exception and every other row of the batch is acked.
 
 Several batches may be in flight at once (``max_inflight``, 1 by default; the syslog stream
-sink pipelines).  The queue's methods are synchronous SQLite (``ack`` fsyncs): they run in a
+sink pipelines).  When several slots are free, one ``lease`` (one worker-thread hop) takes up
+to ``lease_max_rows`` (2000) rows, at least one batch, and splits them into batches of
+``batch_size``, each delivered and settled on its own.  The queue's methods are synchronous SQLite (``ack`` fsyncs): they run in a
 worker thread (``asyncio.to_thread``) so the event loop never waits on the disk.  Acks are
 group-committed: batches that succeed while an ack transaction runs are acked together in
 the next one (at most ``ack_group_max`` = 5000 rows per transaction).

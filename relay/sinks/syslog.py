@@ -22,7 +22,8 @@ the connection and reads the kernel's count of bytes not yet acknowledged by the
 acknowledged.  A batch ends at a known wire offset; it is
 
 1. *wire-acknowledged* once ``sent - outq >= end`` (polled every ``ack_poll_interval``,
-   5 ms, while batches are pending), and
+   5 ms, while bytes are outstanding; once the peer acknowledged everything the poller
+   sleeps until the first batch's settle time, and a write wakes it), and
 2. *settled* (acked in the queue) once it is wire-acknowledged **and** either
    ``settle_delay`` seconds (1 s) have passed with the connection still up, or the peer has
    acknowledged ``settle_bytes`` (32 MiB) more bytes after it.
