@@ -1051,18 +1051,22 @@ class DiskQueue:
         if not items:
             return 0
         ts = time.time() if now is None else now
-        dumps = _dumps
-        rows = [(payload, (meta if type(meta) is bytes else dumps(meta)) if meta else None, ts)
-                for payload, meta in items]
-        if not all(type(r[0]) is bytes for r in rows):
-            rows = [(_as_bytes(r[0]), r[1], r[2]) for r in rows]
-        nbytes = sum(len(r[0]) for r in rows)
+        payloads = [p for p, _ in items]
+        metas = [m for _, m in items]
+        if not all([type(m) is bytes or m is None for m in metas]):
+            dumps = _dumps
+            metas = [(m if type(m) is bytes else dumps(m)) if m else None for m in metas]
+        if not all([type(p) is bytes for p in payloads]):
+            payloads = [_as_bytes(p) for p in payloads]
+        sizes = list(map(len, payloads))
+        nbytes = sum(sizes)
+        count = len(payloads)
         if self.full_policy == "block" and (
-                (self.max_rows is not None and len(rows) > self.max_rows)
+                (self.max_rows is not None and count > self.max_rows)
                 or (self.max_bytes is not None and nbytes > self.max_bytes)):
             # would block forever: a programming/configuration error, not back-pressure
             raise ValueError(
-                f"group of {len(rows)} rows / {nbytes} bytes can never fit the queue "
+                f"group of {count} rows / {nbytes} bytes can never fit the queue "
                 f"(max_rows={self.max_rows}, max_bytes={self.max_bytes}); send smaller groups")
         if not os.path.exists(self._reserve_path):
             now_m = time.monotonic()   # best effort: recreate the reserve when there is room again
@@ -1076,14 +1080,14 @@ class DiskQueue:
             result: list = []
 
             def txn(conn: sqlite3.Connection) -> int:
-                todo = rows
+                todo = count
                 size = nbytes
                 if self.max_rows is not None or self.max_bytes is not None:
                     have_rows, have_bytes = conn.execute(
                         "SELECT rows, bytes FROM totals").fetchone()
                     room_rows = (self.max_rows - have_rows) if self.max_rows is not None else None
                     room_bytes = (self.max_bytes - have_bytes) if self.max_bytes is not None else None
-                    fits = ((room_rows is None or len(rows) <= room_rows)
+                    fits = ((room_rows is None or count <= room_rows)
                             and (room_bytes is None or nbytes <= room_bytes))
                     if not fits:
                         if self.full_policy == "block":
@@ -1092,20 +1096,23 @@ class DiskQueue:
                         # drop_newest: keep the leading rows that fit
                         k = 0
                         size = 0
-                        limit_rows = len(rows) if room_rows is None else max(0, room_rows)
+                        limit_rows = count if room_rows is None else min(count, max(0, room_rows))
                         while k < limit_rows:
-                            s = len(rows[k][0])
+                            s = sizes[k]
                             if room_bytes is not None and size + s > room_bytes:
                                 break
                             size += s
                             k += 1
-                        todo = rows[:k]
-                        result.append(("dropped", len(rows) - k))
+                        todo = k
+                        result.append(("dropped", count - k))
                 if todo:
-                    self._insert_packed(conn, [(r[0], r[1]) for r in todo], ts)
+                    if todo == count:
+                        self._insert_packed(conn, payloads, metas, sizes, ts)
+                    else:
+                        self._insert_packed(conn, payloads[:todo], metas[:todo], sizes[:todo], ts)
                     conn.execute("UPDATE totals SET rows = rows + ?, bytes = bytes + ?",
-                                 (len(todo), size))
-                return len(todo)
+                                 (todo, size))
+                return todo
 
             stored = self._write(txn)
             if result and result[0][0] == "full":
@@ -1114,7 +1121,7 @@ class DiskQueue:
                 raise QueueFull(
                     f"{self.path}: queue full ({have_rows} rows, {have_bytes} bytes; "
                     f"max_rows={self.max_rows}, max_bytes={self.max_bytes}); "
-                    f"group of {len(rows)} not stored")
+                    f"group of {count} not stored")
             if result and result[0][0] == "dropped":
                 self.stats["dropped_full"] += result[0][1]
                 log.warning("queue %s full: dropped %d newest rows", self.path, result[0][1])
@@ -1122,36 +1129,37 @@ class DiskQueue:
             return stored
 
     @staticmethod
-    def _insert_packed(conn: sqlite3.Connection, events: list, ts: float, attempts: int = 0,
-                       next_attempt_at: float = 0.0, last_attempt_at: float | None = None,
-                       last_error: str | None = None) -> None:
-        """Inside a transaction: store ``[(payload, meta_raw)]`` as packed rows of up to
-        PACK_EVENTS events / PACK_BYTES bytes.  A row holds the events with ids
-        ``id - n + 1 .. id``: ids are taken from the AUTOINCREMENT sequence, so they are
-        never reused and keep increasing across processes writing the same file."""
+    def _insert_packed(conn: sqlite3.Connection, payloads: list, metas: list, sizes: list,
+                       ts: float) -> None:
+        """Inside a transaction: store fresh events (parallel lists of payload bytes, meta
+        bytes or None, payload sizes) as packed rows of up to PACK_EVENTS events /
+        PACK_BYTES bytes (one event larger than that gets a row of its own).  A row holds
+        the events with ids ``id - n + 1 .. id``: ids are taken from the AUTOINCREMENT
+        sequence, so they are never reused and keep increasing across processes writing
+        the same file."""
         got = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
         last = got[0] if got else 0
+        total = len(payloads)
+        cum = list(accumulate(sizes))
         out = []
-        i, total = 0, len(events)
+        i = 0
         while i < total:
-            j = i + 1
-            size = len(events[i][0])
-            limit = min(total, i + PACK_EVENTS)
-            while j < limit:
-                s = len(events[j][0])
-                if size + s > PACK_BYTES:
-                    break
-                size += s
-                j += 1
-            chunk = events[i:j]
-            last += len(chunk)
-            payload, meta, lens = _pack(chunk)
-            out.append((last, payload, meta, ts, attempts, next_attempt_at, last_attempt_at,
-                        last_error, len(chunk), lens))
+            j = min(total, i + PACK_EVENTS)
+            if cum[j - 1] - (cum[i - 1] if i else 0) > PACK_BYTES:
+                j = max(i + 1, bisect_right(cum, (cum[i - 1] if i else 0) + PACK_BYTES, i, j))
+            n = j - i
+            last += n
+            if n == 1:
+                out.append((last, payloads[i], metas[i], ts, 1, None))
+            else:
+                ms = metas[i:j]
+                lens = array("I", sizes[i:j])
+                lens.extend([len(m) if m else 0 for m in ms])
+                meta = b"".join([m for m in ms if m])
+                out.append((last, b"".join(payloads[i:j]), meta or None, ts, n, lens.tobytes()))
             i = j
         conn.executemany(
-            "INSERT INTO queue (id, payload, meta, enqueued_at, attempts, next_attempt_at, "
-            "last_attempt_at, last_error, n, lens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", out)
+            "INSERT INTO queue (id, payload, meta, enqueued_at, n, lens) VALUES (?, ?, ?, ?, ?, ?)", out)
 
     def put(self, payload: bytes, meta: dict | None = None) -> int:
         """Enqueue one row (one transaction: ~30x the cost per row of a group)."""

@@ -953,3 +953,17 @@ def test_packed_rows_behave_like_a_simple_model(tmp_path, seed):
         assert sorted(d.meta["seq"] for d in q.list(limit=10 ** 6, dlq=True)) == sorted(dead)
     finally:
         q.close()
+
+
+def test_packed_rows_respect_the_byte_limit_and_keep_big_events_whole(q):
+    from relay.queue import PACK_BYTES
+    big = PACK_BYTES * 3 // 4
+    items = [(b"a" * big, {"seq": 0}), (b"b" * 10, {"seq": 1}), (b"c" * big, {"seq": 2}),
+             (b"d" * (PACK_BYTES + 5), {"seq": 3}), (b"e" * 10, None), (b"f" * 10, {"seq": 5})]
+    assert q.put_many(items) == 6
+    sizes = [r[0] for r in q._conn.execute("SELECT length(payload) FROM queue ORDER BY id")]
+    assert all(s <= PACK_BYTES for s in sizes if s != PACK_BYTES + 5) and len(sizes) == 4
+    got = q.lease(10)
+    assert [i.payload for i in got] == [p for p, _ in items]
+    assert [i.meta for i in got] == [m or {} for _, m in items]
+    assert q.size_bytes() == sum(len(p) for p, _ in items)
