@@ -412,13 +412,6 @@ def test_mode_auto_escalates(tmp_path):
     assert "escalate" not in calm.fields["triage"] and calm.meta is None
 
 
-def _pipeline_adds_triage_sinks() -> bool:
-    import inspect
-    return "triage_sinks" in inspect.getsource(Pipeline.route)
-
-
-@pytest.mark.skipif(not _pipeline_adds_triage_sinks(), reason="Pipeline.route does not read meta['triage_sinks'] "
-                    "yet (the change proposed with relay/enrich)")
 def test_mode_auto_escalation_sinks_without_a_route(tmp_path):
     copy_examples(tmp_path)
     cfg = config(tmp_path, LOOKUPS + TRIAGE % "auto", sinks=SINKS.replace("[routes.page]", "[routes.never]").replace(
