@@ -35,7 +35,7 @@ _normalise = normalise
 
 from .config import Config, SinkConfig, SourceConfig
 from .metrics import REGISTRY
-from .queue import DiskQueue, QueueDiskFull, QueueFull
+from .queue import PACK_BYTES, PACK_EVENTS, DiskQueue, QueueDiskFull, QueueFull, unpack_rows
 
 log = logging.getLogger("relay.pipeline")
 
@@ -95,13 +95,21 @@ class GroupCommitter:
         return self._pending_n
 
     def submit(self, items: list) -> asyncio.Future:
+        """``[(payload, meta)]`` -> a future resolved once they are durable."""
+        return self._submit(0, items, len(items))
+
+    def submit_rows(self, rows: list) -> asyncio.Future:
+        """Events already packed by :func:`relay.queue.pack_rows` (from the ingest workers)."""
+        return self._submit(1, rows, sum(r[0] for r in rows))
+
+    def _submit(self, kind: int, items: list, n: int) -> asyncio.Future:
         fut = self.loop.create_future()
         with self._cv:
             if self._closed:
                 fut.set_exception(RuntimeError(f"sink {self.name}: queue closed"))
                 return fut
-            self._pending.append((items, fut))
-            self._pending_n += len(items)
+            self._pending.append((kind, items, fut))
+            self._pending_n += n
             self._cv.notify()
         return fut
 
@@ -140,9 +148,15 @@ class GroupCommitter:
                     return
                 batch, self._pending = self._pending, []
                 dead, self._dead = self._dead, []
-            items = [it for b, _ in batch for it in b]
-            futs = [f for _, f in batch]
-            groups = _groups(items, self.queue)
+            items = [it for kind, b, _ in batch if not kind for it in b]
+            rows = [r for kind, b, _ in batch if kind for r in b]
+            if rows and _small_caps(self.queue):   # caps too small for whole packed rows
+                items += unpack_rows(rows)
+                rows = []
+            futs = [f for _, _, f in batch]
+            groups = [(0, g) for g in _groups(items, self.queue)] if items else []
+            if rows:
+                groups += [(1, g) for g in _row_groups(rows, self.queue)]
             if dead:
                 try:
                     self.queue.put_dead([(p, m, r) for p, m, r in dead])
@@ -154,20 +168,21 @@ class GroupCommitter:
             self._commit_groups(groups, futs, warned)
 
     def _commit_groups(self, groups: list, futs: list, warned: float = 0.0) -> None:
+        """``groups``: [(kind, items)], kind 0 = [(payload, meta)], 1 = packed rows."""
         from collections import deque
-        total = sum(len(g) for g in groups)
+        total = sum(_events(kind, g) for kind, g in groups)
         committed = 0
-        todo = deque(g for g in groups if g)
+        todo = deque((kind, g) for kind, g in groups if g)
         while todo:
-            items = todo.popleft()
+            kind, items = todo.popleft()
             try:
-                n = self.queue.put_many(items)
+                n = self.queue.put_rows(items) if kind else self.queue.put_many(items)
             except (QueueFull, QueueDiskFull) as e:
                 if isinstance(e, QueueDiskFull) and len(items) > 1:
                     # a group too big for the space left: commit it in smaller pieces
                     half = len(items) // 2
-                    todo.appendleft(items[half:])
-                    todo.appendleft(items[:half])
+                    todo.appendleft((kind, items[half:]))
+                    todo.appendleft((kind, items[:half]))
                     continue
                 self.blocked_reason = str(e)
                 now = time.monotonic()
@@ -181,7 +196,7 @@ class GroupCommitter:
                         self._pending_n -= total - committed
                         return
                     self._cv.wait(self.retry_interval)
-                todo.appendleft(items)
+                todo.appendleft((kind, items))
                 continue
             except Exception as e:
                 log.error("sink %s: enqueue failed: %s", self.name, e)
@@ -192,9 +207,10 @@ class GroupCommitter:
             self.blocked_reason = None
             self._commits.value += 1
             self._enq.value += n
-            if n < len(items):
-                self._dropped.value += len(items) - n
-            committed += len(items)
+            size = _events(kind, items)
+            if n < size:
+                self._dropped.value += size - n
+            committed += size
             if self.on_commit is not None and todo:
                 try:  # let the sink start draining while the rest waits for room
                     self.loop.call_soon_threadsafe(self.on_commit)
@@ -208,6 +224,36 @@ class GroupCommitter:
                 self.loop.call_soon_threadsafe(self.on_commit)
             except RuntimeError:
                 pass
+
+
+def _small_caps(queue) -> bool:
+    mr, mb = getattr(queue, "max_rows", None), getattr(queue, "max_bytes", None)
+    return bool((mr and mr < 4 * PACK_EVENTS) or (mb and mb < 4 * PACK_BYTES))
+
+
+def _events(kind: int, items: list) -> int:
+    return sum(r[0] for r in items) if kind else len(items)
+
+
+def _row_groups(rows: list, queue) -> list[list]:
+    """Like :func:`_groups` for packed rows (whole rows; a row alone may exceed the caps'
+    half, never the caps: rows hold at most relay.queue.PACK_EVENTS events)."""
+    limit = 5000
+    if getattr(queue, "max_rows", None):
+        limit = max(1, min(limit, queue.max_rows // 2 or 1))
+    max_bytes = getattr(queue, "max_bytes", None)
+    byte_limit = max(1, max_bytes // 2) if max_bytes else None
+    out, cur, n, size = [], [], 0, 0
+    for r in rows:
+        if cur and (n + r[0] > limit or (byte_limit is not None and size + r[4] > byte_limit)):
+            out.append(cur)
+            cur, n, size = [], 0, 0
+        cur.append(r)
+        n += r[0]
+        size += r[4]
+    if cur:
+        out.append(cur)
+    return out
 
 
 def _groups(items: list, queue) -> list[list]:

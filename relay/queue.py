@@ -124,6 +124,8 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "DiskQueue",
+    "pack_rows",
+    "unpack_rows",
     "RetryPolicy",
     "Item",
     "DeadItem",
@@ -1068,13 +1070,7 @@ class DiskQueue:
             raise ValueError(
                 f"group of {count} rows / {nbytes} bytes can never fit the queue "
                 f"(max_rows={self.max_rows}, max_bytes={self.max_bytes}); send smaller groups")
-        if not os.path.exists(self._reserve_path):
-            now_m = time.monotonic()   # best effort: recreate the reserve when there is room again
-            if now_m - self._reserve_checked >= 0.5:
-                self._reserve_checked = now_m
-                if not self._ensure_reserve():
-                    self._reclaim()
-                    self._ensure_reserve()
+        self._check_reserve()
         self._check_space(nbytes)
         with self._lock:
             result: list = []
@@ -1132,34 +1128,98 @@ class DiskQueue:
     def _insert_packed(conn: sqlite3.Connection, payloads: list, metas: list, sizes: list,
                        ts: float) -> None:
         """Inside a transaction: store fresh events (parallel lists of payload bytes, meta
-        bytes or None, payload sizes) as packed rows of up to PACK_EVENTS events /
-        PACK_BYTES bytes (one event larger than that gets a row of its own).  A row holds
-        the events with ids ``id - n + 1 .. id``: ids are taken from the AUTOINCREMENT
+        bytes or None, payload sizes) as packed rows (:func:`pack_rows`)."""
+        DiskQueue._insert_rows(conn, pack_rows(payloads, metas, sizes), ts)
+
+    @staticmethod
+    def _insert_rows(conn: sqlite3.Connection, rows: list, ts: float) -> None:
+        """Inside a transaction: store packed rows (:func:`pack_rows`).  A row holds the
+        events with ids ``id - n + 1 .. id``: ids are taken from the AUTOINCREMENT
         sequence, so they are never reused and keep increasing across processes writing
         the same file."""
         got = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
         last = got[0] if got else 0
-        total = len(payloads)
-        cum = list(accumulate(sizes))
         out = []
-        i = 0
-        while i < total:
-            j = min(total, i + PACK_EVENTS)
-            if cum[j - 1] - (cum[i - 1] if i else 0) > PACK_BYTES:
-                j = max(i + 1, bisect_right(cum, (cum[i - 1] if i else 0) + PACK_BYTES, i, j))
-            n = j - i
+        for n, payload, meta, lens, _ in rows:
             last += n
-            if n == 1:
-                out.append((last, payloads[i], metas[i], ts, 1, None))
-            else:
-                ms = metas[i:j]
-                lens = array("I", sizes[i:j])
-                lens.extend([len(m) if m else 0 for m in ms])
-                meta = b"".join([m for m in ms if m])
-                out.append((last, b"".join(payloads[i:j]), meta or None, ts, n, lens.tobytes()))
-            i = j
+            out.append((last, payload, meta, ts, n, lens))
         conn.executemany(
             "INSERT INTO queue (id, payload, meta, enqueued_at, n, lens) VALUES (?, ?, ?, ?, ?, ?)", out)
+
+    def put_rows(self, rows: list, now: float | None = None) -> int:
+        """Enqueue events already packed by :func:`pack_rows` (the ingest workers pack what
+        they render, so the committing process does no per-event work), in ONE
+        transaction.  Same contract as :meth:`put_many`, except that ``drop_newest`` keeps
+        or drops whole packed rows.  Returns the number of events stored."""
+        if not rows:
+            return 0
+        ts = time.time() if now is None else now
+        count = sum(r[0] for r in rows)
+        nbytes = sum(r[4] for r in rows)
+        for r in rows:
+            if type(r[1]) is not bytes or (r[2] is not None and type(r[2]) is not bytes):
+                raise TypeError("packed rows hold bytes (see pack_rows)")
+        if self.full_policy == "block" and (
+                (self.max_rows is not None and count > self.max_rows)
+                or (self.max_bytes is not None and nbytes > self.max_bytes)):
+            raise ValueError(
+                f"group of {count} rows / {nbytes} bytes can never fit the queue "
+                f"(max_rows={self.max_rows}, max_bytes={self.max_bytes}); send smaller groups")
+        self._check_reserve()
+        self._check_space(nbytes)
+        with self._lock:
+            result: list = []
+
+            def txn(conn: sqlite3.Connection) -> int:
+                todo = rows
+                events, size = count, nbytes
+                if self.max_rows is not None or self.max_bytes is not None:
+                    have_rows, have_bytes = conn.execute("SELECT rows, bytes FROM totals").fetchone()
+                    room_rows = (self.max_rows - have_rows) if self.max_rows is not None else None
+                    room_bytes = (self.max_bytes - have_bytes) if self.max_bytes is not None else None
+                    if not ((room_rows is None or count <= room_rows)
+                            and (room_bytes is None or nbytes <= room_bytes)):
+                        if self.full_policy == "block":
+                            result.append(("full", have_rows, have_bytes))
+                            return 0
+                        k = events = size = 0
+                        while k < len(rows):
+                            n, nb = rows[k][0], rows[k][4]
+                            if ((room_rows is not None and events + n > room_rows)
+                                    or (room_bytes is not None and size + nb > room_bytes)):
+                                break
+                            events += n
+                            size += nb
+                            k += 1
+                        todo = rows[:k]
+                        result.append(("dropped", count - events))
+                if todo:
+                    self._insert_rows(conn, todo, ts)
+                    conn.execute("UPDATE totals SET rows = rows + ?, bytes = bytes + ?", (events, size))
+                return events
+
+            stored = self._write(txn)
+            if result and result[0][0] == "full":
+                self.stats["blocked_full"] += 1
+                _, have_rows, have_bytes = result[0]
+                raise QueueFull(
+                    f"{self.path}: queue full ({have_rows} rows, {have_bytes} bytes; "
+                    f"max_rows={self.max_rows}, max_bytes={self.max_bytes}); "
+                    f"group of {count} not stored")
+            if result and result[0][0] == "dropped":
+                self.stats["dropped_full"] += result[0][1]
+                log.warning("queue %s full: dropped %d newest rows", self.path, result[0][1])
+            self.stats["enqueued"] += stored
+            return stored
+
+    def _check_reserve(self) -> None:
+        if not os.path.exists(self._reserve_path):
+            now_m = time.monotonic()   # best effort: recreate the reserve when there is room again
+            if now_m - self._reserve_checked >= 0.5:
+                self._reserve_checked = now_m
+                if not self._ensure_reserve():
+                    self._reclaim()
+                    self._ensure_reserve()
 
     def put(self, payload: bytes, meta: dict | None = None) -> int:
         """Enqueue one row (one transaction: ~30x the cost per row of a group)."""
@@ -1752,6 +1812,43 @@ def _split(row) -> list[tuple[bytes, bytes | None]]:
         out.append((payload[p:p + pl], meta[m:m + ml] if ml else None))
         p += pl
         m += ml
+    return out
+
+
+def pack_rows(payloads: list, metas: list, sizes: list | None = None) -> list[tuple]:
+    """Pack events (parallel lists: payload bytes, metadata as JSON bytes or None) into queue
+    rows of up to PACK_EVENTS events / PACK_BYTES bytes (an event larger than that gets a row
+    of its own): ``[(n, payload, meta, lens, payload_bytes)]`` for :meth:`DiskQueue.put_rows`.
+    Pure (no I/O): the ingest workers call it."""
+    if sizes is None:
+        sizes = list(map(len, payloads))
+    total = len(payloads)
+    cum = list(accumulate(sizes))
+    out = []
+    i = 0
+    while i < total:
+        base = cum[i - 1] if i else 0
+        j = min(total, i + PACK_EVENTS)
+        if cum[j - 1] - base > PACK_BYTES:
+            j = max(i + 1, bisect_right(cum, base + PACK_BYTES, i, j))
+        n = j - i
+        if n == 1:
+            out.append((1, payloads[i], metas[i], None, sizes[i]))
+        else:
+            ms = metas[i:j]
+            lens = array("I", sizes[i:j])
+            lens.extend([len(m) if m else 0 for m in ms])
+            meta = b"".join([m for m in ms if m])
+            out.append((n, b"".join(payloads[i:j]), meta or None, lens.tobytes(), cum[j - 1] - base))
+        i = j
+    return out
+
+
+def unpack_rows(rows: list) -> list[tuple[bytes, bytes | None]]:
+    """The inverse of :func:`pack_rows`: ``[(payload, meta)]``."""
+    out = []
+    for n, payload, meta, lens, _ in rows:
+        out += _split((0, payload, meta, 0, 0, 0, 0, 0, n, lens))
     return out
 
 

@@ -29,6 +29,8 @@ import time
 
 import orjson
 
+from .queue import pack_rows
+
 from .metrics import REGISTRY
 
 log = logging.getLogger("relay.workers")
@@ -113,7 +115,7 @@ class WorkerPool:
                     for bid, _, _ in done:
                         errors.setdefault(bid, f"sink {sink} no longer configured")
                     continue
-                commits.append(c.submit(items))
+                commits.append(c.submit_rows(items))
             for sink, items in dead.items():
                 c = self.committers.get(sink)
                 if c is not None:
@@ -340,9 +342,9 @@ class _WorkerState:
         self.config = cfg
 
     def process(self, batches: list) -> tuple[list, dict, dict, dict]:
-        """-> (batch ids, {batch id: error}, {sink: [(payload, meta_json)]},
-        {sink: [(payload, meta, reason)]}).  Metadata goes back encoded (orjson), as the
-        queue stores it."""
+        """-> (batch ids, {batch id: error}, {sink: packed rows (relay.queue.pack_rows)},
+        {sink: [(payload, meta, reason)]}).  The rows go back packed as the queue stores
+        them, metadata encoded (orjson): the main process only inserts them."""
         per_sink: dict[str, list] = {}
         dead: dict[str, list] = {}
         ids = []
@@ -374,10 +376,11 @@ class _WorkerState:
                         continue
                     b = per_sink.get(sink)
                     if b is None:
-                        per_sink[sink] = [(payload, enc)]
+                        per_sink[sink] = ([payload], [enc])
                     else:
-                        b.append((payload, enc))
-        return ids, errors, per_sink, dead
+                        b[0].append(payload)
+                        b[1].append(enc)
+        return ids, errors, {s: pack_rows(p, m) for s, (p, m) in per_sink.items()}, dead
 
     def close(self) -> None:
         pass

@@ -145,3 +145,39 @@ def test_process_never_raises_on_garbage(tmp_path, workers):
     for raw in (b"", b"\xff\xfe", b"<13>1 ", b"<999>garbage", b"{not json", b"<13>1 - - - - - [x@1 a=\"]"):
         ev, routes, out = p.process(raw, cfg.sources["tcp"], None, 0.0)
         assert ev.fields is not None
+
+
+@pytest.mark.parametrize("max_rows", [None, 100])
+def test_committer_takes_rows_packed_by_the_workers(tmp_path, max_rows):
+    """submit_rows: packed rows go in as they are; with caps smaller than a few packed rows
+    they are unpacked and committed in groups that fit (here while a consumer drains)."""
+    from relay.queue import pack_rows
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        q = DiskQueue(tmp_path / "q.db", max_rows=max_rows, full_policy="block")
+        c = GroupCommitter("s", q, loop, retry_interval=0.02)
+        payloads = [b"ev-%04d" % i for i in range(600)]
+        fut = c.submit_rows(pack_rows(payloads, [b'{"i":%d}' % i for i in range(600)]))
+        got: list = []
+        stop = threading.Event()
+
+        def consume():
+            while not stop.is_set():
+                items = q.lease(40)
+                got.extend(i.payload for i in items)
+                q.ack(items)
+                time.sleep(0.005)
+        t = threading.Thread(target=consume)
+        t.start()
+        await asyncio.wait_for(fut, 20)
+        deadline = time.monotonic() + 10
+        while len(got) < 600 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        stop.set()
+        t.join()
+        c.close()
+        assert got == payloads
+        assert REGISTRY.value("relay_enqueued_total", sink="s") >= 600
+        q.close()
+    asyncio.run(main())

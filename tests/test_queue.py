@@ -967,3 +967,42 @@ def test_packed_rows_respect_the_byte_limit_and_keep_big_events_whole(q):
     assert [i.payload for i in got] == [p for p, _ in items]
     assert [i.meta for i in got] == [m or {} for _, m in items]
     assert q.size_bytes() == sum(len(p) for p, _ in items)
+
+
+def test_rows_packed_elsewhere_go_in_as_they_are(qpath):
+    from relay.queue import PACK_EVENTS, pack_rows, unpack_rows
+    items = rows(PACK_EVENTS + 7)
+    payloads = [p for p, _ in items]
+    metas = [orjson_dumps(m) for _, m in items]
+    packed = pack_rows(payloads, metas)
+    assert [r[0] for r in packed] == [PACK_EVENTS, 7]
+    assert unpack_rows(packed) == list(zip(payloads, metas))
+    q = DiskQueue(qpath)
+    try:
+        assert q.put_rows(packed) == PACK_EVENTS + 7
+        assert q._conn.execute("SELECT count(*) FROM queue").fetchone()[0] == 2
+        got = q.lease(10 ** 6)
+        assert [seq_of(i) for i in got] == list(range(PACK_EVENTS + 7))
+        assert q.size_bytes() == sum(map(len, payloads))
+    finally:
+        q.close()
+    # drop_newest keeps whole rows; block stores nothing
+    small = DiskQueue(str(Path(qpath).parent / "small.db"), max_rows=PACK_EVENTS + 3,
+                      full_policy="drop_newest")
+    try:
+        assert small.put_rows(packed) == PACK_EVENTS and small.stats["dropped_full"] == 7
+    finally:
+        small.close()
+    blocked = DiskQueue(str(Path(qpath).parent / "blocked.db"), max_rows=3 * PACK_EVENTS)
+    try:
+        assert blocked.put_rows(packed + packed) == 2 * (PACK_EVENTS + 7)
+        with pytest.raises(QueueFull):
+            blocked.put_rows(packed)
+        assert blocked.depth() == 2 * (PACK_EVENTS + 7)
+    finally:
+        blocked.close()
+
+
+def orjson_dumps(obj) -> bytes:
+    import orjson
+    return orjson.dumps(obj)
