@@ -383,23 +383,7 @@ class Pipeline:
         _normalise(ev)
         if self.enricher is not None:
             self.enricher(ev)
-        # self.route(ev), inline
-        routes: list[str] = []
-        sinks: list[str] = []
-        for rname, match, rsinks, final, counter in self.routes:
-            if match(ev):
-                counter.value += 1
-                routes.append(rname)
-                if sinks:
-                    for s in rsinks:
-                        if s not in sinks:
-                            sinks.append(s)
-                else:
-                    sinks += rsinks
-                if final:
-                    break
-        if ev.meta is not None:
-            self._triage(ev.meta, routes, sinks)
+        routes, sinks = self.route(ev)
         if not sinks:
             self._unrouted.value += 1
             return ev, routes, []

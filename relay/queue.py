@@ -1062,7 +1062,22 @@ class DiskQueue:
             payloads = [_as_bytes(p) for p in payloads]
         sizes = list(map(len, payloads))
         nbytes = sum(sizes)
-        count = len(payloads)
+
+        def insert(conn: sqlite3.Connection, k: int) -> None:
+            if k == len(payloads):
+                self._insert_packed(conn, payloads, metas, sizes, ts)
+            else:
+                self._insert_packed(conn, payloads[:k], metas[:k], sizes[:k], ts)
+        return self._enqueue(None, sizes, insert)
+
+    def _enqueue(self, unit_events: list | None, unit_bytes: list, insert) -> int:
+        """What :meth:`put_many` and :meth:`put_rows` share: the caps and the full policy,
+        the disk reserve and space checks, one transaction, the stats.  The group is a list
+        of units (events, or packed rows of ``unit_events[k]`` events; None = one each) of
+        ``unit_bytes[k]`` payload bytes; ``insert(conn, k)`` stores the first k units.
+        ``drop_newest`` keeps the leading units that fit."""
+        count = len(unit_bytes) if unit_events is None else sum(unit_events)
+        nbytes = sum(unit_bytes)
         if self.full_policy == "block" and (
                 (self.max_rows is not None and count > self.max_rows)
                 or (self.max_bytes is not None and nbytes > self.max_bytes)):
@@ -1076,39 +1091,34 @@ class DiskQueue:
             result: list = []
 
             def txn(conn: sqlite3.Connection) -> int:
-                todo = count
-                size = nbytes
+                k, events, size = len(unit_bytes), count, nbytes
                 if self.max_rows is not None or self.max_bytes is not None:
                     have_rows, have_bytes = conn.execute(
                         "SELECT rows, bytes FROM totals").fetchone()
                     room_rows = (self.max_rows - have_rows) if self.max_rows is not None else None
                     room_bytes = (self.max_bytes - have_bytes) if self.max_bytes is not None else None
-                    fits = ((room_rows is None or count <= room_rows)
-                            and (room_bytes is None or nbytes <= room_bytes))
-                    if not fits:
+                    if not ((room_rows is None or count <= room_rows)
+                            and (room_bytes is None or nbytes <= room_bytes)):
                         if self.full_policy == "block":
                             result.append(("full", have_rows, have_bytes))
                             return 0
-                        # drop_newest: keep the leading rows that fit
-                        k = 0
-                        size = 0
-                        limit_rows = count if room_rows is None else min(count, max(0, room_rows))
-                        while k < limit_rows:
-                            s = sizes[k]
-                            if room_bytes is not None and size + s > room_bytes:
+                        # drop_newest: keep the leading units that fit
+                        k = events = size = 0
+                        while k < len(unit_bytes):
+                            n = 1 if unit_events is None else unit_events[k]
+                            b = unit_bytes[k]
+                            if ((room_rows is not None and events + n > room_rows)
+                                    or (room_bytes is not None and size + b > room_bytes)):
                                 break
-                            size += s
+                            events += n
+                            size += b
                             k += 1
-                        todo = k
-                        result.append(("dropped", count - k))
-                if todo:
-                    if todo == count:
-                        self._insert_packed(conn, payloads, metas, sizes, ts)
-                    else:
-                        self._insert_packed(conn, payloads[:todo], metas[:todo], sizes[:todo], ts)
+                        result.append(("dropped", count - events))
+                if k:
+                    insert(conn, k)
                     conn.execute("UPDATE totals SET rows = rows + ?, bytes = bytes + ?",
-                                 (todo, size))
-                return todo
+                                 (events, size))
+                return events
 
             stored = self._write(txn)
             if result and result[0][0] == "full":
@@ -1154,63 +1164,11 @@ class DiskQueue:
         if not rows:
             return 0
         ts = time.time() if now is None else now
-        count = sum(r[0] for r in rows)
-        nbytes = sum(r[4] for r in rows)
         for r in rows:
             if type(r[1]) is not bytes or (r[2] is not None and type(r[2]) is not bytes):
                 raise TypeError("packed rows hold bytes (see pack_rows)")
-        if self.full_policy == "block" and (
-                (self.max_rows is not None and count > self.max_rows)
-                or (self.max_bytes is not None and nbytes > self.max_bytes)):
-            raise ValueError(
-                f"group of {count} rows / {nbytes} bytes can never fit the queue "
-                f"(max_rows={self.max_rows}, max_bytes={self.max_bytes}); send smaller groups")
-        self._check_reserve()
-        self._check_space(nbytes)
-        with self._lock:
-            result: list = []
-
-            def txn(conn: sqlite3.Connection) -> int:
-                todo = rows
-                events, size = count, nbytes
-                if self.max_rows is not None or self.max_bytes is not None:
-                    have_rows, have_bytes = conn.execute("SELECT rows, bytes FROM totals").fetchone()
-                    room_rows = (self.max_rows - have_rows) if self.max_rows is not None else None
-                    room_bytes = (self.max_bytes - have_bytes) if self.max_bytes is not None else None
-                    if not ((room_rows is None or count <= room_rows)
-                            and (room_bytes is None or nbytes <= room_bytes)):
-                        if self.full_policy == "block":
-                            result.append(("full", have_rows, have_bytes))
-                            return 0
-                        k = events = size = 0
-                        while k < len(rows):
-                            n, nb = rows[k][0], rows[k][4]
-                            if ((room_rows is not None and events + n > room_rows)
-                                    or (room_bytes is not None and size + nb > room_bytes)):
-                                break
-                            events += n
-                            size += nb
-                            k += 1
-                        todo = rows[:k]
-                        result.append(("dropped", count - events))
-                if todo:
-                    self._insert_rows(conn, todo, ts)
-                    conn.execute("UPDATE totals SET rows = rows + ?, bytes = bytes + ?", (events, size))
-                return events
-
-            stored = self._write(txn)
-            if result and result[0][0] == "full":
-                self.stats["blocked_full"] += 1
-                _, have_rows, have_bytes = result[0]
-                raise QueueFull(
-                    f"{self.path}: queue full ({have_rows} rows, {have_bytes} bytes; "
-                    f"max_rows={self.max_rows}, max_bytes={self.max_bytes}); "
-                    f"group of {count} not stored")
-            if result and result[0][0] == "dropped":
-                self.stats["dropped_full"] += result[0][1]
-                log.warning("queue %s full: dropped %d newest rows", self.path, result[0][1])
-            self.stats["enqueued"] += stored
-            return stored
+        return self._enqueue([r[0] for r in rows], [r[4] for r in rows],
+                             lambda conn, k: self._insert_rows(conn, rows if k == len(rows) else rows[:k], ts))
 
     def _check_reserve(self) -> None:
         if not os.path.exists(self._reserve_path):
