@@ -346,33 +346,20 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         entity = get(entity_p)
         if entity is not None:
             extra["entity"] = entity
-        raw = get(alarm_p)
-        if raw is None:
-            alarms = None
-        else:
-            alarms = _SMALL_INT.get(raw)
-            if alarms is None:
-                alarms = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "alarm_count", alarm_p, event)
-            if alarms is not None:
-                extra["alarm_count"] = alarms
-        raw = get(sigma_p)
-        if raw is None:
-            sigma = None
-        else:
-            sigma = _SMALL_INT.get(raw)
-            if sigma is None:
-                sigma = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "sigma_alert_count", sigma_p, event)
-            if sigma is not None:
-                extra["sigma_alert_count"] = sigma
-        raw = get(threat_p)
-        if raw is None:
-            cases = None
-        else:
-            cases = _SMALL_INT.get(raw)
-            if cases is None:
-                cases = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, "threat_case_count", threat_p, event)
-            if cases is not None:
-                extra["threat_case_count"] = cases
+        counts = []
+        for key, param in (("alarm_count", alarm_p), ("sigma_alert_count", sigma_p),
+                           ("threat_case_count", threat_p)):
+            raw = get(param)
+            if raw is None:
+                counts.append(None)
+                continue
+            n = _SMALL_INT.get(raw)
+            if n is None:
+                n = int(raw) if raw.isdigit() and raw.isascii() else _count(raw, None, key, param, event)
+            if n is not None:
+                extra[key] = n
+            counts.append(n)
+        alarms, sigma, cases = counts
         raw = get(related_p)
         if raw is not None:
             extra["related_case_ids"] = [x.strip() for x in raw.split(",") if x.strip()] if raw else []
