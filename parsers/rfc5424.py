@@ -260,8 +260,14 @@ def _sd_split(s: str, i: int, sd: dict) -> int:
     if unique:
         sd[sdid] = dict(zip(names, toks[1::2]))
         return j + 1
-    params: dict = {}  # a repeated PARAM-NAME: keep every value
-    for k, v in zip(names, toks[1::2]):
+    sd[sdid] = _params(zip(names, toks[1::2]))  # a repeated PARAM-NAME: keep every value
+    return j + 1
+
+
+def _params(pairs) -> dict:
+    """(name, value) pairs -> SD params; a repeated PARAM-NAME keeps every value, in a list."""
+    params: dict = {}
+    for k, v in pairs:
         old = params.get(k)
         if old is None:
             params[k] = v
@@ -269,8 +275,7 @@ def _sd_split(s: str, i: int, sd: dict) -> int:
             old.append(v)
         else:
             params[k] = [old, v]
-    sd[sdid] = params
-    return j + 1
+    return params
 
 
 def _shape(heads: list):
@@ -325,15 +330,7 @@ def _sd_general(s: str, i: int, sd: dict, lenient: bool, notes: list) -> int:
             pairs = _PARAM_FAST.findall(s, m.start(2), m.end(2))
             params = dict(pairs)
             if len(params) != len(pairs):  # a repeated PARAM-NAME: keep every value
-                params = {}
-                for k, v in pairs:
-                    old = params.get(k)
-                    if old is None:
-                        params[k] = v
-                    elif type(old) is list:
-                        old.append(v)
-                    else:
-                        params[k] = [old, v]
+                params = _params(pairs)
             sd[sdid] = params
             return m.end()
     n = len(s)
