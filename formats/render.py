@@ -140,6 +140,22 @@ def _leef_plan(version: str, delimiter: str):
             table(_LEEF_COMMON), table(_LEEF_RHYTHMX), table(_LEEF_FALCON))
 
 
+
+def _leef_pairs(append, d: dict, table, text, skip_empty_list: bool) -> None:
+    """Append (LEEF key, text) for each (field, key) of ``table`` that ``d`` holds a
+    non-empty value for (the slow path's rule; the fast path has its own)."""
+    get = d.get
+    for src, key in table:
+        v = get(src)
+        if v is not None:
+            if v.__class__ is str:
+                if v:
+                    append((key, v if v.isascii() else text(v)))
+            elif v.__class__ is int:
+                append((key, str(v)))
+            elif v != "" and not (skip_empty_list and v == []):
+                append((key, _str(v)))
+
 class Renderer:
     """Renders events for one sink.  ``render(event) -> bytes`` (one line, no framing);
     ``sanitised`` counts characters the LEEF sanitising rule changed (and, when set,
@@ -351,31 +367,10 @@ class Renderer:
             attrs.append(("devTime", dev_time))
             attrs.append(("devTimeFormat", _leef.DEV_TIME_FORMAT))
         if f:
-            append = attrs.append
-            get = f.get
-            for src, key in _LEEF_COMMON:
-                v = get(src)
-                if v is not None:
-                    if v.__class__ is str:
-                        if v:
-                            append((key, v if v.isascii() else text(v)))
-                    elif v.__class__ is int:
-                        append((key, str(v)))
-                    elif v != "":
-                        append((key, _str(v)))
-            extra = get("extra")
+            _leef_pairs(attrs.append, f, _LEEF_COMMON, text, False)
+            extra = f.get("extra")
             if extra:
-                get = extra.get
-                for src, key in (_LEEF_FALCON if falcon else _LEEF_RHYTHMX):
-                    v = get(src)
-                    if v is not None:
-                        if v.__class__ is str:
-                            if v:
-                                append((key, v if v.isascii() else text(v)))
-                        elif v.__class__ is int:
-                            append((key, str(v)))
-                        elif v != "" and v != []:
-                            append((key, _str(v)))
+                _leef_pairs(attrs.append, extra, _LEEF_FALCON if falcon else _LEEF_RHYTHMX, text, True)
             triage = f.get("triage")
             if isinstance(triage, dict):
                 for k in ("score", "severity", "owner", "mode"):

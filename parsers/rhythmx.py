@@ -364,37 +364,22 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
         if raw is not None:
             extra["related_case_ids"] = [x.strip() for x in raw.split(",") if x.strip()] if raw else []
     else:
-        v = get(actor_p)
-        bv = b.get("actor")
-        if bv is None:
-            bv = b.get("group_key")
-        if v is None:
-            v = bv
-        elif bv is not None and str(bv) != v:
-            note(f"rhythmx: actor SD={v!r} body={bv!r}; SD wins")
-        actor = v
-        if v is not None:
-            extra["actor"] = v
-        v = get(actor_type_p)
-        bv = b.get("actor_type")
-        if v is None:
-            v = bv
-        elif bv is not None and str(bv) != v:
-            note(f"rhythmx: actor_type SD={v!r} body={bv!r}; SD wins")
-        actor_type = v
-        if v is not None:
-            extra["actor_type"] = v
-        v = get(entity_p)
-        bv = b.get("entity")
-        if bv is None:
-            bv = b.get("entity_name")
-        if v is None:
-            v = bv
-        elif bv is not None and str(bv) != v:
-            note(f"rhythmx: entity SD={v!r} body={bv!r}; SD wins")
-        entity = v
-        if v is not None:
-            extra["entity"] = v
+        picked = []
+        for canon, param, bkey, bkey2 in (("actor", actor_p, "actor", "group_key"),
+                                          ("actor_type", actor_type_p, "actor_type", None),
+                                          ("entity", entity_p, "entity", "entity_name")):
+            v = get(param)
+            bv = b.get(bkey)
+            if bv is None and bkey2 is not None:
+                bv = b.get(bkey2)
+            if v is None:
+                v = bv
+            elif bv is not None and str(bv) != v:
+                note(f"rhythmx: {canon} SD={v!r} body={bv!r}; SD wins")
+            if v is not None:
+                extra[canon] = v
+            picked.append(v)
+        actor, actor_type, entity = picked
         counts = []
         for canon, pname in (("alarm_count", alarm_p), ("sigma_alert_count", sigma_p),
                              ("threat_case_count", threat_p)):
