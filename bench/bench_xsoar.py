@@ -10,7 +10,7 @@ stdlib handler stalls ~40 ms per request on Nagle + delayed ACK); ``--emulator-n
 the stock ``python -m tests.emulators.xsoar`` instead.
 Incidents are SigmaIncident syslog lines with unique incident ids, parsed and
 normalised like the pipeline does (parsers.detect + parsers.normalise) and rendered by the
-real ``relay.pipeline.make_renderer`` for the sink; the queue is the daemon's
+sink kind's real renderer (``relay.kinds.sink(type).renderer``); the queue is the daemon's
 (``relay.server.open_queue``: synchronous FULL by default) and the sink is built by
 ``relay.sinks.make_sink`` from a config read by ``relay.config.loads``.
 
@@ -65,7 +65,7 @@ from parsers import detect  # noqa: E402
 from parsers.normalise import normalise  # noqa: E402
 from relay.config import loads  # noqa: E402
 from relay.metrics import Registry  # noqa: E402
-from relay.pipeline import make_renderer  # noqa: E402
+from relay import kinds  # noqa: E402
 from relay.server import open_queue  # noqa: E402
 from relay.sinks import make_sink  # noqa: E402
 
@@ -417,8 +417,9 @@ def main() -> int:
         # render once (the same bodies for every round: the dedup store and the emulator are fresh)
         cfg0 = loads(config_text(work / "probe", emu.url, sync=args.sync, batch=args.batch, concurrency=concs[0],
                                  webhook_batch=args.webhook_batch), base_dir=work)
-        rest_rows, keys, rest_render_us = build_rows(args.n, tag, make_renderer(cfg0.sinks["xsoar"]))
-        wh_rows, wh_keys, wh_render_us = build_rows(args.n, tag, make_renderer(cfg0.sinks["xsoar_webhook"]))
+        rest, hook = cfg0.sinks["xsoar"], cfg0.sinks["xsoar_webhook"]
+        rest_rows, keys, rest_render_us = build_rows(args.n, tag, kinds.sink(rest.type).renderer(rest))
+        wh_rows, wh_keys, wh_render_us = build_rows(args.n, tag, kinds.sink(hook.type).renderer(hook))
         assert wh_keys == keys
         print(f"rendered {args.n} incident bodies: REST {statistics.mean(len(p) for p, _ in rest_rows):.0f} B "
               f"({rest_render_us:.1f} us CPU each: parse+normalise+render), webhook item "

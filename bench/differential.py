@@ -344,7 +344,7 @@ def _pipeline(Pipeline, cfg):
 
 def _pull(p, cfg, vname: str):
     """The pull path: each vendor object as its pull source would build it, through the
-    old enqueue_events or the new Pipeline.submit_events, with recording committers."""
+    old enqueue_events or the new Pipeline.submit, with recording committers."""
     from parsers import falcon as falcon_parser
     from parsers.qradar import normalise_offense
     from relay.sources.pull import make_event
@@ -361,11 +361,11 @@ def _pull(p, cfg, vname: str):
                 fields = falcon_parser.normalise_dict(obj, shape="alert", notes=[])
             ev = make_event(fields, obj, src.name, RECEIVED)
             del log[:]
-            if hasattr(p, "submit_events"):
+            if hasattr(p, "submit"):
                 saved = p.committers
                 p.committers = committers
                 try:
-                    await p.submit_events([ev], src)
+                    await p.submit([ev], src)
                 finally:
                     p.committers = saved
             else:
@@ -385,17 +385,27 @@ def compare(a: Path, b: Path, show: int = 5) -> int:
     la = a.read_text(encoding="utf-8").splitlines()
     lb = b.read_text(encoding="utf-8").splitlines()
     bad = 0
+    by: dict = {}
     for x, y in zip(la, lb):
+        dx = json.loads(x)
+        key = (dx.get("v"), dx.get("src"))
+        tot = by.setdefault(key, [0, 0, 0])
+        tot[0] += 1
         if x != y:
             bad += 1
+            tot[1] += 1
+            dy = json.loads(y)
+            if [(s, p, e) for s, p, _, e in dx["out"]] == [(s, p, e) for s, p, _, e in dy["out"]]:
+                tot[2] += 1      # payloads and reasons identical: only the queue metadata differs
             if bad <= show:
-                dx, dy = json.loads(x), json.loads(y)
                 print(f"--- differs: variant {dx.get('v')} source {dx.get('src')} input #{dx.get('i')}")
                 print(f"    A: {x[:600]}")
                 print(f"    B: {y[:600]}")
     if len(la) != len(lb):
         print(f"record counts differ: {len(la)} vs {len(lb)}")
         bad += abs(len(la) - len(lb))
+    for (v, src), (n, d, meta_only) in sorted(by.items()):
+        print(f"  {v:<7} {src:<12} {n:>7} records, {d:>6} differ ({meta_only} in the queue metadata only)")
     print(f"{min(len(la), len(lb))} records compared, {bad} differ")
     return 1 if bad else 0
 

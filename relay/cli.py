@@ -29,7 +29,8 @@ def main() -> None:
 @click.option("--max-frame", type=click.IntRange(64, 16 * 1024 * 1024), default=65536, show_default=True,
               help="Largest frame accepted with --framed (longer frames are truncated and reported).")
 @click.option("--render", "render", default="", metavar="FORMATS",
-              help="Comma-separated outputs to show: leef, leef1, cef, json, rfc5424, xsoar, xsoar_webhook.")
+              help="Comma-separated outputs to show: leef, leef1, cef, json, rfc5424, or a sink type that renders its own "
+                   "payload (xsoar, xsoar_webhook, ...).")
 @click.option("-c", "--config", "config", type=click.Path(dir_okay=False), default=None,
               help="Apply this relay config: show which routes match (and why) and the exact bytes each matched "
                    "sink would receive.  No network, no queues.")
@@ -59,24 +60,26 @@ def test_parse(messages, file, framed, lenient, as_json, max_frame, render, conf
         if messages or file is not None or framed or render or as_json or source is not None:
             raise click.UsageError("--cases takes its inputs from the case files: no messages, --file, --framed, "
                                    "--render, --json or --source")
-        from .cases import cli_cases
+        from .tools.cases import cli_cases
         sys.exit(cli_cases(config, cases_dir, update=update, junit=junit, watch_mode=watch))
     if update or junit or watch:
         raise click.UsageError("--update, --junit and --watch need --cases DIR")
-    from .testparse import RENDER_CHOICES, analyse, default_renderers, iter_inputs, render_human
+    from .tools.testparse import analyse, default_renderers, iter_inputs, render_choices, render_human
 
     wanted = [r.strip() for r in render.split(",") if r.strip()]
-    bad = [r for r in wanted if r not in RENDER_CHOICES]
+    choices = render_choices()
+    bad = [r for r in wanted if r not in choices]
     if bad:
-        raise click.BadParameter(f"unknown output {bad[0]!r} (choose from {', '.join(RENDER_CHOICES)})",
+        raise click.BadParameter(f"unknown output {bad[0]!r} (choose from {', '.join(choices)})",
                                  param_hint="--render")
     renderers = default_renderers(wanted)
     view = None
     if config is not None:
-        from .config import ConfigError, load
-        from .testparse import ConfigView
+        from .config import ConfigError
+        from .tools.cases import load_config
+        from .tools.testparse import ConfigView
         try:
-            cfg = load(config, secrets=False)
+            cfg = load_config(config, secrets=False)
         except ConfigError as e:
             raise click.UsageError(str(e))
         if source is not None:
@@ -97,7 +100,7 @@ def test_parse(messages, file, framed, lenient, as_json, max_frame, render, conf
     problems: list = []
     for label, raw in iter_inputs(messages, file, framed, max_frame, problems):
         total += 1
-        rec = analyse(raw, lenient=lenient, renderers=renderers, view=view)
+        rec = analyse(raw, lenient=lenient, renderers=renderers, view=view, source=source)
         if not rec["ok"]:
             failed += 1
         if as_json:
@@ -123,7 +126,16 @@ def test_parse(messages, file, framed, lenient, as_json, max_frame, render, conf
 def run_cmd(config):
     """Run the relay daemon (SIGTERM drains and stops, SIGHUP reloads the config)."""
     from .server import run
-    sys.exit(run(config))
+    sys.exit(run(config, startup_check=_startup_tests))
+
+
+def _startup_tests(cfg) -> list:
+    """``[relay] run_tests_at_start``: the config's [[tests]] must pass before it is used (at
+    start and on reload).  The golden-test tools load only when a config asks for them."""
+    if not cfg.relay.run_tests_at_start:
+        return []
+    from .tools.cases import startup_tests
+    return startup_tests(cfg)
 
 
 @main.command("validate")
@@ -135,9 +147,10 @@ def run_cmd(config):
 def validate_cmd(config, run_tests, junit):
     """Check CONFIG: syntax, types, references, rules.  Exit 0 when valid, 2 when not
     (with --run-tests: 1 when a test fails)."""
-    from .config import ConfigError, load
+    from .config import ConfigError
+    from .tools.cases import load_config
     try:
-        cfg = load(config)
+        cfg = load_config(config)
     except ConfigError as e:
         click.echo(f"invalid: {e}", err=True)
         sys.exit(2)
@@ -145,7 +158,7 @@ def validate_cmd(config, run_tests, junit):
         click.echo(f"warning: {w}", err=True)
     click.echo(f"{config}: valid: {len(cfg.sources)} source(s), {len(cfg.routes)} route(s), {len(cfg.sinks)} sink(s)")
     if run_tests:
-        from .cases import cli_config_tests
+        from .tools.cases import cli_config_tests
         sys.exit(cli_config_tests(cfg, junit=junit))
     elif junit:
         raise click.UsageError("--junit needs --run-tests")

@@ -19,22 +19,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["ConfigError", "Config", "RelayConfig", "QueueConfig", "RetryConfig", "SourceConfig",
-           "RouteConfig", "SinkConfig", "load", "loads", "parse_address", "SINK_TYPES", "SINK_FORMATS"]
+           "RouteConfig", "SinkConfig", "load", "loads", "parse_address", "SINK_FORMATS", "positive",
+           "non_negative", "http_url", "existing_file", "path_converter", "networks"]
 
-SOURCE_TYPES = ("udp", "tcp", "tls", "falcon", "qradar_offenses")
-# Pull sources read their own keys (no address): type -> "module:function", called as
-# function(table, source_config, base_dir); it stores what it needs in source_config.options.
 # Enrichment and triage (issue 9) read their own top-level tables:
 # function({table name: _Table}, base_dir) -> an object stored as Config.enrich.
 ENRICH_TABLES = ("lookups", "triage", "audit", "summary")
 ENRICH_READER = "relay.enrich:read_config"
-SOURCE_OPTION_READERS = {"falcon": "relay.sources.falcon:read_config",
-                         "qradar_offenses": "relay.sources.qradar:read_config"}
-SINK_TYPES = ("syslog", "file", "xsoar", "xsoar_webhook")
-# Sink types whose keys are read by their own module: type -> "module:function", called as
-# function(table, sink_config, base_dir) and expected to read its keys with table.get(...)
-# and store what it needs in sink_config.options (see relay/sinks/xsoar.py).
-SINK_OPTION_READERS = {"xsoar": "relay.sinks.xsoar:read_config", "xsoar_webhook": "relay.sinks.xsoar:read_config"}
+#: The payload formats a sink can carry (``SinkConfig.format``; formats/render.py).
 SINK_FORMATS = ("leef", "leef1", "cef", "rfc5424", "json")
 
 
@@ -75,9 +67,13 @@ class RelayConfig:
 
 @dataclass
 class SourceConfig:
+    """One ``[sources.NAME]``.  ``type`` names its kind (relay/kinds.py), which reads the rest
+    of the table: the listeners (udp, tcp, tls, ...) fill the listener fields below, pull
+    sources their ``options``."""
+
     name: str
     type: str
-    address: tuple[str, int]
+    address: tuple[str, int] | None = None             # listeners: where they listen
     lenient: bool = False
     max_message_size: int = 65536
     oversize: str = "truncate"
@@ -89,7 +85,7 @@ class SourceConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_verify_client: bool = False
-    options: dict = field(default_factory=dict)        # pull sources' own settings
+    options: dict = field(default_factory=dict)        # the kind's own settings
 
     def allowed(self, ip: str) -> bool:
         if not self.allow:
@@ -114,6 +110,11 @@ class RouteConfig:
 
 @dataclass
 class SinkConfig:
+    """One ``[sinks.NAME]``.  The loader reads ``type``, ``batch_size``, ``[queue]`` and
+    ``[retry]``; the kind (relay/kinds.py) reads the rest and sets ``format``, the payload's
+    format.  The syslog-line sinks (syslog, file) keep their encoder settings in ``render``
+    (:class:`formats.render.RenderOptions`)."""
+
     name: str
     type: str
     format: str = "leef"
@@ -129,20 +130,12 @@ class SinkConfig:
     connect_timeout: float = 10.0
     # file
     path: Path | None = None
-    # encoders
-    leef_vendor: str = "Relay"
-    leef_product: str = "SOC Relay"
-    leef_version: str = "1.0"
-    leef_delimiter: str = "^"
-    cef_vendor: str = "Relay"
-    cef_product: str = "SOC Relay"
-    cef_version: str = "1.0"
-    hostname: str = "original"          # syslog header HOSTNAME: "original" device, or a fixed name
     # delivery
     batch_size: int = 500
     queue: QueueConfig = field(default_factory=QueueConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
-    options: dict = field(default_factory=dict)  # type-specific extras (later sink types)
+    render: Any = None                  # formats.render.RenderOptions of the syslog-line sinks
+    options: dict = field(default_factory=dict)  # the kind's own settings
 
 
 @dataclass
@@ -153,7 +146,7 @@ class Config:
     routes: dict[str, RouteConfig]
     sinks: dict[str, SinkConfig]
     warnings: list[str] = field(default_factory=list)
-    tests: list[dict] = field(default_factory=list)  # [[tests]] tables, checked and run by relay/cases.py
+    tests: list = field(default_factory=list)  # [[tests]] tables, as written; checked and run by relay/tools/cases
     enrich: object = None  # relay.enrich.EnrichConfig when [lookups.*] / [triage] / [audit] / [summary] are set
 
 
@@ -256,7 +249,8 @@ def http_url(v: str) -> str:
 _positive, _non_negative = positive, non_negative
 
 
-def _networks(v):
+def networks(v):
+    """A list of CIDR strings -> ip_network objects (the ``allow`` lists)."""
     out = []
     for item in v:
         if not isinstance(item, str):
@@ -291,7 +285,9 @@ def _queue(t: _Table, base: QueueConfig) -> QueueConfig:
     return q
 
 
-def _path(base_dir: Path):
+def path_converter(base_dir: Path):
+    """A check that turns a path string into a Path (``$VARS`` and ``~`` expanded, relative to
+    ``base_dir``)."""
     def conv(v: str) -> Path:
         if not v:
             raise ValueError("must not be empty")
@@ -300,8 +296,9 @@ def _path(base_dir: Path):
     return conv
 
 
-def _existing_file(base_dir: Path):
-    conv = _path(base_dir)
+def existing_file(base_dir: Path):
+    """Like :func:`path_converter`, and the file must exist."""
+    conv = path_converter(base_dir)
 
     def check(v: str) -> Path:
         p = conv(v)
@@ -334,7 +331,7 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"not valid TOML: {e}") from None
     root = _Table(file, "", data, secrets)
-    pathconv = _path(base_dir)
+    pathconv = path_converter(base_dir)
 
     # [relay]
     rt = root.table("relay")
@@ -352,90 +349,36 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     relay.retry = _retry(rt.table("retry"), RetryConfig())
     rt.finish()
 
-    # [sources.*]
+    # [sources.*]: each table's type names its kind, which reads the table (relay/kinds.py)
+    from . import kinds
     sources: dict[str, SourceConfig] = {}
     st = root.table("sources")
     for name in st.data:
         t = st.table(name)
-        typ = t.get("type", str, required=True, choices=SOURCE_TYPES)
-        if typ in SOURCE_OPTION_READERS:
-            sc = SourceConfig(name=name, type=typ, address=("", 0))
-            sc.lenient = t.get("lenient", bool, False)
-            import importlib
-            mod, _, fn = SOURCE_OPTION_READERS[typ].partition(":")
-            try:
-                reader = getattr(importlib.import_module(mod), fn)
-            except (ImportError, AttributeError) as e:
-                raise t.err("type", f"source type {typ!r} is not available in this build ({e})") from None
-            reader(t, sc, base_dir)
-            t.finish()
-            sources[name] = sc
-            continue
-        sc = SourceConfig(
-            name=name, type=typ,
-            address=t.get("address", str, required=True, check=parse_address),
-            lenient=t.get("lenient", bool, False),
-            max_message_size=t.get("max_message_size", int, 65536, check=lambda v: None if 480 <= v <= 16 << 20
-                                   else (_ for _ in ()).throw(ValueError(f"must be 480..16777216, not {v}"))),
-            oversize=t.get("oversize", str, "truncate", choices=("truncate", "drop")),
-            allow=t.get("allow", list, [], check=_networks),
-        )
-        if typ == "udp":
-            sc.receive_buffer = t.get("receive_buffer", int, 4 << 20, check=_positive)
-        else:
-            sc.max_connections = t.get("max_connections", int, 1000, check=_positive)
-            sc.idle_timeout = t.get("idle_timeout", float, 600.0, check=_non_negative)
-        if typ == "tls":
-            sc.tls_cert = t.get("tls_cert", str, required=True, check=_existing_file(base_dir))
-            sc.tls_key = t.get("tls_key", str, required=True, check=_existing_file(base_dir))
-            sc.tls_ca = t.get("tls_ca", str, None, check=_existing_file(base_dir))
-            sc.tls_verify_client = t.get("tls_verify_client", bool, False)
-            if sc.tls_verify_client and sc.tls_ca is None:
-                raise t.err("tls_verify_client", "needs tls_ca (the CA that signs client certificates)")
+        typ = t.get("type", str, required=True)
+        try:
+            kind = kinds.source(typ)
+        except kinds.UnknownKind as e:
+            raise t.err("type", e.choices()) from None
+        sc = SourceConfig(name=name, type=typ)
+        kind.read_config(t, sc, base_dir)
         t.finish()
         sources[name] = sc
     st.finish()
 
-    # [sinks.*]
+    # [sinks.*]: the loader reads the keys every sink has, the kind the rest
     sinks: dict[str, SinkConfig] = {}
     kt = root.table("sinks")
     for name in kt.data:
         t = kt.table(name)
-        typ = t.get("type", str, required=True, choices=SINK_TYPES)
+        typ = t.get("type", str, required=True)
+        try:
+            kind = kinds.sink(typ)
+        except kinds.UnknownKind as e:
+            raise t.err("type", e.choices()) from None
         sk = SinkConfig(name=name, type=typ)
-        sk.format = t.get("format", str, "leef", choices=SINK_FORMATS)
-        if typ == "syslog":
-            sk.address = t.get("address", str, required=True, check=parse_address)
-            sk.protocol = t.get("protocol", str, "tcp", choices=("tcp", "udp", "tls"))
-            sk.framing = t.get("framing", str, "octet" if sk.protocol == "tls" else "lf", choices=("octet", "lf"))
-            if sk.protocol == "udp" and "framing" in t.data:
-                raise t.err("framing", "UDP carries one message per datagram; framing applies to tcp and tls")
-            sk.connect_timeout = t.get("connect_timeout", float, 10.0, check=_positive)
-            if sk.protocol == "tls":
-                sk.tls_ca = t.get("tls_ca", str, None, check=_existing_file(base_dir))
-                sk.tls_cert = t.get("tls_cert", str, None, check=_existing_file(base_dir))
-                sk.tls_key = t.get("tls_key", str, None, check=_existing_file(base_dir))
-                sk.tls_verify = t.get("tls_verify", bool, True)
-                sk.tls_server_name = t.get("tls_server_name", str, None)
-        elif typ == "file":
-            sk.path = t.get("path", str, required=True, check=pathconv)
-        if typ in SINK_OPTION_READERS:
-            import importlib
-            mod, _, fn = SINK_OPTION_READERS[typ].partition(":")
-            try:
-                reader = getattr(importlib.import_module(mod), fn)
-            except (ImportError, AttributeError) as e:
-                raise t.err("type", f"sink type {typ!r} is not available in this build ({e})") from None
-            reader(t, sk, base_dir)
-        sk.leef_vendor = t.get("leef_vendor", str, sk.leef_vendor)
-        sk.leef_product = t.get("leef_product", str, sk.leef_product)
-        sk.leef_version = t.get("leef_version", str, sk.leef_version)
-        sk.leef_delimiter = t.get("leef_delimiter", str, sk.leef_delimiter, check=_delimiter)
-        sk.cef_vendor = t.get("cef_vendor", str, sk.cef_vendor)
-        sk.cef_product = t.get("cef_product", str, sk.cef_product)
-        sk.cef_version = t.get("cef_version", str, sk.cef_version)
-        sk.hostname = t.get("hostname", str, "original")
-        sk.batch_size = t.get("batch_size", int, 500, check=_positive)
+        kind.read_config(t, sk, base_dir)
+        sk.batch_size = t.get("batch_size", int, kind.batch_size, check=_positive)
         sk.queue = _queue(t.table("queue"), relay.queue)
         sk.retry = _retry(t.table("retry"), relay.retry)
         t.finish()
@@ -469,7 +412,7 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
         t.finish()
         routes[name] = rc
     ro.finish()
-    tests = root.get("tests", list, [])
+    tests = root.get("tests", list, [])  # checked by the tools that run them
     enrich = None
     if any(k in data for k in ENRICH_TABLES):
         import importlib
@@ -485,9 +428,6 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     cfg = Config(file=file, relay=relay, sources=sources, routes=routes, sinks=sinks, tests=tests, enrich=enrich)
     if enrich is not None and hasattr(enrich, "validate"):
         enrich.validate(cfg)   # escalation / summary sink names exist
-    if tests:
-        from .cases import validate_config_tests
-        validate_config_tests(tests, file, cfg)
     if relay.run_tests_at_start and not tests:
         cfg.warnings.append(f"{file}: relay.run_tests_at_start: there are no [[tests]] to run")
     used = {s for r in routes.values() for s in r.sinks}
@@ -498,9 +438,10 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
         cfg.warnings.append(f"{file}: sources: no sources: the relay will receive nothing")
     addrs: dict = {}
     for s in sources.values():
-        if s.type in SOURCE_OPTION_READERS:
+        transport = kinds.source(s.type).transport
+        if transport is None or s.address is None:
             continue
-        key = ("udp" if s.type == "udp" else "tcp", s.address)
+        key = (transport, s.address)
         if key in addrs:
             raise ConfigError(file, f"sources.{s.name}.address",
                               f"{s.address[0]}:{s.address[1]} is already used by sources.{addrs[key]}")
@@ -514,19 +455,3 @@ def _workers(v):
     if isinstance(v, (str, bool)) or v < 1 or v > 64:
         raise ValueError(f"must be 1..64 or \"auto\", not {v!r}")
     return None
-
-
-def _delimiter(v: str):
-    if len(v) == 1:
-        if v in "=|" or v == "\n" or v == "\r":
-            raise ValueError(f"{v!r} cannot be a LEEF delimiter")
-        return None
-    h = v[2:] if v[:2].lower() == "0x" else v[1:] if v[:1].lower() == "x" else None
-    if h and 1 <= len(h) <= 4:
-        try:
-            c = chr(int(h, 16))
-        except ValueError:
-            pass
-        else:
-            return _delimiter(c) or c
-    raise ValueError(f"{v!r} must be one character or a hex code like x09 / 0x5E")

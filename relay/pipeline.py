@@ -1,20 +1,33 @@
-"""The hot path: frame -> parse -> normalise -> route -> render -> durable per-sink queue.
+"""The one stage: every event, from any source, is enriched, routed, rendered and queued here.
 
-Sources call :meth:`Pipeline.handle` with a batch of ``(message bytes, peer)`` pairs.
-Each message is parsed (RFC 5424 / 3164 / raw, per source strict or lenient),
-normalised (docs/schema.md), matched against the routes in order (a ``final`` route
-stops the search), and rendered once per matched sink.  The rendered payloads go to
-each sink's :class:`GroupCommitter`, which writes everything submitted meanwhile, from
-every connection, in one SQLite transaction (group commit) on its own thread.
+::
 
-``handle`` returns ``None`` when nothing was queued, else a future that completes when
-every message of the batch is durably queued in every matched sink.  TCP/TLS sources
-pause reading until then (durability and backpressure); UDP sources don't wait but stop
-handing over while :meth:`backlog` exceeds ``max_backlog``.
+    raw bytes --parse()--> Event --stage()--> [(sink, payload, queue meta, dead-letter reason)]
+               detect.parse        enrich (relay/enrich), triage
+               normalise           route (rules, in order; ``final`` stops)
+                                   render per matched sink (the sink kind's renderer)
+                                   queue metadata per sink (the sink kind's ``meta`` fields)
 
-Events that match no route are counted (``relay_unrouted_total``) and not queued: add
-a catch-all route (``match = 'format exists'``) to keep everything.  An event a sink
-cannot render goes straight to that sink's dead-letter table with the reason.
+:meth:`Pipeline.stage` is the only code that enriches, routes, renders and builds queue
+metadata.  :meth:`Pipeline.process` is ``parse`` then ``stage`` for one raw message.  Everything
+goes through them: the listeners' batches (:meth:`handle`, in this process or in the ingest
+workers, relay/workers.py, which run this same class), the pull sources' events
+(:meth:`submit`), ``relay test-parse --config`` and the golden cases (relay/tools), so what a
+case tests is what the daemon runs.
+
+Hand-over.  :meth:`handle` takes a batch of ``(message bytes, peer)`` pairs from a listener and
+returns ``None`` when nothing was queued, else a future that completes when every message of
+the batch is durably queued in every matched sink.  TCP/TLS sources pause reading until then
+(durability and backpressure); UDP sources don't wait but stop handing over while
+:meth:`backlog` exceeds ``max_backlog``.  :meth:`submit` does the same for events a source has
+already normalised and returns once they are durable.  The payloads go to each sink's
+:class:`GroupCommitter`, the only writer of that sink's queue file, which writes everything
+submitted meanwhile, from every source and worker, in one SQLite transaction, in the order it
+was submitted.
+
+Events that match no route are counted (``relay_unrouted_total``) and not queued: add a
+catch-all route (``match = 'true'``) to keep everything.  An event a sink cannot render goes
+straight to that sink's dead-letter table with the reason (``relay_render_errors_total``).
 """
 from __future__ import annotations
 
@@ -24,44 +37,263 @@ import threading
 import time
 from typing import Callable
 
-from formats import xsoar as xsoar_fmt
-from formats.render import Renderer, RenderOptions
 from parsers import detect
 from parsers.event import FORMAT_RAW
 from parsers.normalise import normalise
 
-_parse = detect.parse
-_normalise = normalise
-
-from .config import Config, SinkConfig, SourceConfig
+from . import kinds
+from .config import Config, SourceConfig
 from .metrics import REGISTRY
 from .queue import PACK_BYTES, PACK_EVENTS, DiskQueue, QueueDiskFull, QueueFull, unpack_rows
 
+_parse = detect.parse
+_normalise = normalise
+
 log = logging.getLogger("relay.pipeline")
 
-__all__ = ["Pipeline", "GroupCommitter", "make_renderer"]
+__all__ = ["Pipeline", "GroupCommitter", "DEAD_META"]
+
+#: Canonical fields a dead-lettered event's metadata carries, whatever its sink: what
+#: identifies it when an operator looks at the dead letters or replays them.
+DEAD_META = ("dedup_key", "event", "status")
 
 
-def make_renderer(cfg: SinkConfig) -> Callable:
-    """sink config -> ``render(event, routes) -> bytes`` (what goes into its queue)."""
-    if cfg.type in ("xsoar", "xsoar_webhook"):
-        import orjson
-        opts = cfg.options.get("xsoar_options") or xsoar_fmt.XsoarOptions()
-        fn = xsoar_fmt.incident if cfg.type == "xsoar" else xsoar_fmt.webhook_item
+class Pipeline:
+    """See the module docstring.  ``committers``: sink name -> :class:`GroupCommitter` (none:
+    nothing can be handed over, e.g. the tools and the ingest workers, which return their rows).
+    ``dry_run``: enrichment makes no HTTP calls and writes no audit lines (relay/tools).
+    ``lazy_enrich``: build the enrichment tables on the first event (the main process of a relay
+    with ingest workers, which enriches only what the pull sources submit)."""
 
-        def render_xsoar(ev, routes):
-            return orjson.dumps(fn(ev, opts, routes))
-        return render_xsoar
-    r = Renderer(RenderOptions(format=cfg.format, leef_vendor=cfg.leef_vendor, leef_product=cfg.leef_product,
-                               leef_version=cfg.leef_version, leef_delimiter=cfg.leef_delimiter,
-                               cef_vendor=cfg.cef_vendor, cef_product=cfg.cef_product, cef_version=cfg.cef_version,
-                               hostname=cfg.hostname))
-    # the renderer counts its sanitised characters into relay_sanitised_total{sink} itself
-    # and takes (event, routes): its render method is the sink's render function, no wrapper
-    r.sanitised_counter = REGISTRY.counter("relay_sanitised_total", sink=cfg.name)
-    return r.render
+    def __init__(self, config: Config, committers: dict | None = None, *, max_backlog: int = 200_000,
+                 dry_run: bool = False, lazy_enrich: bool = False) -> None:
+        self.committers = committers if committers is not None else {}
+        self.max_backlog = max_backlog
+        self.dry_run = dry_run
+        self.lazy_enrich = lazy_enrich
+        self._source_counters: dict[str, tuple] = {}
+        self.configure(config)
+
+    # ------------------------------------------------------------------ configuration
+    def configure(self, config: Config) -> None:
+        """(Re)build routes, renderers and enrichment; called at start and on reload."""
+        self.config = config
+        # (name, match, sinks (each once, in order), final, counter); match is the compiled
+        # rule's function without the Rule.__call__ layer
+        self.routes = [(r.name, getattr(r.rule, "match", r.rule), tuple(dict.fromkeys(r.sinks)), r.final,
+                        REGISTRY.counter("relay_routed_total", route=r.name))
+                       for r in config.routes.values()]
+        self.renderers: dict[str, Callable] = {}
+        self._meta_fields: dict[str, tuple] = {}
+        for name, sc in config.sinks.items():
+            kind = kinds.sink(sc.type)
+            self.renderers[name] = kind.renderer(sc)
+            if kind.meta:
+                self._meta_fields[name] = kind.meta
+        self._triage_counters: dict = {}
+        self._last_counter: tuple = (None, None, None)   # (source, format, counter): see parse
+        self.enricher = None  # callable(event) filling event.enrich / triage; see relay/enrich
+        self._enrich_pending = config.enrich is not None and self.lazy_enrich
+        if config.enrich is not None and not self.lazy_enrich:
+            self.enricher = self._build_enricher(config)
+        self._unrouted = REGISTRY.counter("relay_unrouted_total")
+        self._render_err = {name: REGISTRY.counter("relay_render_errors_total", sink=name) for name in config.sinks}
+
+    def _build_enricher(self, config: Config):
+        from .enrich import build_enricher, dry_run
+        if self.dry_run:  # no audit lines, no HTTP calls
+            with dry_run():
+                return build_enricher(config)
+        return build_enricher(config)
+
+    # ------------------------------------------------------------------ the stage
+    def parse(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):
+        """One raw message -> a normalised Event, counted in relay_parsed_total{source, format}
+        or relay_parse_failed_total{source, reason}."""
+        ev = _parse(raw, lenient=source.lenient, received=received, peer=peer, source=source.name)
+        # the counter of the last (source, format) seen, else the per-source tables
+        last = self._last_counter
+        if last[0] is source and last[1] == ev.format:
+            last[2].value += 1
+        else:
+            c = self._parsed_counter(source, ev)
+            c.value += 1
+            if ev.format != FORMAT_RAW:
+                self._last_counter = (source, ev.format, c)
+        _normalise(ev)
+        return ev
+
+    def process(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):
+        """One raw message -> (event, route names, [(sink, payload, meta, error)]): parse, then stage."""
+        ev = self.parse(raw, source, peer, received)
+        routes, out = self.stage(ev)
+        return ev, routes, out
+
+    def stage(self, ev):
+        """A normalised event -> (route names, [(sink, payload, queue meta, error)]).
+
+        ``payload`` is what goes into the sink's queue, ``error`` None; or, when the sink's
+        renderer refused the event, ``payload`` is the event's raw bytes and ``error`` the
+        dead-letter reason.  The queue metadata is ``{source, routes, received}`` plus the
+        canonical fields the sink kind asks for (``SinkKind.meta``)."""
+        if self.enricher is not None:
+            self.enricher(ev)
+        elif self._enrich_pending:
+            self._enrich_pending = False
+            self.enricher = self._build_enricher(self.config)
+            self.enricher(ev)
+        routes, sinks = self.route(ev)
+        if not sinks:
+            self._unrouted.value += 1
+            return routes, []
+        meta = {"source": ev.source, "routes": routes, "received": ev.received}
+        renderers = self.renderers
+        meta_fields = self._meta_fields
+        if len(sinks) == 1 and sinks[0] not in meta_fields:
+            s = sinks[0]
+            try:
+                return routes, [(s, renderers[s](ev, routes), meta, None)]
+            except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
+                return routes, [self._dead(s, ev, meta, e)]
+        out = []
+        metas = None   # fields tuple -> meta dict, shared by the sinks that ask for the same fields
+        for s in sinks:
+            m = meta
+            want = meta_fields.get(s)
+            if want is not None:
+                if metas is None:
+                    metas = {}
+                m = metas.get(want)
+                if m is None:
+                    m = metas[want] = _with_fields(meta, ev.fields, want)
+            try:
+                out.append((s, renderers[s](ev, routes), m, None))
+            except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
+                out.append(self._dead(s, ev, meta, e))
+        return routes, out
+
+    def _dead(self, sink: str, ev, meta: dict, e: Exception) -> tuple:
+        self._render_err[sink].value += 1
+        return sink, ev.raw, _with_fields(meta, ev.fields, DEAD_META), f"render failed: {type(e).__name__}: {e}"
+
+    def route(self, ev) -> tuple[list[str], list[str]]:
+        """-> (matched route names, sink names in order, each once)."""
+        names: list[str] = []
+        sinks: list[str] = []
+        for name, match, rsinks, final, counter in self.routes:
+            if match(ev):
+                counter.value += 1
+                names.append(name)
+                if sinks:
+                    for s in rsinks:
+                        if s not in sinks:
+                            sinks.append(s)
+                else:
+                    sinks += rsinks
+                if final:
+                    break
+        if ev.meta is not None:
+            self._triage(ev.meta, names, sinks)
+        return names, sinks
+
+    def _triage(self, meta: dict, names: list, sinks: list) -> None:
+        """Triage mode auto: an escalation adds sinks (relay/enrich)."""
+        extra = meta.get("triage_sinks")
+        if extra:
+            rname = meta.get("triage_route") or "triage"
+            c = self._triage_counters.get(rname)
+            if c is None:
+                c = self._triage_counters[rname] = REGISTRY.counter("relay_routed_total", route=rname)
+            c.value += 1
+            names.append(rname)
+            for s in extra:
+                if s not in sinks and s in self.renderers:
+                    sinks.append(s)
+
+    def _counters(self, source: SourceConfig):
+        c = self._source_counters.get(source.name)
+        if c is None:  # (parsed by format, failed by reason); sources count relay_received_total
+            c = self._source_counters[source.name] = ({}, {})
+        return c
+
+    def _parsed_counter(self, source: SourceConfig, ev):
+        """The counter this event adds to: relay_parsed_total{source, format}, or
+        relay_parse_failed_total{source, reason} for a raw event."""
+        c = self._source_counters.get(source.name)
+        parsed_c, failed_c = c if c is not None else self._counters(source)
+        if ev.format == FORMAT_RAW:
+            kind = ev.error.kind if ev.error is not None else "unknown"
+            c = failed_c.get(kind)
+            if c is None:
+                c = failed_c[kind] = REGISTRY.counter("relay_parse_failed_total", source=source.name, reason=kind)
+        else:
+            c = parsed_c.get(ev.format)
+            if c is None:
+                c = parsed_c[ev.format] = REGISTRY.counter("relay_parsed_total", source=source.name, format=ev.format)
+        return c
+
+    # ------------------------------------------------------------------ hand-over
+    def backlog(self) -> int:
+        return sum(c.pending for c in self.committers.values())
+
+    def handle(self, items: list, source: SourceConfig, received: float | None = None):
+        """Raw messages from a listener: see the module docstring."""
+        if received is None:
+            received = time.time()
+        per_sink: dict[str, list] = {}
+        process = self.process
+        for raw, peer in items:
+            _, _, out = process(raw, source, peer, received)
+            for sink, payload, meta, err in out:
+                if err is not None:
+                    self.committers[sink].submit_dead(payload, meta, err)
+                    continue
+                b = per_sink.get(sink)
+                if b is None:
+                    per_sink[sink] = [(payload, meta)]
+                else:
+                    b.append((payload, meta))
+        return self._commit(per_sink)
+
+    async def submit(self, events, source: SourceConfig) -> int:
+        """Events a source has already normalised (``Event.fields`` set; ``source`` and
+        ``received`` set on each): staged like every other event and durably queued; returns
+        the number of queue rows written once all are committed (raises if a commit failed)."""
+        per_sink: dict[str, list] = {}
+        for ev in events:
+            _, out = self.stage(ev)
+            for sink, payload, meta, err in out:
+                if err is not None:
+                    self.committers[sink].submit_dead(payload, meta, err)
+                else:
+                    per_sink.setdefault(sink, []).append((payload, meta))
+        fut = self._commit(per_sink)
+        if fut is not None:
+            await fut
+        return sum(len(r) for r in per_sink.values())
+
+    def _commit(self, per_sink: dict):
+        if not per_sink:
+            return None
+        committers = self.committers
+        futs = [committers[s].submit(b) for s, b in per_sink.items()]
+        if len(futs) == 1:
+            return futs[0]
+        return asyncio.gather(*futs)
 
 
+def _with_fields(meta: dict, f: dict | None, keys: tuple) -> dict:
+    """``meta`` plus the canonical fields ``keys`` that the event has (non-empty), in order."""
+    out = dict(meta)
+    if f is not None:
+        for k in keys:
+            v = f.get(k)
+            if v:
+                out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------- group commit
 class GroupCommitter:
     """Collects batches for one queue and commits them together on a dedicated thread.
 
@@ -279,177 +511,3 @@ def _groups(items: list, queue) -> list[list]:
     return out
 
 
-class Pipeline:
-    """See the module docstring."""
-
-    def __init__(self, config: Config, committers: dict[str, GroupCommitter], max_backlog: int = 200_000) -> None:
-        self.committers = committers
-        self.max_backlog = max_backlog
-        self._source_counters: dict[str, tuple] = {}
-        self.configure(config)
-
-    def configure(self, config: Config) -> None:
-        """(Re)build routes and renderers; called at start and on reload."""
-        self.config = config
-        # (name, match, sinks (each once, in order), final, counter); match is the compiled
-        # rule's function without the Rule.__call__ layer
-        self.routes = [(r.name, getattr(r.rule, "match", r.rule), tuple(dict.fromkeys(r.sinks)), r.final,
-                        REGISTRY.counter("relay_routed_total", route=r.name))
-                       for r in config.routes.values()]
-        self.renderers = {name: make_renderer(s) for name, s in config.sinks.items()}
-        self._full_meta_sinks = frozenset(name for name, s in config.sinks.items()
-                                          if s.type in ("xsoar", "xsoar_webhook"))
-        self._triage_counters: dict = {}
-        self._last_counter: tuple = (None, None, None)   # (source, format, counter): see process
-        self.enricher = None  # callable(event) filling event.enrich / triage; see relay/enrich
-        if config.enrich is not None:
-            from .enrich import build_enricher
-            self.enricher = build_enricher(config)
-        self._unrouted = REGISTRY.counter("relay_unrouted_total")
-        self._render_err = {name: REGISTRY.counter("relay_render_errors_total", sink=name) for name in config.sinks}
-
-    def _counters(self, source: SourceConfig):
-        c = self._source_counters.get(source.name)
-        if c is None:  # (parsed by format, failed by reason); sources count relay_received_total
-            c = self._source_counters[source.name] = ({}, {})
-        return c
-
-    def backlog(self) -> int:
-        return sum(c.pending for c in self.committers.values())
-
-    def route(self, ev) -> tuple[list[str], list[str]]:
-        """-> (matched route names, sink names in order, each once)."""
-        names: list[str] = []
-        sinks: list[str] = []
-        for name, match, rsinks, final, counter in self.routes:
-            if match(ev):
-                counter.value += 1
-                names.append(name)
-                if sinks:
-                    for s in rsinks:
-                        if s not in sinks:
-                            sinks.append(s)
-                else:
-                    sinks += rsinks
-                if final:
-                    break
-        if ev.meta is not None:
-            self._triage(ev.meta, names, sinks)
-        return names, sinks
-
-    def _triage(self, meta: dict, names: list, sinks: list) -> None:
-        """Triage mode auto: an escalation adds sinks (relay/enrich)."""
-        extra = meta.get("triage_sinks")
-        if extra:
-            rname = meta.get("triage_route") or "triage"
-            c = self._triage_counters.get(rname)
-            if c is None:
-                c = self._triage_counters[rname] = REGISTRY.counter("relay_routed_total", route=rname)
-            c.value += 1
-            names.append(rname)
-            for s in extra:
-                if s not in sinks and s in self.renderers:
-                    sinks.append(s)
-
-    def _parsed_counter(self, source: SourceConfig, ev):
-        """The counter this event adds to: relay_parsed_total{source, format}, or
-        relay_parse_failed_total{source, reason} for a raw event."""
-        c = self._source_counters.get(source.name)
-        parsed_c, failed_c = c if c is not None else self._counters(source)
-        if ev.format == FORMAT_RAW:
-            kind = ev.error.kind if ev.error is not None else "unknown"
-            c = failed_c.get(kind)
-            if c is None:
-                c = failed_c[kind] = REGISTRY.counter("relay_parse_failed_total", source=source.name, reason=kind)
-        else:
-            c = parsed_c.get(ev.format)
-            if c is None:
-                c = parsed_c[ev.format] = REGISTRY.counter("relay_parsed_total", source=source.name, format=ev.format)
-        return c
-
-    def process(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):
-        """One message -> (event, route names, [(sink, payload | None, meta, error)])."""
-        name = source.name
-        ev = _parse(raw, lenient=source.lenient, received=received, peer=peer, source=name)
-        # the counter of the last (source, format) seen, else the per-source tables
-        last = self._last_counter
-        if last[0] is source and last[1] == ev.format:
-            last[2].value += 1
-        else:
-            c = self._parsed_counter(source, ev)
-            c.value += 1
-            if ev.format != FORMAT_RAW:
-                self._last_counter = (source, ev.format, c)
-        _normalise(ev)
-        if self.enricher is not None:
-            self.enricher(ev)
-        routes, sinks = self.route(ev)
-        if not sinks:
-            self._unrouted.value += 1
-            return ev, routes, []
-        # queue metadata: where the event came from and why it is there; the XSOAR sinks
-        # also need the dedup key, event and status (the syslog and file sinks' payload
-        # already carries those: keeping their rows small is bytes written twice saved)
-        meta = {"source": name, "routes": routes, "received": received}
-        renderers = self.renderers
-        if len(sinks) == 1 and sinks[0] not in self._full_meta_sinks:
-            s = sinks[0]
-            try:
-                return ev, routes, [(s, renderers[s](ev, routes), meta, None)]
-            except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
-                self._render_err[s].value += 1
-                return ev, routes, [(s, raw, self._full_meta(meta, ev.fields),
-                                     f"render failed: {type(e).__name__}: {e}")]
-        full = None
-        out = []
-        full_sinks = self._full_meta_sinks
-        for s in sinks:
-            m = meta
-            if s in full_sinks:
-                if full is None:
-                    full = self._full_meta(meta, ev.fields)
-                m = full
-            try:
-                out.append((s, renderers[s](ev, routes), m, None))
-            except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
-                self._render_err[s].value += 1
-                out.append((s, raw, self._full_meta(meta, ev.fields),
-                             f"render failed: {type(e).__name__}: {e}"))
-        return ev, routes, out
-
-    @staticmethod
-    def _full_meta(meta: dict, f: dict | None) -> dict:
-        full = dict(meta)
-        if f is not None:
-            v = f.get("dedup_key")
-            if v:
-                full["dedup_key"] = v
-            v = f.get("event")
-            if v:
-                full["event"] = v
-            v = f.get("status")
-            if v:
-                full["status"] = v
-        return full
-
-    def handle(self, items: list, source: SourceConfig, received: float | None = None):
-        if received is None:
-            received = time.time()
-        per_sink: dict[str, list] = {}
-        for raw, peer in items:
-            _, _, out = self.process(raw, source, peer, received)
-            for sink, payload, meta, err in out:
-                if err is not None:
-                    self.committers[sink].submit_dead(payload, meta, err)
-                    continue
-                b = per_sink.get(sink)
-                if b is None:
-                    per_sink[sink] = [(payload, meta)]
-                else:
-                    b.append((payload, meta))
-        if not per_sink:
-            return None
-        futs = [self.committers[s].submit(b) for s, b in per_sink.items()]
-        if len(futs) == 1:
-            return futs[0]
-        return asyncio.gather(*futs)

@@ -2,8 +2,8 @@
 
 Start: load and check the config (exit 2 with the file, key path and problem when it
 is wrong), open one disk queue per sink (a corrupted file is moved aside and reported,
-the relay starts anyway), start the sinks' delivery loops, the pipeline, the sources
-and the metrics server, then tell systemd ``READY=1`` when ``NOTIFY_SOCKET`` is set.
+the relay starts anyway), start the sinks' delivery loops, the pipeline (and the ingest
+workers), the sources and the metrics server, then tell systemd ``READY=1`` when ``NOTIFY_SOCKET`` is set.
 
 Signals: SIGTERM/SIGINT drain gracefully: stop accepting, hand over what was read,
 commit it, let the sinks deliver for up to ``relay.drain_timeout`` seconds, keep the
@@ -17,29 +17,26 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
-from .cases import startup_tests
-from .config import SOURCE_OPTION_READERS, Config, ConfigError, SinkConfig, SourceConfig, load
+from typing import Callable
+
+from . import kinds
+from .config import Config, ConfigError, SinkConfig, SourceConfig, load
+from .logs import setup_logging
 from .metrics import REGISTRY, MetricsServer
 from .pipeline import GroupCommitter, Pipeline
 from .queue import DiskQueue, RetryPolicy
 
 log = logging.getLogger("relay")
 
-__all__ = ["Server", "run", "sd_notify", "open_queue", "setup_logging"]
+__all__ = ["Server", "run", "sd_notify", "open_queue"]
 
-
-def setup_logging(level: str = "info") -> None:
-    root = logging.getLogger()
-    if not any(getattr(h, "_relay", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        h._relay = True  # type: ignore[attr-defined]
-        root.addHandler(h)
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+#: ``check(config) -> [report lines]``: run before a config is used (start and reload); any
+#: line refuses the config.  ``relay run`` passes the golden-test runner (relay/tools) when
+#: ``run_tests_at_start`` asks for it: the daemon itself never imports the tools.
+StartupCheck = Callable[[Config], list]
 
 
 def sd_notify(state: str) -> bool:
@@ -85,13 +82,16 @@ class _SinkRuntime:
 
 
 class Server:
-    def __init__(self, config_path: str | os.PathLike, config: Config | None = None) -> None:
+    def __init__(self, config_path: str | os.PathLike, config: Config | None = None,
+                 startup_check: StartupCheck | None = None) -> None:
         self.config_path = str(config_path)
         self.config = config
+        self.startup_check = startup_check
         self.sinks: dict[str, _SinkRuntime] = {}
         self.sources: dict[str, object] = {}
-        self.pipeline = None        # Pipeline (in-process) or WorkerPool (workers > 1)
-        self.pool = None
+        self.pipeline: Pipeline | None = None   # the one stage, in this process; holds the committers
+        self.pool = None            # WorkerPool (workers > 1): the listeners' raw messages go there
+        self.ingest = None          # what the sources hand over to: the pool, else the pipeline
         self.metrics: MetricsServer | None = None
         self._stop = asyncio.Event()
         self._ready = False
@@ -107,15 +107,15 @@ class Server:
         loop = asyncio.get_running_loop()
         for name, sc in cfg.sinks.items():
             self.sinks[name] = self._start_sink(sc, loop)
-        if cfg.relay.workers > 1:
+        workers = cfg.relay.workers > 1
+        # with workers the main process enriches only what pull sources submit: tables on first use
+        self.pipeline = Pipeline(cfg, self._committers(), lazy_enrich=workers)
+        self.ingest = self.pipeline
+        if workers:
             from .workers import WorkerPool
-            self.pool = WorkerPool(self.config_path, cfg.relay.workers,
-                                   {n: r.committer for n, r in self.sinks.items()},
-                                   log_level=cfg.relay.log_level)
+            self.pool = WorkerPool(self.config_path, cfg.relay.workers, self.pipeline, log_level=cfg.relay.log_level)
             await self.pool.start()
-            self.pipeline = self.pool
-        else:
-            self.pipeline = Pipeline(cfg, {n: r.committer for n, r in self.sinks.items()})
+            self.ingest = self.pool
         if cfg.relay.metrics_address is not None:
             host, port = cfg.relay.metrics_address
             self.metrics = MetricsServer(host, port, ready_fn=self._ready_state)
@@ -127,6 +127,9 @@ class Server:
         sd_notify("READY=1\nSTATUS=relay running")
         log.info("relay running: %d source(s), %d route(s), %d sink(s); config %s",
                  len(self.sources), len(cfg.routes), len(self.sinks), self.config_path)
+
+    def _committers(self) -> dict[str, GroupCommitter]:
+        return {n: r.committer for n, r in self.sinks.items()}
 
     def _start_sink(self, sc: SinkConfig, loop) -> _SinkRuntime:
         from .sinks import make_sink
@@ -147,14 +150,16 @@ class Server:
 
     async def _start_source(self, sc: SourceConfig) -> None:
         from .sources import make_source
-        src = make_source(sc, self.pipeline)
+        src = make_source(sc, self.ingest)
         try:
             await src.start()
         except OSError as e:
+            if sc.address is None:
+                raise OSError(f"source {sc.name}: cannot start: {e.strerror or e}") from None
             raise OSError(f"source {sc.name}: cannot listen on {sc.type} {sc.address[0]}:{sc.address[1]}: "
                           f"{e.strerror or e}") from None
         self.sources[sc.name] = src
-        if sc.type in SOURCE_OPTION_READERS:     # pull source: it logs what it polls
+        if kinds.source(sc.type).transport is None:     # a pull source: it logs what it polls
             return
         host, port = getattr(src, "bound_address", sc.address)[:2]
         log.info("source %s: listening on %s %s:%d", sc.name, sc.type, host, port)
@@ -189,7 +194,7 @@ class Server:
         # let sinks deliver what is due until the deadline, then stop them
         while time.monotonic() < deadline and any(
                 r.queue.depth() - (r.queue.inflight() if hasattr(r.queue, "inflight") else 0) > 0
-                and r.cfg.type != "none" for r in self.sinks.values()):
+                for r in self.sinks.values()):
             await asyncio.sleep(0.1)
         for r in self.sinks.values():
             r.stop.set()
@@ -218,8 +223,8 @@ class Server:
                 log.error("reload: new configuration rejected, keeping the running one: %s", e)
                 REGISTRY.inc("relay_config_reloads_total", result="rejected")
                 return False
-            failed = startup_tests(new)   # on the loop: no event is counted meanwhile (see relay/cases.py)
-            if failed:
+            failed = self.startup_check(new) if self.startup_check else []   # on the loop: no event is
+            if failed:                                                          # counted meanwhile
                 log.error("reload: new configuration rejected, keeping the running one:\n%s", "\n".join(failed))
                 REGISTRY.inc("relay_config_reloads_total", result="rejected")
                 return False
@@ -232,14 +237,12 @@ class Server:
             for name, sc in new.sinks.items():
                 if name not in self.sinks:
                     self.sinks[name] = self._start_sink(sc, loop)
+            self.pipeline.committers = self._committers()
+            self.pipeline.configure(new)
             if self.pool is not None:
                 if new.relay.workers != old.relay.workers:
                     log.warning("reload: relay.workers changed; restart the relay to apply it")
-                self.pool.committers = {n: r.committer for n, r in self.sinks.items()}
                 await self.pool.reload()
-            else:
-                self.pipeline.committers = {n: r.committer for n, r in self.sinks.items()}
-                self.pipeline.configure(new)
             self.config = new
             # sources: restart the ones whose settings changed
             for name in list(self.sources):
@@ -285,9 +288,9 @@ class Server:
         return 0
 
 
-def run(config_path: str) -> int:
+def run(config_path: str, startup_check: StartupCheck | None = None) -> int:
     """Entry point for `relay run`: exit status 0 on a clean stop, 1 on a start-up
-    failure, 2 on a configuration error."""
+    failure, 2 on a configuration error (or a failed ``startup_check``)."""
     try:
         cfg = load(config_path)
     except ConfigError as e:
@@ -295,7 +298,7 @@ def run(config_path: str) -> int:
         log.error("%s", e)
         return 2
     setup_logging(cfg.relay.log_level)
-    failed = startup_tests(cfg)
+    failed = startup_check(cfg) if startup_check else []
     if failed:
         log.error("%s", "\n".join(failed))
         return 2
@@ -304,4 +307,4 @@ def run(config_path: str) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(Server(config_path, cfg).serve())
+    return runner(Server(config_path, cfg, startup_check).serve())

@@ -2,23 +2,30 @@
 
 With ``[relay] workers = N`` (N > 1) the main process keeps the sockets, the framing,
 the queues' group commits, the sinks' delivery loops and the metrics; N worker processes
-do the per-message work (:meth:`relay.pipeline.Pipeline.process`) and send back each
-sink's rendered rows.  CPython runs one thread at a time per process, so this is what puts
-the second core to work.  The main process commits what the workers return through the
-same :class:`relay.pipeline.GroupCommitter` as the in-process pipeline: one transaction and
-one fsync for everything that arrived meanwhile, where workers committing their own parts
-paid an fsync each and waited for each other's write lock.
+run the one stage (:meth:`relay.pipeline.Pipeline.process`) on the listeners' raw messages
+and send back each sink's rendered rows.  CPython runs one thread at a time per process, so
+this is what puts the second core to work.  The main process commits what the workers
+return through the same :class:`relay.pipeline.GroupCommitter` as the in-process pipeline
+(the only writer of each queue file): one transaction and one fsync for everything that
+arrived meanwhile.  Events the pull sources have already normalised are staged by the main
+process's own :class:`relay.pipeline.Pipeline` (:meth:`WorkerPool.submit`), through the same
+committers.
 
 :class:`WorkerPool` has the same ``handle`` / ``backlog`` contract as the in-process
 pipeline: ``handle(items, source, received)`` returns a future that completes once the
-batch is durably queued (the worker's reply, then the commit), so TCP sources keep pausing
-until their data is safe.  A worker that dies fails its in-flight batches (their TCP connections are
-closed, so senders retransmit; nothing acknowledged is lost) and is restarted.
+batch is durably queued (the workers' replies, then the commit), so TCP sources keep pausing
+until their data is safe.  A large batch is cut into parts for every live worker; the parts'
+rows go to the committers in the order the parts were sent, whatever order the workers
+answer in, so whatever one connection sent is committed in order and a crash can only lose a
+suffix that was never accepted.  A worker that dies fails its in-flight parts (their hand-overs
+fail, their TCP connections are closed, so senders retransmit; the parts after a failed one
+in the same hand-over are dropped, never committed after a gap) and is restarted.
 Counters from the workers are merged into the main registry, so /metrics shows totals.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import multiprocessing as mp
 import os
@@ -40,32 +47,69 @@ __all__ = ["WorkerPool", "worker_main"]
 _CTX = mp.get_context("spawn")
 
 
+#: Most messages in one part handed to a worker (a large read is cut into parts).
+PART_MAX = 2000
+
+
 class _Worker:
     def __init__(self, wid: int) -> None:
         self.wid = wid
         self.proc = None
         self.conn = None
-        self.inflight: dict[int, tuple] = {}   # batch id -> (future, n items)
+        self.inflight: dict[int, "_Part"] = {}   # batch id -> part sent to this worker
         self.pending_items = 0
         self.ready = False
 
 
-class WorkerPool:
-    """See the module docstring."""
+class _Group:
+    """One ``handle()`` call: its future, and its parts in order."""
 
-    def __init__(self, config_path: str, n: int, committers: dict,
-                 max_backlog: int = 200_000, log_level: str = "info") -> None:
+    __slots__ = ("fut", "parts", "left", "commits", "failed")
+
+    def __init__(self, fut) -> None:
+        self.fut = fut
+        self.parts: list = []
+        self.left = 0            # parts not yet taken from the order queue
+        self.commits: list = []  # commit futures of the parts handed to the committers
+        self.failed = False
+
+
+class _Part:
+    """Some messages of one ``handle()`` call, processed by one worker."""
+
+    __slots__ = ("bid", "group", "worker", "n", "done", "rows", "dead", "error")
+
+    def __init__(self, bid: int, group: _Group, worker: _Worker, n: int) -> None:
+        self.bid, self.group, self.worker, self.n = bid, group, worker, n
+        self.done = False
+        self.rows: dict = {}     # sink -> packed rows
+        self.dead: dict = {}     # sink -> [(payload, meta, reason)]
+        self.error: str | None = None
+
+
+class WorkerPool:
+    """See the module docstring.  ``pipeline`` is the main process's
+    :class:`relay.pipeline.Pipeline`: its committers take what the workers render (they are
+    replaced on reload), and pre-normalised events (:meth:`submit`) are staged by it."""
+
+    def __init__(self, config_path: str, n: int, pipeline, max_backlog: int = 200_000,
+                 log_level: str = "info") -> None:
         self.config_path = config_path
         self.n = n
-        self.committers = committers   # sink name -> GroupCommitter (replaced on reload)
+        self.pipeline = pipeline
         self.max_backlog = max_backlog
         self.log_level = log_level
         self.workers = [_Worker(i) for i in range(n)]
         self.min_split = 32          # smallest part worth sending to another worker
         self._next_batch = 0
         self._rr = 0
+        self._order: collections.deque = collections.deque()   # every part, in the order sent
         self._stopping = False
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def config(self):
+        return self.pipeline.config
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, timeout: float = 30.0) -> None:
@@ -103,66 +147,87 @@ class WorkerPool:
     def _dispatch(self, w: _Worker, msg) -> None:
         kind = msg[0]
         if kind == "done":
-            _, batch_ids, errors, rows, dead, counters = msg
+            _, results, counters = msg
             if counters:
                 REGISTRY.set_external(w.wid, counters)
-            done = [(bid, *w.inflight.pop(bid, (None, 0))) for bid in batch_ids]
-            commits = []
-            for sink, items in rows.items():
-                c = self.committers.get(sink)
-                if c is None:   # removed by a reload while the batch was out
-                    log.error("sink %s is gone (reload); %d event(s) of this batch refused", sink, len(items))
-                    for bid, _, _ in done:
-                        errors.setdefault(bid, f"sink {sink} no longer configured")
+            for bid, rows, dead, error in results:
+                part = w.inflight.pop(bid, None)
+                if part is None:
                     continue
-                commits.append(c.submit_rows(items))
-            for sink, items in dead.items():
-                c = self.committers.get(sink)
-                if c is not None:
-                    for payload, meta, reason in items:
-                        c.submit_dead(payload, meta, reason)
-            if not commits:
-                self._settle(w, done, errors, None)
-            else:
-                g = commits[0] if len(commits) == 1 else asyncio.gather(*commits)
-                g.add_done_callback(lambda f, w=w, done=done, errors=errors: self._settle(
-                    w, done, errors, f.exception() if not f.cancelled() else RuntimeError("cancelled")))
+                part.rows, part.dead, part.error, part.done = rows, dead, error, True
+            self._flush()
         elif kind == "ready":
             w.ready = True
         elif kind == "counters":
             REGISTRY.set_external(w.wid, msg[1])
-        elif kind == "log":
-            pass
 
-    @staticmethod
-    def _settle(w: _Worker, done: list, errors: dict, exc: BaseException | None) -> None:
-        """The batches of one reply are committed (or failed): resolve their futures."""
-        for bid, fut, n in done:
-            w.pending_items -= n
-            if fut is not None and not fut.done():
-                err = errors.get(bid)
-                if exc is not None:
-                    fut.set_exception(exc)
-                elif err is None:
-                    fut.set_result(None)
+    # ------------------------------------------------------------------ in-order commits
+    def _flush(self) -> None:
+        """Hand the processed parts to the committers in the order they were sent, so that
+        whatever one connection sent is committed in order: a crash can lose only a suffix of
+        it.  A part that failed fails its hand-over, and the parts after it in the same
+        hand-over are dropped, never committed after a gap."""
+        order = self._order
+        committers = self.pipeline.committers
+        while order and order[0].done:
+            part = order.popleft()
+            g = part.group
+            g.left -= 1
+            if not g.failed:
+                if part.error is not None:
+                    self._fail(g, RuntimeError(part.error))
                 else:
-                    fut.set_exception(RuntimeError(err))
+                    for sink, rows in part.rows.items():
+                        c = committers.get(sink)
+                        if c is None:   # removed by a reload while the part was out
+                            log.error("sink %s is gone (reload); %d event(s) of this batch refused", sink,
+                                      sum(r[0] for r in rows))
+                            self._fail(g, RuntimeError(f"sink {sink} no longer configured"))
+                            break
+                        g.commits.append(c.submit_rows(rows))
+            for sink, items in part.dead.items():
+                c = committers.get(sink)
+                if c is not None:
+                    for payload, meta, reason in items:
+                        c.submit_dead(payload, meta, reason)
+            if g.left == 0:
+                self._settle(g)
+
+    def _fail(self, g: _Group, exc: BaseException) -> None:
+        g.failed = True
+        if not g.fut.done():
+            g.fut.set_exception(exc)
+
+    def _settle(self, g: _Group) -> None:
+        """Every part of ``g`` is handed over (or dropped): resolve its future once committed."""
+        def release(exc: BaseException | None) -> None:
+            for p in g.parts:
+                p.worker.pending_items -= p.n
+            if exc is not None:
+                self._fail(g, exc)
+            elif not g.fut.done():
+                g.fut.set_result(None)
+        if g.failed or not g.commits:
+            release(None)
+            return
+        c = g.commits[0] if len(g.commits) == 1 else asyncio.gather(*g.commits)
+        c.add_done_callback(lambda f: release(RuntimeError("cancelled") if f.cancelled() else f.exception()))
 
     def _lost(self, w: _Worker) -> None:
         try:
             self.loop.remove_reader(w.conn.fileno())
         except (ValueError, OSError):
             pass
-        for bid, (fut, _) in w.inflight.items():
-            if not fut.done():
-                fut.set_exception(RuntimeError(f"ingest worker {w.wid} died"))
+        for part in w.inflight.values():
+            part.error = f"ingest worker {w.wid} died"
+            part.done = True
         w.inflight.clear()
-        w.pending_items = 0
         w.ready = False
         try:
             w.conn.close()
         except OSError:
             pass
+        self._flush()
         if self._stopping:
             return
         code = w.proc.exitcode if w.proc is not None else None
@@ -171,41 +236,56 @@ class WorkerPool:
         REGISTRY.inc("relay_worker_restarts_total")
         self._spawn(w)
 
-    # ------------------------------------------------------------------ pipeline contract
+    # ------------------------------------------------------------------ ingest contract
     def backlog(self) -> int:
         return sum(w.pending_items for w in self.workers)  # until committed, not just processed
 
     def handle(self, items: list, source, received: float | None = None):
         """Hand a batch to the workers.  A large batch (one read from one connection) is
         split across every live worker so that a single busy connection uses every core;
-        the returned future completes when all parts are durable."""
+        the returned future completes when all parts are durable, and the parts are committed
+        in order."""
         if received is None:
             received = time.time()
-        live = [w for w in self.workers if w.ready]
-        if len(live) > 1 and len(items) >= 2 * self.min_split:
-            k = min(len(live), len(items) // self.min_split)
-            step = -(-len(items) // k)
-            futs = [self._handle_one(items[i:i + step], source, received, live) for i in range(0, len(items), step)]
-            return asyncio.gather(*futs)
-        return self._handle_one(items, source, received, live)
-
-    def _handle_one(self, items: list, source, received: float, live: list):
         fut = self.loop.create_future()
+        live = [w for w in self.workers if w.ready]
         if not live:
             fut.set_exception(RuntimeError("no ingest worker is running"))
             return fut
+        n = len(items)
+        k = 1
+        if len(live) > 1 and n >= 2 * self.min_split:
+            k = min(len(live), n // self.min_split)
+        k = max(k, -(-n // PART_MAX))
+        step = -(-n // k)
+        g = _Group(fut)
+        for i in range(0, n, step):
+            self._send(items[i:i + step] if k > 1 else items, source, received, live, g)
+        return fut
+
+    def _send(self, items: list, source, received: float, live: list, g: _Group) -> None:
         # least loaded, round robin among equals
         self._rr = (self._rr + 1) % len(live)
         w = min(live[self._rr:] + live[:self._rr], key=lambda x: x.pending_items)
         self._next_batch += 1
-        bid = self._next_batch
-        w.inflight[bid] = (fut, len(items))
+        part = _Part(self._next_batch, g, w, len(items))
+        g.parts.append(part)
+        g.left += 1
+        self._order.append(part)
         w.pending_items += len(items)
+        if not w.ready:         # it died during this hand-over
+            part.error, part.done = f"ingest worker {w.wid} is not running", True
+            return
+        w.inflight[part.bid] = part
         try:
-            w.conn.send(("batch", bid, source.name, received, items))
+            w.conn.send(("batch", part.bid, source.name, received, items))
         except (OSError, EOFError, BrokenPipeError):
             self._lost(w)
-        return fut
+
+    async def submit(self, events, source) -> int:
+        """Pre-normalised events (pull sources) are staged in this process, by the pipeline
+        the workers' rows are committed through."""
+        return await self.pipeline.submit(events, source)
 
     async def reload(self) -> None:
         for w in self.workers:
@@ -218,7 +298,7 @@ class WorkerPool:
     async def stop(self, timeout: float = 10.0) -> None:
         """Wait for in-flight batches, then stop the workers."""
         deadline = time.monotonic() + timeout
-        while any(w.inflight for w in self.workers) and time.monotonic() < deadline:
+        while (self._order or any(w.inflight for w in self.workers)) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         self._stopping = True
         for w in self.workers:
@@ -252,7 +332,7 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from .config import load
-    from .server import setup_logging
+    from .logs import setup_logging
     setup_logging(log_level)
     wlog = logging.getLogger(f"relay.worker{wid}")
     state = _WorkerState(config_path, wlog)
@@ -301,7 +381,7 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
             elif m[0] == "stop":
                 stop = True
         if batches:
-            ids, errors, rows, dead = state.process(batches)
+            results = state.process(batches)
             now = time.monotonic()
             counters = None
             if now - last_counters > 0.25 or stop:
@@ -311,7 +391,7 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
             else:
                 dirty = True
             try:
-                conn.send(("done", ids, errors, rows, dead, counters))
+                conn.send(("done", results, counters))
             except OSError:
                 return
         if stop:
@@ -336,35 +416,34 @@ class _WorkerState:
     def configure(self, cfg) -> None:
         from .pipeline import Pipeline
         if self.pipeline is None:
-            self.pipeline = Pipeline(cfg, committers={})
+            self.pipeline = Pipeline(cfg)
         else:
             self.pipeline.configure(cfg)
         self.config = cfg
 
-    def process(self, batches: list) -> tuple[list, dict, dict, dict]:
-        """-> (batch ids, {batch id: error}, {sink: packed rows (relay.queue.pack_rows)},
-        {sink: [(payload, meta, reason)]}).  The rows go back packed as the queue stores
-        them, metadata encoded (orjson): the main process only inserts them."""
-        per_sink: dict[str, list] = {}
-        dead: dict[str, list] = {}
-        ids = []
-        errors: dict = {}
+    def process(self, batches: list) -> list:
+        """-> [(batch id, {sink: packed rows (relay.queue.pack_rows)}, {sink: [(payload, meta,
+        reason)]}, error or None)], one per batch, in order.  The rows go back packed as the
+        queue stores them, metadata encoded (orjson): the main process only inserts them."""
+        results = []
         sources = self.config.sources
         process = self.pipeline.process
         dumps = orjson.dumps
         for _, bid, source_name, received, items in batches:
-            ids.append(bid)
             src = sources.get(source_name)
             if src is None:
-                errors[bid] = f"unknown source {source_name!r} (config changed?)"
+                results.append((bid, {}, {}, f"unknown source {source_name!r} (config changed?)"))
                 continue
+            per_sink: dict[str, tuple] = {}
+            dead: dict[str, list] = {}
+            error = None
             for raw, peer in items:
                 try:
                     _, _, out = process(raw, src, peer, received)
                 except Exception as e:  # a bug must not take the batch down silently
                     self.log.exception("processing a message failed: %s", e)
-                    errors[bid] = f"processing failed: {e}"
-                    continue
+                    error = f"processing failed: {e}"
+                    break
                 if not out:
                     continue
                 last = enc = None
@@ -380,7 +459,8 @@ class _WorkerState:
                     else:
                         b[0].append(payload)
                         b[1].append(enc)
-        return ids, errors, {s: pack_rows(p, m) for s, (p, m) in per_sink.items()}, dead
+            results.append((bid, {s: pack_rows(p, m) for s, (p, m) in per_sink.items()}, dead, error))
+        return results
 
     def close(self) -> None:
         pass

@@ -95,7 +95,7 @@ def test_warnings_for_unused_sink():
 
 def test_leef_hex_delimiter():
     cfg = loads(GOOD.replace('path = "out.leef"', 'path = "out.leef"\nleef_delimiter = "x09"'))
-    assert cfg.sinks["out"].leef_delimiter == "\t"
+    assert cfg.sinks["out"].render.leef_delimiter == "\t"
 
 
 @pytest.mark.parametrize("text,expected", [("127.0.0.1:514", ("127.0.0.1", 514)), ("[::1]:6514", ("::1", 6514)),

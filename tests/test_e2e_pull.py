@@ -20,31 +20,13 @@ import time
 
 import pytest
 
-from relay import config as relay_config
 from tests.emulators.falcon import FalconEmulator
 from tests.emulators.qradar import QradarEmulator
 from tests.peers import QradarStandIn, RelayProcess, free_port, wait_until
 
 
 
-def _pull_sources_wired() -> str | None:
-    """Why the relay cannot run pull sources yet (None when it can)."""
-    if not {"falcon", "qradar_offenses"} <= set(relay_config.SOURCE_TYPES):
-        return "relay/config.py does not know the falcon/qradar_offenses source types (SOURCE_OPTION_READERS)"
-    import os
-    from relay.sources import make_source
-    os.environ.setdefault("RELAY_E2E_PROBE_SECRET", "x")
-    try:
-        cfg = relay_config.loads('[sources.f]\ntype = "falcon"\nbase_url = "http://127.0.0.1:9"\n'
-                                 'client_id = "x"\nclient_secret_env = "RELAY_E2E_PROBE_SECRET"\n')
-        make_source(cfg.sources["f"], None)
-    except ValueError as e:
-        return f"relay/sources/__init__.py make_source does not build pull sources yet ({e})"
-    return None
-
-
-_WHY = _pull_sources_wired()
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_WHY is not None, reason=_WHY or "")]
+pytestmark = [pytest.mark.e2e]
 
 SECRET = "e2e-falcon-secret-7Qw"
 SEC = "e2e-qradar-sec-c0ffee"

@@ -63,7 +63,16 @@ sinks = ["out"]
         return self.queue.list(100000)
 
     def keys(self) -> list[str]:
-        return [r.meta.get("dedup_key") for r in self.rows()]
+        return [fields(r).get("dedup_key") for r in self.rows()]
+
+
+def fields(row) -> dict:
+    """The canonical dedup_key, event and status of a queued row, read back from its LEEF line
+    (a file sink's rows carry only source, routes and received as metadata)."""
+    from parsers import leef
+    rec = leef.parse(row.payload.decode())
+    a = dict(rec.attributes)
+    return {"dedup_key": a.get("dedupKey"), "event": rec.event_id, "status": a.get("status")}
 
 
 def source_config(name: str, typ: str, state: Path) -> SourceConfig:
@@ -624,7 +633,7 @@ def test_qradar_offenses_paged_by_range_each_created_once(tmp_path, secrets_env,
     assert len(rows) == 23
     assert sorted(h.keys()) == sorted(f"qradar:{i}" for i in qradar.offenses)
     for r in rows:
-        assert r.meta["event"] == "created" and r.meta["status"] == "open"
+        assert fields(r)["event"] == "created" and fields(r)["status"] == "open"
     req = qradar.requests[0]
     assert req["Range"] == "items=0-4" and req["sort"] == "+last_updated_time,+id"
     assert req["filter"].startswith("last_updated_time >= ")
@@ -655,7 +664,7 @@ def test_qradar_updates_and_closes(tmp_path, secrets_env, qradar):
     h = run(main())
     rows = h.rows()
     assert len(rows) == 9
-    later = [(r.meta["dedup_key"], r.meta["event"], r.meta["status"]) for r in rows[6:]]
+    later = [(fields(r)["dedup_key"], fields(r)["event"], fields(r)["status"]) for r in rows[6:]]
     assert sorted(later) == sorted([(f"qradar:{ids[1]}", "updated", "open"), (f"qradar:{ids[4]}", "updated", "open"),
                                     (f"qradar:{ids[2]}", "closed", "closed")])
 
@@ -682,7 +691,7 @@ def test_qradar_offense_updated_while_paging_nothing_skipped(tmp_path, secrets_e
             h.close()
         return h
     h = run(main())
-    events = [(r.meta["dedup_key"], r.meta["event"]) for r in h.rows()]
+    events = [(fields(r)["dedup_key"], fields(r)["event"]) for r in h.rows()]
     assert len(events) == 18
     assert sorted(k for k, e in events if e == "created") == sorted(f"qradar:{i}" for i in ids)
     assert [k for k, e in events if e == "updated"] == [f"qradar:{ids[0]}"]
@@ -771,7 +780,7 @@ def test_qradar_restart_no_duplicates_and_changes_while_down(tmp_path, secrets_e
             h.close()
         return h, new
     h, new = run(main())
-    events = sorted((r.meta["dedup_key"], r.meta["event"]) for r in h.rows()[8:])
+    events = sorted((fields(r)["dedup_key"], fields(r)["event"]) for r in h.rows()[8:])
     assert events == sorted([(f"qradar:{ids[0]}", "closed"), (f"qradar:{ids[3]}", "updated"),
                              (f"qradar:{new}", "created")])
     assert len(h.rows()) == 11
@@ -931,57 +940,54 @@ def test_emulators_run_standalone():
 
 
 # ============================================================================= WorkerPool mode
-class _PoolStandIn:
-    """What enqueue_events sees of relay.workers.WorkerPool: no route/renderers/committers,
-    a config_path and an on_enqueued callback."""
-
-    def __init__(self, config_path):
-        self.config_path = str(config_path)
-        self.notified = []
-
-    def on_enqueued(self, sinks):
-        self.notified.extend(sinks)
-
-    def handle(self, *a, **k):  # pragma: no cover - pull sources must not use it
-        raise AssertionError("pull events must not go to the worker processes")
-
-
-def test_enqueue_events_with_worker_pool_uses_private_pipeline(tmp_path, secrets_env, falcon):
+def test_pull_source_with_workers_submits_through_the_servers_committers(tmp_path, secrets_env, falcon,
+                                                                          monkeypatch):
+    """workers = 2: pulled events are staged by the main process's pipeline and committed by
+    the server's own committer of each sink (one writer per queue file), which wakes the sink."""
+    from relay.server import Server
     falcon.add_alerts(9)
     conf = tmp_path / "relay.toml"
     conf.write_text(f"""
 [relay]
 state_dir = "state"
 workers = 2
+metrics_address = ""
+[sources.falcon]
+type = "falcon"
+base_url = "{falcon.url}"
+client_id = "test-client"
+client_secret_env = "T_FALCON_SECRET"
+poll_interval = 0.05
+retry_base = 0.02
 [sinks.archive]
 type = "file"
 path = "archive.log"
 format = "json"
 [routes.falcon]
-match = 'source == "falcon" and fields.vendor == "CrowdStrike"'
+match = 'source == "falcon" and vendor == "CrowdStrike"'
 sinks = ["archive"]
 """)
 
+    from relay.pipeline import GroupCommitter
+    committed = []
+    orig = GroupCommitter.submit
+    monkeypatch.setattr(GroupCommitter, "submit", lambda self, items: committed.append((self, len(items)))
+                        or orig(self, items))
+
     async def main():
-        h = Harness(tmp_path).open()
-        pool = _PoolStandIn(conf)
-        src = falcon_source(h, falcon)
-        src.pipeline = pool
-        await src.start()
+        srv = Server(conf)
+        await srv.start()
         try:
+            src = srv.sources["falcon"]
+            assert srv.pool is not None and src.pipeline is srv.pool
             await until(lambda: src.polls >= 2, what="two polls")
+            out = tmp_path / "archive.log"
+            await until(lambda: out.is_file() and len(out.read_text().splitlines()) >= 9, what="9 lines delivered")
+            assert {c for c, _ in committed} == {srv.sinks["archive"].committer}
+            return out.read_text().splitlines()
         finally:
-            await src.stop()
-            h.close()
-        return pool
-    pool = run(main())
-    assert "archive" in pool.notified
-    q = DiskQueue(tmp_path / "state" / "queue-archive.db")
-    try:
-        rows = q.list(100)
-    finally:
-        q.close()
-    assert len(rows) == 9
-    body = json.loads(rows[0].payload)
+            await srv.stop()
+    lines = run(main())
+    assert sum(n for _, n in committed) == 9
+    body = json.loads(lines[0])
     assert body["event"]["vendor"] == "CrowdStrike" and body["syslog"]["format"] == "api"
-    assert rows[0].meta["routes"] == ["falcon"] and rows[0].meta["dedup_key"].startswith("falcon:")

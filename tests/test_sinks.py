@@ -21,8 +21,10 @@ import pytest
 from relay.config import SinkConfig
 from relay.metrics import Registry
 from relay.queue import DiskQueue, RetryPolicy
-from relay.sinks import (AuthError, FileSink, PermanentError, Sink, SyslogStreamSink,
-                         SyslogUdpSink, make_sink, register, SINK_REGISTRY)
+from relay import kinds
+from relay.sinks import AuthError, PermanentError, Sink, make_sink
+from relay.sinks.file import FileSink
+from relay.sinks.syslog import SyslogStreamSink, SyslogUdpSink
 from relay.sinks.syslog import frame_batch, frame_lf
 
 HOST = "127.0.0.1"
@@ -208,14 +210,17 @@ def test_make_sink_registry(tmp_path):
                                 registry=reg), SyslogUdpSink)
     fs = make_sink(SinkConfig(name="f", type="file", path=tmp_path / "o.log"), q, registry=reg)
     assert isinstance(fs, FileSink)
-    with pytest.raises(ValueError, match="unknown type"):
+    with pytest.raises(ValueError, match="unknown sink type 'nope'"):
         make_sink(SinkConfig(name="x", type="nope"), q, registry=reg)
-    register("dummy", lambda cfg, queue, **kw: FileSink(cfg, queue, **kw))
+    kind = kinds.register_sink(kinds.SinkKind(type="dummy", read_config=lambda t, sk, base: None,
+                                              factory=lambda cfg, queue, **kw: FileSink(cfg, queue, **kw),
+                                              renderer=lambda sk: (lambda ev, routes: b"")))
     try:
+        assert kinds.sink("dummy") is kind
         assert isinstance(make_sink(SinkConfig(name="d", type="dummy", path=tmp_path / "d"),
                                     q, registry=reg), FileSink)
     finally:
-        SINK_REGISTRY.pop("dummy")
+        kinds._SINKS.pop("dummy")
     q.close()
 
 

@@ -133,7 +133,7 @@ def test_make_source_types():
     assert type(make_source(cfg("udp"), p)) is UdpSource
     assert type(make_source(cfg("tcp"), p)) is TcpSource
     assert type(make_source(cfg("tls"), p)) is TlsSource
-    with pytest.raises(ValueError, match="unknown type"):
+    with pytest.raises(ValueError, match="unknown source type .sctp."):
         make_source(cfg("sctp"), p)
 
 

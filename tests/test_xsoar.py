@@ -20,7 +20,7 @@ from parsers import detect
 from parsers.normalise import normalise
 from relay.config import ConfigError, loads
 from relay.metrics import Registry
-from relay.pipeline import make_renderer
+from relay import kinds
 from relay.queue import DiskQueue, RetryPolicy
 from relay.sinks import AuthError, PermanentError, RetryableError, make_sink
 from relay.sinks.xsoar import (DedupRecord, DedupStore, Secret, XsoarSink, XsoarWebhookSink, auth_headers,
@@ -62,7 +62,7 @@ def make_queue(tmp_path: Path, name: str = "xs") -> DiskQueue:
 
 
 def enqueue(q: DiskQueue, cfg, lines: list[bytes]) -> None:
-    render = make_renderer(cfg)
+    render = kinds.sink(cfg.type).renderer(cfg)
     rows = []
     for line in lines:
         ev = detect.parse(line, lenient=False, received=time.time(), peer=HOST, source="t")

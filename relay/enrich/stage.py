@@ -223,8 +223,9 @@ class Enricher:
         self.summary_sinks = None
         if summarizer is not None:
             s = ec.summary.sinks
+            from .. import kinds
             self.summary_sinks = frozenset(s) if s else frozenset(
-                n for n, sc in config.sinks.items() if sc.type in ("xsoar", "xsoar_webhook"))
+                n for n, sc in config.sinks.items() if kinds.sink(sc.type).incidents)
 
     # ---------------------------------------------------------------- per event
     def __call__(self, ev) -> None:

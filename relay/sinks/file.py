@@ -119,3 +119,21 @@ class FileSink(Sink):
 
     async def close(self) -> None:
         self._close_fd()
+
+
+# --------------------------------------------------------------------------- kind
+
+from .. import kinds  # noqa: E402
+from . import _lines  # noqa: E402
+
+
+def read_config(t, sk, base_dir) -> None:
+    from ..config import path_converter
+    sk.path = t.get("path", str, required=True, check=path_converter(base_dir))
+    _lines.read(t, sk)
+
+
+KIND = kinds.register_sink(kinds.SinkKind(
+    type="file", read_config=read_config, factory=FileSink, renderer=_lines.renderer,
+    keys=("path",) + _lines.KEYS,
+    doc="appends one line per event to a file (fsync per batch; reopens after rotation)"))

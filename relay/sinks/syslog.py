@@ -725,3 +725,39 @@ class SyslogUdpSink(Sink):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+# --------------------------------------------------------------------------- kind
+
+from .. import kinds  # noqa: E402
+from . import _lines  # noqa: E402
+
+
+def read_config(t, sk, base_dir) -> None:
+    from ..config import existing_file, parse_address, positive
+    sk.address = t.get("address", str, required=True, check=parse_address)
+    sk.protocol = t.get("protocol", str, "tcp", choices=("tcp", "udp", "tls"))
+    sk.framing = t.get("framing", str, "octet" if sk.protocol == "tls" else "lf", choices=("octet", "lf"))
+    if sk.protocol == "udp" and "framing" in t.data:
+        raise t.err("framing", "UDP carries one message per datagram; framing applies to tcp and tls")
+    sk.connect_timeout = t.get("connect_timeout", float, 10.0, check=positive)
+    if sk.protocol == "tls":
+        sk.tls_ca = t.get("tls_ca", str, None, check=existing_file(base_dir))
+        sk.tls_cert = t.get("tls_cert", str, None, check=existing_file(base_dir))
+        sk.tls_key = t.get("tls_key", str, None, check=existing_file(base_dir))
+        sk.tls_verify = t.get("tls_verify", bool, True)
+        sk.tls_server_name = t.get("tls_server_name", str, None)
+    _lines.read(t, sk)
+
+
+def make(cfg, queue, **kw) -> Sink:
+    if cfg.protocol == "udp":
+        return SyslogUdpSink(cfg, queue, **kw)
+    return SyslogStreamSink(cfg, queue, **kw)
+
+
+KIND = kinds.register_sink(kinds.SinkKind(
+    type="syslog", read_config=read_config, factory=make, renderer=_lines.renderer,
+    keys=("address", "protocol", "framing", "connect_timeout", "tls_ca", "tls_cert", "tls_key", "tls_verify",
+          "tls_server_name") + _lines.KEYS,
+    doc="syslog lines (LEEF, CEF, JSON or the original RFC 5424) over TCP, TLS or UDP, e.g. to QRadar"))

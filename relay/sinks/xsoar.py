@@ -78,11 +78,12 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from formats import xsoar as xsoar_fmt
 from formats.xsoar import XsoarOptions
 
 from ..secrets import Secret, read_secret
 from ..config import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
-from . import register
+from .. import kinds
 from .base import (AuthError, PermanentError, RetryableError, Sink, SinkError,
                    UnavailableError)
 
@@ -263,6 +264,7 @@ def read_config(table, sk, base_dir: Path) -> None:
     )
     sk.options["xsoar"] = settings
     sk.options["xsoar_options"] = opts
+    sk.format = "json"
     sk.batch_size = settings.batch_size
     if ca is not None:
         sk.tls_ca = common["tls_ca"]
@@ -948,5 +950,39 @@ def _id_order(v):
     return (0, int(s)) if s.isdigit() else (1, s)
 
 
-register("xsoar", XsoarSink)
-register("xsoar_webhook", XsoarWebhookSink)
+# =========================================================================== kinds
+def _renderer(fn):
+    """The queue payload: the incident body (formats/xsoar.py) as JSON bytes."""
+    def make(sk):
+        opts = sk.options.get("xsoar_options") or XsoarOptions()
+
+        def render(ev, routes):
+            return orjson.dumps(fn(ev, opts, routes))
+        return render
+    return make
+
+
+def _preview(fn):
+    return lambda: (lambda ev, o=XsoarOptions(): fn(ev, o))
+
+
+_KEYS = ("url", "batch_size", "concurrency", "timeout", "connect_timeout", "tls_verify", "tls_ca", "proxy",
+         "dedup_store_size", "severity_thresholds", "custom_fields", "incident_type", "instance",
+         "create_investigation")
+#: what the delivery needs from each queue row: the dedup key (idempotent create), and the
+#: vendor event and status (close_on_source_close)
+_META = ("dedup_key", "event", "status")
+
+XSOAR = kinds.register_sink(kinds.SinkKind(
+    type="xsoar", read_config=read_config, factory=XsoarSink, renderer=_renderer(xsoar_fmt.incident),
+    keys=_KEYS + ("api_key_env", "api_key_file", "auth_id", "key_type", "api_prefix", "mode", "close_on_source_close",
+                  "close_endpoint", "close_reason", "close_notes", "dedup_field"),
+    meta=_META, structured=True, incidents=True, batch_size=50, preview=_preview(xsoar_fmt.incident),
+    doc="Cortex XSOAR incidents over the REST API (search before create: one incident per dedup key)"))
+XSOAR_WEBHOOK = kinds.register_sink(kinds.SinkKind(
+    type="xsoar_webhook", read_config=read_config, factory=XsoarWebhookSink,
+    renderer=_renderer(xsoar_fmt.webhook_item),
+    keys=_KEYS + ("auth_header", "auth_value_env", "auth_value_file", "username", "password_env", "password_file",
+                  "linger"),
+    meta=_META, structured=True, incidents=True, batch_size=50, preview=_preview(xsoar_fmt.webhook_item),
+    doc="Cortex XSOAR Generic Webhook (one object, or an array of items per request)"))

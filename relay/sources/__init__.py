@@ -1,15 +1,21 @@
 """Network sources: UDP, TCP and TLS (RFC 5425) syslog receivers.
 
-Every source hands received messages to the pipeline in batches::
+Every source is one module that declares its kind (relay/kinds.py: type, config keys and
+reader, factory).  A source hands what it receives to its *ingest* (the pipeline, or the
+ingest workers in front of it): raw messages in batches::
 
-    fut = pipeline.handle(items, source_cfg, received)   # items: [(message bytes, "ip:port"), ...]
+    fut = ingest.handle(items, source_cfg, received)   # items: [(message bytes, "ip:port"), ...]
+
+or events it has already normalised (the pull sources)::
+
+    n = await ingest.submit(events, source_cfg)        # returns once they are durably queued
 
 ``handle`` returns None, or a future that completes once the messages are durably
 queued.  TCP/TLS connections stop reading until that future completes (durability
 and backpressure); UDP cannot wait, and drops new datagrams (reason ``backlog``)
 while ``pipeline.backlog() > pipeline.max_backlog``.
 
-Use :func:`make_source` to build the right source for a :class:`relay.config.SourceConfig`.
+Use :func:`make_source` to build the source of a :class:`relay.config.SourceConfig`.
 Every source has ``await start()`` (binds; raises :class:`OSError` with a clear
 message), ``await stop(drain_timeout)`` and ``bound_address`` (host, port) once started.
 
@@ -31,7 +37,8 @@ from ..metrics import REGISTRY
 
 log = logging.getLogger("relay.sources")
 
-__all__ = ["Source", "UdpSource", "TcpSource", "TlsSource", "make_source", "LogLimiter", "bind_error"]
+__all__ = ["Source", "UdpSource", "TcpSource", "TlsSource", "make_source", "LogLimiter", "bind_error",
+           "read_listener"]
 
 #: Messages per pipeline.handle() call, at most.
 BATCH = 1000
@@ -111,27 +118,40 @@ class Source:
         return f"<{type(self).__name__} {self.cfg.name!r} {self.bound_address or self.cfg.address}>"
 
 
-# Submodules import Source/LogLimiter from this (partly initialised) package: keep these last.
-from .udp import UdpSource  # noqa: E402
-from .tcp import TcpSource, TlsSource  # noqa: E402
+def read_listener(t, sc, base_dir, *, stream: bool) -> None:
+    """The keys every listening source reads (``address``, ``lenient``, ``max_message_size``,
+    ``oversize``, ``allow``) and, for stream listeners, ``max_connections`` and
+    ``idle_timeout``: for the kinds' ``read_config``."""
+    from ..config import networks, non_negative, parse_address, positive
+    sc.address = t.get("address", str, required=True, check=parse_address)
+    sc.lenient = t.get("lenient", bool, False)
+    sc.max_message_size = t.get("max_message_size", int, 65536, check=_message_size)
+    sc.oversize = t.get("oversize", str, "truncate", choices=("truncate", "drop"))
+    sc.allow = t.get("allow", list, [], check=networks)
+    if stream:
+        sc.max_connections = t.get("max_connections", int, 1000, check=positive)
+        sc.idle_timeout = t.get("idle_timeout", float, 600.0, check=non_negative)
 
 
-#: Pull sources (vendor APIs), imported on first use: type -> "module:class".
-PULL_SOURCES = {"falcon": "relay.sources.falcon:FalconSource",
-                "qradar_offenses": "relay.sources.qradar:QradarOffenseSource"}
+LISTENER_KEYS = ("address", "lenient", "max_message_size", "oversize", "allow")
+STREAM_KEYS = ("max_connections", "idle_timeout")
+
+
+def _message_size(v):
+    if not 480 <= v <= 16 << 20:
+        raise ValueError(f"must be 480..16777216, not {v}")
 
 
 def make_source(cfg, pipeline, registry=None) -> Source:
-    """The source for ``cfg.type`` (udp, tcp, tls, or a pull source of PULL_SOURCES)."""
-    if cfg.type in PULL_SOURCES:
-        import importlib
-        mod, _, cls = PULL_SOURCES[cfg.type].partition(":")
-        return getattr(importlib.import_module(mod), cls)(cfg, pipeline, registry)
-    if cfg.type == "udp":
-        return UdpSource(cfg, pipeline, registry)
-    if cfg.type == "tcp":
-        return TcpSource(cfg, pipeline, registry)
-    if cfg.type == "tls":
-        return TlsSource(cfg, pipeline, registry)
-    raise ValueError(f"source {cfg.name!r}: unknown type {cfg.type!r} "
-                     f"(udp, tcp, tls, {', '.join(PULL_SOURCES)})")
+    """The source for ``cfg.type``, built by its kind (relay/kinds.py)."""
+    from .. import kinds
+    try:
+        kind = kinds.source(cfg.type)
+    except kinds.UnknownKind as e:
+        raise ValueError(f"source {cfg.name!r}: {e}") from None
+    return kind.factory(cfg, pipeline, registry)
+
+
+# Submodules import Source/LogLimiter from this (partly initialised) package: keep these last.
+from .udp import UdpSource  # noqa: E402
+from .tcp import TcpSource, TlsSource  # noqa: E402

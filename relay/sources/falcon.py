@@ -62,9 +62,10 @@ from pathlib import Path
 from parsers import falcon as falcon_parser
 from parsers.schema import time_pair
 
+from .. import kinds
 from ..config import http_url
 from .pull import (
-    AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure, jitter,
+    COMMON_KEYS,     AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure, jitter,
     make_event, read_common, read_secret, retry_after_epoch,
 )
 
@@ -500,3 +501,10 @@ def make(cfg, pipeline, registry=None) -> FalconSource:
 
 def _settings_replace(st: FalconSettings, **kw) -> FalconSettings:   # tests
     return replace(st, **kw)
+
+
+KIND = kinds.register_source(kinds.SourceKind(
+    type="falcon", read_config=read_config, factory=FalconSource,
+    keys=("base_url", "cloud", "client_id", "client_secret_env", "client_secret_file", "api", "filter", "member_cid",
+          "entities_chunk", "max_per_poll", "include_hidden", "renew_window", "missing_retries") + COMMON_KEYS,
+    doc="polls the CrowdStrike Falcon Alerts API (or the legacy Detects API)"))

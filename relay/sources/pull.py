@@ -3,28 +3,14 @@
 A pull source does not receive syslog bytes: it polls a vendor REST API, turns every
 vendor object into a :class:`parsers.event.Event` that is *already normalised*
 (``format = "api"``, ``fields`` from the vendor normaliser, ``body`` = the vendor JSON,
-``raw`` = that JSON as bytes) and hands the events to :func:`enqueue_events`, which
-routes, renders and durably queues them exactly as :meth:`relay.pipeline.Pipeline.process`
-would (same routes, renderers, queue-row meta ``{source, routes, received, dedup_key,
-event, status}``, dead letters for unrenderable events) and returns once every row is
+``raw`` = that JSON as bytes) and submits the events to the pipeline
+(:meth:`relay.pipeline.Pipeline.submit`): the one stage enriches, triages, routes, renders
+and durably queues them exactly as it does syslog events, through the server's committers
+(one writer per queue file, with ``workers = 1`` or N), and returns once every row is
 committed.  Only then does the source persist its cursor (:class:`StateFile`, atomic
 write): a crash before that re-reads the same objects (at-least-once; the per-source
 dedup set is saved with the cursor, and the XSOAR sink dedups by ``dedup_key``), never
 skips them.
-
-Pipeline modes
---------------
-* in-process :class:`relay.pipeline.Pipeline` (``workers = 1``): its ``route``,
-  ``renderers`` and ``committers`` are used directly.
-* :class:`relay.workers.WorkerPool` (``workers > 1``): worker processes only take raw
-  syslog bytes, and pull batches are small, so the pull source processes its events in
-  the main process.  When the pool exposes ``local_pipeline`` (a Pipeline over the
-  server's committers; proposed change in server.py) that one is used; otherwise the
-  source builds its own :class:`relay.pipeline.Pipeline` from the pool's config file,
-  with its own :class:`relay.queue.DiskQueue` connections to the sinks' queue files
-  (exactly what the worker processes do) and tells the sinks through the pool's
-  ``on_enqueued`` callback.  That private pipeline is rebuilt when the config file
-  changes (SIGHUP reload) and closed when the source stops.
 
 Failures: :class:`AuthFailure` (credentials/scope refused even with a fresh token) and
 :class:`ConfigFailure` (the API refuses the request itself, e.g. a bad filter) *block* the
@@ -45,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from parsers.event import Event
@@ -61,7 +47,7 @@ log = logging.getLogger("relay.sources.pull")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
-__all__ = ["FORMAT_API", "make_event", "enqueue_events", "StateFile", "PullSource", "PullSettings",
+__all__ = ["FORMAT_API", "make_event", "StateFile", "PullSource", "PullSettings",
            "Secret", "read_secret", "read_common", "AuthFailure", "ConfigFailure", "TransientFailure",
            "retry_after_epoch", "Backoff"]
 
@@ -121,6 +107,11 @@ class PullSettings:
 
 
 
+#: The keys :func:`read_common` reads (every pull source has them).
+COMMON_KEYS = ("poll_interval", "page_size", "first_fetch", "overlap", "timeout", "connect_timeout", "tls_verify",
+               "tls_ca", "retry_base", "retry_cap", "max_retries", "auth_retry_interval", "state_dir")
+
+
 def read_common(table, base_dir: Path, *, poll_interval: float, page_size: int, max_page: int,
                 first_fetch: float, overlap: float) -> dict:
     """The common keys as ``PullSettings`` keyword arguments (``base_url`` excluded)."""
@@ -132,6 +123,7 @@ def read_common(table, base_dir: Path, *, poll_interval: float, page_size: int, 
         if not 1 <= v <= max_page:
             raise ValueError(f"must be 1..{max_page}, not {v}")
 
+    table.get("lenient", bool, False)   # accepted for old configs; pulled events are not parsed
     out: dict[str, Any] = dict(
         poll_interval=table.get("poll_interval", float, poll_interval, check=_pos),
         page_size=table.get("page_size", int, page_size, check=page),
@@ -171,138 +163,6 @@ def make_event(fields: dict, body: Any, source: str, received: float, raw: bytes
     ev.source = source
     ev.time_unix = fields.get("occurred_unix")
     return ev
-
-
-class _LocalPipeline:
-    """Pipeline + own queue connections, for a WorkerPool without ``local_pipeline``."""
-
-    def __init__(self, pool) -> None:
-        self.pool = pool
-        self.path = Path(pool.config_path)
-        self.stamp = None
-        self.pipeline = None
-        self.queues: dict = {}
-        self.committers: dict = {}
-
-    def _stamp(self):
-        try:
-            st = self.path.stat()
-            return (st.st_mtime_ns, st.st_size)
-        except OSError:
-            return self.stamp
-
-    def get(self):
-        stamp = self._stamp()
-        if self.pipeline is not None and stamp == self.stamp:
-            return self.pipeline
-        from ..config import ConfigError, load
-        try:
-            cfg = load(self.path)
-        except ConfigError as e:
-            if self.pipeline is None:
-                raise
-            log.error("pull source: new configuration rejected, keeping the running one: %s", e)
-            self.stamp = stamp
-            return self.pipeline
-        self._configure(cfg)
-        self.stamp = stamp
-        return self.pipeline
-
-    def _configure(self, cfg) -> None:
-        from ..pipeline import GroupCommitter, Pipeline
-        from ..queue import DiskQueue, RetryPolicy
-        from ..server import queue_path
-        loop = asyncio.get_running_loop()
-        for name in list(self.committers):
-            if name not in cfg.sinks:
-                self.committers.pop(name).close(5.0)
-                self.queues.pop(name).close()
-        for name, sc in cfg.sinks.items():
-            if name in self.committers:
-                continue
-            q, r = sc.queue, sc.retry
-            dq = DiskQueue(queue_path(cfg.relay.state_dir, name), synchronous=q.synchronous, max_rows=q.max_rows,
-                           max_bytes=q.max_bytes, full_policy=q.full_policy,
-                           retry=RetryPolicy(base=r.base, factor=r.factor, cap=r.cap, max_attempts=r.max_attempts))
-            notify = getattr(self.pool, "on_enqueued", None)
-            self.queues[name] = dq
-            self.committers[name] = GroupCommitter(
-                name, dq, loop, on_commit=(lambda n=name: notify([n])) if notify else None)
-        if self.pipeline is None:
-            self.pipeline = Pipeline(cfg, self.committers)
-        else:
-            self.pipeline.committers = self.committers
-            self.pipeline.configure(cfg)
-
-    def close(self) -> None:
-        for c in self.committers.values():
-            c.close(5.0)
-        for q in self.queues.values():
-            try:
-                q.close()
-            except Exception:
-                pass
-        self.committers.clear()
-        self.queues.clear()
-
-
-def _target(pipeline, local: dict | None):
-    """The object with ``route``/``renderers``/``committers`` for this pipeline."""
-    if hasattr(pipeline, "committers") and hasattr(pipeline, "route") and hasattr(pipeline, "renderers"):
-        return pipeline
-    lp = getattr(pipeline, "local_pipeline", None)
-    if lp is not None:
-        return lp
-    if not hasattr(pipeline, "config_path"):
-        raise TypeError(f"cannot enqueue pre-normalised events through {type(pipeline).__name__}")
-    if local is None:
-        raise TypeError("a WorkerPool needs a per-source cache dict (enqueue_events(..., local={}))")
-    lp = local.get("pipeline")
-    if lp is None:
-        lp = local["pipeline"] = _LocalPipeline(pipeline)
-    return lp.get()
-
-
-async def enqueue_events(pipeline, events: Iterable[Event], source, *, local: dict | None = None) -> int:
-    """Route, render and durably queue already-normalised events; returns the number of
-    queue rows written once all are committed (raises if a commit failed).  ``source`` is
-    the :class:`relay.config.SourceConfig`.  ``local``: a dict this function may keep a
-    private pipeline in (WorkerPool without ``local_pipeline``); close it with
-    :func:`close_local`."""
-    from ..metrics import REGISTRY
-    target = _target(pipeline, local)
-    per_sink: dict[str, list] = {}
-    unrouted = None
-    for ev in events:
-        routes, sinks = target.route(ev)
-        if not sinks:
-            if unrouted is None:
-                unrouted = REGISTRY.counter("relay_unrouted_total")
-            unrouted.value += 1
-            continue
-        f = ev.fields or {}
-        meta = {"source": source.name, "routes": routes, "received": ev.received}
-        for key in ("dedup_key", "event", "status"):
-            if f.get(key):
-                meta[key] = f[key]
-        for s in sinks:
-            try:
-                payload = target.renderers[s](ev, routes)
-            except Exception as e:  # an encoder refusing this event: dead-lettered with the reason
-                REGISTRY.counter("relay_render_errors_total", sink=s).value += 1
-                target.committers[s].submit_dead(ev.raw, meta, f"render failed: {type(e).__name__}: {e}")
-                continue
-            per_sink.setdefault(s, []).append((payload, meta))
-    if not per_sink:
-        return 0
-    futs = [target.committers[s].submit(rows) for s, rows in per_sink.items()]
-    await asyncio.gather(*futs)
-    return sum(len(r) for r in per_sink.values())
-
-
-def close_local(local: dict | None) -> None:
-    if local and local.get("pipeline") is not None:
-        local.pop("pipeline").close()
 
 
 # =========================================================================== state
@@ -397,7 +257,6 @@ class PullSource(Source):
         self.state = StateFile(self.state_dir() / f"{self.state_name}-{cfg.name}.json")
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._local: dict = {}
         self.client = None
         self.polls = 0                   # completed polls (tests, diagnostics)
         self.last_error: str | None = None
@@ -411,16 +270,12 @@ class PullSource(Source):
 
     # ------------------------------------------------------------ helpers
     def state_dir(self) -> Path:
-        """``state_dir`` of the source, else ``options["relay_state_dir"]`` (set by the
-        config loader), else ``[relay] state_dir`` of the pipeline's config (read from the
-        config file for a WorkerPool)."""
+        """``state_dir`` of the source, else ``options["relay_state_dir"]``, else ``[relay]
+        state_dir`` of the running config."""
         s = self.settings.state_dir or self.cfg.options.get("relay_state_dir")
         if s is None:
             conf = getattr(self.pipeline, "config", None)
             s = getattr(getattr(conf, "relay", None), "state_dir", None)
-        if s is None and getattr(self.pipeline, "config_path", None):
-            from ..config import load
-            s = load(self.pipeline.config_path).relay.state_dir
         return Path(s or "state")
 
     def count_request(self, op: str, status) -> None:
@@ -468,7 +323,7 @@ class PullSource(Source):
         if not events:
             return 0
         self._received.value += len(events)
-        return await enqueue_events(self.pipeline, events, self.cfg, local=self._local)
+        return await self.pipeline.submit(events, self.cfg)
 
     async def commit(self, events: list[Event], new_state: dict) -> None:
         """Queue the events, then save the state: shielded, so a stop that lands in the
@@ -498,7 +353,6 @@ class PullSource(Source):
         if self.client is not None:
             await self.client.aclose()
             self.client = None
-        close_local(self._local)
 
     def poll_now(self) -> None:
         """Tests/diagnostics: end the current pause and poll again."""

@@ -54,9 +54,10 @@ from pathlib import Path
 
 from parsers.qradar import normalise_offense
 
+from .. import kinds
 from ..config import http_url
 from .pull import (
-    AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure, jitter,
+    COMMON_KEYS,     AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure, jitter,
     make_event, read_common, read_secret,
 )
 
@@ -320,3 +321,10 @@ def _qerror(resp) -> str:
         parts = [str(body.get(k)) for k in ("code", "message", "description") if body.get(k) not in (None, "")]
         return " ".join(parts)[:240] or str(body)[:160]
     return str(body)[:160]
+
+
+KIND = kinds.register_source(kinds.SourceKind(
+    type="qradar_offenses", read_config=read_config, factory=QradarOffenseSource,
+    keys=("url", "token_env", "token_file", "filter", "api_version", "console_url", "known_max", "max_per_poll")
+    + COMMON_KEYS,
+    doc="polls QRadar offenses (/api/siem/offenses): created, updated and closed"))

@@ -2,8 +2,7 @@
 
 One :class:`asyncio.Protocol` per connection and one :class:`parsers.framing.Deframer`
 (octet counting and LF/NUL framing, decided per frame).  All frames of one
-``data_received`` go to the pipeline in one ``handle()`` call (at most
-:data:`relay.sources.BATCH` messages each).  When ``handle()`` returns a pending
+``data_received`` go to the pipeline in one ``handle()`` call, which commits them in order.  When ``handle()`` returns a pending
 future, the connection stops reading until it completes: an event accepted from
 TCP is durably queued before more is read, and full queues push back on the
 sender through TCP flow control.  A future that fails closes the connection (the
@@ -32,7 +31,8 @@ import time
 
 from parsers.framing import Deframer
 
-from . import BATCH, Source, bind_error, log
+from .. import kinds
+from . import Source, bind_error, log
 
 # Bytes per read from a plain TCP connection (asyncio reads 256 KiB by default).  A
 # connection waits for each read's messages to be committed before it reads again (the
@@ -150,32 +150,27 @@ class _Conn(asyncio.Protocol):
     # ---------------------------------------------------------------- hand over
 
     def _hand_over(self, frames: list) -> None:
+        """Every frame of one read in one hand-over: the ingest commits a hand-over's messages
+        in order (split across workers or not), so a crash loses at most a suffix of it."""
         src = self.src
-        src._received.value += len(frames)
+        n = len(frames)
+        src._received.value += n
         peer = self.peer
-        now = time.time()
-        handle = src.pipeline.handle
-        cfg = src.cfg
-        for i in range(0, len(frames), BATCH):
-            chunk = frames if len(frames) <= BATCH else frames[i:i + BATCH]
-            items = [(f, peer) for f in chunk]
-            try:
-                fut = handle(items, cfg, now)
-            except Exception as e:
-                self._fail(e, len(frames) - i)
-                return
-            if fut is None:
-                continue
-            if fut.done():
-                self._durable(fut, False)
-                if self.failed:
-                    return
-                continue
-            self.pending += 1
-            src.inflight.add(fut)
-            if self.pending == 1 and self.transport is not None and not self.closed:
-                self.transport.pause_reading()
-            fut.add_done_callback(self._durable)
+        try:
+            fut = src.pipeline.handle([(f, peer) for f in frames], src.cfg, time.time())
+        except Exception as e:
+            self._fail(e, n)
+            return
+        if fut is None:
+            return
+        if fut.done():
+            self._durable(fut, False)
+            return
+        self.pending += 1
+        src.inflight.add(fut)
+        if self.pending == 1 and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        fut.add_done_callback(self._durable)
 
     def _durable(self, fut, counted: bool = True) -> None:
         if counted:
@@ -382,3 +377,33 @@ class TlsSource(TcpSource):
                               f"source {cfg.name!r} (tls): cannot load CA {cfg.tls_ca}: {_describe(e)}") from None
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+
+# --------------------------------------------------------------------------- kinds
+
+def read_tcp(t, sc, base_dir) -> None:
+    from . import read_listener
+    read_listener(t, sc, base_dir, stream=True)
+
+
+def read_tls(t, sc, base_dir) -> None:
+    from ..config import existing_file
+    from . import read_listener
+    read_listener(t, sc, base_dir, stream=True)
+    sc.tls_cert = t.get("tls_cert", str, required=True, check=existing_file(base_dir))
+    sc.tls_key = t.get("tls_key", str, required=True, check=existing_file(base_dir))
+    sc.tls_ca = t.get("tls_ca", str, None, check=existing_file(base_dir))
+    sc.tls_verify_client = t.get("tls_verify_client", bool, False)
+    if sc.tls_verify_client and sc.tls_ca is None:
+        raise t.err("tls_verify_client", "needs tls_ca (the CA that signs client certificates)")
+
+
+_STREAM_KEYS = ("address", "lenient", "max_message_size", "oversize", "allow", "max_connections", "idle_timeout")
+
+TCP = kinds.register_source(kinds.SourceKind(
+    type="tcp", read_config=read_tcp, factory=TcpSource, transport="tcp", keys=_STREAM_KEYS,
+    doc="syslog over TCP (RFC 6587: octet counting or LF framing, per frame)"))
+TLS = kinds.register_source(kinds.SourceKind(
+    type="tls", read_config=read_tls, factory=TlsSource, transport="tcp",
+    keys=_STREAM_KEYS + ("tls_cert", "tls_key", "tls_ca", "tls_verify_client"),
+    doc="syslog over TLS (RFC 5425), TLS 1.2 or later, client certificates optional"))

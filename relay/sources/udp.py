@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 
+from .. import kinds
 from . import BATCH, Source, bind_error, log
 
 __all__ = ["UdpSource", "proc_udp_drops"]
@@ -270,3 +271,18 @@ class UdpSource(Source):
         if e is not None:
             self.limiter.log(logging.ERROR, (self.cfg.name, "pipeline"),
                              "source %r: queueing datagrams failed: %s: %s", self.cfg.name, type(e).__name__, e)
+
+
+# --------------------------------------------------------------------------- kind
+
+def read_config(t, sc, base_dir) -> None:
+    from ..config import positive
+    from . import read_listener
+    read_listener(t, sc, base_dir, stream=False)
+    sc.receive_buffer = t.get("receive_buffer", int, 4 << 20, check=positive)
+
+
+KIND = kinds.register_source(kinds.SourceKind(
+    type="udp", read_config=read_config, factory=UdpSource, transport="udp",
+    keys=("address", "lenient", "max_message_size", "oversize", "allow", "receive_buffer"),
+    doc="syslog over UDP (RFC 5426): one message per datagram, no acknowledgement"))

@@ -1,4 +1,4 @@
-"""`relay test-parse`: show every step for one raw message.
+"""`relay test-parse`: show every step for one raw message (a tool: the daemon never imports it).
 
 :func:`analyse` returns the stable JSON record documented in the README::
 
@@ -13,65 +13,72 @@ from __future__ import annotations
 import sys
 from typing import Iterable, Iterator
 
-from formats import xsoar
-from formats.render import Renderer, RenderOptions
+from formats.render import FORMATS, Renderer, RenderOptions
 from parsers import detect
 from parsers.event import Event, text
 from parsers.framing import Deframer
 from parsers.normalise import normalise
 
-__all__ = ["analyse", "iter_inputs", "render_human", "caret_line", "RENDER_CHOICES", "default_renderers"]
+from .. import kinds
+from ..config import SourceConfig
 
-RENDER_CHOICES = ("leef", "leef1", "cef", "json", "rfc5424", "xsoar", "xsoar_webhook")
+__all__ = ["analyse", "iter_inputs", "render_human", "caret_line", "render_choices", "default_renderers",
+           "ConfigView"]
+
+
+def render_choices() -> tuple[str, ...]:
+    """``--render`` names: the line formats, and every sink kind that previews its payload."""
+    return FORMATS + tuple(name for name, k in kinds.sinks().items() if k.preview is not None)
 
 
 def default_renderers(names) -> dict:
     """name -> callable(event) -> str | dict, with default options (no config)."""
     out = {}
     for n in names:
-        if n == "xsoar":
-            out[n] = lambda ev, o=xsoar.XsoarOptions(): xsoar.incident(ev, o)
-        elif n == "xsoar_webhook":
-            out[n] = lambda ev, o=xsoar.XsoarOptions(): xsoar.webhook_item(ev, o)
-        else:
+        if n in FORMATS:
             r = Renderer(RenderOptions(format=n))
             out[n] = lambda ev, r=r: r.render(ev).decode("utf-8", "replace")
+        else:
+            out[n] = kinds.sink(n).preview()
     return out
 
 
 class ConfigView:
-    """`test-parse --config`: the configured routes and sinks, with no network and no queues."""
+    """`test-parse --config` and the golden cases: the configured routes and sinks through the
+    one stage (:class:`relay.pipeline.Pipeline`, dry run: no network, no queues, no audit)."""
 
     def __init__(self, config) -> None:
-        from .pipeline import Pipeline
+        from ..pipeline import Pipeline
         self.config = config
-        if config.enrich is not None:  # no audit lines, no HTTP calls from test-parse / cases
-            from .enrich import dry_run
-            with dry_run():
-                self.pipeline = Pipeline(config, committers={})
-        else:
-            self.pipeline = Pipeline(config, committers={})
+        self.pipeline = Pipeline(config, dry_run=True)
+        self.structured = {name: kinds.sink(sc.type).structured for name, sc in config.sinks.items()}
+        self._sources: dict = {}
+
+    def source(self, name: str | None, lenient: bool) -> SourceConfig:
+        """The source the message is parsed as (its name, and lenient or strict)."""
+        key = (name, lenient)
+        sc = self._sources.get(key)
+        if sc is None:
+            sc = self._sources[key] = SourceConfig(name=name, type="test-parse", lenient=lenient)
+        return sc
 
     def apply(self, ev, rec: dict) -> None:
-        from .rules import explain
+        """The stage (enrich, route, render) for a normalised event; its results into ``rec``."""
+        import orjson
+
+        from ..rules import explain
+        routes, out = self.pipeline.stage(ev)
         if self.pipeline.enricher is not None:
-            self.pipeline.enricher(ev)
             rec["event"] = ev.fields
             if ev.enrich is not None:
                 rec["enrich"] = ev.enrich
-        names, sinks = self.pipeline.route(ev)
-        rec["routes"] = names
+        rec["routes"] = routes
         rec["route_checks"] = {r.name: explain(r.rule, ev) for r in self.config.routes.values()}
         outputs = {}
-        for s in sinks:
-            cfg = self.config.sinks[s]
-            try:
-                payload = self.pipeline.renderers[s](ev, names)
-            except Exception as e:  # the relay would dead-letter it with this reason
-                outputs[s] = {"error": f"render failed: {type(e).__name__}: {e}"}
-                continue
-            if cfg.type in ("xsoar", "xsoar_webhook"):
-                import orjson
+        for s, payload, _meta, err in out:
+            if err is not None:   # the relay dead-letters it with this reason
+                outputs[s] = {"error": err}
+            elif self.structured[s]:
                 outputs[s] = orjson.loads(payload)
             else:
                 outputs[s] = payload.decode("utf-8", "replace")
@@ -80,8 +87,11 @@ class ConfigView:
 
 def analyse(raw: bytes, *, lenient: bool = False, renderers: dict | None = None, view: ConfigView | None = None,
             received: float | None = None, peer: str | None = None, source: str | None = None) -> dict:
-    ev = detect.parse(raw, lenient=lenient, received=received, peer=peer, source=source)
-    normalise(ev)
+    if view is not None:   # parsed as the relay parses it, then the one stage
+        ev = view.pipeline.parse(raw, view.source(source, lenient), peer, received)
+    else:
+        ev = detect.parse(raw, lenient=lenient, received=received, peer=peer, source=source)
+        normalise(ev)
     rec = record_for(ev)
     rec["event"] = ev.fields
     if view is not None:

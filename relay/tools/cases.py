@@ -56,7 +56,7 @@ from typing import Any, Callable
 __all__ = [
     "Case", "Result", "Runner", "CaseError", "load_cases", "load_case", "config_cases", "run_cases",
     "format_result", "summary_line", "bless", "update_case", "write_junit", "watch", "cli_cases",
-    "cli_config_tests", "run_config_tests", "startup_tests", "validate_config_tests", "DEFAULT_RECEIVED",
+    "cli_config_tests", "run_config_tests", "startup_tests", "validate_config_tests", "load_config", "DEFAULT_RECEIVED",
     "EXPECTED_SUFFIXES", "INPUT_SUFFIXES",
 ]
 
@@ -221,7 +221,7 @@ def config_cases(cfg, tests: list | None = None) -> list[Case]:
 def validate_config_tests(tests: Any, file: str, cfg=None) -> None:
     """Check the ``[[tests]]`` of a config (keys, types, and with ``cfg`` the source and
     sink names they use); raises :class:`relay.config.ConfigError` with the key path."""
-    from .config import ConfigError
+    from ..config import ConfigError
     if not isinstance(tests, list):
         raise ConfigError(file, "tests", "must be an array of tables ([[tests]])")
     for i, t in enumerate(tests):
@@ -410,7 +410,7 @@ def _analyse_params() -> set:
 @contextmanager
 def _metrics_untouched():
     """Counters as they were before: test events must not show in the relay's metrics."""
-    from .metrics import REGISTRY
+    from ..metrics import REGISTRY
     counters = getattr(REGISTRY, "_counters", None)
     if counters is None:  # pragma: no cover - a registry without the attribute
         yield
@@ -807,7 +807,7 @@ def sink_view(sc, payload) -> dict:
     ``rfc5424`` as the syslog fields; XSOAR bodies as they are."""
     if isinstance(payload, dict):
         return payload
-    fmt = sc.format if sc.type not in ("xsoar", "xsoar_webhook") else "json"
+    fmt = sc.format
     try:
         if fmt in ("leef", "leef1"):
             from parsers import leef
@@ -853,8 +853,6 @@ def _decode_any(text: str) -> tuple[str | None, Any]:
     """A rendered line decoded by what it contains: ("LEEF 2.0", view), ("CEF 0", view),
     ("JSON", object), or (None, None)."""
     class _F:  # a stand-in sink config for sink_view
-        type = "syslog"
-
         def __init__(self, fmt):
             self.format = fmt
     try:
@@ -1260,6 +1258,11 @@ def startup_tests(cfg) -> list[str]:
     lines of the failing ``[[tests]]`` (empty: start)."""
     if not getattr(cfg.relay, "run_tests_at_start", False):
         return []
+    from ..config import ConfigError
+    try:
+        validate_config_tests(cfg.tests, cfg.file, cfg)
+    except ConfigError as e:
+        return [str(e)]
     results = run_config_tests(cfg)
     bad = [r for r in results if not r.ok]
     if not bad:
@@ -1323,8 +1326,17 @@ def _case_files(cases_dir: Path) -> set[Path]:
 
 
 def _load_config(config_path):
-    from .config import load
-    return load(config_path)
+    return load_config(config_path)
+
+
+def load_config(config_path, *, secrets: bool = True):
+    """The config, with its ``[[tests]]`` checked (keys, types, the source and sink names they
+    use): what the tools use.  Raises :class:`relay.config.ConfigError`."""
+    from ..config import load
+    cfg = load(config_path, secrets=secrets)
+    if cfg.tests:
+        validate_config_tests(cfg.tests, cfg.file, cfg)
+    return cfg
 
 
 def watch(config_path: str | os.PathLike, cases_dir: str | os.PathLike, *, out=None, interval: float = 0.5,
@@ -1334,7 +1346,7 @@ def watch(config_path: str | os.PathLike, cases_dir: str | os.PathLike, *, out=N
     table) changes, re-run everything; when a case changes, re-run that case; print only
     the cases whose result changed, and the summary line.  Ctrl-C ends it; the exit
     status is that of the last run."""
-    from .config import ConfigError
+    from ..config import ConfigError
     out = out or sys.stdout
     cfg_path = Path(config_path).resolve()
     cases_dir = Path(cases_dir).resolve()
@@ -1418,7 +1430,7 @@ def cli_cases(config_path: str, cases_dir: str, *, update: bool = False, junit: 
     """``relay test-parse --config FILE --cases DIR [--update] [--junit FILE] [--watch]``.
     Exit status 0 when every case passes (or was blessed), 1 otherwise, 2 for a config
     that does not load or a cases directory that does not exist."""
-    from .config import ConfigError
+    from ..config import ConfigError
     out = out or sys.stdout
     w = out.write
     try:

@@ -1,0 +1,62 @@
+"""Syslog-line payloads: what the sinks that carry one LEEF, CEF, JSON or RFC 5424 line per event
+(``syslog``, ``file``) share: their encoder keys and their renderer (formats/render.py).
+
+A sink kind whose payload is something else (an XSOAR incident, a ticket) reads none of these
+keys: a ``leef_vendor`` on it is an unknown key.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from formats.render import FORMATS, Renderer, RenderOptions
+
+from ..metrics import REGISTRY
+
+__all__ = ["KEYS", "read", "renderer"]
+
+#: The encoder keys, read by :func:`read`.
+KEYS = ("format", "leef_vendor", "leef_product", "leef_version", "leef_delimiter", "cef_vendor", "cef_product",
+        "cef_version", "hostname")
+
+
+def read(t, sk) -> None:
+    """Read the encoder keys into ``sk.format`` and ``sk.render`` (a RenderOptions)."""
+    d = RenderOptions()
+    sk.format = t.get("format", str, "leef", choices=FORMATS)
+    sk.render = RenderOptions(
+        format=sk.format,
+        leef_vendor=t.get("leef_vendor", str, d.leef_vendor),
+        leef_product=t.get("leef_product", str, d.leef_product),
+        leef_version=t.get("leef_version", str, d.leef_version),
+        leef_delimiter=t.get("leef_delimiter", str, d.leef_delimiter, check=_delimiter),
+        cef_vendor=t.get("cef_vendor", str, d.cef_vendor),
+        cef_product=t.get("cef_product", str, d.cef_product),
+        cef_version=t.get("cef_version", str, d.cef_version),
+        hostname=t.get("hostname", str, d.hostname),
+    )
+
+
+def renderer(sk) -> Callable:
+    """``render(event, routes) -> bytes``: the sink's line.  The renderer counts the characters
+    it sanitised into ``relay_sanitised_total{sink}`` itself, and its render method takes the
+    route names as they are: it is the sink's render function, no wrapper."""
+    opts = sk.render if sk.render is not None else RenderOptions(format=sk.format)
+    r = Renderer(opts)
+    r.sanitised_counter = REGISTRY.counter("relay_sanitised_total", sink=sk.name)
+    return r.render
+
+
+def _delimiter(v: str):
+    if len(v) == 1:
+        if v in "=|" or v == "\n" or v == "\r":
+            raise ValueError(f"{v!r} cannot be a LEEF delimiter")
+        return None
+    h = v[2:] if v[:2].lower() == "0x" else v[1:] if v[:1].lower() == "x" else None
+    if h and 1 <= len(h) <= 4:
+        try:
+            c = chr(int(h, 16))
+        except ValueError:
+            pass
+        else:
+            return _delimiter(c) or c
+    raise ValueError(f"{v!r} must be one character or a hex code like x09 / 0x5E")
