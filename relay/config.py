@@ -16,25 +16,19 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from .checks import (ConfigError, existing_file, http_url, networks, non_negative, parse_address, path_converter,
+                     positive)
 
 __all__ = ["ConfigError", "Config", "RelayConfig", "QueueConfig", "RetryConfig", "SourceConfig",
            "RouteConfig", "SinkConfig", "load", "loads", "parse_address", "SINK_FORMATS", "positive",
            "non_negative", "http_url", "existing_file", "path_converter", "networks"]
 
-# Enrichment and triage (issue 9) read their own top-level tables:
-# function({table name: _Table}, base_dir) -> an object stored as Config.enrich.
+# Enrichment and triage (relay/enrich) read their own top-level tables:
+# read_config({table name: _Table}, base_dir) -> an object stored as Config.enrich.
 ENRICH_TABLES = ("lookups", "triage", "audit", "summary")
-ENRICH_READER = "relay.enrich:read_config"
 #: The payload formats a sink can carry (``SinkConfig.format``; formats/render.py).
 SINK_FORMATS = ("leef", "leef1", "cef", "rfc5424", "json")
-
-
-class ConfigError(ValueError):
-    def __init__(self, file: str, path: str, message: str) -> None:
-        self.file, self.path, self.message = file, path, message
-        where = f"{file}: {path}: " if path else f"{file}: "
-        super().__init__(where + message)
 
 
 @dataclass
@@ -152,23 +146,6 @@ class Config:
 
 # ----------------------------------------------------------------------------- helpers
 
-def parse_address(text: str) -> tuple[str, int]:
-    """'host:port' or '[v6]:port' -> (host, port)."""
-    if not isinstance(text, str) or not text:
-        raise ValueError("must be 'host:port'")
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"{text!r} is not '[ipv6]:port'")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"{text!r} is not 'host:port'")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"port {port!r} in {text!r} is not 0-65535")
-    return host, int(port)
-
-
 class _Table:
     """Reads keys from one TOML table, remembering which were used."""
 
@@ -223,43 +200,7 @@ def _article(tn: str) -> str:
     return ("an " if tn[0] in "aeiou" else "a ") + tn
 
 
-# Checks shared with the modules that read their own keys (sinks, pull sources, enrichment).
-def positive(v):
-    if v <= 0:
-        raise ValueError(f"must be greater than 0, not {v}")
-
-
-def non_negative(v):
-    if v < 0:
-        raise ValueError(f"must not be negative, not {v}")
-
-
-def http_url(v: str) -> str:
-    """An http(s) URL without credentials, query or fragment; trailing '/' removed."""
-    parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{v!r} is not an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not contain credentials (user:password@); use the *_env / *_file keys")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{v!r} must not have a query or fragment")
-    return v.rstrip("/")
-
-
 _positive, _non_negative = positive, non_negative
-
-
-def networks(v):
-    """A list of CIDR strings -> ip_network objects (the ``allow`` lists)."""
-    out = []
-    for item in v:
-        if not isinstance(item, str):
-            raise ValueError(f"entries must be CIDR strings, not {item!r}")
-        try:
-            out.append(ipaddress.ip_network(item, strict=False))
-        except ValueError as e:
-            raise ValueError(f"{item!r} is not an IP network: {e}") from None
-    return out
 
 
 def _retry(t: _Table, base: RetryConfig) -> RetryConfig:
@@ -283,29 +224,6 @@ def _queue(t: _Table, base: QueueConfig) -> QueueConfig:
     )
     t.finish()
     return q
-
-
-def path_converter(base_dir: Path):
-    """A check that turns a path string into a Path (``$VARS`` and ``~`` expanded, relative to
-    ``base_dir``)."""
-    def conv(v: str) -> Path:
-        if not v:
-            raise ValueError("must not be empty")
-        p = Path(os.path.expandvars(v)).expanduser()
-        return p if p.is_absolute() else base_dir / p
-    return conv
-
-
-def existing_file(base_dir: Path):
-    """Like :func:`path_converter`, and the file must exist."""
-    conv = path_converter(base_dir)
-
-    def check(v: str) -> Path:
-        p = conv(v)
-        if not p.is_file():
-            raise ValueError(f"file {str(p)!r} does not exist")
-        return p
-    return check
 
 
 # ----------------------------------------------------------------------------- loading
@@ -415,14 +333,8 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     tests = root.get("tests", list, [])  # checked by the tools that run them
     enrich = None
     if any(k in data for k in ENRICH_TABLES):
-        import importlib
-        mod, _, fn = ENRICH_READER.partition(":")
-        try:
-            reader = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(file, next(k for k in ENRICH_TABLES if k in data),
-                              f"enrichment is not available in this build ({e})") from None
-        enrich = reader({k: root.table(k) for k in ENRICH_TABLES if k in data}, base_dir)
+        from .enrich import read_config as read_enrich
+        enrich = read_enrich({k: root.table(k) for k in ENRICH_TABLES if k in data}, base_dir)
     root.finish()
 
     cfg = Config(file=file, relay=relay, sources=sources, routes=routes, sinks=sinks, tests=tests, enrich=enrich)

@@ -18,7 +18,7 @@ The language is documented, with examples, in ``docs/rules.md``.  Summary::
     rule       := or_expr
     or_expr    := and_expr ("or" and_expr)*
     and_expr   := not_expr ("and" not_expr)*
-    not_expr   := "not" not_expr | "(" rule ")" | comparison
+    not_expr   := "not" not_expr | "(" rule ")" | "true" | "false" | comparison
     comparison := path ( ("=="|"!="|"<"|"<="|">"|">=") value
                        | ["not"] "in" list | "contains" scalar
                        | "matches" /regex/flags | ["not"] "exists" )
@@ -193,6 +193,15 @@ class _Not:
 
     def __init__(self, child):
         self.child = child
+
+
+class _Const:
+    """A literal ``true`` or ``false`` standing for a whole condition (``match = 'true'``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool):
+        self.value = value
 
 
 class _BoolOp:
@@ -390,7 +399,9 @@ def _grammar():
 
     expr = pp.Forward()
     not_expr = pp.Forward()
-    primary = (LPAR - expr - RPAR) | comparison
+    const = ((TRUE.copy().add_parse_action(lambda s, loc, t: _Const(True)))
+             | (FALSE.copy().add_parse_action(lambda s, loc, t: _Const(False))))
+    primary = (LPAR - expr - RPAR) | const | comparison
     primary.set_name("a comparison")
     not_expr <<= ((NOT.copy().suppress() - not_expr).add_parse_action(lambda t: _Not(t[0]))
                   | primary).set_name("a comparison")
@@ -836,7 +847,17 @@ def _leaf(cmp: _Cmp, errs: list):
     return leaf
 
 
+def _always_true(ev):
+    return True
+
+
+def _always_false(ev):
+    return False
+
+
 def _build(node, errs: list, leaves: list):
+    if isinstance(node, _Const):
+        return _always_true if node.value else _always_false
     if isinstance(node, _Cmp):
         _bind_path(node.path)
         f = _leaf(node, errs)
@@ -1008,7 +1029,7 @@ _GUARD_DEPTH = 32
 
 
 def _depth(node) -> int:
-    if isinstance(node, _Cmp):
+    if isinstance(node, (_Cmp, _Const)):
         return 1
     if isinstance(node, _Not):
         return 1 + _depth(node.child)

@@ -746,3 +746,24 @@ def test_crlf_rule_text():
         compile_rule('x == "abc\r\n and y == 1')
     assert (ei.value.line_text, ei.value.column, ei.value.message) == ('x == "abc', 6, "unterminated string")
     assert compile_rule('fields.in == 1').fields == {"fields.in"}
+
+
+# ------------------------------------------------------------------ literal true / false
+@pytest.mark.parametrize("text, want", [("true", True), ("false", False), ("TRUE", True), ("not true", False),
+                                        ("true and risk_score >= 70", True), ("false or risk_score >= 70", True),
+                                        ("(false) and risk_score >= 70", False), ("not (false)", True)])
+def test_literal_true_and_false_are_conditions(text, want):
+    """`match = 'true'` is a catch-all route, as in every other rule language."""
+    from parsers import detect
+    from parsers.normalise import normalise
+    from relay.rules import compile_rule
+    ev = normalise(detect.parse(b'<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created '
+                                b'[incident@32473 id="INC-1" risk_score="82"] {"incident_id":"INC-1"}'))
+    assert compile_rule(text).match(ev) is want
+
+
+@pytest.mark.parametrize("text", ["true == 1", "true false", "risk_score == true and"])
+def test_literal_true_misused_is_a_syntax_error(text):
+    from relay.rules import RuleSyntaxError, compile_rule
+    with pytest.raises(RuleSyntaxError):
+        compile_rule(text)

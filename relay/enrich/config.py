@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from ..secrets import read_secret
-from ..config import non_negative as _non_negative, positive as _positive
+from ..checks import non_negative as _non_negative, positive as _positive
 from .tables import FORMATS, KINDS, FileTable, Opts, TableError
 
 __all__ = ["EnrichConfig", "LookupConfig", "TriageConfig", "OwnerRule", "EscalateRule", "AuditConfig",
@@ -145,7 +145,7 @@ class EnrichConfig:
 
     def validate(self, config) -> None:
         """Checks that need the whole config (sink names).  Raises ConfigError."""
-        from ..config import ConfigError
+        from ..checks import ConfigError
         if self.triage is not None:
             for e in self.triage.escalate:
                 for s in e.sinks:

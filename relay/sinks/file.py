@@ -128,7 +128,7 @@ from . import _lines  # noqa: E402
 
 
 def read_config(t, sk, base_dir) -> None:
-    from ..config import path_converter
+    from ..checks import path_converter
     sk.path = t.get("path", str, required=True, check=path_converter(base_dir))
     _lines.read(t, sk)
 

@@ -734,7 +734,7 @@ from . import _lines  # noqa: E402
 
 
 def read_config(t, sk, base_dir) -> None:
-    from ..config import existing_file, parse_address, positive
+    from ..checks import existing_file, parse_address, positive
     sk.address = t.get("address", str, required=True, check=parse_address)
     sk.protocol = t.get("protocol", str, "tcp", choices=("tcp", "udp", "tls"))
     sk.framing = t.get("framing", str, "octet" if sk.protocol == "tls" else "lf", choices=("octet", "lf"))

@@ -82,7 +82,7 @@ from formats import xsoar as xsoar_fmt
 from formats.xsoar import XsoarOptions
 
 from ..secrets import Secret, read_secret
-from ..config import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
+from ..checks import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
 from .. import kinds
 from .base import (AuthError, PermanentError, RetryableError, Sink, SinkError,
                    UnavailableError)

@@ -63,7 +63,7 @@ from parsers import falcon as falcon_parser
 from parsers.schema import time_pair
 
 from .. import kinds
-from ..config import http_url
+from ..checks import http_url
 from .pull import (
     COMMON_KEYS,     AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure, jitter,
     make_event, read_common, read_secret, retry_after_epoch,

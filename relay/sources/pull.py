@@ -36,11 +36,11 @@ from urllib.parse import urlsplit
 
 from parsers.event import Event
 
-from ..config import non_negative as _nonneg, positive as _pos
+from ..checks import non_negative as _nonneg, positive as _pos
 from ..fsutil import fsync_dir
 from ..secrets import Secret
 from ..secrets import read_secret as _read_secret
-from . import Source
+from .base import Source
 
 log = logging.getLogger("relay.sources.pull")
 # httpx logs every request at INFO (URLs with FQL filters): far too chatty for an appliance

@@ -55,7 +55,7 @@ from pathlib import Path
 from parsers.qradar import normalise_offense
 
 from .. import kinds
-from ..config import http_url
+from ..checks import http_url
 from .pull import (
     COMMON_KEYS,     AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure, jitter,
     make_event, read_common, read_secret,

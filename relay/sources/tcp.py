@@ -32,7 +32,7 @@ import time
 from parsers.framing import Deframer
 
 from .. import kinds
-from . import Source, bind_error, log
+from .base import Source, bind_error, log
 
 # Bytes per read from a plain TCP connection (asyncio reads 256 KiB by default).  A
 # connection waits for each read's messages to be committed before it reads again (the
@@ -382,13 +382,13 @@ class TlsSource(TcpSource):
 # --------------------------------------------------------------------------- kinds
 
 def read_tcp(t, sc, base_dir) -> None:
-    from . import read_listener
+    from .base import read_listener
     read_listener(t, sc, base_dir, stream=True)
 
 
 def read_tls(t, sc, base_dir) -> None:
-    from ..config import existing_file
-    from . import read_listener
+    from ..checks import existing_file
+    from .base import read_listener
     read_listener(t, sc, base_dir, stream=True)
     sc.tls_cert = t.get("tls_cert", str, required=True, check=existing_file(base_dir))
     sc.tls_key = t.get("tls_key", str, required=True, check=existing_file(base_dir))

@@ -25,7 +25,7 @@ import sys
 import time
 
 from .. import kinds
-from . import BATCH, Source, bind_error, log
+from .base import BATCH, Source, bind_error, log
 
 __all__ = ["UdpSource", "proc_udp_drops"]
 
@@ -276,8 +276,8 @@ class UdpSource(Source):
 # --------------------------------------------------------------------------- kind
 
 def read_config(t, sc, base_dir) -> None:
-    from ..config import positive
-    from . import read_listener
+    from ..checks import positive
+    from .base import read_listener
     read_listener(t, sc, base_dir, stream=False)
     sc.receive_buffer = t.get("receive_buffer", int, 4 << 20, check=positive)
 
