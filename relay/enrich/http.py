@@ -42,8 +42,11 @@ class HttpLookup:
     def __init__(self, name: str, kind: str, url: str, *, opts: Opts, timeout: float = 1.0, ttl: float = 300.0,
                  negative_ttl: float = 60.0, failures: int = 3, cooldown: float = 30.0, headers: dict | None = None,
                  result: str | None = None, max_entries: int = 100_000, max_pending: int = 1000,
-                 concurrency: int = 2, live: bool = True) -> None:
+                 concurrency: int = 2, live: bool = True, transport=None) -> None:
+        """``transport``: an httpx transport to send through instead of the network (tests:
+        ``httpx.MockTransport``)."""
         self.name, self.kind, self.url = name, kind, url
+        self.transport = transport
         self.opts = opts
         self.timeout, self.ttl, self.negative_ttl = timeout, ttl, negative_ttl
         self.failures, self.cooldown = failures, cooldown
@@ -115,7 +118,7 @@ class HttpLookup:
         if self._client is None:
             import httpx
             self._client = httpx.Client(timeout=httpx.Timeout(self.timeout), headers=self.headers,
-                                        follow_redirects=False, trust_env=False)
+                                        follow_redirects=False, trust_env=False, transport=self.transport)
         return self._client
 
     def _run(self) -> None:

@@ -30,8 +30,12 @@ PROMPT_VERSION = "1"
 
 
 class Summarizer:
-    def __init__(self, cfg: SummaryConfig, audit=None, *, share: int = 1, config_version: str = "") -> None:
+    def __init__(self, cfg: SummaryConfig, audit=None, *, share: int = 1, config_version: str = "",
+                 transport=None) -> None:
+        """``transport``: an httpx transport to send through instead of the network (tests:
+        ``httpx.MockTransport``)."""
         self.cfg = cfg
+        self.transport = transport
         self.audit = audit
         self.config_version = config_version
         self.calls_per_minute = -(-cfg.max_calls_per_minute // max(1, share))
@@ -115,7 +119,8 @@ class Summarizer:
             self._audit(rec)
             return
         if self._client is None:
-            self._client = httpx.Client(timeout=httpx.Timeout(self.cfg.timeout), trust_env=False)
+            self._client = httpx.Client(timeout=httpx.Timeout(self.cfg.timeout), trust_env=False,
+                                        transport=self.transport)
         headers = {"Content-Type": "application/json"}
         if self.cfg.api_key:
             headers["Authorization"] = f"Bearer {self.cfg.api_key}"

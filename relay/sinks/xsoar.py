@@ -506,8 +506,11 @@ def _is_conflict(resp: httpx.Response) -> bool:
 class _XsoarBase(Sink):
     type = "xsoar"
 
-    def __init__(self, cfg, queue, **kw) -> None:
+    def __init__(self, cfg, queue, *, transport: httpx.AsyncBaseTransport | None = None, **kw) -> None:
+        """``transport``: an httpx transport to send through instead of the network (tests:
+        ``httpx.MockTransport``)."""
         super().__init__(cfg, queue, **kw)
+        self.transport = transport
         s: XsoarSettings = cfg.options.get("xsoar")
         if s is None:
             raise ValueError(f"sink {cfg.name}: no xsoar settings (the config reader did not run)")
@@ -538,7 +541,8 @@ class _XsoarBase(Sink):
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(s.timeout, connect=min(s.connect_timeout, s.timeout)),
                 limits=httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency),
-                verify=verify, trust_env=False, proxy=s.proxy, follow_redirects=False)
+                verify=verify, trust_env=False, proxy=s.proxy if self.transport is None else None,
+                follow_redirects=False, transport=self.transport)
         return self._client
 
     async def close(self) -> None:

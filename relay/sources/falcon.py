@@ -175,8 +175,8 @@ class FalconSource(PullSource):
     kind = "Falcon API"
     state_name = "falcon"
 
-    def __init__(self, cfg, pipeline, registry=None) -> None:
-        super().__init__(cfg, pipeline, registry)
+    def __init__(self, cfg, pipeline, registry=None, *, transport=None) -> None:
+        super().__init__(cfg, pipeline, registry, transport=transport)
         self.settings: FalconSettings
         self.api = APIS[self.settings.api]
         self.base = self.settings.base_url

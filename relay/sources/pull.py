@@ -251,8 +251,11 @@ class PullSource(Source):
     kind = "pull"
     state_name = "pull"
 
-    def __init__(self, cfg, pipeline, registry=None) -> None:
+    def __init__(self, cfg, pipeline, registry=None, *, transport=None) -> None:
+        """``transport``: an httpx transport to send through instead of the network (tests:
+        ``httpx.MockTransport``)."""
         super().__init__(cfg, pipeline, registry)
+        self.transport = transport
         self.settings: PullSettings = cfg.options["pull"]
         self.state = StateFile(self.state_dir() / f"{self.state_name}-{cfg.name}.json")
         self._stop = asyncio.Event()
@@ -306,7 +309,7 @@ class PullSource(Source):
             import ssl
             verify = ssl.create_default_context(cafile=str(s.tls_ca))
         return httpx.AsyncClient(timeout=httpx.Timeout(s.timeout, connect=s.connect_timeout), verify=verify,
-                                 follow_redirects=False, trust_env=False)
+                                 follow_redirects=False, trust_env=False, transport=self.transport)
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when stopping."""

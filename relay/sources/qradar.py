@@ -159,8 +159,8 @@ class QradarOffenseSource(PullSource):
     kind = "QRadar API"
     state_name = "qradar"
 
-    def __init__(self, cfg, pipeline, registry=None) -> None:
-        super().__init__(cfg, pipeline, registry)
+    def __init__(self, cfg, pipeline, registry=None, *, transport=None) -> None:
+        super().__init__(cfg, pipeline, registry, transport=transport)
         self.settings: QradarSettings
         self._backoff = Backoff(self.settings.retry_base, self.settings.retry_cap)
         self._events_c = {}
