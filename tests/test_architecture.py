@@ -220,3 +220,23 @@ def test_type_names_live_only_in_their_modules():
                 if pat in src and path.resolve() not in owners.get(name, ()):
                     offenders.append((mod, name))
     assert not offenders, f"type names outside their modules: {offenders}"
+
+
+def test_docs_config_lists_every_kind_and_key():
+    """docs/config.md has a section for every source and sink type naming each of its keys."""
+    import re
+
+    from relay import kinds
+    text = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    sections = re.split(r"^### ", text, flags=re.M)
+    missing = []
+    for what, table in (("source", kinds.sources()), ("sink", kinds.sinks())):
+        for name, kind in table.items():
+            body = "".join(s for s in sections if f"`{name}`" in s.split("\n", 1)[0])
+            if not body:
+                missing.append(f"{what} type {name}: no section")
+                continue
+            for key in kind.keys:
+                if f"`{key}`" not in body and f"{key}`" not in body and f".{key}]`" not in body:
+                    missing.append(f"{what} type {name}: key {key}")
+    assert not missing, missing

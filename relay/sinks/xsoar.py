@@ -970,7 +970,7 @@ def _preview(fn):
     return lambda: (lambda ev, o=XsoarOptions(): fn(ev, o))
 
 
-_KEYS = ("url", "batch_size", "concurrency", "timeout", "connect_timeout", "tls_verify", "tls_ca", "proxy",
+_KEYS = ("url", "concurrency", "timeout", "connect_timeout", "tls_verify", "tls_ca", "proxy",
          "dedup_store_size", "severity_thresholds", "custom_fields", "incident_type", "instance",
          "create_investigation")
 #: what the delivery needs from each queue row: the dedup key (idempotent create), and the
