@@ -533,6 +533,56 @@ def test_udp_delivery_and_oversize_dead_letter(tmp_path):
     q.close()
 
 
+def test_udp_port_unreachable_pauses_and_resumes(tmp_path):
+    """No receiver: the kernel reports ICMP port unreachable (ECONNREFUSED) on a later send; the
+    rest of that batch is released (no attempt counted, nothing dead-lettered) and the sink
+    pauses; once a receiver listens, the rest arrives in order."""
+    q = make_queue(tmp_path / "q.db")
+    items = payloads(400)
+    fill(q, items)
+    reg = Registry()
+    got: list[bytes] = []
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind((HOST, 0))
+    port = probe.getsockname()[1]
+    probe.close()                 # nothing listens there now
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sink = SyslogUdpSink(syslog_cfg("udp2", port, protocol="udp", framing=None, batch_size=50), q,
+                             registry=reg)
+        stop = asyncio.Event()
+        task = asyncio.create_task(sink.run(stop))
+        deadline = time.monotonic() + 10
+        while reg.value("relay_send_errors_total", sink="udp2", reason="connect") < 1:
+            assert time.monotonic() < deadline, "no ECONNREFUSED reported"
+            await asyncio.sleep(0.01)
+        rs = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        rs.bind((HOST, port))
+        rs.setblocking(False)
+
+        async def recv():
+            while True:
+                got.append(await loop.sock_recv(rs, 70000))
+        rtask = asyncio.create_task(recv())
+        deadline = time.monotonic() + 20
+        while q.depth() > 0:
+            assert time.monotonic() < deadline, f"{q.depth()} rows still queued"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        rtask.cancel()
+        rs.close()
+
+    run(main())
+    assert got and got == items[len(items) - len(got):], "the datagrams after the receiver came are the tail, in order"
+    assert not q.list(dlq=True)
+    assert reg.value("relay_dead_lettered_total", sink="udp2") == 0
+    q.close()
+
+
 # --------------------------------------------------------------------------- TLS
 def _openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)

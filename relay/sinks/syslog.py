@@ -97,6 +97,8 @@ import struct
 import time
 from typing import Sequence
 
+import asyncio_dgram
+
 from .base import PermanentError, Sink, UnavailableError
 
 __all__ = ["SyslogStreamSink", "SyslogUdpSink", "frame_batch", "frame_lf", "frame_octet",
@@ -651,7 +653,15 @@ class SyslogStreamSink(Sink):
 
 # --------------------------------------------------------------------------- UDP sink
 class SyslogUdpSink(Sink):
-    """Syslog over UDP: one payload per datagram; NO delivery guarantee (module doc)."""
+    """Syslog over UDP: one payload per datagram; NO delivery guarantee (module doc).
+
+    The sending side is an :mod:`asyncio_dgram` stream connected to the receiver (the design
+    card's datagram library): ``await stream.send(payload)`` per datagram, with the transport's
+    flow control (it waits when the kernel's send buffer is full), and the errors the kernel
+    reports for a connected UDP socket (ICMP port unreachable as ``ECONNREFUSED``) raised by the
+    next send, as a plain socket does.  It costs about 2 us more CPU per datagram than
+    ``socket.send`` (bench/bench_udp_sink.py: 5.6 against 3.6 us), still ~180k datagrams/s
+    per core."""
 
     type = "syslog"
 
@@ -662,35 +672,38 @@ class SyslogUdpSink(Sink):
         self.host, self.port = cfg.address
         self.reconnect_min = _opt(cfg, "reconnect_min", 0.5)
         self.reconnect_max = _opt(cfg, "reconnect_max", 30.0)
-        self._sock: socket.socket | None = None
+        self._stream = None
         self.max_datagram = UDP_MAX_V4
         self._fails = 0
 
-    async def _socket(self) -> socket.socket:
-        if self._sock is not None:
-            return self._sock
+    async def _connect(self):
+        if self._stream is not None:
+            return self._stream
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
-            family, type_, proto, _, addr = infos[0]
-            sock = socket.socket(family, type_, proto)
-            sock.setblocking(False)
-            sock.connect(addr)  # UDP: sets the default peer, enables ICMP error reports
+            family, _, _, _, addr = infos[0]
+            # connected: sets the default peer and makes the kernel report ICMP errors
+            stream = await asyncio_dgram.connect(addr[:2])
         except OSError as exc:
             raise UnavailableError(f"UDP socket to {self.host}:{self.port}: {exc}",
                                    self._delay(), reason="connect") from exc
         self.max_datagram = UDP_MAX_V6 if family == socket.AF_INET6 else UDP_MAX_V4
-        self._sock = sock
-        return sock
+        self._stream = stream
+        return stream
 
     def _delay(self) -> float:
         self._fails += 1
         return random.uniform(0.0, min(self.reconnect_max,
                                        self.reconnect_min * 2 ** min(self._fails - 1, 30)))
 
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
     async def send(self, items: Sequence):
-        sock = await self._socket()
-        loop = asyncio.get_running_loop()
+        stream = await self._connect()
         failed = []
         limit = self.max_datagram
         for i, it in enumerate(items):
@@ -701,10 +714,7 @@ class SyslogUdpSink(Sink):
                     reason="oversize")))
                 continue
             try:
-                try:
-                    sock.send(p)
-                except (BlockingIOError, InterruptedError):
-                    await loop.sock_sendall(sock, p)
+                await stream.send(p)    # raises what the kernel reported since the last send
             except OSError as exc:
                 if exc.errno == errno.EMSGSIZE:
                     failed.append((it, PermanentError(
@@ -715,16 +725,19 @@ class SyslogUdpSink(Sink):
                                        self._delay(), reason="connect")
                 failed.extend((rest, err) for rest in items[i:])
                 if exc.errno != errno.ECONNREFUSED:
-                    sock.close()
-                    self._sock = None
+                    self._drop_stream()
                 return failed
-        self._fails = 0
+            except asyncio_dgram.TransportClosed as exc:
+                err = UnavailableError(f"UDP send to {self.host}:{self.port}: the socket was closed",
+                                       self._delay(), reason="connect")
+                failed.extend((rest, err) for rest in items[i:])
+                self._stream = None
+                return failed
+        self._fails = 0     # an error reported after the last datagram is raised by the next send
         return failed
 
     async def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._drop_stream()
 
 
 # --------------------------------------------------------------------------- kind
