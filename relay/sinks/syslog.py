@@ -727,7 +727,7 @@ class SyslogUdpSink(Sink):
                 if exc.errno != errno.ECONNREFUSED:
                     self._drop_stream()
                 return failed
-            except asyncio_dgram.TransportClosed as exc:
+            except asyncio_dgram.TransportClosed:
                 err = UnavailableError(f"UDP send to {self.host}:{self.port}: the socket was closed",
                                        self._delay(), reason="connect")
                 failed.extend((rest, err) for rest in items[i:])
