@@ -1,4 +1,4 @@
-"""Golden-file rule tests (relay/cases.py): the shipped example cases, failures that name
+"""Golden-file rule tests (relay/tools/cases): the shipped example cases, failures that name
 the field, --update, JUnit XML, watch mode, config [[tests]] and the case format."""
 from __future__ import annotations
 
@@ -409,13 +409,22 @@ def test_source_lenient_applies(tmp_path):
     assert r.status == "error" and "no source named 'nope'" in r.problems[0]
 
 
-def test_peer_is_passed_when_supported(tmp_path):
-    r = one(tmp_path, "input = '<13>Oct 11 22:14:15 su: x'\npeer = '192.0.2.7:514'\n"
-                      "[fields]\nkind = 'log'\n")
-    if "peer" in C._analyse_params():
-        assert r.ok, r.problems
-    else:
-        assert r.status == "error" and "takes no peer" in r.problems[0]
+def test_peer_is_passed(tmp_path):
+    """A message without a HOSTNAME: the LEEF header names the sender, from the case's peer."""
+    cfg = loads('''
+[sinks.q]
+type = "file"
+path = "q.log"
+[routes.all]
+match = 'true'
+sinks = ["q"]
+''', base_dir=tmp_path)
+    runner = C.Runner(cfg)
+    case = C.Case("t", None, "config", data={"input": "<13>Oct 11 22:14:15 su: x", "peer": "192.0.2.7:514",
+                                              "routes": ["all"]})
+    r = runner.run(case)
+    assert r.ok, r.problems
+    assert " 192.0.2.7 su - - - LEEF:2.0|" in r.records[0]["sinks"]["q"]
 
 
 XSOAR_SINK = """

@@ -9,8 +9,6 @@
   closes (also those made while the relay was down); ``mode = "create"`` leaves incidents as
   created.
 
-These need the ``falcon`` / ``qradar_offenses`` source types in relay/config.py
-(SOURCE_OPTION_READERS) and relay/sources/__init__.py (make_source); until then they skip.
 Everything stays on 127.0.0.1.
 """
 from __future__ import annotations

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from .model import Case, Result, CaseError, load_cases, load_case, config_cases, validate_config_tests, load_config, DEFAULT_RECEIVED, EXPECTED_SUFFIXES, INPUT_SUFFIXES
 from .compare import check_message, sink_view, output_diff
-from .runner import Runner, run_cases, run_config_tests, startup_tests, _analyse_params  # noqa: F401 (tests)
+from .runner import Runner, run_cases, run_config_tests, startup_tests
 from .report import format_result, summary_line, write_junit, counts
 from .update import bless, update_case, dumps_toml
 from .watch import watch

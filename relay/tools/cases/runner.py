@@ -1,7 +1,6 @@
 """Running cases through the daemon's own stage (relay/tools/testparse.py, relay/pipeline.py)."""
 from __future__ import annotations
 
-import inspect
 import io
 import time
 from contextlib import contextmanager
@@ -9,11 +8,6 @@ from contextlib import contextmanager
 from .model import Case, CaseError, DEFAULT_RECEIVED, Result, _received, config_cases, validate_config_tests
 from .compare import _clip, _show, check_message
 from .report import format_result, summary_line
-
-
-def _analyse_params() -> set:
-    from ..testparse import analyse
-    return set(inspect.signature(analyse).parameters)
 
 
 
@@ -42,7 +36,6 @@ class Runner:
         self.cfg = cfg
         with _metrics_untouched():
             self.view = ConfigView(cfg)
-        self._params = _analyse_params()
 
     # -------------------------------------------------------------- inputs
     def inputs(self, case: Case) -> tuple[list[tuple[str, bytes]], list[str]]:
@@ -94,15 +87,9 @@ class Runner:
                                           f"(sources: {', '.join(self.cfg.sources) or 'none'})")
             lenient = lenient or self.cfg.sources[src].lenient
         received = _received(d["received"]) if "received" in d else DEFAULT_RECEIVED
-        kw: dict = {"lenient": lenient, "view": self.view, "received": received}
-        if "peer" in d or src is not None:
-            missing = [k for k in ("peer", "source") if k not in self._params]
-            if "peer" in d and "peer" in missing:
-                raise CaseError("peer", "this build's relay/testparse.analyse() takes no peer (see docs/cases.md)")
-            if "peer" in d:
-                kw["peer"] = d["peer"]
-            if src is not None and "source" not in missing:
-                kw["source"] = src
+        kw: dict = {"lenient": lenient, "view": self.view, "received": received, "source": src}
+        if "peer" in d:
+            kw["peer"] = d["peer"]
         msgs, framing = self.inputs(case)
         res.framing = framing
         for label, raw in msgs:
