@@ -14,7 +14,9 @@ Everything stays on 127.0.0.1.
 from __future__ import annotations
 
 import re
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +223,113 @@ def test_qradar_offenses_to_xsoar_create_mode_leaves_incidents(tmp_path):
         assert all(v[0]["status"] != 2 for v in incidents.values())
         assert all(v[0]["CustomFields"].get("sourceevent") == "created" for v in incidents.values())
         assert xs.stats["created"] == 5
+
+
+# ============================================================================= enrichment of pulled events
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lookups"
+
+
+def _enrich_config(mport: int, qradar_url: str, xsoar_url: str, falcon_url: str, siem_addr: str,
+                   workers: int) -> str:
+    return f"""
+[relay]
+state_dir = "state"
+metrics_address = "127.0.0.1:{mport}"
+drain_timeout = 5
+workers = {workers}
+
+[sources.offenses]
+type = "qradar_offenses"
+url = "{qradar_url}"
+token_file = "qradar.token"
+poll_interval = 0.3
+retry_base = 0.05
+
+[sources.falcon]
+type = "falcon"
+base_url = "{falcon_url}"
+client_id = "test-client"
+client_secret_file = "falcon.secret"
+poll_interval = 0.3
+retry_base = 0.05
+
+[sinks.xsoar]
+type = "xsoar"
+url = "{xsoar_url}"
+api_key_file = "xsoar.key"
+batch_size = 10
+
+[sinks.siem]
+type = "syslog"
+address = "{siem_addr}"
+format = "leef"
+
+[routes.offenses]
+match = 'source == "offenses"'
+sinks = ["xsoar"]
+
+[routes.falcon]
+match = 'source == "falcon"'
+sinks = ["siem"]
+
+[lookups.assets]
+kind = "asset"
+file = "lookups/assets.csv"
+
+[lookups.vulns]
+kind = "vuln"
+file = "lookups/vulns.csv"
+
+[lookups.misp]
+kind = "ti"
+file = "lookups/ti_misp.csv"
+format = "misp"
+source = "misp"
+
+[triage]
+mode = "assist"
+default_owner = "SOC Tier 1"
+
+[[triage.owners]]
+crown_jewel = true
+owner = "{{asset_owner}}"
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pulled_offense_and_alert_are_enriched_and_triaged(tmp_path, workers):
+    """Seed 003's main flow: an offense the relay pulls itself, against a crown-jewel asset with a
+    threat-intel hit, reaches XSOAR with the triage fields set and explained; a pulled Falcon
+    alert's LEEF carries the triage score.  Pulled events go through the one stage, with one
+    worker process or more."""
+    (tmp_path / "qradar.token").write_text(SEC)
+    (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
+    (tmp_path / "falcon.secret").write_text(SECRET)
+    (tmp_path / "lookups").mkdir()
+    for name in ("assets.csv", "vulns.csv", "ti_misp.csv"):
+        shutil.copy(EXAMPLES / name, tmp_path / "lookups" / name)
+    with QradarEmulator(token=SEC) as qr, _xsoar() as xs, FalconEmulator(client_secret=SECRET) as falcon, \
+            QradarStandIn() as siem:
+        cj = qr.add_offense(offense_source="203.0.113.7", offense_type=0, destination_addresses=["10.20.0.5"],
+                            magnitude=7)["id"]
+        plain = qr.add_offense(offense_source="192.0.2.44", offense_type=0, destination_addresses=["10.99.0.1"],
+                               magnitude=7)["id"]
+        falcon.add_alerts(2)
+        mport = free_port()
+        cfg = _enrich_config(mport, qr.url, xs.url, falcon.url, siem.address, workers)
+        with RelayProcess(tmp_path, cfg, mport) as relay:
+            xs.wait(lambda e: len(xs.by_field("relaydedupkey")) >= 2, 30, "2 incidents")
+            siem.wait_for(2, 30)
+            relay.wait_metric("relay_triage_total", 4, 10, mode="assist")
+        assert relay.returncode == 0, relay.stderr()[-3000:]
+        incs = xs.by_field("relaydedupkey")
+        cf = incs[f"qradar:{cj}"][0]["CustomFields"]
+        assert cf["relaytriageseverity"] == "critical" and cf["relaytriageowner"] == "Database Team"
+        ex = cf["relaytriageexplanation"]
+        assert "db-core-01 is a crown jewel" in ex
+        assert "threat intel match 203.0.113.7 (ip) from misp event 1042" in ex
+        other = incs[f"qradar:{plain}"][0]["CustomFields"]
+        assert other["relaytriageowner"] == "SOC Tier 1" and "no threat intel match" in other["relaytriageexplanation"]
+        lines = siem.snapshot()
+        assert len(lines) == 2 and all("LEEF:2.0|CrowdStrike|FalconHost|1.0|" in ln for ln in lines)
+        assert all(re.search(r"\^triageScore=\d+", ln) for ln in lines), lines[0][:400]
