@@ -16,7 +16,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from parsers.framing import Deframer, frame_lf, frame_octet  # noqa: E402
+from formats.syslog import frame, frame_octet  # noqa: E402
+from parsers.framing import Deframer  # noqa: E402
 
 BLOCK = 10_000   # distinct frames; the stream repeats this block
 
@@ -35,13 +36,13 @@ def messages(n: int) -> list[bytes]:
 
 def build(kind: str, msgs: list[bytes]) -> bytes:
     if kind == "lf":
-        return b"".join(frame_lf(m) for m in msgs)
+        return b"".join(frame(m, "lf") for m in msgs)
     if kind == "crlf":
         return b"".join(m + b"\r\n" for m in msgs)
     if kind == "octet":
         return b"".join(frame_octet(m) for m in msgs)
     if kind == "mixed":
-        return b"".join(frame_octet(m) if i % 2 else frame_lf(m) for i, m in enumerate(msgs))
+        return b"".join(frame_octet(m) if i % 2 else frame(m, "lf") for i, m in enumerate(msgs))
     raise ValueError(kind)
 
 

@@ -20,17 +20,29 @@ RFC 3164 (``rfc3164_header``): ``<PRI>Mmm dd hh:mm:ss HOSTNAME TAG[PID]:``.
     ``None`` timestamp -> now.  HOSTNAME sanitised as above (``None``/empty -> ``-``).
     TAG keeps PRINTUSASCII except ``[``, ``]``, ``:``, at most 32 characters; no TAG ->
     header ends after HOSTNAME.
-Framing (``frame``):
-  * ``"octet"`` (RFC 6587 octet counting, also RFC 5425): ``b"<len> " + line``; carries any byte.
-  * ``"lf"`` (non-transparent): ``line + b"\\n"``.  An LF inside the line would split the
-    record, so each embedded LF becomes a space (``on_lf="replace"``, the default) or is a
-    ``ValueError`` (``on_lf="error"``).  CEF/LEEF from formats/ never contain LF.
+Framing for stream transports: the one output framer, used by the syslog sink (TCP/TLS),
+the file sink (one line per payload) and the tests.  It is on the hot path: ``frame_batch``
+frames a whole batch into one buffer.
+  * ``"octet"`` (RFC 6587 octet counting, also RFC 5425): ``LEN SP payload``; carries any
+    byte, never changes the payload.
+  * ``"lf"`` (non-transparent framing): ``payload LF``.  A trailing LF or CRLF of the payload
+    is dropped; every other CR or LF inside it becomes a space (an LF would split the record
+    and a CR confuses receivers that accept CRLF).  Such a payload counts as *changed* (the
+    sinks add the count to ``relay_sanitised_total{sink}``).  CEF/LEEF from formats/ never
+    contain CR or LF.
+  * ``frame_batch(payloads, framing) -> (bytes, changed)``: all payloads framed into one
+    buffer and the number of payloads changed; ``frame_octet(payload) -> bytes`` and
+    ``frame_lf(payload) -> (bytes, changed)`` frame one payload; ``frame(line, framing)`` is
+    the one-message form of the same rules (bytes only).  An unknown framing is a
+    ``ValueError``.
 """
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
-__all__ = ["rfc5424_header", "rfc3164_header", "frame", "pri", "rfc5424_timestamp", "NILVALUE"]
+__all__ = ["rfc5424_header", "rfc3164_header", "frame", "frame_batch", "frame_lf", "frame_octet", "pri",
+           "rfc5424_timestamp", "NILVALUE"]
 
 NILVALUE = "-"
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -123,14 +135,74 @@ def rfc3164_header(pri: int, timestamp_epoch: float | None, hostname: str | None
     return f"{head} {tg}:"
 
 
-def frame(line: bytes, framing: str = "lf", *, on_lf: str = "replace") -> bytes:
-    """Frame one message for a stream transport: ``"octet"`` or ``"lf"`` (see module doc)."""
+# --------------------------------------------------------------------------- framing
+def frame_octet(payload: bytes) -> bytes:
+    """``LEN SP payload`` (octet counting)."""
+    return b"%d %s" % (len(payload), payload)
+
+
+def frame_lf(payload: bytes) -> tuple[bytes, bool]:
+    """``payload + LF`` after the LF-framing rule; returns (frame, changed)."""
+    if b"\n" not in payload and b"\r" not in payload:
+        return payload + b"\n", False
+    p = payload
+    if p.endswith(b"\r\n"):
+        p = p[:-2]
+    elif p.endswith(b"\n"):
+        p = p[:-1]
+    p = p.replace(b"\r", b" ").replace(b"\n", b" ")
+    return p + b"\n", p != payload
+
+
+class _Prefixes(dict):
+    """``b"LEN "`` per payload length (octet counting), made once per length."""
+
+    def __missing__(self, n: int) -> bytes:
+        v = b"%d " % n
+        if n < 65536:
+            self[n] = v
+        return v
+
+
+_PREFIX = _Prefixes()
+
+
+def frame_batch(payloads: Sequence[bytes], framing: str) -> tuple[bytes, int]:
+    """All payloads framed into one buffer; returns (bytes, number of payloads changed)."""
     if framing == "octet":
-        return b"%d %s" % (len(line), line)
+        # one join of (prefix, payload) pairs: no per-payload formatting or copy
+        payloads = payloads if isinstance(payloads, list) else list(payloads)
+        parts: list = [b""] * (2 * len(payloads))
+        parts[0::2] = map(_PREFIX.__getitem__, map(len, payloads))
+        parts[1::2] = payloads
+        return b"".join(parts), 0
     if framing == "lf":
-        if b"\n" in line:
-            if on_lf == "error":
-                raise ValueError("LF inside a message cannot be sent with LF framing")
-            line = line.replace(b"\n", b" ")
-        return line + b"\n"
+        parts = list(payloads)
+        n = len(parts)
+        parts.append(b"")
+        data = b"\n".join(parts)
+        # fast path: no payload holds a CR or an LF (the joined LFs are exactly n)
+        if b"\r" not in data and data.count(b"\n") == n:
+            return data, 0
+        changed = 0
+        out = []
+        for p in payloads:
+            if b"\n" in p or b"\r" in p:
+                f, c = frame_lf(p)
+                changed += c
+                out.append(f)
+            else:
+                out.append(p)
+                out.append(b"\n")
+        return b"".join(out), changed
+    raise ValueError(f"unknown framing {framing!r} (use 'octet' or 'lf')")
+
+
+def frame(line: bytes, framing: str = "lf") -> bytes:
+    """One message framed for a stream transport, ``"octet"`` or ``"lf"``: the rules of
+    :func:`frame_batch` (see module doc)."""
+    if framing == "octet":
+        return frame_octet(line)
+    if framing == "lf":
+        return frame_lf(line)[0]
     raise ValueError(f"unknown framing {framing!r} (use 'octet' or 'lf')")

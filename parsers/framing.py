@@ -64,6 +64,9 @@ frame cut short is *not* returned as a valid frame: it is reported as
 *and* returned (as the last frame of the list).  A stream that ends inside the
 discarded tail of an oversize octet frame is reported as ``partial_at_close``
 too.  After ``close()`` the deframer is back at its initial state (stats kept).
+
+Decoding only: the encoders (octet counting and LF framing for output) live in
+formats/syslog.py (``frame_batch``, ``frame_octet``, ``frame_lf``, ``frame``).
 """
 from __future__ import annotations
 
@@ -72,8 +75,6 @@ from typing import NamedTuple
 __all__ = [
     "Deframer",
     "FrameProblem",
-    "frame_octet",
-    "frame_lf",
     "MAX_LEN_DIGITS",
     "SLACK",
     "PROBLEM_KINDS",
@@ -100,25 +101,6 @@ class FrameProblem(NamedTuple):
     kind: str      # one of PROBLEM_KINDS
     offset: int    # 0-based byte offset in the stream where it was seen
     detail: str    # words for a human
-
-
-def frame_octet(msg: bytes) -> bytes:
-    """RFC 6587 octet-counted frame: ``MSG-LEN SP msg``.  ``msg`` must not be empty."""
-    if not msg:
-        raise ValueError("an empty message cannot be octet-counted (MSG-LEN is NONZERO-DIGIT *DIGIT)")
-    return b"%d %s" % (len(msg), msg)
-
-
-def frame_lf(msg: bytes) -> bytes:
-    """Non-transparent frame: ``msg LF``.  ``msg`` must be non-empty and hold no LF
-    (use :func:`frame_octet` for multi-line messages).  Note that a message that
-    starts with ``<digits> SP`` or a blank byte does not survive LF framing
-    unchanged; syslog messages start with ``<PRI>``."""
-    if not msg:
-        raise ValueError("an empty message cannot be LF-framed (an empty line is a separator)")
-    if b"\n" in msg:
-        raise ValueError("a message containing LF needs octet counting")
-    return msg + b"\n"
 
 
 def _pri_ok(buf: bytes, q: int, n: int) -> int:

@@ -1,4 +1,5 @@
-"""Tests for parsers.framing: the RFC 6587 TCP deframer."""
+"""Tests for parsers.framing: the RFC 6587 TCP deframer (frames built with formats.syslog's
+output framer, the one the sinks use)."""
 from __future__ import annotations
 
 import pytest
@@ -12,9 +13,8 @@ from parsers.framing import (
     SLACK,
     Deframer,
     FrameProblem,
-    frame_lf,
-    frame_octet,
 )
+from formats.syslog import frame, frame_batch, frame_lf, frame_octet
 
 
 def run(chunks, close=True, partial=False, **kw):
@@ -47,15 +47,36 @@ def every_split(stream):
 # ---------------------------------------------------------------- helpers
 
 def test_frame_helpers():
+    # formats.syslog's output framer (the production rule, see tests/test_sinks.py too)
     assert frame_octet(b"<13>hi") == b"6 <13>hi"
     assert frame_octet(b"a\nb") == b"3 a\nb"
-    assert frame_lf(b"<13>hi") == b"<13>hi\n"
-    with pytest.raises(ValueError):
-        frame_lf(b"a\nb")
-    with pytest.raises(ValueError):
-        frame_lf(b"")
-    with pytest.raises(ValueError):
-        frame_octet(b"")
+    assert frame_lf(b"<13>hi") == (b"<13>hi\n", False)
+    assert frame_lf(b"a\nb") == (b"a b\n", True)              # an LF inside becomes a space
+    assert frame_lf(b"a\r\n") == (b"a\n", True)               # a trailing CRLF is dropped
+    assert frame(b"<13>hi", "lf") == b"<13>hi\n"
+    assert frame(b"a\rb\n", "lf") == b"a b\n"
+    assert frame(b"a\nb", "octet") == b"3 a\nb"
+
+
+def test_output_framer_reads_back():
+    msgs = [b"<13>hi", b"<13>a\nb", b"<14>c\r\nd\r\n", b"<15>e\rf\n", b"<16>plain"]
+    data, changed = frame_batch(msgs, "octet")
+    assert changed == 0 and run([data])[0] == msgs
+    data, changed = frame_batch(msgs, "lf")
+    assert changed == 3
+    assert run([data])[0] == [b"<13>hi", b"<13>a b", b"<14>c  d", b"<15>e f", b"<16>plain"]
+
+
+@settings(max_examples=300)
+@given(msgs=st.lists(st.binary(max_size=60).map(lambda b: b"<13>" + b), max_size=10))
+def test_property_output_framer_reads_back(msgs):
+    # octet counting carries any byte; LF framing delivers what frame_lf made of the payload
+    data, changed = frame_batch(msgs, "octet")
+    assert changed == 0 and run([data], max_frame=100)[0] == msgs
+    msgs = [m.replace(b"\0", b"") for m in msgs]          # NUL also ends an LF frame
+    data, changed = frame_batch(msgs, "lf")
+    assert run([data], max_frame=100)[0] == [frame_lf(m)[0][:-1] for m in msgs]
+    assert changed == sum(frame_lf(m)[1] for m in msgs)
 
 
 @pytest.mark.parametrize("kw", [
@@ -157,7 +178,7 @@ def test_octet_frame_of_digits_only_message():
 
 
 def test_mixed_framings_on_one_connection():
-    stream = (frame_octet(b"<13>oct\nnl") + frame_lf(b"<14>lf") + b"<15>crlf\r\n"
+    stream = (frame_octet(b"<13>oct\nnl") + frame(b"<14>lf", "lf") + b"<15>crlf\r\n"
               + frame_octet(b"<16>oct2") + b"<17>nul\x00" + frame_octet(b"<18>last"))
     want = [b"<13>oct\nnl", b"<14>lf", b"<15>crlf", b"<16>oct2", b"<17>nul", b"<18>last"]
     for chunks in every_split(stream):
@@ -183,7 +204,7 @@ def test_msg_len_at_the_digit_limit():
 def test_octet_oversize_truncate_streams_the_rest_away():
     d = Deframer(max_frame=100, oversize="truncate")
     body = b"<13>" + b"x" * 996
-    stream = frame_octet(body) + frame_lf(b"<14>next")
+    stream = frame_octet(body) + frame(b"<14>next", "lf")
     frames = []
     for i in range(0, len(stream), 7):
         frames += d.feed(stream[i:i + 7])
@@ -470,9 +491,10 @@ def test_property_garbage_never_raises_and_memory_stays_bounded(data, cuts, max_
        msgs=st.lists(lf_msgs, min_size=1, max_size=5))
 def test_property_lf_stream_recovers_after_junk_line(junk, msgs):
     # junk without SP or '<' cannot start a frame that swallows the next line
-    stream = junk + b"\n" + b"".join(frame_lf(m) for m in msgs)
+    # (the output framer turns a CR inside a message into a space: that is what is sent)
+    stream = junk + b"\n" + b"".join(frame(m, "lf") for m in msgs)
     frames, _ = run([stream], max_frame=1000)
-    assert frames[-len(msgs):] == msgs
+    assert frames[-len(msgs):] == [frame(m, "lf")[:-1] for m in msgs]
 
 
 def test_trickled_input_is_linear_and_bounded():

@@ -207,3 +207,101 @@ def test_cef_hostile_values_round_trip(name, desc, user, actor):
     assert x["msg"] == crlf(desc)
     assert x["cs1"] == crlf(actor) and x["cs1Label"] == "Actor"
     assert set(k for k in x if not k.startswith(("cs", "cn"))) <= {"rt", "cat", "suser", "msg"}
+
+
+# --------------------------------------------------------------------------- vendor profiles
+def _vendor_event(vendor, extra=None, **fields) -> Event:
+    ev = Event(b"")
+    ev.time_unix = 1773376200.0
+    ev.fields = {"kind": "alert", "vendor": vendor, "name": "n", "severity": "high", "dedup_key": "d:1",
+                 "risk_score": 70, "tactic": "Execution", "occurred_unix": ev.time_unix, "extra": extra or {},
+                 **fields}
+    return ev
+
+
+def _both_leef_paths(ev, **opts) -> bytes:
+    """The LEEF fast path and the full path give the same bytes."""
+    r = Renderer(RenderOptions(format="leef", **opts))
+    out = r.render(ev)
+    assert out == r._leef(ev)
+    return out
+
+
+def test_vendor_profiles_are_looked_up_by_vendor():
+    from formats.vendors import DEFAULT, FALCON, PROFILES, profile_for
+    assert PROFILES["CrowdStrike"] is FALCON
+    for vendor in ("RhythmX", "IBM", None, "", "crowdstrike", ["CrowdStrike"], {"a": 1}):
+        assert profile_for({"vendor": vendor}) is DEFAULT
+    assert profile_for(None) is DEFAULT and profile_for({}) is DEFAULT
+    # an unhashable vendor value renders with the default tables, as any unknown vendor
+    for vendor in (["CrowdStrike"], "Other"):
+        ev = _vendor_event(vendor, {"actor": "a1", "cmdline": "c"})
+        rec = leef_dec.parse(split_syslog(_both_leef_paths(ev))[1])
+        assert (rec.vendor, rec.product) == ("Relay", "SOC Relay")
+        assert rec.attributes["cat"] == "alert" and rec.attributes["actor"] == "a1"
+        assert "commandLine" not in rec.attributes
+        x = cef_dec.parse(split_syslog(Renderer(RenderOptions(format="cef")).render(ev))[1]).extension
+        assert x["cat"] == "alert" and (x["cs1Label"], x["cs1"]) == ("Actor", "a1")
+
+
+def test_falcon_profile_tables():
+    ev = _vendor_event("CrowdStrike", {"cmdline": "C:\\Windows\\cmd.exe /c x", "filepath": "C:\\x", "md5": "m5",
+                                       "process_id": 4, "actor": "not-a-falcon-key"})
+    rec = leef_dec.parse(split_syslog(_both_leef_paths(ev))[1])
+    assert (rec.vendor, rec.product, rec.product_version) == ("CrowdStrike", "FalconHost", "1.0")
+    a = rec.attributes
+    assert a["cat"] == "Execution" and a["commandLine"] == "C:\\Windows\\cmd.exe /c x" and a["md5"] == "m5"
+    assert "actor" not in a
+    rec = cef_dec.parse(split_syslog(Renderer(RenderOptions(format="cef")).render(ev))[1])
+    assert (rec.vendor, rec.product) == ("CrowdStrike", "FalconHost")
+    x = rec.extension
+    assert x["cat"] == "Execution" and x["fileHash"] == "m5" and x["filePath"] == "C:\\x"
+    assert (x["cs1Label"], x["cs1"]) == ("CommandLine", "C:\\Windows\\cmd.exe /c x")
+    assert (x["cn1Label"], x["cn1"], x["cn2Label"], x["cn2"]) == ("ProcessId", "4", "RiskScore", "70")
+
+
+def test_a_new_vendor_is_a_table_entry(monkeypatch):
+    from formats import vendors
+    acme = vendors.VendorProfile(
+        name="Acme", header=("Acme", "Sensor", "2.1"), category="status",
+        leef_extra=(("widget", "acmeWidget"), ("tags", "acmeTags")),
+        cef_extra=(("widget", "act"),),
+        cef_strings=(vendors.Slot("Tags", "tags", extra=True, joined=True), vendors.Slot("Link", "url")),
+        cef_numbers=(vendors.Slot("Hits", "hits", extra=True),),
+        cef_escape_fields=("widget",))
+    monkeypatch.setitem(vendors.PROFILES, "Acme", acme)
+    ev = _vendor_event("Acme", {"widget": "w\\1", "tags": ["t1", "t2"], "hits": 3, "actor": "a"},
+                       status="open", url="https://acme.example/x")
+    rec = leef_dec.parse(split_syslog(_both_leef_paths(ev))[1])
+    assert (rec.vendor, rec.product, rec.product_version) == ("Acme", "Sensor", "2.1")
+    a = rec.attributes
+    assert a["cat"] == "open" and a["acmeWidget"] == "w\\1" and a["acmeTags"] == "t1,t2" and "actor" not in a
+    rec = cef_dec.parse(split_syslog(Renderer(RenderOptions(format="cef")).render(ev))[1])
+    assert (rec.vendor, rec.product, rec.device_version) == ("Acme", "Sensor", "2.1")
+    x = rec.extension
+    assert x["cat"] == "open" and x["act"] == "w\\1"
+    assert (x["cs1Label"], x["cs1"], x["cs2Label"], x["cs2"]) == ("Tags", "t1,t2", "Link", "https://acme.example/x")
+    assert (x["cn1Label"], x["cn1"]) == ("Hits", "3")
+    # an empty joined list uses no slot; a profile without a header uses the sink's identity
+    ev = _vendor_event("Acme", {"tags": []}, status="open")
+    x = cef_dec.parse(split_syslog(Renderer(RenderOptions(format="cef")).render(ev))[1]).extension
+    assert "cs1" not in x
+    monkeypatch.setitem(vendors.PROFILES, "Acme", vendors.VendorProfile(
+        name="Acme", header=None, category="kind", leef_extra=(), cef_extra=(), cef_strings=(), cef_numbers=()))
+    rec = leef_dec.parse(split_syslog(_both_leef_paths(ev, leef_vendor="Me"))[1])
+    assert (rec.vendor, rec.product) == ("Me", "SOC Relay") and rec.attributes["cat"] == "alert"
+
+
+def test_vendor_profile_checks_its_tables():
+    from formats import vendors
+    base = dict(name="x", header=None, category="kind", leef_extra=(), cef_extra=(), cef_strings=(), cef_numbers=())
+    with pytest.raises(ValueError):
+        vendors.VendorProfile(**{**base, "cef_strings": tuple(vendors.Slot(f"L{i}", "f") for i in range(7))})
+    with pytest.raises(ValueError):
+        vendors.VendorProfile(**{**base, "cef_numbers": tuple(vendors.Slot(f"L{i}", "f") for i in range(4))})
+    with pytest.raises(ValueError):
+        vendors.VendorProfile(**{**base, "cef_numbers": (vendors.Slot("N", "n", joined=True),)})
+    with pytest.raises(ValueError):
+        vendors.VendorProfile(**{**base, "cef_strings": (("L", "f"),)})
+    with pytest.raises(ValueError):
+        vendors.VendorProfile(**{**base, "header": ("a", "b")})

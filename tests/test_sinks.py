@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from formats.syslog import frame, frame_batch, frame_lf, frame_octet
 from relay.config import SinkConfig
 from relay.metrics import Registry
 from relay.queue import DiskQueue, RetryPolicy
@@ -25,7 +26,6 @@ from relay import kinds
 from relay.sinks import AuthError, PermanentError, Sink, make_sink
 from relay.sinks.file import FileSink
 from relay.sinks.syslog import SyslogStreamSink, SyslogUdpSink
-from relay.sinks.syslog import frame_batch, frame_lf
 
 HOST = "127.0.0.1"
 HARD_TIMEOUT = 60.0
@@ -200,6 +200,17 @@ def test_frame_rules():
     assert frame_lf(b"a\rb\nc\n") == (b"a b c\n", True)
     with pytest.raises(ValueError):
         frame_batch([b"x"], "nul")
+    # the one-message forms are the same rule (formats.syslog is the one output framer)
+    msgs = [b"<13>1 a", b"<13>1 b\nc", b"<13>1 d\r\n", b"e\r", b"\n", b"", b"f\r\r\n"]
+    for framing in ("lf", "octet"):
+        data, changed = frame_batch(msgs, framing)
+        assert data == b"".join(frame(m, framing) for m in msgs)
+        assert changed == (sum(frame_lf(m)[1] for m in msgs) if framing == "lf" else 0)
+    assert b"".join(map(frame_octet, msgs)) == frame_batch(msgs, "octet")[0]
+    with pytest.raises(ValueError):
+        frame(b"x", "nul")
+    import relay.sinks.syslog as sink_mod
+    assert not {"frame_batch", "frame_lf", "frame_octet"} & set(sink_mod.__all__)
 
 
 def test_make_sink_registry(tmp_path):

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from parsers.framing import frame_lf, frame_octet
+from formats.syslog import frame, frame_octet
 from relay.config import SourceConfig
 from relay.metrics import REGISTRY
 from relay.sources import TcpSource, TlsSource, UdpSource, make_source
@@ -479,7 +479,7 @@ def _messages(k: int, n: int) -> list[bytes]:
 
 
 def _stream(msgs: list[bytes]) -> bytes:
-    return b"".join(frame_octet(m) if (b"\n" in m or i % 2) else frame_lf(m) for i, m in enumerate(msgs))
+    return b"".join(frame(m, "octet" if (b"\n" in m or i % 2) else "lf") for i, m in enumerate(msgs))
 
 
 def test_tcp_connections_mixed_framing_odd_splits():
@@ -533,7 +533,7 @@ def test_tcp_frames_of_one_read_go_in_one_call():
         try:
             r, w = await tcp_client(src)
             msgs = [b"<13>batch %d" % i for i in range(300)]
-            w.write(b"".join(frame_lf(m) for m in msgs))
+            w.write(b"".join(frame(m, "lf") for m in msgs))
             await w.drain()
             await until(lambda: len(p.items) == 300, what="300 frames")
             assert p.messages == msgs

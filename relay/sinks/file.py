@@ -1,7 +1,8 @@
 """File sink: append each payload as one line to ``cfg.path``.
 
-* One line per payload, LF-terminated.  Line rule (the same as syslog LF framing): a trailing
-  LF or CRLF of the payload is dropped, every other CR or LF becomes a space; each changed
+* One line per payload, LF-terminated: the LF framing of :func:`formats.syslog.frame_batch`,
+  the same as the syslog sink's (the rule is documented in formats/syslog.py: a trailing LF
+  or CRLF of the payload is dropped, every other CR or LF becomes a space); each changed
   payload counts in ``relay_sanitised_total{sink}``.
 * Parent directories are created.  The file is opened ``O_APPEND`` (mode 0640).
 * Durability: a batch is written with one ``write`` and ``fsync``ed before its rows are acked
@@ -26,9 +27,10 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from formats.syslog import frame_batch
+
 from ..fsutil import fsync_dir
 from .base import Sink, UnavailableError
-from .syslog import frame_batch
 
 __all__ = ["FileSink"]
 

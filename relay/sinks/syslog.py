@@ -5,12 +5,11 @@ without framing; this module frames it and sends bytes.  It never renders.
 
 Framing (TCP and TLS)
 ---------------------
-* ``octet`` (RFC 6587 octet counting / RFC 5425): ``LEN SP MSG``; carries any byte.
-* ``lf`` (non-transparent framing): ``MSG LF``.  A trailing LF or CRLF of a payload is dropped;
-  every other CR or LF inside it becomes a space (an LF would split the record and a CR
-  confuses receivers that accept CRLF).  Each changed payload counts in
-  ``relay_sanitised_total{sink}``.
-* UDP: one payload per datagram, no framing.
+``framing = "octet"`` (RFC 6587 octet counting / RFC 5425) or ``"lf"`` (non-transparent),
+by :func:`formats.syslog.frame_batch`: the rule is documented in formats/syslog.py (in short,
+octet counting carries any byte; LF framing drops a trailing LF or CRLF and turns every other
+CR or LF into a space).  Each payload LF framing changed counts in
+``relay_sanitised_total{sink}``.  UDP: one payload per datagram, no framing.
 
 TCP/TLS delivery: at-least-once without loss on connection breaks
 ------------------------------------------------------------------
@@ -99,10 +98,11 @@ from typing import Sequence
 
 import asyncio_dgram
 
+from formats.syslog import frame_batch
+
 from .base import PermanentError, Sink, UnavailableError
 
-__all__ = ["SyslogStreamSink", "SyslogUdpSink", "frame_batch", "frame_lf", "frame_octet",
-           "UDP_MAX_V4", "UDP_MAX_V6"]
+__all__ = ["SyslogStreamSink", "SyslogUdpSink", "UDP_MAX_V4", "UDP_MAX_V6"]
 
 log = logging.getLogger("relay.sinks.syslog")
 
@@ -116,68 +116,6 @@ UDP_MAX_V4 = 65507
 UDP_MAX_V6 = 65527
 _POISON_BREAKS = 5
 _INT = struct.Struct("i")
-
-
-# --------------------------------------------------------------------------- framing
-def frame_octet(payload: bytes) -> bytes:
-    return b"%d %s" % (len(payload), payload)
-
-
-def frame_lf(payload: bytes) -> tuple[bytes, bool]:
-    """``payload + LF`` after the LF-framing rule; returns (frame, changed)."""
-    if b"\n" not in payload and b"\r" not in payload:
-        return payload + b"\n", False
-    p = payload
-    if p.endswith(b"\r\n"):
-        p = p[:-2]
-    elif p.endswith(b"\n"):
-        p = p[:-1]
-    p = p.replace(b"\r", b" ").replace(b"\n", b" ")
-    return p + b"\n", p != payload
-
-
-class _Prefixes(dict):
-    """``b"LEN "`` per payload length (octet counting), made once per length."""
-
-    def __missing__(self, n: int) -> bytes:
-        v = b"%d " % n
-        if n < 65536:
-            self[n] = v
-        return v
-
-
-_PREFIX = _Prefixes()
-
-
-def frame_batch(payloads: Sequence[bytes], framing: str) -> tuple[bytes, int]:
-    """All payloads framed into one buffer; returns (bytes, number of payloads changed)."""
-    if framing == "octet":
-        # one join of (prefix, payload) pairs: no per-payload formatting or copy
-        payloads = payloads if isinstance(payloads, list) else list(payloads)
-        parts: list = [b""] * (2 * len(payloads))
-        parts[0::2] = map(_PREFIX.__getitem__, map(len, payloads))
-        parts[1::2] = payloads
-        return b"".join(parts), 0
-    if framing == "lf":
-        parts = list(payloads)
-        n = len(parts)
-        parts.append(b"")
-        data = b"\n".join(parts)
-        # fast path: no payload holds a CR or an LF (the joined LFs are exactly n)
-        if b"\r" not in data and data.count(b"\n") == n:
-            return data, 0
-        changed = 0
-        out = []
-        for p in payloads:
-            if b"\n" in p or b"\r" in p:
-                f, c = frame_lf(p)
-                changed += c
-                out.append(f)
-            else:
-                out.append(p)
-                out.append(b"\n")
-        return b"".join(out), changed
-    raise ValueError(f"unknown framing {framing!r} (use 'octet' or 'lf')")
 
 
 def _opt(cfg, key: str, default):
