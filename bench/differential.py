@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("RELAY_SHARED") or ROOT.parent / "shared")
 RECEIVED = 1767225600.0
 
 SINKS = '''
@@ -155,7 +155,7 @@ def _vectors() -> list[bytes]:
     for name in ("rfc5424", "rfc3164", "cef", "leef"):
         p = SHARED / "vectors" / f"{name}.jsonl"
         if not p.is_file():
-            continue
+            raise SystemExit(f"{p} is missing: set RELAY_SHARED to the shared/ directory")
         for line in p.read_text(encoding="utf-8").splitlines():
             try:
                 d = json.loads(line)
@@ -320,8 +320,11 @@ def dump(root: Path, out_path: Path, n: int) -> int:
             for sname in ("tcp", "lenient"):
                 src = cfg.sources[sname]
                 for i, raw in enumerate(msgs):
-                    _, routes, out = p.process(raw, src, "10.20.0.5:5140" if i % 2 else "[::1]:514", RECEIVED)
-                    rec = {"v": vname, "src": sname, "i": i, **_digest(routes, out)}
+                    try:
+                        _, routes, out = p.process(raw, src, "10.20.0.5:5140" if i % 2 else "[::1]:514", RECEIVED)
+                        rec = {"v": vname, "src": sname, "i": i, **_digest(routes, out)}
+                    except Exception as e:  # recorded: the same exception in both trees compares equal
+                        rec = {"v": vname, "src": sname, "i": i, "exception": f"{type(e).__name__}: {e}"}
                     line = json.dumps(rec, ensure_ascii=True, sort_keys=True)
                     h.update(line.encode())
                     fh.write(line + "\n")

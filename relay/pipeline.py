@@ -97,6 +97,7 @@ class Pipeline:
         if config.enrich is not None and not self.lazy_enrich:
             self.enricher = self._build_enricher(config)
         self._unrouted = REGISTRY.counter("relay_unrouted_total")
+        self._enrich_err = REGISTRY.counter("relay_enrich_errors_total")
         self._render_err = {name: REGISTRY.counter("relay_render_errors_total", sink=name) for name in config.sinks}
 
     def _build_enricher(self, config: Config):
@@ -136,12 +137,15 @@ class Pipeline:
         renderer refused the event, ``payload`` is the event's raw bytes and ``error`` the
         dead-letter reason.  The queue metadata is ``{source, routes, received}`` plus the
         canonical fields the sink kind asks for (``SinkKind.meta``)."""
-        if self.enricher is not None:
-            self.enricher(ev)
-        elif self._enrich_pending:
+        enricher = self.enricher
+        if enricher is None and self._enrich_pending:
             self._enrich_pending = False
-            self.enricher = self._build_enricher(self.config)
-            self.enricher(ev)
+            enricher = self.enricher = self._build_enricher(self.config)
+        if enricher is not None:
+            try:
+                enricher(ev)
+            except Exception as e:  # a lookup bug must not lose the event: routed unenriched
+                self._enrich_failed(ev, e)
         routes, sinks = self.route(ev)
         if not sinks:
             self._unrouted.value += 1
@@ -171,6 +175,13 @@ class Pipeline:
             except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
                 out.append(self._dead(s, ev, meta, e))
         return routes, out
+
+    def _enrich_failed(self, ev, e: Exception) -> None:
+        self._enrich_err.value += 1
+        ev.note(f"enrichment failed ({type(e).__name__}: {e}); routed without it")
+        if self._enrich_err.value <= 10 or self._enrich_err.value % 10000 == 0:
+            log.error("enrichment failed for an event from %s (%s: %s); it is routed without enrichment "
+                      "(%d so far)", ev.source, type(e).__name__, e, self._enrich_err.value)
 
     def _dead(self, sink: str, ev, meta: dict, e: Exception) -> tuple:
         self._render_err[sink].value += 1

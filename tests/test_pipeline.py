@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -181,3 +182,54 @@ def test_committer_takes_rows_packed_by_the_workers(tmp_path, max_rows):
         assert REGISTRY.value("relay_enqueued_total", sink="s") >= 600
         q.close()
     asyncio.run(main())
+
+
+def test_enrichment_never_loses_an_event(tmp_path):
+    """A lookup that raises (here: an IP field holding a NUL, which inet_pton refuses with
+    ValueError, and a deliberately broken enricher) leaves the event routed, rendered and
+    counted, never an exception out of the stage (which would fail the whole hand-over)."""
+    import shutil
+
+    from relay.config import loads
+    from relay.metrics import REGISTRY
+    from relay.pipeline import Pipeline
+    lk = tmp_path / "lookups"
+    lk.mkdir()
+    ex = Path(__file__).resolve().parent.parent / "examples" / "lookups"
+    for name in ("assets.csv", "ti_misp.csv"):
+        shutil.copy(ex / name, lk / name)
+    cfg = loads('''
+[sources.t]
+type = "tcp"
+address = "127.0.0.1:0"
+[sinks.out]
+type = "file"
+path = "out.log"
+[routes.all]
+match = 'true'
+sinks = ["out"]
+[lookups.assets]
+kind = "asset"
+file = "lookups/assets.csv"
+[lookups.misp]
+kind = "ti"
+file = "lookups/ti_misp.csv"
+format = "misp"
+[triage]
+mode = "assist"
+''', base_dir=tmp_path)
+    p = Pipeline(cfg)
+    src = cfg.sources["t"]
+    raw = (b'<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 42 created [incident@32473 id="INC-1" '
+           b'risk_score="90"] {"incident_id":"INC-1","src_ip":"10.20.0.5\\u0000x","dst_ip":"203.0.113.7\\u0000"}')
+    ev, routes, out = p.process(raw, src, "127.0.0.1:1", 0.0)
+    assert routes == ["all"] and out[0][3] is None
+    before = REGISTRY.counter("relay_enrich_errors_total").value
+
+    def broken(ev):
+        raise RuntimeError("lookup bug")
+    p.enricher = broken
+    ev, routes, out = p.process(raw, src, "127.0.0.1:1", 0.0)
+    assert routes == ["all"] and out[0][0] == "out" and out[0][3] is None
+    assert REGISTRY.counter("relay_enrich_errors_total").value == before + 1
+    assert any("enrichment failed (RuntimeError: lookup bug)" in n for n in ev.notes)

@@ -65,14 +65,14 @@ def parse_ip(s: str):
             s = s.split("%", 1)[0]
         try:
             n = _from(_pton(_AF6, s), "big")
-        except OSError:
+        except (OSError, ValueError):   # ValueError: an embedded NUL
             return None
         if n >> 32 == 0xFFFF:
             return n & 0xFFFFFFFF
         return n | _V6
     try:
         return _from(_pton(_AF4, s), "big")
-    except OSError:
+    except (OSError, ValueError):
         return None
 
 
