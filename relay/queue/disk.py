@@ -105,7 +105,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from .fsutil import fsync_dir as _fsync_dir
+from ..fsutil import fsync_dir as _fsync_dir
 
 try:  # orjson is a project dependency; fall back to json so this module stands alone
     import orjson as _orjson
