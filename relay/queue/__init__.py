@@ -105,14 +105,19 @@ Where the code lives
 * ``reserve.py``   the disk-full reserve and free-space checks;
 * ``admin.py``     operator commands (``list``, ``replay_dlq``, ``purge``: ``relay queue ...``);
 * ``items.py``     :class:`RetryPolicy`, :class:`Item`, :class:`DeadItem`;
-* ``errors.py``    the exceptions.
+* ``errors.py``    the exceptions;
+* ``commit.py``    :class:`GroupCommitter`: group commit of everything submitted meanwhile,
+                   on a thread per queue;
+* ``paths.py``     ``queue_path`` and ``open_queue`` (a sink's queue from its config).
 """
 from __future__ import annotations
 
+from .commit import GroupCommitter
 from .disk import DiskQueue
 from .errors import QueueCorrupt, QueueDiskFull, QueueError, QueueFull
 from .items import REASON_MAX, DeadItem, Item, RetryPolicy
 from .packing import PACK_BYTES, PACK_EVENTS, pack_rows, unpack_rows
+from .paths import open_queue, queue_path
 from .schema import APPLICATION_ID, SCHEMA_VERSION
 
 __all__ = [
@@ -131,4 +136,7 @@ __all__ = [
     "REASON_MAX",
     "PACK_EVENTS",
     "PACK_BYTES",
+    "GroupCommitter",
+    "open_queue",
+    "queue_path",
 ]
