@@ -1,7 +1,10 @@
-"""relay.queue.open_queue / queue_path; the file the package writes is the format of
-schema 2 byte for byte; relay.queue imports none of pipeline, server, sinks."""
+"""relay.queue.GroupCommitter (relay/queue/commit.py) commits in submission order, plain
+items and packed rows alike; relay.queue.open_queue / queue_path; the file the package
+writes is the format of schema 2 byte for byte; relay.queue imports none of pipeline,
+server, sinks."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import subprocess
@@ -9,11 +12,106 @@ import sys
 from array import array
 from pathlib import Path
 
+import orjson
+import pytest
+
 from relay.config import loads
 from relay.metrics import REGISTRY
-from relay.queue import DiskQueue, open_queue, queue_path
+from relay.queue import PACK_EVENTS, DiskQueue, GroupCommitter, open_queue, pack_rows, queue_path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def plain(tag: str, n: int) -> list[tuple[bytes, dict]]:
+    return [(f"{tag}-{i:04d}".encode(), {"tag": tag, "i": i}) for i in range(n)]
+
+
+def packed(tag: str, n: int) -> list[tuple]:
+    """The same events as ``plain(tag, n)``, packed the way the ingest workers send them."""
+    items = plain(tag, n)
+    return pack_rows([p for p, _ in items], [orjson.dumps(m) for _, m in items])
+
+
+ROWS_N = PACK_EVENTS + 5        # two packed rows per submission
+ITEMS_N = 7
+
+
+@pytest.mark.parametrize("max_rows", [None, 1000])   # 1000: caps too small for whole rows
+@pytest.mark.parametrize("order", [
+    ("rows", "items"),
+    ("items", "rows"),
+    ("rows", "items", "rows", "items"),
+    ("items", "items", "rows", "rows", "items"),
+])
+def test_one_wake_up_commits_in_submission_order(tmp_path, order, max_rows):
+    """Everything submitted before the committer wakes up is committed in the order it was
+    submitted: what is submitted first gets the lower ids and is leased first.  Consecutive
+    submissions of the same kind share one transaction."""
+    sink = f"order-{'-'.join(order)}-{max_rows}"
+    commits = REGISTRY.counter("relay_queue_commits_total", sink=sink)
+    before = commits.value
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        q = DiskQueue(tmp_path / "q.db", max_rows=max_rows)
+        c = GroupCommitter(sink, q, loop)
+        try:
+            # hold the committer's condition: every submission lands in the same wake-up
+            with c._cv:
+                futs = [c.submit_rows(packed(f"{k}{kind}", ROWS_N)) if kind == "rows"
+                        else c.submit(plain(f"{k}{kind}", ITEMS_N))
+                        for k, kind in enumerate(order)]
+            await asyncio.wait_for(asyncio.gather(*futs), 20)
+            return q.lease(10 ** 6)
+        finally:
+            c.close()
+            q.close()
+
+    got = asyncio.run(main())
+    want = [p for k, kind in enumerate(order)
+            for p, _ in plain(f"{k}{kind}", ROWS_N if kind == "rows" else ITEMS_N)]
+    assert [i.payload for i in got] == want
+    assert [i.meta["tag"] for i in got] == [m["tag"] for k, kind in enumerate(order)
+                                            for _, m in plain(f"{k}{kind}", ROWS_N if kind == "rows" else ITEMS_N)]
+    ids = [i.id for i in got]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    if max_rows is None:
+        # one transaction per run of consecutive submissions of the same kind
+        runs = 1 + sum(1 for a, b in zip(order, order[1:]) if a != b)
+        assert commits.value - before == runs
+    else:
+        # packed rows were unpacked (caps too small for whole rows): one run of plain items,
+        # in groups of at most max_rows // 2
+        assert commits.value - before == -(-len(want) // (max_rows // 2))
+
+
+def test_submission_order_holds_while_the_queue_is_full(tmp_path):
+    """``block``: the committer waits for room and keeps the order (rows then items)."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        q = DiskQueue(tmp_path / "q.db", max_rows=4 * PACK_EVENTS + 20, full_policy="block")
+        c = GroupCommitter("order-full", q, loop, retry_interval=0.02)
+        try:
+            q.put_many(plain("fill", 4 * PACK_EVENTS))
+            with c._cv:
+                f1 = c.submit_rows(packed("a", ROWS_N))
+                f2 = c.submit(plain("b", ITEMS_N))
+            got = []
+            deadline = loop.time() + 20
+            while not (f1.done() and f2.done() and q.depth() == 0) and loop.time() < deadline:
+                items = q.lease(100)      # a consumer drains the queue: room comes in steps
+                got += [i.payload for i in items]
+                q.ack(items)
+                await asyncio.sleep(0.01)
+            await asyncio.gather(f1, f2)
+            return got
+        finally:
+            c.close()
+            q.close()
+
+    got = asyncio.run(main())
+    tail = [p for p in got if not p.startswith(b"fill-")]
+    assert tail == [p for p, _ in plain("a", ROWS_N)] + [p for p, _ in plain("b", ITEMS_N)]
 
 
 # --------------------------------------------------------------------------- paths

@@ -4,7 +4,9 @@ meanwhile in one SQLite transaction, on its own thread.
 
 A copy of ``relay.pipeline.GroupCommitter`` and its helpers (``relay.pipeline`` is to
 import it from here).  It logs under ``relay.pipeline`` as before, so log filters and
-alerts keep matching.
+alerts keep matching.  One difference: the original commits every plain item
+(``submit``) of a wake-up before every packed row (``submit_rows``); this one commits
+in submission order, so what was submitted first is committed first.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class GroupCommitter:
     durable.  A full queue with policy ``block`` (or a full disk) keeps the futures
     pending and retries every ``retry_interval`` seconds: the sources stay paused, which
     is the backpressure.  ``drop_newest`` is applied by the queue and counted there.
+    What is pending at a wake-up is committed in submission order; consecutive
+    submissions of the same kind (``submit``, ``submit_rows``) share a transaction.
     """
 
     def __init__(self, name: str, queue: DiskQueue, loop: asyncio.AbstractEventLoop,
@@ -110,15 +114,28 @@ class GroupCommitter:
                     return
                 batch, self._pending = self._pending, []
                 dead, self._dead = self._dead, []
-            items = [it for kind, b, _ in batch if not kind for it in b]
-            rows = [r for kind, b, _ in batch if kind for r in b]
-            if rows and _small_caps(self.queue):   # caps too small for whole packed rows
-                items += unpack_rows(rows)
-                rows = []
+            # commit in submission order: runs of consecutive submissions of one kind (plain
+            # items, packed rows) in the order they came, so what was submitted first is
+            # committed first; each run is merged and cut into groups that fit the caps
+            runs: list = []                        # [(kind, [submitted lists])]
+            small = None
+            for kind, b, _ in batch:
+                if kind:
+                    if small is None:
+                        small = _small_caps(self.queue)
+                    if small:                      # caps too small for whole packed rows
+                        kind, b = 0, unpack_rows(b)
+                if runs and runs[-1][0] == kind:
+                    runs[-1][1].append(b)
+                else:
+                    runs.append((kind, [b]))
             futs = [f for _, _, f in batch]
-            groups = [(0, g) for g in _groups(items, self.queue)] if items else []
-            if rows:
-                groups += [(1, g) for g in _row_groups(rows, self.queue)]
+            groups = []
+            for kind, parts in runs:
+                merged = [x for b in parts for x in b]
+                if merged:
+                    groups += [(kind, g) for g in (_row_groups(merged, self.queue) if kind
+                                                   else _groups(merged, self.queue))]
             if dead:
                 try:
                     self.queue.put_dead([(p, m, r) for p, m, r in dead])
