@@ -168,7 +168,7 @@ def validate_cmd(config, run_tests, junit):
 
 def _queues(config: str, sink: str | None):
     from .config import ConfigError, load
-    from .server import open_queue
+    from .queue import open_queue
     try:
         cfg = load(config)
     except ConfigError as e:

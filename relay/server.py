@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 
 from typing import Callable
 
@@ -26,12 +25,12 @@ from . import kinds
 from .config import Config, ConfigError, SinkConfig, SourceConfig, load
 from .logs import setup_logging
 from .metrics import REGISTRY, MetricsServer
-from .pipeline import GroupCommitter, Pipeline
-from .queue import DiskQueue, RetryPolicy
+from .pipeline import Pipeline
+from .queue import DiskQueue, GroupCommitter, open_queue
 
 log = logging.getLogger("relay")
 
-__all__ = ["Server", "run", "sd_notify", "open_queue"]
+__all__ = ["Server", "run", "sd_notify"]
 
 #: ``check(config) -> [report lines]``: run before a config is used (start and reload); any
 #: line refuses the config.  ``relay run`` passes the golden-test runner (relay/tools) when
@@ -54,25 +53,6 @@ def sd_notify(state: str) -> bool:
     except OSError as e:
         log.warning("sd_notify(%s) failed: %s", state, e)
         return False
-
-
-def queue_path(state_dir: Path, sink: str) -> Path:
-    return state_dir / f"queue-{sink}.db"
-
-
-def open_queue(state_dir: Path, sink: SinkConfig) -> DiskQueue:
-    q = sink.queue
-    r = sink.retry
-    state_dir.mkdir(parents=True, exist_ok=True)
-    dq = DiskQueue(queue_path(state_dir, sink.name), synchronous=q.synchronous, max_rows=q.max_rows,
-                   max_bytes=q.max_bytes, full_policy=q.full_policy,
-                   retry=RetryPolicy(base=r.base, factor=r.factor, cap=r.cap, max_attempts=r.max_attempts))
-    if dq.recovered_from:
-        log.error("sink %s: queue file was corrupted (%s); moved aside to %s and started a fresh queue "
-                  "(salvaged rows were copied)", sink.name, dq.recovered_reason if hasattr(dq, "recovered_reason")
-                  else "see above", dq.recovered_from)
-        REGISTRY.inc("relay_queue_recovered_total", sink=sink.name)
-    return dq
 
 
 class _SinkRuntime:

@@ -5,7 +5,7 @@ the queues' group commits, the sinks' delivery loops and the metrics; N worker p
 run the one stage (:meth:`relay.pipeline.Pipeline.process`) on the listeners' raw messages
 and send back each sink's rendered rows.  CPython runs one thread at a time per process, so
 this is what puts the second core to work.  The main process commits what the workers
-return through the same :class:`relay.pipeline.GroupCommitter` as the in-process pipeline
+return through the same :class:`relay.queue.GroupCommitter` as the in-process pipeline
 (the only writer of each queue file): one transaction and one fsync for everything that
 arrived meanwhile.  Events the pull sources have already normalised are staged by the main
 process's own :class:`relay.pipeline.Pipeline` (:meth:`WorkerPool.submit`), through the same

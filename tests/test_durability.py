@@ -770,7 +770,7 @@ def test_full_disk_blocks_sources_and_recovers(tmp_path, cleanup, limit):
     cleanup.append(sink)
 
     # On a really full disk acks need room too (SQLite's WAL): the queue keeps a reserve
-    # and free space for them (relay/queue.py), and a failed ack backs off instead of
+    # and free space for them (relay/queue/reserve.py), and a failed ack backs off instead of
     # re-sending in a loop (relay/sinks/base.py).  A regression shows up as a timeout here
     # (the queue never drains) and as hundreds of failed acks (the original bug logged 339 in
     # 2 minutes); a few failed acks while space is being reclaimed are normal (their rows are

@@ -12,7 +12,9 @@ import pytest
 
 from relay.config import loads
 from relay.metrics import REGISTRY
-from relay.pipeline import GroupCommitter, Pipeline, _groups
+from relay.pipeline import Pipeline
+from relay.queue import GroupCommitter
+from relay.queue.commit import _groups
 from relay.queue import DiskQueue
 
 CFG = '''

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from relay.config import ConfigError, SourceConfig, _Table, loads
-from relay.pipeline import GroupCommitter, Pipeline
+from relay.pipeline import Pipeline
+from relay.queue import GroupCommitter
 from relay.queue import DiskQueue
 from relay.sources import falcon as F
 from relay.sources import pull as P
@@ -968,7 +969,7 @@ match = 'source == "falcon" and vendor == "CrowdStrike"'
 sinks = ["archive"]
 """)
 
-    from relay.pipeline import GroupCommitter
+    from relay.queue import GroupCommitter
     committed = []
     orig = GroupCommitter.submit
     monkeypatch.setattr(GroupCommitter, "submit", lambda self, items: committed.append((self, len(items)))
