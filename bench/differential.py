@@ -398,7 +398,8 @@ def compare(a: Path, b: Path, show: int = 5) -> int:
             bad += 1
             tot[1] += 1
             dy = json.loads(y)
-            if [(s, p, e) for s, p, _, e in dx["out"]] == [(s, p, e) for s, p, _, e in dy["out"]]:
+            if [(s, p, e) for s, p, _, e in dx.get("out", ())] == [(s, p, e) for s, p, _, e in dy.get("out", ())] \
+                    and "exception" not in dx and "exception" not in dy:
                 tot[2] += 1      # payloads and reasons identical: only the queue metadata differs
             if bad <= show:
                 print(f"--- differs: variant {dx.get('v')} source {dx.get('src')} input #{dx.get('i')}")
