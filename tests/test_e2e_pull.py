@@ -9,8 +9,6 @@
   closes (also those made while the relay was down); ``mode = "create"`` leaves incidents as
   created.
 
-These need the ``falcon`` / ``qradar_offenses`` source types in relay/config.py
-(SOURCE_OPTION_READERS) and relay/sources/__init__.py (make_source); until then they skip.
 Everything stays on 127.0.0.1.
 """
 from __future__ import annotations
@@ -22,6 +20,7 @@ import pytest
 
 from tests.emulators.falcon import FalconEmulator
 from tests.emulators.qradar import QradarEmulator
+from tests.emulators.xsoar import XsoarEmulator
 from tests.peers import QradarStandIn, RelayProcess, free_port, wait_until
 
 
@@ -155,12 +154,10 @@ sinks = ["xsoar"]
 
 
 def _xsoar():
-    from tests.emulators.xsoar import XsoarEmulator
     return XsoarEmulator(api_key=XSOAR_KEY, auth_id=None)
 
 
 def test_qradar_offenses_to_xsoar_sync_and_close_across_restart(tmp_path):
-    pytest.importorskip("tests.emulators.xsoar")
     (tmp_path / "qradar.token").write_text(SEC)
     (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
     with QradarEmulator(token=SEC) as qr, _xsoar() as xs:
@@ -205,7 +202,6 @@ def test_qradar_offenses_to_xsoar_sync_and_close_across_restart(tmp_path):
 
 
 def test_qradar_offenses_to_xsoar_create_mode_leaves_incidents(tmp_path):
-    pytest.importorskip("tests.emulators.xsoar")
     (tmp_path / "qradar.token").write_text(SEC)
     (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
     with QradarEmulator(token=SEC) as qr, _xsoar() as xs:
