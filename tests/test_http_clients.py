@@ -17,17 +17,10 @@ from parsers.normalise import normalise
 from relay import kinds
 from relay.config import SourceConfig, _Table, loads
 from relay.metrics import Registry
-from relay.queue import DiskQueue, RetryPolicy
 from relay.sinks import make_sink
+from tests.harness import make_queue, sigma_line
 
 KEY = "mock-key-0123456789abcdef"
-
-
-def _sigma(inc: str, risk: int = 82) -> bytes:
-    body = json.dumps({"incident_id": inc, "risk_score": risk}, separators=(",", ":"))
-    return (f'<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created '
-            f'[incident@32473 id="{inc}" actor="jdoe" entity="Primary Site" status="OPEN" '
-            f'risk_score="{risk}"] {body}').encode()
 
 
 # ----------------------------------------------------------------------------- XSOAR sink
@@ -69,12 +62,11 @@ api_key_env = "T_MOCK_XSOAR_KEY"
 match = 'true'
 sinks = ["xs"]
 """, base_dir=tmp_path).sinks["xs"]
-    q = DiskQueue(tmp_path / "state" / "queue-xs.db", synchronous="NORMAL",
-                  retry=RetryPolicy(base=0.05, factor=2.0, cap=0.2, max_attempts=0))
+    q = make_queue(tmp_path / "state" / "queue-xs.db")
     render = kinds.sink(cfg.type).renderer(cfg)
     rows = []
     for inc in ("INC-1", "INC-2", "INC-1"):
-        ev = normalise(detect.parse(_sigma(inc), received=time.time(), source="t"))
+        ev = normalise(detect.parse(sigma_line(inc, alarm_count=None), received=time.time(), source="t"))
         rows.append((render(ev, ["all"]), {"source": "t", "routes": ["all"], "received": 0.0,
                                            "dedup_key": ev.fields["dedup_key"]}))
     q.put_many(rows)

@@ -13,6 +13,7 @@ from relay.config import loads
 from relay.metrics import REGISTRY
 from relay.pipeline import GroupCommitter, Pipeline, _groups
 from relay.queue import DiskQueue
+from tests.harness import sigma_line
 
 CFG = '''
 [sources.tcp]
@@ -35,8 +36,11 @@ path = "/dev/null"
 format = "json"
 '''
 
-SIGMA = ('<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created [incident@32473 id="INC-{n}" '
-         'risk_score="{risk}"] {{"incident_id":"INC-{n}"}}').format
+
+def sigma(n: int, risk: int) -> bytes:
+    """A minimal SigmaIncident: id and risk score in the SD, only the id in the body."""
+    return sigma_line(f"INC-{n}", risk, actor=None, entity=None, status=None, alarm_count=None,
+                      body={"incident_id": f"INC-{n}"})
 
 
 def make(tmp_path, loop, **qargs):
@@ -50,7 +54,7 @@ def test_route_render_and_commit(tmp_path):
     async def main():
         cfg, queues, committers, p = make(tmp_path, asyncio.get_running_loop())
         before = REGISTRY.value("relay_routed_total", route="all")
-        fut = p.handle([(SIGMA(n=1, risk=90).encode(), "10.0.0.1:514"), (SIGMA(n=2, risk=10).encode(), "10.0.0.1:514"),
+        fut = p.handle([(sigma(n=1, risk=90), "10.0.0.1:514"), (sigma(n=2, risk=10), "10.0.0.1:514"),
                         (b"<13>1 - h a - - - plain", "10.0.0.2:514")], cfg.sources["tcp"])
         await asyncio.wait_for(fut, 10)
         leef = queues["leef"].lease(10)
@@ -75,7 +79,7 @@ def test_unroutable_events_are_counted(tmp_path):
         committers = {n: GroupCommitter(n, q, asyncio.get_running_loop()) for n in cfg.sinks}
         p = Pipeline(cfg, committers)
         before = REGISTRY.value("relay_unrouted_total")
-        assert p.handle([(SIGMA(n=3, risk=1).encode(), "h:1")], cfg.sources["tcp"]) is None
+        assert p.handle([(sigma(n=3, risk=1), "h:1")], cfg.sources["tcp"]) is None
         assert REGISTRY.value("relay_unrouted_total") - before == 1
         for c in committers.values():
             c.close()
@@ -89,7 +93,7 @@ def test_unrenderable_event_goes_to_dead_letters_with_reason(tmp_path):
         def broken(ev, routes):
             raise ValueError("LEEF devTime without devTimeFormat")
         p.renderers["leef"] = broken
-        fut = p.handle([(SIGMA(n=4, risk=99).encode(), "h:1")], cfg.sources["tcp"])
+        fut = p.handle([(sigma(n=4, risk=99), "h:1")], cfg.sources["tcp"])
         await asyncio.wait_for(fut, 10)
         for c in committers.values():
             c.close()

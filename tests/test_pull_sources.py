@@ -4,6 +4,7 @@ DiskQueue in tmp_path.  Every wait has a deadline."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from relay.sources import pull as P
 from relay.sources import qradar as Q
 from tests.emulators.falcon import FalconEmulator, compile_fql, iso, parse_time
 from tests.emulators.qradar import QradarEmulator, compile_filter
+from tests import harness
 
 SECRET = "falcon-secret-Zx9q"
 SEC = "qradar-sec-2b5547bb"
@@ -102,20 +104,14 @@ def qradar_source(h: Harness, emu: QradarEmulator, name: str = "qradar", **keys)
     return Q.QradarOffenseSource(sc, h.pipeline)
 
 
-async def until(pred, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+# waits here: 10 s unless a test says otherwise
+until = functools.partial(harness.until, timeout=10.0)
 
 
 async def polls(src, n: int = 2, timeout: float = 10.0) -> None:
     """Wait until ``n`` more polls completed (so 'nothing more arrives' is meaningful)."""
     start = src.polls
-    await until(lambda: src.polls >= start + n, timeout, f"{n} more polls of {src.cfg.name}")
+    await until(lambda: src.polls >= start + n, timeout=timeout, what=f"{n} more polls of {src.cfg.name}")
 
 
 @pytest.fixture
@@ -137,7 +133,7 @@ def qradar():
 
 
 def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
+    return harness.run_async(coro, 60)
 
 
 def unique(keys):
