@@ -3,6 +3,7 @@ per-sink queues, dead letters for unrenderable events, and caps under the block 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -13,7 +14,7 @@ from relay.config import loads
 from relay.metrics import REGISTRY
 from relay.pipeline import GroupCommitter, Pipeline, _groups
 from relay.queue import DiskQueue
-from tests.harness import sigma_line
+from tests.harness import sigma_line, until
 
 CFG = '''
 [sources.tcp]
@@ -41,6 +42,28 @@ def sigma(n: int, risk: int) -> bytes:
     """A minimal SigmaIncident: id and risk score in the SD, only the id in the body."""
     return sigma_line(f"INC-{n}", risk, actor=None, entity=None, status=None, alarm_count=None,
                       body={"incident_id": f"INC-{n}"})
+
+
+@contextlib.contextmanager
+def draining(q: DiskQueue, batch: int, pause: float):
+    """A consumer thread for the block: leases up to ``batch`` rows, acks them, sleeps
+    ``pause`` s, again; yields the list of payloads it took."""
+    got: list = []
+    stop = threading.Event()
+
+    def consume():
+        while not stop.is_set():
+            items = q.lease(batch)
+            got.extend(i.payload for i in items)
+            q.ack(items)
+            time.sleep(pause)
+    t = threading.Thread(target=consume)
+    t.start()
+    try:
+        yield got
+    finally:
+        stop.set()
+        t.join()
 
 
 def make(tmp_path, loop, **qargs):
@@ -120,23 +143,9 @@ def test_block_policy_with_merged_batches_larger_than_the_cap(tmp_path):
         q = DiskQueue(tmp_path / "q.db", max_rows=10, full_policy="block")
         c = GroupCommitter("s", q, loop, retry_interval=0.02)
         futs = [c.submit([(f"{b}-{i}".encode(), None) for i in range(8)]) for b in range(3)]
-        got: list = []
-        stop = threading.Event()
-
-        def consume():
-            while not stop.is_set():
-                items = q.lease(4)
-                got.extend(i.payload for i in items)
-                q.ack(items)
-                time.sleep(0.01)
-        t = threading.Thread(target=consume)
-        t.start()
-        await asyncio.wait_for(asyncio.gather(*futs), 20)
-        deadline = time.monotonic() + 10
-        while len(got) < 24 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        stop.set()
-        t.join()
+        with draining(q, 4, 0.01) as got:
+            await asyncio.wait_for(asyncio.gather(*futs), 20)
+            await until(lambda: len(got) >= 24, 10, what="the consumer to take all 24 rows")
         c.close()
         assert sorted(got) == sorted(f"{b}-{i}".encode() for b in range(3) for i in range(8))
     asyncio.run(main())
@@ -164,23 +173,9 @@ def test_committer_takes_rows_packed_by_the_workers(tmp_path, max_rows):
         enqueued = REGISTRY.value("relay_enqueued_total", sink="s")    # process-global: count the difference
         payloads = [b"ev-%04d" % i for i in range(600)]
         fut = c.submit_rows(pack_rows(payloads, [b'{"i":%d}' % i for i in range(600)]))
-        got: list = []
-        stop = threading.Event()
-
-        def consume():
-            while not stop.is_set():
-                items = q.lease(40)
-                got.extend(i.payload for i in items)
-                q.ack(items)
-                time.sleep(0.005)
-        t = threading.Thread(target=consume)
-        t.start()
-        await asyncio.wait_for(fut, 20)
-        deadline = time.monotonic() + 10
-        while len(got) < 600 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        stop.set()
-        t.join()
+        with draining(q, 40, 0.005) as got:
+            await asyncio.wait_for(fut, 20)
+            await until(lambda: len(got) >= 600, 10, what="the consumer to take all 600 rows")
         c.close()
         assert got == payloads
         assert REGISTRY.value("relay_enqueued_total", sink="s") - enqueued >= 600
