@@ -4,6 +4,7 @@ DiskQueue in tmp_path.  Every wait has a deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -104,6 +105,20 @@ def qradar_source(h: Harness, emu: QradarEmulator, name: str = "qradar", **keys)
     return Q.QradarOffenseSource(sc, h.pipeline)
 
 
+@contextlib.asynccontextmanager
+async def pulling(tmp_path: Path, make, *args, **keys):
+    """A started pull source ``make(h, *args, **keys)`` on a fresh :class:`Harness` ``h``;
+    yields ``(h, src)``; at the end the source is stopped and the harness closed."""
+    h = Harness(tmp_path).open()
+    src = make(h, *args, **keys)
+    await src.start()
+    try:
+        yield h, src
+    finally:
+        await src.stop()
+        h.close()
+
+
 # waits here: 10 s unless a test says otherwise
 until = functools.partial(harness.until, timeout=10.0)
 
@@ -145,15 +160,9 @@ def test_falcon_alerts_paged_each_once_leef(tmp_path, secrets_env, falcon):
     falcon.add_alerts(37)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon) as (h, src):
             await until(lambda: len(h.rows()) >= 37, what="37 alerts queued")
             await polls(src, 3)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     rows = h.rows()
@@ -180,14 +189,8 @@ def test_falcon_exact_multiple_of_page_size_stops_at_total(tmp_path, secrets_env
     falcon.add_alerts(30)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon, poll_interval=30.0)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon, poll_interval=30.0) as (h, src):
             await until(lambda: src.polls >= 1, what="one poll")
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     assert len(h.rows()) == 30
@@ -208,15 +211,9 @@ def test_falcon_total_grows_while_paging(tmp_path, secrets_env, falcon):
     falcon.on_query = grow
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon) as (h, src):
             await until(lambda: len(h.rows()) >= 31, what="31 alerts")
             await polls(src, 3)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     keys = h.keys()
@@ -230,18 +227,12 @@ def test_falcon_late_alert_inside_overlap_once(tmp_path, secrets_env, falcon):
     falcon.add_alerts(10, start=now - 50, step=1)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon, overlap=300.0)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon, overlap=300.0) as (h, src):
             await until(lambda: len(h.rows()) >= 10, what="10 alerts")
             late = falcon.add_alert(now - 45.5)     # created before the cursor: visible only now
             await until(lambda: len(h.rows()) >= 11, what="the late alert")
             await polls(src, 4)
             return h, late
-        finally:
-            await src.stop()
-            h.close()
     h, late = run(main())
     keys = h.keys()
     assert len(keys) == 11 and unique(keys)
@@ -256,15 +247,9 @@ def test_falcon_user_filter_is_anded_with_encoded_plus(tmp_path, secrets_env, fa
     falcon.add_alerts(4, product="idp")
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon, filter="product:'epp'")
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon, filter="product:'epp'") as (h, src):
             await until(lambda: len(h.rows()) >= 5, what="5 epp alerts")
             await polls(src, 2)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     assert len(h.rows()) == 5
@@ -278,10 +263,7 @@ def test_falcon_token_expiry_and_revocation_mid_run(tmp_path, secrets_env, caplo
         falcon.add_alerts(5)
 
         async def main():
-            h = Harness(tmp_path).open()
-            src = falcon_source(h, falcon, poll_interval=0.1, renew_window=0.0)
-            await src.start()
-            try:
+            async with pulling(tmp_path, falcon_source, falcon, poll_interval=0.1, renew_window=0.0) as (h, src):
                 await until(lambda: len(h.rows()) >= 5, what="first alerts")
                 for i in range(3):                  # tokens expire while polling continues
                     await asyncio.sleep(0.5)
@@ -295,9 +277,6 @@ def test_falcon_token_expiry_and_revocation_mid_run(tmp_path, secrets_env, caplo
                 assert src.tokens_minted > minted
                 assert src.blocked is None
                 return h, src
-            finally:
-                await src.stop()
-                h.close()
         h, src = run(main())
         assert unique(h.keys()) and len(h.keys()) == 9
         assert src.tokens_minted >= 3
@@ -310,16 +289,10 @@ def test_falcon_401_twice_blocks_with_alert_no_tight_loop(tmp_path, secrets_env,
     falcon.fail(401, count=None, op="query")
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon) as (h, src):
             await until(lambda: src.blocked, what="the source blocks")
             await asyncio.sleep(0.5)
             return h, src
-        finally:
-            await src.stop()
-            h.close()
     h, src = run(main())
     assert h.rows() == []
     assert falcon.stats["token_ok"] == 2          # the first token + ONE refresh, then stop
@@ -334,16 +307,10 @@ def test_falcon_bad_secret_403_blocks(tmp_path, monkeypatch, falcon, caplog):
     falcon.add_alerts(3)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon) as (h, src):
             await until(lambda: src.blocked, what="the source blocks")
             await asyncio.sleep(0.3)
             return h, src
-        finally:
-            await src.stop()
-            h.close()
     h, src = run(main())
     assert falcon.stats["token_403"] == 1 and falcon.stats["query"] == 0
     assert "403" in src.blocked and "ALERT" in caplog.text
@@ -418,10 +385,7 @@ def test_falcon_retries_exhausted_cursor_not_advanced_then_recovers(tmp_path, se
     falcon.fail(502, count=None, op="entities")
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon, max_retries=2)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon, max_retries=2) as (h, src):
             await until(lambda: falcon.stats["fault_502"] >= 6, what="two failed polls")
             assert h.rows() == [] and src.last_error and "502" in src.last_error
             assert not (h.state / "falcon-falcon.json").exists()
@@ -429,9 +393,6 @@ def test_falcon_retries_exhausted_cursor_not_advanced_then_recovers(tmp_path, se
             src.poll_now()
             await until(lambda: len(h.rows()) >= 6, timeout=15, what="recovery")
             return h
-        finally:
-            await src.stop()
-            h.close()
     h = run(main())
     assert len(h.rows()) == 6 and unique(h.keys())
 
@@ -614,15 +575,9 @@ def test_qradar_offenses_paged_by_range_each_created_once(tmp_path, secrets_env,
     qradar.add_offenses(23)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar)
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar) as (h, src):
             await until(lambda: len(h.rows()) >= 23, what="23 offenses")
             await polls(src, 3)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     rows = h.rows()
@@ -643,19 +598,13 @@ def test_qradar_updates_and_closes(tmp_path, secrets_env, qradar):
     ids = [o["id"] for o in qradar.add_offenses(6)]
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar)
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar) as (h, src):
             await until(lambda: len(h.rows()) >= 6, what="6 created")
             qradar.update_offense(ids[1], magnitude=9)
             qradar.update_offense(ids[4])
             qradar.close_offense(ids[2])
             await until(lambda: len(h.rows()) >= 9, what="2 updates and a close")
             await polls(src, 4)                       # overlap re-reads produce nothing
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     rows = h.rows()
@@ -676,15 +625,9 @@ def test_qradar_offense_updated_while_paging_nothing_skipped(tmp_path, secrets_e
     qradar.on_request = meddle
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar)
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar) as (h, src):
             await until(lambda: len(h.rows()) >= 18, what="17 created + 1 updated")
             await polls(src, 3)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     events = [(fields(r)["dedup_key"], fields(r)["event"]) for r in h.rows()]
@@ -698,16 +641,10 @@ def test_qradar_wrong_sec_401_blocks_with_alert(tmp_path, monkeypatch, qradar, c
     qradar.add_offenses(2)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar)
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar) as (h, src):
             await until(lambda: src.blocked, what="blocked")
             await asyncio.sleep(0.3)
             return h, src
-        finally:
-            await src.stop()
-            h.close()
     h, src = run(main())
     assert h.rows() == [] and qradar.stats["401"] == 1 and qradar.stats["list"] == 0
     assert "401" in src.blocked and "ALERT source qradar" in caplog.text
@@ -718,15 +655,9 @@ def test_qradar_bad_filter_422_blocks(tmp_path, secrets_env, qradar, caplog):
     qradar.add_offenses(2)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar, filter="no_such_field = 3")
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar, filter="no_such_field = 3") as (h, src):
             await until(lambda: src.blocked, what="blocked")
             return src
-        finally:
-            await src.stop()
-            h.close()
     src = run(main())
     assert "422" in src.blocked and "1010" in src.blocked
 
@@ -737,15 +668,9 @@ def test_qradar_user_filter_and_500_retried(tmp_path, secrets_env, qradar):
     qradar.fail(500, count=3)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar, filter="magnitude >= 5")
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar, filter="magnitude >= 5") as (h, src):
             await until(lambda: len(h.rows()) >= 4, what="4 offenses")
             await polls(src, 2)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     assert len(h.rows()) == 4 and qradar.stats["fault_500"] == 3
