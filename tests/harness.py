@@ -176,15 +176,12 @@ def send_tcp(port: int, messages, *, octet: bool = False, timeout: float = 10.0,
 
 
 def seq_of(x) -> int:
-    """The sequence number of a test message: a queue row whose metadata has ``seq``, else the
-    complete, intact JSON rendering (sink format json) of a ``sigma_line(f"INC-{seq:08d}", ...,
-    sd={"seq": seq})``, given as the line or as a queue row holding it.  Raises when the line
-    is not one of those."""
+    """The sequence number of a test message: ``meta["seq"]`` of a queue row (the rows
+    tests/test_queue.py writes), or, given a delivered line (bytes or str), the sequence number
+    of the complete, intact JSON rendering (sink format json) of a
+    ``sigma_line(f"INC-{seq:08d}", ..., sd={"seq": seq})``.  Raises when it is neither."""
     if not isinstance(x, (bytes, bytearray, memoryview, str)):
-        meta = getattr(x, "meta", None)
-        if isinstance(meta, dict) and "seq" in meta:
-            return meta["seq"]
-        x = x.payload
+        return x.meta["seq"]
     ev = orjson.loads(x)["event"]
     seq = int(ev["extra"]["seq"])
     assert ev["id"] == "INC-%08d" % seq, bytes(x[:300])
@@ -223,7 +220,7 @@ def relay_cli(*args, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*relay_command(), *map(str, args)], capture_output=True, timeout=timeout, **kw)
 
 
-def _kill(proc: subprocess.Popen, term_timeout: float) -> int | None:
+def stop_process(proc: subprocess.Popen, term_timeout: float) -> int | None:
     """SIGTERM, wait up to ``term_timeout`` s, then SIGKILL.  Returns the exit code (None if it
     could not be reaped, which should not happen)."""
     if proc.poll() is not None:
@@ -349,7 +346,7 @@ class RelayProcess:
         """SIGTERM (graceful drain), SIGKILL after ``timeout`` (default ``stop_timeout``) s.
         Returns the exit code; again the same one when it already stopped."""
         if self.proc is not None and self.returncode is None:
-            self.returncode = _kill(self.proc, self.stop_timeout if timeout is None else timeout)
+            self.returncode = stop_process(self.proc, self.stop_timeout if timeout is None else timeout)
         self._close_log()
         return self.returncode
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import LOOPBACK, REPO, _kill, free_port, send_tcp, wait_until
+from tests.harness import LOOPBACK, REPO, free_port, send_tcp, stop_process, wait_until
 
 __all__ = ["Rsyslog", "rsyslogd_path", "loggen_path", "run_loggen", "LoggenResult", "logger_path", "logger_send",
            "needs_rsyslog", "needs_loggen", "needs_logger"]
@@ -167,12 +167,12 @@ def run_loggen(port: int, *, number: int, rate: int = 10000, stream: bool = True
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill(proc, 2)
+        stop_process(proc, 2)
         out, _ = proc.communicate(timeout=10)
         raise TimeoutError(f"loggen did not finish in {timeout} s: {out.decode(errors='replace')[-2000:]}") from None
     finally:
         if proc.poll() is None:
-            _kill(proc, 2)
+            stop_process(proc, 2)
     return LoggenResult(proc.returncode, out.decode("utf-8", "replace"))
 
 
@@ -300,7 +300,7 @@ class Rsyslog:
     def stop(self) -> int | None:
         rc = None
         if self.proc is not None:
-            rc = _kill(self.proc, self.stop_timeout)
+            rc = stop_process(self.proc, self.stop_timeout)
         if self._out is not None:
             self._out.close()
             self._out = None

@@ -73,7 +73,7 @@ def queued_seqs(db: Path) -> list[int]:
                 shutil.copyfile(str(db) + suffix, str(tmp / db.name) + suffix)
         q = DiskQueue(str(tmp / db.name), check=False)   # a copy: recovery cannot touch the original
         try:
-            return [seq_of(item) for item in q.list(limit=10 ** 9)]
+            return [seq_of(item.payload) for item in q.list(limit=10 ** 9)]
         finally:
             q.close()
     finally:
