@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.harness import relay_cli
+
 ROOT = Path(__file__).resolve().parents[1]
-RELAY = str(Path(sys.executable).parent / "relay")
 
 SIGMA = ('<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created [incident@32473 '
          'id="INC-7601d999" actor="jdoe" risk_score="82"] {"incident_id":"INC-7601d999"}')
@@ -22,8 +21,8 @@ SYSLOG_KEYS = {"format", "pri", "facility", "severity", "version", "timestamp", 
 
 
 def run(*args, stdin: bytes | None = None, check_rc: int | None = None):
-    p = subprocess.run([RELAY, "test-parse", *args], input=stdin, capture_output=True, timeout=60,
-                       env={**os.environ, "PYTHONUTF8": "1"})
+    p = relay_cli("test-parse", *args, input=stdin, timeout=60,
+                  env={**os.environ, "PYTHONUTF8": "1"})
     if check_rc is not None:
         assert p.returncode == check_rc, (p.returncode, p.stdout, p.stderr)
     return p
@@ -132,7 +131,7 @@ def test_non_utf8_input_is_json_safe():
 
 
 def test_version():
-    p = subprocess.run([RELAY, "--version"], capture_output=True, timeout=30)
+    p = relay_cli("--version")
     from relay import __version__
     assert p.returncode == 0 and p.stdout.decode().strip() == f"relay {__version__}"
 
@@ -192,5 +191,5 @@ format = "json"
     human = run("--config", str(cfg), SIGMA, check_rc=0).stdout.decode()
     assert "risk_score >= 70  ->  true" in human and "CEF:0|" in human
     # validate still insists on the credential
-    p = subprocess.run([RELAY.replace("relay", "relay"), "validate", str(cfg)], capture_output=True, timeout=60)
+    p = relay_cli("validate", cfg, timeout=60)
     assert p.returncode == 2 and b"RELAY_TEST_UNSET_KEY is not set" in p.stderr

@@ -1,16 +1,14 @@
 """Config loading: every error names the file, the key path and what is wrong."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from relay.config import ConfigError, load, loads, parse_address
+from tests.harness import relay_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-RELAY = str(Path(sys.executable).parent / "relay")
 
 GOOD = '''
 [sources.tcp]
@@ -114,11 +112,11 @@ def test_allowlist_matching():
 def test_validate_command(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text(GOOD)
-    p = subprocess.run([RELAY, "validate", str(good)], capture_output=True, timeout=60)
+    p = relay_cli("validate", good, timeout=60)
     assert p.returncode == 0 and b"valid: 1 source(s), 1 route(s), 1 sink(s)" in p.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace('"file"', '"fil"'))
-    p = subprocess.run([RELAY, "validate", str(bad)], capture_output=True, timeout=60)
+    p = relay_cli("validate", bad, timeout=60)
     assert p.returncode == 2 and f"{bad}: sinks.out.type:".encode() in p.stderr
-    p = subprocess.run([RELAY, "validate", str(tmp_path / "missing.toml")], capture_output=True, timeout=60)
+    p = relay_cli("validate", tmp_path / "missing.toml", timeout=60)
     assert p.returncode == 2 and b"file not found" in p.stderr

@@ -20,8 +20,8 @@ from the batch in flight.  A full disk and a corrupted queue file each have a te
   relay starts, logs it, moves the file aside, counts relay_queue_recovered_total, delivers.
 
 Everything runs on 127.0.0.1; every wait has a deadline; every relay process is killed in
-teardown.  The helpers are private to this module on purpose (tests/peers.py was not committed
-when this was written and its stand-in has no slow/outage mode).
+teardown.  The relay process, ports, waits and messages come from tests/harness.py; the sink
+stand-in is this module's own (the shared QRadar stand-in has no slow/outage mode).
 """
 from __future__ import annotations
 
@@ -30,31 +30,23 @@ import errno
 import fcntl
 import glob
 import os
-import re
 import shutil
-import signal
 import socket
-import sqlite3
 import struct
 import subprocess
 import sys
 import termios
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import orjson
 import pytest
 
 from relay.queue import DiskQueue
+from tests.harness import LOOPBACK, free_port, seq_of, sigma_line, wait_until
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parent.parent
-RELAY_BIN = REPO / ".venv" / "bin" / "relay"
-LOOPBACK = "127.0.0.1"
 SINK = "siem"                      # the sink's name in every config below
 _INT = struct.Struct("i")
 SETTLE_DELAY = 1.0                 # relay/sinks/syslog.py default: a batch is acked in the
@@ -63,41 +55,11 @@ SETTLE_DELAY = 1.0                 # relay/sinks/syslog.py default: a batch is a
 
 # ============================================================================ small helpers
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def wait_until(pred, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 def message(seq: int) -> bytes:
-    """A RhythmX SigmaIncident in RFC 5424 with the sequence number in the SD (``seq``) and in
-    the incident id, LF-terminated."""
-    return (b'<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created '
-            b'[incident@32473 id="INC-%08d" actor="jdoe" entity="Primary Site" status="OPEN" '
-            b'risk_score="82" alarm_count="12" sigma_alert_count="3" threat_case_count="1" '
-            b'seq="%d"] {"incident_id":"INC-%08d","risk_score":82,"seq":%d}\n' % (seq, seq, seq, seq))
-
-
-def seq_of(line: bytes) -> int:
-    """The sequence number of one delivered line (sink format json).  Raises when the line is
-    not the complete, intact JSON rendering of one of our messages."""
-    obj = orjson.loads(line)
-    ev = obj["event"]
-    seq = int(ev["extra"]["seq"])
-    assert ev["id"] == "INC-%08d" % seq, line[:300]
-    assert ev["product"] == "SigmaIncident", line[:300]
-    return seq
+    """A RhythmX SigmaIncident in RFC 5424 with the sequence number in the SD (``seq``), the
+    body and the incident id, LF-terminated (:func:`tests.harness.seq_of` reads it back)."""
+    return sigma_line("INC-%08d" % seq, 82, sd={"sigma_alert_count": "3", "threat_case_count": "1", "seq": seq},
+                      body_extra={"seq": seq}) + b"\n"
 
 
 def queued_seqs(db: Path) -> list[int]:
@@ -116,22 +78,6 @@ def queued_seqs(db: Path) -> list[int]:
             q.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_metrics(text: str) -> dict:
-    out: dict = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m:
-            name, labels, value = m.groups()
-            out[(name, tuple(sorted(_LABEL.findall(labels or ""))))] = float(value)
-    return out
 
 
 def config(*, src_port: int, metrics_port: int, sink_port: int, state_dir: Path,
@@ -168,95 +114,6 @@ format = "json"
 batch_size = {batch_size}
 connect_timeout = 2.0
 """
-
-
-class Relay:
-    """``relay run --config`` as a subprocess; each start logs to its own file."""
-
-    def __init__(self, workdir: Path, config_text: str, metrics_port: int) -> None:
-        self.workdir = workdir
-        self.config_path = workdir / "relay.toml"
-        self.config_path.write_text(config_text)
-        self.metrics_port = metrics_port
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        self._log = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"relay-{self.starts}.log"
-
-    def start(self, ready_timeout: float = 30.0) -> "Relay":
-        if not RELAY_BIN.exists():
-            pytest.skip(f"{RELAY_BIN} missing: run ./scripts/setup --test")
-        assert self.proc is None or self.proc.poll() is not None
-        self.starts += 1
-        self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("NOTIFY_SOCKET", None)
-        self.proc = subprocess.Popen([str(RELAY_BIN), "run", "--config", str(self.config_path)],
-                                     cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"relay exited with {self.proc.returncode} before ready:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                if self.ready()[0] == 200:
-                    return self
-            if time.monotonic() > deadline:
-                raise AssertionError(f"relay not ready after {ready_timeout} s:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def http(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.metrics_port}{path}",  # noqa: S310
-                                        timeout=timeout) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def ready(self) -> tuple[int, str]:
-        return self.http("/ready", timeout=2.0)
-
-    def metric(self, name: str, **labels) -> float:
-        """Sum of the samples of ``name`` whose labels include ``labels``."""
-        status, body = self.http("/metrics")
-        assert status == 200, body
-        want = {(k, str(v)) for k, v in labels.items()}
-        return sum(v for (n, lab), v in parse_metrics(body).items()
-                   if n == name and want <= set(lab) and v == v)  # v == v: skip NaN
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._close_log()
-
-    def terminate(self, timeout: float) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._close_log()
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log(self, start: int | None = None) -> str:
-        paths = [self.workdir / f"relay-{start}.log"] if start else sorted(self.workdir.glob("relay-*.log"))
-        return "".join(p.read_text(errors="replace") for p in paths if p.exists())
 
 
 # ============================================================================ sink stand-in
@@ -499,7 +356,8 @@ def send_all(port: int, messages: list[bytes], timeout: float = 60) -> None:
 
 @pytest.fixture
 def cleanup():
-    """Things to close at teardown, in reverse order (relays, sinks, threads)."""
+    """Things to close at teardown, in reverse order (sinks, threads, sockets, mounts); the
+    relays are make_relay's, stopped before these."""
     items: list = []
     yield items
     for it in reversed(items):
@@ -516,7 +374,7 @@ N_EVENTS = 50_000
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup, workers):
+def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup, make_relay, workers):
     """Two SIGKILLs: the first while the relay is still reading the 50,000 events (accepted =
     what is in its queue file or already at the sink; that must include everything its
     relay_enqueued_total counted), the second while it delivers them to a slow sink that goes
@@ -525,9 +383,8 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup,
     src, met, snk = free_port(), free_port(), free_port()
     state = tmp_path / "state"
     db = state / f"queue-{SINK}.db"
-    relay = Relay(tmp_path, config(src_port=src, metrics_port=met, sink_port=snk, state_dir=state,
-                                   workers=workers), met)
-    cleanup.append(relay)
+    relay = make_relay(config(src_port=src, metrics_port=met, sink_port=snk, state_dir=state,
+                                   workers=workers), met, ready_timeout=30.0)
     sink = FlakySlowSink(snk, rate=3_000_000)
     cleanup.append(sink)
     outages = Outages(sink, period=4.0, duration=1.0, count=5)
@@ -541,7 +398,7 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup,
         relay.kill()
         # the dead relay's kernel still flushes its socket send buffer to the stand-in, then
         # closes: wait for that, those lines are part of this break's window
-        wait_until(lambda: sink.open_connections() == 0, 30, "the stand-in to see the relay's connection end")
+        wait_until(lambda: sink.open_connections() == 0, 30, what="the stand-in to see the relay's connection end")
         kills.append((t, time.monotonic()))
 
     # -- phase 1: SIGKILL while the relay is still reading the events
@@ -550,7 +407,7 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup,
     sender = Sender(src, messages)
     sender.start()
     enq = wait_until(lambda: (v := relay.metric("relay_enqueued_total", sink=SINK)) >= 15_000 and v,
-                     60, "15,000 events enqueued", interval=0.02)
+                     60, what="15,000 events enqueued", interval=0.02)
     kill_relay()
     sender.join(15)
     assert not sender.is_alive()
@@ -570,8 +427,8 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup,
     relay.start()
     send_all(src, messages[k:])
     wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= N_EVENTS - k, 60,
-               "the re-sent events to be enqueued")
-    wait_until(lambda: len(sink.seqs()) >= 0.3 * N_EVENTS, 90, "30% delivered", interval=0.2)
+               what="the re-sent events to be enqueued")
+    wait_until(lambda: len(sink.seqs()) >= 0.3 * N_EVENTS, 90, what="30% delivered", interval=0.2)
     delivered = len(sink.seqs())
     assert delivered <= 0.85 * N_EVENTS, (
         f"{delivered} of {N_EVENTS} already delivered: the sink is too fast for a kill while delivering")
@@ -586,13 +443,13 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup,
     # -- phase 3: restart and let it drain (the sink a bit faster now, still going down)
     sink.rate = 6_000_000
     relay.start()
-    wait_until(lambda: len(sink.seqs()) >= N_EVENTS, 150, "every event at the sink", interval=0.5)
+    wait_until(lambda: len(sink.seqs()) >= N_EVENTS, 150, what="every event at the sink", interval=0.5)
     outages.stop()
     with outages.lock:
         pass
-    wait_until(lambda: relay.metric("relay_queue_depth", sink=SINK) == 0, 30, "the relay's queue to be empty")
+    wait_until(lambda: relay.metric("relay_queue_depth", sink=SINK) == 0, 30, what="the relay's queue to be empty")
     assert relay.metric("relay_dead_lettered_total", sink=SINK) == 0
-    assert relay.terminate(timeout=20) == 0
+    assert relay.stop(timeout=20) == 0
     sink.close()
     t_end = time.monotonic()
 
@@ -636,24 +493,23 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup,
 
 # ============================================================================ SIGTERM
 
-def test_sigterm_drains_exits_zero_and_restart_delivers_the_rest(tmp_path, cleanup):
+def test_sigterm_drains_exits_zero_and_restart_delivers_the_rest(tmp_path, cleanup, make_relay):
     n = 8000
     drain = 3.0
     src, met, snk = free_port(), free_port(), free_port()
     state = tmp_path / "state"
-    relay = Relay(tmp_path, config(src_port=src, metrics_port=met, sink_port=snk, state_dir=state,
-                                   drain_timeout=drain), met)
-    cleanup.append(relay)
+    relay = make_relay(config(src_port=src, metrics_port=met, sink_port=snk, state_dir=state,
+                                   drain_timeout=drain), met, ready_timeout=30.0)
     # ~400 events/s: SIGTERM comes long before the end, even counting the megabytes that sit
     # in the socket buffers (the kernel still delivers those after the relay exited)
     sink = FlakySlowSink(snk, rate=400_000)
     cleanup.append(sink)
     relay.start()
     send_all(src, [message(i) for i in range(n)])
-    wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= n, 30, "all enqueued")
-    wait_until(lambda: sink.count() >= 500, 30, "delivery to start")
+    wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= n, 30, what="all enqueued")
+    wait_until(lambda: sink.count() >= 500, 30, what="delivery to start")
     t0 = time.monotonic()
-    rc = relay.terminate(timeout=drain + 15)
+    rc = relay.stop(timeout=drain + 15)
     took = time.monotonic() - t0
     log1 = relay.log(1)
     print(f"\nSIGTERM: exit {rc} after {took:.2f} s (drain_timeout {drain} s); sink had {len(sink.seqs())}")
@@ -661,17 +517,17 @@ def test_sigterm_drains_exits_zero_and_restart_delivers_the_rest(tmp_path, clean
     assert took <= drain + 4.0, f"stopping took {took:.1f} s with drain_timeout = {drain}"
     assert "stopping: draining" in log1
     sink.rate = None        # the kernel flushes what the relay had written; no need to wait slowly
-    wait_until(lambda: sink.open_connections() == 0, 20, "the relay's connection to end")
+    wait_until(lambda: sink.open_connections() == 0, 20, what="the relay's connection to end")
     at_sink = sink.seqs()
     in_db = queued_seqs(state / f"queue-{SINK}.db")
     assert len(at_sink) < n, "everything was delivered before SIGTERM: the restart is not exercised"
     assert set(range(n)) - at_sink <= set(in_db), "undelivered events are not in the queue"
     assert set(range(n)) <= at_sink | set(in_db), "events lost at SIGTERM"
     relay.start()
-    wait_until(lambda: len(sink.seqs()) >= n, 60, "every event at the sink after restart", interval=0.2)
+    wait_until(lambda: len(sink.seqs()) >= n, 60, what="every event at the sink after restart", interval=0.2)
     assert sink.seqs() == set(range(n))
-    wait_until(lambda: relay.metric("relay_queue_depth", sink=SINK) == 0, 20, "an empty queue")
-    assert relay.terminate(timeout=15) == 0
+    wait_until(lambda: relay.metric("relay_queue_depth", sink=SINK) == 0, 20, what="an empty queue")
+    assert relay.stop(timeout=15) == 0
     print(f"after restart: {sink.count()} lines, {sink.count() - n} duplicates")
 
 
@@ -705,7 +561,7 @@ class _Unmount:
 # loop, and the queue never drains.  That case turns into an expected failure only when the
 # log shows exactly that signature; anything else fails the test.
 @pytest.mark.parametrize("limit", ["disk", "max_bytes"])
-def test_full_disk_blocks_sources_and_recovers(tmp_path, cleanup, limit):
+def test_full_disk_blocks_sources_and_recovers(tmp_path, cleanup, make_relay, limit):
     """state_dir on a tiny tmpfs, the sink down.  ``disk``: 2 MiB, the disk itself fills up.
     ``max_bytes``: 16 MiB with [relay.queue] max_bytes = 3 MB, the documented way to stop
     before the disk is full.  Either way the relay must stay up, say it is not ready, stop
@@ -713,11 +569,10 @@ def test_full_disk_blocks_sources_and_recovers(tmp_path, cleanup, limit):
     sink is back, then take new traffic."""
     mnt = tmp_path / "tiny"
     mount_tmpfs(mnt, "2m" if limit == "disk" else "16m")
-    cleanup.append(_Unmount(mnt))       # closed last: after the relay is dead
+    cleanup.append(_Unmount(mnt))       # closed after make_relay stopped the relay
     src, met, snk = free_port(), free_port(), free_port()   # nothing listens on snk yet
-    relay = Relay(tmp_path, config(src_port=src, metrics_port=met, sink_port=snk, state_dir=mnt / "state",
-                                   max_bytes=3_000_000 if limit == "max_bytes" else None), met)
-    cleanup.append(relay)
+    relay = make_relay(config(src_port=src, metrics_port=met, sink_port=snk, state_dir=mnt / "state",
+                                   max_bytes=3_000_000 if limit == "max_bytes" else None), met, ready_timeout=30.0)
     relay.start()
 
     # push until the relay stops reading (non-blocking socket: nothing can hang)
@@ -752,7 +607,7 @@ def test_full_disk_blocks_sources_and_recovers(tmp_path, cleanup, limit):
 
     # blocked, alive, not ready, said why
     assert relay.alive(), relay.log()[-3000:]
-    status, body = wait_until(lambda: (r := relay.ready())[0] == 503 and r, 10, "/ready to answer 503")
+    status, body = wait_until(lambda: (r := relay.ready())[0] == 503 and r, 10, what="/ready to answer 503")
     assert "queue full" in body, body
     log = relay.log()
     assert "queue cannot take more events" in log, log[-3000:]
@@ -776,7 +631,7 @@ def test_full_disk_blocks_sources_and_recovers(tmp_path, cleanup, limit):
     # 2 minutes); a few failed acks while space is being reclaimed are normal (their rows are
     # re-sent, counted as duplicates below).
     wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= i, 120,
-               f"the {i} whole messages to be enqueued")
+               what=f"the {i} whole messages to be enqueued")
     assert relay.log().count("ack failed") < 20, relay.log()[-3000:]
     sock.setblocking(True)
     sock.settimeout(30)
@@ -784,35 +639,35 @@ def test_full_disk_blocks_sources_and_recovers(tmp_path, cleanup, limit):
         sock.sendall(msgs[i][off:])
     sock.close()
     wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= written, 30,
-               f"all {written} written events to be enqueued")
-    wait_until(lambda: len(sink.seqs()) >= written, 60, "every accepted event at the sink", interval=0.2)
+               what=f"all {written} written events to be enqueued")
+    wait_until(lambda: len(sink.seqs()) >= written, 60, what="every accepted event at the sink", interval=0.2)
     assert sink.seqs() == set(range(written))
-    wait_until(lambda: relay.ready()[0] == 200, 20, "/ready 200 again")
+    wait_until(lambda: relay.ready()[0] == 200, 20, what="/ready 200 again")
     # new traffic flows again
     send_all(src, [message(k) for k in range(written, written + 200)])
-    wait_until(lambda: len(sink.seqs()) >= written + 200, 60, "new traffic at the sink", interval=0.2)
+    wait_until(lambda: len(sink.seqs()) >= written + 200, 60, what="new traffic at the sink", interval=0.2)
     assert sink.seqs() == set(range(written + 200))
     assert relay.alive()
-    assert relay.terminate(timeout=20) == 0
+    assert relay.stop(timeout=20) == 0
     print(f"recovered: {written + 200} events delivered, {sink.count() - written - 200} duplicates")
 
 
 # ============================================================================ corrupted queue file
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupted_queue_file_is_moved_aside(tmp_path, cleanup, damage):
+def test_corrupted_queue_file_is_moved_aside(tmp_path, cleanup, make_relay, damage):
     src, met, snk = free_port(), free_port(), free_port()
     state = tmp_path / "state"
     db = state / f"queue-{SINK}.db"
-    relay = Relay(tmp_path, config(src_port=src, metrics_port=met, sink_port=snk, state_dir=state), met)
-    cleanup.append(relay)
+    relay = make_relay(config(src_port=src, metrics_port=met, sink_port=snk, state_dir=state), met,
+                       ready_timeout=30.0)
 
     # a queue with rows in it (the sink is down), stopped cleanly: the rows are in the main file
     old = 3000
     relay.start()
     send_all(src, [message(i) for i in range(old)])
-    wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= old, 30, "old events enqueued")
-    assert relay.terminate(timeout=20) == 0
+    wait_until(lambda: relay.metric("relay_enqueued_total", sink=SINK) >= old, 30, what="old events enqueued")
+    assert relay.stop(timeout=20) == 0
     size = db.stat().st_size
     assert size > 100_000 and len(queued_seqs(db)) == old
 
@@ -836,10 +691,10 @@ def test_corrupted_queue_file_is_moved_aside(tmp_path, cleanup, damage):
     assert relay.metric("relay_queue_recovered_total", sink=SINK) == 1
     new = list(range(100_000, 100_200))
     send_all(src, [message(i) for i in new])
-    wait_until(lambda: set(new) <= sink.seqs(), 30, "new traffic at the sink", interval=0.1)
+    wait_until(lambda: set(new) <= sink.seqs(), 30, what="new traffic at the sink", interval=0.1)
     salvaged = sink.seqs() - set(new)
     assert salvaged <= set(range(old)), "delivered something that was never sent"
     if damage == "garbage":
         assert not salvaged, "rows 'salvaged' from random bytes"
-    assert relay.terminate(timeout=20) == 0
+    assert relay.stop(timeout=20) == 0
     print(f"\n{damage}: moved aside to {[os.path.basename(p) for p in aside]}, {len(salvaged)} old rows salvaged")

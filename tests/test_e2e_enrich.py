@@ -15,39 +15,24 @@ import json
 import os
 import shutil
 import signal
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.emulators.xsoar import XsoarEmulator
-from tests.peers import LOOPBACK, RelayProcess, free_port, wait_until
+from tests.harness import LOOPBACK, free_port, sigma_line, wait_until
 
 pytestmark = pytest.mark.e2e
 
 KEY = "e2e-enrich-K3Y-0a1b2c"
 ENV = "RELAY_E2E_ENRICH_XSOAR_KEY"
-SDID = "incident@32473"
 EX = Path(__file__).resolve().parent.parent / "examples" / "lookups"
 
 
-def sigma_line(inc: str, risk: int, **body) -> bytes:
-    b = json.dumps({"incident_id": inc, "risk_score": risk, "title": f"Suspicious activity {inc}", **body},
-                   separators=(",", ":"))
-    return (f'<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created '
-            f'[{SDID} id="{inc}" actor="jdoe" entity="Primary Site" status="OPEN" risk_score="{risk}"] {b}').encode()
-
-
-def send_tcp(port: int, lines: list[bytes]) -> None:
-    with socket.create_connection((LOOPBACK, port), timeout=10) as s:
-        s.sendall(b"".join(line + b"\n" for line in lines))
-        s.shutdown(socket.SHUT_WR)
-        s.settimeout(5)
-        try:
-            s.recv(1)
-        except OSError:
-            pass
+def incident(inc: str, risk: int, **body) -> bytes:
+    """A SigmaIncident (no alarm_count) with a title and ``body`` in its JSON body."""
+    return sigma_line(inc, risk, alarm_count=None, body_extra={"title": f"Suspicious activity {inc}", **body})
 
 
 def relay_config(workdir: Path, emu: XsoarEmulator, *, tcp_port: int, metrics_port: int, mode: str,
@@ -118,13 +103,8 @@ path = "audit/triage.jsonl"
 
 
 @pytest.fixture
-def emu():
-    e = XsoarEmulator(api_key=KEY, auth_id="7")
-    e.start()
-    try:
-        yield e
-    finally:
-        e.close()
+def emu(make_xsoar):
+    return make_xsoar(api_key=KEY, auth_id="7")
 
 
 @pytest.fixture
@@ -137,12 +117,14 @@ def workdir(tmp_path, monkeypatch):
     return d
 
 
-def start(workdir: Path, emu: XsoarEmulator, mode: str, workers: int = 1):
-    tcp, metrics = free_port(), free_port()
-    proc = RelayProcess(workdir, relay_config(workdir, emu, tcp_port=tcp, metrics_port=metrics, mode=mode,
-                                              workers=workers), metrics)
-    proc.start()
-    return proc, tcp
+@pytest.fixture
+def start(workdir, emu, make_relay):
+    """``start(mode, workers=1)`` -> a started relay (a TCP source, the emulator as XSOAR sink)."""
+    def run(mode: str, workers: int = 1):
+        tcp, metrics = free_port(), free_port()
+        return make_relay(relay_config(workdir, emu, tcp_port=tcp, metrics_port=metrics, mode=mode, workers=workers),
+                          metrics, workdir, tcp_port=tcp).start()
+    return run
 
 
 def by_vendor_id(emu: XsoarEmulator) -> dict:
@@ -154,13 +136,13 @@ def audit_lines(workdir: Path) -> list[dict]:
     return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
 
 
-def test_a_assist_crown_jewel_with_ti_hit_reaches_xsoar_triaged(workdir, emu):
-    proc, port = start(workdir, emu, "assist")
+def test_a_assist_crown_jewel_with_ti_hit_reaches_xsoar_triaged(workdir, emu, start):
+    proc = start("assist")
     try:
-        send_tcp(port, [
-            sigma_line("INC-CJ", 75, src_ip="203.0.113.7", dst_ip="10.20.0.5", host="db-core-01"),
-            sigma_line("INC-PLAIN", 72, src_ip="192.0.2.1", dst_ip="10.99.0.1"),
-            sigma_line("INC-LOW", 20, dst_ip="10.20.0.5"),
+        proc.send([
+            incident("INC-CJ", 75, src_ip="203.0.113.7", dst_ip="10.20.0.5", host="db-core-01"),
+            incident("INC-PLAIN", 72, src_ip="192.0.2.1", dst_ip="10.99.0.1"),
+            incident("INC-LOW", 20, dst_ip="10.20.0.5"),
         ])
         proc.wait_metric("relay_sent_total", 2, 30, sink="xsoar")
         time.sleep(0.5)
@@ -188,15 +170,15 @@ def test_a_assist_crown_jewel_with_ti_hit_reaches_xsoar_triaged(workdir, emu):
     assert KEY not in (workdir / "audit" / "triage.jsonl").read_text() and KEY not in proc.stderr()
 
 
-def test_b_auto_escalation_route_with_workers(workdir, emu):
-    proc, port = start(workdir, emu, "auto", workers=2)
+def test_b_auto_escalation_route_with_workers(workdir, emu, start):
+    proc = start("auto", workers=2)
     try:
-        lines = [sigma_line("INC-ESC", 40, src_ip="203.0.113.7", dst_ip="10.20.0.5", host="db-core-01"),
-                 sigma_line("INC-NOESC", 40, src_ip="192.0.2.9", dst_ip="10.99.0.1")]
-        lines += [sigma_line(f"INC-N{i}", 30, dst_ip=f"10.30.0.{i}") for i in range(40)]
-        send_tcp(port, lines)
+        lines = [incident("INC-ESC", 40, src_ip="203.0.113.7", dst_ip="10.20.0.5", host="db-core-01"),
+                 incident("INC-NOESC", 40, src_ip="192.0.2.9", dst_ip="10.99.0.1")]
+        lines += [incident(f"INC-N{i}", 30, dst_ip=f"10.30.0.{i}") for i in range(40)]
+        proc.send(lines)
         proc.wait_metric("relay_sent_total", 1, 30, sink="xsoar")
-        wait_until(lambda: len(audit_lines(workdir)) >= 42, 10, 0.1, "42 audit lines")
+        wait_until(lambda: len(audit_lines(workdir)) >= 42, 10, interval=0.1, what="42 audit lines")
         time.sleep(0.5)
         incs = by_vendor_id(emu)
         assert set(incs) == {"INC-ESC"}
@@ -215,14 +197,14 @@ def test_b_auto_escalation_route_with_workers(workdir, emu):
     assert next(a for a in lines if a["vendor_id"] == "INC-NOESC")["result"]["escalation"] is None
 
 
-def test_c_sighup_reloads_a_changed_table(workdir, emu):
-    proc, port = start(workdir, emu, "assist")
+def test_c_sighup_reloads_a_changed_table(workdir, emu, start):
+    proc = start("assist")
     try:
         p = workdir / "lookups" / "assets.csv"
         p.write_text(p.read_text().replace("Database Team", "DBA On-Call"))
         os.kill(proc.proc.pid, signal.SIGHUP)
         proc.wait_metric("relay_config_reloads_total", 1, 10, result="applied")
-        send_tcp(port, [sigma_line("INC-R", 80, dst_ip="10.20.0.5")])
+        proc.send([incident("INC-R", 80, dst_ip="10.20.0.5")])
         proc.wait_metric("relay_sent_total", 1, 30, sink="xsoar")
         assert by_vendor_id(emu)["INC-R"]["CustomFields"]["relaytriageowner"] == "DBA On-Call"
     finally:

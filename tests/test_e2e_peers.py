@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from parsers import leef, rfc5424
-from tests.peers import (LOOPBACK, QradarStandIn, RelayProcess, Rsyslog, free_port, logger_send,
-                         needs_logger, needs_loggen, needs_rsyslog, run_loggen, wait_until)
+from tests.harness import LOOPBACK, QradarStandIn, WaitTimeout, free_port, sigma_line, wait_until
+from tests.peers import Rsyslog, logger_send, needs_logger, needs_loggen, needs_rsyslog, run_loggen
 
 pytestmark = pytest.mark.e2e
 
@@ -43,13 +43,10 @@ def forwarded(risk: int) -> bool:
     return risk >= 70
 
 
-def sigma_line(inc: str, risk: int, *, host: str = "rx-01", actor: str = "jdoe", msgid: str = "created",
-               pri: int = 137) -> bytes:
-    """One RFC 5424 RhythmX SigmaIncident message (like examples/samples/sigma_incidents.log)."""
-    body = json.dumps({"incident_id": inc, "risk_score": risk, "risk_level": "x"}, separators=(",", ":"))
-    return (f'<{pri}>1 2026-03-13T04:30:00.123Z {host} SigmaIncident 4242 {msgid} '
-            f'[{SDID} id="{inc}" actor="{actor}" entity="Primary Site" status="OPEN" risk_score="{risk}" '
-            f'alarm_count="12" sigma_alert_count="3" threat_case_count="1"] {body}').encode()
+def incident(inc: str, risk: int, **kw) -> bytes:
+    """One RFC 5424 RhythmX SigmaIncident message as in examples/samples/sigma_incidents.log."""
+    return sigma_line(inc, risk, sd={"sigma_alert_count": "3", "threat_case_count": "1"},
+                      body_extra={"risk_level": "x"}, **kw)
 
 
 # ----------------------------------------------------------------------------- relay set-up
@@ -104,17 +101,16 @@ format = "json"
 
 
 class Setup:
-    def __init__(self, tmp_path: Path, qradar_port: int) -> None:
+    def __init__(self, make_relay, tmp_path: Path, qradar_port: int) -> None:
         self.tmp_path = tmp_path
         self.tcp_port = free_port()
         self.udp_port = free_port()
         self.metrics_port = free_port()
         self.qradar_port = qradar_port
         self.archive = tmp_path / "relay" / "out" / "archive.jsonl"
-        self.relay = RelayProcess(tmp_path / "relay",
-                                  relay_config(tmp_path / "relay", tcp_port=self.tcp_port, udp_port=self.udp_port,
-                                               metrics_port=self.metrics_port, qradar_port=qradar_port),
-                                  self.metrics_port)
+        self.relay = make_relay(relay_config(tmp_path / "relay", tcp_port=self.tcp_port, udp_port=self.udp_port,
+                                             metrics_port=self.metrics_port, qradar_port=qradar_port),
+                                self.metrics_port, tmp_path / "relay", tcp_port=self.tcp_port)
 
     def archived(self) -> list[dict]:
         try:
@@ -125,9 +121,9 @@ class Setup:
 
     def wait_archived(self, n: int, timeout: float) -> list[dict]:
         try:
-            wait_until(lambda: len(self.archived()) >= n, timeout, 0.1, f"{n} archived events")
-        except TimeoutError as e:
-            raise TimeoutError(f"{e}: have {len(self.archived())}\n--- relay ---\n{self.relay.stderr()[-3000:]}") \
+            wait_until(lambda: len(self.archived()) >= n, timeout, interval=0.1, what=f"{n} archived events")
+        except WaitTimeout as e:
+            raise WaitTimeout(f"{e}: have {len(self.archived())}\n--- relay ---\n{self.relay.stderr()[-3000:]}") \
                 from None
         return self.archived()
 
@@ -137,22 +133,10 @@ class Setup:
 
 
 @pytest.fixture
-def qradar():
-    q = QradarStandIn()
-    try:
-        yield q
-    finally:
-        q.close()
-
-
-@pytest.fixture
-def setup(tmp_path, qradar):
-    s = Setup(tmp_path, qradar.port)
+def setup(tmp_path, qradar, make_relay):
+    s = Setup(make_relay, tmp_path, qradar.port)
     s.relay.start()
-    try:
-        yield s
-    finally:
-        s.relay.stop()
+    return s
 
 
 # ----------------------------------------------------------------------------- checks
@@ -272,7 +256,7 @@ def test_loggen_replays_5000_sigma_incidents_over_tcp(setup, qradar, tmp_path):
     risks = [35 if i % 5 == 0 else 70 + i % 31 for i in range(n)]   # every 5th low risk
     ids = [f"INC-LG-{i:06d}" for i in range(n)]
     template = tmp_path / "sigma_5000.log"
-    template.write_bytes(b"".join(sigma_line(inc, r, host=f"rx-{i % 7:02d}", actor=f"user{i % 13}") + b"\n"
+    template.write_bytes(b"".join(incident(inc, r, host=f"rx-{i % 7:02d}", actor=f"user{i % 13}") + b"\n"
                                   for i, (inc, r) in enumerate(zip(ids, risks))))
     res = run_loggen(setup.tcp_port, number=n, rate=20000, file=template, dont_parse=True, interval=60,
                      timeout=90)
@@ -332,7 +316,7 @@ def test_rsyslog_forwarder_octet_counted(setup, qradar, tmp_path):
         plan.append(("udp", f"INC-RS-U{i:04d}", 90 if i % 2 else 20, f"dmz-{i % 3}"))
     for i in range(50):
         plan.append(("file", f"INC-RS-F{i:04d}", 80 if i % 3 else 50, f"file-{i % 2}"))
-    msgs = {inp: [sigma_line(inc, r, host=h, actor=f"a{inc[-2:]}") for i2, inc, r, h in plan if i2 == inp]
+    msgs = {inp: [incident(inc, r, host=h, actor=f"a{inc[-2:]}") for i2, inc, r, h in plan if i2 == inp]
             for inp in ("tcp", "udp", "file")}
     rs.start()
     try:
@@ -343,7 +327,7 @@ def test_rsyslog_forwarder_octet_counted(setup, qradar, tmp_path):
         high = sum(forwarded(r) for _, _, r, _ in plan)
         try:
             m = settle(setup, qradar, total, high, timeout=45)
-        except TimeoutError as e:
+        except WaitTimeout as e:
             raise AssertionError(f"{e}\n--- rsyslog ---\n{rs.output()[-3000:]}") from None
     finally:
         rs.stop()
@@ -372,9 +356,9 @@ def test_rsyslog_forwarder_octet_counted(setup, qradar, tmp_path):
 def test_metrics_match_what_was_sent(setup, qradar):
     """No external peer needed: a raw TCP connection (LF and octet-counted frames) and UDP
     datagrams; relay_received_total / relay_sent_total per source and sink must match."""
-    tcp_lf = [sigma_line(f"INC-M-L{i}", 80 + i % 20) for i in range(60)]
-    tcp_oct = [sigma_line(f"INC-M-O{i}", 10 + i) for i in range(40)]            # 10..49: none forwarded
-    udp = [sigma_line(f"INC-M-U{i}", 70 if i % 2 else 69) for i in range(30)]
+    tcp_lf = [incident(f"INC-M-L{i}", 80 + i % 20) for i in range(60)]
+    tcp_oct = [incident(f"INC-M-O{i}", 10 + i) for i in range(40)]            # 10..49: none forwarded
+    udp = [incident(f"INC-M-U{i}", 70 if i % 2 else 69) for i in range(30)]
     with socket.create_connection((LOOPBACK, setup.tcp_port), timeout=10) as s:
         s.sendall(b"".join(m + b"\n" for m in tcp_lf) + b"".join(b"%d %s" % (len(m), m) for m in tcp_oct))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
@@ -394,29 +378,21 @@ def test_metrics_match_what_was_sent(setup, qradar):
 
 # ----------------------------------------------------------------------------- QRadar down at first
 
-def test_qradar_late_start_delivers_everything_once(tmp_path):
+def test_qradar_late_start_delivers_everything_once(tmp_path, make_relay):
     """The QRadar sink's address refuses connections at first; events wait in the disk queue and
     are retried (base 0.2 s); once the stand-in listens every event arrives exactly once."""
     qport = free_port()
-    s = Setup(tmp_path, qport)
+    s = Setup(make_relay, tmp_path, qport)
     s.relay.start()
-    q = None
-    try:
-        msgs = [sigma_line(f"INC-LATE-{i}", 90) for i in range(200)]
-        with socket.create_connection((LOOPBACK, s.tcp_port), timeout=10) as c:
-            c.sendall(b"".join(m + b"\n" for m in msgs))
-        s.wait_archived(200, 30)
-        s.relay.wait_metric("relay_send_errors_total", 1, 15, sink="qradar")
-        m = s.relay.metrics()
-        assert m.value("relay_sent_total", sink="qradar") == 0
-        assert m.value("relay_sink_up", sink="qradar") == 0
-        q = QradarStandIn(port=qport)
+    s.relay.send([incident(f"INC-LATE-{i}", 90) for i in range(200)])
+    s.wait_archived(200, 30)
+    s.relay.wait_metric("relay_send_errors_total", 1, 15, sink="qradar")
+    m = s.relay.metrics()
+    assert m.value("relay_sent_total", sink="qradar") == 0
+    assert m.value("relay_sink_up", sink="qradar") == 0
+    with QradarStandIn(port=qport) as q:
         m = settle(s, q, 200, 200, timeout=30)
         assert m.value("relay_sink_up", sink="qradar") == 1
         s.stop_relay()
         assert_once(by_incident(q.snapshot()), {f"INC-LATE-{i}" for i in range(200)}, "LEEF after QRadar came up")
         check_metrics(m, total=200, high=200, by_source={"tcp_in": 200})
-    finally:
-        s.relay.stop()
-        if q is not None:
-            q.close()

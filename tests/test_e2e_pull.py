@@ -22,9 +22,8 @@ import pytest
 
 from tests.emulators.falcon import FalconEmulator
 from tests.emulators.qradar import QradarEmulator
-from tests.peers import QradarStandIn, RelayProcess, free_port, wait_until
-
-
+from tests.emulators.xsoar import XsoarEmulator
+from tests.harness import QradarStandIn, free_port
 
 pytestmark = [pytest.mark.e2e]
 
@@ -75,7 +74,7 @@ def _dedup_keys(lines: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_falcon_to_qradar_leef_exactly_once_across_restart(tmp_path, workers):
+def test_falcon_to_qradar_leef_exactly_once_across_restart(tmp_path, make_relay, workers):
     """workers = 2: the pull source queues through its own pipeline in the main process."""
     (tmp_path / "falcon.secret").write_text(SECRET + "\n")
     now = time.time()
@@ -84,7 +83,7 @@ def test_falcon_to_qradar_leef_exactly_once_across_restart(tmp_path, workers):
         falcon.fail(429, count=2, op="query", retry_after="future:1")
         falcon.fail(503, count=2, op="entities", body=False)
         mport = free_port()
-        relay = RelayProcess(tmp_path, _falcon_config(mport, falcon.url, qradar.address, workers), mport)
+        relay = make_relay(_falcon_config(mport, falcon.url, qradar.address, workers), mport)
         with relay:
             qradar.wait_for(30, 30)
             for _ in range(3):                      # tokens (1.5 s) expire while the relay runs
@@ -97,7 +96,7 @@ def test_falcon_to_qradar_leef_exactly_once_across_restart(tmp_path, workers):
         falcon.add_alerts(6)
         falcon.add_alert(time.time() - 30)
         falcon.add_alert(time.time() - 20)
-        relay2 = RelayProcess(tmp_path, _falcon_config(mport, falcon.url, qradar.address, workers), mport)
+        relay2 = make_relay(_falcon_config(mport, falcon.url, qradar.address, workers), mport)
         with relay2:
             qradar.wait_for(47, 30)
             falcon.add_alerts(3)
@@ -155,12 +154,10 @@ sinks = ["xsoar"]
 
 
 def _xsoar():
-    from tests.emulators.xsoar import XsoarEmulator
     return XsoarEmulator(api_key=XSOAR_KEY, auth_id=None)
 
 
-def test_qradar_offenses_to_xsoar_sync_and_close_across_restart(tmp_path):
-    pytest.importorskip("tests.emulators.xsoar")
+def test_qradar_offenses_to_xsoar_sync_and_close_across_restart(tmp_path, make_relay):
     (tmp_path / "qradar.token").write_text(SEC)
     (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
     with QradarEmulator(token=SEC) as qr, _xsoar() as xs:
@@ -172,7 +169,7 @@ def test_qradar_offenses_to_xsoar_sync_and_close_across_restart(tmp_path):
         def per_key():
             return xs.by_field("relaydedupkey")
 
-        with RelayProcess(tmp_path, cfg, mport) as relay:
+        with make_relay(cfg, mport) as relay:
             xs.wait(lambda e: len(per_key()) >= 10, 30, "10 incidents")
             qr.update_offense(ids[1], magnitude=10)
             qr.close_offense(ids[2])
@@ -184,7 +181,7 @@ def test_qradar_offenses_to_xsoar_sync_and_close_across_restart(tmp_path):
         qr.close_offense(ids[5])
         qr.update_offense(ids[7])
         new = [o["id"] for o in qr.add_offenses(3)]
-        with RelayProcess(tmp_path, cfg, mport) as relay2:
+        with make_relay(cfg, mport) as relay2:
             xs.wait(lambda e: len(per_key()) >= 13, 30, "13 incidents")
             xs.wait(lambda e: per_key()[f"qradar:{ids[5]}"][0]["status"] == 2, 30, "close made while down")
             xs.wait(lambda e: per_key()[f"qradar:{ids[7]}"][0]["CustomFields"].get("sourceevent") == "updated",
@@ -204,14 +201,13 @@ def test_qradar_offenses_to_xsoar_sync_and_close_across_restart(tmp_path):
         assert SEC not in err and XSOAR_KEY not in err
 
 
-def test_qradar_offenses_to_xsoar_create_mode_leaves_incidents(tmp_path):
-    pytest.importorskip("tests.emulators.xsoar")
+def test_qradar_offenses_to_xsoar_create_mode_leaves_incidents(tmp_path, make_relay):
     (tmp_path / "qradar.token").write_text(SEC)
     (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
     with QradarEmulator(token=SEC) as qr, _xsoar() as xs:
         ids = [o["id"] for o in qr.add_offenses(5)]
         mport = free_port()
-        with RelayProcess(tmp_path, _qradar_config(mport, qr.url, xs.url, "create", False), mport) as relay:
+        with make_relay(_qradar_config(mport, qr.url, xs.url, "create", False), mport) as relay:
             xs.wait(lambda e: len(xs.by_field("relaydedupkey")) >= 5, 30, "5 incidents")
             qr.update_offense(ids[0], magnitude=10)
             qr.close_offense(ids[1])

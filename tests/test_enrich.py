@@ -25,6 +25,7 @@ from relay.enrich.tables import Opts, TableError, load_rows
 from relay.metrics import REGISTRY
 from relay.pipeline import Pipeline
 from tests.emulators.llm import LlmEmulator
+from tests.harness import wait_until
 
 EX = Path(__file__).resolve().parent.parent / "examples" / "lookups"
 
@@ -441,14 +442,14 @@ def test_reload_on_change_and_broken_file_keeps_last_good(tmp_path, caplog):
     tmp = f.with_suffix(".tmp")
     tmp.write_text("cidr,owner,criticality\n10.0.0.0/8,new,4\n")
     os.replace(tmp, f)
-    _wait(lambda: owner() == "new", "the watcher to load the new file")
+    wait_until(lambda: owner() == "new", 5.0, what="the watcher to load the new file", interval=0.02)
     f.write_text("owner,criticality\nbroken,1\n")            # no key column
-    _wait(lambda: failed.value > before, "the failed reload to be counted")
+    wait_until(lambda: failed.value > before, 5.0, what="the failed reload to be counted", interval=0.02)
     assert owner() == "new"
     assert any("keeping the last good table" in r.getMessage() and "no key column" in r.getMessage()
                for r in caplog.records)
     f.write_text("cidr,owner,criticality\n10.0.0.0/8,fixed,4\n")
-    _wait(lambda: owner() == "fixed", "recovery after the file is fixed")
+    wait_until(lambda: owner() == "fixed", 5.0, what="recovery after the file is fixed", interval=0.02)
     f.unlink()                                                # a deleted file keeps the table too
     time.sleep(0.2)
     assert owner() == "fixed"
@@ -470,14 +471,6 @@ def test_reload_via_config_reload(tmp_path):
     e = ev(dst_ip="10.0.0.1")
     build_enricher(cfg3)(e)
     assert e.enrich["asset"]["owner"] == "two"
-
-
-def _wait(pred, what, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # ============================================================================ HTTP lookups
@@ -567,11 +560,11 @@ def test_http_lookup_cache_miss_goes_on_with_a_note(tmp_path, cmdb, monkeypatch)
         x = ev(dst_ip="10.5.5.5")
         enrich(x)
         return x.enrich.get("asset")
-    _wait(found, "the background fetch")
+    wait_until(found, 5.0, what="the background fetch", interval=0.02)
     assert found()["owner"] == "Payments" and cmdb.auth[0] == "Bearer cmdb-S3CRET-token"
     x = ev(dst_ip="10.6.6.6")
     enrich(x)
-    _wait(lambda: cmdb.hits >= 2, "the second fetch")
+    wait_until(lambda: cmdb.hits >= 2, 5.0, what="the second fetch", interval=0.02)
     time.sleep(0.1)
     x = ev(dst_ip="10.6.6.6")                     # 404: known absent, no note, no new request
     enrich(x)
@@ -650,7 +643,7 @@ def test_http_circuit_half_open_recovers(tmp_path, cmdb, monkeypatch):
     h.cooldown = 0.3
     for i in range(2):
         enrich(ev(dst_ip=f"10.8.0.{i}"))
-    _wait(h.circuit_open, "the circuit to open")
+    wait_until(h.circuit_open, 5.0, what="the circuit to open", interval=0.02)
     cmdb.hang = 0.0
     time.sleep(0.35)
 
@@ -658,7 +651,7 @@ def test_http_circuit_half_open_recovers(tmp_path, cmdb, monkeypatch):
         x = ev(dst_ip="10.5.5.5")
         enrich(x)
         return x.enrich.get("asset")
-    _wait(ok, "the half-open trial to close the circuit")
+    wait_until(ok, 5.0, what="the half-open trial to close the circuit", interval=0.02)
     assert not h.circuit_open() and h.consecutive == 0
 
 
@@ -690,7 +683,7 @@ def test_audit_rotation_and_flush_interval(tmp_path):
     for i in range(200, 210):
         w.write({"i": i})
     t0 = time.monotonic()
-    _wait(lambda: p.exists() and '"i":209' in p.read_text(), "the periodic flush", timeout=2)
+    wait_until(lambda: p.exists() and '"i":209' in p.read_text(), 2, what="the periodic flush", interval=0.02)
     assert time.monotonic() - t0 < 1.0
     w.close()
     files = sorted(x.name for x in p.parent.iterdir() if not x.name.endswith(".lock"))

@@ -17,17 +17,10 @@ from parsers.normalise import normalise
 from relay import kinds
 from relay.config import SourceConfig, _Table, loads
 from relay.metrics import Registry
-from relay.queue import DiskQueue, RetryPolicy
 from relay.sinks import make_sink
+from tests.harness import make_queue, run_async, sigma_line, until
 
 KEY = "mock-key-0123456789abcdef"
-
-
-def _sigma(inc: str, risk: int = 82) -> bytes:
-    body = json.dumps({"incident_id": inc, "risk_score": risk}, separators=(",", ":"))
-    return (f'<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created '
-            f'[incident@32473 id="{inc}" actor="jdoe" entity="Primary Site" status="OPEN" '
-            f'risk_score="{risk}"] {body}').encode()
 
 
 # ----------------------------------------------------------------------------- XSOAR sink
@@ -69,12 +62,11 @@ api_key_env = "T_MOCK_XSOAR_KEY"
 match = 'true'
 sinks = ["xs"]
 """, base_dir=tmp_path).sinks["xs"]
-    q = DiskQueue(tmp_path / "state" / "queue-xs.db", synchronous="NORMAL",
-                  retry=RetryPolicy(base=0.05, factor=2.0, cap=0.2, max_attempts=0))
+    q = make_queue(tmp_path / "state" / "queue-xs.db")
     render = kinds.sink(cfg.type).renderer(cfg)
     rows = []
     for inc in ("INC-1", "INC-2", "INC-1"):
-        ev = normalise(detect.parse(_sigma(inc), received=time.time(), source="t"))
+        ev = normalise(detect.parse(sigma_line(inc, alarm_count=None), received=time.time(), source="t"))
         rows.append((render(ev, ["all"]), {"source": "t", "routes": ["all"], "received": 0.0,
                                            "dedup_key": ev.fields["dedup_key"]}))
     q.put_many(rows)
@@ -140,6 +132,27 @@ class _Collect:
         return len(events)
 
 
+def _pull_config(module, name: str, typ: str, tmp_path: Path, table: dict) -> SourceConfig:
+    """The SourceConfig of pull source ``name`` from its TOML ``table``, read by ``module``."""
+    sc = SourceConfig(name=name, type=typ)
+    sc.options = {"relay_state_dir": tmp_path}
+    t = _Table("relay.toml", f"sources.{name}", table)
+    module.read_config(t, sc, tmp_path)
+    t.finish()
+    return sc
+
+
+def _one_poll(src) -> None:
+    """Start the pull source, wait (10 s at most) until it completed a poll, stop it."""
+    async def main():
+        await src.start()
+        try:
+            await until(lambda: src.polls >= 1, 10, what=f"a poll of {src.cfg.name}", interval=0.01)
+        finally:
+            await src.stop()
+    run_async(main(), 20)
+
+
 def _falcon_api(alerts: dict):
     calls = []
 
@@ -168,22 +181,10 @@ def test_falcon_source_through_a_mock_transport(tmp_path, monkeypatch):
     alerts = {f"cid:ind:{i}": {"composite_id": f"cid:ind:{i}", "created_timestamp": now, "severity": 70,
                                "status": "new", "name": "x", "device": {"hostname": f"ws-{i}"}} for i in range(3)}
     handler, calls = _falcon_api(alerts)
-    sc = SourceConfig(name="falcon", type="falcon")
-    sc.options = {"relay_state_dir": tmp_path}
-    t = _Table("relay.toml", "sources.falcon", {"base_url": "https://falcon.invalid", "client_id": "cid",
-                                                "client_secret_env": "T_MOCK_FALCON", "poll_interval": 60})
-    F.read_config(t, sc, tmp_path)
-    t.finish()
+    sc = _pull_config(F, "falcon", "falcon", tmp_path, {"base_url": "https://falcon.invalid", "client_id": "cid",
+                                                        "client_secret_env": "T_MOCK_FALCON", "poll_interval": 60})
     ingest = _Collect()
-    src = F.FalconSource(sc, ingest, Registry(), transport=httpx.MockTransport(handler))
-
-    async def main():
-        await src.start()
-        deadline = time.monotonic() + 10
-        while src.polls < 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await src.stop()
-    asyncio.run(asyncio.wait_for(main(), 20))
+    _one_poll(F.FalconSource(sc, ingest, Registry(), transport=httpx.MockTransport(handler)))
     assert sorted(e.fields["dedup_key"] for e in ingest.events) == sorted(f"falcon:{i}" for i in alerts)
     assert calls[0] == "/oauth2/token" and "/alerts/entities/alerts/v2" in calls
 
@@ -201,22 +202,10 @@ def test_qradar_source_through_a_mock_transport(tmp_path, monkeypatch):
         assert request.url.path == "/api/siem/offenses"
         n = len(offenses)
         return httpx.Response(200, json=offenses, headers={"Content-Range": f"items 0-{n - 1}/{n}"})
-    sc = SourceConfig(name="qradar", type="qradar_offenses")
-    sc.options = {"relay_state_dir": tmp_path}
-    t = _Table("relay.toml", "sources.qradar", {"url": "https://qradar.invalid", "token_env": "T_MOCK_SEC",
-                                                "poll_interval": 60})
-    Q.read_config(t, sc, tmp_path)
-    t.finish()
+    sc = _pull_config(Q, "qradar", "qradar_offenses", tmp_path, {"url": "https://qradar.invalid",
+                                                                 "token_env": "T_MOCK_SEC", "poll_interval": 60})
     ingest = _Collect()
-    src = Q.QradarOffenseSource(sc, ingest, Registry(), transport=httpx.MockTransport(handler))
-
-    async def main():
-        await src.start()
-        deadline = time.monotonic() + 10
-        while src.polls < 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await src.stop()
-    asyncio.run(asyncio.wait_for(main(), 20))
+    _one_poll(Q.QradarOffenseSource(sc, ingest, Registry(), transport=httpx.MockTransport(handler)))
     assert sorted(e.fields["dedup_key"] for e in ingest.events) == ["qradar:1", "qradar:2", "qradar:3"]
 
 

@@ -14,17 +14,7 @@ import pytest
 from formats import leef as F
 from parsers import leef as P
 from parsers.event import ParseError
-from tests.vectors import deviations, load_jsonl
-
-
-def raised(exc, fn, *args, **kw):
-    """The exception ``fn`` raised; AssertionError (so strict xfails see a disagreement,
-    not a crash) when it returned normally."""
-    try:
-        result = fn(*args, **kw)
-    except exc as e:
-        return e
-    raise AssertionError(f"{fn.__name__}{args!r} returned {result!r} instead of raising {exc.__name__}")
+from tests.vectors import deviations, load_jsonl, raised, vector_params
 
 
 CASES = load_jsonl("leef.jsonl")
@@ -135,15 +125,7 @@ def check(case: dict) -> None:
     check_qradar_rules(rec.attributes)
 
 
-def _params():
-    for case in CASES:
-        marks = ()
-        if case["id"] in DEV:
-            marks = pytest.mark.xfail(strict=True, raises=AssertionError, reason=DEV[case["id"]])
-        yield pytest.param(case, id=case["id"], marks=marks)
-
-
-@pytest.mark.parametrize("case", list(_params()))
+@pytest.mark.parametrize("case", vector_params(CASES, DEV))
 def test_vector(case):
     check(case)
 

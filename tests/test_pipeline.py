@@ -3,6 +3,7 @@ per-sink queues, dead letters for unrenderable events, and caps under the block 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from relay.pipeline import Pipeline
 from relay.queue import GroupCommitter
 from relay.queue.commit import _groups
 from relay.queue import DiskQueue
+from tests.harness import sigma_line, until
 
 CFG = '''
 [sources.tcp]
@@ -38,8 +40,33 @@ path = "/dev/null"
 format = "json"
 '''
 
-SIGMA = ('<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created [incident@32473 id="INC-{n}" '
-         'risk_score="{risk}"] {{"incident_id":"INC-{n}"}}').format
+
+def sigma(n: int, risk: int) -> bytes:
+    """A minimal SigmaIncident: id and risk score in the SD, only the id in the body."""
+    return sigma_line(f"INC-{n}", risk, actor=None, entity=None, status=None, alarm_count=None,
+                      body={"incident_id": f"INC-{n}"})
+
+
+@contextlib.contextmanager
+def draining(q: DiskQueue, batch: int, pause: float):
+    """A consumer thread for the block: leases up to ``batch`` rows, acks them, sleeps
+    ``pause`` s, again; yields the list of payloads it took."""
+    got: list = []
+    stop = threading.Event()
+
+    def consume():
+        while not stop.is_set():
+            items = q.lease(batch)
+            got.extend(i.payload for i in items)
+            q.ack(items)
+            time.sleep(pause)
+    t = threading.Thread(target=consume)
+    t.start()
+    try:
+        yield got
+    finally:
+        stop.set()
+        t.join()
 
 
 def make(tmp_path, loop, **qargs):
@@ -53,7 +80,7 @@ def test_route_render_and_commit(tmp_path):
     async def main():
         cfg, queues, committers, p = make(tmp_path, asyncio.get_running_loop())
         before = REGISTRY.value("relay_routed_total", route="all")
-        fut = p.handle([(SIGMA(n=1, risk=90).encode(), "10.0.0.1:514"), (SIGMA(n=2, risk=10).encode(), "10.0.0.1:514"),
+        fut = p.handle([(sigma(n=1, risk=90), "10.0.0.1:514"), (sigma(n=2, risk=10), "10.0.0.1:514"),
                         (b"<13>1 - h a - - - plain", "10.0.0.2:514")], cfg.sources["tcp"])
         await asyncio.wait_for(fut, 10)
         leef = queues["leef"].lease(10)
@@ -78,7 +105,7 @@ def test_unroutable_events_are_counted(tmp_path):
         committers = {n: GroupCommitter(n, q, asyncio.get_running_loop()) for n in cfg.sinks}
         p = Pipeline(cfg, committers)
         before = REGISTRY.value("relay_unrouted_total")
-        assert p.handle([(SIGMA(n=3, risk=1).encode(), "h:1")], cfg.sources["tcp"]) is None
+        assert p.handle([(sigma(n=3, risk=1), "h:1")], cfg.sources["tcp"]) is None
         assert REGISTRY.value("relay_unrouted_total") - before == 1
         for c in committers.values():
             c.close()
@@ -92,7 +119,7 @@ def test_unrenderable_event_goes_to_dead_letters_with_reason(tmp_path):
         def broken(ev, routes):
             raise ValueError("LEEF devTime without devTimeFormat")
         p.renderers["leef"] = broken
-        fut = p.handle([(SIGMA(n=4, risk=99).encode(), "h:1")], cfg.sources["tcp"])
+        fut = p.handle([(sigma(n=4, risk=99), "h:1")], cfg.sources["tcp"])
         await asyncio.wait_for(fut, 10)
         for c in committers.values():
             c.close()
@@ -119,23 +146,9 @@ def test_block_policy_with_merged_batches_larger_than_the_cap(tmp_path):
         q = DiskQueue(tmp_path / "q.db", max_rows=10, full_policy="block")
         c = GroupCommitter("s", q, loop, retry_interval=0.02)
         futs = [c.submit([(f"{b}-{i}".encode(), None) for i in range(8)]) for b in range(3)]
-        got: list = []
-        stop = threading.Event()
-
-        def consume():
-            while not stop.is_set():
-                items = q.lease(4)
-                got.extend(i.payload for i in items)
-                q.ack(items)
-                time.sleep(0.01)
-        t = threading.Thread(target=consume)
-        t.start()
-        await asyncio.wait_for(asyncio.gather(*futs), 20)
-        deadline = time.monotonic() + 10
-        while len(got) < 24 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        stop.set()
-        t.join()
+        with draining(q, 4, 0.01) as got:
+            await asyncio.wait_for(asyncio.gather(*futs), 20)
+            await until(lambda: len(got) >= 24, 10, what="the consumer to take all 24 rows")
         c.close()
         assert sorted(got) == sorted(f"{b}-{i}".encode() for b in range(3) for i in range(8))
     asyncio.run(main())
@@ -160,28 +173,15 @@ def test_committer_takes_rows_packed_by_the_workers(tmp_path, max_rows):
         loop = asyncio.get_running_loop()
         q = DiskQueue(tmp_path / "q.db", max_rows=max_rows, full_policy="block")
         c = GroupCommitter("s", q, loop, retry_interval=0.02)
+        enqueued = REGISTRY.value("relay_enqueued_total", sink="s")    # process-global: count the difference
         payloads = [b"ev-%04d" % i for i in range(600)]
         fut = c.submit_rows(pack_rows(payloads, [b'{"i":%d}' % i for i in range(600)]))
-        got: list = []
-        stop = threading.Event()
-
-        def consume():
-            while not stop.is_set():
-                items = q.lease(40)
-                got.extend(i.payload for i in items)
-                q.ack(items)
-                time.sleep(0.005)
-        t = threading.Thread(target=consume)
-        t.start()
-        await asyncio.wait_for(fut, 20)
-        deadline = time.monotonic() + 10
-        while len(got) < 600 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        stop.set()
-        t.join()
+        with draining(q, 40, 0.005) as got:
+            await asyncio.wait_for(fut, 20)
+            await until(lambda: len(got) >= 600, 10, what="the consumer to take all 600 rows")
         c.close()
         assert got == payloads
-        assert REGISTRY.value("relay_enqueued_total", sink="s") >= 600
+        assert REGISTRY.value("relay_enqueued_total", sink="s") - enqueued >= 600
         q.close()
     asyncio.run(main())
 

@@ -4,6 +4,8 @@ DiskQueue in tmp_path.  Every wait has a deadline."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -22,6 +24,7 @@ from relay.sources import pull as P
 from relay.sources import qradar as Q
 from tests.emulators.falcon import FalconEmulator, compile_fql, iso, parse_time
 from tests.emulators.qradar import QradarEmulator, compile_filter
+from tests import harness
 
 SECRET = "falcon-secret-Zx9q"
 SEC = "qradar-sec-2b5547bb"
@@ -103,20 +106,28 @@ def qradar_source(h: Harness, emu: QradarEmulator, name: str = "qradar", **keys)
     return Q.QradarOffenseSource(sc, h.pipeline)
 
 
-async def until(pred, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+@contextlib.asynccontextmanager
+async def pulling(tmp_path: Path, make, *args, **keys):
+    """A started pull source ``make(h, *args, **keys)`` on a fresh :class:`Harness` ``h``;
+    yields ``(h, src)``; at the end the source is stopped and the harness closed."""
+    h = Harness(tmp_path).open()
+    src = make(h, *args, **keys)
+    await src.start()
+    try:
+        yield h, src
+    finally:
+        await src.stop()
+        h.close()
+
+
+# waits here: 10 s unless a test says otherwise
+until = functools.partial(harness.until, timeout=10.0)
 
 
 async def polls(src, n: int = 2, timeout: float = 10.0) -> None:
     """Wait until ``n`` more polls completed (so 'nothing more arrives' is meaningful)."""
     start = src.polls
-    await until(lambda: src.polls >= start + n, timeout, f"{n} more polls of {src.cfg.name}")
+    await until(lambda: src.polls >= start + n, timeout=timeout, what=f"{n} more polls of {src.cfg.name}")
 
 
 @pytest.fixture
@@ -138,7 +149,7 @@ def qradar():
 
 
 def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
+    return harness.run_async(coro, 60)
 
 
 def unique(keys):
@@ -150,15 +161,9 @@ def test_falcon_alerts_paged_each_once_leef(tmp_path, secrets_env, falcon):
     falcon.add_alerts(37)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon) as (h, src):
             await until(lambda: len(h.rows()) >= 37, what="37 alerts queued")
             await polls(src, 3)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     rows = h.rows()
@@ -185,14 +190,8 @@ def test_falcon_exact_multiple_of_page_size_stops_at_total(tmp_path, secrets_env
     falcon.add_alerts(30)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon, poll_interval=30.0)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon, poll_interval=30.0) as (h, src):
             await until(lambda: src.polls >= 1, what="one poll")
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     assert len(h.rows()) == 30
@@ -213,15 +212,9 @@ def test_falcon_total_grows_while_paging(tmp_path, secrets_env, falcon):
     falcon.on_query = grow
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon) as (h, src):
             await until(lambda: len(h.rows()) >= 31, what="31 alerts")
             await polls(src, 3)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     keys = h.keys()
@@ -235,18 +228,12 @@ def test_falcon_late_alert_inside_overlap_once(tmp_path, secrets_env, falcon):
     falcon.add_alerts(10, start=now - 50, step=1)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon, overlap=300.0)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon, overlap=300.0) as (h, src):
             await until(lambda: len(h.rows()) >= 10, what="10 alerts")
             late = falcon.add_alert(now - 45.5)     # created before the cursor: visible only now
             await until(lambda: len(h.rows()) >= 11, what="the late alert")
             await polls(src, 4)
             return h, late
-        finally:
-            await src.stop()
-            h.close()
     h, late = run(main())
     keys = h.keys()
     assert len(keys) == 11 and unique(keys)
@@ -261,15 +248,9 @@ def test_falcon_user_filter_is_anded_with_encoded_plus(tmp_path, secrets_env, fa
     falcon.add_alerts(4, product="idp")
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon, filter="product:'epp'")
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon, filter="product:'epp'") as (h, src):
             await until(lambda: len(h.rows()) >= 5, what="5 epp alerts")
             await polls(src, 2)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     assert len(h.rows()) == 5
@@ -283,10 +264,7 @@ def test_falcon_token_expiry_and_revocation_mid_run(tmp_path, secrets_env, caplo
         falcon.add_alerts(5)
 
         async def main():
-            h = Harness(tmp_path).open()
-            src = falcon_source(h, falcon, poll_interval=0.1, renew_window=0.0)
-            await src.start()
-            try:
+            async with pulling(tmp_path, falcon_source, falcon, poll_interval=0.1, renew_window=0.0) as (h, src):
                 await until(lambda: len(h.rows()) >= 5, what="first alerts")
                 for i in range(3):                  # tokens expire while polling continues
                     await asyncio.sleep(0.5)
@@ -300,9 +278,6 @@ def test_falcon_token_expiry_and_revocation_mid_run(tmp_path, secrets_env, caplo
                 assert src.tokens_minted > minted
                 assert src.blocked is None
                 return h, src
-            finally:
-                await src.stop()
-                h.close()
         h, src = run(main())
         assert unique(h.keys()) and len(h.keys()) == 9
         assert src.tokens_minted >= 3
@@ -315,16 +290,10 @@ def test_falcon_401_twice_blocks_with_alert_no_tight_loop(tmp_path, secrets_env,
     falcon.fail(401, count=None, op="query")
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon) as (h, src):
             await until(lambda: src.blocked, what="the source blocks")
             await asyncio.sleep(0.5)
             return h, src
-        finally:
-            await src.stop()
-            h.close()
     h, src = run(main())
     assert h.rows() == []
     assert falcon.stats["token_ok"] == 2          # the first token + ONE refresh, then stop
@@ -339,16 +308,10 @@ def test_falcon_bad_secret_403_blocks(tmp_path, monkeypatch, falcon, caplog):
     falcon.add_alerts(3)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon) as (h, src):
             await until(lambda: src.blocked, what="the source blocks")
             await asyncio.sleep(0.3)
             return h, src
-        finally:
-            await src.stop()
-            h.close()
     h, src = run(main())
     assert falcon.stats["token_403"] == 1 and falcon.stats["query"] == 0
     assert "403" in src.blocked and "ALERT" in caplog.text
@@ -423,10 +386,7 @@ def test_falcon_retries_exhausted_cursor_not_advanced_then_recovers(tmp_path, se
     falcon.fail(502, count=None, op="entities")
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = falcon_source(h, falcon, max_retries=2)
-        await src.start()
-        try:
+        async with pulling(tmp_path, falcon_source, falcon, max_retries=2) as (h, src):
             await until(lambda: falcon.stats["fault_502"] >= 6, what="two failed polls")
             assert h.rows() == [] and src.last_error and "502" in src.last_error
             assert not (h.state / "falcon-falcon.json").exists()
@@ -434,9 +394,6 @@ def test_falcon_retries_exhausted_cursor_not_advanced_then_recovers(tmp_path, se
             src.poll_now()
             await until(lambda: len(h.rows()) >= 6, timeout=15, what="recovery")
             return h
-        finally:
-            await src.stop()
-            h.close()
     h = run(main())
     assert len(h.rows()) == 6 and unique(h.keys())
 
@@ -619,15 +576,9 @@ def test_qradar_offenses_paged_by_range_each_created_once(tmp_path, secrets_env,
     qradar.add_offenses(23)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar)
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar) as (h, src):
             await until(lambda: len(h.rows()) >= 23, what="23 offenses")
             await polls(src, 3)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     rows = h.rows()
@@ -648,19 +599,13 @@ def test_qradar_updates_and_closes(tmp_path, secrets_env, qradar):
     ids = [o["id"] for o in qradar.add_offenses(6)]
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar)
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar) as (h, src):
             await until(lambda: len(h.rows()) >= 6, what="6 created")
             qradar.update_offense(ids[1], magnitude=9)
             qradar.update_offense(ids[4])
             qradar.close_offense(ids[2])
             await until(lambda: len(h.rows()) >= 9, what="2 updates and a close")
             await polls(src, 4)                       # overlap re-reads produce nothing
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     rows = h.rows()
@@ -681,15 +626,9 @@ def test_qradar_offense_updated_while_paging_nothing_skipped(tmp_path, secrets_e
     qradar.on_request = meddle
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar)
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar) as (h, src):
             await until(lambda: len(h.rows()) >= 18, what="17 created + 1 updated")
             await polls(src, 3)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     events = [(fields(r)["dedup_key"], fields(r)["event"]) for r in h.rows()]
@@ -703,16 +642,10 @@ def test_qradar_wrong_sec_401_blocks_with_alert(tmp_path, monkeypatch, qradar, c
     qradar.add_offenses(2)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar)
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar) as (h, src):
             await until(lambda: src.blocked, what="blocked")
             await asyncio.sleep(0.3)
             return h, src
-        finally:
-            await src.stop()
-            h.close()
     h, src = run(main())
     assert h.rows() == [] and qradar.stats["401"] == 1 and qradar.stats["list"] == 0
     assert "401" in src.blocked and "ALERT source qradar" in caplog.text
@@ -723,15 +656,9 @@ def test_qradar_bad_filter_422_blocks(tmp_path, secrets_env, qradar, caplog):
     qradar.add_offenses(2)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar, filter="no_such_field = 3")
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar, filter="no_such_field = 3") as (h, src):
             await until(lambda: src.blocked, what="blocked")
             return src
-        finally:
-            await src.stop()
-            h.close()
     src = run(main())
     assert "422" in src.blocked and "1010" in src.blocked
 
@@ -742,15 +669,9 @@ def test_qradar_user_filter_and_500_retried(tmp_path, secrets_env, qradar):
     qradar.fail(500, count=3)
 
     async def main():
-        h = Harness(tmp_path).open()
-        src = qradar_source(h, qradar, filter="magnitude >= 5")
-        await src.start()
-        try:
+        async with pulling(tmp_path, qradar_source, qradar, filter="magnitude >= 5") as (h, src):
             await until(lambda: len(h.rows()) >= 4, what="4 offenses")
             await polls(src, 2)
-        finally:
-            await src.stop()
-            h.close()
         return h
     h = run(main())
     assert len(h.rows()) == 4 and qradar.stats["fault_500"] == 3

@@ -27,6 +27,7 @@ from relay.queue import (
     QueueFull,
     RetryPolicy,
 )
+from tests.harness import seq_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,10 +38,6 @@ def rows(n: int, start: int = 0, size: int = 0) -> list[tuple[bytes, dict]]:
         payload = (b"row-%06d " % i).ljust(size, b"x") if size else b"row-%06d" % i
         out.append((payload, {"dedup": f"k{i}", "seq": i, "route": "qradar"}))
     return out
-
-
-def seq_of(item) -> int:
-    return item.meta["seq"]
 
 
 @pytest.fixture

@@ -7,19 +7,16 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
+import urllib.request
 from pathlib import Path
 
-import pytest
+from tests.harness import QradarStandIn, free_port, relay_cli, send_tcp, sigma_line, wait_until
 
-from tests.peers import QradarStandIn, RelayProcess, free_port, wait_until
 
-RELAY = str(Path(sys.executable).parent / "relay")
-
-SIGMA = ('<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 created [incident@32473 id="INC-{n}" '
-         'actor="jdoe" risk_score="{risk}"] {{"incident_id":"INC-{n}"}}')
+def sigma(n: int, risk: int) -> bytes:
+    """A short SigmaIncident: id, actor and risk score in the SD, only the id in the body."""
+    return sigma_line(f"INC-{n}", risk, entity=None, status=None, alarm_count=None, body={"incident_id": f"INC-{n}"})
 
 
 def config(tmp: Path, tcp: int, metrics: int, sink: str, extra: str = "", route: str = 'risk_score >= 70') -> str:
@@ -47,11 +44,6 @@ def file_sink(path: Path) -> str:
     return f'[sinks.out]\ntype = "file"\npath = "{path}"\nformat = "leef"\n'
 
 
-def send_tcp(port: int, lines: list[str]) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall("".join(line + "\n" for line in lines).encode())
-
-
 def lines_of(path: Path) -> list[str]:
     try:
         return path.read_text().splitlines()
@@ -59,59 +51,54 @@ def lines_of(path: Path) -> list[str]:
         return []
 
 
-def test_ready_notification_health_and_metrics(tmp_path):
+def test_ready_notification_health_and_metrics(tmp_path, make_relay):
     tcp, mport = free_port(), free_port()
     out = tmp_path / "out.leef"
-    cfg = tmp_path / "relay.toml"
-    cfg.write_text(config(tmp_path, tcp, mport, file_sink(out)))
     notify = tmp_path / "notify.sock"
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     srv.bind(str(notify))
     srv.settimeout(20)
-    proc = subprocess.Popen([RELAY, "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "err", "wb"), env={**os.environ, "NOTIFY_SOCKET": str(notify)})
+    relay = make_relay(config(tmp_path, tcp, mport, file_sink(out)), mport, env={"NOTIFY_SOCKET": str(notify)})
+    relay.start(wait_ready=False)       # READY=1 first, then /ready answers 200
     try:
         msg = srv.recv(4096).decode()
         assert "READY=1" in msg
-        import urllib.request
         for path, want in (("/health", 200), ("/ready", 200)):
             with urllib.request.urlopen(f"http://127.0.0.1:{mport}{path}", timeout=5) as r:
                 assert r.status == want
-        send_tcp(tcp, [SIGMA.format(n=1, risk=90), SIGMA.format(n=2, risk=10)])
+        send_tcp(tcp, [sigma(n=1, risk=90), sigma(n=2, risk=10)])
         wait_until(lambda: len(lines_of(out)) >= 1, 10, what="LEEF line in the file sink")
         with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
             text = r.read().decode()
         assert 'relay_received_total{source="tcp"} 2' in text
         assert 'relay_routed_total{route="high"} 1' in text
-        proc.send_signal(signal.SIGTERM)
+        relay.proc.send_signal(signal.SIGTERM)
         assert "STOPPING=1" in srv.recv(4096).decode()
-        assert proc.wait(20) == 0
+        assert relay.proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
         srv.close()
     (line,) = lines_of(out)
     assert "LEEF:2.0|Relay|SOC Relay|1.0|created|" in line and "externalId=INC-1" in line
 
 
-def test_sighup_reload_applies_good_and_keeps_old_on_bad(tmp_path):
+def test_sighup_reload_applies_good_and_keeps_old_on_bad(tmp_path, make_relay):
     tcp, mport = free_port(), free_port()
     out = tmp_path / "out.leef"
-    relay = RelayProcess(tmp_path, config(tmp_path, tcp, mport, file_sink(out)), mport)
+    relay = make_relay(config(tmp_path, tcp, mport, file_sink(out)), mport)
     with relay:
-        send_tcp(tcp, [SIGMA.format(n=1, risk=50)])  # below 70: not routed
+        send_tcp(tcp, [sigma(n=1, risk=50)])  # below 70: not routed
         relay.wait_metric("relay_unrouted_total", 1, 10)
         # a good new config: threshold 40
         relay.config_path.write_text(config(tmp_path, tcp, mport, file_sink(out), route="risk_score >= 40"))
         relay.proc.send_signal(signal.SIGHUP)
         relay.wait_metric("relay_config_reloads_total", 1, 10, result="applied")
-        send_tcp(tcp, [SIGMA.format(n=2, risk=50)])
+        send_tcp(tcp, [sigma(n=2, risk=50)])
         wait_until(lambda: len(lines_of(out)) == 1, 10, what="the reloaded route to deliver")
         # a bad new config: kept the old one, still running
         relay.config_path.write_text(config(tmp_path, tcp, mport, file_sink(out), route="risk_score >="))
         relay.proc.send_signal(signal.SIGHUP)
         relay.wait_metric("relay_config_reloads_total", 1, 10, result="rejected")
-        send_tcp(tcp, [SIGMA.format(n=3, risk=45)])
+        send_tcp(tcp, [sigma(n=3, risk=45)])
         wait_until(lambda: len(lines_of(out)) == 2, 10, what="the old config to keep working")
         assert "new configuration rejected, keeping the running one" in relay.stderr()
         assert "routes.high.match" in relay.stderr()
@@ -122,7 +109,7 @@ def test_bad_config_exits_2_with_key_path(tmp_path):
     cfg = tmp_path / "relay.toml"
     cfg.write_text(config(tmp_path, free_port(), free_port(), file_sink(tmp_path / "o"),
                           extra='[sinks.x]\ntype = "syslog"\naddress = "nowhere"\n'))
-    p = subprocess.run([RELAY, "run", "--config", str(cfg)], capture_output=True, timeout=30)
+    p = relay_cli("run", "--config", cfg)
     assert p.returncode == 2
     assert f"{cfg}: sinks.x.address:".encode() in p.stderr
 
@@ -135,20 +122,20 @@ def test_port_in_use_exits_1_with_clear_message(tmp_path):
     try:
         cfg = tmp_path / "relay.toml"
         cfg.write_text(config(tmp_path, port, free_port(), file_sink(tmp_path / "o")))
-        p = subprocess.run([RELAY, "run", "--config", str(cfg)], capture_output=True, timeout=30)
+        p = relay_cli("run", "--config", cfg)
         assert p.returncode == 1
         assert b"source tcp: cannot listen on tcp 127.0.0.1:" in p.stderr
     finally:
         busy.close()
 
 
-def test_sigterm_drains_to_the_sink_before_exit(tmp_path):
+def test_sigterm_drains_to_the_sink_before_exit(tmp_path, make_relay):
     tcp, mport = free_port(), free_port()
     with QradarStandIn() as qr:
         sink = f'[sinks.out]\ntype = "syslog"\naddress = "{qr.address}"\nprotocol = "tcp"\nformat = "leef"\n'
-        relay = RelayProcess(tmp_path, config(tmp_path, tcp, mport, sink), mport)
+        relay = make_relay(config(tmp_path, tcp, mport, sink), mport)
         with relay:
-            send_tcp(tcp, [SIGMA.format(n=i, risk=80) for i in range(500)])
+            send_tcp(tcp, [sigma(n=i, risk=80) for i in range(500)])
             relay.wait_metric("relay_enqueued_total", 500, 15, sink="out")
         assert relay.returncode == 0
         qr.wait_for(500, 10)
@@ -156,7 +143,7 @@ def test_sigterm_drains_to_the_sink_before_exit(tmp_path):
         assert len(ids) == 500
 
 
-def test_queue_commands_dead_letters_and_replay(tmp_path):
+def test_queue_commands_dead_letters_and_replay(tmp_path, make_relay):
     from relay.config import load
     from relay.server import open_queue
     tcp, mport, port = free_port(), free_port(), free_port()
@@ -169,28 +156,28 @@ def test_queue_commands_dead_letters_and_replay(tmp_path):
     q.put_many([(f"<13>1 - h app - - - replayed {i}".encode(), {"dedup_key": f"k{i}"}) for i in range(3)])
     q.dead_letter(q.lease(10), "HTTP 400: bad request")
     q.close()
-    p = subprocess.run([RELAY, "queue", "status", "-c", cfg, "--json"], capture_output=True, timeout=30)
+    p = relay_cli("queue", "status", "-c", cfg, "--json")
     assert p.returncode == 0, p.stderr
     (row,) = json.loads(p.stdout)
     assert row["sink"] == "out" and row["depth"] == 0 and row["dead_letters"] == 3
-    p = subprocess.run([RELAY, "queue", "status", "-c", cfg], capture_output=True, timeout=30)
+    p = relay_cli("queue", "status", "-c", cfg)
     assert b"out" in p.stdout and b"3" in p.stdout
-    p = subprocess.run([RELAY, "queue", "list", "-c", cfg, "out", "--dead", "--json"], capture_output=True, timeout=30)
+    p = relay_cli("queue", "list", "-c", cfg, "out", "--dead", "--json")
     items = [json.loads(x) for x in p.stdout.decode().splitlines()]
     assert len(items) == 3 and all(it["reason"] == "HTTP 400: bad request" for it in items)
     assert items[0]["payload"].startswith("<13>1 - h app - - - replayed")
-    p = subprocess.run([RELAY, "queue", "replay", "-c", cfg, "out"], capture_output=True, timeout=30)
+    p = relay_cli("queue", "replay", "-c", cfg, "out")
     assert p.returncode == 0 and b"3 event(s) moved back" in p.stdout, p.stderr
-    p = subprocess.run([RELAY, "queue", "status", "-c", cfg, "--json"], capture_output=True, timeout=30)
+    p = relay_cli("queue", "status", "-c", cfg, "--json")
     assert json.loads(p.stdout)[0]["depth"] == 3 and json.loads(p.stdout)[0]["dead_letters"] == 0
     # the replayed events are delivered once the destination is there
     with QradarStandIn(port=port) as qr:
-        with RelayProcess(tmp_path, cfgfile.read_text(), mport):
+        with make_relay(cfgfile.read_text(), mport):
             got = qr.wait_for(3, 20)
     assert sorted(x.rsplit(" ", 1)[1] for x in got) == ["0", "1", "2"]
-    p = subprocess.run([RELAY, "queue", "purge", "-c", cfg, "out", "--dead", "--yes"], capture_output=True, timeout=30)
+    p = relay_cli("queue", "purge", "-c", cfg, "out", "--dead", "--yes")
     assert p.returncode == 0 and b"0 event(s) deleted" in p.stdout
-    p = subprocess.run([RELAY, "queue", "list", "-c", cfg, "nope"], capture_output=True, timeout=30)
+    p = relay_cli("queue", "list", "-c", cfg, "nope")
     assert p.returncode == 1 and b"no sink named 'nope'" in p.stderr
 
 
@@ -212,13 +199,13 @@ def _worker_pids(relay_pid: int) -> list[int]:
     return out
 
 
-def test_worker_processes_deliver_restart_and_reload(tmp_path):
+def test_worker_processes_deliver_restart_and_reload(tmp_path, make_relay):
     tcp, mport = free_port(), free_port()
     out = tmp_path / "out.leef"
     cfgtext = config(tmp_path, tcp, mport, file_sink(out)).replace("[relay]\n", "[relay]\nworkers = 2\n")
-    relay = RelayProcess(tmp_path, cfgtext, mport)
+    relay = make_relay(cfgtext, mport)
     with relay:
-        send_tcp(tcp, [SIGMA.format(n=i, risk=90 if i % 2 else 10) for i in range(4000)])
+        send_tcp(tcp, [sigma(n=i, risk=90 if i % 2 else 10) for i in range(4000)])
         wait_until(lambda: len(lines_of(out)) >= 2000, 20, what="2000 LEEF lines")
         relay.wait_metric("relay_parsed_total", 4000, 10, source="tcp", format="rfc5424")
         relay.wait_metric("relay_routed_total", 2000, 10, route="high")
@@ -228,14 +215,14 @@ def test_worker_processes_deliver_restart_and_reload(tmp_path):
         os.kill(pids[0], signal.SIGKILL)
         relay.wait_metric("relay_worker_restarts_total", 1, 10)
         wait_until(lambda: len(_worker_pids(relay.proc.pid)) == 2, 15, what="the worker to be restarted")
-        send_tcp(tcp, [SIGMA.format(n=10000 + i, risk=95) for i in range(100)])
+        send_tcp(tcp, [sigma(n=10000 + i, risk=95) for i in range(100)])
         wait_until(lambda: len(lines_of(out)) >= 2100, 20, what="delivery after the restart")
         # reload reaches the workers: the threshold goes down to 5
         relay.config_path.write_text(cfgtext.replace("risk_score >= 70", "risk_score >= 5"))
         relay.proc.send_signal(signal.SIGHUP)
         relay.wait_metric("relay_config_reloads_total", 1, 10, result="applied")
         time.sleep(0.5)
-        send_tcp(tcp, [SIGMA.format(n=20000 + i, risk=10) for i in range(50)])
+        send_tcp(tcp, [sigma(n=20000 + i, risk=10) for i in range(50)])
         wait_until(lambda: len(lines_of(out)) >= 2150, 20, what="the reloaded rule in the workers")
     assert relay.returncode == 0
     ids = [line.split("externalId=")[1].split("^")[0] for line in lines_of(out)]

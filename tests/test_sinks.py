@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,11 +19,12 @@ import pytest
 from formats.syslog import frame, frame_batch, frame_lf, frame_octet
 from relay.config import SinkConfig
 from relay.metrics import Registry
-from relay.queue import DiskQueue, RetryPolicy
+from relay.queue import DiskQueue
 from relay import kinds
 from relay.sinks import AuthError, PermanentError, Sink, make_sink
 from relay.sinks.file import FileSink
 from relay.sinks.syslog import SyslogStreamSink, SyslogUdpSink
+from tests.harness import free_port, make_queue, run_async, run_sinks
 
 HOST = "127.0.0.1"
 HARD_TIMEOUT = 60.0
@@ -41,22 +40,9 @@ def payloads(n: int, size: int = 180, tag: str = "m") -> list[bytes]:
     return out
 
 
-def make_queue(path: Path) -> DiskQueue:
-    return DiskQueue(path, synchronous="NORMAL",
-                     retry=RetryPolicy(base=0.05, factor=2.0, cap=0.2, max_attempts=0))
-
-
 def fill(q: DiskQueue, items: list[bytes]) -> None:
     for i in range(0, len(items), 1000):
         q.put_many([(p, None) for p in items[i:i + 1000]])
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind((HOST, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def syslog_cfg(name: str, port: int, protocol: str = "tcp", framing: str | None = "lf",
@@ -69,28 +55,7 @@ def syslog_cfg(name: str, port: int, protocol: str = "tcp", framing: str | None 
 
 
 def run(coro, timeout: float = HARD_TIMEOUT):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def run_sinks(sinks: list[Sink], until, timeout: float = 20.0) -> bool:
-    """Run the sinks until ``until()`` is true (or timeout); stop them; True if met."""
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(s.run(stop)) for s in sinks]
-    deadline = time.monotonic() + timeout
-    ok = False
-    try:
-        while time.monotonic() < deadline:
-            if until():
-                ok = True
-                break
-            for t in tasks:
-                if t.done():
-                    t.result()  # surface a crash of the loop
-            await asyncio.sleep(0.02)
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 20)
-    return ok
+    return run_async(coro, timeout)
 
 
 def parse_frames(buf: bytes, framing: str) -> tuple[list[bytes], bytes]:
@@ -595,34 +560,9 @@ def test_udp_port_unreachable_pauses_and_resumes(tmp_path):
 
 
 # --------------------------------------------------------------------------- TLS
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available")
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
-                 "-subj", f"/CN=Relay Test {ca}",
-                 "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    (d / "ext.cnf").write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
-        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
-    _openssl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=localhost", cwd=d)
-    _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    return d
-
-
 def _server_ctx(pki: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki / "srv.pem", pki / "srv.key")
+    ctx.load_cert_chain(pki / "server.pem", pki / "server.key")
     return ctx
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import itertools
 import math
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 
@@ -24,6 +23,7 @@ from formats.syslog import frame, frame_octet
 from relay.config import SourceConfig
 from relay.metrics import REGISTRY
 from relay.sources import TcpSource, TlsSource, UdpSource, make_source
+from tests import harness
 
 LOOP = "127.0.0.1"
 _ids = itertools.count()
@@ -33,9 +33,7 @@ _ids = itertools.count()
 
 def run(coro, timeout: float = 30.0):
     """Run a test coroutine in a fresh loop; it fails rather than hangs."""
-    async def main():
-        return await asyncio.wait_for(coro, timeout)
-    return asyncio.run(main())
+    return harness.run_async(coro, timeout)
 
 
 def cfg(type_: str, **kw) -> SourceConfig:
@@ -51,12 +49,8 @@ def dropped(src, reason: str):
     return REGISTRY.value("relay_dropped_total", source=src.cfg.name, reason=reason)
 
 
-async def until(pred, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
+# waits here: 5 s unless a test says otherwise, polled every 5 ms
+until = functools.partial(harness.until, timeout=5.0, interval=0.005)
 
 
 class FakePipeline:
@@ -767,30 +761,6 @@ def test_tcp_stop_waits_for_durable_then_gives_up():
 
 
 # ----------------------------------------------------------------------------- TLS
-
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """Throwaway CA, server certificate (127.0.0.1, localhost) and client certificate."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=relay test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             cwd=d)
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
-                      ("client", "extendedKeyUsage=clientAuth\n")):
-        (d / f"{name}.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n" + ext)
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=relay test {name}",
-                 cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
-    return d
-
 
 def tls_cfg(pki, **kw):
     return cfg("tls", tls_cert=pki / "server.pem", tls_key=pki / "server.key", **kw)

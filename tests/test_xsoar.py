@@ -21,11 +21,12 @@ from parsers.normalise import normalise
 from relay.config import ConfigError, loads
 from relay.metrics import Registry
 from relay import kinds
-from relay.queue import DiskQueue, RetryPolicy
+from relay.queue import DiskQueue
 from relay.sinks import AuthError, PermanentError, RetryableError, make_sink
 from relay.sinks.xsoar import (DedupRecord, DedupStore, Secret, XsoarSink, XsoarWebhookSink, auth_headers,
                                classify, search_query, store_path)
 from tests.emulators.xsoar import XsoarEmulator
+from tests.harness import counts, make_queue, run_async, run_sinks, sigma_line
 
 HOST = "127.0.0.1"
 KEY = "k3y-S3CRET-0123456789abcdef"
@@ -35,13 +36,6 @@ HARD_TIMEOUT = 30.0
 
 
 # --------------------------------------------------------------------------- helpers
-def sigma(inc: str, risk: int = 82, msgid: str = "created", status: str = "OPEN", actor: str = "jdoe") -> bytes:
-    body = json.dumps({"incident_id": inc, "risk_score": risk}, separators=(",", ":"))
-    return (f'<137>1 2026-03-13T04:30:00.123Z rx-01 SigmaIncident 4242 {msgid} '
-            f'[incident@32473 id="{inc}" actor="{actor}" entity="Primary Site" status="{status}" '
-            f'risk_score="{risk}" alarm_count="12"] {body}').encode()
-
-
 def sink_config(tmp_path: Path, body: str, typ: str = "xsoar", name: str = "xs"):
     text = f"""
 [relay]
@@ -56,9 +50,9 @@ sinks = ["{name}"]
     return loads(text, file="test.toml", base_dir=tmp_path).sinks[name]
 
 
-def make_queue(tmp_path: Path, name: str = "xs") -> DiskQueue:
-    return DiskQueue(tmp_path / "state" / f"queue-{name}.db", synchronous="NORMAL",
-                     retry=RetryPolicy(base=0.05, factor=2.0, cap=0.2, max_attempts=0))
+def queue_for(tmp_path: Path, name: str = "xs") -> DiskQueue:
+    """The sink's queue where the relay keeps it: <state_dir>/queue-<name>.db."""
+    return make_queue(tmp_path / "state" / f"queue-{name}.db")
 
 
 def enqueue(q: DiskQueue, cfg, lines: list[bytes]) -> None:
@@ -74,28 +68,8 @@ def enqueue(q: DiskQueue, cfg, lines: list[bytes]) -> None:
     q.put_many(rows)
 
 
-async def _run(sinks, until, timeout: float) -> bool:
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(s.run(stop)) for s in sinks]
-    deadline = time.monotonic() + timeout
-    ok = False
-    try:
-        while time.monotonic() < deadline:
-            if until():
-                ok = True
-                break
-            for t in tasks:
-                if t.done():
-                    t.result()
-            await asyncio.sleep(0.02)
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 20)
-    return ok
-
-
 def run_sink(sink, until, timeout: float = 15.0) -> bool:
-    return asyncio.run(asyncio.wait_for(_run([sink], until, timeout), HARD_TIMEOUT))
+    return run_async(run_sinks([sink], until, timeout), HARD_TIMEOUT)
 
 
 @pytest.fixture
@@ -105,24 +79,15 @@ def key_env(monkeypatch):
 
 
 @pytest.fixture
-def emu():
-    e = XsoarEmulator(api_key=KEY, auth_id="7")
-    e.start()
-    try:
-        yield e
-    finally:
-        e.close()
+def emu(make_xsoar):
+    return make_xsoar(api_key=KEY, auth_id="7")
 
 
 def rest_sink(tmp_path, emu, extra: str = "", *, name: str = "xs", registry=None, timeout: float = 2.0, **kw):
     cfg = sink_config(tmp_path, f'url = "{emu.url}"\napi_key_env = "{ENV}"\ntimeout = {timeout}\n{extra}', name=name)
-    q = make_queue(tmp_path, name)
+    q = queue_for(tmp_path, name)
     reg = registry if registry is not None else Registry()
     return cfg, q, make_sink(cfg, q, registry=reg, auth_recheck=0.3, **kw), reg
-
-
-def counts(emu: XsoarEmulator) -> dict[str, int]:
-    return {k: len(v) for k, v in emu.by_field(FIELD).items()}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -239,7 +204,7 @@ def test_auth_headers_variants(tmp_path, key_env):
 ])
 def test_each_auth_variant_creates(tmp_path, key_env, emu, variant, extra):
     cfg, q, sink, reg = rest_sink(tmp_path, emu, extra)
-    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-2")])
+    enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-2")])
     assert run_sink(sink, lambda: q.depth() == 0)
     assert counts(emu) == {"rhythmx:INC-1": 1, "rhythmx:INC-2": 1}
     want = {"v6": "6"}.get(variant, "8")
@@ -253,7 +218,7 @@ def test_v8_without_auth_id_is_rejected_and_blocks(tmp_path, key_env, emu, caplo
     # a v8-only server: v6-style requests (no auth id, root paths) are refused
     emu.accept = ("8",)
     cfg, q, sink, reg = rest_sink(tmp_path, emu, 'api_prefix = "/xsoar/public/v1"')
-    enqueue(q, cfg, [sigma("INC-1")])
+    enqueue(q, cfg, [sigma_line("INC-1")])
     with caplog.at_level(logging.DEBUG):
         run_sink(sink, lambda: reg.value("relay_sink_blocked", sink="xs") == 1, timeout=5)
     assert reg.value("relay_sink_blocked", sink="xs") == 1 and q.depth() == 1 and q.dlq_depth() == 0
@@ -268,7 +233,7 @@ def test_search_before_create_finds_existing(tmp_path, key_env, emu):
                    json={"name": "old", "CustomFields": {FIELD: "rhythmx:INC-1"}, "rawJSON": "{}"})
     assert r.status_code == 200
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-2")])
+    enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-2")])
     assert run_sink(sink, lambda: q.depth() == 0)
     assert counts(emu) == {"rhythmx:INC-1": 1, "rhythmx:INC-2": 1}
     assert reg.value("relay_xsoar_incidents_total", sink="xs", action="found") == 1
@@ -305,7 +270,7 @@ def test_search_matches_exact_key_only(tmp_path, key_env, emu):
 def test_dropped_connection_after_create_no_duplicate(tmp_path, key_env, emu):
     emu.drop_after_processing(op="create", count=2)
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-2"), sigma("INC-3")])
+    enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-2"), sigma_line("INC-3")])
     assert run_sink(sink, lambda: q.depth() == 0)
     assert emu.stats["dropped"] == 2
     assert counts(emu) == {f"rhythmx:INC-{i}": 1 for i in (1, 2, 3)}
@@ -317,7 +282,7 @@ def test_dropped_connection_after_create_no_duplicate(tmp_path, key_env, emu):
 def test_timeout_after_processing_no_duplicate(tmp_path, key_env, emu):
     emu.slow(1.5, op="create", count=1, when="after")   # answer comes after the client gave up
     cfg, q, sink, reg = rest_sink(tmp_path, emu, timeout=0.5)
-    enqueue(q, cfg, [sigma("INC-1")])
+    enqueue(q, cfg, [sigma_line("INC-1")])
     assert run_sink(sink, lambda: q.depth() == 0)
     assert counts(emu) == {"rhythmx:INC-1": 1}
     assert reg.value("relay_send_errors_total", sink="xs", reason="timeout") == 1
@@ -355,14 +320,14 @@ def test_dedup_store_corrupt_file_moved_aside(tmp_path, caplog):
 
 def test_dedup_store_survives_restart_without_search(tmp_path, key_env, emu):
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(5)])
+    enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(5)])
     assert run_sink(sink, lambda: q.depth() == 0)
     q.close()
     searches = emu.stats["searches"]
     # a new sink over the same state dir; searches would now fail: the store answers alone
     emu.fail(500, op="search")
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(5)])
+    enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(5)])
     assert run_sink(sink, lambda: q.depth() == 0)
     assert counts(emu) == {f"rhythmx:INC-{i}": 1 for i in range(5)}
     assert emu.stats["searches"] == searches and emu.stats["http_500"] == 0
@@ -374,9 +339,9 @@ def test_dedup_store_survives_restart_without_search(tmp_path, key_env, emu):
 def test_dedup_store_cap_evicted_key_found_by_search(tmp_path, key_env, emu):
     # concurrency 1: incidents enter the FIFO store in order, so INC-0 is the one evicted
     cfg, q, sink, reg = rest_sink(tmp_path, emu, "dedup_store_size = 2\nconcurrency = 1")
-    enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(4)])
+    enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(4)])
     assert run_sink(sink, lambda: q.depth() == 0)
-    enqueue(q, cfg, [sigma("INC-0")])                    # evicted from the store
+    enqueue(q, cfg, [sigma_line("INC-0")])                    # evicted from the store
     assert run_sink(sink, lambda: q.depth() == 0)
     assert counts(emu) == {f"rhythmx:INC-{i}": 1 for i in range(4)}
     assert reg.value("relay_xsoar_incidents_total", sink="xs", action="found") == 1
@@ -427,7 +392,7 @@ def test_classify_excerpt_is_bounded():
 def test_server_error_storm_then_recovery(tmp_path, key_env, emu):
     emu.fail(502, count=6)
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(10)])
+    enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(10)])
     assert run_sink(sink, lambda: q.depth() == 0, timeout=20)
     assert counts(emu) == {f"rhythmx:INC-{i}": 1 for i in range(10)}
     assert reg.value("relay_send_errors_total", sink="xs", reason="server_error") >= 1
@@ -439,7 +404,7 @@ def test_server_error_storm_then_recovery(tmp_path, key_env, emu):
 def test_429_retry_after_honoured(tmp_path, key_env, emu):
     emu.fail(429, count=1, retry_after=1, op="search")
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma("INC-1")])
+    enqueue(q, cfg, [sigma_line("INC-1")])
     t0 = time.monotonic()
     assert run_sink(sink, lambda: q.depth() == 0)
     assert time.monotonic() - t0 >= 0.95
@@ -452,7 +417,7 @@ def test_429_retry_after_honoured(tmp_path, key_env, emu):
 def test_auth_failure_blocks_keeps_everything(tmp_path, key_env, emu, caplog, status):
     emu.fail(status)
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(5)])
+    enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(5)])
     with caplog.at_level(logging.DEBUG):
         run_sink(sink, lambda: False, timeout=1.0)
     assert reg.value("relay_sink_blocked", sink="xs") == 1
@@ -474,10 +439,10 @@ def test_auth_failure_blocks_keeps_everything(tmp_path, key_env, emu, caplog, st
 def test_auth_failure_with_store_hits_stays_blocked(tmp_path, key_env, emu, caplog):
     """A probe batch mixing a dedup-store hit (no request) and a 403 must not 'unblock'."""
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma("INC-1")])
+    enqueue(q, cfg, [sigma_line("INC-1")])
     assert run_sink(sink, lambda: q.depth() == 0)
     emu.fail(403)
-    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-2")])
+    enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-2")])
     with caplog.at_level(logging.INFO):
         run_sink(sink, lambda: False, timeout=1.0)    # auth_recheck 0.3 s: several probes
     assert reg.value("relay_sink_blocked", sink="xs") == 1 and q.depth() == 2
@@ -489,7 +454,7 @@ def test_auth_failure_with_store_hits_stays_blocked(tmp_path, key_env, emu, capl
 def test_wrong_key_v6_403_csrf(tmp_path, monkeypatch, emu, caplog):
     monkeypatch.setenv(ENV, "wrong-key-value-123")
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma("INC-1")])
+    enqueue(q, cfg, [sigma_line("INC-1")])
     with caplog.at_level(logging.DEBUG):
         run_sink(sink, lambda: reg.value("relay_sink_blocked", sink="xs") == 1, timeout=5)
     assert reg.value("relay_sink_blocked", sink="xs") == 1 and q.depth() == 1
@@ -502,7 +467,7 @@ def test_rejected_incident_dead_lettered_with_status(tmp_path, key_env, emu):
     emu.known_custom_fields = {FIELD}
     emu.custom_fields_policy = "error"                   # riskscore etc. are unknown fields
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma("INC-1")])
+    enqueue(q, cfg, [sigma_line("INC-1")])
     assert run_sink(sink, lambda: q.dlq_depth() == 1)
     dead = q.list(dlq=True)[0]
     assert "HTTP 400" in dead.reason and "unknown incident field" in dead.reason
@@ -516,10 +481,10 @@ def test_connection_refused_counts_no_attempt(tmp_path, key_env, caplog):
         s.bind((HOST, 0))
         port = s.getsockname()[1]
     cfg = sink_config(tmp_path, f'url = "http://{HOST}:{port}"\napi_key_env = "{ENV}"\nconnect_timeout = 0.5')
-    q = make_queue(tmp_path)
+    q = queue_for(tmp_path)
     reg = Registry()
     sink = make_sink(cfg, q, registry=reg)
-    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-2")])
+    enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-2")])
     with caplog.at_level(logging.WARNING):
         run_sink(sink, lambda: False, timeout=1.0)
     assert q.depth() == 2 and q.dlq_depth() == 0
@@ -534,7 +499,7 @@ def test_untried_rows_released_not_retried(tmp_path, key_env, emu):
     """A 503 on the first request gives the rest of the batch back without burning attempts."""
     emu.fail(503, count=1, retry_after=0.2)
     cfg, q, sink, reg = rest_sink(tmp_path, emu, "concurrency = 1")
-    enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(6)])
+    enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(6)])
     assert run_sink(sink, lambda: q.depth() == 0)
     assert reg.value("relay_retried_total", sink="xs") == 1
     assert counts(emu) == {f"rhythmx:INC-{i}": 1 for i in range(6)}
@@ -544,8 +509,8 @@ def test_untried_rows_released_not_retried(tmp_path, key_env, emu):
 # --------------------------------------------------------------------------- modes
 def test_create_mode_skips_updates(tmp_path, key_env, emu):
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-1", 90, "updated", "IN_PROGRESS"),
-                     sigma("INC-1", 90, "closed", "CLOSED")])
+    enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-1", 90, msgid="updated", status="IN_PROGRESS"),
+                     sigma_line("INC-1", 90, msgid="closed", status="CLOSED")])
     assert run_sink(sink, lambda: q.depth() == 0)
     [inc] = emu.incidents()
     assert inc["version"] == 1 and inc["status"] != 2 and inc["CustomFields"]["riskscore"] == "82"
@@ -559,9 +524,9 @@ def test_sync_mode_updates_and_closes(tmp_path, key_env, emu, endpoint):
     emu.conflict_next(1)     # an analyst edits the incident between our read and our update
     cfg, q, sink, reg = rest_sink(tmp_path, emu, f'mode = "sync"\nclose_on_source_close = true\n'
                                                  f'close_endpoint = "{endpoint}"\nclose_reason = "Resolved"')
-    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-1", 90, "updated", "IN_PROGRESS"),
-                     sigma("INC-1", 90, "updated", "IN_PROGRESS"),  # re-sent: unchanged, skipped
-                     sigma("INC-1", 95, "closed", "CLOSED"), sigma("INC-2")])
+    enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-1", 90, msgid="updated", status="IN_PROGRESS"),
+                     sigma_line("INC-1", 90, msgid="updated", status="IN_PROGRESS"),  # re-sent: unchanged, skipped
+                     sigma_line("INC-1", 95, msgid="closed", status="CLOSED"), sigma_line("INC-2")])
     assert run_sink(sink, lambda: q.depth() == 0)
     assert counts(emu) == {"rhythmx:INC-1": 1, "rhythmx:INC-2": 1}
     inc = emu.by_field(FIELD)["rhythmx:INC-1"][0]
@@ -578,7 +543,7 @@ def test_sync_mode_updates_and_closes(tmp_path, key_env, emu, endpoint):
 
 def test_close_in_create_mode_and_idempotent_close(tmp_path, key_env, emu):
     cfg, q, sink, reg = rest_sink(tmp_path, emu, "close_on_source_close = true")
-    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-1", 90, "closed", "CLOSED"), sigma("INC-1", 90, "closed", "CLOSED")])
+    enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-1", 90, msgid="closed", status="CLOSED"), sigma_line("INC-1", 90, msgid="closed", status="CLOSED")])
     assert run_sink(sink, lambda: q.depth() == 0)
     [inc] = emu.incidents()
     assert inc["status"] == 2 and emu.stats["closed"] == 1
@@ -588,10 +553,10 @@ def test_close_in_create_mode_and_idempotent_close(tmp_path, key_env, emu):
 
 def test_persistent_conflict_is_retried_not_lost(tmp_path, key_env, emu):
     cfg, q, sink, reg = rest_sink(tmp_path, emu, 'mode = "sync"')
-    enqueue(q, cfg, [sigma("INC-1")])
+    enqueue(q, cfg, [sigma_line("INC-1")])
     assert run_sink(sink, lambda: q.depth() == 0)
     emu.conflict_next(4)                                  # 4 conflicts in a row: give up this round
-    enqueue(q, cfg, [sigma("INC-1", 91, "updated", "IN_PROGRESS")])
+    enqueue(q, cfg, [sigma_line("INC-1", 91, msgid="updated", status="IN_PROGRESS")])
     assert run_sink(sink, lambda: q.depth() == 0)
     inc = emu.incidents()[0]
     assert inc["CustomFields"]["riskscore"] == "91" and q.dlq_depth() == 0
@@ -601,7 +566,7 @@ def test_persistent_conflict_is_retried_not_lost(tmp_path, key_env, emu):
 
 def test_incident_body_is_what_xsoar_accepts(tmp_path, key_env, emu):
     cfg, q, sink, reg = rest_sink(tmp_path, emu)
-    enqueue(q, cfg, [sigma("INC-7", 88)])
+    enqueue(q, cfg, [sigma_line("INC-7", 88)])
     assert run_sink(sink, lambda: q.depth() == 0)
     [inc] = emu.incidents()
     assert isinstance(inc["rawJSON"], str) and json.loads(inc["rawJSON"])["incident_id"] == "INC-7"
@@ -614,11 +579,11 @@ def test_secrets_never_logged(tmp_path, key_env, emu, caplog):
     emu.drop_after_processing(op="create", count=1)
     emu.fail(500, count=1, op="search")
     cfg, q, sink, reg = rest_sink(tmp_path, emu, "dedup_store_size = 10")
-    enqueue(q, cfg, [sigma("INC-1"), sigma("INC-2")])
+    enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-2")])
     with caplog.at_level(logging.DEBUG):
         assert run_sink(sink, lambda: q.depth() == 0)
         emu.set_api_key("rotated")
-        enqueue(q, cfg, [sigma("INC-3")])
+        enqueue(q, cfg, [sigma_line("INC-3")])
         run_sink(sink, lambda: reg.value("relay_sink_blocked", sink="xs") == 1, timeout=5)
     assert reg.value("relay_sink_blocked", sink="xs") == 1
     text = caplog.text + repr(cfg) + repr(sink.settings) + "".join(str(i.last_error) for i in q.list())
@@ -633,13 +598,9 @@ def test_secrets_never_logged(tmp_path, key_env, emu, caplog):
 def webhook_sink(tmp_path, emu, extra: str, name: str = "wh"):
     cfg = sink_config(tmp_path, f'url = "{emu.url}/instance/execute/relay"\ntimeout = 2.0\n{extra}',
                       typ="xsoar_webhook", name=name)
-    q = make_queue(tmp_path, name)
+    q = queue_for(tmp_path, name)
     reg = Registry()
     return cfg, q, make_sink(cfg, q, registry=reg, auth_recheck=0.3), reg
-
-
-def wh_counts(emu):
-    return {k: len(v) for k, v in emu.by_field("rawJSON:relay.dedup_key").items()}
 
 
 def test_webhook_header_auth_batches_and_dedup(tmp_path, key_env):
@@ -647,14 +608,14 @@ def test_webhook_header_auth_batches_and_dedup(tmp_path, key_env):
         cfg, q, sink, reg = webhook_sink(tmp_path, emu, f'auth_header = "Authorization"\nauth_value_env = "{ENV}"\n'
                                                         f'batch_size = 10\nlinger = 0')
         assert isinstance(sink, XsoarWebhookSink)
-        enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(10)] + [sigma("INC-1")])
+        enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(10)] + [sigma_line("INC-1")])
         assert run_sink(sink, lambda: q.depth() == 0)
-        assert wh_counts(emu) == {f"rhythmx:INC-{i}": 1 for i in range(10)}
+        assert counts(emu, "rawJSON:relay.dedup_key") == {f"rhythmx:INC-{i}": 1 for i in range(10)}
         posts = [e for e in emu.log if e["op"] == "webhook"]
         assert len(posts) == 1        # 10 in one array; the duplicate (next batch) is skipped by the store
-        enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(10)])   # re-sent: the store skips them all
+        enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(10)])   # re-sent: the store skips them all
         assert run_sink(sink, lambda: q.depth() == 0)
-        assert wh_counts(emu) == {f"rhythmx:INC-{i}": 1 for i in range(10)}
+        assert counts(emu, "rawJSON:relay.dedup_key") == {f"rhythmx:INC-{i}": 1 for i in range(10)}
         assert reg.value("relay_xsoar_incidents_total", sink="wh", action="skipped") >= 10
         inc = emu.incidents()[0]
         assert "Authorization" not in json.loads(inc["rawJSON"])["headers"]   # the secret header is not kept
@@ -664,7 +625,7 @@ def test_webhook_header_auth_batches_and_dedup(tmp_path, key_env):
 def test_webhook_batch_is_one_array(tmp_path):
     with XsoarEmulator() as emu:
         cfg, q, sink, reg = webhook_sink(tmp_path, emu, "batch_size = 10\nlinger = 0")
-        enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(10)])
+        enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(10)])
         assert run_sink(sink, lambda: q.depth() == 0)
         posts = [e for e in emu.log if e["op"] == "webhook"]
         assert len(posts) == 1 and "10 item(s)" in posts[0]["note"]
@@ -681,9 +642,9 @@ def test_webhook_single_object_and_basic_auth(tmp_path, key_env):
             return orig(headers, raw)
         emu.webhook = spy
         cfg, q, sink, reg = webhook_sink(tmp_path, emu, f'username = "relay"\npassword_env = "{ENV}"\nbatch_size = 1')
-        enqueue(q, cfg, [sigma("INC-1"), sigma("INC-2")])
+        enqueue(q, cfg, [sigma_line("INC-1"), sigma_line("INC-2")])
         assert run_sink(sink, lambda: q.depth() == 0)
-        assert wh_counts(emu) == {"rhythmx:INC-1": 1, "rhythmx:INC-2": 1}
+        assert counts(emu, "rawJSON:relay.dedup_key") == {"rhythmx:INC-1": 1, "rhythmx:INC-2": 1}
         assert all(json.loads(b)["name"] for b in got) and all(isinstance(json.loads(b), dict) for b in got)
         q.close()
 
@@ -696,7 +657,7 @@ def test_webhook_linger_fills_batches(tmp_path):
             stop = asyncio.Event()
             task = asyncio.create_task(sink.run(stop))
             for i in range(5):
-                enqueue(q, cfg, [sigma(f"INC-{i}")])
+                enqueue(q, cfg, [sigma_line(f"INC-{i}")])
                 sink.notify()
                 await asyncio.sleep(0.05)
             while q.depth() and not task.done():
@@ -713,7 +674,7 @@ def test_webhook_linger_fills_batches(tmp_path):
 def test_webhook_401_blocks_and_400_dead_letters(tmp_path, key_env, caplog):
     with XsoarEmulator(webhook_auth=("_header:X-Token", "right")) as emu:
         cfg, q, sink, reg = webhook_sink(tmp_path, emu, f'auth_header = "X-Token"\nauth_value_env = "{ENV}"\nlinger = 0')
-        enqueue(q, cfg, [sigma("INC-1")])
+        enqueue(q, cfg, [sigma_line("INC-1")])
         with caplog.at_level(logging.DEBUG):
             run_sink(sink, lambda: reg.value("relay_sink_blocked", sink="wh") == 1, timeout=5)
         assert reg.value("relay_sink_blocked", sink="wh") == 1 and q.depth() == 1
@@ -731,9 +692,9 @@ def test_webhook_503_then_recovers_no_duplicates(tmp_path):
     with XsoarEmulator() as emu:
         emu.fail(503, seconds=0.5, op="webhook")
         cfg, q, sink, reg = webhook_sink(tmp_path, emu, "batch_size = 4\nlinger = 0")
-        enqueue(q, cfg, [sigma(f"INC-{i}") for i in range(10)])
+        enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(10)])
         assert run_sink(sink, lambda: q.depth() == 0)
-        assert wh_counts(emu) == {f"rhythmx:INC-{i}": 1 for i in range(10)}
+        assert counts(emu, "rawJSON:relay.dedup_key") == {f"rhythmx:INC-{i}": 1 for i in range(10)}
         assert emu.stats["http_503"] >= 1
         q.close()
 

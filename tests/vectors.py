@@ -11,6 +11,8 @@ import os
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RELAY_SHARED", ROOT.parent / "shared"))
 VECTORS = SHARED / "vectors"
@@ -45,3 +47,25 @@ def input_bytes(case: dict) -> bytes:
     if "input_hex" in case:
         return bytes.fromhex(case["input_hex"])
     return case["input"].encode("utf-8")
+
+
+def vector_params(cases: list[dict], dev: dict[str, str]) -> list:
+    """One ``pytest.param`` per vector (id = vector id); the listed deviations are strict
+    xfails raising AssertionError, so they must still disagree."""
+    out = []
+    for case in cases:
+        marks = ()
+        if case["id"] in dev:
+            marks = pytest.mark.xfail(strict=True, raises=AssertionError, reason=dev[case["id"]])
+        out.append(pytest.param(case, id=case["id"], marks=marks))
+    return out
+
+
+def raised(exc, fn, *args, **kw):
+    """The exception ``fn`` raised; AssertionError (so strict xfails see a disagreement,
+    not a crash) when it returned normally."""
+    try:
+        result = fn(*args, **kw)
+    except exc as e:
+        return e
+    raise AssertionError(f"{fn.__name__}{args!r} returned {result!r} instead of raising {exc.__name__}")

@@ -1,0 +1,62 @@
+"""Shared fixtures (the plain helpers they use are in tests/harness.py).
+
+* ``make_relay`` - a factory of :class:`tests.harness.RelayProcess`; every relay made is
+  stopped at teardown (SIGTERM, then SIGKILL after its stop timeout).
+* ``qradar`` - a :class:`tests.harness.QradarStandIn` on a free port, closed at teardown.
+* ``pki`` - a throw-away CA with server and client certificates (once per session).
+* ``make_xsoar`` - a factory of started XSOAR emulators, closed at teardown.
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.harness import QradarStandIn, RelayProcess, make_pki
+
+
+@pytest.fixture
+def make_relay(tmp_path):
+    """``make_relay(config, metrics_port, workdir=tmp_path, **kw)`` -> a RelayProcess, not started
+    yet (``.start()`` or ``with``); stopped at teardown whatever happened."""
+    made: list[RelayProcess] = []
+
+    def make(config: str, metrics_port: int, workdir=None, **kw) -> RelayProcess:
+        r = RelayProcess(tmp_path if workdir is None else workdir, config, metrics_port, **kw)
+        made.append(r)
+        return r
+    yield make
+    for r in reversed(made):
+        r.stop()
+
+
+@pytest.fixture
+def qradar():
+    """A QRadar stand-in (counting TCP syslog receiver) on a free port of 127.0.0.1."""
+    with QradarStandIn() as q:
+        yield q
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """Throw-away PKI (see :func:`tests.harness.make_pki`): ca, other-ca, server and client."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command (scripts/test-deps installs it)")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def make_xsoar():
+    """``make_xsoar(**kw)`` -> a started :class:`tests.emulators.xsoar.XsoarEmulator`; closed at
+    teardown."""
+    from tests.emulators.xsoar import XsoarEmulator
+    made = []
+
+    def make(**kw) -> XsoarEmulator:
+        e = XsoarEmulator(**kw)
+        made.append(e)
+        e.start()
+        return e
+    yield make
+    for e in reversed(made):
+        e.close()
