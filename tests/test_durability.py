@@ -321,11 +321,16 @@ class Outages(threading.Thread):
 
 class Sender(threading.Thread):
     """Sends ``messages`` over one TCP connection in order; ``sent`` counts the messages
-    whose bytes were all handed to the kernel.  A broken connection ends it quietly."""
+    whose bytes were all handed to the kernel.  A broken connection ends it quietly.
+    ``hold_at``: after that many messages, wait for ``gate`` (at most 60 s) before the rest,
+    so that a test can kill the relay while the sender still has messages to send, however
+    slowly the relay commits on a busy host."""
 
-    def __init__(self, port: int, messages: list[bytes], group: int = 100) -> None:
+    def __init__(self, port: int, messages: list[bytes], group: int = 100, hold_at: int | None = None) -> None:
         super().__init__(daemon=True)
         self.port, self.messages, self.group = port, messages, group
+        self.hold_at = hold_at
+        self.gate = threading.Event()
         self.sent = 0
         self.error: BaseException | None = None
         self.sock: socket.socket | None = None
@@ -335,6 +340,8 @@ class Sender(threading.Thread):
             self.sock = socket.create_connection((LOOPBACK, self.port), timeout=5)
             self.sock.settimeout(60)
             for i in range(0, len(self.messages), self.group):
+                if self.hold_at is not None and i >= self.hold_at and not self.gate.is_set():
+                    self.gate.wait(60)
                 part = self.messages[i:i + self.group]
                 self.sock.sendall(b"".join(part))
                 self.sent += len(part)
@@ -404,11 +411,12 @@ def test_sigkill_while_ingesting_and_delivering_loses_nothing(tmp_path, cleanup,
     # -- phase 1: SIGKILL while the relay is still reading the events
     relay.start()
     outages.start()
-    sender = Sender(src, messages)
+    sender = Sender(src, messages, hold_at=40_000)   # 10,000 still to send when the relay dies
     sender.start()
     enq = wait_until(lambda: (v := relay.metric("relay_enqueued_total", sink=SINK)) >= 15_000 and v,
                      60, what="15,000 events enqueued", interval=0.02)
     kill_relay()
+    sender.gate.set()
     sender.join(15)
     assert not sender.is_alive()
     assert sender.sent < N_EVENTS, "the sender finished before the kill: phase 1 did not kill mid-ingest"
