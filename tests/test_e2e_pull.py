@@ -293,7 +293,7 @@ owner = "{{asset_owner}}"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_pulled_offense_and_alert_are_enriched_and_triaged(tmp_path, workers):
+def test_pulled_offense_and_alert_are_enriched_and_triaged(tmp_path, make_relay, workers):
     """Seed 003's main flow: an offense the relay pulls itself, against a crown-jewel asset with a
     threat-intel hit, reaches XSOAR with the triage fields set and explained; a pulled Falcon
     alert's LEEF carries the triage score.  Pulled events go through the one stage, with one
@@ -313,7 +313,7 @@ def test_pulled_offense_and_alert_are_enriched_and_triaged(tmp_path, workers):
         falcon.add_alerts(2)
         mport = free_port()
         cfg = _enrich_config(mport, qr.url, xs.url, falcon.url, siem.address, workers)
-        with RelayProcess(tmp_path, cfg, mport) as relay:
+        with make_relay(cfg, mport) as relay:
             xs.wait(lambda e: len(xs.by_field("relaydedupkey")) >= 2, 30, "2 incidents")
             siem.wait_for(2, 30)
             relay.wait_metric("relay_triage_total", 4, 10, mode="assist")
