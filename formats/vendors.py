@@ -118,7 +118,7 @@ FALCON = VendorProfile(
                 ("filepath", "filePath"), ("cmdline", "commandLine"), ("domain", "domain"),
                 ("severity_name", "severityName"), ("objective", "objective"), ("scenario", "scenario"),
                 ("pattern_disposition_description", "patternDisposition"), ("sensor_id", "sensorId"),
-                ("device_id", "deviceId"), ("confidence", "confidence")),
+                ("device_id", "deviceId"), ("confidence", "confidence"), ("assigned_to", "assignedTo")),
     cef_extra=(("mac", "smac"), ("filename", "fname"), ("filepath", "filePath"), ("md5", "fileHash"),
                ("domain", "dntdom"), ("technique", "act"), ("objective", "reason")),
     cef_strings=(_slot("CommandLine", "extra.cmdline"), _slot("FalconHostLink", "url"),
