@@ -7,8 +7,8 @@
   try as RFC 3164.
 * RFC 3164 otherwise (the lenient fallback, see :mod:`parsers.rfc3164`).
 * ``cef`` / ``leef`` when the message has no syslog header at all and starts with ``CEF:`` or
-  ``LEEF:`` (a bare record, as some devices send it): ``msg`` = the whole message, no header
-  fields.  A CEF/LEEF record *inside* a syslog MSG keeps its syslog format; an RFC 3164 parse
+  ``LEEF:`` (a bare record, as some devices send it): ``msg`` = the whole message, PRI 13
+  assumed (RFC 3164 4.3.3), no other header field.  A CEF/LEEF record *inside* a syslog MSG keeps its syslog format; an RFC 3164 parse
   that took ``CEF``/``LEEF`` for the TAG (``host CEF:0|...``) is undone so that MSG starts with
   the record.  Either way parsers/normalise.py decodes the record (parsers/cefleef.py).
 * ``raw`` when the chosen parser raises :class:`ParseError`: ``format="raw"``,
@@ -47,8 +47,10 @@ def _raw(data: bytes, err: ParseError) -> Event:
 
 
 def _bare(data: bytes) -> Event:
-    """A CEF/LEEF record with no syslog header."""
+    """A CEF/LEEF record with no syslog header: PRI 13 (user.notice) is assumed, as RFC 3164
+    4.3.3 says for a message without one."""
     ev = Event(data, FORMAT_CEF if data[:1] == b"C" else FORMAT_LEEF)
+    ev.pri, ev.facility, ev.severity = 13, 1, 5
     end = len(data)
     while end and data[end - 1] in b"\r\n":
         end -= 1
