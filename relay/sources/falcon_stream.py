@@ -243,13 +243,19 @@ class FalconStreamSource(FalconSource):
                             self.last_error, wait)
                 if await self.sleep(wait):
                     break
-        await self._cancel_partitions()
+        await self._cancel_partitions(grace=2.0)
 
-    async def _cancel_partitions(self) -> None:
+    async def _cancel_partitions(self, grace: float = 0.0) -> None:
+        """End the partition tasks: on stop they end by themselves at their next batch (a batch
+        being committed is finished first); those still connecting after ``grace`` s are cancelled
+        (nothing of theirs is half-committed: the commit is shielded)."""
         tasks = list(self._tasks.values())
         self._tasks.clear()
+        if grace and tasks:
+            await asyncio.wait(tasks, timeout=grace)
         for t in tasks:
-            t.cancel()
+            if not t.done():
+                t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
 
