@@ -880,9 +880,9 @@ def test_one_shot_incident_gets_its_summary(tmp_path, llm, make_xsoar, monkeypat
 def test_one_shot_summary_late_or_failed_never_holds_the_incident(tmp_path, llm, make_xsoar, monkeypatch, fault):
     xs = make_xsoar(api_key="xk", auth_id=None)
     if fault == "timeout":
-        llm.hang(5, count=1)            # the LLM answers after the wait: created without it, after ~wait
-        inc, took, _ = _one_shot(tmp_path, llm, xs, monkeypatch, wait=0.5, timeout=3.0, key="rhythmx:LATE")
-        assert 0.4 <= took < 3.0
+        llm.hang(3, count=1)            # the LLM is later than the wait: created without it, after ~wait
+        inc, took, _ = _one_shot(tmp_path, llm, xs, monkeypatch, wait=0.3, timeout=2.0, key="rhythmx:LATE")
+        assert 0.25 <= took < 1.9       # the wait, not the LLM's 2 s timeout
     else:
         llm.fail(500, count=1)          # the LLM refuses: created at once, without it
         inc, took, _ = _one_shot(tmp_path, llm, xs, monkeypatch, wait=5.0, timeout=3.0, key="rhythmx:FAIL")
