@@ -17,7 +17,9 @@ data of formats/vendors.py, documented in docs/schema.md section 3.4, and summar
 * **Header identity**: the profile's (CrowdStrike events: ``CrowdStrike|FalconHost|1.0`` so
   QRadar's Falcon DSM claims them), else the sink's vendor/product/version for the
   Universal LEEF/CEF DSM.  EventID / Device Event Class ID is the vendor event (``event``:
-  ``created``, ``DetectionSummaryEvent``...), falling back to ``kind``.
+  ``created``, ``DetectionSummaryEvent``...), falling back to ``kind``; a profile with an
+  ``event_id`` field takes it from ``extra`` first (CrowdStrike: ``extra.siem_event``, the
+  SIEM Connector's event names, which QRadar's CrowdStrike DSM maps).
 * **Severity**: LEEF ``sev`` and CEF severity from the band: informational 1, low 3,
   medium 5, high 7, critical 9 (formats.md 4.2).
 * **rfc5424** is passthrough: the raw bytes exactly as received (RFC 5424 section 8: a relay
@@ -302,7 +304,8 @@ class Renderer:
             if not body.isascii() or "\n" in body or "\r" in body or body.count(d) != n + nd:
                 event_id = None
             else:
-                e = get("event") or get("kind")
+                e = (extra.get(profile.event_id) if extra and profile.event_id else None) or get("event") \
+                    or get("kind")
                 event_id = _str(e) if e else (ev.msgid or ev.app_name or "syslog")
                 # the syslog header and LEEF header around the timestamp, cached together
                 host = self.o.hostname
@@ -353,7 +356,7 @@ class Renderer:
             attrs = self._leef_attrs(ev, f, band, None, profile)
             stamp = "-"
         vendor, product, version = profile.header or self._leef_ident
-        event_id = _event_id(ev, f)
+        event_id = _event_id(ev, f, profile)
         line, changes = _leef.encode(vendor, product, version, event_id, attrs,
                                      version=self._leef_version, delimiter=self._leef_delim)
         if changes:
@@ -451,7 +454,7 @@ class Renderer:
         else:
             ext.append(("msg", _str(ev.msg) or ""))
         name = (f.get("name") if f else None) or ev.app_name or "syslog"
-        event_id, name = _event_id(ev, f), _str(name)
+        event_id, name = _event_id(ev, f, profile), _str(name)
         # the pairs as written when no value needs escaping or trimming (no backslash, '=',
         # CR, LF, and no value ending in a blank: "  " / "\t " / a last blank would show it)
         if escape_fields and extra and _has_backslash(extra, escape_fields):
@@ -493,9 +496,14 @@ def _has_backslash(extra: dict, keys: tuple) -> bool:
     return False
 
 
-def _event_id(ev: Event, f: dict | None) -> str:
+def _event_id(ev: Event, f: dict | None, profile: VendorProfile = DEFAULT) -> str:
     if f:
-        e = f.get("event") or f.get("kind")
+        e = None
+        if profile.event_id:
+            extra = f.get("extra")
+            if isinstance(extra, dict):
+                e = extra.get(profile.event_id)
+        e = e or f.get("event") or f.get("kind")
         if e:
             return _str(e)
     return ev.msgid or ev.app_name or "syslog"

@@ -19,6 +19,9 @@ A profile holds:
 * ``cef_strings`` / ``cef_numbers``: the labelled custom fields ``cs1..cs6`` / ``cn1..cn3``,
   as :class:`Slot` (label, field): filled in order by the slots that hold a value (an empty
   one uses no slot).  A ``cn`` value must be a number (a bool is not).
+* ``event_id``: the ``extra`` field that holds the event name the vendor's QRadar DSM maps
+  (written as LEEF EventID / CEF Device Event Class ID); when the event has none, the
+  canonical ``event``, then ``kind``.  None: always ``event``.
 * ``cef_escape_fields``: ``extra`` fields whose values usually hold backslashes (Windows
   paths and command lines): when one of them does, the CEF line goes straight to the
   escaping encoder instead of first trying the plain join.  Only a speed hint: the bytes
@@ -72,6 +75,7 @@ class VendorProfile:
     cef_strings: tuple[Slot, ...]
     cef_numbers: tuple[Slot, ...]
     cef_escape_fields: tuple[str, ...] = ()
+    event_id: str | None = None     # the ``extra`` field the LEEF EventID / CEF class id comes from first
 
     def __post_init__(self) -> None:
         if len(self.cef_strings) > CUSTOM_SLOTS["cs"] or len(self.cef_numbers) > CUSTOM_SLOTS["cn"]:
@@ -114,7 +118,7 @@ FALCON = VendorProfile(
                 ("filepath", "filePath"), ("cmdline", "commandLine"), ("domain", "domain"),
                 ("severity_name", "severityName"), ("objective", "objective"), ("scenario", "scenario"),
                 ("pattern_disposition_description", "patternDisposition"), ("sensor_id", "sensorId"),
-                ("device_id", "deviceId"), ("confidence", "confidence")),
+                ("device_id", "deviceId"), ("confidence", "confidence"), ("assigned_to", "assignedTo")),
     cef_extra=(("mac", "smac"), ("filename", "fname"), ("filepath", "filePath"), ("md5", "fileHash"),
                ("domain", "dntdom"), ("technique", "act"), ("objective", "reason")),
     cef_strings=(_slot("CommandLine", "extra.cmdline"), _slot("FalconHostLink", "url"),
@@ -123,6 +127,7 @@ FALCON = VendorProfile(
     cef_numbers=(_slot("ProcessId", "extra.process_id"), _slot("ParentProcessId", "extra.parent_process_id"),
                  _slot("RiskScore", "risk_score")),
     cef_escape_fields=("filepath", "cmdline"),
+    event_id="siem_event",
 )
 
 #: canonical ``vendor`` value -> profile

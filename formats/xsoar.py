@@ -2,8 +2,11 @@
 
 * :func:`incident` -> the JSON object for ``POST /incident`` (XSOAR 6 and 8):
   ``name``, ``type``, ``severity`` on XSOAR's scale, ``occurred`` (ISO 8601 with offset),
-  ``details``, ``labels`` (source/destination IPs, host, user, rule names, ``Instance``),
-  ``CustomFields`` (every value a string: ids are cast at this boundary), ``rawJSON`` (the
+  ``details``, ``labels`` (source/destination IPs, host, user, the source's rule names as
+  ``Rule``, the relay's matched routes as ``Relay Route``, ``Instance``),
+  ``CustomFields`` (every value a string: ids are cast at this boundary; an offense's resolved
+  context as ``sourceips``, ``destinationips``, ``rulenames`` (comma-joined) and ``topevents``
+  (JSON), a Falcon alert's resolved owner as ``assignedto``), ``rawJSON`` (the
   original vendor JSON, or the canonical event, *as a JSON string*), ``createInvestigation``,
   and the dedup key in the configured custom field.
 * :func:`webhook_item` -> one item for the Generic Webhook: ``name``, ``type``, ``occurred``,
@@ -95,16 +98,35 @@ def _raw_json(ev: Event, fields: dict | None) -> dict:
     return {"event": fields, "syslog": ev.syslog_dict()}
 
 
+#: ``extra`` lists that become one label per value (an offense's resolved context)
+_LIST_LABELS = (("source_addresses", "Source IP"), ("destination_addresses", "Destination IP"),
+                ("rule_names", "Rule"))
+
+
 def _labels(ev: Event, f: dict, routes, opts: XsoarOptions) -> list:
+    """Instance; Source IP / Destination IP (every resolved address of an offense, else the
+    canonical ``src_ip`` / ``dst_ip``), Host, User, Device; Rule (the source's rule names: a
+    QRadar offense's rules); Relay Route (the relay's own routes that matched)."""
     labels = [{"type": "Instance", "value": opts.instance}]
+    extra = f.get("extra")
+    extra = extra if isinstance(extra, dict) else {}
+    seen = set()
     for key, typ in (("src_ip", "Source IP"), ("dst_ip", "Destination IP"), ("host", "Host"), ("user", "User")):
         v = f.get(key)
         if v:
             labels.append({"type": typ, "value": _s(v)})
+            seen.add((typ, _s(v)))
+    for key, typ in _LIST_LABELS:
+        vals = extra.get(key)
+        if isinstance(vals, list):
+            for v in vals[:100]:
+                if v not in (None, "") and (typ, _s(v)) not in seen:
+                    seen.add((typ, _s(v)))
+                    labels.append({"type": typ, "value": _s(v)})
     if ev.hostname:
         labels.append({"type": "Device", "value": ev.hostname})
     for r in routes or ():
-        labels.append({"type": "Rule", "value": r})
+        labels.append({"type": "Relay Route", "value": r})
     return labels
 
 
@@ -117,6 +139,15 @@ def incident(ev: Event, opts: XsoarOptions, routes=()) -> dict:
         v = f.get(src)
         if v not in (None, ""):
             custom[key] = _s(v)
+    extra = f.get("extra") if isinstance(f.get("extra"), dict) else {}
+    for key, src in (("sourceips", "source_addresses"), ("destinationips", "destination_addresses"),
+                     ("rulenames", "rule_names"), ("assignedto", "assigned_to")):
+        v = extra.get(src)
+        if v not in (None, "", []):
+            custom[key] = _s(v)
+    top = extra.get("top_events")
+    if isinstance(top, list) and top:
+        custom["topevents"] = orjson.dumps(top, default=_s).decode()
     for key, path in opts.custom_fields.items():
         v = _path(f, path)
         if v not in (None, ""):

@@ -31,7 +31,7 @@ from parsers.schema import (
 from parsers.schema import parse_body as _parse_body
 
 __all__ = ["normalise", "normalise_dict", "normalise_resources", "matches", "detect_shape",
-           "VENDOR", "PRODUCT", "SHAPES"]
+           "stream_from_cef", "stream_from_leef", "siem_event", "VENDOR", "PRODUCT", "SHAPES", "SIEM_EVENTS"]
 
 VENDOR = "CrowdStrike"
 PRODUCT = "Falcon"
@@ -416,6 +416,8 @@ def _alert(obj: dict, notes: list) -> dict:
         "pattern_disposition_description": _s(obj.get("pattern_disposition_description")),
         "pattern_disposition_details": obj.get("pattern_disposition_details") or None,
         "tags": obj.get("tags") or None,
+        "assigned_to_uid": _s(obj.get("assigned_to_uid")),
+        "assigned_to_name": _s(obj.get("assigned_to_name")),
     }
     name = _s(obj.get("display_name")) or _s(obj.get("name")) or f"Falcon alert {fid or '?'}"
     return _fields(
@@ -446,7 +448,11 @@ def normalise_dict(obj: dict, *, shape: str | None = None, notes: list | None = 
     fn = _BY_SHAPE.get(shape)
     if fn is None:
         raise ValueError(f"unknown Falcon shape {shape!r}; one of {SHAPES}")
-    return fn(obj, notes if notes is not None else [])
+    fields = fn(obj, notes if notes is not None else [])
+    se = siem_event(fields)
+    if se is not None:
+        fields["extra"]["siem_event"] = se
+    return fields
 
 
 def normalise_resources(envelope: dict, *, shape: str | None = None) -> list[dict]:
@@ -482,3 +488,164 @@ def normalise(event: Event) -> Event:
         event.note(n)
     event.fields = fields
     return event
+
+
+# ---------------------------------------------------------------------------
+# The SIEM Connector's event names (QRadar's CrowdStrike DSM maps these)
+# ---------------------------------------------------------------------------
+
+#: Alerts API ``product`` -> the streaming / SIEM Connector event that carries such a detection.
+SIEM_EVENTS = {"epp": "EppDetectionSummaryEvent", "idp": "IdpDetectionSummaryEvent",
+               "mobile": "MobileDetectionSummaryEvent", "xdr": "XdrDetectionSummaryEvent",
+               "ngsiem": "XdrDetectionSummaryEvent", "overwatch": "EppDetectionSummaryEvent"}
+
+
+def siem_event(fields: dict) -> str | None:
+    """The event name the Falcon SIEM Connector would give this event (``extra.siem_event``):
+    the stream's own ``eventType``; ``DetectionSummaryEvent`` for a Detects API detection; for
+    an Alerts API alert, by its ``product`` (:data:`SIEM_EVENTS`; an ``ldt`` alert of no known
+    product is an endpoint detection); None when there is none."""
+    extra = fields.get("extra") or {}
+    et = extra.get("event_type")
+    if et:
+        return et
+    if fields.get("event") == "detection_summary":
+        return "DetectionSummaryEvent"
+    if fields.get("kind") == "alert":
+        p = extra.get("falcon_product")
+        if p in SIEM_EVENTS:
+            return SIEM_EVENTS[p]
+        if extra.get("alert_type") == "ldt" or p is None:
+            return "EppDetectionSummaryEvent"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# SIEM Connector CEF / LEEF -> the connector's JSON shape (formats.md 4.3)
+# ---------------------------------------------------------------------------
+
+# CEF extension key -> stream event key (the current connector mapping and the older one)
+_CEF_KEYS = {"cat": "Tactic", "externalId": "SensorId", "externalID": "SensorId", "dhost": "ComputerName",
+             "duser": "UserName", "suser": "UserName", "msg": "DetectDescription", "fname": "FileName",
+             "filePath": "FilePath", "fileHash": "MD5String", "dntdom": "MachineDomain", "sntdom": "MachineDomain",
+             "src": "LocalIP", "smac": "MACAddress", "act": "Technique", "reason": "Objective",
+             "CSMTRPatternDisposition": "PatternDispositionDescription"}
+# custom-field label -> stream event key ("@" + key: a metadata key); int-valued keys below
+_LABELS = {"CommandLine": "CommandLine", "FalconHostLink": "FalconHostLink", "ProcessId": "ProcessId",
+           "ParentProcessId": "ParentProcessId", "Offset": "@offset", "ProcessStartTime": "ProcessStartTime",
+           "DetectId": "DetectId", "CompositeId": "CompositeId", "AggregateId": "AggregateId",
+           "DetectName": "DetectName", "SHA256": "SHA256String", "SHA256String": "SHA256String",
+           "SHA1String": "SHA1String", "IncidentId": "IncidentId", "FineScore": "FineScore",
+           "CustomerId": "@customerIDString", "CustomerIdString": "@customerIDString",
+           "customerIDString": "@customerIDString", "ParentCommandLine": "ParentCommandLine",
+           "PatternId": "PatternId", "SeverityName": "SeverityName", "Objective": "Objective",
+           "IOCType": "IOCType", "IOCValue": "IOCValue"}
+_INTS = frozenset(("ProcessId", "ParentProcessId", "@offset", "PatternId", "Severity", "PatternDispositionValue"))
+# LEEF attribute -> stream event key (connector LEEF / QRadar names, and the relay's own output)
+_LEEF_KEYS = {"cat": "Tactic", "sev": "Severity", "severityName": "SeverityName", "usrName": "UserName",
+              "userName": "UserName", "identHostName": "ComputerName", "resource": "ComputerName",
+              "description": "DetectDescription", "msg": "DetectDescription", "fileName": "FileName",
+              "filePath": "FilePath", "commandLine": "CommandLine", "sha256": "SHA256String",
+              "md5": "MD5String", "domain": "MachineDomain", "falconHostLink": "FalconHostLink",
+              "url": "FalconHostLink", "src": "LocalIP", "srcMAC": "MACAddress", "detectId": "DetectId",
+              "compositeId": "CompositeId", "aggregateId": "AggregateId", "sensorId": "SensorId",
+              "name": "DetectName", "detectName": "DetectName", "objective": "Objective",
+              "patternDisposition": "PatternDispositionDescription", "processId": "ProcessId",
+              "parentProcessId": "ParentProcessId", "customerIdString": "@customerIDString",
+              "cid": "@customerIDString", "offset": "@offset", "incidentId": "IncidentId",
+              "technique": "@technique_id", "tacticId": "@tactic_id", "tactic": "Tactic"}
+
+
+def _put(meta: dict, ev: dict, key: str, value) -> None:
+    if value is None or value == "":
+        return
+    if key in _INTS:
+        v = value.strip() if isinstance(value, str) else value
+        if isinstance(v, str) and v.lstrip("-").isdigit():
+            value = int(v)
+    if key[0] == "@":
+        meta[key[1:]] = value
+    else:
+        ev.setdefault(key, value)
+
+
+def _ids_from_link(ev: dict) -> None:
+    """The detection's id from its console link when the record has none: ``.../detections/
+    detail/<aid>/<n>`` -> DetectId ``ldt:<aid>:<n>``; ``.../activity-v2/detections/<id>`` ->
+    CompositeId."""
+    link = ev.get("FalconHostLink")
+    if not isinstance(link, str) or "DetectId" in ev or "CompositeId" in ev:
+        return
+    base = link.split("?", 1)[0].rstrip("/")
+    i = base.find("/detections/detail/")
+    if i >= 0:
+        parts = base[i + 19:].split("/")
+        if len(parts) == 2 and all(parts):
+            ev["DetectId"] = f"ldt:{parts[0]}:{parts[1]}"
+        return
+    i = base.find("/activity-v2/detections/")
+    if i >= 0 and base[i + 24:]:
+        ev["CompositeId"] = base[i + 24:]
+
+
+def _stream_obj(event_type: str, meta: dict, ev: dict) -> dict:
+    tech = meta.pop("technique_id", None)
+    tactic = meta.pop("tactic_id", None)
+    if tech or tactic:
+        ev.setdefault("MitreAttack", [{"TacticID": tactic, "TechniqueID": tech}])
+    _ids_from_link(ev)
+    m = {"eventType": event_type or None}
+    m.update(meta)
+    return {"metadata": m, "event": ev}
+
+
+def stream_from_cef(rec) -> dict:
+    """A SIEM Connector CEF record (parsers.cef.CefRecord) -> the connector's JSON shape
+    ``{"metadata", "event"}`` with the keys the CEF carries (formats.md 4.3)."""
+    x = rec.extension
+    meta: dict = {}
+    ev: dict = {}
+    t = rec.time("rt") if x.get("rt") else None
+    if t is not None:
+        meta["eventCreationTime"] = int(round(t * 1000))
+    for k, v in x.items():
+        key = _CEF_KEYS.get(k)
+        if key is not None:
+            _put(meta, ev, key, v)
+        elif k.endswith("Label"):
+            continue
+        else:
+            label = x.get(k + "Label")
+            if label is not None:
+                key = _LABELS.get(label)
+                if key is not None:
+                    _put(meta, ev, key, v)
+    if "outcome" in x:
+        _put(meta, ev, "PatternDispositionValue", x["outcome"])
+    sev = rec.severity.strip()
+    if sev.isdigit():
+        ev["Severity"] = int(sev)
+    if rec.name:
+        ev.setdefault("Name", rec.name)
+    return _stream_obj(rec.event_class_id, meta, ev)
+
+
+def stream_from_leef(rec) -> dict:
+    """A SIEM Connector LEEF record (parsers.leef.LeefRecord) -> the connector's JSON shape."""
+    a = rec.attributes
+    meta: dict = {}
+    ev: dict = {}
+    for k, v in a.items():
+        key = _LEEF_KEYS.get(k)
+        if key is not None:
+            _put(meta, ev, key, v)
+    rs = a.get("riskScore")   # the relay's own LEEF: sev is its 1-10 band, riskScore the 1-100 score
+    if rs is not None and rs.isdigit() and int(rs) > 5:
+        ev["Severity"] = int(rs)
+    if a.get("devTime"):
+        from .leef import dev_time
+        t = dev_time(a)
+        if t is not None:
+            meta["eventCreationTime"] = int(round(t * 1000))
+    et = a.get("eventType") or rec.event_id
+    return _stream_obj(et, meta, ev)

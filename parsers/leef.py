@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from .event import ParseError
 
-__all__ = ["LeefRecord", "parse", "decode_delimiter"]
+__all__ = ["LeefRecord", "parse", "decode_delimiter", "dev_time"]
 
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -153,4 +153,43 @@ def _attributes(s: str, pos: int, end: int, delim: str) -> dict[str, str]:
         if eq > 0:
             out[pair[:eq]] = pair[eq + 1:]
         # empty pieces, pieces without '=' and '=value' without a key are skipped
+    return out
+
+
+def dev_time(attrs: dict) -> float | None:
+    """``devTime`` (read with ``devTimeFormat``, a Java SimpleDateFormat; without one, epoch
+    milliseconds as the LEEF spec says) as UTC epoch seconds, or None when unreadable."""
+    v = attrs.get("devTime")
+    if not v:
+        return None
+    v = v.strip()
+    fmt = attrs.get("devTimeFormat")
+    if not fmt or (v.isascii() and v.isdigit()):
+        return int(v) / 1000.0 if v.isascii() and v.isdigit() else None
+    from datetime import datetime, timezone
+    py = _java_format(fmt)
+    try:
+        if py is None:
+            raise ValueError(fmt)
+        d = datetime.strptime(v, py)
+    except ValueError:
+        from .cef import parse_time
+        return parse_time(v)
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=timezone.utc)
+    return d.timestamp()
+
+
+_JAVA = (("yyyy", "%Y"), ("MMM", "%b"), ("MM", "%m"), ("dd", "%d"), ("HH", "%H"), ("mm", "%M"),
+         ("ss", "%S"), ("SSS", "%f"), ("XXX", "%z"), ("Z", "%z"), ("'T'", "T"))
+
+
+def _java_format(fmt: str) -> str | None:
+    """The SimpleDateFormat patterns LEEF senders use -> a strptime format; None if another."""
+    out = fmt
+    for j, p in _JAVA:
+        out = out.replace(j, p)
+    for i, c in enumerate(out):
+        if c.isalpha() and c != "T" and out[i - 1:i] != "%":
+            return None
     return out

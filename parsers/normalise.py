@@ -1,7 +1,9 @@
 """Pick the vendor normaliser for an event and fill ``event.fields`` (docs/schema.md).
 
-Order: RhythmX SigmaIncident (APP-NAME or its SD element), CrowdStrike Falcon (JSON in
-MSG), then the generic ``log`` mapping of docs/schema.md section 2.4
+Order: RhythmX SigmaIncident (APP-NAME or its SD element), a CEF or LEEF record in MSG
+(parsers/cefleef.py: Falcon SIEM Connector records become the same Falcon event as its JSON,
+other devices go through the CEF/LEEF dictionaries), CrowdStrike Falcon (JSON in MSG), then
+the generic ``log`` mapping of docs/schema.md section 2.4
 (:func:`parsers.schema.log_fields`), which every other message gets.
 
 A raw (unparseable) event gets the same mapping with ``name = "unparsed"`` so it can
@@ -9,7 +11,7 @@ still be routed and delivered (nothing accepted is lost).
 """
 from __future__ import annotations
 
-from . import falcon, rhythmx
+from . import cefleef, falcon, rhythmx
 from .event import FORMAT_RAW, Event
 from .schema import log_fields
 
@@ -34,6 +36,9 @@ def normalise(ev: Event, rhythmx_config: rhythmx.RhythmxConfig | None = None) ->
         try:
             if (rhythmx_config is None and ev.app_name == _RX_APP) or rhythmx.matches(ev, rhythmx_config):
                 return rhythmx.normalise(ev, rhythmx_config)
+            wire = cefleef.wire_format(ev.msg)
+            if wire is not None:
+                return cefleef.normalise(ev, wire)
             if falcon.matches(ev):
                 return falcon.normalise(ev)
         except Exception as e:  # a normaliser bug must not lose the event

@@ -169,6 +169,8 @@ class Pipeline:
                 m = metas.get(want)
                 if m is None:
                     m = metas[want] = _with_fields(meta, ev.fields, want)
+                    if ev.meta is not None and "summary" in ev.meta:   # a summary to wait for (relay/enrich)
+                        m["summary"] = ev.meta["summary"]
             try:
                 out.append((s, renderers[s](ev, routes), m, None))
             except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason

@@ -90,7 +90,8 @@ def test_parser_bug_becomes_raw_internal(monkeypatch):
 
 _PIECES = st.sampled_from([b"<", b">", b"<13>", b"<34>1 ", b"<191>", b"1", b"0", b" ", b"-", b"[",
                            b"]", b"=", b'"', b"\\", b"2003-10-11T22:14:15.003Z", b"Oct 11 22:14:15",
-                           b"host", b"app", b"[a b=\"c\"]", b"\xef\xbb\xbf", b"\xff", b":", b"\n"])
+                           b"host", b"app", b"[a b=\"c\"]", b"\xef\xbb\xbf", b"\xff", b":", b"\n", b"CEF:0|",
+                           b"LEEF:2.0|", b"|"])
 
 
 @settings(max_examples=500, deadline=None)
@@ -98,7 +99,7 @@ _PIECES = st.sampled_from([b"<", b">", b"<13>", b"<34>1 ", b"<191>", b"1", b"0",
        st.booleans())
 def test_random_bytes_never_raise(data, lenient):
     ev = detect.parse(data, lenient=lenient, received=1e9, peer="p", source="s")
-    assert ev.format in ("rfc5424", "rfc3164", "raw")
+    assert ev.format in ("rfc5424", "rfc3164", "raw", "cef", "leef")
     assert ev.raw == data and ev.peer == "p" and ev.source == "s" and ev.received == 1e9
     if ev.format == "raw":
         assert isinstance(ev.error, ParseError) and ev.error.kind != "internal", ev.error

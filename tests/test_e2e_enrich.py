@@ -184,7 +184,7 @@ def test_b_auto_escalation_route_with_workers(workdir, emu, start):
         assert set(incs) == {"INC-ESC"}
         cf = incs["INC-ESC"]["CustomFields"]
         assert cf["relaytriageseverity"] == "critical" and "Escalation 'page' applied." in cf["relaytriageexplanation"]
-        assert {"type": "Rule", "value": "escalated"} in incs["INC-ESC"]["labels"]
+        assert {"type": "Relay Route", "value": "escalated"} in incs["INC-ESC"]["labels"]
         m = proc.metrics()
         assert m.value("relay_routed_total", route="escalated") == 1
         assert m.value("relay_triage_total", mode="auto") == 42

@@ -13,6 +13,7 @@ Everything stays on 127.0.0.1.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -23,7 +24,7 @@ import pytest
 from tests.emulators.falcon import FalconEmulator
 from tests.emulators.qradar import QradarEmulator
 from tests.emulators.xsoar import XsoarEmulator
-from tests.harness import QradarStandIn, free_port
+from tests.harness import QradarStandIn, RelayProcess, free_port
 
 pytestmark = [pytest.mark.e2e]
 
@@ -118,7 +119,7 @@ def test_falcon_to_qradar_leef_exactly_once_across_restart(tmp_path, make_relay,
         assert "ALERT" not in err
 
 
-def _qradar_config(mport: int, qradar_url: str, xsoar_url: str, mode: str, close: bool) -> str:
+def _qradar_config(mport: int, qradar_url: str, xsoar_url: str, mode: str, close: bool, more: str = "") -> str:
     return f"""
 [relay]
 state_dir = "state"
@@ -134,6 +135,7 @@ page_size = 4
 overlap = 30
 retry_base = 0.05
 retry_cap = 0.5
+{more}
 
 [sinks.xsoar]
 type = "xsoar"
@@ -202,12 +204,23 @@ def test_qradar_offenses_to_xsoar_sync_and_close_across_restart(tmp_path, make_r
 
 
 def test_qradar_offenses_to_xsoar_create_mode_leaves_incidents(tmp_path, make_relay):
+    """... and every incident carries its offense's context resolved: source and destination
+    addresses and rule names (labels and fields; the relay's route is a 'Relay Route' label),
+    plus the top events of an Ariel search; an unknown rule id stays a note."""
     (tmp_path / "qradar.token").write_text(SEC)
     (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
     with QradarEmulator(token=SEC) as qr, _xsoar() as xs:
-        ids = [o["id"] for o in qr.add_offenses(5)]
+        qr.source_addresses[45] = {"id": 45, "source_ip": "198.51.100.23"}
+        qr.destinations[8] = {"id": 8, "local_destination_ip": "10.0.0.9"}
+        qr.rules[100043] = {"id": 100043, "name": "Login Failures Followed By Success", "type": "EVENT"}
+        ids = [o["id"] for o in qr.add_offenses(4)]
+        ids.append(qr.add_offense(source_address_ids=[44, 45], local_destination_address_ids=[7, 8],
+                                  rules=[{"id": 100042}, {"id": 100043}, {"id": 999}])["id"])
+        qr.ariel_events[ids[-1]] = [{"event_name": f"Failed login {i}", "sourceip": "198.51.100.23",
+                                     "magnitude": 9 - i} for i in range(5)]
         mport = free_port()
-        with make_relay(_qradar_config(mport, qr.url, xs.url, "create", False), mport) as relay:
+        more = "top_events = 3\nariel_timeout = 10"
+        with make_relay(_qradar_config(mport, qr.url, xs.url, "create", False, more), mport) as relay:
             xs.wait(lambda e: len(xs.by_field("relaydedupkey")) >= 5, 30, "5 incidents")
             qr.update_offense(ids[0], magnitude=10)
             qr.close_offense(ids[1])
@@ -219,6 +232,30 @@ def test_qradar_offenses_to_xsoar_create_mode_leaves_incidents(tmp_path, make_re
         assert all(v[0]["status"] != 2 for v in incidents.values())
         assert all(v[0]["CustomFields"].get("sourceevent") == "created" for v in incidents.values())
         assert xs.stats["created"] == 5
+        for oid in ids[:4]:
+            inc = incidents[f"qradar:{oid}"][0]
+            labels = {(lb["type"], lb["value"]) for lb in inc["labels"]}
+            assert {("Source IP", "203.0.113.7"), ("Destination IP", "10.0.0.5"),
+                    ("Rule", "Multiple Login Failures"), ("Relay Route", "offenses")} <= labels
+            assert inc["CustomFields"]["rulenames"] == "Multiple Login Failures"
+        inc = incidents[f"qradar:{ids[-1]}"][0]
+        labels = [(lb["type"], lb["value"]) for lb in inc["labels"]]
+        for want in (("Source IP", "198.51.100.23"), ("Destination IP", "10.0.0.9"),
+                     ("Rule", "Login Failures Followed By Success")):
+            assert want in labels
+        assert ("Rule", "offenses") not in labels
+        cf = inc["CustomFields"]
+        assert cf["sourceips"].split(",")[-1] == "198.51.100.23" and "203.0.113.7" in cf["sourceips"]
+        assert cf["destinationips"] == "10.0.0.5,10.0.0.9"
+        assert cf["rulenames"] == "Multiple Login Failures,Login Failures Followed By Success"
+        assert [e["event_name"] for e in json.loads(cf["topevents"])] == ["Failed login 0", "Failed login 1",
+                                                                          "Failed login 2"]
+        raw = json.loads(inc["rawJSON"])
+        assert raw["rule_names"] == ["Multiple Login Failures", "Login Failures Followed By Success"]
+        # the lookups were batched: one address request per kind per page, rules cached by id
+        reqs = [r for r in qr.context_requests if r.get("path") == "/api/siem/source_addresses"]
+        assert reqs and all(r["filter"].startswith("id in (") for r in reqs)
+        assert qr.stats["rules"] == 3 and qr.stats["ariel"] >= 3
 
 
 # ============================================================================= enrichment of pulled events

@@ -825,3 +825,69 @@ def test_summary_failure_timeout_and_budget(tmp_path, llm, monkeypatch):
     assert [(x["dedup_key"], x["result"]) for x in sums] == [("k:A", "failed"), ("k:B", "failed"), ("k:C", "skipped")]
     assert "HTTP 500" in sums[0]["error"] and "timeout after 0.3 s" in sums[1]["error"]
     assert "budget" in sums[2]["error"] and len(llm.requests) == 2
+
+
+# ============================================================================ one-shot incidents
+ONE_SHOT_SINK = """
+[sinks.xsoar]
+type = "xsoar"
+url = "{xurl}"
+api_key_env = "RELAY_TEST_XSOAR_KEY"
+[routes.x]
+match = 'risk_score >= 70'
+sinks = ["xsoar"]
+"""
+
+
+def _one_shot(tmp_path, llm, xs, monkeypatch, *, wait: float, timeout: float, key: str):
+    """Stage one incident (seen once) in a live pipeline, queue its XSOAR row, run the REST sink
+    until the incident exists; -> (the incident, seconds the delivery took, the sink)."""
+    from relay.sinks import make_sink
+    from tests.harness import make_queue, run_async, run_sinks
+    monkeypatch.setenv("RELAY_TEST_XSOAR_KEY", "xk")
+    monkeypatch.setenv("RELAY_TEST_LLM_KEY", "llm-S3CRET-key")
+    copy_examples(tmp_path)
+    body = SUMMARY.format(url=llm.url, timeout=timeout, calls=10) + f"wait = {wait}\n"
+    cfg = config(tmp_path, f'[relay]\nstate_dir = "{tmp_path}/state"\n' + body,
+                 sinks=ONE_SHOT_SINK.format(xurl=xs.url))
+    pipe = Pipeline(cfg)
+    routes, out = pipe.stage(ev(risk_score=90, dst_ip="10.20.0.5", dedup_key=key, name=f"One-shot {key}"))
+    assert [s for s, *_ in out] == ["xsoar"] and out[0][2]["summary"] == {"key": key, "wait": wait}
+    q = make_queue(tmp_path / "state" / "queue-xsoar.db")
+    q.put_many([(out[0][1], out[0][2])])
+    sink = make_sink(cfg.sinks["xsoar"], q)
+    sink.unanswered_at_start = next(iter(runtime.summary.values())).cached(key) is None
+    t0 = time.monotonic()
+    assert run_async(run_sinks([sink], lambda: q.depth() == 0, 20), 30)
+    took = time.monotonic() - t0
+    q.close()
+    incs = xs.by_field("relaydedupkey")[key]
+    assert len(incs) == 1
+    return incs[0], took, sink
+
+
+def test_one_shot_incident_gets_its_summary(tmp_path, llm, make_xsoar, monkeypatch):
+    """An incident seen once: the sink waits (bounded by [summary] wait) for the answer the
+    stage asked for and creates the incident with it."""
+    xs = make_xsoar(api_key="xk", auth_id=None)
+    llm.hang(0.4, count=1)              # the answer takes a while: the create waits for it
+    inc, took, sink = _one_shot(tmp_path, llm, xs, monkeypatch, wait=5.0, timeout=3.0, key="rhythmx:ONE")
+    assert inc["CustomFields"]["relaytriagesummary"] == "Summary: One-shot rhythmx:ONE"
+    assert sink.unanswered_at_start and len(llm.requests) == 1    # the create had to wait for it
+    shutdown()
+
+
+@pytest.mark.parametrize("fault", ["timeout", "failure"])
+def test_one_shot_summary_late_or_failed_never_holds_the_incident(tmp_path, llm, make_xsoar, monkeypatch, fault):
+    xs = make_xsoar(api_key="xk", auth_id=None)
+    if fault == "timeout":
+        llm.hang(3, count=1)            # the LLM is later than the wait: created without it, after ~wait
+        inc, took, _ = _one_shot(tmp_path, llm, xs, monkeypatch, wait=0.3, timeout=2.0, key="rhythmx:LATE")
+        assert 0.25 <= took < 1.9       # the wait, not the LLM's 2 s timeout
+    else:
+        llm.fail(500, count=1)          # the LLM refuses: created at once, without it
+        inc, took, _ = _one_shot(tmp_path, llm, xs, monkeypatch, wait=5.0, timeout=3.0, key="rhythmx:FAIL")
+        assert took < 3.0
+    assert "relaytriagesummary" not in inc["CustomFields"]
+    assert inc["CustomFields"]["relaytriagescore"]       # triaged all the same
+    shutdown()

@@ -913,3 +913,170 @@ sinks = ["archive"]
     assert sum(n for _, n in committed) == 9
     body = json.loads(lines[0])
     assert body["event"]["vendor"] == "CrowdStrike" and body["syslog"]["format"] == "api"
+
+
+# ============================================================================= Falcon Event Streams
+from relay.sources import falcon_stream as FS  # noqa: E402
+
+
+def stream_source(h: Harness, emu: FalconEmulator, name: str = "stream", **keys) -> FS.FalconStreamSource:
+    table = {"base_url": emu.url, "client_id": "test-client", "client_secret_env": "T_FALCON_SECRET",
+             "app_id": "relaytest", "batch_size": 7, "batch_linger": 0.05, "retry_base": 0.02, "retry_cap": 0.2,
+             "auth_retry_interval": 60.0, **keys}
+    sc = source_config(name, "falcon_stream", h.state)
+    t = _Table("relay.toml", f"sources.{name}", table)
+    FS.read_config(t, sc, h.tmp)
+    t.finish()
+    return FS.FalconStreamSource(sc, h.pipeline)
+
+
+def stream_keys(emu: FalconEmulator) -> list[str]:
+    out = []
+    for seq in emu.stream.values():
+        for o in seq:
+            e = o["event"]
+            out.append(f"falcon:{e.get('CompositeId') or e.get('DetectId')}")
+    return out
+
+
+def test_falcon_stream_refresh_drop_expiry_restart_nothing_lost_or_duplicated(tmp_path, secrets_env):
+    """Two partitions; the session lives 1.5 s and is refreshed at 90 % of its 1 s interval (so
+    it never lapses: one discovery); partition 0's first connection breaks after 5 events; then
+    every session is expired (401 on reconnect -> rediscovery); then the source is restarted on
+    the stored offsets.  Every event is queued exactly once, each partition resumes from its
+    stored offset + 1, and the offsets are stored only after the events are durable."""
+    with FalconEmulator(client_secret=SECRET, partitions=2, session_ttl=1.5, refresh_interval=1.0) as emu:
+        for i in range(12):
+            emu.add_stream_event(0, "EppDetectionSummaryEvent" if i % 2 else "DetectionSummaryEvent")
+            emu.add_stream_event(1)
+        emu.drop_stream(after=5, partition=0)
+
+        async def main():
+            async with pulling(tmp_path, stream_source, emu) as (h, src):
+                await until(lambda: len(h.rows()) >= 24, what="24 stream events queued")
+                await until(lambda: src.refreshes >= 4, timeout=15, what="4 session refreshes")
+                for _ in range(5):
+                    emu.add_stream_event(0)
+                    emu.add_stream_event(1, "DetectionSummaryEvent")
+                await until(lambda: len(h.rows()) >= 34, what="34 stream events queued")
+                assert src.discoveries == 1           # the refreshes kept the session alive
+                emu.expire_sessions()
+                await until(lambda: src.discoveries >= 2, what="a rediscovery after the sessions expired")
+                for _ in range(3):
+                    emu.add_stream_event(0)
+                    emu.add_stream_event(1)
+                await until(lambda: len(h.rows()) >= 40, what="40 stream events queued")
+                # rows are durable first, the offsets written after them
+                sf = h.state / "falcon-stream-stream.json"
+                await until(lambda: sf.exists() and json.loads(sf.read_text())["offsets"] == {"0": 20, "1": 20},
+                            what="offsets 20/20 stored")
+                assert json.loads(sf.read_text())["app_id"] == "relaytest"
+            return h
+        h = run(main())
+        assert sorted(h.keys()) == sorted(stream_keys(emu)) and unique(h.keys())
+        # partition 0: connected at the start, after the drop from the stored offset + 1, after the rediscovery
+        p0 = [off for p, off in emu.stream_connects if p == 0]
+        assert p0[0] == 0 and len(p0) >= 3 and all(o > 0 for o in p0[1:])
+        assert emu.stats["stream_dropped"] == 1 and emu.stats["stream_401"] >= 1
+
+        # restarted on the stored offsets: only the new events, once
+        for _ in range(4):
+            emu.add_stream_event(0)
+            emu.add_stream_event(1)
+        n0 = len(emu.stream_connects)
+        (tmp_path / "2" / "state").mkdir(parents=True)
+        for f in (tmp_path / "state").glob("falcon-stream-*.json"):
+            (tmp_path / "2" / "state" / f.name).write_text(f.read_text())
+
+        async def resumed():
+            async with pulling(tmp_path / "2", stream_source, emu) as (h2, src):
+                await until(lambda: len(h2.rows()) >= 8, what="8 new stream events queued")
+                await asyncio.sleep(0.3)
+            return h2
+        h2 = run(resumed())
+        assert sorted(h2.keys()) == sorted(k for k in stream_keys(emu) if k not in set(h.keys()))
+        assert len(h2.rows()) == 8 and not set(h2.keys()) & set(h.keys())
+        assert sorted(off for _, off in emu.stream_connects[n0:n0 + 2]) == [21, 21]
+        lines = [r.payload.decode() for r in h.rows() + h2.rows()]
+        assert all(" stream " in ln.split(" LEEF:")[0] for ln in lines)     # one HOSTNAME: the source's
+        assert {ln.split("|")[4] for ln in lines} <= {"DetectionSummaryEvent", "EppDetectionSummaryEvent"}
+
+
+def test_falcon_stream_discovery_401_mints_a_new_token_once(tmp_path, secrets_env):
+    with FalconEmulator(client_secret=SECRET) as emu:
+        emu.add_stream_event(0)
+        emu.fail(401, op="discover", count=1)
+
+        async def main():
+            async with pulling(tmp_path, stream_source, emu) as (h, src):
+                await until(lambda: len(h.rows()) >= 1, what="the stream event queued")
+                assert src.tokens_minted == 2 and src.discoveries == 1 and not src.blocked
+            return h
+        run(main())
+
+
+def test_falcon_stream_refused_credentials_block_with_an_alert(tmp_path, secrets_env, caplog):
+    with FalconEmulator(client_secret=SECRET) as emu:
+        emu.fail(401, op="discover", count=None)
+
+        async def main():
+            async with pulling(tmp_path, stream_source, emu) as (h, src):
+                await until(lambda: src.blocked is not None, what="the source blocked")
+                assert src._tasks == {}
+            return h
+        with caplog.at_level(logging.ERROR):
+            run(main())
+        assert any("ALERT source stream" in r.getMessage() for r in caplog.records)
+        assert SECRET not in caplog.text
+
+
+def test_falcon_stream_config_refuses_polling_keys(tmp_path, secrets_env):
+    h = Harness(tmp_path)
+    with FalconEmulator(client_secret=SECRET) as emu:
+        for k, v in (("poll_interval", 5.0), ("filter", "x"), ("app_id", "no-dashes!")):
+            with pytest.raises(ConfigError, match=k):
+                stream_source(h, emu, **{k: v})
+
+
+# ============================================================================= Falcon users
+def test_falcon_assigned_uid_resolved_cached_and_failure_keeps_the_uid(tmp_path, secrets_env, falcon):
+    uid = "4f1c2b7e-1111-2222-3333-444455556666"
+    falcon.add_user(uid, "Ada", "Lovelace")
+    falcon.add_alerts(3, assigned_to_uid=uid)
+
+    async def main():
+        async with pulling(tmp_path, falcon_source, falcon) as (h, src):
+            await until(lambda: len(h.rows()) >= 3, what="3 alerts queued")
+            falcon.add_alerts(2, assigned_to_uid=uid)
+            await until(lambda: len(h.rows()) >= 5, what="5 alerts queued")
+            n_users = falcon.stats["users"]
+            # the users API failing: the alerts go on with the uid
+            falcon.fail(500, op="users", count=None)
+            other = "9e9e9e9e-0000-0000-0000-000000000000"
+            falcon.add_alerts(2, assigned_to_uid=other)
+            await until(lambda: len(h.rows()) >= 7, what="7 alerts queued")
+            return h, n_users
+    h, n_users = run(main())
+    assert n_users == 1                     # one lookup; the second poll's uid came from the cache
+    lines = [r.payload.decode() for r in h.rows()]
+    assert sum("assignedTo=Ada Lovelace" in ln for ln in lines) == 5
+    assert not any("assignedTo=" in ln for ln in lines[5:])
+
+
+def test_pulled_falcon_leef_has_one_hostname(tmp_path, secrets_env, falcon):
+    """Alerts from many endpoints, one QRadar log source: HOSTNAME is the source's identity,
+    the endpoint is in identHostName."""
+    falcon.add_alerts(6)
+
+    async def main():
+        async with pulling(tmp_path, falcon_source, falcon, hostname="falcon-cloud") as (h, src):
+            await until(lambda: len(h.rows()) >= 6, what="6 alerts queued")
+        return h
+    h = run(main())
+    hosts, endpoints = set(), set()
+    for r in h.rows():
+        head, leef = r.payload.decode().split(" LEEF:", 1)
+        hosts.add(head.split(" ")[2])
+        endpoints.add(dict(kv.split("=", 1) for kv in leef.split("|", 6)[6].split("^"))["identHostName"])
+        assert "|EppDetectionSummaryEvent|" in leef
+    assert hosts == {"falcon-cloud"} and len(endpoints) == 6

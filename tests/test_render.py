@@ -131,7 +131,7 @@ def test_xsoar_incident_body():
     assert isinstance(body["rawJSON"], str) and json.loads(body["rawJSON"])["incident_id"] == ev.fields["id"]
     datetime.fromisoformat(body["occurred"])  # ISO 8601 with offset
     assert body["occurred"].endswith("+00:00")
-    assert {"type": "Rule", "value": "high_risk"} in body["labels"]
+    assert {"type": "Relay Route", "value": "high_risk"} in body["labels"]
 
 
 @pytest.mark.parametrize("risk,sev", [(100, 4), (85, 4), (84, 3), (70, 3), (69, 2), (40, 2), (39, 1), (0, 1)])

@@ -122,6 +122,7 @@ class SummaryConfig:
     max_tokens_per_minute: int = 20_000
     max_tokens: int = 300
     min_severity: str = "high"
+    wait: float = 0.0                   # seconds the XSOAR sink waits for a one-shot incident's summary (0: no)
     sinks: tuple | None = None          # None: every xsoar / xsoar_webhook sink
     system_prompt: str = ("You are a SOC triage assistant. In 3-4 plain sentences, say what happened, which "
                           "assets and accounts are involved, why it matters (asset criticality, vulnerabilities, "
@@ -417,6 +418,11 @@ def _summary(t, base_dir: Path) -> SummaryConfig:
     s.max_tokens_per_minute = t.get("max_tokens_per_minute", int, s.max_tokens_per_minute, check=_non_negative)
     s.max_tokens = t.get("max_tokens", int, s.max_tokens, check=_positive)
     s.min_severity = t.get("min_severity", str, s.min_severity, choices=SEVERITIES)
+
+    def _wait(v):
+        if not 0 <= v <= 120:
+            raise ValueError(f"must be 0..120 seconds, not {v}")
+    s.wait = t.get("wait", float, s.wait, check=_wait)
     sinks = t.get("sinks", list, None, check=_strs)
     s.sinks = tuple(sinks) if sinks is not None else None
     s.system_prompt = t.get("system_prompt", str, s.system_prompt)

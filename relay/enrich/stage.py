@@ -409,7 +409,16 @@ class Enricher:
                        "owner": tr["suggested"]["owner"], "parts": [p["why"] for p in tr["parts"]]},
             "findings": tr["findings"], "missing_context": tr.get("missing") or [],
         }
-        return self.summarizer.request(key, f.get("dedup_key") or f.get("id"), ctx)
+        state = self.summarizer.request(key, f.get("dedup_key") or f.get("id"), ctx)
+        wait = self.ec.summary.wait
+        if wait > 0 and state in ("queued", "pending"):
+            # a one-shot incident: the XSOAR sink waits (bounded) for this answer before it
+            # creates the incident (relay/sinks/xsoar.py; the queue row's meta carries the key)
+            meta = ev.meta
+            if meta is None:
+                meta = ev.meta = {}
+            meta["summary"] = {"key": key, "wait": wait}
+        return state
 
     def _sinks(self, ev, esc) -> set:
         out = set(esc.sinks) if esc is not None else set()
@@ -441,6 +450,27 @@ def _merge_vulns(a: dict, b: dict) -> dict:
 
 
 # ============================================================================ build
+
+async def summary_for(key: str, wait: float) -> str | None:
+    """The narrative summary of incident ``key``, waiting up to ``wait`` seconds for the answer
+    this process's summarizer is working on (the XSOAR sink, before it creates a one-shot
+    incident).  None at once when there is no summarizer here or it has no request for the key
+    (with ``workers > 1`` the summaries of syslog events are asked for in the ingest workers);
+    None when the answer failed or did not come in time.  Never raises."""
+    import asyncio
+    try:
+        summ = next(iter(runtime.summary.values()), None)
+        if summ is None:
+            return None
+        text = summ.cached(key)
+        deadline = time.monotonic() + wait
+        while text is None and key in summ.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            text = summ.cached(key)
+        return text
+    except Exception:   # pragma: no cover - a summary must never stop a delivery
+        return None
+
 
 def build_enricher(config) -> Enricher:
     """The hook relay/pipeline.py calls from ``Pipeline.configure``."""

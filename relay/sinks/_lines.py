@@ -16,7 +16,7 @@ __all__ = ["KEYS", "read", "renderer"]
 
 #: The encoder keys, read by :func:`read`.
 KEYS = ("format", "leef_vendor", "leef_product", "leef_version", "leef_delimiter", "cef_vendor", "cef_product",
-        "cef_version", "hostname")
+        "cef_version", "hostname", "passthrough_cef_leef")
 
 
 def read(t, sk) -> None:
@@ -34,6 +34,7 @@ def read(t, sk) -> None:
         cef_version=t.get("cef_version", str, d.cef_version),
         hostname=t.get("hostname", str, d.hostname),
     )
+    sk.options["passthrough_cef_leef"] = t.get("passthrough_cef_leef", bool, False)
 
 
 def renderer(sk) -> Callable:
@@ -43,7 +44,23 @@ def renderer(sk) -> Callable:
     opts = sk.render if sk.render is not None else RenderOptions(format=sk.format)
     r = Renderer(opts)
     r.sanitised_counter = REGISTRY.counter("relay_sanitised_total", sink=sk.name)
+    if (getattr(sk, "options", None) or {}).get("passthrough_cef_leef"):
+        return _passthrough(r.render)
     return r.render
+
+
+def _passthrough(render: Callable) -> Callable:
+    """``passthrough_cef_leef``: an event that arrived as CEF or LEEF (``extra.input_format``,
+    parsers/cefleef.py) is forwarded as the message it came in, byte for byte; every other event
+    is rendered as usual."""
+    def render_or_pass(ev, routes=None) -> bytes:
+        f = ev.fields
+        if f:
+            extra = f.get("extra")
+            if extra and extra.get("input_format") in ("cef", "leef"):
+                return ev.raw
+        return render(ev, routes)
+    return render_or_pass
 
 
 def _delimiter(v: str):

@@ -813,6 +813,9 @@ class XsoarSink(_XsoarBase):
             if not key:
                 log.warning("sink %s: row %s has no dedup key: creating without duplicate protection",
                             self.name, item.id)
+            sq = meta.get("summary")
+            if isinstance(sq, dict) and sq.get("key") and not _custom(body).get("relaytriagesummary"):
+                await self._add_summary(body, str(sq["key"]), float(sq.get("wait") or 0))
             inc = await self.create(body)
             self.count("created")
             if not inc:
@@ -839,6 +842,18 @@ class XsoarSink(_XsoarBase):
             if key:
                 await asyncio.to_thread(self.store.put, rec)
             self.count("closed")
+
+    async def _add_summary(self, body: dict, key: str, wait: float) -> None:
+        """A one-shot incident (``[summary] wait``): wait, bounded, for the narrative summary the
+        stage asked for, and create the incident with it (``relaytriagesummary``); without it when
+        the answer fails or is late (counted: ``summary_added`` / ``summary_missed``)."""
+        from ..enrich.stage import summary_for
+        text = await summary_for(key, wait)
+        if text:
+            body.setdefault("CustomFields", {})["relaytriagesummary"] = text
+            self.count("summary_added")
+        else:
+            self.count("summary_missed")
 
     async def send(self, items: Sequence):
         groups = self._groups(items, self._key)

@@ -49,7 +49,10 @@ A crash between "queued" and "state written" re-delivers that batch (at least on
 Legacy Detects (``api = "detects"``; decommissioned by CrowdStrike on 2025-09-30):
 ``GET /detects/queries/detects/v1`` (``first_behavior`` time filter and sort) and
 ``POST /detects/entities/summaries/GET/v1`` ``{"ids": [...]}``, dedup by ``detection_id``.
-The Event Streams API is not implemented yet.
+The Event Streams API is the ``falcon_stream`` source kind (relay/sources/falcon_stream.py).
+
+User names: an alert's ``assigned_to_uid`` is a user UUID; :meth:`FalconSource.resolve_users`
+puts the user's name in ``extra.assigned_to`` (cached with a TTL; a failure keeps the uid).
 """
 from __future__ import annotations
 
@@ -72,6 +75,9 @@ from .pull import (
 log = logging.getLogger("relay.sources.falcon")
 
 __all__ = ["FalconSource", "FalconSettings", "read_config", "CLOUDS", "iso_ms"]
+
+#: the user-management endpoint that resolves user UUIDs (``assigned_to_uid``) to names
+USERS = "/user-management/entities/users/GET/v1"
 
 CLOUDS = {
     "us-1": "https://api.crowdstrike.com",
@@ -115,6 +121,9 @@ class FalconSettings(PullSettings):
     include_hidden: bool = True
     renew_window: float = 120.0
     missing_retries: int = 5
+    resolve_users: bool = True
+    users_ttl: float = 3600.0
+    users_timeout: float = 5.0
 
 
 def _pos(v):
@@ -155,6 +164,9 @@ def read_config(table, sc, base_dir: Path) -> None:
         include_hidden=table.get("include_hidden", bool, True),
         renew_window=table.get("renew_window", float, 120.0, check=lambda v: None if v >= 0 else _pos(v)),
         missing_retries=table.get("missing_retries", int, 5, check=lambda v: None if v >= 0 else _pos(v)),
+        resolve_users=table.get("resolve_users", bool, True),
+        users_ttl=table.get("users_ttl", float, 3600.0, check=_pos),
+        users_timeout=table.get("users_timeout", float, 5.0, check=_pos),
     )
     if st.max_per_poll < st.page_size:
         raise table.err("max_per_poll", f"must be at least page_size ({st.page_size})")
@@ -188,6 +200,9 @@ class FalconSource(PullSource):
         self._backoff = Backoff(self.settings.retry_base, self.settings.retry_cap)
         self._missing_c = self.registry.counter("relay_pull_missing_total", source=cfg.name)
         self._dup_c = self.registry.counter("relay_pull_duplicates_total", source=cfg.name)
+        self._users: dict[str, tuple[str | None, float]] = {}   # uuid -> (name or None, monotonic expiry)
+        self._users_c = {r: self.registry.counter("relay_falcon_user_lookups_total", source=cfg.name, result=r)
+                         for r in ("cached", "resolved", "unknown", "failed")}
 
     # ------------------------------------------------------------ OAuth2
     def invalidate_token(self) -> None:
@@ -315,6 +330,73 @@ class FalconSource(PullSource):
             if not isinstance(body, dict):
                 raise TransientFailure(f"{op} answered {st} with JSON that is not an object")
             return body
+
+    # ------------------------------------------------------------ users
+    async def resolve_users(self, events) -> None:
+        """``extra.assigned_to_uid`` (a user UUID) -> ``extra.assigned_to`` (the user's name), from
+        ``POST /user-management/entities/users/GET/v1`` ``{"ids": [...]}``, cached ``users_ttl``
+        seconds (an unknown uid too).  One request per poll for the uids not cached, bounded by
+        ``users_timeout`` and never retried: a failure (network, 4xx/5xx, scope missing, timeout)
+        leaves the uid as it is, is counted and logged, and is not tried again for a minute.  It
+        never holds the events back for longer than ``users_timeout``."""
+        s = self.settings
+        if not s.resolve_users:
+            return
+        now = time.monotonic()
+        want: dict[str, list] = {}
+        for ev in events:
+            extra = (ev.fields or {}).get("extra")
+            uid = extra.get("assigned_to_uid") if isinstance(extra, dict) else None
+            if not uid or not isinstance(uid, str):
+                continue
+            hit = self._users.get(uid)
+            if hit is not None and hit[1] > now:
+                self._users_c["cached"].value += 1
+                if hit[0]:
+                    extra["assigned_to"] = hit[0]
+                continue
+            want.setdefault(uid, []).append(extra)
+        if not want:
+            return
+        ids = list(want)[:500]
+        try:
+            names = await asyncio.wait_for(self._fetch_users(ids), timeout=s.users_timeout)
+        except Exception as e:   # a failure leaves the uid: the events go on at once
+            self._users_c["failed"].value += len(ids)
+            log.warning("source %s: Falcon user names not resolved (%s: %s); assigned_to_uid kept, "
+                        "next try in 60 s", self.cfg.name, type(e).__name__, str(e)[:200] or "timeout")
+            for uid in ids:
+                self._users[uid] = (None, now + min(60.0, s.users_ttl))
+            return
+        for uid in ids:
+            name = names.get(uid)
+            self._users[uid] = (name, now + s.users_ttl)
+            self._users_c["resolved" if name else "unknown"].value += 1
+            if name:
+                for extra in want[uid]:
+                    extra["assigned_to"] = name
+        if len(self._users) > 50_000:
+            self._users = {k: v for k, v in self._users.items() if v[1] > now}
+
+    async def _fetch_users(self, ids: list[str]) -> dict[str, str]:
+        tok = await self.token()
+        resp = await self.client.post(self.base + USERS, json={"ids": ids},
+                                      headers={"Authorization": f"Bearer {tok}", "Accept": "application/json"})
+        self.count_request("users", resp.status_code)
+        if resp.status_code == 401:
+            self.invalidate_token()
+        if resp.status_code != 200:
+            raise TransientFailure(f"users answered {resp.status_code}: {_errors(resp)}")
+        out = {}
+        for r in (resp.json() or {}).get("resources") or ():
+            if not isinstance(r, dict):
+                continue
+            uid = r.get("uuid") or r.get("id")
+            first, last = (r.get("first_name") or "").strip(), (r.get("last_name") or "").strip()
+            name = f"{first} {last}".strip() or r.get("uid") or r.get("email")
+            if uid and name:
+                out[str(uid)] = str(name)
+        return out
 
     # ------------------------------------------------------------ polling
     def _load(self) -> dict:
@@ -450,6 +532,7 @@ class FalconSource(PullSource):
         ordered = sorted(by_id.values(), key=lambda o: (self._time(o) or 0.0))
         received = time.time()
         events = [self._event(o, received) for o in ordered]
+        await self.resolve_users(events)
         new_seen = dict(seen)
         top = since
         for o in ordered:
@@ -506,5 +589,6 @@ def _settings_replace(st: FalconSettings, **kw) -> FalconSettings:   # tests
 KIND = kinds.register_source(kinds.SourceKind(
     type="falcon", read_config=read_config, factory=FalconSource,
     keys=("base_url", "cloud", "client_id", "client_secret_env", "client_secret_file", "api", "filter", "member_cid",
-          "entities_chunk", "max_per_poll", "include_hidden", "renew_window", "missing_retries") + COMMON_KEYS,
+          "entities_chunk", "max_per_poll", "include_hidden", "renew_window", "missing_retries", "resolve_users",
+          "users_ttl", "users_timeout") + COMMON_KEYS,
     doc="polls the CrowdStrike Falcon Alerts API (or the legacy Detects API)"))

@@ -99,6 +99,7 @@ class PullSettings:
     max_retries: int = 8                 # per request, before the poll gives up (TransientFailure)
     auth_retry_interval: float = 600.0   # blocked source tries again after this long (0: never)
     state_dir: Path | None = None        # default: [relay] state_dir
+    hostname: str | None = None          # syslog HOSTNAME of the pulled events (default: the source name)
 
 
 
@@ -109,7 +110,7 @@ class PullSettings:
 
 #: The keys :func:`read_common` reads (every pull source has them).
 COMMON_KEYS = ("poll_interval", "page_size", "first_fetch", "overlap", "timeout", "connect_timeout", "tls_verify",
-               "tls_ca", "retry_base", "retry_cap", "max_retries", "auth_retry_interval", "state_dir")
+               "tls_ca", "retry_base", "retry_cap", "max_retries", "auth_retry_interval", "state_dir", "hostname")
 
 
 def read_common(table, base_dir: Path, *, poll_interval: float, page_size: int, max_page: int,
@@ -143,6 +144,12 @@ def read_common(table, base_dir: Path, *, poll_interval: float, page_size: int, 
         if not p.is_file():
             raise table.err("tls_ca", f"file {str(p)!r} does not exist")
         out["tls_ca"] = p
+    host = table.get("hostname", str, None)
+    if host is not None:
+        host = host.strip()
+        if not host or len(host) > 255 or not host.isascii() or any(c <= " " or c == "\x7f" for c in host):
+            raise table.err("hostname", f"{host!r} is not a syslog HOSTNAME (1-255 printable ASCII, no blanks)")
+        out["hostname"] = host
     sd = table.get("state_dir", str, None)
     if sd is not None:
         if not sd:
@@ -321,10 +328,21 @@ class PullSource(Source):
             return False
         return True
 
+    @property
+    def identity(self) -> str:
+        """The syslog HOSTNAME the pulled events carry: ``hostname``, else the source name.  One
+        name per source, so QRadar makes one log source for it; the endpoint stays in the event's
+        ``host`` (LEEF ``identHostName``, CEF ``dhost``)."""
+        return self.settings.hostname or self.cfg.name
+
     async def deliver(self, events: list[Event]) -> int:
-        """Queue durably (raises if that failed); counts relay_received_total."""
+        """Queue durably (raises if that failed); counts relay_received_total.  Every event gets
+        the source's :attr:`identity` as its syslog HOSTNAME."""
         if not events:
             return 0
+        ident = self.identity
+        for ev in events:
+            ev.hostname = ident
         self._received.value += len(events)
         return await self.pipeline.submit(events, self.cfg)
 

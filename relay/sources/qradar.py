@@ -40,6 +40,18 @@ ALERT (a static token does not heal by retrying); 422 (bad filter/sort/range) an
 4xx block it too (fix the config); 429, 5xx (code 1020) and network errors are retried
 with backoff and jitter (``Retry-After`` seconds honoured on 429/503).
 
+Offense context (``resolve_context``, on by default): before an offense is normalised, its
+``source_address_ids`` and ``local_destination_address_ids`` are resolved to addresses with
+``GET /api/siem/source_addresses`` / ``/api/siem/local_destination_addresses``, batched per page
+with ``filter=id in (...)``, and its ``rules[].id`` to rule names with ``GET
+/api/analytics/rules/{id}``; all cached ``context_ttl`` seconds.  With ``top_events = N`` (0:
+off), a *created* offense also gets its N highest-magnitude events from an Ariel search
+(``POST /api/ariel/searches`` with AQL ``... WHERE INOFFENSE(<id>) ORDER BY magnitude DESC LIMIT
+N LAST <minutes> MINUTES``, polled until COMPLETED, then the results with ``Range``), bounded by
+``ariel_timeout`` seconds (a search still running then is cancelled with DELETE).  None of this
+ever blocks an offense: a lookup that fails leaves the ids (``extra.notes`` says what is
+missing) and is counted in ``relay_pull_requests_total{op}``.
+
 Not implemented yet: a note back on the offense with the XSOAR incident id (only the
 XSOAR sink learns the incident id).
 """
@@ -77,6 +89,10 @@ class QradarSettings(PullSettings):
     console_url: str | None = None
     known_max: int = 20000
     max_per_poll: int = 5000
+    resolve_context: bool = True
+    context_ttl: float = 3600.0
+    top_events: int = 0
+    ariel_timeout: float = 30.0
 
 
 def _pos(v):
@@ -107,6 +123,11 @@ def read_config(table, sc, base_dir: Path) -> None:
         console_url=table.get("console_url", str, None, check=http_url) or url,
         known_max=table.get("known_max", int, 20000, check=_pos),
         max_per_poll=table.get("max_per_poll", int, 5000, check=_pos),
+        resolve_context=table.get("resolve_context", bool, True),
+        context_ttl=table.get("context_ttl", float, 3600.0, check=_pos),
+        top_events=table.get("top_events", int, 0, check=lambda v: None if 0 <= v <= 100 else
+                             (_ for _ in ()).throw(ValueError(f"must be 0..100, not {v}"))),
+        ariel_timeout=table.get("ariel_timeout", float, 30.0, check=_pos),
     )
     sc.options["pull"] = st
 
@@ -164,6 +185,8 @@ class QradarOffenseSource(PullSource):
         self.settings: QradarSettings
         self._backoff = Backoff(self.settings.retry_base, self.settings.retry_cap)
         self._events_c = {}
+        # (kind, id) -> (value or None when unknown, monotonic expiry); kind: src, dst, rule
+        self._ctx: dict[tuple[str, int], tuple[object, float]] = {}
 
     # ------------------------------------------------------------ state
     def _load(self) -> dict:
@@ -232,6 +255,155 @@ class QradarOffenseSource(PullSource):
             return [o for o in body if isinstance(o, dict) and _int(o.get("id")) is not None], \
                 resp.headers.get("Content-Range")
 
+    # ------------------------------------------------------------ offense context
+    def _headers(self, **extra) -> dict:
+        s = self.settings
+        return {"SEC": s.token.reveal(), "Version": s.api_version, "Accept": "application/json", **extra}
+
+    async def _get(self, op: str, path: str, params=None, headers=None, method: str = "GET"):
+        """One context request, no retries (the offense must not wait on it) -> JSON."""
+        resp = await self.client.request(method, self.settings.base_url + path, params=params,
+                                         headers=self._headers(**(headers or {})))
+        self.count_request(op, resp.status_code)
+        if resp.status_code >= 300:
+            raise TransientFailure(f"{method} {path} answered {resp.status_code}: {_qerror(resp)}")
+        return resp.json() if resp.content else None
+
+    def _cached(self, kind: str, ids, now: float) -> tuple[dict, list[int]]:
+        have, want = {}, []
+        for i in ids:
+            hit = self._ctx.get((kind, i))
+            if hit is not None and hit[1] > now:
+                have[i] = hit[0]
+            elif i not in want:
+                want.append(i)
+        return have, want
+
+    async def _addresses(self, kind: str, path: str, field: str, ids: list[int], now: float) -> dict:
+        have, want = self._cached(kind, ids, now)
+        for k in range(0, len(want), 50):
+            chunk = want[k:k + 50]
+            rows = await self._get(f"context_{kind}", path,
+                                   params={"filter": f"id in ({','.join(str(i) for i in chunk)})",
+                                           "fields": f"id,{field}"},
+                                   headers={"Range": f"items=0-{len(chunk) - 1}"})
+            got = {_int(r.get("id")): r.get(field) for r in rows or () if isinstance(r, dict)}
+            for i in chunk:
+                v = got.get(i)
+                v = str(v) if v else None
+                self._ctx[(kind, i)] = (v, now + self.settings.context_ttl)
+                have[i] = v
+        return have
+
+    async def _rule_names(self, ids: list[int], now: float) -> dict:
+        have, want = self._cached("rule", ids, now)
+        for i in want:
+            try:
+                r = await self._get("context_rule", f"/api/analytics/rules/{i}", params={"fields": "id,name"})
+                v = str(r.get("name")) if isinstance(r, dict) and r.get("name") else None
+            except TransientFailure as e:
+                if " 404:" not in str(e):
+                    raise
+                v = None        # a deleted rule: remembered as unknown
+            self._ctx[("rule", i)] = (v, now + self.settings.context_ttl)
+            have[i] = v
+        return have
+
+    async def add_context(self, offenses: list[dict]) -> None:
+        """Resolve the page's address and rule ids in place (``source_addresses``,
+        ``local_destination_addresses``, ``rule_names``); a failure leaves the ids and a note."""
+        now = time.monotonic()
+        ids = {"src": [], "dst": [], "rule": []}
+        for o in offenses:
+            ids["src"] += [i for i in map(_int, o.get("source_address_ids") or ()) if i is not None]
+            ids["dst"] += [i for i in map(_int, o.get("local_destination_address_ids") or ()) if i is not None]
+            ids["rule"] += [i for i in (_int(r.get("id")) for r in o.get("rules") or () if isinstance(r, dict))
+                            if i is not None]
+        found, failed = {}, {}
+        for kind, coro in (("src", lambda: self._addresses("src", "/api/siem/source_addresses", "source_ip",
+                                                            ids["src"], now)),
+                           ("dst", lambda: self._addresses("dst", "/api/siem/local_destination_addresses",
+                                                            "local_destination_ip", ids["dst"], now)),
+                           ("rule", lambda: self._rule_names(ids["rule"], now))):
+            if not ids[kind]:
+                found[kind] = {}
+                continue
+            try:
+                found[kind] = await asyncio.wait_for(coro(), timeout=self.settings.timeout)
+            except Exception as e:
+                found[kind] = {}
+                failed[kind] = f"{type(e).__name__}: {str(e)[:160] or 'timeout'}"
+                log.warning("source %s: offense context (%s) not resolved: %s; the offenses go on with the ids",
+                            self.cfg.name, kind, failed[kind])
+                for i in ids[kind]:   # not tried again for a minute
+                    self._ctx.setdefault((kind, i), (None, now + 60.0))
+        for o in offenses:
+            notes = []
+            for kind, key, idkey, what in (("src", "source_addresses", "source_address_ids", "source address"),
+                                           ("dst", "local_destination_addresses", "local_destination_address_ids",
+                                            "destination address")):
+                want = [i for i in map(_int, o.get(idkey) or ()) if i is not None]
+                if not want:
+                    continue
+                vals = [found[kind].get(i) for i in want]
+                o[key] = [v for v in vals if v]
+                missing = [str(i) for i, v in zip(want, vals) if not v]
+                if missing:
+                    notes.append(f"qradar: {what} id(s) {', '.join(missing)} not resolved"
+                                 + (f" ({failed[kind]})" if kind in failed else ""))
+            rids = [i for i in (_int(r.get("id")) for r in o.get("rules") or () if isinstance(r, dict))
+                    if i is not None]
+            if rids:
+                names = [found["rule"].get(i) for i in rids]
+                o["rule_names"] = [n for n in names if n]
+                missing = [str(i) for i, n in zip(rids, names) if not n]
+                if missing:
+                    notes.append(f"qradar: rule id(s) {', '.join(missing)} not resolved"
+                                 + (f" ({failed['rule']})" if "rule" in failed else ""))
+            if notes:
+                o["_relay_notes"] = notes
+        if len(self._ctx) > 100_000:
+            self._ctx = {k: v for k, v in self._ctx.items() if v[1] > now}
+
+    async def top_events(self, offense: dict) -> tuple[list | None, str | None]:
+        """The offense's ``top_events`` highest-magnitude events (Ariel), bounded by
+        ``ariel_timeout``; -> (events or None, a note when it failed)."""
+        s = self.settings
+        oid = _int(offense.get("id"))
+        start = _int(offense.get("start_time")) or 0
+        minutes = max(15, min(7 * 24 * 60, int((time.time() * 1000 - start) / 60000) + 15))
+        aql = (f"SELECT QIDNAME(qid) AS event_name, LOGSOURCENAME(logsourceid) AS log_source, "
+               f"CATEGORYNAME(category) AS category, sourceip, destinationip, username, starttime, magnitude "
+               f"FROM events WHERE INOFFENSE({oid}) ORDER BY magnitude DESC LIMIT {s.top_events} "
+               f"LAST {minutes} MINUTES")
+        sid = None
+        deadline = time.monotonic() + s.ariel_timeout
+        try:
+            r = await self._get("ariel", "/api/ariel/searches", params={"query_expression": aql}, method="POST")
+            sid = r.get("search_id")
+            status = r.get("status")
+            wait = 0.05
+            while status not in ("COMPLETED", "ERROR", "CANCELED"):
+                if time.monotonic() + wait > deadline:
+                    raise TimeoutError(f"the Ariel search was not complete after {s.ariel_timeout:g} s")
+                if await self.sleep(wait):
+                    raise TransientFailure("stopping")
+                wait = min(wait * 2, 2.0)
+                status = (await self._get("ariel", f"/api/ariel/searches/{sid}")).get("status")
+            if status != "COMPLETED":
+                raise TransientFailure(f"the Ariel search ended {status}")
+            res = await self._get("ariel", f"/api/ariel/searches/{sid}/results",
+                                  headers={"Range": f"items=0-{s.top_events - 1}"})
+            events = [e for e in (res or {}).get("events") or () if isinstance(e, dict)][:s.top_events]
+            return [{k: (v[:256] if isinstance(v, str) else v) for k, v in e.items()} for e in events], None
+        except Exception as e:
+            if sid is not None:
+                try:
+                    await self._get("ariel", f"/api/ariel/searches/{sid}", method="DELETE")
+                except Exception:
+                    pass
+            return None, f"qradar: top events not fetched ({type(e).__name__}: {str(e)[:160]})"
+
     # ------------------------------------------------------------ polling
     def _filter(self, key: tuple[int, int] | None, lower: int) -> str:
         if key is None:
@@ -268,17 +440,29 @@ class QradarOffenseSource(PullSource):
                 break
             known = dict(cur["known"])
             max_pruned = cur["max_pruned_id"]
+            changed = [(o, classify(o, known, max_pruned)) for o in offenses]
+            if s.resolve_context:
+                await self.add_context([o for o, ev in changed if ev is not None])
             received = time.time()
             events = []
-            for o in offenses:
+            for o, ev in changed:
                 oid = str(_int(o.get("id")))
-                ev = classify(o, known, max_pruned)
                 lut = _int(o.get("last_updated_time")) or 0
                 status = str(o.get("status") or "").upper()
                 if ev is None:
                     continue
+                notes = o.pop("_relay_notes", None)
+                top = None
+                if s.top_events and ev == "created":
+                    top, note = await self.top_events(o)
+                    if note:
+                        notes = (notes or []) + [note]
                 fields = normalise_offense(o, console_url=s.console_url)
                 fields["event"] = ev
+                if top is not None:
+                    fields["extra"]["top_events"] = top
+                if notes:
+                    fields["extra"]["notes"] = (fields["extra"].get("notes") or []) + notes
                 events.append(make_event(fields, o, self.cfg.name, received))
                 known.pop(oid, None)
                 known[oid] = [lut, status]
@@ -325,6 +509,6 @@ def _qerror(resp) -> str:
 
 KIND = kinds.register_source(kinds.SourceKind(
     type="qradar_offenses", read_config=read_config, factory=QradarOffenseSource,
-    keys=("url", "token_env", "token_file", "filter", "api_version", "console_url", "known_max", "max_per_poll")
-    + COMMON_KEYS,
+    keys=("url", "token_env", "token_file", "filter", "api_version", "console_url", "known_max", "max_per_poll",
+          "resolve_context", "context_ttl", "top_events", "ariel_timeout") + COMMON_KEYS,
     doc="polls QRadar offenses (/api/siem/offenses): created, updated and closed"))

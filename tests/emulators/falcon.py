@@ -14,6 +14,21 @@ Endpoints
 * ``/detects/queries/detects/v1`` + ``POST /detects/entities/summaries/GET/v1`` ``{"ids"}``:
   **405** unless ``legacy_detects=True``.
 
+* ``POST /user-management/entities/users/GET/v1`` ``{"ids": [...]}`` -> the users of
+  :meth:`add_user` (``uuid``, ``uid``, ``first_name``, ``last_name``); unknown ids are left out
+  with a 404 item in ``errors``.
+* Event Streams (apis.md 2.7): ``GET /sensors/entities/datafeed/v2?appId=&format=json`` ->
+  one resource per partition (``dataFeedURL``, ``sessionToken {token, expiration}``,
+  ``refreshActiveSessionURL``, ``refreshActiveSessionInterval``); ``GET
+  /sensors/entities/datafeed/v1/<partition>?appId=&offset=`` with ``Authorization: Token
+  <session token>`` -> a chunked stream of JSON lines, the partition's events from ``offset`` on,
+  then new ones as :meth:`add_stream_event` adds them, until the session expires (the stream
+  ends; a connect with an expired or unknown session token -> 401); ``POST
+  /sensors/entities/datafeed-actions/v1/<partition>?action_name=refresh_active_stream_session&appId=``
+  (Bearer) extends the partition's session by ``session_ttl``.  Faults: :meth:`drop_stream`
+  (the next stream connections break after N events, without the last chunk),
+  :meth:`expire_sessions` (every session ends now), ``fail(401, op="discover")``.
+
 Every API call needs ``Authorization: Bearer <token>``; a missing, unknown, revoked or
 expired token -> **401** ``access denied, invalid bearer token``.  Every answer carries the
 ``{"meta", "resources", "errors"}`` envelope, ``X-CS-TRACEID`` and ``X-RateLimit-Limit`` /
@@ -222,7 +237,8 @@ class FalconEmulator(LoopbackServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, client_id: str = "test-client",
                  client_secret: str = "test-secret", token_ttl: float = 1799, region: str = "us-1",
                  legacy_detects: bool = False, cid: str = "a1b2c3d4e5f60718293a4b5c6d7e8f90",
-                 out: Callable[[str], None] | None = None) -> None:
+                 out: Callable[[str], None] | None = None, partitions: int = 1, session_ttl: float = 1800.0,
+                 refresh_interval: float = 1800.0) -> None:
         self.host, self.port = host, port
         self.client_id, self.client_secret = client_id, client_secret
         self.token_ttl = token_ttl
@@ -243,9 +259,26 @@ class FalconEmulator(LoopbackServer):
         self.rate_limit = 6000
         self._window = (0, 0)               # (minute, used)
         self._seq = 0
+        self.users: dict[str, dict] = {}
+        # Event Streams
+        self.partitions = partitions
+        self.session_ttl = session_ttl
+        self.refresh_interval = refresh_interval
+        self.stream: dict[int, list[dict]] = {p: [] for p in range(partitions)}
+        self.sessions: dict[str, tuple[int, float]] = {}     # session token -> (partition, expiry)
+        self.cond = threading.Condition(self.lock)
+        self.drops: list[list] = []                          # [partition or None, after n events, count]
+        self.stream_connects: list[tuple[int, int]] = []      # (partition, offset asked)
+        self.refreshes: Counter = Counter()
+        self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
     thread_name = "falcon-emulator"
+
+    def _before_close(self) -> None:
+        with self.lock:
+            self._closing = True
+            self.cond.notify_all()
 
     def _handler_class(self) -> type:
         return type("Handler", (_Handler,), {"emulator": self})
@@ -312,6 +345,54 @@ class FalconEmulator(LoopbackServer):
             self.detections[d["detection_id"]] = d
             return d
 
+    def add_user(self, uuid_: str, first: str, last: str, uid: str | None = None) -> dict:
+        u = {"uuid": uuid_, "uid": uid or f"{first.lower()}.{last.lower()}@example.com", "first_name": first,
+             "last_name": last, "cid": self.cid}
+        with self.lock:
+            self.users[uuid_] = u
+        return u
+
+    def add_stream_event(self, partition: int = 0, event_type: str = "EppDetectionSummaryEvent",
+                         created: float | None = None, **event) -> dict:
+        """One stream event on ``partition`` (its offset is the next of that partition); the
+        detection summaries get ids, host and severity unless given."""
+        with self.lock:
+            seq = self.stream[partition]
+            off = (seq[-1]["metadata"]["offset"] + 1) if seq else 1
+            created = time.time() if created is None else created
+            if event_type.endswith("DetectionSummaryEvent"):
+                agent = uuid.UUID(int=0xA0000000000000000000000000000000 + partition * 100000 + off).hex
+                ev = {"ComputerName": f"WS-{partition}-{off:04d}", "UserName": "jdoe", "Severity": 4,
+                      "SeverityName": "High", "LocalIP": "10.0.0.5", "SensorId": agent,
+                      "DetectName": "Suspicious Activity", "DetectDescription": "emulated detection",
+                      "Tactic": "Execution", "Technique": "PowerShell",
+                      "FalconHostLink": f"https://falcon.crowdstrike.com/activity/detections/detail/{agent}/{off}"}
+                if event_type == "DetectionSummaryEvent":
+                    ev["DetectId"] = f"ldt:{agent}:{off}"
+                else:
+                    ev["CompositeId"] = f"{self.cid}:ind:{agent}:{partition}{off:06d}-10197-{off}"
+                ev.update(event)
+            else:
+                ev = dict(event)
+            obj = {"metadata": {"customerIDString": self.cid, "offset": off, "eventType": event_type,
+                                "eventCreationTime": int(created * 1000), "version": "1.0"}, "event": ev}
+            seq.append(obj)
+            self.cond.notify_all()
+        return obj
+
+    def drop_stream(self, after: int, *, partition: int | None = None, count: int = 1) -> None:
+        """The next ``count`` stream connections (of ``partition``, or any) break after ``after``
+        events: the connection closes without the terminating chunk."""
+        with self.lock:
+            self.drops.append([partition, after, count])
+
+    def expire_sessions(self) -> None:
+        """Every stream session ends now: open streams end, a connect with its token gets 401."""
+        with self.lock:
+            for tok, (p, _) in list(self.sessions.items()):
+                self.sessions[tok] = (p, 0.0)
+            self.cond.notify_all()
+
     def hide(self, ids) -> None:
         with self.lock:
             self.hidden.update(ids)
@@ -363,7 +444,10 @@ class FalconEmulator(LoopbackServer):
     def handle(self, method: str, path: str, query: dict, headers, raw: bytes) -> tuple[int, Any, dict]:
         op = {"/oauth2/token": "token", "/oauth2/revoke": "revoke", "/alerts/queries/alerts/v2": "query",
               "/alerts/entities/alerts/v2": "entities", "/detects/queries/detects/v1": "query",
-              "/detects/entities/summaries/GET/v1": "entities"}.get(path)
+              "/detects/entities/summaries/GET/v1": "entities", "/sensors/entities/datafeed/v2": "discover",
+              "/user-management/entities/users/GET/v1": "users"}.get(path)
+        if op is None and path.startswith("/sensors/entities/datafeed-actions/v1/"):
+            op = "refresh"
         if op is None:
             return 404, _env(errors=[{"code": 404, "message": "Not Found"}]), {}
         self.stats[op] += 1
@@ -410,7 +494,134 @@ class FalconEmulator(LoopbackServer):
             return 401, _env(errors=[{"code": 401, "message": "access denied, invalid bearer token"}]), hdrs
         if op == "query":
             return self._query(path, query, hdrs)
+        if op == "discover":
+            return self._discover(query, hdrs)
+        if op == "refresh":
+            return self._refresh(path, query, hdrs)
+        if op == "users":
+            return self._users(raw, hdrs)
         return self._entities(path, raw, hdrs)
+
+    # ------------------------------------------------------------------ users, streams
+    def _users(self, raw: bytes, hdrs: dict):
+        try:
+            ids = json.loads(raw or b"{}")["ids"]
+            if not isinstance(ids, list):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return 400, _env(errors=[{"code": 400, "message": 'body must be {"ids": [...]}'}]), hdrs
+        with self.lock:
+            out = [dict(self.users[i]) for i in ids if i in self.users]
+        errors = [{"code": 404, "message": "user not found", "id": i} for i in ids if i not in self.users]
+        return 200, _env(resources=out, errors=errors), hdrs
+
+    def _discover(self, query: dict, hdrs: dict):
+        app = (query.get("appId") or [""])[-1]
+        if not app or len(app) > 32 or not app.isalnum():
+            return 400, _env(errors=[{"code": 400, "message": "appId must be 1-32 letters and digits"}]), hdrs
+        res = []
+        now = time.time()
+        with self.lock:
+            for p in range(self.partitions):
+                tok = secrets.token_urlsafe(18)
+                self.sessions[tok] = (p, time.monotonic() + self.session_ttl)
+                res.append({"dataFeedURL": f"{self.url}/sensors/entities/datafeed/v1/{p}?appId={app}",
+                            "sessionToken": {"token": tok, "expiration": iso(now + self.session_ttl)},
+                            "refreshActiveSessionURL": f"{self.url}/sensors/entities/datafeed-actions/v1/{p}"
+                                                       f"?action_name=refresh_active_stream_session&appId={app}",
+                            "refreshActiveSessionInterval": self.refresh_interval})
+        return 200, _env(resources=res), hdrs
+
+    def _refresh(self, path: str, query: dict, hdrs: dict):
+        try:
+            p = int(path.rsplit("/", 1)[1])
+        except ValueError:
+            p = -1
+        if (query.get("action_name") or [""])[-1] != "refresh_active_stream_session" or not 0 <= p < self.partitions:
+            return 400, _env(errors=[{"code": 400, "message": "unknown action or partition"}]), hdrs
+        with self.lock:
+            now = time.monotonic()
+            live = 0
+            for tok, (tp, exp) in list(self.sessions.items()):
+                if tp == p and exp > now:
+                    self.sessions[tok] = (tp, now + self.session_ttl)
+                    live += 1
+            self.refreshes[p] += 1
+        if not live:
+            return 404, _env(errors=[{"code": 404, "message": "no active stream session"}]), hdrs
+        return 200, _env(), hdrs
+
+    def serve_stream(self, h, path: str, query: dict) -> None:
+        """``GET /sensors/entities/datafeed/v1/<partition>``: the chunked JSON-lines stream."""
+        auth = h.headers.get("Authorization") or ""
+        tok = auth[6:].strip() if auth.startswith("Token ") else None
+        try:
+            p = int(path.rsplit("/", 1)[1])
+            offset = int((query.get("offset") or ["0"])[-1] or 0)
+        except ValueError:
+            p, offset = -1, 0
+        with self.lock:
+            sess = self.sessions.get(tok) if tok else None
+            ok = sess is not None and sess[0] == p and sess[1] > time.monotonic()
+            drop = None
+            if ok:
+                self.stream_connects.append((p, offset))
+                for d in self.drops:
+                    if d[2] > 0 and d[0] in (None, p):
+                        d[2] -= 1
+                        drop = d[1]
+                        break
+        if not ok:
+            self.stats["stream_401"] += 1
+            body = json.dumps(_env(errors=[{"code": 401, "message": "access denied, invalid session token"}])).encode()
+            h.send_response(401)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+            self.log.append(("GET", path, 401))
+            return
+        self.stats["stream_open"] += 1
+        self.log.append(("GET", path, 200))
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        sent = 0
+        i = None
+        try:
+            while True:
+                with self.lock:
+                    seq = self.stream[p]
+                    if i is None:
+                        i = next((k for k, o in enumerate(seq) if o["metadata"]["offset"] >= offset), len(seq))
+                    while i >= len(seq) and not self._closing and self.sessions.get(tok, (p, 0))[1] > time.monotonic():
+                        self.cond.wait(0.2)
+                    if self._closing or self.sessions.get(tok, (p, 0))[1] <= time.monotonic():
+                        break
+                    batch = seq[i:]
+                    i = len(seq)
+                for o in batch:
+                    if drop is not None and sent >= drop:
+                        self.stats["stream_dropped"] += 1
+                        h.wfile.flush()
+                        h.close_connection = True
+                        import socket as _s
+                        try:
+                            h.connection.shutdown(_s.SHUT_RDWR)
+                        except OSError:
+                            pass
+                        return
+                    line = json.dumps(o).encode() + b"\r\n"
+                    h.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    sent += 1
+                h.wfile.flush()
+            h.wfile.write(b"0\r\n\r\n")
+            h.wfile.flush()
+            self.stats["stream_ended"] += 1
+        except OSError:
+            self.stats["stream_client_gone"] += 1
+        h.close_connection = True
 
     def _token(self, raw: bytes, hdrs: dict):
         form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
@@ -510,6 +721,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         emu = self.emulator
         parts = urlsplit(self.path)
+        if method == "GET" and parts.path.startswith("/sensors/entities/datafeed/v1/"):
+            emu.serve_stream(self, parts.path, parse_qs(parts.query, keep_blank_values=True))
+            return
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n) if n else b""
         try:

@@ -12,6 +12,16 @@ only) with the shapes of the reference notes (apis.md section 3).
   (422 without a reason, 409 code 1008 when already closed); ``POST
   /api/siem/offenses/{id}/notes?note_text=..`` -> 201 (404 code 1002 for an unknown offense).
 
+* Offense context: ``GET /api/siem/source_addresses`` and ``/api/siem/local_destination_addresses``
+  (``filter=id in (..)``, ``fields``, ``Range``), ``GET /api/analytics/rules/{id}`` (404 code 1002
+  for an unknown rule); data from :attr:`source_addresses`, :attr:`destinations`, :attr:`rules`
+  (the stock offense's ids 44, 7 and 100042 are there).
+* Ariel: ``POST /api/ariel/searches?query_expression=<AQL>`` -> 201 ``{"search_id", "status":
+  "WAIT"}``; ``GET /api/ariel/searches/{id}`` -> ``EXECUTE`` until it was polled
+  :attr:`ariel_polls` times, then ``COMPLETED`` (never, with :attr:`ariel_hang`); ``GET
+  /api/ariel/searches/{id}/results`` (``Range``) -> ``{"events": [...]}``, the events of
+  :attr:`ariel_events` for the offense named by ``INOFFENSE(<id>)``; ``DELETE`` -> 202.
+
 Auth: ``SEC: <token>``; missing -> **401** code 18 ``No SEC header present in request...``;
 wrong -> 401 code 18 too.  ``versions`` (optional) lists the accepted ``Version`` headers;
 another version -> 406 with the error envelope.  Every error has the QRadar envelope
@@ -246,6 +256,15 @@ class QradarEmulator(LoopbackServer):
         self.requests: list[dict] = []
         self._next_id = 1200
         self._last_ms = 0
+        self.source_addresses: dict[int, dict] = {44: {"id": 44, "source_ip": "203.0.113.7", "magnitude": 5}}
+        self.destinations: dict[int, dict] = {7: {"id": 7, "local_destination_ip": "10.0.0.5", "magnitude": 6}}
+        self.rules: dict[int, dict] = {100042: {"id": 100042, "name": "Multiple Login Failures", "type": "EVENT",
+                                                "enabled": True, "origin": "SYSTEM"}}
+        self.ariel_events: dict[int, list] = {}
+        self.ariel_polls = 2
+        self.ariel_hang = False
+        self.searches: dict[str, dict] = {}
+        self.context_requests: list[dict] = []    # (the offense list requests are in requests)
 
     thread_name = "qradar-emulator"
 
@@ -331,6 +350,9 @@ class QradarEmulator(LoopbackServer):
             return 406, envelope(406, 1002, f"Version {ver!r} is not supported; supported: "
                                             f"{', '.join(self.versions)}"), {}
         q = {k: v[-1] for k, v in query.items()}
+        ctx = self._context(method, path, q, headers)
+        if ctx is not None:
+            return ctx
         m = re.fullmatch(r"/api/siem/offenses(?:/(\d+)(/notes)?)?", path)
         if not m:
             return 404, envelope(404, 1001, f"No such endpoint {path}"), {}
@@ -367,6 +389,73 @@ class QradarEmulator(LoopbackServer):
                     return 200, self.close_offense(oid, int(q["closing_reason_id"])), {}
                 return 200, dict(o), {}
             return 200, dict(o), {}
+
+    def _context(self, method: str, path: str, q: dict, headers):
+        """The offense-context endpoints (addresses, rules, Ariel); None for another path."""
+        table = {"/api/siem/source_addresses": ("addresses", self.source_addresses),
+                 "/api/siem/local_destination_addresses": ("addresses", self.destinations)}.get(path)
+        m_rule = re.fullmatch(r"/api/analytics/rules/(\d+)", path)
+        m_ariel = re.fullmatch(r"/api/ariel/searches(?:/([\w-]+)(/results)?)?", path)
+        if table is None and m_rule is None and m_ariel is None:
+            return None
+        op = table[0] if table else "rules" if m_rule else "ariel"
+        self.stats[op] += 1
+        self.context_requests.append(dict(q, path=path, method=method))
+        f = self._take_fault(op)
+        if f is not None:
+            self.stats[f"fault_{f.status}"] += 1
+            return f.status, envelope(f.status, f.code, f.message), {}
+        if table is not None:
+            rows = list(table[1].values())
+            try:
+                flt = compile_filter(q.get("filter", ""), fields=tuple(rows[0]) if rows else ("id",))
+            except FilterError as e:
+                return 422, envelope(422, 1010, f"Filter parameter is invalid: {e}"), {}
+            with self.lock:
+                page = [dict(r) for r in rows if flt(r)]
+            if q.get("fields"):
+                want = [x.strip() for x in q["fields"].split(",") if x.strip()]
+                page = [{k: r.get(k) for k in want if k in r} for r in page]
+            return 200, page, {"Content-Range": f"items 0-{max(len(page) - 1, 0)}/{len(page)}"}
+        if m_rule is not None:
+            r = self.rules.get(int(m_rule.group(1)))
+            if r is None:
+                return 404, envelope(404, 1002, f"Rule {m_rule.group(1)} does not exist"), {}
+            return 200, dict(r), {}
+        sid, results = m_ariel.group(1), m_ariel.group(2)
+        with self.lock:
+            if sid is None:
+                if method != "POST":
+                    return 200, list(self.searches), {}
+                aql = q.get("query_expression") or ""
+                m = re.search(r"INOFFENSE\((\d+)\)", aql)
+                lim = re.search(r"LIMIT (\d+)", aql)
+                if not m:
+                    return 422, envelope(422, 2000, "query_expression is not a valid AQL query"), {}
+                new = str(__import__("uuid").uuid4())
+                self.searches[new] = {"search_id": new, "status": "WAIT", "polls": 0, "offense": int(m.group(1)),
+                                      "limit": int(lim.group(1)) if lim else None, "aql": aql}
+                return 201, {"search_id": new, "status": "WAIT"}, {}
+            srch = self.searches.get(sid)
+            if srch is None:
+                return 404, envelope(404, 1002, f"Search {sid} does not exist"), {}
+            if method == "DELETE":
+                srch["status"] = "CANCELED"
+                return 202, {"search_id": sid, "status": "CANCELED"}, {}
+            if not results:
+                srch["polls"] += 1
+                if srch["status"] == "WAIT" or srch["status"] == "EXECUTE":
+                    srch["status"] = "COMPLETED" if srch["polls"] >= self.ariel_polls and not self.ariel_hang \
+                        else "EXECUTE"
+                return 200, {"search_id": sid, "status": srch["status"], "progress": 100 if srch["status"] ==
+                             "COMPLETED" else 50}, {}
+            if srch["status"] != "COMPLETED":
+                return 404, envelope(404, 1002, "The search is not complete"), {}
+            events = list(self.ariel_events.get(srch["offense"], ()))[:srch["limit"] or None]
+            m = re.fullmatch(r"\s*items=(\d+)-(\d+)\s*", headers.get("Range") or "")
+            if m:
+                events = events[int(m.group(1)):int(m.group(2)) + 1]
+            return 200, {"events": events}, {}
 
     def _list(self, q: dict, headers):
         self.requests.append(dict(q, Range=headers.get("Range")))
@@ -451,6 +540,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._serve("POST")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
 
 
 def main(argv: list[str] | None = None) -> int:
