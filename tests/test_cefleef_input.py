@@ -18,7 +18,6 @@ import pytest
 
 from formats.render import Renderer, RenderOptions
 from parsers import detect
-from parsers import falcon as falcon_parser
 from parsers.normalise import normalise
 from tests.vectors import deviations, load_jsonl
 

@@ -10,7 +10,6 @@ import orjson
 import pytest
 
 from parsers.event import Event, FORMAT_RFC5424
-from parsers import falcon
 from parsers.falcon import detect_shape, matches, normalise, normalise_dict, normalise_resources
 from parsers.schema import SEVERITIES
 from tests.vectors import load_json

@@ -6,7 +6,6 @@ random and mutated bytes must only ever give ParseError.
 """
 from __future__ import annotations
 
-import string
 from datetime import datetime, timezone
 
 import pytest

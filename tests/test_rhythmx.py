@@ -8,7 +8,6 @@ import orjson
 import pytest
 
 from parsers.event import Event, FORMAT_RFC5424
-from parsers import rhythmx
 from parsers.rhythmx import RhythmxConfig, matches, normalise
 from parsers.schema import (
     SEVERITIES, SEVERITY_TO_CEF, SEVERITY_TO_LEEF, SEVERITY_TO_SYSLOG, iso_utc, log_fields, parse_time, severity_from_score, severity_from_syslog, time_pair, to_score,

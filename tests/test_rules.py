@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parsers.event import Event
-from relay import rules
 from relay.rules import RuleSyntaxError, compile_rule, eval_errors, explain
 
 ROOT = Path(__file__).resolve().parents[1]
