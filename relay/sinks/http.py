@@ -910,16 +910,19 @@ class TicketSink(_Base):
 
     async def _jira_search(self, key: str) -> str | None:
         s = self.settings
+        api = self._jira_api
         for _ in range(2):
-            url, q = jira_search(s, key, self._jira_api)
+            url, q = jira_search(s, key, api)
             resp = await self.call("POST", url, "search", content=orjson.dumps(q))
-            if s.search_api == "auto" and (
-                    (self._jira_api == "jql" and resp.status_code in (404, 405)) or
-                    (self._jira_api == "legacy" and resp.status_code == 410)):
-                self._jira_api = "legacy" if self._jira_api == "jql" else "jql"
-                log.info("sink %s: Jira search API: switching to %s", self.name,
-                         "/rest/api/2/search (Server/Data Center)" if self._jira_api == "legacy"
-                         else "/rest/api/3/search/jql (Cloud)")
+            if s.search_api == "auto" and ((api == "jql" and resp.status_code in (404, 405)) or
+                                           (api == "legacy" and resp.status_code == 410)):
+                # (decided on the API this request used: concurrent searches may have switched already)
+                api = "legacy" if api == "jql" else "jql"
+                if self._jira_api != api:
+                    self._jira_api = api
+                    log.info("sink %s: Jira search API: switching to %s", self.name,
+                             "/rest/api/2/search (Server/Data Center)" if api == "legacy"
+                             else "/rest/api/3/search/jql (Cloud)")
                 continue
             break
         err = self._error(resp, "search (POST)")

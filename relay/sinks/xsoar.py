@@ -72,6 +72,7 @@ import httpx
 import orjson
 
 from formats import xsoar as xsoar_fmt
+from formats.template import TemplateError, compile_template
 from formats.xsoar import XsoarOptions
 
 from ..secrets import Secret, read_secret
@@ -229,6 +230,12 @@ def read_config(table, sk, base_dir: Path) -> None:
             **common, auth_header=header, auth_value=value, username=user, password=pw,
             linger=table.get("linger", float, 0.2, check=_nonneg),
         )
+        src = table.get("template", str, None)
+        if src is not None:   # the webhook item from a sandboxed JSON template (formats/template.py)
+            try:
+                sk.options["template"] = compile_template(src, expect=dict)
+            except TemplateError as e:
+                raise table.err("template", f"template {e}") from None
     # the incident body (formats/xsoar.py)
     th = table.table("severity_thresholds")
     thresholds = tuple((th.get(band, (int, float), default, check=_nonneg), sev)
@@ -674,6 +681,9 @@ def _id_order(v):
 def _renderer(fn):
     """The queue payload: the incident body (formats/xsoar.py) as JSON bytes."""
     def make(sk):
+        tpl = sk.options.get("template")
+        if tpl is not None:           # xsoar_webhook with a template: the item is the template's object
+            return tpl.render
         opts = sk.options.get("xsoar_options") or XsoarOptions()
 
         def render(ev, routes):
@@ -703,6 +713,6 @@ XSOAR_WEBHOOK = kinds.register_sink(kinds.SinkKind(
     type="xsoar_webhook", read_config=read_config, factory=XsoarWebhookSink,
     renderer=_renderer(xsoar_fmt.webhook_item),
     keys=_KEYS + ("auth_header", "auth_value_env", "auth_value_file", "username", "password_env", "password_file",
-                  "linger"),
+                  "linger", "template"),
     meta=_META, structured=True, incidents=True, batch_size=50, preview=_preview(xsoar_fmt.webhook_item),
     doc="Cortex XSOAR Generic Webhook (one object, or an array of items per request)"))
