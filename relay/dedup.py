@@ -163,7 +163,7 @@ class DedupStore:
                 self._conn = None
 
 
-def store_path(queue, sink_name: str, prefix: str = "xsoar") -> Path:
+def store_path(queue, sink_name: str, prefix: str) -> Path:
     """Next to the sink's queue file: ``<state_dir>/<prefix>-dedup-<sink>.db`` (the XSOAR sinks:
     ``xsoar-dedup-NAME.db``, the http sink: ``http-dedup-NAME.db``)."""
     qp = getattr(queue, "path", None)

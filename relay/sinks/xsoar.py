@@ -78,7 +78,7 @@ from formats.xsoar import XsoarOptions
 from ..secrets import Secret, read_secret
 from ..checks import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
 from .. import kinds
-from ..dedup import DedupRecord, DedupStore, store_path
+from ..dedup import DedupRecord, DedupStore, store_path as _store_path
 from . import _http
 from ._http import HttpSink, Redactor, excerpt as _http_excerpt, retry_after  # noqa: F401 (re-exported)
 from .base import PermanentError, RetryableError, SinkError
@@ -267,6 +267,11 @@ def read_config(table, sk, base_dir: Path) -> None:
     if ca is not None:
         sk.tls_ca = common["tls_ca"]
     sk.tls_verify = settings.tls_verify
+
+
+def store_path(queue, sink_name: str) -> Path:
+    """The XSOAR sinks' dedup store: ``<state_dir>/xsoar-dedup-<sink>.db`` (relay/dedup.py)."""
+    return _store_path(queue, sink_name, "xsoar")
 
 
 # =========================================================================== HTTP helpers
