@@ -522,7 +522,7 @@ class _Base(HttpSink):
 
     def _throttle_pause(self) -> float:
         self._backoff = min(self._backoff + 1, 7)
-        return min(60.0, 2.0 ** self._backoff)
+        return min(60.0, 2.0 ** (self._backoff - 1))
 
     def _auth_hint(self) -> str:
         a = self.settings.auth
