@@ -249,3 +249,85 @@ def test_summary_through_a_mock_transport():
         assert seen and seen[0]["model"] == "m"
     finally:
         s.close()
+
+
+# ----------------------------------------------------------------------------- http sink
+def _http_sink(tmp_path: Path, body: str, transport):
+    cfg = loads(f"""
+[relay]
+state_dir = "{tmp_path / 'state'}"
+[sinks.h]
+type = "http"
+{body}
+[routes.all]
+match = 'true'
+sinks = ["h"]
+""", base_dir=tmp_path).sinks["h"]
+    q = make_queue(tmp_path / "state" / "queue-h.db")
+    render = kinds.sink(cfg.type).renderer(cfg)
+    ev = normalise(detect.parse(sigma_line("INC-1"), received=time.time(), source="t"))
+    q.put_many([(render(ev, ["all"]), {"source": "t", "routes": ["all"], "received": 0.0,
+                                       "dedup_key": ev.fields["dedup_key"]})])
+    return make_sink(cfg, q, registry=Registry(), transport=transport), q
+
+
+def _send_one(sink, q):
+    async def main():
+        items = await asyncio.to_thread(q.lease, 10)
+        try:
+            failed = await sink.send(items)
+        except Exception as e:
+            return [e]
+        finally:
+            await sink.close()
+        return [e for _, e in failed or ()]
+    try:
+        return asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        q.close()
+
+
+@pytest.mark.parametrize("status, headers, text, error, retry_after", [
+    (429, {"Retry-After": "7"}, "slow down", "UnavailableError", 7.0),     # throttled: no attempt counted
+    (503, {}, "busy", "RetryableError", None),
+    (401, {}, "no", "AuthError", None),
+    (400, {}, "invalid_payload tok-SECRET-1234", "PermanentError", None),
+])
+def test_http_sink_classifies_answers_through_a_mock_transport(tmp_path, monkeypatch, status, headers, text, error,
+                                                               retry_after):
+    monkeypatch.setenv("T_TOK", "tok-SECRET-1234")
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, headers=headers, text=text)
+    sink, q = _http_sink(tmp_path, 'preset = "generic"\nurl = "https://x.invalid/in"\nauth = "bearer"\n'
+                                   'token_env = "T_TOK"', httpx.MockTransport(handler))
+    errs = _send_one(sink, q)
+    assert errs and all(any(c.__name__ == error for c in type(e).__mro__) for e in errs), errs
+    if retry_after is not None:
+        assert errs[0].retry_after == retry_after
+    assert seen[0].headers["Authorization"] == "Bearer tok-SECRET-1234"
+    assert all("tok-SECRET-1234" not in str(e) for e in errs)      # the answer's excerpt is redacted
+
+
+def test_http_sink_oauth2_token_fetched_cached_and_renewed_on_401(tmp_path, monkeypatch):
+    monkeypatch.setenv("T_CS", "client-s3cret")
+    calls = {"token": 0, "api": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/oauth2/token":
+            calls["token"] += 1
+            form = dict(x.split("=", 1) for x in request.content.decode().split("&"))
+            assert form["grant_type"] == "client_credentials" and form["client_secret"] == "client-s3cret"
+            return httpx.Response(200, json={"access_token": f"AT{calls['token']}", "expires_in": 3600})
+        calls["api"] += 1
+        if request.headers["Authorization"] == "Bearer AT1":
+            return httpx.Response(401, text="token expired")
+        assert request.headers["Authorization"] == "Bearer AT2"
+        return httpx.Response(202)
+    sink, q = _http_sink(tmp_path, 'preset = "generic"\nurl = "https://x.invalid/in"\nauth = "oauth2"\n'
+                                   'token_url = "https://x.invalid/oauth2/token"\nclient_id = "relay"\n'
+                                   'client_secret_env = "T_CS"', httpx.MockTransport(handler))
+    assert _send_one(sink, q) == []
+    assert calls == {"token": 2, "api": 2}

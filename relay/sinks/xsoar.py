@@ -57,49 +57,41 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import hashlib
 import logging
 import os
-import random
 import re
 import secrets as _secrets
-import sqlite3
-import ssl
 import string
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
 from formats import xsoar as xsoar_fmt
+from formats.template import TemplateError, compile_template
 from formats.xsoar import XsoarOptions
 
 from ..secrets import Secret, read_secret
 from ..checks import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
 from .. import kinds
-from .base import (AuthError, PermanentError, RetryableError, Sink, SinkError,
-                   UnavailableError)
+from ..dedup import DedupRecord, DedupStore, store_path as _store_path
+from . import _http
+from ._http import HttpSink, Redactor, excerpt as _http_excerpt, retry_after  # noqa: F401 (re-exported)
+from .base import PermanentError, RetryableError, SinkError
 
 __all__ = ["read_config", "XsoarSink", "XsoarWebhookSink", "XsoarSettings", "Secret",
            "DedupStore", "DedupRecord", "classify", "auth_headers", "search_query"]
 
 log = logging.getLogger("relay.sinks.xsoar")
-# httpx logs every request at INFO: far too chatty for an appliance (and URLs only)
-logging.getLogger("httpx").setLevel(logging.WARNING)
-logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 STATUS_CLOSED = 2               # XSOAR IncidentStatus DONE
 SEARCH_SIZE = 10                # explicit: XSOAR's default size is 0 (no results)
 CONFLICT_RETRIES = 3
-EXCERPT = 300
-MAX_RETRY_AFTER = 3600.0
+EXCERPT = _http.EXCERPT
 
 
 # =========================================================================== secrets
@@ -238,6 +230,12 @@ def read_config(table, sk, base_dir: Path) -> None:
             **common, auth_header=header, auth_value=value, username=user, password=pw,
             linger=table.get("linger", float, 0.2, check=_nonneg),
         )
+        src = table.get("template", str, None)
+        if src is not None:   # the webhook item from a sandboxed JSON template (formats/template.py)
+            try:
+                sk.options["template"] = compile_template(src, expect=dict)
+            except TemplateError as e:
+                raise table.err("template", f"template {e}") from None
     # the incident body (formats/xsoar.py)
     th = table.table("severity_thresholds")
     thresholds = tuple((th.get(band, (int, float), default, check=_nonneg), sev)
@@ -271,131 +269,9 @@ def read_config(table, sk, base_dir: Path) -> None:
     sk.tls_verify = settings.tls_verify
 
 
-# =========================================================================== dedup store
-@dataclass
-class DedupRecord:
-    key: str
-    incident_id: str | None
-    version: int | None = None
-    closed: bool = False
-    digest: str | None = None
-
-
-class DedupStore:
-    """dedup_key -> (incident id, version, closed, digest of the last body sent), in SQLite.
-
-    FIFO-capped at ``cap`` keys (the oldest inserted go first; updates keep their place).
-    Synchronous and thread-safe; the sinks call it through ``asyncio.to_thread``.  A file that
-    cannot be opened as our database is moved aside and a fresh store is started: the store
-    is an accelerator, the search before create is the safety net.
-    """
-
-    SCHEMA = """
-    CREATE TABLE IF NOT EXISTS dedup (
-        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-        key         TEXT NOT NULL UNIQUE,
-        incident_id TEXT,
-        version     INTEGER,
-        closed      INTEGER NOT NULL DEFAULT 0,
-        digest      TEXT,
-        updated_at  REAL NOT NULL
-    );
-    """
-
-    def __init__(self, path: str | os.PathLike, cap: int = 100_000) -> None:
-        self.path = os.fspath(path)
-        self.cap = max(1, int(cap))
-        self._lock = threading.Lock()
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = self._open()
-        except sqlite3.DatabaseError as e:
-            aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-            log.error("xsoar dedup store %s is unreadable (%s); moved aside to %s, starting empty "
-                      "(the search before create still prevents duplicates)", self.path, e, aside)
-            for suffix in ("", "-wal", "-shm"):
-                try:
-                    os.replace(self.path + suffix, aside + suffix)
-                except FileNotFoundError:
-                    pass
-            self._conn = self._open()
-        self._count = self._conn.execute("SELECT count(*) FROM dedup").fetchone()[0]
-        self._trim()
-
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")  # survives a process crash; see module doc
-            conn.executescript(self.SCHEMA)
-            conn.execute("SELECT seq, key, incident_id, version, closed, digest FROM dedup LIMIT 1").fetchall()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def __len__(self) -> int:
-        return self._count
-
-    def get(self, key: str) -> DedupRecord | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT incident_id, version, closed, digest FROM dedup WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        return DedupRecord(key, row[0], row[1], bool(row[2]), row[3])
-
-    def put(self, rec: DedupRecord) -> None:
-        with self._lock:
-            conn = self._conn
-            exists = conn.execute("SELECT 1 FROM dedup WHERE key = ?", (rec.key,)).fetchone() is not None
-            conn.execute(
-                "INSERT INTO dedup (key, incident_id, version, closed, digest, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET incident_id = excluded.incident_id, "
-                "version = excluded.version, closed = excluded.closed, digest = excluded.digest, "
-                "updated_at = excluded.updated_at",
-                (rec.key, rec.incident_id, rec.version, int(rec.closed), rec.digest, time.time()))
-            if not exists:
-                self._count += 1
-                self._trim()
-
-    def _trim(self) -> None:
-        if self._count <= self.cap:
-            return
-        excess = self._count - self.cap
-        self._conn.execute("DELETE FROM dedup WHERE seq IN (SELECT seq FROM dedup ORDER BY seq LIMIT ?)",
-                           (excess,))
-        self._count = self._conn.execute("SELECT count(*) FROM dedup").fetchone()[0]
-
-    def keys(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._conn.execute("SELECT key FROM dedup ORDER BY seq")]
-
-    @property
-    def closed(self) -> bool:
-        return self._conn is None
-
-    def reopen(self) -> None:
-        with self._lock:
-            if self._conn is None:
-                self._conn = self._open()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except sqlite3.Error:
-                    pass
-                self._conn = None
-
-
 def store_path(queue, sink_name: str) -> Path:
-    """Next to the sink's queue file (``<state_dir>/xsoar-dedup-<sink>.db``)."""
-    qp = getattr(queue, "path", None)
-    base = Path(qp).parent if qp else Path("state")
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", sink_name)
-    return base / f"xsoar-dedup-{safe}.db"
+    """The XSOAR sinks' dedup store: ``<state_dir>/xsoar-dedup-<sink>.db`` (relay/dedup.py)."""
+    return _store_path(queue, sink_name, "xsoar")
 
 
 # =========================================================================== HTTP helpers
@@ -438,58 +314,23 @@ def search_query(field_name: str, key: str) -> str:
 
 
 def _excerpt(resp: httpx.Response) -> str:
-    try:
-        t = resp.text
-    except Exception:  # pragma: no cover - undecodable
-        t = repr(resp.content[:EXCERPT])
-    t = " ".join(t.split())
-    return t if len(t) <= EXCERPT else t[:EXCERPT] + "..."
-
-
-def retry_after(resp: httpx.Response) -> float | None:
-    v = resp.headers.get("Retry-After")
-    if not v:
-        return None
-    v = v.strip()
-    try:
-        secs = float(v)
-    except ValueError:
-        try:
-            dt = email.utils.parsedate_to_datetime(v)
-        except (TypeError, ValueError):
-            return None
-        if dt is None:
-            return None
-        secs = dt.timestamp() - time.time()
-    return min(MAX_RETRY_AFTER, max(0.0, secs))
+    return _http_excerpt(resp)
 
 
 def classify(resp: httpx.Response, what: str, version: str = "6") -> SinkError | None:
-    """HTTP answer -> None (2xx) or the error to raise (see the module docstring)."""
-    st = resp.status_code
-    if 200 <= st < 300:
-        return None
-    ex = _excerpt(resp)
-    if st in (401, 403):
-        if what == "webhook":
-            hint = "check the webhook credentials (auth_header + value, or username/password)"
-        elif version == "6":
-            hint = ("the API key is wrong, revoked or lacks the permission (an XSOAR 8 server also needs "
-                    "auth_id, the key's ID)")
-        else:
-            hint = "check the API key, its ID (auth_id) and key_type (standard/advanced)"
-        return AuthError(f"XSOAR answered HTTP {st} to {what}: {hint}; answer: {ex}", reason="auth")
-    if st == 429:
-        ra = retry_after(resp)
-        return RetryableError(f"XSOAR throttled {what} (HTTP 429, Retry-After {ra})", retry_after=ra,
-                              reason="throttled")
-    if st == 408 or st >= 500:
-        return RetryableError(f"XSOAR answered HTTP {st} to {what}: {ex}", retry_after=retry_after(resp),
-                              reason="server_error")
-    if 300 <= st < 400:
-        return PermanentError(f"XSOAR answered HTTP {st} (redirect to {resp.headers.get('Location', '?')}) to "
-                              f"{what}: check url/api_prefix", reason="rejected")
-    return PermanentError(f"XSOAR rejected {what}: HTTP {st}: {ex}", reason="rejected")
+    """HTTP answer -> None (2xx) or the error to raise (relay/sinks/_http.py, with XSOAR's hints)."""
+    if what == "webhook":
+        hint = "check the webhook credentials (auth_header + value, or username/password)"
+    elif version == "6":
+        hint = ("the API key is wrong, revoked or lacks the permission (an XSOAR 8 server also needs "
+                "auth_id, the key's ID)")
+    else:
+        hint = "check the API key, its ID (auth_id) and key_type (standard/advanced)"
+    err = _http.classify(resp, what, service="XSOAR", auth_hint=hint)
+    if err is not None and resp.status_code in range(300, 400):
+        err.args = (f"XSOAR answered HTTP {resp.status_code} (redirect to {resp.headers.get('Location', '?')}) to "
+                    f"{what}: check url/api_prefix",)
+    return err
 
 
 class _Conflict(Exception):
@@ -503,98 +344,43 @@ def _is_conflict(resp: httpx.Response) -> bool:
 
 
 # =========================================================================== common base
-class _XsoarBase(Sink):
+class _XsoarBase(HttpSink):
     type = "xsoar"
+    service = "XSOAR"
+    requests_metric = "relay_xsoar_requests_total"
 
     def __init__(self, cfg, queue, *, transport: httpx.AsyncBaseTransport | None = None, **kw) -> None:
         """``transport``: an httpx transport to send through instead of the network (tests:
         ``httpx.MockTransport``)."""
-        super().__init__(cfg, queue, **kw)
-        self.transport = transport
         s: XsoarSettings = cfg.options.get("xsoar")
         if s is None:
             raise ValueError(f"sink {cfg.name}: no xsoar settings (the config reader did not run)")
+        secrets = [x.reveal() for x in (s.api_key, s.auth_value, s.password) if x is not None]
+        super().__init__(cfg, queue, transport=transport, http=s, redact=Redactor(secrets), **kw)
         self.settings = s
         self.batch_size = max(1, s.batch_size)
         self.store = DedupStore(store_path(queue, self.name), s.dedup_store_size)
         reg = self.registry
         reg.gauge("relay_xsoar_dedup_entries", lambda: len(self.store), sink=self.name)
-        self._backoff = 0
-        self._unreachable_logged = -1e9
-        self._client: httpx.AsyncClient | None = None
-        if not s.tls_verify:
-            log.warning("sink %s: tls_verify = false: the XSOAR certificate is NOT checked", self.name)
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.store.closed:   # run again after a previous run closed it
             await asyncio.to_thread(self.store.reopen)
         await super().run(stop)
 
-    # ------------------------------------------------------------------ client
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            s = self.settings
-            if not s.tls_verify:
-                verify: Any = False
-            else:
-                verify = ssl.create_default_context(cafile=str(s.tls_ca) if s.tls_ca else None)
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(s.timeout, connect=min(s.connect_timeout, s.timeout)),
-                limits=httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency),
-                verify=verify, trust_env=False, proxy=s.proxy if self.transport is None else None,
-                follow_redirects=False, transport=self.transport)
-        return self._client
-
     async def close(self) -> None:
-        if self._client is not None:
-            try:
-                await self._client.aclose()
-            finally:
-                self._client = None
-        await asyncio.to_thread(self.store.close)
+        try:
+            await super().close()
+        finally:
+            await asyncio.to_thread(self.store.close)
 
     def count(self, action: str, n: int = 1) -> None:
         self.registry.counter("relay_xsoar_incidents_total", sink=self.name, action=action).value += n
 
-    def _req_counter(self, op: str, status) -> None:
-        self.registry.counter("relay_xsoar_requests_total", sink=self.name, op=op,
-                              status=str(status)).value += 1
-
-    def _unavailable(self, msg: str, reason: str) -> UnavailableError:
-        self._backoff = min(self._backoff + 1, 7)
-        delay = min(60.0, 2 ** (self._backoff - 1)) * random.uniform(0.5, 1.0)
-        now = time.monotonic()
-        if self._backoff == 1 or now - self._unreachable_logged >= 60.0:
-            # the base loop logs released rows at debug only: say it here, at most once a minute
-            self._unreachable_logged = now
-            log.warning("sink %s: XSOAR unreachable: %s; events stay queued, retrying", self.name, msg)
-        return UnavailableError(f"{msg}; pausing {delay:.1f} s", retry_after=delay, reason=reason)
-
     async def _post(self, url: str, op: str, body, headers: dict[str, str]) -> httpx.Response:
-        """POST JSON; transport failures -> Unavailable/RetryableError (never with secrets)."""
+        """POST JSON (relay/sinks/_http.py maps transport failures; never with secrets)."""
         content = body if isinstance(body, (bytes, bytearray)) else orjson.dumps(body)
-        path = urlsplit(url).path or "/"
-        what = f"{op} (POST {path})"
-        try:
-            resp = await self.client().post(url, content=content, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            self._req_counter(op, "connect_error")
-            raise self._unavailable(f"cannot connect to XSOAR for {what}: {type(e).__name__}: {e}",
-                                    "connect") from None
-        except httpx.TimeoutException as e:
-            self._req_counter(op, "timeout")
-            raise RetryableError(f"XSOAR did not answer {what} within {self.settings.timeout:g} s "
-                                 f"({type(e).__name__})", reason="timeout") from None
-        except httpx.ProxyError as e:
-            self._req_counter(op, "connect_error")
-            raise self._unavailable(f"proxy failed for {what}: {e}", "connect") from None
-        except (httpx.TransportError, OSError) as e:
-            self._req_counter(op, "connection_error")
-            raise RetryableError(f"connection to XSOAR broke during {what} ({type(e).__name__}: {e}); "
-                                 f"its outcome is unknown", reason="connection") from None
-        self._backoff = 0
-        self._req_counter(op, resp.status_code)
-        return resp
+        return await self.request("POST", url, op, content=content, headers=headers)
 
     @staticmethod
     def _json(resp: httpx.Response, what: str):
@@ -604,68 +390,10 @@ class _XsoarBase(Sink):
             raise RetryableError(f"XSOAR answered {what} with HTTP {resp.status_code} but not JSON: "
                                  f"{_excerpt(resp)}", reason="bad_answer") from None
 
-    # ------------------------------------------------------------------ batch runner
     async def _run_groups(self, groups: list[list], handler) -> list:
-        """Run ``handler(item)`` for each group in order, groups concurrently (bounded by
-        ``concurrency``).  A retryable/auth failure stops the batch: the rows not yet tried are
-        given back without counting an attempt (and the sink pauses)."""
-        failed: list[tuple[Any, SinkError]] = []
-        sem = asyncio.Semaphore(self.settings.concurrency)
-        state: dict[str, Any] = {"stop": None, "untried": None}
+        return await self.run_groups(groups, handler, self.settings.concurrency)
 
-        def untried_error() -> SinkError:
-            if state["untried"] is None:
-                cause = state["stop"]
-                if isinstance(cause, AuthError):
-                    state["untried"] = cause
-                else:
-                    ra = getattr(cause, "retry_after", None)
-                    if isinstance(cause, UnavailableError):
-                        state["untried"] = cause
-                    else:
-                        self._backoff = min(self._backoff + 1, 7)
-                        pause = ra if ra is not None else min(30.0, 0.5 * 2 ** (self._backoff - 1)) * \
-                            random.uniform(0.5, 1.0)
-                        state["untried"] = UnavailableError(f"not tried: {cause}", retry_after=pause,
-                                                            reason="deferred")
-            return state["untried"]
-
-        async def run_group(group: list) -> None:
-            async with sem:
-                for item in group:
-                    if state["stop"] is not None:
-                        failed.append((item, untried_error()))
-                        continue
-                    try:
-                        await handler(item)
-                    except (AuthError, RetryableError) as e:
-                        failed.append((item, e))
-                        if state["stop"] is None:
-                            state["stop"] = e
-                    except PermanentError as e:
-                        failed.append((item, e))
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as e:  # a bug must not lose the row: retry it, say why
-                        log.exception("sink %s: unexpected error handling row %s", self.name, item.id)
-                        failed.append((item, RetryableError(f"internal error: {type(e).__name__}: {e}",
-                                                            reason="internal")))
-
-        await asyncio.gather(*(run_group(g) for g in groups))
-        auth = next((e for _, e in failed if isinstance(e, AuthError)), None)
-        if auth is not None:
-            # the whole batch goes back (rows done in it are in the dedup store and are skipped
-            # next time): acking part of it would count as "authorisation accepted again"
-            raise auth
-        return failed
-
-    @staticmethod
-    def _groups(items: Sequence, key_of) -> list[list]:
-        groups: OrderedDict = OrderedDict()
-        for it in items:
-            k = key_of(it)
-            groups.setdefault(k if k else ("", it.id), []).append(it)
-        return list(groups.values())
+    _groups = staticmethod(HttpSink.groups)
 
 
 # =========================================================================== REST sink
@@ -973,6 +701,9 @@ def _id_order(v):
 def _renderer(fn):
     """The queue payload: the incident body (formats/xsoar.py) as JSON bytes."""
     def make(sk):
+        tpl = sk.options.get("template")
+        if tpl is not None:           # xsoar_webhook with a template: the item is the template's object
+            return tpl.render
         opts = sk.options.get("xsoar_options") or XsoarOptions()
 
         def render(ev, routes):
@@ -1002,6 +733,6 @@ XSOAR_WEBHOOK = kinds.register_sink(kinds.SinkKind(
     type="xsoar_webhook", read_config=read_config, factory=XsoarWebhookSink,
     renderer=_renderer(xsoar_fmt.webhook_item),
     keys=_KEYS + ("auth_header", "auth_value_env", "auth_value_file", "username", "password_env", "password_file",
-                  "linger"),
+                  "linger", "template"),
     meta=_META, structured=True, incidents=True, batch_size=50, preview=_preview(xsoar_fmt.webhook_item),
     doc="Cortex XSOAR Generic Webhook (one object, or an array of items per request)"))
