@@ -133,6 +133,9 @@ class HttpServer:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # inherited by accepted sockets: uvicorn writes the head and the body of a response
+            # separately, and with Nagle the body would wait for the client's delayed ACK (40 ms)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((self.host, self.port))
