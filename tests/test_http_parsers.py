@@ -189,3 +189,26 @@ def test_test_parse_and_cases_take_json_bodies(tmp_path):
     r = relay_cli("test-parse", "--config", conf, "--cases", cases, env=env)
     assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
     assert b"1 passed, 0 failed" in r.stdout + r.stderr
+
+
+def test_metrics_off_loopback_without_a_token_warns(monkeypatch, caplog):
+    """Issue 14 item 4: /metrics, /health, /ready bind loopback by default; another address
+    without a bearer token is logged as a warning (the server itself is not started here)."""
+    import asyncio
+
+    from relay import httpserver
+    from relay.config import loads
+    from relay.metrics import MetricsServer
+    from relay.secrets import Secret
+    assert loads("").relay.metrics_address == ("127.0.0.1", 9514)
+    assert httpserver.is_loopback("127.0.0.1") and httpserver.is_loopback("::1")
+    assert not httpserver.is_loopback("0.0.0.0") and not httpserver.is_loopback("192.0.2.1")
+
+    async def no_bind(self):
+        self.port = self.port or 1
+    monkeypatch.setattr(httpserver.HttpServer, "start", no_bind)
+    for host, tokens, warned in (("0.0.0.0", (), True), ("0.0.0.0", (Secret("t", "x"),), False),
+                                 ("127.0.0.1", (), False)):
+        caplog.clear()
+        asyncio.run(MetricsServer(host, 9, tokens=tokens).start())
+        assert any("without authentication" in r.message for r in caplog.records) == warned, (host, tokens)
