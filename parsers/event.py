@@ -18,11 +18,12 @@ Conventions
 """
 from __future__ import annotations
 
-__all__ = ["Event", "ParseError", "text", "FORMAT_RFC5424", "FORMAT_RFC3164", "FORMAT_RAW"]
+__all__ = ["Event", "ParseError", "text", "FORMAT_RFC5424", "FORMAT_RFC3164", "FORMAT_RAW", "FORMAT_JSON"]
 
 FORMAT_RFC5424 = "rfc5424"
 FORMAT_RFC3164 = "rfc3164"
 FORMAT_RAW = "raw"
+FORMAT_JSON = "json"     # a JSON object received over HTTP (parsers/httpbody.py)
 
 
 class ParseError(ValueError):
@@ -49,7 +50,7 @@ class Event:
 
     __slots__ = (
         # syslog header
-        "format",      # "rfc5424" | "rfc3164" | "raw"
+        "format",      # "rfc5424" | "rfc3164" | "raw" | "json" (HTTP intake) | "api" (pull sources)
         "pri",         # int 0..191 or None
         "facility",    # int 0..23 or None
         "severity",    # int 0..7 or None

@@ -98,6 +98,27 @@ def test_parse(messages, file, framed, lenient, as_json, max_frame, render, conf
     out = sys.stdout
     total = failed = 0
     problems: list = []
+    from .tools.testparse import analyse_body, body_decoder
+    decoder = body_decoder(view.config if view is not None else None, source)
+    if decoder is not None:   # a source that takes request bodies (http): each argument, or the file, is one body
+        if framed:
+            raise click.UsageError(f"--framed: source {source!r} takes request bodies, not a TCP stream")
+        bodies = [(f"arg {i}", m.encode("utf-8", "surrogateescape")) for i, m in enumerate(messages, 1)] \
+            if messages else [("body", (file if file is not None else sys.stdin.buffer).read())]
+        for label, body in bodies:
+            recs = analyse_body(body, decoder, view=view, renderers=renderers)
+            for i, rec in enumerate(recs, 1):
+                total += 1
+                if not rec["ok"]:
+                    failed += 1
+                if as_json:
+                    out.write(orjson.dumps(rec, default=str).decode() + "\n")
+                else:
+                    render_human(label if len(recs) == 1 else f"{label}, event {i}",
+                                 rec["input"].encode("utf-8", "surrogateescape"), rec, out)
+        if not as_json:
+            click.echo(f"{total} event(s): {total - failed} mapped, {failed} failed", err=True)
+        sys.exit(1 if failed else 0)
     for label, raw in iter_inputs(messages, file, framed, max_frame, problems):
         total += 1
         rec = analyse(raw, lenient=lenient, renderers=renderers, view=view, source=source)

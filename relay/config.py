@@ -55,6 +55,7 @@ class RelayConfig:
     log_level: str = "info"
     workers: int = 1
     run_tests_at_start: bool = False   # run [[tests]] before starting (and on reload); refuse on a failure
+    metrics_tokens: tuple = ()         # bearer tokens for /metrics, /health, /ready (relay.secrets.Secret)
     queue: QueueConfig = field(default_factory=QueueConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
 
@@ -263,6 +264,9 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
         workers=rt.get("workers", (int, str), 1, check=_workers),
         run_tests_at_start=rt.get("run_tests_at_start", bool, False),
     )
+    from .secrets import read_tokens
+    relay.metrics_tokens = read_tokens(rt, "metrics_token_env", "metrics_token_file", "bearer token for /metrics",
+                                       base_dir, required=False)
     relay.queue = _queue(rt.table("queue"), QueueConfig())
     relay.retry = _retry(rt.table("retry"), RetryConfig())
     rt.finish()

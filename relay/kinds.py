@@ -67,6 +67,10 @@ class SourceKind:
     keys: tuple[str, ...] = ()           # its config keys besides ``type`` (docs/config.md lists each)
     transport: str | None = None         # "udp" / "tcp": it listens on ``address`` (one listener per
                                          # transport and address); None: it polls (a pull source)
+    decode: Callable[..., Any] | None = None   # a source that takes whole request bodies (http):
+                                         # decode(body, source_config, received) -> [Event] or None
+                                         # (None: its input is syslog lines); relay test-parse --source
+                                         # and the golden cases use it
     doc: str = ""
 
 

@@ -7,7 +7,6 @@ Metric names are documented in docs/operations.md.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -48,6 +47,10 @@ HELP = {
     "relay_worker_restarts_total": "Ingest worker processes that died and were restarted.",
     "relay_udp_receive_buffer_bytes": "The receive buffer the kernel granted a UDP source socket.",
     "relay_rule_errors_total": "Rule evaluations that failed (counted as no match), by route.",
+    "relay_metrics_requests_total": "Requests to /metrics, /health and /ready, by status.",
+    "relay_http_requests_total": "Requests to an http source, by source, status and reason.",
+    "relay_http_events_total": "Events an http source accepted (durably queued), by source and path.",
+    "relay_http_request_seconds": "Time an http source took to answer an accepted request (sum and count), by source.",
 }
 
 
@@ -173,66 +176,84 @@ REGISTRY = Registry()
 
 
 class MetricsServer:
-    """A minimal HTTP/1.1 server on asyncio for ``GET /metrics``, ``/health`` and ``/ready``.
+    """``GET /metrics``, ``/health`` and ``/ready`` on the relay's HTTP server
+    (relay/httpserver.py, the same one as the http source).
 
     ``/health`` is 200 while the process runs its loop; ``/ready`` is 200 once the sources
-    listen and the queues are open (``ready_fn`` returns (ok, detail)), else 503.
+    listen and the queues are open (``ready_fn`` returns (ok, detail)), else 503.  With
+    ``tokens`` (bearer tokens, :class:`relay.secrets.Secret`), every path needs
+    ``Authorization: Bearer <token>`` (401 otherwise, counted in
+    ``relay_metrics_requests_total{status="401"}``); :meth:`start` logs a warning when the
+    address is not loopback and no token is set.
     """
 
     def __init__(self, host: str, port: int, registry: Registry = REGISTRY,
-                 ready_fn: Callable[[], tuple[bool, str]] | None = None) -> None:
+                 ready_fn: Callable[[], tuple[bool, str]] | None = None, tokens: tuple = ()) -> None:
         self.host, self.port = host, port
         self.registry = registry
         self.ready_fn = ready_fn or (lambda: (True, "ready"))
-        self._server: asyncio.base_events.Server | None = None
+        self.tokens = tuple(tokens)
+        self._server = None
         self.started = time.time()
+        self._requests: dict = {}
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
+        from .httpserver import HttpServer, is_loopback
+        self._server = HttpServer(self._app, self.host, self.port, max_connections=64, keep_alive=30.0,
+                                  name="metrics")
+        await self._server.start()
+        self.port = self._server.port
+        if not is_loopback(self.host) and not self.tokens:
+            log.warning("metrics on %s:%d are reachable from other hosts without authentication: set "
+                        "[relay] metrics_token_env or metrics_token_file, or bind 127.0.0.1", self.host, self.port)
 
     async def close(self) -> None:
         if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+            await self._server.close(1.0)
             self._server = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
-                return
-            line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = line.split()
-            if len(parts) < 2:
-                await self._reply(writer, 400, "bad request\n")
-                return
-            method, path = parts[0], parts[1].split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                await self._reply(writer, 405, "method not allowed\n")
-            elif path == "/metrics":
-                await self._reply(writer, 200, self.registry.render(),
-                                  "text/plain; version=0.0.4; charset=utf-8", head_only=method == "HEAD")
-            elif path == "/health":
-                await self._reply(writer, 200, "ok\n")
-            elif path == "/ready":
-                ok, detail = self.ready_fn()
-                await self._reply(writer, 200 if ok else 503, detail.rstrip("\n") + "\n")
-            else:
-                await self._reply(writer, 404, "not found: try /metrics, /health or /ready\n")
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
+    def _count(self, status: int) -> None:
+        c = self._requests.get(status)
+        if c is None:
+            c = self._requests[status] = self.registry.counter("relay_metrics_requests_total", status=str(status))
+        c.value += 1
 
-    @staticmethod
-    async def _reply(writer, status: int, body: str, ctype: str = "text/plain; charset=utf-8",
-                     head_only: bool = False) -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                  503: "Service Unavailable"}[status]
-        data = body.encode()
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
-                     f"Connection: close\r\n\r\n".encode() + (b"" if head_only else data))
-        await writer.drain()
+    def _authorized(self, scope) -> bool:
+        if not self.tokens:
+            return True
+        import hmac
+        from .httpserver import header
+        got = header(scope, b"authorization") or b""
+        if got[:7].lower() != b"bearer ":
+            return False
+        given = got[7:].strip()
+        ok = False
+        for t in self.tokens:   # constant time per token, every token compared
+            ok |= hmac.compare_digest(given, t.reveal().encode())
+        return ok
+
+    async def _app(self, scope, receive, send) -> None:
+        from .httpserver import respond
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        text = b"text/plain; charset=utf-8"
+        if not self._authorized(scope):
+            self._count(401)
+            await respond(send, 401, b"unauthorized: send Authorization: Bearer <token>\n", text,
+                          [(b"www-authenticate", b'Bearer realm="relay metrics"')])
+            return
+        if method not in ("GET", "HEAD"):
+            status, body, ctype = 405, b"method not allowed\n", text
+        elif path == "/metrics":
+            status, body = 200, self.registry.render().encode()
+            ctype = b"text/plain; version=0.0.4; charset=utf-8"
+        elif path == "/health":
+            status, body, ctype = 200, b"ok\n", text
+        elif path == "/ready":
+            ok, detail = self.ready_fn()
+            status, body, ctype = (200 if ok else 503), (detail.rstrip("\n") + "\n").encode(), text
+        else:
+            status, body, ctype = 404, b"not found: try /metrics, /health or /ready\n", text
+        self._count(status)
+        await respond(send, status, body, ctype, head=method == "HEAD")

@@ -50,7 +50,14 @@ _normalise = normalise
 
 log = logging.getLogger("relay.pipeline")
 
-__all__ = ["Pipeline", "GroupCommitter", "DEAD_META"]
+__all__ = ["Pipeline", "GroupCommitter", "DEAD_META", "Backpressure", "STAGE_SLICE"]
+
+#: :meth:`Pipeline.submit` yields to the event loop after staging this many events.
+STAGE_SLICE = 128
+
+
+class Backpressure(Exception):
+    """A matched sink cannot take events now (:meth:`Pipeline.full` says why)."""
 
 #: Canonical fields a dead-lettered event's metadata carries, whatever its sink: what
 #: identifies it when an operator looks at the dead letters or replays them.
@@ -267,18 +274,50 @@ class Pipeline:
                     b.append((payload, meta))
         return self._commit(per_sink)
 
-    async def submit(self, events, source: SourceConfig) -> int:
+    def full(self, sinks=None) -> str | None:
+        """Why events for ``sinks`` (sink names; default every sink) cannot be taken now, or None:
+        a sink's committer is blocked (its queue or the disk is full, policy ``block``), or more
+        than ``max_backlog`` events wait for their commit.  The http source answers 503 then."""
+        committers = self.committers
+        for s in (committers if sinks is None else sinks):
+            c = committers.get(s)
+            if c is not None and c.blocked_reason:
+                return f"sink {s}: {c.blocked_reason}"
+        if self.backlog() > self.max_backlog:
+            return f"{self.backlog()} events wait for their queue commit (max_backlog {self.max_backlog})"
+        return None
+
+    async def submit(self, events, source: SourceConfig, *, refuse_when_full: bool = False) -> int:
         """Events a source has already normalised (``Event.fields`` set; ``source`` and
         ``received`` set on each): staged like every other event and durably queued; returns
-        the number of queue rows written once all are committed (raises if a commit failed)."""
+        the number of queue rows written once all are committed (raises if a commit failed).
+
+        Staging yields to the loop every :data:`STAGE_SLICE` events, so a large request never
+        holds the loop for long.  ``refuse_when_full``: once staged, if a matched sink cannot
+        take events now (:meth:`full`), raise :class:`Backpressure` and queue nothing (not even
+        dead letters): the sender is told to retry later."""
         per_sink: dict[str, list] = {}
-        for ev in events:
-            _, out = self.stage(ev)
+        dead: list = []
+        stage = self.stage
+        for i, ev in enumerate(events):
+            if i and not i % STAGE_SLICE:
+                await asyncio.sleep(0)
+            _, out = stage(ev)
             for sink, payload, meta, err in out:
                 if err is not None:
-                    self.committers[sink].submit_dead(payload, meta, err)
+                    dead.append((sink, payload, meta, err))
                 else:
-                    per_sink.setdefault(sink, []).append((payload, meta))
+                    b = per_sink.get(sink)
+                    if b is None:
+                        per_sink[sink] = [(payload, meta)]
+                    else:
+                        b.append((payload, meta))
+        if refuse_when_full:
+            why = self.full(list(per_sink) + [d[0] for d in dead])
+            if why is not None:
+                raise Backpressure(why)
+        for sink, payload, meta, err in dead:
+            self.committers[sink].submit_dead(payload, meta, err)
         fut = self._commit(per_sink)
         if fut is not None:
             await fut

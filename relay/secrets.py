@@ -9,7 +9,7 @@ import re
 import secrets as _secrets
 from pathlib import Path
 
-__all__ = ["Secret", "read_secret"]
+__all__ = ["Secret", "read_secret", "read_tokens"]
 
 
 class Secret:
@@ -83,3 +83,57 @@ def read_secret(table, env_key: str, file_key: str, what: str, base_dir: Path, *
     if "\n" in value:
         raise table.err(file_key, f"{str(p)!r} must hold the {what} on one line")
     return Secret(value, str(p))
+
+
+def read_tokens(table, env_key: str, file_key: str, what: str, base_dir: Path, *,
+                required: bool = True) -> tuple:
+    """Several secrets (token rotation): ``env_key`` names one environment variable or a list
+    of them, ``file_key`` one file or a list; each holds one token or several, separated by
+    whitespace or newlines (lines starting with ``#`` are comments).  -> a tuple of
+    :class:`Secret` (empty when neither key is set and ``required`` is false).  With
+    ``table.secrets`` false (``relay test-parse --config``) nothing is resolved."""
+    envs = table.get(env_key, (str, list), None)
+    files = table.get(file_key, (str, list), None)
+    envs = [envs] if isinstance(envs, str) else list(envs or ())
+    files = [files] if isinstance(files, str) else list(files or ())
+    if not envs and not files:
+        if required:
+            raise table.err(env_key, f"is required: the name of an environment variable holding the {what} "
+                                     f"(or {file_key}: a file holding it); secrets are never written in the "
+                                     f"config or passed on the command line")
+        return ()
+    for key, vals in ((env_key, envs), (file_key, files)):
+        for v in vals:
+            if not isinstance(v, str) or not v.strip():
+                raise table.err(key, f"must be a name or a list of names, not {v!r}")
+    if not getattr(table, "secrets", True):
+        return tuple(Secret("unresolved", f"${e}") for e in envs) + tuple(Secret("unresolved", f) for f in files)
+    out: list = []
+    for env in envs:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+            raise table.err(env_key, f"{env!r} is not an environment variable name")
+        value = os.environ.get(env)
+        if value is None:
+            raise table.err(env_key, f"environment variable {env} is not set (it must hold the {what})")
+        toks = _tokens(value)
+        if not toks:
+            raise table.err(env_key, f"environment variable {env} is empty (it must hold the {what})")
+        out += [Secret(t, f"${env}") for t in toks]
+    for path in files:
+        p = Path(os.path.expandvars(path)).expanduser()
+        if not p.is_absolute():
+            p = base_dir / p
+        try:
+            value = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise table.err(file_key, f"cannot read the {what} from {str(p)!r}: "
+                                      f"{getattr(e, 'strerror', None) or e}") from None
+        toks = _tokens(value)
+        if not toks:
+            raise table.err(file_key, f"{str(p)!r} is empty (it must hold the {what})")
+        out += [Secret(t, str(p)) for t in toks]
+    return tuple(out)
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for line in text.splitlines() if not line.lstrip().startswith("#") for t in line.split()]

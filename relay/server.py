@@ -98,7 +98,7 @@ class Server:
             self.ingest = self.pool
         if cfg.relay.metrics_address is not None:
             host, port = cfg.relay.metrics_address
-            self.metrics = MetricsServer(host, port, ready_fn=self._ready_state)
+            self.metrics = MetricsServer(host, port, ready_fn=self._ready_state, tokens=cfg.relay.metrics_tokens)
             await self.metrics.start()
             log.info("metrics on http://%s:%d/metrics (/health, /ready)", host, self.metrics.port)
         for name, sc in cfg.sources.items():

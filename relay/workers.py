@@ -282,10 +282,17 @@ class WorkerPool:
         except (OSError, EOFError, BrokenPipeError):
             self._lost(w)
 
-    async def submit(self, events, source) -> int:
-        """Pre-normalised events (pull sources) are staged in this process, by the pipeline
-        the workers' rows are committed through."""
-        return await self.pipeline.submit(events, source)
+    async def submit(self, events, source, **kw) -> int:
+        """Pre-normalised events (pull sources, the http source) are staged in this process,
+        by the pipeline the workers' rows are committed through."""
+        return await self.pipeline.submit(events, source, **kw)
+
+    def full(self, sinks=None) -> str | None:
+        """:meth:`relay.pipeline.Pipeline.full`, counting the workers' backlog too."""
+        why = self.pipeline.full(sinks)
+        if why is None and self.backlog() > self.max_backlog:
+            why = f"{self.backlog()} events wait in the ingest workers (max_backlog {self.max_backlog})"
+        return why
 
     async def reload(self) -> None:
         for w in self.workers:

@@ -2,7 +2,7 @@
 formats/template.py): configuration errors, the sandboxed JSON templates (a broken one is
 refused naming its line, a hostile value cannot change the JSON's structure), the queued
 request, and delivery through the sink against the emulators of tests/emulators/ on
-127.0.0.1 (no relay process: the e2e tests in test_e2e_http.py run one).  Every test ends by
+127.0.0.1 (no relay process: the e2e tests in test_e2e_http_sink.py run one).  Every test ends by
 itself (hard asyncio timeouts; emulators closed by their fixtures)."""
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from parsers.normalise import normalise
 from .. import kinds
 from ..config import SourceConfig
 
-__all__ = ["analyse", "iter_inputs", "render_human", "caret_line", "render_choices", "default_renderers",
-           "ConfigView"]
+__all__ = ["analyse", "analyse_body", "body_decoder", "iter_inputs", "render_human", "caret_line", "render_choices",
+           "default_renderers", "ConfigView"]
 
 
 def render_choices() -> tuple[str, ...]:
@@ -107,6 +107,57 @@ def analyse(raw: bytes, *, lenient: bool = False, renderers: dict | None = None,
     if ev.notes:
         rec["notes"] = list(ev.notes)
     return rec
+
+
+def body_decoder(cfg, source: str | None):
+    """The configured source's body decoder (a kind that takes whole request bodies, such as
+    ``http`` with a JSON format), or None when its input is syslog messages."""
+    if source is None or cfg is None or source not in cfg.sources:
+        return None
+    sc = cfg.sources[source]
+    dec = kinds.source(sc.type).decode
+    if dec is None:
+        return None
+    probe = dec(b"{}", sc, 0.0)     # None: this source takes syslog lines
+    if probe is None:
+        return None
+    return lambda body, received, peer=None: dec(body, sc, received, peer)
+
+
+def analyse_body(body: bytes, decoder, *, view: ConfigView | None = None, renderers: dict | None = None,
+                 received: float | None = None, peer: str | None = None) -> list[dict]:
+    """One request body as the source decodes it -> one record per event (the ``syslog`` key is
+    null, ``event`` the mapped canonical event, ``body`` the JSON object), or one record with
+    ``ok`` false and the decoding error (``offset``, ``reason``, and ``line``/``column``/``item``
+    when known)."""
+    import time as _time
+    from parsers.httpbody import BodyError
+    try:
+        events = decoder(body, _time.time() if received is None else received, peer)
+    except BodyError as e:
+        err = {"offset": e.offset if e.offset is not None else 0, "reason": str(e)}
+        for k in ("line", "column", "item"):
+            if getattr(e, k) is not None:
+                err[k] = getattr(e, k)
+        return [{"input": text(body.decode("utf-8", "replace")), "ok": False, "error": err, "syslog": None}]
+    out = []
+    for ev in events:
+        rec = {"input": text(ev.raw.decode("utf-8", "replace")), "ok": True, "error": None, "syslog": None,
+               "body": ev.body, "event": ev.fields}
+        if view is not None:
+            view.apply(ev, rec)
+        if renderers:
+            outputs = {}
+            for name, fn in renderers.items():
+                try:
+                    outputs[name] = fn(ev)
+                except (ValueError, TypeError) as e:
+                    outputs[name] = {"error": f"{type(e).__name__}: {e}"}
+            rec["outputs"] = outputs
+        if ev.notes:
+            rec["notes"] = list(ev.notes)
+        out.append(rec)
+    return out
 
 
 def record_for(ev: Event) -> dict:
@@ -210,6 +261,8 @@ def render_human(label: str, raw: bytes, rec: dict, out) -> None:
         w(f"PARSE ERROR at byte {err['offset']}: {err['reason']}\n")
         line, caret = caret_line(raw, err["offset"])
         w(f"   {line}\n   {caret}\n")
+    elif rec["syslog"] is None:      # a JSON body's event (an http source)
+        w("json\n")
     else:
         sl = rec["syslog"]
         w(f"{sl['format']}\n")
@@ -236,7 +289,7 @@ def render_human(label: str, raw: bytes, rec: dict, out) -> None:
     for note in rec.get("notes", ()):
         w(f"   note: {note}\n")
     for key in rec:
-        if key in ("input", "ok", "error", "syslog", "notes"):
+        if key in ("input", "ok", "error", "syslog", "notes", "body"):
             continue
         _render_extra(key, rec[key], w)
 

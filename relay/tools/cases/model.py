@@ -21,7 +21,7 @@ EXPECTED_SUFFIXES = (".toml", ".json")
 
 
 
-INPUT_SUFFIXES = (".log", ".bin")
+INPUT_SUFFIXES = (".log", ".bin", ".ndjson", ".jsonl")   # the last two: request bodies of an http source
 
 
 

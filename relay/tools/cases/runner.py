@@ -59,6 +59,22 @@ class Runner:
                 msgs = [(f"input {i}", s.encode("utf-8", "surrogateescape")) for i, s in enumerate(items, 1)]
         return msgs, [p.kind for p in problems]
 
+    def bodies(self, case: Case) -> list[tuple[str, bytes]]:
+        """Request bodies for a source that decodes them: an input file whole (``.ndjson``,
+        ``.jsonl``, or any ``input_file``; a ``.log`` file: one body per line), or each of
+        ``input`` / ``inputs``."""
+        d = case.data
+        if case.input_path is not None:
+            try:
+                data = case.input_path.read_bytes()
+            except OSError as e:
+                raise CaseError("input_file", f"cannot read {case.input_path}: {e}") from None
+            if case.input_path.suffix == ".log":
+                return [(f"line {i}", ln) for i, ln in enumerate(data.splitlines(), 1) if ln.strip()]
+            return [("body", data)]
+        items = [d["input"]] if "input" in d else list(d.get("inputs", ()))
+        return [(f"input {i}", s.encode("utf-8", "surrogateescape")) for i, s in enumerate(items, 1)]
+
     # -------------------------------------------------------------- one case
     def run(self, case: Case) -> Result:
         t0 = time.perf_counter()
@@ -90,12 +106,25 @@ class Runner:
         kw: dict = {"lenient": lenient, "view": self.view, "received": received, "source": src}
         if "peer" in d:
             kw["peer"] = d["peer"]
-        msgs, framing = self.inputs(case)
-        res.framing = framing
-        for label, raw in msgs:
-            res.labels.append(label)
-            res.raws.append(raw)
-            res.records.append(analyse(raw, **kw))
+        from ..testparse import analyse_body, body_decoder
+        decoder = body_decoder(self.cfg, src)
+        if decoder is not None:     # a source that takes request bodies (http): one body per input
+            msgs, framing = self.bodies(case), []
+            res.framing = framing
+            for label, raw in msgs:
+                recs = analyse_body(raw, decoder, view=self.view, received=received, peer=kw.get("peer"))
+                for i, rec in enumerate(recs, 1):
+                    res.labels.append(label if len(recs) == 1 else f"{label}, event {i}")
+                    res.raws.append(rec["input"].encode("utf-8", "surrogateescape"))
+                    res.records.append(rec)
+            msgs = list(zip(res.labels, res.raws))
+        else:
+            msgs, framing = self.inputs(case)
+            res.framing = framing
+            for label, raw in msgs:
+                res.labels.append(label)
+                res.raws.append(raw)
+                res.records.append(analyse(raw, **kw))
         if case.kind == "new":
             res.status = "new"
             res.problems = [f"no expected file: run with --update to create {case.name}.toml"]

@@ -6,7 +6,7 @@ compare the ratios, not the absolute figures):
   and a 6-line template;
 * delivery: ``body_bytes`` of a queued row (the fast path: the row's head matches the config's).
 
-    python bench/bench_http.py [-n 20000] [--rounds 3]
+    python bench/bench_http_sink.py [-n 20000] [--rounds 3]
 
 Figures are CPU microseconds per event (process_time), best of the rounds.
 """
