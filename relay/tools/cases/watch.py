@@ -68,6 +68,15 @@ def _case_files(cases_dir: Path) -> set[Path]:
 
 
 
+def _baseline(before: dict, paths: set) -> dict:
+    """The stats a run started from: those taken before it, and for files first known after
+    it (a lookup table a new config names) their stats now."""
+    new = {p for p in paths if p not in before}
+    out = {p: st for p, st in before.items() if p in paths}
+    out.update(_stat(new))
+    return out
+
+
 def watch(config_path: str | os.PathLike, cases_dir: str | os.PathLike, *, out=None, interval: float = 0.5,
           sleep: Callable[[float], None] = time.sleep, stop: Callable[[], bool] | None = None,
           config_tests: bool = True) -> int:
@@ -92,6 +101,9 @@ def watch(config_path: str | os.PathLike, cases_dir: str | os.PathLike, *, out=N
 
     cfg = runner = None
     results: dict[str, Result] = {}
+    # files are stat'ed BEFORE each run: an edit made while a run goes on (or before the
+    # "watching" line is read) is seen by the next poll, never folded into the baseline
+    before = _stat({cfg_path} | _case_files(cases_dir))
     try:
         cfg, runner, results = full_run()
     except ConfigError as e:
@@ -103,7 +115,7 @@ def watch(config_path: str | os.PathLike, cases_dir: str | os.PathLike, *, out=N
     w(f"[{now()}] {summary_line(list(results.values()))}; watching {cfg_path.name} and {cases_dir} (Ctrl-C ends)\n")
     out.flush() if hasattr(out, "flush") else None
     cfg_files = {cfg_path} | (_config_paths(cfg) if cfg else set())
-    seen = _stat(cfg_files | _case_files(cases_dir))
+    seen = _baseline(before, cfg_files | _case_files(cases_dir))
     try:
         while not (stop and stop()):
             sleep(interval)
@@ -123,7 +135,7 @@ def watch(config_path: str | os.PathLike, cases_dir: str | os.PathLike, *, out=N
                     w(f"[{now()}] config error (keeping the last results): {e}\n")
                     continue
                 cfg_files = {cfg_path} | _config_paths(cfg)
-                seen = _stat(cfg_files | _case_files(cases_dir))
+                seen = _baseline(cur, cfg_files | _case_files(cases_dir))
             else:
                 cases = {c.name: c for c in load_cases(cases_dir)}
                 results = {n: r for n, r in results.items() if n in cases or r.case.kind == "config"}
