@@ -55,6 +55,19 @@ def sd_notify(state: str) -> bool:
         return False
 
 
+def _deliverable(r, deadline: float) -> bool:
+    """Whether a draining sink still has something it can deliver before ``deadline``: rows in
+    flight (leased: being sent, or about to be), or rows due before then.  Not a sink blocked on
+    its credentials, nor one whose remaining rows all wait for a retry after the deadline."""
+    q = r.queue
+    if q.depth() == 0 or getattr(r.sink, "blocked", False):
+        return False
+    if q.inflight() > 0:
+        return True
+    due = q.next_due()
+    return due is not None and time.monotonic() + due < deadline
+
+
 class _SinkRuntime:
     def __init__(self, cfg: SinkConfig, queue: DiskQueue, sink, committer: GroupCommitter, task: asyncio.Task,
                  stop: asyncio.Event) -> None:
@@ -172,9 +185,7 @@ class Server:
         for r in self.sinks.values():
             r.sink.notify()
         # let sinks deliver what is due until the deadline, then stop them
-        while time.monotonic() < deadline and any(
-                r.queue.depth() - (r.queue.inflight() if hasattr(r.queue, "inflight") else 0) > 0
-                for r in self.sinks.values()):
+        while time.monotonic() < deadline and any(_deliverable(r, deadline) for r in self.sinks.values()):
             await asyncio.sleep(0.1)
         for r in self.sinks.values():
             r.stop.set()
