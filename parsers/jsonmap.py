@@ -325,7 +325,7 @@ def _render_template(parts: tuple, obj) -> str | None:
 # ------------------------------------------------------------------------------ compiling
 
 class _Spec:
-    __slots__ = ("paths", "value", "template", "default", "convert", "cname")
+    __slots__ = ("paths", "value", "template", "default", "convert", "cname", "_fetch")
 
     def __init__(self) -> None:
         self.paths: tuple = ()
@@ -334,6 +334,61 @@ class _Spec:
         self.default = None
         self.convert = None
         self.cname = None
+        self._fetch = None
+
+    @property
+    def fetch(self):
+        """``fetch(obj)`` -> the raw value (before default and conversion), or None: the paths
+        compiled once into specialised getters (the mapping runs per event)."""
+        f = self._fetch
+        if f is None:
+            f = self._fetch = _fetcher(self)
+        return f
+
+
+_EMPTYABLE = (str, list, dict)
+
+
+def _walker(segs: tuple):
+    """``walk(obj)`` for one path: plain dict lookups for the usual one or two names."""
+    if all(x.__class__ is str for x in segs):
+        if len(segs) == 1:
+            (k,) = segs
+
+            def walk1(obj):
+                return obj.get(k) if obj.__class__ is dict else None
+            return walk1
+        if len(segs) == 2:
+            a, b = segs
+
+            def walk2(obj):
+                if obj.__class__ is dict:
+                    o = obj.get(a)
+                    if o.__class__ is dict:
+                        return o.get(b)
+                return None
+            return walk2
+    return lambda obj: _walk(obj, segs)
+
+
+def _fetcher(s: "_Spec"):
+    if s.value is not None:
+        value = s.value
+        return lambda obj: value
+    if s.template is not None:
+        t = s.template
+        return lambda obj: _render_template(t, obj)
+    walkers = tuple(_walker(p) for p in s.paths)
+    if not walkers:
+        return lambda obj: None
+
+    def fetch(obj):   # the first present value (not None, "", [] or {})
+        for w in walkers:
+            v = w(obj)
+            if v is not None and (v.__class__ not in _EMPTYABLE or v):
+                return v
+        return None
+    return fetch
 
 
 def _compile_spec(field: str, spec, where: str) -> _Spec:
@@ -397,18 +452,7 @@ def _path(p: str, where: str) -> tuple:
 
 def _get(spec: _Spec, obj, field: str, notes: list):
     """The value of one spec for ``obj`` (converted), or None."""
-    v = None
-    if spec.value is not None:
-        v = spec.value
-    elif spec.template is not None:
-        v = _render_template(spec.template, obj)
-    else:
-        for segs in spec.paths:
-            v = _walk(obj, segs)
-            if _present(v):
-                break
-        else:
-            v = None
+    v = spec.fetch(obj)
     if v is None or v == "":
         v = spec.default
         if v is None:
@@ -424,6 +468,12 @@ def _get(spec: _Spec, obj, field: str, notes: list):
         return None
 
 
+def _bad(v, spec: _Spec, field: str, notes: list):
+    shown = v if isinstance(v, (str, int, float, bool)) else type(v).__name__
+    notes.append(f"map: {field}: {shown!r} is not {spec.cname}; left empty"[:300])
+    return None
+
+
 class Mapper:
     """A compiled map: ``mapper(obj, received) -> (fields, notes)``.  ``preset`` names the preset
     it started from (or None); ``spec`` is the map table it was compiled from (for display)."""
@@ -436,6 +486,7 @@ class Mapper:
         self.custom = custom          # a Python normaliser (qradar_offense): obj -> fields
         self.spec = spec or {}
         self.prefix = prefix
+        self._plan = None
 
     def __call__(self, obj, received: float | None = None) -> tuple[dict, list]:
         notes: list = []
@@ -448,18 +499,40 @@ class Mapper:
         self._apply(obj, f, notes)
         return self._finish(f, obj, received, notes), notes
 
+    def _plans(self):
+        plan = self._plan
+        if plan is None:   # (name, fetch, default, convert, spec) per field, built once
+            plan = self._plan = (tuple((k, sp.fetch, sp.default, sp.convert, sp) for k, sp in self.specs.items()),
+                                 tuple((k, sp.fetch, sp.default, sp.convert, sp) for k, sp in self.extra.items()))
+        return plan
+
     def _apply(self, obj, f: dict, notes: list) -> None:
-        for field, spec in self.specs.items():
-            v = _get(spec, obj, field, notes)
+        fields, extra = self._plans()
+        for field, fetch, default, conv, spec in fields:   # _get, inlined: it runs per field per event
+            v = fetch(obj)
+            if v is None or v == "":
+                v = default
+            if v is not None and conv is not None:
+                try:
+                    v = conv(v)
+                except (ValueError, TypeError, OverflowError):
+                    v = _bad(v, spec, field, notes)
             if v is not None:
                 f[field] = v
             elif field not in f:
                 f[field] = None
-        if self.extra:
+        if extra:
             ex = f.get("extra")
             ex = dict(ex) if isinstance(ex, dict) else {}
-            for k, spec in self.extra.items():
-                v = _get(spec, obj, f"extra.{k}", notes)
+            for k, fetch, default, conv, spec in extra:
+                v = fetch(obj)
+                if v is None or v == "":
+                    v = default
+                if v is not None and conv is not None:
+                    try:
+                        v = conv(v)
+                    except (ValueError, TypeError, OverflowError):
+                        v = _bad(v, spec, f"extra.{k}", notes)
                 if v is not None:
                     ex[k] = v[0] if (spec.cname in _TIME_CONVERSIONS and isinstance(v, tuple)) else v
             f["extra"] = ex
