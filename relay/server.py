@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 
 from typing import Callable
@@ -26,7 +27,7 @@ from .config import Config, ConfigError, SinkConfig, SourceConfig, load
 from .logs import setup_logging
 from .metrics import REGISTRY, MetricsServer
 from .pipeline import Pipeline
-from .queue import DiskQueue, GroupCommitter, open_queue
+from .queue import DiskQueue, GroupCommitter, QueueError, open_queue
 
 log = logging.getLogger("relay")
 
@@ -178,7 +179,9 @@ class Server:
             await asyncio.sleep(0.1)
         for r in self.sinks.values():
             r.stop.set()
-        await asyncio.wait([r.task for r in self.sinks.values()], timeout=max(1.0, deadline - time.monotonic()) + 2)
+        tasks = [r.task for r in self.sinks.values()]
+        if tasks:   # asyncio.wait refuses an empty set (no sink started: empty config, bad state_dir)
+            await asyncio.wait(tasks, timeout=max(1.0, deadline - time.monotonic()) + 2)
         for r in self.sinks.values():
             if not r.task.done():
                 r.task.cancel()
@@ -259,8 +262,8 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         try:
             await self.start()
-        except OSError as e:
-            log.error("%s", e)
+        except (OSError, sqlite3.Error, QueueError) as e:   # a port in use, an unusable state_dir...
+            log.error("cannot start: %s", e)
             await self.stop()
             return 1
         await self._stop.wait()

@@ -8,8 +8,9 @@ Framing (TCP and TLS)
 ``framing = "octet"`` (RFC 6587 octet counting / RFC 5425) or ``"lf"`` (non-transparent),
 by :func:`formats.syslog.frame_batch`: the rule is documented in formats/syslog.py (in short,
 octet counting carries any byte; LF framing drops a trailing LF or CRLF and turns every other
-CR or LF into a space).  Each payload LF framing changed counts in
-``relay_sanitised_total{sink}``.  UDP: one payload per datagram, no framing.
+CR or LF into a space; either way a NUL becomes a space).  Each payload the framing changed
+counts in ``relay_sanitised_total{sink}``.  UDP: one payload per datagram, no framing (a NUL
+becomes a space there too, counted the same way).
 
 TCP/TLS delivery: at-least-once without loss on connection breaks
 ------------------------------------------------------------------
@@ -98,7 +99,7 @@ from typing import Sequence
 
 import asyncio_dgram
 
-from formats.syslog import frame_batch
+from formats.syslog import frame_batch, scrub_nul
 
 from .base import PermanentError, Sink, UnavailableError
 
@@ -613,6 +614,7 @@ class SyslogUdpSink(Sink):
         self._stream = None
         self.max_datagram = UDP_MAX_V4
         self._fails = 0
+        self.m_sanitised = self.registry.counter("relay_sanitised_total", sink=self.name)
 
     async def _connect(self):
         if self._stream is not None:
@@ -651,6 +653,9 @@ class SyslogUdpSink(Sink):
                     f"payload of {len(p)} bytes exceeds the UDP maximum of {limit} bytes",
                     reason="oversize")))
                 continue
+            if b"\0" in p:             # a NUL never reaches the wire (formats/syslog.py)
+                p = scrub_nul(p)[0]
+                self.m_sanitised.value += 1
             try:
                 await stream.send(p)    # raises what the kernel reported since the last send
             except OSError as exc:
@@ -685,7 +690,7 @@ from . import _lines  # noqa: E402
 
 
 def read_config(t, sk, base_dir) -> None:
-    from ..checks import existing_file, parse_address, positive
+    from ..checks import cert_and_key, parse_address, pem_certificates, pem_key, positive
     sk.address = t.get("address", str, required=True, check=parse_address)
     sk.protocol = t.get("protocol", str, "tcp", choices=("tcp", "udp", "tls"))
     sk.framing = t.get("framing", str, "octet" if sk.protocol == "tls" else "lf", choices=("octet", "lf"))
@@ -693,9 +698,16 @@ def read_config(t, sk, base_dir) -> None:
         raise t.err("framing", "UDP carries one message per datagram; framing applies to tcp and tls")
     sk.connect_timeout = t.get("connect_timeout", float, 10.0, check=positive)
     if sk.protocol == "tls":
-        sk.tls_ca = t.get("tls_ca", str, None, check=existing_file(base_dir))
-        sk.tls_cert = t.get("tls_cert", str, None, check=existing_file(base_dir))
-        sk.tls_key = t.get("tls_key", str, None, check=existing_file(base_dir))
+        sk.tls_ca = t.get("tls_ca", str, None, check=pem_certificates(base_dir))
+        sk.tls_cert = t.get("tls_cert", str, None, check=pem_certificates(base_dir))
+        sk.tls_key = t.get("tls_key", str, None, check=pem_key(base_dir))
+        if sk.tls_key is not None and sk.tls_cert is None:
+            raise t.err("tls_key", "needs tls_cert (the client certificate)")
+        if sk.tls_cert is not None:
+            try:
+                cert_and_key(sk.tls_cert, sk.tls_key, server=False)
+            except ValueError as e:
+                raise t.err("tls_key" if sk.tls_key else "tls_cert", str(e)) from None
         sk.tls_verify = t.get("tls_verify", bool, True)
         sk.tls_server_name = t.get("tls_server_name", str, None)
     _lines.read(t, sk)

@@ -192,6 +192,11 @@ def read_config(table, sk, base_dir: Path) -> None:
         p = p if p.is_absolute() else base_dir / p
         if not p.is_file():
             raise table.err("tls_ca", f"file {str(p)!r} does not exist")
+        from ..checks import pem_certificates
+        try:
+            pem_certificates(base_dir)(str(p))
+        except ValueError as e:
+            raise table.err("tls_ca", str(e)) from None
         common["tls_ca"] = p
     if kind == "xsoar":
         key = _read_secret(table, "api_key_env", "api_key_file", "XSOAR API key", base_dir, required=True)

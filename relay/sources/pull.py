@@ -142,6 +142,11 @@ def read_common(table, base_dir: Path, *, poll_interval: float, page_size: int, 
         p = path(ca)
         if not p.is_file():
             raise table.err("tls_ca", f"file {str(p)!r} does not exist")
+        from ..checks import pem_certificates
+        try:
+            pem_certificates(p.parent)(str(p))
+        except ValueError as e:
+            raise table.err("tls_ca", str(e)) from None
         out["tls_ca"] = p
     sd = table.get("state_dir", str, None)
     if sd is not None:

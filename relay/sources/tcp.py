@@ -387,12 +387,16 @@ def read_tcp(t, sc, base_dir) -> None:
 
 
 def read_tls(t, sc, base_dir) -> None:
-    from ..checks import existing_file
+    from ..checks import cert_and_key, pem_certificates, pem_key
     from .base import read_listener
     read_listener(t, sc, base_dir, stream=True)
-    sc.tls_cert = t.get("tls_cert", str, required=True, check=existing_file(base_dir))
-    sc.tls_key = t.get("tls_key", str, required=True, check=existing_file(base_dir))
-    sc.tls_ca = t.get("tls_ca", str, None, check=existing_file(base_dir))
+    sc.tls_cert = t.get("tls_cert", str, required=True, check=pem_certificates(base_dir))
+    sc.tls_key = t.get("tls_key", str, required=True, check=pem_key(base_dir))
+    try:
+        cert_and_key(sc.tls_cert, sc.tls_key, server=True)
+    except ValueError as e:
+        raise t.err("tls_key", str(e)) from None
+    sc.tls_ca = t.get("tls_ca", str, None, check=pem_certificates(base_dir))
     sc.tls_verify_client = t.get("tls_verify_client", bool, False)
     if sc.tls_verify_client and sc.tls_ca is None:
         raise t.err("tls_verify_client", "needs tls_ca (the CA that signs client certificates)")
