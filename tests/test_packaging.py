@@ -273,7 +273,7 @@ def test_deb_installs_offline_with_its_dependencies(target, built):
     assert int(pw["relay"][2]) < 1000, "relay must be a system user"
     assert st.st_uid == 0 and st.st_gid == int(gr["relay"][2]) and oct(st.st_mode & 0o777) == "0o640"
     sd = (target / "var/lib/relay").stat()
-    assert sd.st_uid == int(pw["relay"][2]) and oct(sd.st_mode & 0o777) == "0o750"
+    assert sd.st_uid == int(pw["relay"][2]) and oct(sd.st_mode & 0o777) == "0o700"
     assert os.readlink(target / "usr/bin/relay") == "/opt/relay/bin/relay"
     # enabled by the debhelper snippets (started at the next boot: no systemd runs in a chroot)
     assert (target / "etc/systemd/system/multi-user.target.wants/relay.service").is_symlink()
@@ -397,7 +397,7 @@ def test_rpm_installs_and_runs_its_scriptlets(built, tmp_path):
     gid = int([l for l in (root / "etc/group").read_text().splitlines() if l.startswith("relay:")][0].split(":")[2])
     st = (root / "etc/relay/relay.toml").stat()
     assert st.st_uid == 0 and st.st_gid == gid and oct(st.st_mode & 0o777) == "0o640"
-    assert oct((root / "var/lib/relay").stat().st_mode & 0o777) == "0o750"
+    assert oct((root / "var/lib/relay").stat().st_mode & 0o777) == "0o700"
     assert (root / "usr/lib/systemd/system/relay.service").is_file()
     assert inroot(root, "relay", "--version").stdout.strip() == f"relay {VERSION}"
     v = sh(*rpm, "-V", "--nodeps", "relay", check=False)

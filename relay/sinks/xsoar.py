@@ -81,7 +81,8 @@ import orjson
 from formats import xsoar as xsoar_fmt
 from formats.xsoar import XsoarOptions
 
-from ..secrets import Secret, read_secret
+from ..fsutil import private_dir, private_file
+from ..secrets import Secret, read_secret, redact, register
 from ..checks import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
 from .. import kinds
 from .base import (AuthError, PermanentError, RetryableError, Sink, SinkError,
@@ -311,7 +312,7 @@ class DedupStore:
         self.path = os.fspath(path)
         self.cap = max(1, int(cap))
         self._lock = threading.Lock()
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(self.path).parent)
         try:
             self._conn = self._open()
         except sqlite3.DatabaseError as e:
@@ -328,6 +329,7 @@ class DedupStore:
         self._trim()
 
     def _open(self) -> sqlite3.Connection:
+        private_file(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -433,6 +435,7 @@ def webhook_headers(s: XsoarSettings) -> dict[str, str]:
         h[s.auth_header] = s.auth_value.reveal()
     elif s.username is not None and s.password is not None:
         tok = base64.b64encode(f"{s.username}:{s.password.reveal()}".encode()).decode()
+        register(tok)       # an echoed Authorization header is redacted too
         h["Authorization"] = f"Basic {tok}"
     return h
 
@@ -443,11 +446,14 @@ def search_query(field_name: str, key: str) -> str:
 
 
 def _excerpt(resp: httpx.Response) -> str:
+    """The start of an answer for a log line or a dead letter, with every credential removed
+    first (a server or proxy that echoes the request's headers must not put the key into a
+    log, ``relay queue list --dead`` or a queue file)."""
     try:
         t = resp.text
     except Exception:  # pragma: no cover - undecodable
         t = repr(resp.content[:EXCERPT])
-    t = " ".join(t.split())
+    t = redact(" ".join(t.split()))
     return t if len(t) <= EXCERPT else t[:EXCERPT] + "..."
 
 

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from parsers.event import Event
 
+from ..fsutil import private_dir
 from ..checks import non_negative as _nonneg, positive as _pos
 from ..fsutil import fsync_dir
 from ..secrets import Secret
@@ -196,7 +197,7 @@ class StateFile:
         return data if isinstance(data, dict) else {}
 
     def save(self, data: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
