@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 __all__ = ["ConfigError", "parse_address", "positive", "non_negative", "http_url", "networks", "path_converter",
-           "existing_file", "pem_certificates", "pem_key", "cert_and_key"]
+           "existing_file", "pem_certificates", "pem_key", "cert_and_key", "cert_summary"]
 
 
 class ConfigError(ValueError):
@@ -154,3 +154,13 @@ def cert_and_key(cert: Path, key: Path | None, server: bool) -> None:
                          f"{e.reason or e}") from None
     except OSError as e:
         raise ValueError(f"cannot load {str(cert)!r}: {e.strerror or e}") from None
+
+
+def cert_summary(path) -> str:
+    """``subject CN, expires <date>`` of a PEM certificate file, for the log (best effort)."""
+    try:
+        info = ssl._ssl._test_decode_cert(str(path))     # the stdlib's PEM reader (no network)
+    except Exception:
+        return str(path)
+    cn = next((v for rdn in info.get("subject", ()) for k, v in rdn if k == "commonName"), "?")
+    return f"CN={cn}, expires {info.get('notAfter', '?')}"

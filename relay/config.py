@@ -76,11 +76,13 @@ class SourceConfig:
     allow: list = field(default_factory=list)          # ip_network objects; empty = everyone
     receive_buffer: int | None = 4 * 1024 * 1024       # udp SO_RCVBUF
     max_connections: int = 1000
+    max_connections_per_ip: int = 100                  # 0 = no per-address cap
     idle_timeout: float = 600.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_verify_client: bool = False
+    tls_client_names: list = field(default_factory=list)  # client certificate CN/SAN allowlist
     options: dict = field(default_factory=dict)        # the kind's own settings
 
     def allowed(self, ip: str) -> bool:

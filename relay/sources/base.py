@@ -74,11 +74,12 @@ def read_listener(t, sc, base_dir, *, stream: bool) -> None:
     sc.allow = t.get("allow", list, [], check=networks)
     if stream:
         sc.max_connections = t.get("max_connections", int, 1000, check=positive)
+        sc.max_connections_per_ip = t.get("max_connections_per_ip", int, 100, check=non_negative)
         sc.idle_timeout = t.get("idle_timeout", float, 600.0, check=non_negative)
 
 
 LISTENER_KEYS = ("address", "lenient", "max_message_size", "oversize", "allow")
-STREAM_KEYS = ("max_connections", "idle_timeout")
+STREAM_KEYS = ("max_connections", "max_connections_per_ip", "idle_timeout")
 
 
 def _message_size(v):
