@@ -86,12 +86,14 @@ class _ReserveMixin:
         """Hand free pages back to the filesystem and shrink the WAL (short on disk).
 
         ``PRAGMA incremental_vacuum`` frees ONE page per step of its statement, and Python's
-        ``execute`` steps once: ``fetchall()`` steps it to the end, so every free page goes
-        back (before, 3,522 of 3,534 pages stayed free after a disk-full episode)."""
+        ``execute`` steps a statement without result columns once (``fetchall()`` does not
+        step it again): ``executescript`` steps it to the end, so every free page goes back
+        (before, 3,522 of 3,534 pages stayed free after a disk-full episode)."""
         with self._lock:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                self._conn.execute("PRAGMA incremental_vacuum").fetchall()
+                if not self._conn.in_transaction:   # executescript would COMMIT an open one
+                    self._conn.executescript("PRAGMA incremental_vacuum;")
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except (sqlite3.Error, AttributeError):
                 pass
