@@ -116,12 +116,31 @@ class _Conn(asyncio.Protocol):
             return "max_connections_per_ip"
         return None
 
+    def _gone(self) -> bool:
+        """Has the peer already closed or reset this (paused) connection with nothing to read?"""
+        sock = self.raw.get_extra_info("socket")
+        sock = getattr(sock, "_sock", sock)     # asyncio's TransportSocket wraps the socket
+        if sock is None or not hasattr(sock, "recv"):
+            return False
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:         # reset
+            return True
+
     def _admit(self) -> None:
         if self.closed:
             return
         src = self.src
         cfg = src.cfg
         over = self._over()
+        if over is not None and self.tries and self._gone():
+            # it closed while it waited for a slot: nobody is refused, nothing to hand over
+            src.waiting.discard(self)
+            self.closed = True
+            self.raw.abort()
+            return
         if over is not None and self.tries < 2:
             # closed connections may still be waiting to be reaped: ask again shortly
             if self.tries == 0:
