@@ -177,6 +177,9 @@ class _Table:
             v = float(v)
         if isinstance(v, float) and not math.isfinite(v):   # TOML has nan and inf: no key takes them
             raise self.err(key, f"must be a finite number, not {v!r}")
+        if (isinstance(v, str) and "\0" in v) or (isinstance(v, list) and any(
+                isinstance(x, str) and "\0" in x for x in v)):   # paths, names, URLs: never a NUL
+            raise self.err(key, "must not contain a NUL character")
         if not isinstance(v, types) or (isinstance(v, bool) and types in (int, float, (int, float))):
             tn = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
             raise self.err(key, f"must be {_article(tn)}, not {type(v).__name__} {v!r}")
