@@ -304,3 +304,32 @@ def test_validate_rejects_what_run_would(tmp_path, tls_files, case, key_path, wo
     assert r.returncode == 2, (r.stdout, err)
     assert key_path in err and words in err, err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- 13: the duplicate window is bounded by events
+@pytest.mark.parametrize("settle_events, settled_at_most_left", [(100, 300)])
+def test_settle_by_event_count(tmp_path, settle_events, settled_at_most_left):
+    """With the time rule out of reach (settle_delay 30 s), a batch settles once settle_events
+    more events were acknowledged after it: what a SIGKILL would re-send stays bounded."""
+    from relay.config import SinkConfig
+    from relay.metrics import Registry
+    from relay.sinks.syslog import SyslogStreamSink
+    from tests.harness import QradarStandIn, run_sinks
+    q = make_queue(tmp_path / "q.db")
+    for i in range(0, 2000, 500):
+        q.put_many([(b"<13>1 - h a - - - m%d" % k, None) for k in range(i, i + 500)])
+    with QradarStandIn() as rx:
+        cfg = SinkConfig(name="ev", type="syslog", address=("127.0.0.1", rx.port), framing="lf", batch_size=50,
+                         options={"settle_delay": 30.0, "settle_events": settle_events})
+        sink = SyslogStreamSink(cfg, q, registry=Registry())
+
+        async def main():
+            await run_sinks([sink], lambda: rx.count() >= 2000 and (
+                settled_at_most_left is None or q.depth() <= settled_at_most_left), timeout=15)
+            return q.depth()
+        left = asyncio.run(main())
+    if settled_at_most_left is None:
+        assert left == 2000          # the time rule alone: nothing settles within 30 s
+    else:
+        assert left <= settled_at_most_left
+    q.close()
