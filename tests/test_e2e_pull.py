@@ -23,7 +23,7 @@ import pytest
 from tests.emulators.falcon import FalconEmulator
 from tests.emulators.qradar import QradarEmulator
 from tests.emulators.xsoar import XsoarEmulator
-from tests.harness import QradarStandIn, free_port
+from tests.harness import QradarStandIn, RelayProcess, free_port
 
 pytestmark = [pytest.mark.e2e]
 
