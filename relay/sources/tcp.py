@@ -9,7 +9,7 @@ sender through TCP flow control.  A future that fails closes the connection (the
 sender retransmits); nothing more is handed over from it.
 
 Per connection: allowlist, ``max_connections`` and ``max_connections_per_ip`` checked when
-it is accepted (before any TLS handshake).  A connection over a cap waits up to 0.1 s,
+it is accepted (before any TLS handshake).  A connection over a cap waits up to 0.2 s,
 reading nothing, for a slot (a client that connects and closes in a loop must not lock
 itself out while its closed connections are still being reaped), then takes the slot of
 the stalest connection when one is stale: a TLS handshake unfinished after 2 s, or no
@@ -64,8 +64,9 @@ _REASONS = {
 #: lose its slot to a new connection when the source is at a cap
 EVICT_HANDSHAKE = 2.0
 EVICT_IDLE = 10.0
-#: how long a connection over a cap waits for a slot (twice), reading nothing
+#: how long a connection over a cap waits for a slot (ADMIT_TRIES times), reading nothing
 ADMIT_WAIT = 0.05
+ADMIT_TRIES = 4
 
 
 class _Conn(asyncio.Protocol):
@@ -141,7 +142,7 @@ class _Conn(asyncio.Protocol):
             self.closed = True
             self.raw.abort()
             return
-        if over is not None and self.tries < 2:
+        if over is not None and self.tries < ADMIT_TRIES:
             # closed connections may still be waiting to be reaped: ask again shortly
             if self.tries == 0:
                 self.raw.pause_reading()
