@@ -344,6 +344,33 @@ class Relay:
 
 
 # ============================================================================ chaos
+def listen_port() -> int:
+    """A free port below the kernel's ephemeral range: the relay re-binds its listeners at every
+    restart (about 90 in 30 minutes), and a port from the ephemeral range can meanwhile be
+    taken as the local port of some outgoing connection (the sinks', the scrapes')."""
+    import random as _r
+    lo = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = _r.randrange(max(1024, lo - 12000), lo - 1)
+        ok = True
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            s = socket.socket(socket.AF_INET, kind)
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            return port
+    return free_port()
+
+
 def fill_disk(path: Path) -> int:
     """Write a filler file until the filesystem is full; returns the bytes written."""
     n = 0
@@ -387,8 +414,8 @@ def main() -> int:
     print(f"workdir {work}; state on {'a ' + a.tmpfs + ' tmpfs' if mounted else 'the workdir (no disk-full phase)'}",
           flush=True)
     book = Book()
-    ports = {"tcp": free_port(), "udp": free_port()}
-    met, sink_port = free_port(), free_port()
+    ports = {"tcp": listen_port(), "udp": listen_port()}
+    met, sink_port = listen_port(), listen_port()
     os.environ["SOAK_XSOAR_KEY"] = KEY
     emu = XsoarEmulator(api_key=KEY, auth_id=None, out=lambda s: None)
     emu.start()
