@@ -37,9 +37,10 @@ frames a whole batch into one buffer.
   * A payload changed by either rule counts as *changed* (the sinks add the count to
     ``relay_sanitised_total{sink}``).  CEF/LEEF from formats/ never contain CR, LF or NUL.
   * ``frame_batch(payloads, framing) -> (bytes, changed)``: all payloads framed into one
-    buffer and the number of payloads changed; ``frame_octet(payload) -> bytes`` and
-    ``frame_lf(payload) -> (bytes, changed)`` frame one payload; ``frame(line, framing)`` is
-    the one-message form of the same rules (bytes only).  An unknown framing is a
+    buffer and the number of payloads changed; ``frame_lf(payload) -> (bytes, changed)``
+    frames one payload; ``frame(line, framing)`` is the one-message form of the same rules
+    (bytes only); ``frame_octet(payload)`` is the bare octet-counting encoding (no NUL
+    rule: tests build deframer input with it).  An unknown framing is a
     ``ValueError``.
 """
 from __future__ import annotations
@@ -150,9 +151,9 @@ def scrub_nul(payload: bytes) -> tuple[bytes, bool]:
 
 
 def frame_octet(payload: bytes) -> bytes:
-    """``LEN SP payload`` (octet counting; a NUL becomes a space)."""
-    if b"\0" in payload:
-        payload = payload.replace(b"\0", b" ")
+    """``LEN SP payload``: the bare RFC 6587 encoding, every byte as given (tests build
+    deframer input with it).  The output rule, NUL replaced, is :func:`frame` /
+    :func:`frame_batch`."""
     return b"%d %s" % (len(payload), payload)
 
 
@@ -221,7 +222,7 @@ def frame(line: bytes, framing: str = "lf") -> bytes:
     """One message framed for a stream transport, ``"octet"`` or ``"lf"``: the rules of
     :func:`frame_batch` (see module doc)."""
     if framing == "octet":
-        return frame_octet(line)
+        return frame_octet(scrub_nul(line)[0])
     if framing == "lf":
         return frame_lf(line)[0]
     raise ValueError(f"unknown framing {framing!r} (use 'octet' or 'lf')")

@@ -187,7 +187,7 @@ def test_rpm_layout_requires_scripts(built):
                "%{FILEGROUPNAME}\n]", rpm).stdout
     assert re.search(r"^/etc/relay/relay.toml cn -rw-r----- root:relay$", flags, re.M), \
         "relay.toml must be %config(noreplace) root:relay 0640"
-    assert re.search(r"^/var/lib/relay\s+drwxr-x--- relay:relay$", flags, re.M)
+    assert re.search(r"^/var/lib/relay\s+drwx------ relay:relay$", flags, re.M)
     req = [line.strip() for line in sh("rpm", "-qp", "--requires", rpm).stdout.splitlines()]
     assert "/usr/bin/python3.11" in req and "systemd" in req and "/usr/bin/kill" in req
     assert not [x for x in req if "python(abi)" in x or x.startswith("lib") or "/opt/" in x], \

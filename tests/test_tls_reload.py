@@ -22,6 +22,7 @@ def tls_config(port: int, met: int, sink: str, d, *, idle: float = 600.0, extra:
         [relay]
         state_dir = "state"
         metrics_address = "127.0.0.1:{met}"
+        drain_timeout = 2
         [sources.t]
         type = "tls"
         address = "127.0.0.1:{port}"
