@@ -28,6 +28,6 @@ def test_chaos_soak_three_minutes(tmp_path):
     assert f["kills"] >= 8 and f["accepted"] > 100_000, f
     assert f["lost_accepted"] == 0, f
     assert f["duplicates_outside_windows"] == 0, f
-    assert f["xsoar_duplicate_incidents"] == 0 and f["xsoar_missing"] == 0, f
+    assert f["xsoar_duplicate_incidents"] == 0 and f["xsoar_missing_not_queued"] == 0, f
     assert f["rss_bounded"], f
     assert p.returncode == 0, tail
