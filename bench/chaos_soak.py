@@ -554,12 +554,12 @@ def main() -> int:
         emu.close()
         if mounted:
             subprocess.run(["umount", "-l", str(state)], capture_output=True, timeout=30)
-    print(json.dumps(figures, indent=1, sort_keys=True))
-    if a.json:
-        Path(a.json).write_text(json.dumps(figures, indent=1, sort_keys=True))
     # XSOAR copies still queued when the drain ended are not missing (they are on disk)
     figures["xsoar_missing_not_queued"] = max(0, figures.get("xsoar_missing", 0)
                                               - figures.get("queued_at_end", {}).get("xsoar", 0))
+    print(json.dumps(figures, indent=1, sort_keys=True))
+    if a.json:
+        Path(a.json).write_text(json.dumps(figures, indent=1, sort_keys=True))
     ok = (figures.get("lost_accepted") == 0 and figures.get("duplicates_outside_windows") == 0
           and figures.get("xsoar_duplicate_incidents") == 0 and figures.get("xsoar_missing_not_queued") == 0
           and figures.get("rss_bounded"))

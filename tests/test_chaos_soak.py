@@ -25,7 +25,7 @@ def test_chaos_soak_three_minutes(tmp_path):
     assert out.exists(), tail
     f = json.loads(out.read_text())
     print("\n" + json.dumps(f, sort_keys=True))
-    assert f["kills"] >= 8 and f["accepted"] > 100_000, f
+    assert f["kills"] >= 6 and f["accepted"] > 100_000, f
     assert f["lost_accepted"] == 0, f
     assert f["duplicates_outside_windows"] == 0, f
     assert f["xsoar_duplicate_incidents"] == 0 and f["xsoar_missing_not_queued"] == 0, f
