@@ -7,6 +7,11 @@ Rules (shared/reference/formats.md section 2; parsers/cef.py reads back exactly 
 
 * Header fields: ``\\`` -> ``\\\\``, ``|`` -> ``\\|``; CR LF, CR and LF each become one space
   (the header cannot carry a newline; Logstash does the same).  ``=`` is not escaped.
+* NUL and TAB, in header fields and extension values, each become one space.  CEF has no
+  escape for them; a NUL ends the record for any receiver that frames or stores C strings
+  (a sender could forge whole events behind it), and a TAB is a pair separator to many CEF
+  readers.  :func:`encode_counted` returns how many characters were replaced (NUL, TAB, and
+  the header's CR/LF), for ``relay_sanitised_total`` and the event's notes.
 * Extension values: ``\\`` -> ``\\\\``, ``=`` -> ``\\=``, CR -> ``\\r``, LF -> ``\\n`` (so CR LF
   -> ``\\r\\n``; decoding gives back the exact CR/LF characters).  ``|`` is not escaped.
   Trailing spaces/TABs of a value cannot be carried by CEF (a reader cannot tell them from
@@ -26,25 +31,37 @@ multi-character table), so clean values cost four ``in`` scans and no allocation
 """
 from __future__ import annotations
 
-__all__ = ["encode", "escape_header", "escape_value", "sanitise_key", "check_severity",
+__all__ = ["encode", "encode_counted", "escape_header", "escape_value", "sanitise_key", "check_severity",
            "custom_fields", "custom_strings", "custom_numbers", "CUSTOM_SLOTS"]
 
 _KEYCH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.[],")
-_HDR_TABLE = str.maketrans({"\\": "\\\\", "|": "\\|", "\r": " ", "\n": " "})
+_HDR_TABLE = str.maketrans({"\\": "\\\\", "|": "\\|", "\r": " ", "\n": " ", "\t": " ", "\0": " "})
 _key_cache: dict[str, str] = {}
 
 
 def escape_header(s: str) -> str:
+    return _header(s)[0]
+
+
+def _header(s) -> tuple[str, int]:
+    """(escaped header field, characters replaced by a space)."""
     if type(s) is not str:
         s = "" if s is None else str(s)
-    if "\\" in s or "|" in s or "\r" in s or "\n" in s:
+    if "\\" in s or "|" in s or "\r" in s or "\n" in s or "\t" in s or "\0" in s:
+        n = 0
         if "\r\n" in s:
+            n += 2 * s.count("\r\n")
             s = s.replace("\r\n", " ")
-        s = s.translate(_HDR_TABLE)
-    return s
+        n += s.count("\r") + s.count("\n") + s.count("\t") + s.count("\0")
+        return s.translate(_HDR_TABLE), n
+    return s, 0
 
 
 def escape_value(v: str) -> str:
+    if "\t" in v:
+        v = v.replace("\t", " ")
+    if "\0" in v:
+        v = v.replace("\0", " ")
     if "\\" in v:
         v = v.replace("\\", "\\\\")
     if "=" in v:
@@ -53,8 +70,8 @@ def escape_value(v: str) -> str:
         v = v.replace("\n", "\\n")
     if "\r" in v:
         v = v.replace("\r", "\\r")
-    if v and v[-1] in " \t":
-        v = v.rstrip(" \t")
+    if v and v[-1] == " ":
+        v = v.rstrip(" ")
     return v
 
 
@@ -102,14 +119,26 @@ def encode(vendor: str, product: str, device_version: str, event_class_id: str, 
            severity, extension=(), *, version: int = 0) -> str:
     """One CEF line (no syslog header, no trailing LF).  ``extension`` is a list of
     ``(key, value)`` pairs or a dict."""
+    return encode_counted(vendor, product, device_version, event_class_id, name, severity, extension,
+                          version=version)[0]
+
+
+def encode_counted(vendor: str, product: str, device_version: str, event_class_id: str, name: str,
+                   severity, extension=(), *, version: int = 0) -> tuple[str, int]:
+    """:func:`encode` and the number of characters sanitised (NUL and TAB anywhere, CR/LF in
+    header fields; each replaced by a space)."""
     if version != 0 and version != 1:
         raise ValueError(f"CEF version {version!r} is not 0 or 1")
     sev = check_severity(severity)
-    head = (f"CEF:{version}|{escape_header(vendor)}|{escape_header(product)}|"
-            f"{escape_header(device_version)}|{escape_header(event_class_id)}|"
-            f"{escape_header(name)}|{sev}|")
+    h1, c1 = _header(vendor)
+    h2, c2 = _header(product)
+    h3, c3 = _header(device_version)
+    h4, c4 = _header(event_class_id)
+    h5, c5 = _header(name)
+    changes = c1 + c2 + c3 + c4 + c5
+    head = f"CEF:{version}|{h1}|{h2}|{h3}|{h4}|{h5}|{sev}|"
     if not extension:
-        return head
+        return head, changes
     items = extension.items() if isinstance(extension, dict) else extension
     parts = []
     cache = _key_cache
@@ -118,6 +147,12 @@ def encode(vendor: str, product: str, device_version: str, event_class_id: str, 
             continue
         if type(v) is not str:
             v = str(v)
+        if "\t" in v:
+            changes += v.count("\t")
+            v = v.replace("\t", " ")
+        if "\0" in v:
+            changes += v.count("\0")
+            v = v.replace("\0", " ")
         if "\\" in v:
             v = v.replace("\\", "\\\\")
         if "=" in v:
@@ -126,13 +161,13 @@ def encode(vendor: str, product: str, device_version: str, event_class_id: str, 
             v = v.replace("\n", "\\n")
         if "\r" in v:
             v = v.replace("\r", "\\r")
-        if v and v[-1] in " \t":
-            v = v.rstrip(" \t")
+        if v and v[-1] == " ":
+            v = v.rstrip(" ")
         ck = cache.get(k)
         if ck is None:
             ck = sanitise_key(k)
         parts.append(f"{ck}={v}")
-    return head + " ".join(parts)
+    return head + " ".join(parts), changes
 
 
 # Custom (labelled) fields: prefix -> highest standard index.

@@ -9,13 +9,14 @@ unescapes nothing (``c:\\windows``, a literal ``\\n`` arrive as written).  An es
 would reach the analyst as garbage and still not protect QRadar's splitter.  So characters
 that would break the record are replaced, one for one, and counted:
 
-* attribute values: the delimiter, CR and LF each become one **space** (the line stays
+* attribute values: the delimiter, CR, LF and NUL each become one **space** (the line stays
   readable, word boundaries survive, and a space can never split a pair, end the record or
-  start a key);
-* header fields (vendor, product, version, event ID): ``|``, CR and LF each become one space.
+  start a key; a NUL would end the record for a receiver that frames on NUL, so a sender
+  could forge whole events behind it);
+* header fields (vendor, product, version, event ID): ``|``, CR, LF and NUL each become one space.
   We do not write ``\\|``: QRadar's handling of it is unspecified and a naive ``|`` splitter
   would still cut the field there;
-* keys: ``=``, the delimiter, ``|`` and whitespace each become ``_`` (keys are ours, but a key
+* keys: ``=``, the delimiter, ``|``, NUL and whitespace each become ``_`` (keys are ours, but a key
   must never split a pair); a key with nothing left is a ``ValueError``.
 
 ``changes`` counts every replaced character (CR LF counts 2).  The caller can note it on the
@@ -44,7 +45,7 @@ __all__ = ["encode", "dev_time", "dev_time_attrs", "check_sev", "delimiter_field
 
 DEV_TIME_FORMAT = "yyyy-MM-dd'T'HH:mm:ss.SSSZ"
 
-_HDR_TABLE = str.maketrans({"|": " ", "\r": " ", "\n": " "})
+_HDR_TABLE = str.maketrans({"|": " ", "\r": " ", "\n": " ", "\0": " "})
 
 
 class _Delim:
@@ -55,7 +56,7 @@ class _Delim:
     def __init__(self, d: str) -> None:
         self.d = d
         self.field = delimiter_field(d)
-        bad = {c: "_" for c in "= \t\r\n|\x0b\x0c"}
+        bad = {c: "_" for c in "= \t\r\n|\x0b\x0c\x00"}
         bad[d] = "_"
         self.keys = str.maketrans(bad)
         self.key_cache: dict[str, tuple[str, int]] = {}
@@ -125,8 +126,8 @@ def check_sev(value) -> str:
 def _header(s) -> tuple[str, int]:
     if type(s) is not str:
         s = "" if s is None else str(s)
-    if "|" in s or "\r" in s or "\n" in s:
-        return s.translate(_HDR_TABLE), s.count("|") + s.count("\r") + s.count("\n")
+    if "|" in s or "\r" in s or "\n" in s or "\0" in s:
+        return s.translate(_HDR_TABLE), s.count("|") + s.count("\r") + s.count("\n") + s.count("\0")
     return s, 0
 
 
@@ -170,8 +171,8 @@ def encode(vendor: str, product: str, product_version: str, event_id: str, attri
     append = parts.append
     items = attributes.items() if isinstance(attributes, dict) else attributes
     for k, v in items:
-        # fast path: a str value without the delimiter, CR or LF (isprintable() is False
-        # for CR and LF) under a clean, ordinary key: written as is
+        # fast path: a str value without the delimiter, CR, LF or NUL (isprintable() is
+        # False for them) under a clean, ordinary key: written as is
         if v.__class__ is str and v.isprintable() and d not in v:
             p = plain.get(k)
             if p is not None:
@@ -197,6 +198,9 @@ def encode(vendor: str, product: str, product_version: str, event_id: str, attri
             if "\r" in v:
                 changes += v.count("\r")
                 v = v.replace("\r", " ")
+            if "\0" in v:
+                changes += v.count("\0")
+                v = v.replace("\0", " ")
         r = kc.get(k)
         if r is None:
             r = dd.key(k)

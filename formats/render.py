@@ -171,7 +171,7 @@ def _leef_pairs(append, d: dict, table, text, skip_empty_list: bool) -> None:
 
 class Renderer:
     """Renders events for one sink.  ``render(event) -> bytes`` (one line, no framing);
-    ``sanitised`` counts characters the LEEF sanitising rule changed (and, when set,
+    ``sanitised`` counts characters the LEEF and CEF sanitising rules changed (and, when set,
     ``sanitised_counter.value`` too, for each render that returns).  ``render`` also takes
     an ignored second argument (the route names), so that it can be a sink's render
     function as it is (relay/pipeline.make_renderer)."""
@@ -301,7 +301,8 @@ class Renderer:
                         body = f"{body}{d}triage{k.capitalize()}={_str(triage[k])}"
                         n += 1
             # every value ASCII (text() is then the identity) and none needing sanitising
-            if not body.isascii() or "\n" in body or "\r" in body or body.count(d) != n + nd:
+            if (not body.isascii() or "\n" in body or "\r" in body or "\0" in body
+                    or body.count(d) != n + nd):
                 event_id = None
             else:
                 e = (extra.get(profile.event_id) if extra and profile.event_id else None) or get("event") \
@@ -336,7 +337,7 @@ class Renderer:
         pre, rest, changes = hit
         if changes:
             self.sanitised += changes
-            ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF replaced by space)")
+            ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF/NUL replaced by space)")
             if self.sanitised_counter is not None:
                 self.sanitised_counter.value += changes
         return f"{pre}{stamp}{rest}{body}".encode("utf-8", "replace")
@@ -361,7 +362,7 @@ class Renderer:
                                      version=self._leef_version, delimiter=self._leef_delim)
         if changes:
             self.sanitised += changes
-            ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF replaced by space)")
+            ev.note(f"LEEF: {changes} character(s) sanitised (delimiter/CR/LF/NUL replaced by space)")
         pre, post = self._header_parts(ev, f, band)
         if changes and self.sanitised_counter is not None:
             self.sanitised_counter.value += changes
@@ -464,18 +465,24 @@ class Renderer:
         else:
             parts = [f"{k}={v}" for k, v in ext if v is not None]
             body = " ".join(parts)
-        if body is None or body and ("\\" in body or "\n" in body or "\r" in body or "  " in body or "\t " in body
-                     or body[-1] in " \t" or body.count("=") != len(parts)):
-            line = _cef.encode(vendor, product, version, event_id, name, SEV_BAND[band][0], ext)
+        if body is None or body and ("\\" in body or "\n" in body or "\r" in body or "  " in body or "\t" in body
+                     or "\0" in body or body[-1] == " " or body.count("=") != len(parts)):
+            line, changes = _cef.encode_counted(vendor, product, version, event_id, name, SEV_BAND[band][0], ext)
         else:
             hk = (profile, event_id, name, band)
-            head = self._cheads.get(hk)
-            if head is None:
-                head = _cef.encode(vendor, product, version, event_id, name, SEV_BAND[band][0])
+            hit = self._cheads.get(hk)
+            if hit is None:
+                hit = _cef.encode_counted(vendor, product, version, event_id, name, SEV_BAND[band][0])
                 if len(self._cheads) >= 4096:
                     self._cheads.clear()
-                self._cheads[hk] = head
+                self._cheads[hk] = hit
+            head, changes = hit
             line = head + body
+        if changes:
+            self.sanitised += changes
+            ev.note(f"CEF: {changes} character(s) sanitised (TAB/NUL, and CR/LF in the header, replaced by space)")
+            if self.sanitised_counter is not None:
+                self.sanitised_counter.value += changes
         return f"{self._header(ev, f, band, epoch)} {line}".encode("utf-8", "replace")
 
     # ---------------------------------------------------------------- others

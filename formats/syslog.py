@@ -23,17 +23,24 @@ RFC 3164 (``rfc3164_header``): ``<PRI>Mmm dd hh:mm:ss HOSTNAME TAG[PID]:``.
 Framing for stream transports: the one output framer, used by the syslog sink (TCP/TLS),
 the file sink (one line per payload) and the tests.  It is on the hot path: ``frame_batch``
 frames a whole batch into one buffer.
+  * NUL never reaches the wire, whatever the framing: every NUL byte of a payload becomes a
+    space (one for one, so an octet count stays right).  Receivers that frame on NUL (RFC 6587
+    names it as a trailer; rsyslog, syslog-ng and the relay's own deframer accept it) or that
+    store C strings would end the record there, and a sender could forge whole events
+    behind it.  CEF/LEEF from formats/ already replace NUL; this catches the passthrough
+    (``rfc5424``) payloads.  :func:`scrub_nul` is the rule for one payload (the UDP sink).
   * ``"octet"`` (RFC 6587 octet counting, also RFC 5425): ``LEN SP payload``; carries any
-    byte, never changes the payload.
+    other byte unchanged.
   * ``"lf"`` (non-transparent framing): ``payload LF``.  A trailing LF or CRLF of the payload
     is dropped; every other CR or LF inside it becomes a space (an LF would split the record
-    and a CR confuses receivers that accept CRLF).  Such a payload counts as *changed* (the
-    sinks add the count to ``relay_sanitised_total{sink}``).  CEF/LEEF from formats/ never
-    contain CR or LF.
+    and a CR confuses receivers that accept CRLF).
+  * A payload changed by either rule counts as *changed* (the sinks add the count to
+    ``relay_sanitised_total{sink}``).  CEF/LEEF from formats/ never contain CR, LF or NUL.
   * ``frame_batch(payloads, framing) -> (bytes, changed)``: all payloads framed into one
-    buffer and the number of payloads changed; ``frame_octet(payload) -> bytes`` and
-    ``frame_lf(payload) -> (bytes, changed)`` frame one payload; ``frame(line, framing)`` is
-    the one-message form of the same rules (bytes only).  An unknown framing is a
+    buffer and the number of payloads changed; ``frame_lf(payload) -> (bytes, changed)``
+    frames one payload; ``frame(line, framing)`` is the one-message form of the same rules
+    (bytes only); ``frame_octet(payload)`` is the bare octet-counting encoding (no NUL
+    rule: tests build deframer input with it).  An unknown framing is a
     ``ValueError``.
 """
 from __future__ import annotations
@@ -41,7 +48,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-__all__ = ["rfc5424_header", "rfc3164_header", "frame", "frame_batch", "frame_lf", "frame_octet", "pri",
+__all__ = ["rfc5424_header", "rfc3164_header", "frame", "frame_batch", "frame_lf", "frame_octet", "scrub_nul", "pri",
            "rfc5424_timestamp", "NILVALUE"]
 
 NILVALUE = "-"
@@ -136,21 +143,30 @@ def rfc3164_header(pri: int, timestamp_epoch: float | None, hostname: str | None
 
 
 # --------------------------------------------------------------------------- framing
+def scrub_nul(payload: bytes) -> tuple[bytes, bool]:
+    """``payload`` with every NUL byte replaced by a space; returns (payload, changed)."""
+    if b"\0" not in payload:
+        return payload, False
+    return payload.replace(b"\0", b" "), True
+
+
 def frame_octet(payload: bytes) -> bytes:
-    """``LEN SP payload`` (octet counting)."""
+    """``LEN SP payload``: the bare RFC 6587 encoding, every byte as given (tests build
+    deframer input with it).  The output rule, NUL replaced, is :func:`frame` /
+    :func:`frame_batch`."""
     return b"%d %s" % (len(payload), payload)
 
 
 def frame_lf(payload: bytes) -> tuple[bytes, bool]:
     """``payload + LF`` after the LF-framing rule; returns (frame, changed)."""
-    if b"\n" not in payload and b"\r" not in payload:
+    if b"\n" not in payload and b"\r" not in payload and b"\0" not in payload:
         return payload + b"\n", False
     p = payload
     if p.endswith(b"\r\n"):
         p = p[:-2]
     elif p.endswith(b"\n"):
         p = p[:-1]
-    p = p.replace(b"\r", b" ").replace(b"\n", b" ")
+    p = p.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\0", b" ")
     return p + b"\n", p != payload
 
 
@@ -175,19 +191,23 @@ def frame_batch(payloads: Sequence[bytes], framing: str) -> tuple[bytes, int]:
         parts: list = [b""] * (2 * len(payloads))
         parts[0::2] = map(_PREFIX.__getitem__, map(len, payloads))
         parts[1::2] = payloads
-        return b"".join(parts), 0
+        data = b"".join(parts)
+        if b"\0" not in data:       # one scan of the buffer: the usual case
+            return data, 0
+        changed = sum(1 for p in payloads if b"\0" in p)
+        return data.replace(b"\0", b" "), changed
     if framing == "lf":
         parts = list(payloads)
         n = len(parts)
         parts.append(b"")
         data = b"\n".join(parts)
         # fast path: no payload holds a CR or an LF (the joined LFs are exactly n)
-        if b"\r" not in data and data.count(b"\n") == n:
+        if b"\r" not in data and b"\0" not in data and data.count(b"\n") == n:
             return data, 0
         changed = 0
         out = []
         for p in payloads:
-            if b"\n" in p or b"\r" in p:
+            if b"\n" in p or b"\r" in p or b"\0" in p:
                 f, c = frame_lf(p)
                 changed += c
                 out.append(f)
@@ -202,7 +222,7 @@ def frame(line: bytes, framing: str = "lf") -> bytes:
     """One message framed for a stream transport, ``"octet"`` or ``"lf"``: the rules of
     :func:`frame_batch` (see module doc)."""
     if framing == "octet":
-        return frame_octet(line)
+        return frame_octet(scrub_nul(line)[0])
     if framing == "lf":
         return frame_lf(line)[0]
     raise ValueError(f"unknown framing {framing!r} (use 'octet' or 'lf')")

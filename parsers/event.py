@@ -12,8 +12,9 @@ Conventions
   list ``[v1, v2, ...]`` (RFC 5424 6.3.3).  Values have escapes undone.
 * ``msg`` is ``str``.  Bytes that are not UTF-8 (MSG-ANY may be any octets) are
   kept losslessly with the ``surrogateescape`` error handler, so
-  ``msg.encode("utf-8", "surrogateescape")`` gives back the exact bytes.  Use
-  :func:`text` when a value must go into JSON or an encoder.
+  ``msg.encode("utf-8", "surrogateescape")`` gives back the exact bytes.  The RFC 3164
+  parser keeps HOSTNAME and TAG the same way.  Use :func:`text` when a value must go into
+  JSON or an encoder (:meth:`Event.syslog_dict` does, for every field).
 * ``time_unix`` is UTC epoch seconds (float) or ``None``.
 """
 from __future__ import annotations
@@ -117,12 +118,12 @@ class Event:
             "facility": self.facility,
             "severity": self.severity,
             "version": self.version,
-            "timestamp": self.timestamp,
+            "timestamp": _text(self.timestamp),
             "time_unix": self.time_unix,
-            "hostname": self.hostname,
-            "app_name": self.app_name,
-            "procid": self.procid,
-            "msgid": self.msgid,
+            "hostname": _text(self.hostname),
+            "app_name": _text(self.app_name),
+            "procid": _text(self.procid),
+            "msgid": _text(self.msgid),
             "structured_data": sd_text(self.sd),
             "msg": text(self.msg),
         }
@@ -144,6 +145,11 @@ def text(value):
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def _text(value):
+    """:func:`text` for a header field that may also be an int or None."""
+    return text(value) if value.__class__ is str else value
+
+
 def sd_text(sd):
     if not sd:
         return sd
@@ -151,6 +157,6 @@ def sd_text(sd):
     for sid, params in sd.items():
         p = {}
         for k, v in params.items():
-            p[k] = [text(x) for x in v] if isinstance(v, list) else text(v)
-        out[sid] = p
+            p[_text(k)] = [text(x) for x in v] if isinstance(v, list) else text(v)
+        out[_text(sid)] = p
     return out

@@ -272,14 +272,25 @@ def log_fields(event: Event, *, vendor: str | None = None, product: str | None =
     retransmissions collapse, different messages never do)."""
     occurred, unix = _event_time(event)
     sev = event.severity
+    # header fields go into JSON (queue metadata, XSOAR bodies): bytes that are not UTF-8
+    # (kept by surrogateescape in RFC 3164 HOSTNAME/TAG) become U+FFFD here
+    host, app, procid, msgid = event.hostname, event.app_name, event.procid, event.msgid
+    if host is not None and not host.isascii():
+        host = text(host)
+    if app is not None and not app.isascii():
+        app = text(app)
+    if procid.__class__ is str and not procid.isascii():
+        procid = text(procid)
+    if msgid is not None and not msgid.isascii():
+        msgid = text(msgid)
     return {
         "kind": "log",
         "vendor": vendor,
-        "product": product if product is not None else event.app_name,
+        "product": product if product is not None else app,
         "id": None,
         "dedup_key": "log:" + _digest_key(event),
-        "event": event.msgid,
-        "name": event.msgid or event.app_name,
+        "event": msgid,
+        "name": msgid or app,
         "description": text(event.msg),
         "risk_score": score_from_syslog(sev),
         "severity": severity_from_syslog(sev),
@@ -288,7 +299,7 @@ def log_fields(event: Event, *, vendor: str | None = None, product: str | None =
         "occurred_unix": unix,
         "src_ip": None,
         "dst_ip": None,
-        "host": event.hostname,
+        "host": host,
         "user": None,
         "tactic": None,
         "technique": None,
@@ -296,9 +307,9 @@ def log_fields(event: Event, *, vendor: str | None = None, product: str | None =
         "extra": {
             "facility": event.facility,
             "syslog_severity": sev,
-            "app_name": event.app_name,
-            "procid": event.procid,
-            "msgid": event.msgid,
+            "app_name": app,
+            "procid": procid,
+            "msgid": msgid,
         },
     }
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
 __all__ = ["ConfigError", "parse_address", "positive", "non_negative", "http_url", "networks", "path_converter",
-           "existing_file"]
+           "existing_file", "pem_certificates", "pem_key", "cert_and_key", "cert_summary"]
 
 
 class ConfigError(ValueError):
@@ -92,3 +93,74 @@ def existing_file(base_dir: Path):
             raise ValueError(f"file {str(p)!r} does not exist")
         return p
     return check
+
+
+# TLS files: `relay validate` loads them as `relay run` will, so a file that is no PEM
+# certificate, an encrypted key or a key that does not match its certificate is a config
+# error naming the key, not a failure at start-up (or at a reload).
+
+def _read_pem(p: Path) -> str:
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {str(p)!r}: {e.strerror or e}") from None
+    return data.decode("ascii", "replace")
+
+
+def pem_certificates(base_dir: Path):
+    """An existing file of one or more PEM certificates that OpenSSL loads (a CA bundle or a
+    certificate chain) -> its Path."""
+    conv = existing_file(base_dir)
+
+    def check(v: str) -> Path:
+        p = conv(v)
+        text = _read_pem(p)
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError(f"{str(p)!r} is not a PEM certificate file (no '-----BEGIN CERTIFICATE-----')")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+        except (ssl.SSLError, ValueError) as e:
+            raise ValueError(f"{str(p)!r}: the certificate does not load: {getattr(e, 'reason', None) or e}") from None
+        return p
+    return check
+
+
+def pem_key(base_dir: Path):
+    """An existing, unencrypted PEM private key file -> its Path."""
+    conv = existing_file(base_dir)
+
+    def check(v: str) -> Path:
+        p = conv(v)
+        text = _read_pem(p)
+        if "PRIVATE KEY-----" not in text:
+            raise ValueError(f"{str(p)!r} is not a PEM private key file (no '-----BEGIN ... PRIVATE KEY-----')")
+        if "ENCRYPTED" in text:
+            raise ValueError(f"{str(p)!r} is an encrypted key: give the relay an unencrypted key readable only "
+                             f"by its user")
+        return p
+    return check
+
+
+def cert_and_key(cert: Path, key: Path | None, server: bool) -> None:
+    """Load a certificate chain and its key as a TLS context would; ValueError saying why
+    (a key that does not match, a chain OpenSSL refuses)."""
+    def refuse():
+        raise ValueError("the private key is encrypted")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_cert_chain(str(cert), str(key) if key else None, password=refuse)
+    except ssl.SSLError as e:
+        raise ValueError(f"{str(cert)!r} and {str(key or cert)!r} do not load together: "
+                         f"{e.reason or e}") from None
+    except OSError as e:
+        raise ValueError(f"cannot load {str(cert)!r}: {e.strerror or e}") from None
+
+
+def cert_summary(path) -> str:
+    """``subject CN, expires <date>`` of a PEM certificate file, for the log (best effort)."""
+    try:
+        info = ssl._ssl._test_decode_cert(str(path))     # the stdlib's PEM reader (no network)
+    except Exception:
+        return str(path)
+    cn = next((v for rdn in info.get("subject", ()) for k, v in rdn if k == "commonName"), "?")
+    return f"CN={cn}, expires {info.get('notAfter', '?')}"

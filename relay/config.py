@@ -11,7 +11,9 @@ commented example.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,11 +77,13 @@ class SourceConfig:
     allow: list = field(default_factory=list)          # ip_network objects; empty = everyone
     receive_buffer: int | None = 4 * 1024 * 1024       # udp SO_RCVBUF
     max_connections: int = 1000
+    max_connections_per_ip: int = 100                  # 0 = no per-address cap
     idle_timeout: float = 600.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_verify_client: bool = False
+    tls_client_names: list = field(default_factory=list)  # client certificate CN/SAN allowlist
     options: dict = field(default_factory=dict)        # the kind's own settings
 
     def allowed(self, ip: str) -> bool:
@@ -172,6 +176,11 @@ class _Table:
         v = self.data[key]
         if types is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
+        if isinstance(v, float) and not math.isfinite(v):   # TOML has nan and inf: no key takes them
+            raise self.err(key, f"must be a finite number, not {v!r}")
+        if (isinstance(v, str) and "\0" in v) or (isinstance(v, list) and any(
+                isinstance(x, str) and "\0" in x for x in v)):   # paths, names, URLs: never a NUL
+            raise self.err(key, "must not contain a NUL character")
         if not isinstance(v, types) or (isinstance(v, bool) and types in (int, float, (int, float))):
             tn = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
             raise self.err(key, f"must be {_article(tn)}, not {type(v).__name__} {v!r}")
@@ -276,6 +285,7 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     sources: dict[str, SourceConfig] = {}
     st = root.table("sources")
     for name in st.data:
+        _check_name(st, name, "source")
         t = st.table(name)
         typ = t.get("type", str, required=True)
         try:
@@ -292,6 +302,7 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     sinks: dict[str, SinkConfig] = {}
     kt = root.table("sinks")
     for name in kt.data:
+        _check_name(kt, name, "sink")
         t = kt.table(name)
         typ = t.get("type", str, required=True)
         try:
@@ -363,6 +374,19 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
                               f"{s.address[0]}:{s.address[1]} is already used by sources.{addrs[key]}")
         addrs[key] = s.name
     return cfg
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_name(parent: _Table, name: str, what: str) -> None:
+    """Source and sink names become file names under state_dir (``queue-NAME.db``,
+    ``xsoar-dedup-NAME.db``, ``pull-NAME.json``) and metric labels: letters, digits, ``_``,
+    ``-`` and ``.``, not starting with ``.`` or ``-``, at most 64 characters."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(parent.file, f"{parent.path}.{name}" if "\n" not in name else parent.path,
+                          f"{what} name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', "
+                          f"not starting with '.' or '-' (the name becomes a file name under state_dir)")
 
 
 def _workers(v):

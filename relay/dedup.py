@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .fsutil import private_dir, private_file
+
 __all__ = ["DedupRecord", "DedupStore", "store_path"]
 
 log = logging.getLogger("relay.dedup")
@@ -73,7 +75,7 @@ class DedupStore:
         self.path = os.fspath(path)
         self.cap = max(1, int(cap))
         self._lock = threading.Lock()
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(self.path).parent)
         try:
             self._conn = self._open()
         except sqlite3.DatabaseError as e:
@@ -90,6 +92,7 @@ class DedupStore:
         self._trim()
 
     def _open(self) -> sqlite3.Connection:
+        private_file(self.path)     # 0600 before SQLite creates it (its -wal/-shm take its mode)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         try:
             conn.execute("PRAGMA journal_mode = WAL")

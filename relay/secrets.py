@@ -9,7 +9,35 @@ import re
 import secrets as _secrets
 from pathlib import Path
 
-__all__ = ["Secret", "read_secret", "read_tokens"]
+__all__ = ["Secret", "read_secret", "read_tokens", "register", "redact", "REDACTED"]
+
+REDACTED = "<redacted>"
+#: Every credential value this process has read (and derived forms a client sends, such as
+#: a Basic auth token): :func:`redact` removes them from any text that leaves the process:
+#: log lines (relay/logs.py's formatter, tracebacks included), response excerpts, dead-letter
+#: reasons.  A server that echoes our headers back must not put the key into a log or a
+#: queue file.
+_KNOWN: set[str] = set()
+_MIN = 4        # shorter values would redact ordinary words; such a credential is no credential
+
+
+def register(value: str) -> None:
+    """Remember ``value`` as a secret to :func:`redact` (and its stripped form)."""
+    if isinstance(value, str):
+        for v in (value, value.strip()):
+            if len(v) >= _MIN:
+                _KNOWN.add(v)
+
+
+def redact(text):
+    """``text`` with every registered secret replaced by ``<redacted>`` (longest first, so a
+    value containing another is removed whole).  Non-str values are returned unchanged."""
+    if not _KNOWN or not isinstance(text, str):
+        return text
+    for v in sorted(_KNOWN, key=len, reverse=True):
+        if v in text:
+            text = text.replace(v, REDACTED)
+    return text
 
 
 class Secret:
@@ -20,6 +48,7 @@ class Secret:
     def __init__(self, value: str, source: str) -> None:
         self._value = value
         self.source = source
+        register(value)
 
     def reveal(self) -> str:
         return self._value

@@ -17,16 +17,18 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 
 from typing import Callable
 
 from . import kinds
+from .checks import cert_summary
 from .config import Config, ConfigError, SinkConfig, SourceConfig, load
 from .logs import setup_logging
 from .metrics import REGISTRY, MetricsServer
 from .pipeline import Pipeline
-from .queue import DiskQueue, GroupCommitter, open_queue
+from .queue import DiskQueue, GroupCommitter, QueueError, open_queue
 
 log = logging.getLogger("relay")
 
@@ -141,9 +143,10 @@ class Server:
         if exc is not None:
             log.error("sink %s: delivery loop died: %r (events stay queued; restart the relay)", name, exc)
 
-    async def _start_source(self, sc: SourceConfig) -> None:
+    async def _start_source(self, sc: SourceConfig, src=None) -> None:
         from .sources import make_source
-        src = make_source(sc, self.ingest)
+        if src is None:
+            src = make_source(sc, self.ingest)
         try:
             await src.start()
         except OSError as e:
@@ -163,6 +166,9 @@ class Server:
         blocked = [n for n, r in self.sinks.items() if r.committer.blocked_reason]
         if blocked:
             return False, "queue full: " + ", ".join(blocked)
+        missing = [n for n in self.config.sources if n not in self.sources]
+        if missing:         # a reload could not start (or restore) a listener
+            return False, "not listening: " + ", ".join(missing)
         return True, "ready"
 
     async def stop(self) -> None:
@@ -189,7 +195,9 @@ class Server:
             await asyncio.sleep(0.1)
         for r in self.sinks.values():
             r.stop.set()
-        await asyncio.wait([r.task for r in self.sinks.values()], timeout=max(1.0, deadline - time.monotonic()) + 2)
+        tasks = [r.task for r in self.sinks.values()]
+        if tasks:   # asyncio.wait refuses an empty set (no sink started: empty config, bad state_dir)
+            await asyncio.wait(tasks, timeout=max(1.0, deadline - time.monotonic()) + 2)
         for r in self.sinks.values():
             if not r.task.done():
                 r.task.cancel()
@@ -221,6 +229,29 @@ class Server:
                 return False
             old = self.config
             loop = asyncio.get_running_loop()
+            # Everything that can fail is tried before anything running is touched: the new
+            # and changed sources are built and prepared (TLS certificates loaded), and every
+            # running TLS source loads its certificate and key again (SIGHUP rotates them even
+            # at the same paths).  A failure rejects the whole reload: the running listeners
+            # keep their settings and certificates, and the log says why.
+            from .sources import make_source
+            prepared: dict = {}
+            rotate: dict = {}
+            try:
+                for name, sc in new.sources.items():
+                    if name not in self.sources or sc != old.sources.get(name):
+                        src = make_source(sc, self.ingest)
+                        if hasattr(src, "prepare"):
+                            await src.prepare()
+                        prepared[name] = src
+                for name, src in self.sources.items():
+                    if name in new.sources and name not in prepared and hasattr(src, "reload_tls"):
+                        rotate[name] = src._make_ssl_context()
+            except (OSError, ValueError) as e:
+                log.error("reload: new configuration rejected, keeping the running one (listeners and "
+                          "certificates unchanged): %s", getattr(e, "strerror", None) or e)
+                REGISTRY.inc("relay_config_reloads_total", result="rejected")
+                return False
             # sinks: stop removed/changed ones (their queues stay on disk), start new/changed ones
             for name in list(self.sinks):
                 if name not in new.sinks or new.sinks[name] != old.sinks[name]:
@@ -235,16 +266,36 @@ class Server:
                     log.warning("reload: relay.workers changed; restart the relay to apply it")
                 await self.pool.reload()
             self.config = new
+            for name, ctx in rotate.items():
+                self.sources[name].reload_tls(ctx)
+                log.info("source %s: TLS certificate and key loaded again (%s)", name,
+                         cert_summary(new.sources[name].tls_cert))
             # sources: restart the ones whose settings changed
+            stopped: dict = {}
             for name in list(self.sources):
                 if name not in new.sources or new.sources[name] != old.sources.get(name):
                     await self.sources.pop(name).stop(1.0)
+                    stopped[name] = old.sources[name]
+            errors = []
             for name, sc in new.sources.items():
-                if name not in self.sources:
-                    try:
-                        await self._start_source(sc)
-                    except OSError as e:
-                        log.error("reload: %s", e)
+                if name in self.sources:
+                    continue
+                try:
+                    await self._start_source(sc, prepared.get(name))
+                except OSError as e:
+                    errors.append(str(e))
+                    log.error("reload: %s", e)
+                    if name in stopped:     # bring the old listener back: a reload never ends one
+                        try:
+                            await self._start_source(stopped[name])
+                            log.warning("reload: source %s keeps its previous settings", name)
+                        except OSError as e2:
+                            log.error("reload: source %s could not be restored either: %s", name, e2)
+            if errors:
+                REGISTRY.inc("relay_config_reloads_total", result="failed")
+                log.error("reload: configuration applied with errors (%d source(s) listening, %d configured): %s",
+                          len(self.sources), len(new.sources), "; ".join(errors))
+                return False
             REGISTRY.inc("relay_config_reloads_total", result="applied")
             log.info("reload: configuration applied (%d source(s), %d route(s), %d sink(s))",
                      len(self.sources), len(new.routes), len(self.sinks))
@@ -270,8 +321,8 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         try:
             await self.start()
-        except OSError as e:
-            log.error("%s", e)
+        except (OSError, sqlite3.Error, QueueError) as e:   # a port in use, an unusable state_dir...
+            log.error("cannot start: %s", e)
             await self.stop()
             return 1
         await self._stop.wait()

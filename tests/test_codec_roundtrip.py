@@ -41,7 +41,7 @@ def attrs(keys):
 
 # --- CEF ---------------------------------------------------------------------------------------
 def cef_header_decoded(s: str) -> str:
-    return s.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    return s.replace("\r\n", " ").replace("\r", " ").replace("\n", " ").replace("\t", " ").replace("\0", " ")
 
 
 @settings(max_examples=300, deadline=None)
@@ -49,14 +49,14 @@ def cef_header_decoded(s: str) -> str:
        ext=attrs(CEF_KEYS), as_list=st.booleans(), prefix=st.sampled_from(["", "<13>Jan  1 00:00:00 host "]))
 def test_cef_roundtrip_exact(hdr, sev, version, ext, as_list, prefix):
     line = FC.encode(*hdr, sev, list(ext.items()) if as_list else ext, version=version)
-    assert "\n" not in line and "\r" not in line
+    assert "\n" not in line and "\r" not in line and "\0" not in line and "\t" not in line
     rec = PC.parse(prefix + line)
     assert rec.version == version and rec.severity == str(sev)
     assert [rec.vendor, rec.product, rec.device_version, rec.event_class_id, rec.name] == [
         cef_header_decoded(h) for h in hdr]
-    # every value back exactly (trailing blanks are not representable and are dropped),
-    # and no value created or swallowed a key
-    assert rec.extension == {k: v.rstrip(" \t") for k, v in ext.items()}
+    # every value back exactly (TAB and NUL become spaces; trailing blanks are not
+    # representable and are dropped), and no value created or swallowed a key
+    assert rec.extension == {k: v.replace("\t", " ").replace("\0", " ").rstrip(" ") for k, v in ext.items()}
     assert list(rec.extension) == list(ext)
     assert rec.prefix == (prefix.rstrip() or None)
     # strict mode accepts everything we write
@@ -107,8 +107,8 @@ def test_cef_parse_encode_parse_is_stable_on_vectors():
 
 # --- LEEF --------------------------------------------------------------------------------------
 def leef_value_sanitised(v: str, d: str) -> tuple[str, int]:
-    n = v.count(d) + v.count("\r") + v.count("\n")
-    return v.replace(d, " ").replace("\r", " ").replace("\n", " "), n
+    n = v.count(d) + v.count("\r") + v.count("\n") + v.count("\0")
+    return v.replace(d, " ").replace("\r", " ").replace("\n", " ").replace("\0", " "), n
 
 
 def leef_header_sanitised(s: str) -> tuple[str, int]:
@@ -151,7 +151,7 @@ def test_leef_roundtrip_sanitised(hdr, version, d, attributes, as_list, sev, pre
 @settings(max_examples=200, deadline=None)
 @given(keys=st.lists(st.text(CHARS, min_size=1, max_size=8), min_size=1, max_size=4, unique=True), d=DELIMS)
 def test_leef_key_sanitising_counts(keys, d):
-    bad = set("= \t\r\n|\x0b\x0c") | {d}
+    bad = set("= \t\r\n|\x0b\x0c\x00") | {d}
     usable = [k for k in keys if any(c not in bad for c in k) and k not in ("sev", "devTime")]
     for k in usable:
         line, changes = FL.encode("V", "P", "1", "E", [(k, "v")], delimiter=d)
@@ -296,18 +296,21 @@ def test_rfc3164_examples():
 
 
 @given(line=st.binary(max_size=200).flatmap(
-    lambda b: st.sampled_from([b, b + b"\n", b + b"\r\n", b + b"\r", b"\r" + b, b.replace(b"a", b"\r\n")])))
+    lambda b: st.sampled_from([b, b + b"\n", b + b"\r\n", b + b"\r", b"\r" + b, b.replace(b"a", b"\r\n"),
+                               b + b"\0" + b])))
 def test_framing(line):
-    # the production rule (the sinks' framer): octet counting carries any byte; LF framing
-    # drops a trailing LF or CRLF and turns every other CR or LF into a space
+    # the production rule (the sinks' framer): octet counting carries any byte but NUL (a
+    # space); LF framing drops a trailing LF or CRLF and turns every other CR, LF or NUL into
+    # a space
     octet = FS.frame(line, "octet")
     n, _, rest = octet.partition(b" ")
-    assert int(n) == len(line) and rest == line
-    assert octet == FS.frame_octet(line) == FS.frame_batch([line], "octet")[0]
+    assert int(n) == len(line) and rest == line.replace(b"\0", b" ")
+    assert octet == FS.frame_octet(line.replace(b"\0", b" ")) == FS.frame_batch([line], "octet")[0]
+    assert FS.frame_batch([line], "octet")[1] == int(b"\0" in line)
     lf = FS.frame(line, "lf")
     body = line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
-    assert lf == body.replace(b"\r", b" ").replace(b"\n", b" ") + b"\n"
-    assert lf.count(b"\n") == 1 and b"\r" not in lf
+    assert lf == body.replace(b"\r", b" ").replace(b"\n", b" ").replace(b"\0", b" ") + b"\n"
+    assert lf.count(b"\n") == 1 and b"\r" not in lf and b"\0" not in lf
     assert (lf, lf[:-1] != line) == FS.frame_lf(line)
     assert FS.frame_batch([line], "lf") == (lf, int(lf[:-1] != line))
     with pytest.raises(ValueError):

@@ -186,7 +186,7 @@ def test_rpm_layout_requires_scripts(built):
                "%{FILEGROUPNAME}\n]", rpm).stdout
     assert re.search(r"^/etc/relay/relay.toml cn -rw-r----- root:relay$", flags, re.M), \
         "relay.toml must be %config(noreplace) root:relay 0640"
-    assert re.search(r"^/var/lib/relay\s+drwxr-x--- relay:relay$", flags, re.M)
+    assert re.search(r"^/var/lib/relay\s+drwx------ relay:relay$", flags, re.M)
     req = [line.strip() for line in sh("rpm", "-qp", "--requires", rpm).stdout.splitlines()]
     assert "/usr/bin/python3.11" in req and "systemd" in req and "/usr/bin/kill" in req
     assert not [x for x in req if "python(abi)" in x or x.startswith("lib") or "/opt/" in x], \
@@ -272,7 +272,7 @@ def test_deb_installs_offline_with_its_dependencies(target, built):
     assert int(pw["relay"][2]) < 1000, "relay must be a system user"
     assert st.st_uid == 0 and st.st_gid == int(gr["relay"][2]) and oct(st.st_mode & 0o777) == "0o640"
     sd = (target / "var/lib/relay").stat()
-    assert sd.st_uid == int(pw["relay"][2]) and oct(sd.st_mode & 0o777) == "0o750"
+    assert sd.st_uid == int(pw["relay"][2]) and oct(sd.st_mode & 0o777) == "0o700"
     assert os.readlink(target / "usr/bin/relay") == "/opt/relay/bin/relay"
     # enabled by the debhelper snippets (started at the next boot: no systemd runs in a chroot)
     assert (target / "etc/systemd/system/multi-user.target.wants/relay.service").is_symlink()
@@ -396,7 +396,7 @@ def test_rpm_installs_and_runs_its_scriptlets(built, tmp_path):
     gid = int([l for l in (root / "etc/group").read_text().splitlines() if l.startswith("relay:")][0].split(":")[2])
     st = (root / "etc/relay/relay.toml").stat()
     assert st.st_uid == 0 and st.st_gid == gid and oct(st.st_mode & 0o777) == "0o640"
-    assert oct((root / "var/lib/relay").stat().st_mode & 0o777) == "0o750"
+    assert oct((root / "var/lib/relay").stat().st_mode & 0o777) == "0o700"
     assert (root / "usr/lib/systemd/system/relay.service").is_file()
     assert inroot(root, "relay", "--version").stdout.strip() == f"relay {VERSION}"
     v = sh(*rpm, "-V", "--nodeps", "relay", check=False)

@@ -151,7 +151,8 @@ def test_xsoar_webhook_item():
 HOSTILE = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30),
     st.sampled_from(["a|b", "x=y", "c:\\windows\\n", "t\tab", "cr\rlf\n", "car^et", '"q"', "é€𐍈", "\\", "=",
-                     "sev=1^src=6.6.6.6", "x\tsev=1", "a" * 3000]),
+                     "sev=1^src=6.6.6.6", "x\tsev=1", "a" * 3000,
+                     'x\0<14>1 - h a - - - LEEF:2.0|Evil|Forge|1|x|^|sev=10^src=6.6.6.6', "\0", "t\0\tz"]),
 )
 
 
@@ -169,14 +170,14 @@ def test_leef_hostile_values_cannot_forge(name, desc, user, host, actor, fmt, de
             Renderer(RenderOptions(format=fmt, leef_delimiter=delim)).render(ev)
         return
     out = Renderer(RenderOptions(format=fmt, leef_delimiter=delim)).render(ev)
-    assert b"\n" not in out and b"\r" not in out
+    assert b"\n" not in out and b"\r" not in out and b"\0" not in out
     _, body = split_syslog(out)
     rec = leef_dec.parse(body)
     a = rec.attributes
     d = rec.delimiter
 
     def sanitised(v):
-        return v.replace(d, " ").replace("\r", " ").replace("\n", " ")
+        return v.replace(d, " ").replace("\r", " ").replace("\n", " ").replace("\0", " ")
 
     assert a["usrName"] == sanitised(user)
     assert a["description"] == sanitised(desc)
@@ -194,15 +195,16 @@ def test_cef_hostile_values_round_trip(name, desc, user, actor):
     ev.fields = {"kind": "incident", "vendor": "RhythmX", "name": name, "description": desc, "user": user,
                  "severity": "low", "dedup_key": "k", "occurred_unix": ev.time_unix, "extra": {"actor": actor}}
     out = Renderer(RenderOptions(format="cef")).render(ev)
-    assert b"\n" not in out and b"\r" not in out
+    assert b"\n" not in out and b"\r" not in out and b"\0" not in out and b"\t" not in out
     _, body = split_syslog(out)
     rec = cef_dec.parse(body)
     x = rec.extension
 
-    def crlf(v):  # documented: CR is written as \r and decoded back to CR; trailing blanks trimmed
-        return v.rstrip(" \t")
+    def crlf(v):  # documented: CR is written as \r and decoded back to CR; TAB and NUL become a
+        return v.replace("\t", " ").replace("\0", " ").rstrip(" ")   # space; trailing blanks trimmed
 
-    assert rec.name == name.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")  # CR LF is one break
+    assert rec.name == name.replace("\r\n", " ").replace("\r", " ").replace("\n", " ").replace(
+        "\t", " ").replace("\0", " ")  # CR LF is one break
     assert x["suser"] == crlf(user)
     assert x["msg"] == crlf(desc)
     assert x["cs1"] == crlf(actor) and x["cs1Label"] == "Actor"

@@ -98,6 +98,7 @@ class AuditWriter:
             return
         n = len(q)
         lines = [orjson.dumps(q[i], default=_default, option=orjson.OPT_APPEND_NEWLINE) for i in range(n)]
+        lines = [_redact_line(b) for b in lines]   # never a credential (an echoed key in a summary answer)
         self._append(lines)
         for _ in range(n):
             q.popleft()
@@ -184,3 +185,10 @@ class AuditWriter:
         self._closed = True
         self._wake.set()
         self._thread.join(timeout)
+
+
+def _redact_line(line: bytes) -> bytes:
+    from ..secrets import redact
+    t = line.decode("utf-8")
+    r = redact(t)
+    return line if r is t else r.encode("utf-8")

@@ -15,12 +15,14 @@ import threading
 import time
 from typing import Callable
 
+from ..logs import LogLimiter
 from ..metrics import REGISTRY
 from .disk import DiskQueue
 from .errors import QueueDiskFull, QueueFull
 from .packing import PACK_BYTES, PACK_EVENTS, unpack_rows
 
 log = logging.getLogger("relay.pipeline")   # the name it logged under in relay/pipeline.py
+_LIMITER = LogLimiter(10.0, log)
 
 __all__ = ["GroupCommitter"]
 
@@ -52,6 +54,7 @@ class GroupCommitter:
         self._enq = REGISTRY.counter("relay_enqueued_total", sink=name)
         self._dropped = REGISTRY.counter("relay_queue_dropped_total", sink=name)
         self._commits = REGISTRY.counter("relay_queue_commits_total", sink=name)
+        self._dead_n = REGISTRY.counter("relay_dead_lettered_total", sink=name)
         self._thread = threading.Thread(target=self._run, name=f"commit-{name}", daemon=True)
         self._thread.start()
 
@@ -139,10 +142,14 @@ class GroupCommitter:
                 try:
                     self.queue.put_dead([(p, m, r) for p, m, r in dead])
                 except Exception as e:  # keep trying: these are accepted events too
-                    log.error("sink %s: cannot store %d unrenderable event(s) in the dead-letter table: %s",
-                              self.name, len(dead), e)
+                    _LIMITER.error((self.name, "dead"), "sink %s: cannot store %d unrenderable event(s) in the "
+                                   "dead-letter table: %s", self.name, len(dead), e)
                     with self._cv:
                         self._dead[:0] = dead
+                    if not self._closed:
+                        time.sleep(min(self.retry_interval, 0.5))   # not a hot loop on a full disk
+                else:   # render failures are dead letters like any other: counted where stored
+                    self._dead_n.value += len(dead)
             self._commit_groups(groups, futs, warned)
 
     def _commit_groups(self, groups: list, futs: list, warned: float = 0.0) -> None:

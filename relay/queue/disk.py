@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 
+from ..logs import LogLimiter
 from .admin import _AdminMixin
 from .delivery import _DeliveryMixin
 from .errors import _CORRUPTION_CODES, _SQLITE_FULL, QueueCorrupt, QueueDiskFull, QueueError, QueueFull, _code
@@ -27,6 +28,9 @@ from .schema import _rollback
 __all__ = ["DiskQueue"]
 
 log = logging.getLogger("relay.queue")
+#: disk-full and dead-letter lines: at most one per queue and kind every 10 s (a full disk
+#: fails every group commit and every ack until space comes back)
+LIMITER = LogLimiter(10.0, log)
 
 
 class DiskQueue(_DeliveryMixin, _AdminMixin, _RecoveryMixin, _ReserveMixin):
@@ -90,6 +94,8 @@ class DiskQueue(_DeliveryMixin, _AdminMixin, _RecoveryMixin, _ReserveMixin):
         self._reserve_path = self.path + ".reserve"
         self._reserve_bytes = reserve_bytes
         self._reserve_checked = 0.0
+        self._full_handled = 0          # stats["disk_full"] when the space was last given back
+        self._reclaim_at = 0.0          # monotonic time of the last reclaim after a disk-full episode
         self._lock_fd: int | None = None
         self._open(check)
         try:
@@ -146,7 +152,7 @@ class DiskQueue(_DeliveryMixin, _AdminMixin, _RecoveryMixin, _ReserveMixin):
         code = _code(exc)
         if code == _SQLITE_FULL:
             self.stats["disk_full"] += 1
-            log.error("queue %s: disk full: %s", self.path, exc)
+            LIMITER.error((self.path, "disk_full"), "queue %s: disk full: %s", self.path, exc)
             return QueueDiskFull(f"{self.path}: {exc}")
         if code in _CORRUPTION_CODES:
             log.error("queue %s: corruption or I/O error: %s", self.path, exc)
@@ -309,7 +315,8 @@ class DiskQueue(_DeliveryMixin, _AdminMixin, _RecoveryMixin, _ReserveMixin):
                 return len(rows)
             n = self._write_ack(txn)
             self.stats["dead_lettered"] += n
-            log.warning("queue %s: %d event(s) stored as dead letters: %s", self.path, n, rows[0][3])
+            LIMITER.warning((self.path, "dead"), "queue %s: %d event(s) stored as dead letters: %s",
+                            self.path, n, rows[0][3])
             return n
 
     # ------------------------------------------------------------------ introspection

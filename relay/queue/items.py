@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ..secrets import redact
+
 try:  # orjson is a project dependency; fall back to json so this module stands alone
     import orjson as _orjson
 
@@ -109,7 +111,8 @@ def _item_id(item: "Item") -> int:
 
 
 def _excerpt(text: str | None) -> str | None:
+    """A failure reason as stored (dead letters, last_error): credentials removed, bounded."""
     if text is None:
         return None
-    text = str(text)
+    text = redact(str(text))
     return text if len(text) <= REASON_MAX else text[:REASON_MAX] + "...[truncated]"

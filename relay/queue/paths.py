@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..fsutil import private_dir
 from ..metrics import REGISTRY
 from .disk import DiskQueue
 from .items import RetryPolicy
@@ -29,7 +30,7 @@ def queue_path(state_dir: Path, sink: str) -> Path:
 def open_queue(state_dir: Path, sink: SinkConfig) -> DiskQueue:
     q = sink.queue
     r = sink.retry
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     dq = DiskQueue(queue_path(state_dir, sink.name), synchronous=q.synchronous, max_rows=q.max_rows,
                    max_bytes=q.max_bytes, full_policy=q.full_policy,
                    retry=RetryPolicy(base=r.base, factor=r.factor, cap=r.cap, max_attempts=r.max_attempts))

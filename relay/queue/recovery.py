@@ -8,6 +8,7 @@ import os
 import sqlite3
 import time
 
+from ..fsutil import private_file
 from ..fsutil import fsync_dir as _fsync_dir
 from .errors import _CORRUPTION_CODES, _SQLITE_FULL, QueueDiskFull, QueueError, _BadFile, _code
 from .packing import _row_live
@@ -30,6 +31,7 @@ class _RecoveryMixin:
 
     def _connect(self, path: str) -> sqlite3.Connection:
         new = not os.path.exists(path) or os.path.getsize(path) == 0
+        private_file(path)      # 0600, and so its -wal/-shm (queued events are sensitive)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                timeout=self.busy_timeout)
         try:

@@ -10,9 +10,11 @@ import os
 import sqlite3
 import time
 
+from ..logs import LogLimiter
 from .errors import QueueDiskFull
 
 log = logging.getLogger("relay.queue")
+_LIMITER = LogLimiter(10.0, log)
 
 
 class _ReserveMixin:
@@ -68,8 +70,8 @@ class _ReserveMixin:
         except OSError as e:
             log.error("queue %s: cannot release the disk reserve: %s", self.path, e)
             return False
-        log.warning("queue %s: disk full: released the %s reserve so acknowledgements can be recorded",
-                    self.path, self._reserve_path)
+        _LIMITER.warning((self.path, "reserve"), "queue %s: disk full: released the %s reserve so "
+                         "acknowledgements can be recorded", self.path, self._reserve_path)
         return True
 
     def _tight(self) -> bool:
@@ -81,14 +83,39 @@ class _ReserveMixin:
         return st.f_bavail * st.f_frsize < 8 * self._reserve_size()
 
     def _reclaim(self) -> None:
-        """Hand free pages back to the filesystem and shrink the WAL (short on disk)."""
+        """Hand free pages back to the filesystem and shrink the WAL (short on disk).
+
+        ``PRAGMA incremental_vacuum`` frees ONE page per step of its statement, and Python's
+        ``execute`` steps a statement without result columns once (``fetchall()`` does not
+        step it again): ``executescript`` steps it to the end, so every free page goes back
+        (before, 3,522 of 3,534 pages stayed free after a disk-full episode)."""
         with self._lock:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                self._conn.execute("PRAGMA incremental_vacuum")
+                if not self._conn.in_transaction:   # executescript would COMMIT an open one
+                    self._conn.executescript("PRAGMA incremental_vacuum;")
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except (sqlite3.Error, AttributeError):
                 pass
+
+    def _after_full(self) -> None:
+        """After a disk-full episode (a refused group or write), give the space of delivered
+        rows back as the queue drains: at most once a second, until a reclaim finds the
+        queue empty.  Without it the file keeps its free pages for ever, the filesystem stays
+        full and every group commit runs the space checks' slow path."""
+        if self.stats["disk_full"] == self._full_handled:
+            return
+        now = time.monotonic()
+        if now - self._reclaim_at < 1.0:
+            return
+        self._reclaim_at = now
+        self._reclaim()
+        try:
+            empty = self._conn.execute("SELECT 1 FROM queue LIMIT 1").fetchone() is None
+        except (sqlite3.Error, AttributeError):
+            return
+        if empty:
+            self._full_handled = self.stats["disk_full"]
 
     def _free_pages_bytes(self) -> int:
         try:
@@ -146,6 +173,8 @@ class _ReserveMixin:
         else:
             if self._tight():  # keep the WAL small while the disk is short of space
                 self._reclaim()
+            else:
+                self._after_full()
             return result
         try:  # first make room by checkpointing the WAL into the main file
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -53,7 +53,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from ..checks import positive as _pos
-from ..secrets import Secret, read_secret
+from ..secrets import Secret, read_secret, register
 from .base import AuthError, PermanentError, RetryableError, Sink, SinkError, UnavailableError
 
 __all__ = ["HttpOptions", "HTTP_KEYS", "read_http", "AuthConfig", "AUTH_MODES", "AUTH_KEYS", "read_auth", "Auth",
@@ -85,6 +85,7 @@ class Redactor:
         for form in (value, quote(value, safe=""), quote(value, safe="/:")):
             if form not in self._values:
                 self._values.append(form)
+            register(form)      # and out of every log line (relay/secrets.py, relay/logs.py)
         self._values.sort(key=len, reverse=True)
 
     def __call__(self, text: str) -> str:

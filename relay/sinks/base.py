@@ -56,12 +56,14 @@ import logging
 import time
 from typing import Any, Iterable, Sequence
 
+from ..logs import LogLimiter
 from ..metrics import REGISTRY, Registry
 
 __all__ = ["Sink", "SinkError", "RetryableError", "UnavailableError", "PermanentError",
            "AuthError"]
 
 log = logging.getLogger("relay.sinks")
+_LIMITER = LogLimiter(10.0, log)   # queue errors repeat while the disk is full: one line per 10 s
 
 
 # --------------------------------------------------------------------------- errors
@@ -265,7 +267,8 @@ class Sink:
             try:
                 items = await asyncio.to_thread(self.queue.lease, n)
             except Exception:
-                log.exception("sink %s: lease failed; trying again in 1 s", self.name)
+                _LIMITER.error((self.name, "lease"), "sink %s: lease failed; trying again in 1 s", self.name,
+                               exc_info=True)
                 self.count_error("queue")
                 self._pause(1.0)
                 continue
@@ -355,8 +358,8 @@ class Sink:
                 raise
             except Exception:
                 # not acked -> released: redelivered later (a duplicate, never a loss)
-                log.exception("sink %s: ack failed; %d rows will be sent again",
-                              self.name, len(ok))
+                _LIMITER.error((self.name, "ack"), "sink %s: ack failed; %d rows will be sent again",
+                               self.name, len(ok), exc_info=True)
                 self.queue.release(ok)
                 self.count_error("queue")
                 # a queue that cannot record acks (e.g. a full disk) must not turn into a

@@ -8,8 +8,9 @@ Framing (TCP and TLS)
 ``framing = "octet"`` (RFC 6587 octet counting / RFC 5425) or ``"lf"`` (non-transparent),
 by :func:`formats.syslog.frame_batch`: the rule is documented in formats/syslog.py (in short,
 octet counting carries any byte; LF framing drops a trailing LF or CRLF and turns every other
-CR or LF into a space).  Each payload LF framing changed counts in
-``relay_sanitised_total{sink}``.  UDP: one payload per datagram, no framing.
+CR or LF into a space; either way a NUL becomes a space).  Each payload the framing changed
+counts in ``relay_sanitised_total{sink}``.  UDP: one payload per datagram, no framing (a NUL
+becomes a space there too, counted the same way).
 
 TCP/TLS delivery: at-least-once without loss on connection breaks
 ------------------------------------------------------------------
@@ -25,7 +26,17 @@ acknowledged.  A batch ends at a known wire offset; it is
    sleeps until the first batch's settle time, and a write wakes it), and
 2. *settled* (acked in the queue) once it is wire-acknowledged **and** either
    ``settle_delay`` seconds (1 s) have passed with the connection still up, or the peer has
-   acknowledged ``settle_bytes`` (32 MiB) more bytes after it.
+   acknowledged ``settle_bytes`` (32 MiB) more bytes after it, or the peer has acknowledged
+   ``settle_events`` (10,000) more *events* after it.
+
+The event rule bounds the duplicates a crash of the relay (SIGKILL, power loss) can cause:
+rows still settling are sent again after a restart, and by time alone that was up to
+``settle_delay`` x the rate (~52,000 events per SIGKILL at ~70k msgs/s).  Now it is at most
+``settle_events`` wire-acknowledged events plus what is written but not yet acknowledged by
+the peer's TCP (bounded by the socket buffers and ``max_unsettled_bytes``).  The event rule
+trusts that the receiver has read an event once 10,000 more were acknowledged after it:
+with events of 600 bytes or more that is more than Linux's default largest receive buffer
+(``tcp_rmem`` max 6 MiB), the same reasoning as ``settle_bytes``.
 
 Why step 2: the peer's TCP acknowledges bytes when they reach its *receive buffer*, before
 its application read them.  A receiver that closes or crashes with unread data (Linux then
@@ -78,7 +89,7 @@ network or the receiver may drop it without notice.  A payload over 65507 bytes 
 "port unreachable" reported on a later datagram (``ECONNREFUSED``) releases the rest of the
 batch and pauses the sink (the datagrams before it may be lost: UDP).
 
-Options (``SinkConfig.options``): ``settle_delay``, ``settle_bytes``, ``ack_poll_interval``,
+Options (``SinkConfig.options``): ``settle_delay``, ``settle_bytes``, ``settle_events``, ``ack_poll_interval``,
 ``stall_timeout``, ``reconnect_min``, ``reconnect_max``, ``max_inflight``,
 ``max_unsettled_bytes``.
 """
@@ -98,7 +109,7 @@ from typing import Sequence
 
 import asyncio_dgram
 
-from formats.syslog import frame_batch
+from formats.syslog import frame_batch, scrub_nul
 
 from .base import PermanentError, Sink, UnavailableError
 
@@ -150,13 +161,14 @@ class _ConnError(Exception):
 
 
 class _Pending:
-    __slots__ = ("end", "size", "fut", "wire_at")
+    __slots__ = ("end", "size", "fut", "wire_at", "ev_end")
 
-    def __init__(self, end: int, size: int, fut: asyncio.Future) -> None:
+    def __init__(self, end: int, size: int, fut: asyncio.Future, ev_end: int = 0) -> None:
         self.end = end
         self.size = size
         self.fut = fut
         self.wire_at: float | None = None
+        self.ev_end = ev_end        # events written on the connection up to the end of this batch
 
 
 # --------------------------------------------------------------------------- connection
@@ -180,6 +192,8 @@ class _Conn:
         self.pending: collections.deque[_Pending] = collections.deque()
         self.settling: collections.deque[_Pending] = collections.deque()
         self.unsettled = 0        # plaintext bytes of pending batches
+        self.ev_written = 0       # events written on this connection
+        self.ev_acked = 0         # events of the batches the peer's TCP acknowledged
         self.room = asyncio.Event()
         self.room.set()
         self.dead: asyncio.Future = self.loop.create_future()
@@ -216,14 +230,18 @@ class _Conn:
             while pending and pending[0].end <= acked:
                 p = pending.popleft()
                 p.wire_at = now
+                self.ev_acked = p.ev_end
                 settling.append(p)
         if not settling:
             return
-        settle_delay, settle_bytes = self.sink.settle_delay, self.sink.settle_bytes
+        sink = self.sink
+        settle_delay, settle_bytes, settle_events = sink.settle_delay, sink.settle_bytes, sink.settle_events
+        ev_acked = self.ev_acked
         settled = False
         while settling:
             p = settling[0]
-            if now - p.wire_at < settle_delay and acked - p.end < settle_bytes:
+            if (now - p.wire_at < settle_delay and acked - p.end < settle_bytes
+                    and ev_acked - p.ev_end < settle_events):
                 break
             settling.popleft()
             self.unsettled -= p.size
@@ -303,16 +321,17 @@ class _Conn:
                 self._wake_poller()
                 await self._writable()
 
-    async def write(self, data: bytes) -> asyncio.Future:
-        """Send one framed batch; returns a future resolved when it settles (or failed
-        with :class:`_ConnError` when the connection breaks first)."""
+    async def write(self, data: bytes, events: int = 1) -> asyncio.Future:
+        """Send one framed batch of ``events`` events; returns a future resolved when it
+        settles (or failed with :class:`_ConnError` when the connection breaks first)."""
         if self.sslobj is not None:
             self.sslobj.write(data)
             wire = self.outgoing.read()
         else:
             wire = data
         fut = self.loop.create_future()
-        p = _Pending(self.sent + len(wire), len(data), fut)
+        self.ev_written += events
+        p = _Pending(self.sent + len(wire), len(data), fut, self.ev_written)
         self.pending.append(p)
         self.unsettled += len(data)
         if self.unsettled > self.sink.max_unsettled_bytes:
@@ -434,6 +453,7 @@ class SyslogStreamSink(Sink):
         self.connect_timeout = float(cfg.connect_timeout or 10.0)
         self.settle_delay = _opt(cfg, "settle_delay", 1.0)
         self.settle_bytes = _opt(cfg, "settle_bytes", 32 << 20)
+        self.settle_events = _opt(cfg, "settle_events", 10_000)
         self.ack_poll_interval = _opt(cfg, "ack_poll_interval", 0.005)
         self.stall_timeout = _opt(cfg, "stall_timeout", 60.0)
         self.reconnect_min = _opt(cfg, "reconnect_min", 0.5)
@@ -571,7 +591,7 @@ class SyslogStreamSink(Sink):
                 finally:
                     room.cancel()
             try:
-                fut = await conn.write(data)
+                fut = await conn.write(data, len(items))
             except _ConnError as err:
                 raise self._unavailable(err) from None
             except ssl.SSLError as exc:
@@ -613,6 +633,7 @@ class SyslogUdpSink(Sink):
         self._stream = None
         self.max_datagram = UDP_MAX_V4
         self._fails = 0
+        self.m_sanitised = self.registry.counter("relay_sanitised_total", sink=self.name)
 
     async def _connect(self):
         if self._stream is not None:
@@ -651,6 +672,9 @@ class SyslogUdpSink(Sink):
                     f"payload of {len(p)} bytes exceeds the UDP maximum of {limit} bytes",
                     reason="oversize")))
                 continue
+            if b"\0" in p:             # a NUL never reaches the wire (formats/syslog.py)
+                p = scrub_nul(p)[0]
+                self.m_sanitised.value += 1
             try:
                 await stream.send(p)    # raises what the kernel reported since the last send
             except OSError as exc:
@@ -685,7 +709,7 @@ from . import _lines  # noqa: E402
 
 
 def read_config(t, sk, base_dir) -> None:
-    from ..checks import existing_file, parse_address, positive
+    from ..checks import cert_and_key, parse_address, pem_certificates, pem_key, positive
     sk.address = t.get("address", str, required=True, check=parse_address)
     sk.protocol = t.get("protocol", str, "tcp", choices=("tcp", "udp", "tls"))
     sk.framing = t.get("framing", str, "octet" if sk.protocol == "tls" else "lf", choices=("octet", "lf"))
@@ -693,9 +717,16 @@ def read_config(t, sk, base_dir) -> None:
         raise t.err("framing", "UDP carries one message per datagram; framing applies to tcp and tls")
     sk.connect_timeout = t.get("connect_timeout", float, 10.0, check=positive)
     if sk.protocol == "tls":
-        sk.tls_ca = t.get("tls_ca", str, None, check=existing_file(base_dir))
-        sk.tls_cert = t.get("tls_cert", str, None, check=existing_file(base_dir))
-        sk.tls_key = t.get("tls_key", str, None, check=existing_file(base_dir))
+        sk.tls_ca = t.get("tls_ca", str, None, check=pem_certificates(base_dir))
+        sk.tls_cert = t.get("tls_cert", str, None, check=pem_certificates(base_dir))
+        sk.tls_key = t.get("tls_key", str, None, check=pem_key(base_dir))
+        if sk.tls_key is not None and sk.tls_cert is None:
+            raise t.err("tls_key", "needs tls_cert (the client certificate)")
+        if sk.tls_cert is not None:
+            try:
+                cert_and_key(sk.tls_cert, sk.tls_key, server=False)
+            except ValueError as e:
+                raise t.err("tls_key" if sk.tls_key else "tls_cert", str(e)) from None
         sk.tls_verify = t.get("tls_verify", bool, True)
         sk.tls_server_name = t.get("tls_server_name", str, None)
     _lines.read(t, sk)

@@ -75,7 +75,7 @@ from formats import xsoar as xsoar_fmt
 from formats.template import TemplateError, compile_template
 from formats.xsoar import XsoarOptions
 
-from ..secrets import Secret, read_secret
+from ..secrets import Secret, read_secret, register
 from ..checks import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
 from .. import kinds
 from ..dedup import DedupRecord, DedupStore, store_path as _store_path
@@ -184,6 +184,11 @@ def read_config(table, sk, base_dir: Path) -> None:
         p = p if p.is_absolute() else base_dir / p
         if not p.is_file():
             raise table.err("tls_ca", f"file {str(p)!r} does not exist")
+        from ..checks import pem_certificates
+        try:
+            pem_certificates(base_dir)(str(p))
+        except ValueError as e:
+            raise table.err("tls_ca", str(e)) from None
         common["tls_ca"] = p
     if kind == "xsoar":
         key = _read_secret(table, "api_key_env", "api_key_file", "XSOAR API key", base_dir, required=True)
@@ -304,6 +309,7 @@ def webhook_headers(s: XsoarSettings) -> dict[str, str]:
         h[s.auth_header] = s.auth_value.reveal()
     elif s.username is not None and s.password is not None:
         tok = base64.b64encode(f"{s.username}:{s.password.reveal()}".encode()).decode()
+        register(tok)       # an echoed Authorization header is redacted too
         h["Authorization"] = f"Basic {tok}"
     return h
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
-import time
 from typing import Any
 
+from ..logs import LogLimiter
 from ..metrics import REGISTRY
 
 log = logging.getLogger("relay.sources")
@@ -15,35 +15,6 @@ __all__ = ["Source", "LogLimiter", "bind_error", "read_listener", "BATCH", "LIST
 
 #: Messages per pipeline.handle() call, at most.
 BATCH = 1000
-
-
-class LogLimiter:
-    """At most one log line per key every ``interval`` seconds; the next line that
-    gets through says how many were suppressed."""
-
-    __slots__ = ("interval", "_next", "_suppressed", "_log")
-
-    def __init__(self, interval: float = 10.0, logger: logging.Logger = log) -> None:
-        self.interval = interval
-        self._next: dict[Any, float] = {}
-        self._suppressed: dict[Any, int] = {}
-        self._log = logger
-
-    def log(self, level: int, key: Any, msg: str, *args: Any) -> bool:
-        now = time.monotonic()
-        if now < self._next.get(key, 0.0):
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return False
-        self._next[key] = now + self.interval
-        n = self._suppressed.pop(key, 0)
-        if n:
-            msg += " (%d more like this in the last %.0f s)"
-            args = (*args, n, self.interval)
-        self._log.log(level, msg, *args)
-        return True
-
-    def warning(self, key: Any, msg: str, *args: Any) -> bool:
-        return self.log(logging.WARNING, key, msg, *args)
 
 
 def bind_error(cfg, e: OSError) -> OSError:
@@ -103,11 +74,12 @@ def read_listener(t, sc, base_dir, *, stream: bool) -> None:
     sc.allow = t.get("allow", list, [], check=networks)
     if stream:
         sc.max_connections = t.get("max_connections", int, 1000, check=positive)
+        sc.max_connections_per_ip = t.get("max_connections_per_ip", int, 100, check=non_negative)
         sc.idle_timeout = t.get("idle_timeout", float, 600.0, check=non_negative)
 
 
 LISTENER_KEYS = ("address", "lenient", "max_message_size", "oversize", "allow")
-STREAM_KEYS = ("max_connections", "idle_timeout")
+STREAM_KEYS = ("max_connections", "max_connections_per_ip", "idle_timeout")
 
 
 def _message_size(v):

@@ -65,6 +65,7 @@ from pathlib import Path
 from parsers import falcon as falcon_parser
 from parsers.schema import time_pair
 
+from ..secrets import redact
 from .. import kinds
 from ..checks import http_url
 from .pull import (
@@ -574,7 +575,7 @@ def _errors(resp) -> str:
     try:
         body = resp.json()
     except ValueError:
-        return (resp.text or "")[:160].strip() or "(no body)"
+        return redact(resp.text or "")[:160].strip() or "(no body)"
     return _errors_body(body) or str(body)[:160]
 
 

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from parsers.event import Event
 
+from ..fsutil import private_dir
 from ..checks import non_negative as _nonneg, positive as _pos
 from ..fsutil import fsync_dir
 from ..secrets import Secret
@@ -143,6 +144,11 @@ def read_common(table, base_dir: Path, *, poll_interval: float, page_size: int, 
         p = path(ca)
         if not p.is_file():
             raise table.err("tls_ca", f"file {str(p)!r} does not exist")
+        from ..checks import pem_certificates
+        try:
+            pem_certificates(p.parent)(str(p))
+        except ValueError as e:
+            raise table.err("tls_ca", str(e)) from None
         out["tls_ca"] = p
     host = table.get("hostname", str, None)
     if host is not None:
@@ -198,7 +204,7 @@ class StateFile:
         return data if isinstance(data, dict) else {}
 
     def save(self, data: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:

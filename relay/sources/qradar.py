@@ -66,6 +66,7 @@ from pathlib import Path
 
 from parsers.qradar import normalise_offense
 
+from ..secrets import redact
 from .. import kinds
 from ..checks import http_url
 from .pull import (
@@ -500,7 +501,7 @@ def _qerror(resp) -> str:
     try:
         body = resp.json()
     except ValueError:
-        return (resp.text or "")[:160].strip() or "(no body)"
+        return redact(resp.text or "")[:160].strip() or "(no body)"
     if isinstance(body, dict):
         parts = [str(body.get(k)) for k in ("code", "message", "description") if body.get(k) not in (None, "")]
         return " ".join(parts)[:240] or str(body)[:160]

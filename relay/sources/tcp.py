@@ -8,9 +8,16 @@ TCP is durably queued before more is read, and full queues push back on the
 sender through TCP flow control.  A future that fails closes the connection (the
 sender retransmits); nothing more is handed over from it.
 
-Per connection: allowlist and ``max_connections`` checked when it is accepted
-(before any TLS handshake), ``idle_timeout`` (0 = none) closes a connection that sent
-nothing that long (never while it waits for the pipeline), deframer problems are
+Per connection: allowlist, ``max_connections`` and ``max_connections_per_ip`` checked when
+it is accepted (before any TLS handshake).  A connection over a cap waits up to 0.2 s,
+reading nothing, for a slot (a client that connects and closes in a loop must not lock
+itself out while its closed connections are still being reaped), then takes the slot of
+the stalest connection when one is stale: a TLS handshake unfinished after 2 s, or no
+complete frame for 10 s (dropped as ``evicted``); else it is refused (``max_connections``
+/ ``max_connections_per_ip``).  A connection that sent EOF no longer holds a slot.
+``idle_timeout`` (0 = none) closes a connection that completed no frame that long (a drip
+of bytes that never ends a frame is idleness; waiting for the pipeline is not), the TLS
+handshake must finish within ``min(10 s, idle_timeout)``, deframer problems are
 counted in ``relay_dropped_total`` (``oversize``, ``oversize_truncated``,
 ``garbage``, ``partial_at_close``; ``bad_length`` is only logged: those bytes are
 kept as a line).  At close, an unterminated line is handed over; an octet-counted
@@ -53,9 +60,18 @@ _REASONS = {
 }
 
 
+#: a TLS handshake older than this, or a connection without a complete frame for longer, may
+#: lose its slot to a new connection when the source is at a cap
+EVICT_HANDSHAKE = 2.0
+EVICT_IDLE = 10.0
+#: how long a connection over a cap waits for a slot (ADMIT_TRIES times), reading nothing
+ADMIT_WAIT = 0.05
+ADMIT_TRIES = 4
+
+
 class _Conn(asyncio.Protocol):
-    __slots__ = ("src", "raw", "transport", "peer", "deframer", "last", "pending", "closed", "failed",
-                 "idle_h", "hs_task")
+    __slots__ = ("src", "raw", "transport", "peer", "ip", "deframer", "last", "pending", "closed", "failed",
+                 "idle_h", "hs_task", "held", "tries", "since")
 
     def __init__(self, src: "TcpSource") -> None:
         self.src = src
@@ -69,6 +85,9 @@ class _Conn(asyncio.Protocol):
         self.failed = False
         self.idle_h = None
         self.hs_task = None
+        self.held = False           # holds a slot (counted in src.conns / src.per_ip)
+        self.tries = 0
+        self.since = 0.0            # when the connection (or its TLS handshake) started
 
     # ---------------------------------------------------------------- events
 
@@ -77,7 +96,7 @@ class _Conn(asyncio.Protocol):
         cfg = src.cfg
         self.raw = transport
         pn = transport.get_extra_info("peername")
-        ip = pn[0] if pn else "?"
+        ip = self.ip = pn[0] if pn else "?"
         self.peer = f"{ip}:{pn[1]}" if pn else "?"
         if not cfg.allowed(ip):
             self.closed = True
@@ -86,15 +105,64 @@ class _Conn(asyncio.Protocol):
             src.limiter.warning((cfg.name, "allowlist"),
                                 "source %r: refused connection from %s: not in the allowlist", cfg.name, self.peer)
             return
+        self._admit()
+
+    def _over(self) -> str | None:
+        src = self.src
+        cfg = src.cfg
         if len(src.conns) >= cfg.max_connections:
-            self.closed = True
-            transport.abort()
-            src.dropped("max_connections")
-            src.limiter.warning((cfg.name, "max_connections"),
-                                "source %r: refused connection from %s: max_connections (%d) reached",
-                                cfg.name, self.peer, cfg.max_connections)
+            return "max_connections"
+        cap = cfg.max_connections_per_ip
+        if cap and src.per_ip.get(self.ip, 0) >= cap:
+            return "max_connections_per_ip"
+        return None
+
+    def _gone(self) -> bool:
+        """Has the peer already closed or reset this (paused) connection with nothing to read?"""
+        sock = self.raw.get_extra_info("socket")
+        sock = getattr(sock, "_sock", sock)     # asyncio's TransportSocket wraps the socket
+        if sock is None or not hasattr(sock, "recv"):
+            return False
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:         # reset
+            return True
+
+    def _admit(self) -> None:
+        if self.closed:
             return
+        src = self.src
+        cfg = src.cfg
+        over = self._over()
+        if over is not None and self.tries and self._gone():
+            # it closed while it waited for a slot: nobody is refused, nothing to hand over
+            src.waiting.discard(self)
+            self.closed = True
+            self.raw.abort()
+            return
+        if over is not None and self.tries < ADMIT_TRIES:
+            # closed connections may still be waiting to be reaped: ask again shortly
+            if self.tries == 0:
+                self.raw.pause_reading()
+            self.tries += 1
+            src.waiting.add(self)
+            src.loop.call_later(ADMIT_WAIT, self._admit)
+            return
+        src.waiting.discard(self)
+        if over is not None and not src.evict(self.ip if over == "max_connections_per_ip" else None):
+            self.closed = True
+            self.raw.abort()
+            src.dropped(over)
+            limit = cfg.max_connections if over == "max_connections" else cfg.max_connections_per_ip
+            src.limiter.warning((cfg.name, over), "source %r: refused connection from %s: %s (%d) reached",
+                                cfg.name, self.peer, over, limit)
+            return
+        self.held = True
         src.conns.add(self)
+        src.per_ip[self.ip] = src.per_ip.get(self.ip, 0) + 1
+        transport = self.raw
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -102,7 +170,7 @@ class _Conn(asyncio.Protocol):
             except OSError:
                 pass
         self.deframer = Deframer(cfg.max_message_size, cfg.oversize)
-        self.last = src.loop.time()
+        self.last = self.since = src.loop.time()
         if src.ssl_context is not None:
             transport.pause_reading()
             self.hs_task = src.loop.create_task(self._handshake())
@@ -110,29 +178,57 @@ class _Conn(asyncio.Protocol):
             self.transport = transport
             if hasattr(transport, "max_size"):   # asyncio's selector transport: 256 KiB reads
                 transport.max_size = READ_SIZE
+            if self.tries:
+                transport.resume_reading()
             self._arm_idle(cfg.idle_timeout)
+
+    def _release(self) -> None:
+        """Give the slot back (EOF, close, loss): idempotent."""
+        if self.held:
+            self.held = False
+            src = self.src
+            src.conns.discard(self)
+            n = src.per_ip.get(self.ip, 0) - 1
+            if n > 0:
+                src.per_ip[self.ip] = n
+            else:
+                src.per_ip.pop(self.ip, None)
+
+    def stale(self, now: float) -> float | None:
+        """How stale this connection is (seconds past its eviction threshold), or None when it
+        may not be evicted: a TLS handshake running longer than EVICT_HANDSHAKE, or no complete
+        frame for EVICT_IDLE while nothing is waiting for the pipeline."""
+        if self.closed or self.pending:
+            return None
+        if self.hs_task is not None and not self.hs_task.done():
+            age = now - self.since - EVICT_HANDSHAKE
+        else:
+            age = now - self.last - EVICT_IDLE
+        return age if age > 0 else None
 
     def data_received(self, data: bytes) -> None:
         d = self.deframer
         if d is None or self.failed:
             return
-        self.last = self.src.loop.time()
         frames = d.feed(data)
         problems = d.drain_problems()
         if problems:
             self.src.problems(problems, self.peer)
         if frames:
+            self.last = self.src.loop.time()    # idleness is time without a complete frame
             self._hand_over(frames)
 
     def eof_received(self):
-        return None     # close our side too; connection_lost hands over the tail
+        self._release()     # a closing connection holds no slot
+        return None         # close our side too; connection_lost hands over the tail
 
     def connection_lost(self, exc) -> None:
         if self.closed:
             return
         self.closed = True
         src = self.src
-        src.conns.discard(self)
+        src.waiting.discard(self)
+        self._release()
         if self.idle_h is not None:
             self.idle_h.cancel()
             self.idle_h = None
@@ -221,8 +317,9 @@ class _Conn(asyncio.Protocol):
             return
         src.idle_closed += 1
         src.limiter.log(logging.INFO, (src.cfg.name, "idle"),
-                        "source %r: closing connection from %s: idle for %.0f s", src.cfg.name, self.peer, idle)
-        self.transport.close()
+                        "source %r: closing connection from %s: no complete message for %.0f s", src.cfg.name,
+                        self.peer, idle)
+        (self.transport or self.raw).close()
 
     async def _handshake(self) -> None:
         src = self.src
@@ -248,7 +345,19 @@ class _Conn(asyncio.Protocol):
         if self.closed:
             tr.abort()
             return
+        names = src.cfg.tls_client_names
+        if names:
+            got = client_names(tr.get_extra_info("peercert"))
+            if not name_allowed(got, names):
+                src.dropped("tls_client_name")
+                src.limiter.warning((src.cfg.name, "tls_client_name"),
+                                    "source %r: refused client certificate from %s (%s): not in tls_client_names",
+                                    src.cfg.name, self.peer, ", ".join(got) or "no names")
+                self.failed = True
+                tr.abort()
+                return
         self.transport = tr
+        self.last = src.loop.time()
         if self.pending:                        # frames arrived with the handshake's last flight
             tr.pause_reading()
         self._arm_idle(src.cfg.idle_timeout)
@@ -258,6 +367,14 @@ class _Conn(asyncio.Protocol):
             return
         if self.hs_task is not None and not self.hs_task.done():
             self.hs_task.cancel()
+        (self.transport or self.raw).close()
+
+    def evict(self) -> None:
+        """Close a stale connection to give its slot to a new one (handed over as at a close)."""
+        self._release()
+        if self.hs_task is not None and not self.hs_task.done():
+            self.hs_task.cancel()
+            return
         (self.transport or self.raw).close()
 
     def abort(self) -> None:
@@ -280,13 +397,39 @@ class TcpSource(Source):
 
     def __init__(self, cfg, pipeline, registry=None) -> None:
         super().__init__(cfg, pipeline, registry)
-        self.conns: set[_Conn] = set()
+        self.conns: set[_Conn] = set()  # connections holding a slot
+        self.per_ip: dict[str, int] = {}
+        self.waiting: set[_Conn] = set()  # over a cap, waiting a moment for a slot
         self.inflight: set = set()      # pending handle() futures of all connections
         self.loop: asyncio.AbstractEventLoop | None = None
         self.idle_closed = 0
         self._server = None
         idle = cfg.idle_timeout
-        self.handshake_timeout = min(30.0, idle) if idle and idle > 0 else 30.0
+        self.handshake_timeout = min(10.0, idle) if idle and idle > 0 else 10.0
+
+    def evict(self, ip: str | None) -> bool:
+        """Close the stalest evictable connection (of ``ip`` when given); False if none is."""
+        now = self.loop.time()
+        best, worst = None, 0.0
+        for c in self.conns:
+            if ip is not None and c.ip != ip:
+                continue
+            s = c.stale(now)
+            if s is not None and s > worst:
+                best, worst = c, s
+        if best is None:
+            return False
+        self.dropped("evicted")
+        self.limiter.warning((self.cfg.name, "evicted"), "source %r: at a connection cap: closed the stale "
+                             "connection from %s for a new one", self.cfg.name, best.peer)
+        best.evict()
+        return True
+
+    async def prepare(self) -> None:
+        """Everything that can fail before the source listens (the TLS context): a reload
+        calls it before it stops the running listener."""
+        if self.ssl_context is None:
+            self.ssl_context = self._make_ssl_context()
 
     def _make_ssl_context(self) -> ssl.SSLContext | None:
         return None
@@ -296,7 +439,7 @@ class TcpSource(Source):
             raise RuntimeError(f"{self!r} already started")
         cfg = self.cfg
         self.loop = loop = asyncio.get_running_loop()
-        self.ssl_context = self._make_ssl_context()
+        await self.prepare()
         host, port = cfg.address
         try:
             self._server = await loop.create_server(lambda: _Conn(self), host or None, port,
@@ -316,6 +459,10 @@ class TcpSource(Source):
         deadline = loop.time() + max(0.0, drain_timeout)
         self._server.close()
         self._server = None
+        for c in list(self.waiting):
+            c.closed = True
+            c.raw.abort()
+        self.waiting.clear()
         for c in list(self.conns):
             c.close()
         # TLS close waits for the peer's close_notify: give it a moment, then abort
@@ -346,37 +493,87 @@ class TcpSource(Source):
 
 
 class TlsSource(TcpSource):
-    """Syslog over TLS (RFC 5425); TLS 1.2 or later; client certificates optional."""
+    """Syslog over TLS (RFC 5425); TLS 1.2 or later; client certificates optional, with an
+    optional allowlist of names (``tls_client_names``).
+
+    The SSL context is built by :meth:`prepare` (or :meth:`start`) and can be replaced while
+    the listener runs (:meth:`reload_tls`, on SIGHUP): new handshakes use the new certificate,
+    established connections keep theirs.  A certificate that does not load never replaces the
+    running one."""
 
     def _make_ssl_context(self) -> ssl.SSLContext:
-        cfg = self.cfg
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if not cfg.tls_cert or not cfg.tls_key:
-            raise OSError(errno.EINVAL, f"source {cfg.name!r} (tls): tls_cert and tls_key are required")
+        return server_context(self.cfg)
 
-        def no_password():
-            raise ValueError("the private key is encrypted; give the relay an unencrypted key "
-                             "readable only by its user")
+    def reload_tls(self, ctx: ssl.SSLContext) -> None:
+        """Serve ``ctx`` (built by :func:`server_context`) to new connections from now on."""
+        self.ssl_context = ctx
 
+
+def client_names(peercert: dict | None) -> list[str]:
+    """The names a client certificate carries: subject CN, then every subjectAltName value
+    (DNS, IP Address, email, URI), as ``CN:<x>`` / ``DNS:<x>`` / ``IP:<x>`` / ``email:<x>`` /
+    ``URI:<x>``."""
+    if not peercert:
+        return []
+    out = [f"CN:{v}" for rdn in peercert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    tags = {"DNS": "DNS", "IP Address": "IP", "email": "email", "URI": "URI"}
+    out += [f"{tags.get(k, k)}:{v}" for k, v in peercert.get("subjectAltName", ())]
+    return out
+
+
+def name_allowed(names: list[str], allow: list[str]) -> bool:
+    """Does one of the certificate's ``names`` match an entry of ``allow``?  An entry is
+    ``TYPE:value`` (``CN:``, ``DNS:``, ``IP:``, ``email:``, ``URI:``) or a bare value that
+    matches the CN or any SAN; ``*.example.com`` matches one leftmost DNS/CN label.  CN and
+    DNS compare case-insensitively."""
+    for entry in allow:
+        typ, sep, want = entry.partition(":")
+        if not sep or typ not in ("CN", "DNS", "IP", "email", "URI"):
+            typ, want = None, entry
+        for n in names:
+            ntyp, _, val = n.partition(":")
+            if typ is not None and ntyp != typ:
+                continue
+            if ntyp in ("CN", "DNS"):
+                a, b = val.lower(), want.lower()
+                if a == b or (b.startswith("*.") and "." in a and a.split(".", 1)[1] == b[2:]):
+                    return True
+            elif val == want:
+                return True
+    return False
+
+
+def server_context(cfg) -> ssl.SSLContext:
+    """The TLS server context of a ``tls`` source: TLS 1.2+, its certificate and key, and the
+    client CA when ``tls_verify_client``.  OSError with the file and the reason when one does
+    not load (a start-up error, or a reload that keeps the running certificate)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not cfg.tls_cert or not cfg.tls_key:
+        raise OSError(errno.EINVAL, f"source {cfg.name!r} (tls): tls_cert and tls_key are required")
+
+    def no_password():
+        raise ValueError("the private key is encrypted; give the relay an unencrypted key "
+                         "readable only by its user")
+
+    try:
+        ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key), password=no_password)
+    except ValueError as e:
+        raise OSError(errno.EINVAL, f"source {cfg.name!r} (tls): cannot load key {cfg.tls_key}: {e}") from None
+    except (OSError, ssl.SSLError) as e:
+        raise OSError(e.errno or errno.EINVAL,
+                      f"source {cfg.name!r} (tls): cannot load certificate {cfg.tls_cert} / key "
+                      f"{cfg.tls_key}: {_describe(e)}") from None
+    if cfg.tls_verify_client:
+        if not cfg.tls_ca:
+            raise OSError(errno.EINVAL, f"source {cfg.name!r} (tls): tls_verify_client needs tls_ca")
         try:
-            ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key), password=no_password)
-        except ValueError as e:
-            raise OSError(errno.EINVAL, f"source {cfg.name!r} (tls): cannot load key {cfg.tls_key}: {e}") from None
+            ctx.load_verify_locations(cafile=str(cfg.tls_ca))
         except (OSError, ssl.SSLError) as e:
             raise OSError(e.errno or errno.EINVAL,
-                          f"source {cfg.name!r} (tls): cannot load certificate {cfg.tls_cert} / key "
-                          f"{cfg.tls_key}: {_describe(e)}") from None
-        if cfg.tls_verify_client:
-            if not cfg.tls_ca:
-                raise OSError(errno.EINVAL, f"source {cfg.name!r} (tls): tls_verify_client needs tls_ca")
-            try:
-                ctx.load_verify_locations(cafile=str(cfg.tls_ca))
-            except (OSError, ssl.SSLError) as e:
-                raise OSError(e.errno or errno.EINVAL,
-                              f"source {cfg.name!r} (tls): cannot load CA {cfg.tls_ca}: {_describe(e)}") from None
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+                          f"source {cfg.name!r} (tls): cannot load CA {cfg.tls_ca}: {_describe(e)}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 # --------------------------------------------------------------------------- kinds
@@ -387,23 +584,39 @@ def read_tcp(t, sc, base_dir) -> None:
 
 
 def read_tls(t, sc, base_dir) -> None:
-    from ..checks import existing_file
+    from ..checks import cert_and_key, pem_certificates, pem_key
     from .base import read_listener
     read_listener(t, sc, base_dir, stream=True)
-    sc.tls_cert = t.get("tls_cert", str, required=True, check=existing_file(base_dir))
-    sc.tls_key = t.get("tls_key", str, required=True, check=existing_file(base_dir))
-    sc.tls_ca = t.get("tls_ca", str, None, check=existing_file(base_dir))
+    sc.tls_cert = t.get("tls_cert", str, required=True, check=pem_certificates(base_dir))
+    sc.tls_key = t.get("tls_key", str, required=True, check=pem_key(base_dir))
+    try:
+        cert_and_key(sc.tls_cert, sc.tls_key, server=True)
+    except ValueError as e:
+        raise t.err("tls_key", str(e)) from None
+    sc.tls_ca = t.get("tls_ca", str, None, check=pem_certificates(base_dir))
     sc.tls_verify_client = t.get("tls_verify_client", bool, False)
     if sc.tls_verify_client and sc.tls_ca is None:
         raise t.err("tls_verify_client", "needs tls_ca (the CA that signs client certificates)")
+    sc.tls_client_names = t.get("tls_client_names", list, [], check=_names)
+    if sc.tls_client_names and not sc.tls_verify_client:
+        raise t.err("tls_client_names", "needs tls_verify_client = true (names are read from verified "
+                                        "client certificates)")
 
 
-_STREAM_KEYS = ("address", "lenient", "max_message_size", "oversize", "allow", "max_connections", "idle_timeout")
+def _names(v):
+    for i, n in enumerate(v):
+        if not isinstance(n, str) or not n.strip():
+            raise ValueError(f"entry {i} must be a name (CN or subjectAltName, e.g. \"fw01.example.com\", "
+                             f"\"CN:collector\", \"IP:10.0.0.5\"), not {n!r}")
+
+
+_STREAM_KEYS = ("address", "lenient", "max_message_size", "oversize", "allow", "max_connections",
+                "max_connections_per_ip", "idle_timeout")
 
 TCP = kinds.register_source(kinds.SourceKind(
     type="tcp", read_config=read_tcp, factory=TcpSource, transport="tcp", keys=_STREAM_KEYS,
     doc="syslog over TCP (RFC 6587: octet counting or LF framing, per frame)"))
 TLS = kinds.register_source(kinds.SourceKind(
     type="tls", read_config=read_tls, factory=TlsSource, transport="tcp",
-    keys=_STREAM_KEYS + ("tls_cert", "tls_key", "tls_ca", "tls_verify_client"),
+    keys=_STREAM_KEYS + ("tls_cert", "tls_key", "tls_ca", "tls_verify_client", "tls_client_names"),
     doc="syslog over TLS (RFC 5425), TLS 1.2 or later, client certificates optional"))

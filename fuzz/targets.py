@@ -1,0 +1,278 @@
+"""The fuzz targets: one entry per decoder the relay exposes to a sender or an operator.
+
+A target is ``Target(name, run, allowed, seeds)``:
+
+* ``run(data: bytes)`` feeds one input to the code under test (bytes as a sender would send
+  them; targets that take text decode them the way the relay does);
+* ``allowed``: the exception types the code documents for bad input (``ParseError`` for the
+  parsers, ``RuleSyntaxError`` for the rule compiler, ``ConfigError`` for the config loader,
+  ``ValueError`` where a decoder documents it).  Anything else is a finding;
+* ``seeds()``: the starting corpus (../shared/vectors, examples/samples, examples/cases, the
+  bench messages), a list of bytes.
+
+Adding a target is one entry in :data:`TARGETS` (the HTTP intake's body parsing and the
+template rendering will be two entries once they exist: issues 15 and 16).
+Used by fuzz/run.py (atheris, coverage-guided) and by tests/test_fuzz_regressions.py, which
+replays every saved crasher (fuzz/crashers/<target>/) and the seeds in CI.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("RELAY_SHARED") or ROOT.parent / "shared")
+
+from parsers import cef as cef_dec  # noqa: E402
+from parsers import detect, falcon, leef as leef_dec, normalise as norm, qradar, rfc3164, rfc5424  # noqa: E402
+from parsers.event import ParseError  # noqa: E402
+from parsers.framing import Deframer  # noqa: E402
+
+__all__ = ["Target", "TARGETS", "seeds_for"]
+
+RECEIVED = 1767225600.0
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    run: Callable[[bytes], object]
+    allowed: tuple
+    seeds: Callable[[], list]
+    doc: str = ""
+
+
+# ----------------------------------------------------------------------------- seeds
+def _vector_inputs(name: str) -> list[bytes]:
+    out = []
+    p = SHARED / "vectors" / name
+    if not p.exists():
+        return out
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            case = json.loads(line)
+        except ValueError:
+            continue
+        v = case.get("input") if isinstance(case, dict) else None
+        if isinstance(v, str):
+            out.append(v.encode("utf-8", "surrogateescape"))
+        elif isinstance(v, dict) and "b64" in v:
+            import base64
+            out.append(base64.b64decode(v["b64"]))
+    return out
+
+
+def _sample_lines() -> list[bytes]:
+    out = []
+    for p in sorted((ROOT / "examples").rglob("*.log")):
+        out += [ln for ln in p.read_bytes().splitlines() if ln]
+    return out
+
+
+def _syslog_seeds() -> list[bytes]:
+    return (_vector_inputs("rfc5424.jsonl") + _vector_inputs("rfc3164.jsonl") + _sample_lines()
+            + [b'<13>Oct 11 22:14:15 ho\xffst app: m',
+               b'<14>1 2026-01-01T00:00:00Z h a - - [x@1 actor="x\x00<14>1 - LEEF:2.0|Evil|F|1|x|^|sev=10"] m'])
+
+
+def _falcon_seeds() -> list[bytes]:
+    out = []
+    p = SHARED / "vectors" / "falcon_samples.json"
+    if p.exists():
+        data = json.loads(p.read_text(encoding="utf-8"))
+        items = data if isinstance(data, list) else list(data.values()) if isinstance(data, dict) else []
+        for it in items:
+            out.append(json.dumps(it).encode())
+    s = ROOT / "examples" / "samples" / "falcon_alerts.json"
+    if s.exists():
+        out.append(s.read_bytes())
+    return out or [b"{}"]
+
+
+def _frames_seeds() -> list[bytes]:
+    msgs = _syslog_seeds()[:50]
+    lf = b"".join(m + b"\n" for m in msgs)
+    octet = b"".join(b"%d %s" % (len(m), m) for m in msgs)
+    cap = ROOT / "examples" / "cases" / "capture" / "tcp_mixed.bin"
+    return [lf, octet, lf[:333] + octet[:777]] + ([cap.read_bytes()] if cap.exists() else [])
+
+
+def _rule_seeds() -> list[bytes]:
+    return [s.encode() for s in (
+        'app_name == "SigmaIncident" and risk_score >= 70',
+        'source == "falcon" or severity in ["high", "critical"]',
+        'not (host matches "^db-[0-9]+$") and exists(user)',
+        'extra.actor contains "admin" and asset.criticality >= 4',
+        'ti.match == true and vuln.max_cvss >= 9.0', 'true', 'false',
+        'msg matches "(a+)+b"', 'risk_score > -1e309',
+    )]
+
+
+def _config_seeds() -> list[bytes]:
+    out = [(ROOT / "examples" / "relay.toml").read_bytes()]
+    out += [b'[relay]\nstate_dir = "s"\nworkers = 2\n[sources.u]\ntype = "udp"\naddress = "127.0.0.1:5514"\n'
+            b'[sinks.q]\ntype = "syslog"\naddress = "127.0.0.1:514"\nformat = "cef"\n'
+            b'[routes.r]\nmatch = "true"\nsinks = ["q"]\n']
+    return out
+
+
+def seeds_for(target: Target) -> list[bytes]:
+    return [s for s in target.seeds() if s]
+
+
+# ----------------------------------------------------------------------------- runners
+def _deframer(data: bytes) -> None:
+    # the sender controls how its bytes are split across reads: cut at a byte the input picks
+    d = Deframer(4096, "truncate")
+    cut = data[0] % (len(data) + 1) if data else 0
+    d.feed(data[:cut])
+    d.feed(data[cut:])
+    d.close()
+    d.drain_problems()
+    d2 = Deframer(512, "drop")
+    d2.feed(data)
+    d2.close(partial=True)
+
+
+def _rfc5424(data: bytes) -> None:
+    for lenient in (False, True):
+        try:
+            ev = rfc5424.parse(data, lenient=lenient)
+        except ParseError:
+            continue
+        ev.syslog_dict()
+
+
+def _rfc3164(data: bytes) -> None:
+    try:
+        ev = rfc3164.parse(data, received=RECEIVED)
+    except ParseError:
+        return
+    _json_safe(ev.syslog_dict())
+
+
+def _json_safe(obj) -> None:
+    """What every JSON output of the relay needs: orjson must take it (no surrogates)."""
+    import orjson
+    orjson.dumps(obj)
+
+
+def _normalise(data: bytes) -> None:
+    """detect + the vendor normalisers + the generic mapping: what the stage runs per message."""
+    ev = detect.parse(data, lenient=bool(data[:1] == b"<" and len(data) % 2), received=RECEIVED)
+    norm.normalise(ev)
+    _json_safe({"event": ev.fields, "syslog": ev.syslog_dict()})
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _cef(data: bytes) -> None:
+    t = _text(data)
+    for strict in (False, True):
+        try:
+            rec = cef_dec.parse(t, strict=strict)
+        except ParseError:
+            continue
+        rec.header()
+
+
+def _leef(data: bytes) -> None:
+    t = _text(data)
+    try:
+        leef_dec.parse(t)
+    except ParseError:
+        pass
+    try:
+        leef_dec.parse(t, delimiter="|")
+    except ParseError:
+        pass
+
+
+def _falcon(data: bytes) -> None:
+    import orjson
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(obj, dict):
+        try:                        # ValueError: documented, an object of no known shape
+            _json_safe(falcon.normalise_dict(obj, notes=[]))
+        except ValueError:
+            pass
+        if isinstance(obj.get("resources"), list):
+            try:
+                falcon.normalise_resources(obj)
+            except ValueError:
+                pass
+
+
+def _qradar(data: bytes) -> None:
+    import orjson
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(obj, dict):
+        _json_safe(qradar.normalise_offense(obj, console_url="https://qradar.example"))
+
+
+_RULE_EVENTS: list = []
+
+
+def _rules(data: bytes) -> None:
+    from relay.rules import RuleSyntaxError, compile_rule
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return                      # a TOML string is UTF-8: the loader never hands over anything else
+    try:
+        rule = compile_rule(text)
+    except RuleSyntaxError:
+        return
+    if not _RULE_EVENTS:
+        for m in _syslog_seeds()[:40]:
+            ev = detect.parse(m, received=RECEIVED)
+            norm.normalise(ev)
+            _RULE_EVENTS.append(ev)
+    for ev in _RULE_EVENTS[:8]:
+        rule(ev)
+
+
+def _config(data: bytes) -> None:
+    import tempfile
+    from relay.config import ConfigError, loads
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return                      # relay/config.load reports that itself (ConfigError)
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            loads(text, file="fuzz.toml", base_dir=Path(d), secrets=False)
+        except ConfigError:
+            pass
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("deframer", _deframer, (), _frames_seeds, "parsers/framing.Deframer, reads split anywhere"),
+    Target("rfc5424", _rfc5424, (), _syslog_seeds, "parsers/rfc5424.parse, strict and lenient"),
+    Target("rfc3164", _rfc3164, (), _syslog_seeds, "parsers/rfc3164.parse, its JSON view"),
+    Target("normalise", _normalise, (), _syslog_seeds,
+           "parsers/detect + the RhythmX/Falcon/generic normalisers, the JSON of the result"),
+    Target("cef", _cef, (), lambda: _vector_inputs("cef.jsonl"), "parsers/cef.parse, lenient and strict"),
+    Target("leef", _leef, (), lambda: _vector_inputs("leef.jsonl"), "parsers/leef.parse"),
+    Target("falcon", _falcon, (), _falcon_seeds, "parsers/falcon.normalise_dict on any JSON"),
+    Target("qradar", _qradar, (), lambda: [b'{"id": 1, "magnitude": 5, "status": "OPEN"}'],
+           "parsers/qradar.normalise_offense on any JSON"),
+    Target("rules", _rules, (), _rule_seeds, "relay/rules.compile_rule and the compiled rule"),
+    Target("config", _config, (), _config_seeds, "relay/config.loads (every kind's reader)"),
+)}
+# Documented error types are caught inside each runner (ParseError, RuleSyntaxError,
+# ConfigError): any exception that escapes a runner is a finding.
