@@ -267,3 +267,33 @@ sinks = ["q"]
     assert render(_fields(line), ["all"]) == line
     plain = _fields(b"<13>May 14 09:12:44 h app: hello")
     assert render(plain, ["all"]).startswith(b"<") and b"LEEF:2.0|Relay|SOC Relay" in render(plain, ["all"])
+
+
+def test_passthrough_on_the_qradar_http_preset(tmp_path):
+    """The HTTP Receiver preset honours ``passthrough_cef_leef`` too: the CEF line as it came in
+    is the row's body line (CR/LF folded as for every line), other events are rendered."""
+    from relay import kinds
+    from relay.config import loads
+    cfg = loads(f"""
+[relay]
+state_dir = "{tmp_path}"
+metrics_address = ""
+[sources.in]
+type = "udp"
+address = "127.0.0.1:0"
+[sinks.q]
+type = "http"
+preset = "qradar_http"
+url = "http://127.0.0.1:1/"
+format = "leef"
+passthrough_cef_leef = true
+[routes.all]
+match = "true"
+sinks = ["q"]
+""")
+    render = kinds.sink("http").renderer(cfg.sinks["q"])
+    line = _syslog(connector_cef(JSON_EVENT))
+    row = orjson.loads(render(_fields(line), ["all"]))
+    assert row["body"] == line.decode()
+    plain = orjson.loads(render(_fields(b"<13>May 14 09:12:44 h app: hello"), ["all"]))
+    assert "LEEF:2.0|Relay|SOC Relay" in plain["body"]

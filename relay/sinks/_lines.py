@@ -45,11 +45,11 @@ def renderer(sk) -> Callable:
     r = Renderer(opts)
     r.sanitised_counter = REGISTRY.counter("relay_sanitised_total", sink=sk.name)
     if (getattr(sk, "options", None) or {}).get("passthrough_cef_leef"):
-        return _passthrough(r.render)
+        return passthrough(r.render)
     return r.render
 
 
-def _passthrough(render: Callable) -> Callable:
+def passthrough(render: Callable) -> Callable:
     """``passthrough_cef_leef``: an event that arrived as CEF or LEEF (``extra.input_format``,
     parsers/cefleef.py) is forwarded as the message it came in, byte for byte; every other event
     is rendered as usual."""

@@ -56,6 +56,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 from urllib.parse import urlencode, urlsplit
 
@@ -413,11 +414,15 @@ def _head(s: HttpSettings) -> bytes:
 
 
 # =========================================================================== the renderer
-def _body_fn(s: HttpSettings) -> Callable:
-    """(event, routes) -> the body (a JSON value; qradar_http: a str line)."""
+def _body_fn(s: HttpSettings, passthrough: bool = False) -> Callable:
+    """(event, routes) -> the body (a JSON value; qradar_http: a str line, or with
+    ``passthrough_cef_leef`` the CEF/LEEF message as it came in)."""
     p = s.preset
     if p == "qradar_http":
-        return bodies.line_renderer(Renderer(s.render or RenderOptions()))
+        r = Renderer(s.render or RenderOptions())
+        if passthrough:
+            r = SimpleNamespace(render=_lines.passthrough(r.render))
+        return bodies.line_renderer(r)
     tpl = s.template
     if p in TICKETS:
         fn = getattr(bodies, p)
@@ -443,7 +448,7 @@ def renderer(sk) -> Callable:
     """``render(event, routes) -> bytes``: the queued row, ``{"method", "url", "headers",
     ["search",] "body"}`` (module docstring)."""
     s: HttpSettings = sk.options["http"]
-    body = _body_fn(s)
+    body = _body_fn(s, bool((getattr(sk, "options", None) or {}).get("passthrough_cef_leef")))
     head = _head(s)
     dumps = orjson.dumps
     if s.preset == "servicenow":
