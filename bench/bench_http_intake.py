@@ -54,9 +54,17 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its threads (children not included)."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / CLK
+    """utime + stime of a process and its threads, plus its live children's (the ingest
+    workers with ``--workers`` > 1)."""
+    total = 0.0
+    for st in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            f = st.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if st.parent.name == str(pid) or f[1] == str(pid):
+            total += (int(f[11]) + int(f[12])) / CLK
+    return total
 
 
 def relay_exe() -> list[str]:
@@ -69,6 +77,7 @@ CONFIG = """
 state_dir = "{d}/state"
 metrics_address = "127.0.0.1:{met}"
 log_level = "warning"
+workers = {workers}
 [relay.queue]
 synchronous = "{sync}"
 [sources.alerts]
@@ -87,7 +96,7 @@ sinks = ["archive"]
 
 
 class Relay:
-    def __init__(self, d: Path, fmt: str, sync: str, sink: str = "file") -> None:
+    def __init__(self, d: Path, fmt: str, sync: str, sink: str = "file", workers: int = 1) -> None:
         self.d = d
         self.port, self.met = free_port(), free_port()
         d.mkdir(parents=True, exist_ok=True)
@@ -96,7 +105,8 @@ class Relay:
         else:   # queue only: a syslog sink whose receiver is down (nothing is delivered meanwhile)
             s = (f'[sinks.archive]\ntype = "syslog"\naddress = "127.0.0.1:{free_port()}"\nformat = "json"\n'
                  f'[sinks.archive.retry]\nbase = 600.0')
-        (d / "relay.toml").write_text(CONFIG.format(d=d, met=self.met, port=self.port, fmt=fmt, sync=sync, sink=s))
+        (d / "relay.toml").write_text(CONFIG.format(d=d, met=self.met, port=self.port, fmt=fmt, sync=sync, sink=s,
+                                                               workers=workers))
         self.log = open(d / "relay.log", "wb")
         env = dict(os.environ, BENCH_HTTP_TOKEN=TOKEN)
         self.proc = subprocess.Popen([*relay_exe(), "run", "-c", str(d / "relay.toml")], stdout=self.log,
@@ -318,20 +328,21 @@ def main() -> int:
                     help="file: a file sink delivers meanwhile (default); queue: events are only queued")
     ap.add_argument("--json", dest="json_path")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--workers", type=int, default=1, help="[relay] workers of the relay under test")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-http-"))
-    out: dict = {"load": os.getloadavg(), "sync": a.sync, "sink": a.sink}
+    out: dict = {"load": os.getloadavg(), "sync": a.sync, "sink": a.sink, "workers": a.workers}
     try:
         for phase in a.phases.split(","):
             if phase == "batch":
-                r = Relay(tmp / "batch", "ndjson", a.sync, a.sink)
+                r = Relay(tmp / "batch", "ndjson", a.sync, a.sink, a.workers)
                 try:
                     out["batch"] = asyncio.run(run_batch(r.port, r.proc.pid, a.seconds, a.batch, a.conns))
                 finally:
                     r.stop()
                 print(f"batch  {a.batch}/request x {a.conns} conns: {out['batch']}", flush=True)
             elif phase == "single":
-                r = Relay(tmp / "single", "json", a.sync, a.sink)
+                r = Relay(tmp / "single", "json", a.sync, a.sink, a.workers)
                 try:
                     out["single"] = asyncio.run(run_single(r.port, r.proc.pid, a.seconds, a.rate, a.single_conns))
                 finally:

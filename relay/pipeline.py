@@ -38,6 +38,7 @@ from typing import Callable
 
 from parsers import detect
 from parsers.event import FORMAT_RAW
+from parsers.httpbody import BodyError
 from parsers.normalise import normalise
 
 from . import kinds
@@ -50,7 +51,7 @@ _normalise = normalise
 
 log = logging.getLogger("relay.pipeline")
 
-__all__ = ["Pipeline", "GroupCommitter", "DEAD_META", "Backpressure", "STAGE_SLICE"]
+__all__ = ["Pipeline", "GroupCommitter", "DEAD_META", "Backpressure", "DecodeFailed", "decode_body", "STAGE_SLICE"]
 
 #: :meth:`Pipeline.submit` yields to the event loop after staging this many events.
 STAGE_SLICE = 128
@@ -58,6 +59,25 @@ STAGE_SLICE = 128
 
 class Backpressure(Exception):
     """A matched sink cannot take events now (:meth:`Pipeline.full` says why)."""
+
+
+class DecodeFailed(Exception):
+    """Decoding a request body failed with something else than a
+    :class:`parsers.httpbody.BodyError` (a bug in a decoder or a map): the request is answered
+    500 and nothing of it is queued."""
+
+
+def decode_body(body: bytes, source: SourceConfig, received: float, peer: str | None = None,
+                path: str | None = None, hec_raw: bool = False, query: dict | None = None) -> list:
+    """A request body -> normalised events, by the source kind's ``decode``
+    (:class:`relay.kinds.SourceKind`); raises BodyError (the body is wrong) or DecodeFailed."""
+    decode = kinds.source(source.type).decode
+    try:
+        return decode(body, source, received, peer, path, hec_raw=hec_raw, query=query) or []
+    except BodyError:
+        raise
+    except Exception as e:
+        raise DecodeFailed(f"decoding the body failed: {type(e).__name__}: {e}") from e
 
 #: Canonical fields a dead-lettered event's metadata carries, whatever its sink: what
 #: identifies it when an operator looks at the dead letters or replays them.
@@ -322,6 +342,19 @@ class Pipeline:
         if fut is not None:
             await fut
         return sum(len(r) for r in per_sink.values())
+
+    async def submit_body(self, body: bytes, source: SourceConfig, *, received: float, peer: str | None = None,
+                          path: str | None = None, hec_raw: bool = False, query: dict | None = None,
+                          refuse_when_full: bool = False) -> int:
+        """A request body of a source that takes whole bodies (the http source): decoded by the
+        source kind (:func:`decode_body`), then :meth:`submit`; all or nothing.  Returns the
+        number of events once all are durable.  With ingest workers,
+        :meth:`relay.workers.WorkerPool.submit_body` runs this same decode and stage in a
+        worker."""
+        events = decode_body(body, source, received, peer, path, hec_raw, query)
+        if events:
+            await self.submit(events, source, refuse_when_full=refuse_when_full)
+        return len(events)
 
     def _commit(self, per_sink: dict):
         if not per_sink:

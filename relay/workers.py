@@ -36,6 +36,8 @@ import time
 
 import orjson
 
+from parsers.httpbody import BodyError
+
 from .queue import pack_rows
 
 from .metrics import REGISTRY
@@ -64,27 +66,30 @@ class _Worker:
 class _Group:
     """One ``handle()`` call: its future, and its parts in order."""
 
-    __slots__ = ("fut", "parts", "left", "commits", "failed")
+    __slots__ = ("fut", "parts", "left", "commits", "failed", "body", "count")
 
-    def __init__(self, fut) -> None:
+    def __init__(self, fut, body: bool = False) -> None:
         self.fut = fut
         self.parts: list = []
         self.left = 0            # parts not yet taken from the order queue
         self.commits: list = []  # commit futures of the parts handed to the committers
         self.failed = False
+        self.body = body         # a request body (submit_body): all or nothing, refused when full
+        self.count = 0           # events of a body, once decoded
 
 
 class _Part:
     """Some messages of one ``handle()`` call, processed by one worker."""
 
-    __slots__ = ("bid", "group", "worker", "n", "done", "rows", "dead", "error")
+    __slots__ = ("bid", "group", "worker", "n", "done", "rows", "dead", "error", "count")
 
     def __init__(self, bid: int, group: _Group, worker: _Worker, n: int) -> None:
         self.bid, self.group, self.worker, self.n = bid, group, worker, n
         self.done = False
         self.rows: dict = {}     # sink -> packed rows
         self.dead: dict = {}     # sink -> [(payload, meta, reason)]
-        self.error: str | None = None
+        self.error = None        # str, or for a body a tuple (see _WorkerState.process)
+        self.count = 0           # events decoded from a body
 
 
 class WorkerPool:
@@ -150,11 +155,11 @@ class WorkerPool:
             _, results, counters = msg
             if counters:
                 REGISTRY.set_external(w.wid, counters)
-            for bid, rows, dead, error in results:
+            for bid, rows, dead, error, count in results:
                 part = w.inflight.pop(bid, None)
                 if part is None:
                     continue
-                part.rows, part.dead, part.error, part.done = rows, dead, error, True
+                part.rows, part.dead, part.error, part.count, part.done = rows, dead, error, count, True
             self._flush()
         elif kind == "ready":
             w.ready = True
@@ -173,6 +178,12 @@ class WorkerPool:
             part = order.popleft()
             g = part.group
             g.left -= 1
+            if g.body and not g.failed:
+                self._body_checks(g, part)
+                if g.failed:      # refused whole: no rows, no dead letters
+                    if g.left == 0:
+                        self._settle(g)
+                    continue
             if not g.failed:
                 if part.error is not None:
                     self._fail(g, RuntimeError(part.error))
@@ -193,6 +204,29 @@ class WorkerPool:
             if g.left == 0:
                 self._settle(g)
 
+    def _body_checks(self, g: _Group, part: _Part) -> None:
+        """A decoded body: fail its group with the body's error, or with Backpressure when a
+        matched sink cannot take events now (then nothing of it is queued)."""
+        from .pipeline import Backpressure, DecodeFailed
+        err = part.error
+        if err is not None:
+            if isinstance(err, tuple) and err[0] == "body":
+                _, message, reason, line, column, offset, item = err
+                exc: BaseException = BodyError(message, reason=reason, line=line, column=column, offset=offset,
+                                               item=item)
+            elif isinstance(err, tuple):
+                exc = DecodeFailed(err[1])
+            else:
+                exc = RuntimeError(err)
+            part.error = None
+            self._fail(g, exc)
+            return
+        why = self.pipeline.full(list(part.rows) + list(part.dead))
+        if why is not None:
+            self._fail(g, Backpressure(why))
+            return
+        g.count += part.count
+
     def _fail(self, g: _Group, exc: BaseException) -> None:
         g.failed = True
         if not g.fut.done():
@@ -206,7 +240,7 @@ class WorkerPool:
             if exc is not None:
                 self._fail(g, exc)
             elif not g.fut.done():
-                g.fut.set_result(None)
+                g.fut.set_result(g.count if g.body else None)
         if g.failed or not g.commits:
             release(None)
             return
@@ -263,12 +297,13 @@ class WorkerPool:
             self._send(items[i:i + step] if k > 1 else items, source, received, live, g)
         return fut
 
-    def _send(self, items: list, source, received: float, live: list, g: _Group) -> None:
+    def _send(self, items, source, received: float, live: list, g: _Group, tag: str = "batch",
+              n: int | None = None) -> None:
         # least loaded, round robin among equals
         self._rr = (self._rr + 1) % len(live)
         w = min(live[self._rr:] + live[:self._rr], key=lambda x: x.pending_items)
         self._next_batch += 1
-        part = _Part(self._next_batch, g, w, len(items))
+        part = _Part(self._next_batch, g, w, len(items) if n is None else n)
         g.parts.append(part)
         g.left += 1
         self._order.append(part)
@@ -278,14 +313,35 @@ class WorkerPool:
             return
         w.inflight[part.bid] = part
         try:
-            w.conn.send(("batch", part.bid, source.name, received, items))
+            w.conn.send((tag, part.bid, source.name, received, items))
         except (OSError, EOFError, BrokenPipeError):
             self._lost(w)
 
     async def submit(self, events, source, **kw) -> int:
-        """Pre-normalised events (pull sources, the http source) are staged in this process,
-        by the pipeline the workers' rows are committed through."""
+        """Pre-normalised events (pull sources) are staged in this process, by the pipeline the
+        workers' rows are committed through."""
         return await self.pipeline.submit(events, source, **kw)
+
+    async def submit_body(self, body: bytes, source, *, received: float, peer: str | None = None,
+                          path: str | None = None, hec_raw: bool = False, query: dict | None = None,
+                          refuse_when_full: bool = False) -> int:
+        """:meth:`relay.pipeline.Pipeline.submit_body` in a worker: the body goes to one worker,
+        which decodes it and stages every event (the same code), and its rows come back to be
+        committed in order with everything else.  All or nothing: a BodyError, a decoder bug
+        (DecodeFailed) or, with ``refuse_when_full``, a matched sink that cannot take events
+        (Backpressure) queues nothing.  With no worker running (one is restarting), this
+        process does it.  Returns the number of events once durable."""
+        live = [w for w in self.workers if w.ready]
+        if not live:
+            return await self.pipeline.submit_body(body, source, received=received, peer=peer, path=path,
+                                                   hec_raw=hec_raw, query=query, refuse_when_full=refuse_when_full)
+        fut = self.loop.create_future()
+        g = _Group(fut, body=True)
+        # its weight in the backlog until committed: about one event per line (NDJSON) or per KiB
+        n = max(body.count(b"\n"), len(body) >> 10) + 1
+        self._send((body, peer, path, hec_raw, query), source, received, live, g, tag="body", n=n)
+        self._flush()          # a part that failed at once (its worker died) settles now
+        return await fut
 
     def full(self, sinks=None) -> str | None:
         """:meth:`relay.pipeline.Pipeline.full`, counting the workers' backlog too."""
@@ -378,7 +434,7 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
         stop = False
         batches = []
         for m in msgs:
-            if m[0] == "batch":
+            if m[0] == "batch" or m[0] == "body":
                 batches.append(m)
             elif m[0] == "reload":
                 try:
@@ -435,39 +491,72 @@ class _WorkerState:
         results = []
         sources = self.config.sources
         process = self.pipeline.process
-        dumps = orjson.dumps
-        for _, bid, source_name, received, items in batches:
+        for tag, bid, source_name, received, items in batches:
             src = sources.get(source_name)
             if src is None:
-                results.append((bid, {}, {}, f"unknown source {source_name!r} (config changed?)"))
+                results.append((bid, {}, {}, f"unknown source {source_name!r} (config changed?)", 0))
                 continue
             per_sink: dict[str, tuple] = {}
             dead: dict[str, list] = {}
             error = None
-            for raw, peer in items:
-                try:
-                    _, _, out = process(raw, src, peer, received)
-                except Exception as e:  # a bug must not take the batch down silently
-                    self.log.exception("processing a message failed: %s", e)
-                    error = f"processing failed: {e}"
-                    break
-                if not out:
-                    continue
-                last = enc = None
-                for sink, payload, meta, err in out:
-                    if meta is not last:   # sinks of one event mostly share one meta dict
-                        last, enc = meta, dumps(meta)
-                    if err is not None:
-                        dead.setdefault(sink, []).append((payload, enc, err))
-                        continue
-                    b = per_sink.get(sink)
-                    if b is None:
-                        per_sink[sink] = ([payload], [enc])
-                    else:
-                        b[0].append(payload)
-                        b[1].append(enc)
-            results.append((bid, {s: pack_rows(p, m) for s, (p, m) in per_sink.items()}, dead, error))
+            count = 0
+            if tag == "body":
+                error, count = self._body(items, src, received, per_sink, dead)
+            else:
+                for raw, peer in items:
+                    try:
+                        _, _, out = process(raw, src, peer, received)
+                    except Exception as e:  # a bug must not take the batch down silently
+                        self.log.exception("processing a message failed: %s", e)
+                        error = f"processing failed: {e}"
+                        break
+                    if out:
+                        _collect(out, per_sink, dead)
+            results.append((bid, {s: pack_rows(p, m) for s, (p, m) in per_sink.items()}, dead, error, count))
         return results
+
+    def _body(self, item: tuple, src, received: float, per_sink: dict, dead: dict):
+        """A request body (WorkerPool.submit_body) -> (error or None, events): decoded by the
+        source kind and each event staged, rows collected into ``per_sink``/``dead``."""
+        from .pipeline import DecodeFailed, decode_body
+        body, peer, path, hec_raw, query = item
+        try:
+            events = decode_body(body, src, received, peer, path, hec_raw, query)
+        except BodyError as e:
+            return ("body", e.message, e.reason, e.line, e.column, e.offset, e.item), 0
+        except DecodeFailed as e:
+            self.log.error("%s", e)
+            return ("decode", str(e)), 0
+        stage = self.pipeline.stage
+        for ev in events:
+            try:
+                _, out = stage(ev)
+            except Exception as e:  # a bug: the request is refused whole (500), never half queued
+                self.log.exception("staging an event failed: %s", e)
+                per_sink.clear()
+                dead.clear()
+                return ("decode", f"staging failed: {type(e).__name__}: {e}"), 0
+            if out:
+                _collect(out, per_sink, dead)
+        return None, len(events)
 
     def close(self) -> None:
         pass
+
+
+def _collect(out: list, per_sink: dict, dead: dict, dumps=orjson.dumps) -> None:
+    """One event's staged rows -> ``per_sink`` (sink -> ([payload], [encoded meta])) and
+    ``dead`` (sink -> [(payload, encoded meta, reason)])."""
+    last = enc = None
+    for sink, payload, meta, err in out:
+        if meta is not last:   # sinks of one event mostly share one meta dict
+            last, enc = meta, dumps(meta)
+        if err is not None:
+            dead.setdefault(sink, []).append((payload, enc, err))
+            continue
+        b = per_sink.get(sink)
+        if b is None:
+            per_sink[sink] = ([payload], [enc])
+        else:
+            b[0].append(payload)
+            b[1].append(enc)

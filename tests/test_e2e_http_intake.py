@@ -442,10 +442,13 @@ sinks = ["qradar"]
 
 
 # ----------------------------------------------------------------------------- (e)
-def test_e_full_queues_503_flat_memory_then_accepted_again(tmp_path, make_relay, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_e_full_queues_503_flat_memory_then_accepted_again(tmp_path, make_relay, monkeypatch, workers):
+    """In this process (workers = 1) and in the ingest workers (the body decoded and staged
+    there, relay/workers.py submit_body): the same answers."""
     monkeypatch.setenv("RELAY_E2E_HTTP_TOKEN", TOKEN)
     met, port, dest = free_port(), free_port(), free_port()
-    conf = base_config(tmp_path, met, extra=f"""
+    conf = base_config(tmp_path, met, workers=workers, extra=f"""
 [sources.alerts]
 type = "http"
 address = "{LOOPBACK}:{port}"

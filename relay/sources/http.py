@@ -27,9 +27,12 @@ reason}``, the reason also in the JSON answer):
 5. the body, at most ``max_body`` bytes (over: 413 and the connection closed: the rest is never
    read) in ``body_timeout`` seconds (408); the HMAC signature (401); gzip decoded, at most
    ``max_body`` bytes decoded (413 ``too_large_decoded``);
-6. decoded (parsers/httpbody.py) and mapped (parsers/jsonmap.py): any error gives 400 with the
-   line, column, byte offset or item number, and nothing of the request is queued;
-7. ``ingest.submit(events)``, the one stage (relay/pipeline.py): staged, then, if a matched
+6. ``ingest.submit_body(body)``: decoded (parsers/httpbody.py) and mapped (parsers/jsonmap.py):
+   any error gives 400 with the line, column, byte offset or item number, and nothing of the
+   request is queued; a decoder bug gives 500, nothing queued.  With ``workers`` > 1 the decode
+   and the stage run in an ingest worker (relay/workers.py), the whole body in one, so a batch
+   of alerts uses another core while this process reads the next request;
+7. the one stage (relay/pipeline.py): staged, then, if a matched
    sink's queue is full (policy ``block``) or the disk is full, 503 ``queue_full`` with
    ``Retry-After`` and nothing queued; else committed, and only then 200 ``{"accepted": N}``.
    A commit that takes longer than ``accept_timeout`` gives 503 ``commit_timeout`` (the events
@@ -188,15 +191,18 @@ def _freeze(v):
     return v
 
 
-def decode(body: bytes, sc, received: float, peer: str | None = None, path: str | None = None):
-    """``relay test-parse --source NAME`` and the golden cases: one request body as this source
-    decodes and maps it -> events (raises parsers.httpbody.BodyError), or None when the source
-    takes syslog lines (they are parsed like any syslog message)."""
+def decode(body: bytes, sc, received: float, peer: str | None = None, path: str | None = None, *,
+           hec_raw: bool = False, query: dict | None = None):
+    """One request body as this source decodes and maps it -> events (raises
+    parsers.httpbody.BodyError), or None when the source takes syslog lines (they are parsed
+    like any syslog message).  The source itself (through :meth:`Pipeline.submit_body`, in the
+    ingest workers when there are), ``relay test-parse --source NAME`` and the golden cases call
+    it.  ``hec_raw``/``query``: HEC's ``/raw`` endpoint and its query parameters."""
     st: HttpSettings = sc.options["http"]
     if st.format == "syslog":
         return None
     return decode_body(body, st.format, st.mapper, source=sc.name, received=received, peer=peer,
-                       path=path or st.paths[0])
+                       path=path or st.paths[0], hec_raw=hec_raw, query=query)
 
 
 # ------------------------------------------------------------------------------ the source
@@ -495,10 +501,12 @@ class HttpSource(Source):
         if st.format == "syslog":
             await self._syslog(send, body, peer, received)
             return
+        from ..pipeline import Backpressure, DecodeFailed
         try:
             q = _query(scope.get("query_string")) if ep == "raw" else None
-            events = decode_body(body, "hec" if self.hec else st.format, self.mapper, source=cfg.name,
-                                 received=received, peer=peer, path=path, hec_raw=ep == "raw", query=q)
+            async with asyncio.timeout(st.accept_timeout):
+                n = await self.pipeline.submit_body(body, cfg, received=received, peer=peer, path=path,
+                                                    hec_raw=ep == "raw", query=q, refuse_when_full=True)
         except BodyError as e:
             code = {"hec_no_data": 5, "hec_event_missing": 12, "hec_event_blank": 13, "hec_fields": 15}.get(e.reason, 6)
             await self._refuse(send, 400, e.reason, str(e) if not self.hec else
@@ -506,17 +514,11 @@ class HttpSource(Source):
                                 15: "Error in handling indexed fields"}.get(code, "Invalid data format"),
                                hec_code=code, extra=e.to_dict() | {"error": str(e)})
             return
-        if not events:      # an empty array: nothing to do
-            self._count(200, "accepted")
-            await respond(send, 200, b'{"accepted":0}' if not self.hec else b'{"text":"Success","code":0}', _JSON)
-            return
-        from ..pipeline import Backpressure
-        try:
-            async with asyncio.timeout(st.accept_timeout):
-                await self.pipeline.submit(events, cfg, refuse_when_full=True)
         except Backpressure as e:
             await self._busy(send, str(e))
             return
+        except DecodeFailed:      # a bug in a decoder or map: 500 (see _app), nothing accepted
+            raise
         except TimeoutError:
             await self._refuse(send, 503, "commit_timeout",
                                f"the events were not durable within {st.accept_timeout:g} s; retry later",
@@ -527,9 +529,9 @@ class HttpSource(Source):
             await self._refuse(send, 503, "commit_failed", f"the events could not be queued ({e}); retry later",
                                headers=self._retry_after, hec_code=8)
             return
-        self._received.value += len(events)
+        self._received.value += n
         self._count(200, "accepted")
-        await respond(send, 200, b'{"accepted":%d}' % len(events) if not self.hec else
+        await respond(send, 200, b'{"accepted":%d}' % n if not self.hec else
                       b'{"text":"Success","code":0}', _JSON)
 
     async def _busy(self, send, why: str) -> None:
