@@ -247,8 +247,12 @@ class MetricsServer:
     """
 
     def __init__(self, host: str, port: int, registry: Registry = REGISTRY,
-                 ready_fn: Callable[[], tuple[bool, str]] | None = None, tokens: tuple = ()) -> None:
+                 ready_fn: Callable[[], tuple[bool, str]] | None = None, tokens: tuple = (),
+                 routes: dict | None = None) -> None:
         self.host, self.port = host, port
+        #: more GET paths: ``path -> async handler(server, scope, receive, send) -> status`` (the
+        #: tap, relay/tap.py); the token check above applies to them too
+        self.routes = dict(routes or {})
         self.registry = registry
         self.ready_fn = ready_fn or (lambda: (True, "ready"))
         self.tokens = tuple(tokens)
@@ -301,6 +305,10 @@ class MetricsServer:
             self._count(401)
             await respond(send, 401, b"unauthorized: send Authorization: Bearer <token>\n", text,
                           [(b"www-authenticate", b'Bearer realm="relay metrics"')])
+            return
+        extra = self.routes.get(path)
+        if extra is not None and method == "GET":
+            self._count(await extra(self, scope, receive, send))
             return
         if method not in ("GET", "HEAD"):
             status, body, ctype = 405, b"method not allowed\n", text

@@ -113,7 +113,12 @@ class Server:
             self.ingest = self.pool
         if cfg.relay.metrics_address is not None:
             host, port = cfg.relay.metrics_address
-            self.metrics = MetricsServer(host, port, ready_fn=self._ready_state, tokens=cfg.relay.metrics_tokens)
+            from .tap import TapHub, endpoint
+            self.tap_hub = TapHub(self.pipeline)
+            # workers: a reload does not change it (restart to apply)
+            tap = endpoint(self.tap_hub, lambda: self.config, cfg.relay.workers)
+            self.metrics = MetricsServer(host, port, ready_fn=self._ready_state, tokens=cfg.relay.metrics_tokens,
+                                         routes={"/tap": tap})
             await self.metrics.start()
             log.info("metrics on http://%s:%d/metrics (/health, /ready)", host, self.metrics.port)
         for name, sc in cfg.sources.items():
