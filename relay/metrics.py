@@ -248,8 +248,12 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int, registry: Registry = REGISTRY,
                  ready_fn: Callable[[], tuple[bool, str]] | None = None, tokens: tuple = (),
-                 routes: dict | None = None) -> None:
+                 routes: dict | None = None, prefixes: dict | None = None) -> None:
         self.host, self.port = host, port
+        #: paths under a prefix served by a handler that checks its own credentials (the web
+        #: console, relay/console: a browser cannot send the metrics bearer token):
+        #: ``prefix -> async handler(server, scope, receive, send) -> status``
+        self.prefixes = dict(prefixes or {})
         #: more GET paths: ``path -> async handler(server, scope, receive, send) -> status`` (the
         #: tap, relay/tap.py); the token check above applies to them too
         self.routes = dict(routes or {})
@@ -301,6 +305,10 @@ class MetricsServer:
             return
         method, path = scope["method"], scope["path"]
         text = b"text/plain; charset=utf-8"
+        for prefix, handler in self.prefixes.items():
+            if path == prefix.rstrip("/") or path.startswith(prefix):
+                self._count(await handler(self, scope, receive, send))
+                return
         if not self._authorized(scope):
             self._count(401)
             await respond(send, 401, b"unauthorized: send Authorization: Bearer <token>\n", text,

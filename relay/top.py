@@ -7,7 +7,8 @@ routes, sinks) with the figures an operator asks first, coloured when in trouble
 * sources: in/s, received, parse errors, drops (total, and the top reasons), blocked (pull);
 * routes: matches/s and total, and the unrouted events;
 * sinks: out/s, sent, queue depth, oldest queued event, retries, dead letters, state
-  (``ok``, ``DOWN`` after a failed delivery, ``AUTH`` when stopped on a 401/403).
+  (``ok``, ``idle`` before the first delivery, ``DOWN`` after a failed delivery, ``AUTH`` when
+  stopped on a 401/403, ``FULL`` when a full queue dropped events).
 
 The CLI imports this module only for ``relay top``; the daemon never does.
 """
@@ -104,10 +105,12 @@ def snapshot(text: str, t: float | None = None) -> Snapshot:
     up = _by(m, "relay_sink_up", "sink")
     sblocked = _by(m, "relay_sink_blocked", "sink")
     qdropped = _by(m, "relay_queue_dropped_total", "sink")
+    errors = _by(m, "relay_send_errors_total", "sink")
     for n in set(sent) | set(depth) | set(up) | set(dlq):
         s.sinks[n] = {"sent": sent.get(n, 0.0), "depth": depth.get(n, 0.0), "oldest": oldest.get(n),
                       "retried": retried.get(n, 0.0), "dlq": dlq.get(n, 0.0), "up": up.get(n, 1.0),
-                      "blocked": sblocked.get(n, 0.0), "queue_dropped": qdropped.get(n, 0.0)}
+                      "blocked": sblocked.get(n, 0.0), "queue_dropped": qdropped.get(n, 0.0),
+                      "errors": errors.get(n, 0.0)}
     return s
 
 
@@ -206,8 +209,10 @@ def build(cur: Snapshot, prev: Snapshot | None, *, url: str, error: str | None =
         dlq_style = "bold red" if dlq_prev is not None and r["dlq"] > dlq_prev else ("yellow" if r["dlq"] else "")
         if r["blocked"]:
             state = Text("AUTH", style="bold white on red")
-        elif not r["up"]:
+        elif not r["up"] and r["errors"]:
             state = Text("DOWN", style="bold red")
+        elif not r["up"]:
+            state = Text("idle", style="dim")     # no delivery yet, no failure either
         elif r["queue_dropped"]:
             state = Text("FULL", style="bold red")
         else:

@@ -141,7 +141,23 @@ tests:
         values: '0+60x30'
       - series: 'relay_pull_interval_seconds{{instance="r1",source="falcon"}}'
         values: '60x30'
+      - series: 'relay_sink_up{{instance="r1",sink="idle"}}'
+        values: '0x30'
+      - series: 'relay_sink_up{{instance="r1",sink="broken"}}'
+        values: '0x30'
+      - series: 'relay_send_errors_total{{instance="r1",sink="broken",reason="connect"}}'
+        values: '0+1x30'
     alert_rule_test:
+      - eval_time: 8m
+        alertname: RelaySinkDown
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: RelaySinkDown
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: r1, sink: broken}}
+            exp_annotations:
+              summary: "relay r1: sink broken has failed its deliveries for 10 minutes"
+              description: "See relay_send_errors_total{{sink=\\"broken\\"}} for the reason."
       - eval_time: 5m
         alertname: RelayQueueOldestEventTooOld
         exp_alerts: []

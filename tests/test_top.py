@@ -42,6 +42,8 @@ relay_queue_depth{sink="down"} 12.0
 relay_queue_oldest_age_seconds{sink="out"} NaN
 relay_queue_oldest_age_seconds{sink="down"} 700.0
 relay_sink_up{sink="down"} 0.0
+relay_send_errors_total{reason="connect",sink="down"} 3
+relay_sink_up{sink="idle"} 0.0
 relay_sink_blocked{sink="xs"} 1.0
 relay_dlq_depth{sink="xs"} 4.0
 relay_xsoar_request_seconds_bucket{le="+Inf",op="search",sink="xs"} 1
@@ -59,6 +61,7 @@ relay_xsoar_request_seconds_bucket{le="+Inf",op="search",sink="xs"} 1
     assert tcp.split()[1:3] == ["100", "300"]          # 200 in 2 s; 300 received
     down = next(x for x in out.splitlines() if x.startswith("down"))
     assert "12m" in down and "DOWN" in down
+    assert next(x for x in out.splitlines() if x.startswith("idle")).split()[-1] == "idle"   # not DOWN
     assert "AUTH" in next(x for x in out.splitlines() if x.startswith("xs"))
 
 
