@@ -157,7 +157,9 @@ def test_relay_top_in_tmux_matches_metrics(tmp_path, make_relay, make_xsoar):
 
         def settled():
             s = screen()
-            return s if "xsoar_bad_key" in s and "tcp_in" in s and re.search(r"^down\s", s, re.M) else None
+            # every table drawn, and a second scrape made (rates shown, not "-")
+            return s if "xsoar_bad_key" in s and re.search(r"^down\s", s, re.M) and \
+                re.search(r"^tcp_in\s+\d", s, re.M) else None
         text = wait_until(settled, 60, what="relay top drew its tables")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "relay-top.txt").write_text(text)
