@@ -42,7 +42,7 @@ XSOAR_KEY = "console-xsoar-key"
 SIGMA = (Path(__file__).resolve().parent.parent / "examples" / "samples" / "sigma_incidents.log").read_text().splitlines()[0]
 
 
-def _config(mport: int, tcp: int, qradar_port: int, xsoar_url: str, cases: Path) -> str:
+def _config(mport: int, tcp: int, qradar_port: int, xsoar_url: str, cases: Path, http_port: int) -> str:
     return f"""
 [relay]
 state_dir = "state"
@@ -55,6 +55,13 @@ console_cases_dir = "{cases}"
 [sources.tcp_in]
 type = "tcp"
 address = "{LOOPBACK}:{tcp}"
+
+[sources.alerts]
+type = "http"
+address = "{LOOPBACK}:{http_port}"
+format = "json"
+auth = "none"
+map = "generic"
 
 [routes.high_risk]
 match = 'app_name == "SigmaIncident" and risk_score >= 70'
@@ -83,7 +90,8 @@ def console_relay(tmp_path, make_relay, make_xsoar):
     xs = make_xsoar(api_key=XSOAR_KEY, auth_id=None)
     mport, tcp = free_port(), free_port()
     cases = tmp_path / "cases"
-    relay = make_relay(_config(mport, tcp, free_port(), xs.url, cases), mport, tmp_path, tcp_port=tcp).start()
+    relay = make_relay(_config(mport, tcp, free_port(), xs.url, cases, free_port()), mport, tmp_path,
+                       tcp_port=tcp).start()
     relay.cases = cases
     relay.base = f"http://{LOOPBACK}:{mport}"
     return relay
@@ -135,6 +143,44 @@ def test_console_refuses_requests_without_the_token(console_relay):
     # the test event left no trace in the relay's metrics
     m = console_relay.metrics()
     assert m.value("relay_routed_total") == 0 and m.value("relay_parsed_total") == 0
+
+
+def test_console_json_alert_and_its_golden_case(console_relay, tmp_path):
+    """A JSON alert for the http source: decoded and mapped as that source does, staged, and
+    saved as a case that --cases passes (through the API, with the bearer token)."""
+    alert = {"id": "ALERT-42", "title": "Suspicious login", "severity": "high", "risk_score": 77,
+             "src_ip": "203.0.113.7", "user": "jdoe"}
+    hdr = {"X-Relay-Console": "1", "Content-Type": "application/json"}
+    status, _, body = _http(console_relay.base + "/console/api/analyse", token=TOKEN, headers=hdr,
+                            data=json.dumps({"input": json.dumps(alert), "source": "alerts"}).encode())
+    assert status == 200, body
+    out = json.loads(body)
+    rec = out["records"][0]
+    assert out["bodies"] is True and rec["ok"] and rec["syslog"] is None and rec["body"] == alert
+    assert rec["event"]["dedup_key"] == "http:ALERT-42" and rec["routes"] == ["everything"]
+    assert list(rec["sinks"]) == ["qradar"] and "externalId=ALERT-42" in rec["sinks"]["qradar"]
+    assert rec["route_checks"]["high_risk"]["rule"] is False
+    # a body that does not decode: the error and its offset, with the caret
+    status, _, body = _http(console_relay.base + "/console/api/analyse", token=TOKEN, headers=hdr,
+                            data=json.dumps({"input": '{"id": "x", "title": oops}', "source": "alerts"}).encode())
+    rec = json.loads(body)["records"][0]
+    assert status == 200 and not rec["ok"] and rec["caret"]["caret"].endswith("^")
+    assert '{"id": "x", "title": oops}'[len(rec["caret"]["caret"]) - 1] == "o"
+    # saved as a golden case: --cases passes it
+    status, _, body = _http(console_relay.base + "/console/api/case", token=TOKEN, headers=hdr,
+                            data=json.dumps({"input": json.dumps(alert), "source": "alerts", "name": "http/alert42"}).encode())
+    saved = json.loads(body)
+    assert status == 200 and saved["status"] == "pass", saved
+    assert 'source = "alerts"' in (console_relay.cases / "http" / "alert42.toml").read_text()
+    r = subprocess.run(relay_command() + ["test-parse", "--config", str(tmp_path / "relay.toml"), "--cases",
+                                          str(console_relay.cases)], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and "1 passed" in (r.stdout + r.stderr), r.stdout + r.stderr
+    # bad names and existing cases are refused
+    for name, want in (("../escape", 400), ("http/alert42", 409), ("a/./b", 400)):
+        status, _, _ = _http(console_relay.base + "/console/api/case", token=TOKEN, headers=hdr,
+                             data=json.dumps({"input": "x", "name": name}).encode())
+        assert status == want, name
 
 
 def test_console_is_off_by_default_and_loopback_only(tmp_path):
