@@ -291,8 +291,6 @@ def queue_purge(config, sink, dead, yes):
         click.echo(f"{name}: {n} event(s) deleted from the {what}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 # --------------------------------------------------------------------------- live: tap, top
@@ -472,3 +470,7 @@ def top_cmd(config, url, token_env, token_file, interval, once):
         raise click.ClickException(f"relay top needs rich: {e}")
     base, headers = _endpoint(_default_config(config, url), url, token_env, token_file)
     sys.exit(run(base, headers, interval=interval, once=once))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
