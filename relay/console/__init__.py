@@ -121,6 +121,9 @@ class Console:
     async def __call__(self, server, scope, receive, send) -> int:
         from ..httpserver import respond
         path, method = scope["path"], scope["method"]
+        if not self.config_fn().relay.console:     # turned off by a reload (on needs a restart)
+            await respond(send, 404, b"not found: the console is off ([relay] console)\n", b"text/plain; charset=utf-8")
+            return 404
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"),
                                                   keep_blank_values=True).items()}
         if path in ("/console", "/console/") and method == "GET" and "token" in query:
