@@ -205,7 +205,10 @@ class Registry:
         for name in sorted(by_name):
             rows = by_name[name]
             out.append(f"# HELP {name} {HELP.get(name, name)}")
-            out.append(f"# TYPE {name} {rows[0][0]}")
+            kind = rows[0][0]
+            if kind == "gauge" and name.endswith("_total"):
+                kind = "counter"     # a counter read from elsewhere (the kernel's drops): still a counter
+            out.append(f"# TYPE {name} {kind}")
             if rows[0][0] == "histogram":
                 for _, lab, h in sorted(rows, key=lambda r: r[1]):
                     ls = ",".join(f'{k}="{_esc(val)}"' for k, val in lab)

@@ -4,7 +4,8 @@
   written into a scratch rules file as a recording rule, Grafana's ``$__rate_interval`` and
   ``$instance`` replaced), so a typo in a panel fails here, not in front of an operator.
 * ``promtool test rules``: the alerts fire on the series they are about and stay quiet otherwise.
-* Every ``relay_*`` metric a rule or a panel uses exists in a running relay's ``/metrics``
+* Every ``relay_*`` metric a rule or a panel uses exists in a running relay's ``/metrics``, and
+  ``promtool check metrics`` accepts the whole exposition
   (a relay with a UDP and a TCP source, a QRadar pull source, an XSOAR sink and an HTTP
   lookup, all against loopback emulators, after one incident went through).
 
@@ -303,6 +304,10 @@ def test_every_metric_a_rule_or_panel_uses_is_exported(tmp_path, make_relay, mak
                 continue
             missing[family] = sorted(where)
         assert not missing, f"used by a rule or panel but not in /metrics: {missing}"
+        # the whole exposition (the new histograms included) is valid for Prometheus
+        if PROMTOOL is not None:
+            r = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stdout + r.stderr
         # the new series carry figures, not just names
         m = relay.metrics()
         assert m.value("relay_xsoar_request_seconds_count", sink="xsoar") >= 1
