@@ -61,6 +61,13 @@ HELP = {
     "relay_tap_skipped_total": "Events a tap skipped (never the pipeline), by point and reason (rate, full).",
 }
 
+#: counters other threads increment (the group-commit threads, the lookup fetchers): code that
+#: sets counters back after a dry run (the golden cases, the web console) leaves these alone, so
+#: an increment made meanwhile by another thread is never lost (a dry run never touches them)
+OFF_LOOP_COUNTERS = frozenset(("relay_enqueued_total", "relay_queue_commits_total", "relay_dead_lettered_total",
+                               "relay_queue_dropped_total", "relay_lookup_requests_total",
+                               "relay_lookup_circuit_opened_total", "relay_lookup_queue_full_total"))
+
 #: default histogram buckets (seconds): request latencies from 5 ms to 30 s
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

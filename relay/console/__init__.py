@@ -66,10 +66,9 @@ class _stage_counters_untouched:
         return self
 
     def __exit__(self, *exc):
-        skip = ("relay_enqueued_total", "relay_queue_commits_total", "relay_dead_lettered_total",
-                "relay_queue_dropped_total", "relay_lookup_requests_total")
+        from ..metrics import OFF_LOOP_COUNTERS
         for k, c in list(self.reg._counters.items()):
-            if k[0] in skip:
+            if k[0] in OFF_LOOP_COUNTERS:
                 continue
             c.value = self.before.get(k, 0)
         for k, fn in self.gauges.items():
