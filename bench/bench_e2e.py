@@ -378,6 +378,21 @@ format = "leef"
                     pass
         return out
 
+    def attach_tap(self, rate: float) -> None:
+        """``relay tap --route high_risk --rate R`` (the default parsed view) for the whole run,
+        its output read and thrown away: the system ``relay+tap`` (issue 21: a tap must cost the
+        pipeline under 5 %).  The tap client is not the daemon's child: its CPU is not counted."""
+        self.tap_proc = subprocess.Popen(
+            [str(VENV_PY), "-m", "relay.cli", "tap", "--url", f"http://{HOST}:{self.metrics_port}", "--route",
+             "high_risk", "--rate", repr(rate)], cwd=str(REPO), stdout=subprocess.DEVNULL,
+            stderr=open(self.work / "tap.log", "wb"), stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:     # attached: relay_tap_sessions = 1
+            if (self.metrics() or {}).get("relay_tap_sessions") == 1:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the tap did not attach: {(self.work / 'tap.log').read_text()[-500:]}")
+
     def relay_pid(self) -> int:
         """The relay's own pid (the child of py-spy / the same process for cProfile and no profiler)."""
         if self.profile_out is None or not str(self.profile_out).endswith(".raw"):
@@ -390,6 +405,9 @@ format = "leef"
         return self.pid
 
     def stop(self) -> None:
+        tap = getattr(self, "tap_proc", None)
+        if tap is not None:
+            _stop_proc(tap, 10)
         if self.profile_out is not None and self.proc.poll() is None:
             # py-spy / cProfile wrap the relay: stop the relay itself, the wrapper then writes its output
             kids = [int(d) for d in os.listdir("/proc") if d.isdigit() and (_stat(int(d)) or (0,))[0] == self.pid]
@@ -548,7 +566,10 @@ def wait_sink(sink: CountingSink, expected: int, stall: float, cap: float) -> bo
 
 def start_daemon(system: str, work: Path, sink: CountingSink, args, profile: str | None = None):
     if system.startswith("relay"):
-        return RelayDaemon(work, sink.port, args, profile, relay_workers(system, args))
+        d = RelayDaemon(work, sink.port, args, profile, relay_workers(system, args))
+        if "+tap" in system:
+            d.attach_tap(args.tap_rate)
+        return d
     return RsyslogDaemon(work, sink.port, args)
 
 
@@ -593,7 +614,8 @@ def run_tcp(system: str, files: list[Path], n: int, expected: int, args, tmp: Pa
             r["metrics"] = {k: v for k, v in met.items()
                             if k.split("{")[0] in ("relay_received_total", "relay_enqueued_total", "relay_sent_total",
                                                    "relay_queue_depth", "relay_dropped_total",
-                                                   "relay_send_errors_total", "relay_unrouted_total")}
+                                                   "relay_send_errors_total", "relay_unrouted_total",
+                                                   "relay_tap_sent_total", "relay_tap_skipped_total")}
         return r
     finally:
         stop_senders(senders)
@@ -642,6 +664,7 @@ def run_udp(system: str, msgs: list[bytes], args, tmp: Path) -> dict:
             r["relay_udp_kernel_drops_total"] = sum(v for k, v in met.items()
                                                     if k.startswith("relay_udp_kernel_drops_total"))
             r["relay_dropped_total"] = {k: v for k, v in met.items() if k.startswith("relay_dropped_total")}
+            r["tap"] = {k: v for k, v in met.items() if k.startswith(("relay_tap_sent_total", "relay_tap_skipped_total"))}
         return r
     finally:
         if p is not None:
@@ -876,8 +899,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds relay, rsyslog (default 2)")
     ap.add_argument("--conns", default="1,4", help="comma list of TCP connection counts (default 1,4)")
     ap.add_argument("--forward", default="30,100", help="comma list of %% forwarded (default 30,100)")
+    ap.add_argument("--tap-rate", type=float, default=100.0,
+                    help="the system relay+tap: relay with `relay tap --route high_risk --rate R` attached")
     ap.add_argument("--systems", default="relay,relay:w2,rsyslog",
-                    help="comma list of relay, relay:wN (relay with [relay] workers = N), rsyslog "
+                    help="comma list of relay, relay:wN (relay with [relay] workers = N), relay+tap (relay with a "
+                         "live tap attached, --tap-rate), rsyslog "
                          "(default relay,relay:w2,rsyslog)")
     ap.add_argument("--no-tcp", action="store_true")
     ap.add_argument("--no-udp", action="store_true")

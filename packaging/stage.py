@@ -13,6 +13,7 @@ PAYLOAD gets:
     etc/relay/relay.toml        the default config (a conffile)
     usr/lib/sysusers.d/relay.conf, usr/lib/tmpfiles.d/relay.conf
     usr/share/doc/relay/        README.md, docs/*.md
+    usr/share/relay/monitoring/ the Grafana dashboard and the Prometheus alerting rules
 
 The systemd unit is not in the payload: each package installs it where its distribution
 wants it (deb: dh_installsystemd, rpm: %{_unitdir}).
@@ -188,6 +189,8 @@ def build(args) -> None:
         ("usr/lib/tmpfiles.d/relay.conf", HERE / "relay.tmpfiles", 0o644),
         ("usr/share/doc/relay/README.md", src / "README.md", 0o644),
         ("usr/share/doc/relay/copyright", HERE / "copyright", 0o644),
+        ("usr/share/relay/monitoring/relay-dashboard.json", HERE / "monitoring" / "relay-dashboard.json", 0o644),
+        ("usr/share/relay/monitoring/relay-alerts.yml", HERE / "monitoring" / "relay-alerts.yml", 0o644),
     ] + [(f"usr/share/doc/relay/docs/{d.name}", d, 0o644) for d in sorted((src / "docs").glob("*.md"))]:
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -291,5 +291,186 @@ def queue_purge(config, sink, dead, yes):
         click.echo(f"{name}: {n} event(s) deleted from the {what}")
 
 
+
+
+# --------------------------------------------------------------------------- live: tap, top
+
+def _endpoint(config: str | None, url: str | None, token_env: str | None, token_file: str | None):
+    """-> (base URL of the relay's HTTP server, request headers).  ``--url`` wins; else the
+    config's ``[relay] metrics_address``; else http://127.0.0.1:9514.  The token: ``--token-env``
+    or ``--token-file``, else the config's first metrics token."""
+    import os
+    token = None
+    if token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise click.UsageError(f"--token-env {token_env}: the variable is not set")
+    elif token_file:
+        try:
+            token = open(token_file, encoding="utf-8").read().strip()
+        except OSError as e:
+            raise click.UsageError(f"--token-file {token_file}: {e.strerror}")
+    base = url.rstrip("/") if url else None
+    if base is None and config is not None:
+        from .config import ConfigError, load
+        try:
+            cfg = load(config)
+        except ConfigError as e:
+            raise click.ClickException(f"{e} (or give --url and --token-file)")
+        if cfg.relay.metrics_address is None:
+            raise click.ClickException(f"{config}: metrics_address is off: the relay serves no HTTP endpoint")
+        host, port = cfg.relay.metrics_address
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        if token is None and cfg.relay.metrics_tokens:
+            token = cfg.relay.metrics_tokens[0].reveal()
+    if base is None:
+        base = "http://127.0.0.1:9514"
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return base, headers
+
+
+_endpoint_opts = [
+    click.option("-c", "--config", "config", type=click.Path(dir_okay=False, exists=True), default=None,
+                 help="Find the relay's HTTP address (and token) in this config  [default: /etc/relay/relay.toml "
+                      "when readable, else http://127.0.0.1:9514]."),
+    click.option("--url", default=None, metavar="URL", help="The relay's HTTP server (metrics_address), e.g. "
+                                                            "http://127.0.0.1:9514."),
+    click.option("--token-env", default=None, metavar="VAR", help="Bearer token from this environment variable."),
+    click.option("--token-file", default=None, metavar="FILE", help="Bearer token from this file."),
+]
+
+
+def _with_endpoint(f):
+    for opt in reversed(_endpoint_opts):
+        f = opt(f)
+    return f
+
+
+def _default_config(config, url):
+    import os
+    if config is None and url is None and os.access("/etc/relay/relay.toml", os.R_OK):
+        return "/etc/relay/relay.toml"
+    return config
+
+
+def _tap_line(rec: dict, view: str) -> str:
+    import datetime
+    t = datetime.datetime.fromtimestamp(rec["time"], datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    head = f"{t} {rec.get('source') or '-'}"
+    if rec.get("routes"):
+        head += f" [{','.join(rec['routes'])}]"
+    if view == "raw":
+        return f"{head} {rec['raw']}"
+    if view == "parsed":
+        if not rec.get("ok", True):
+            err = rec["error"]
+            return f"{head} PARSE ERROR at byte {err['offset']}: {err['reason']}"
+        return f"{head} {orjson.dumps(rec.get('syslog')).decode()}"
+    if view == "canonical":
+        extra = {k: rec[k] for k in ("enrich", "triage") if k in rec}
+        return f"{head} {orjson.dumps(rec.get('event')).decode()}" + (f" {orjson.dumps(extra).decode()}" if extra else "")
+    lines = [head]
+    for sink, payload in (rec.get("sinks") or {}).items():
+        body = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
+        lines.append(f"  -> {sink}: {body}")
+    return "\n".join(lines)
+
+
+@main.command("tap")
+@_with_endpoint
+@click.option("--source", default=None, metavar="NAME", help="Tap events from this source.")
+@click.option("--route", default=None, metavar="NAME", help="Tap events this route matched.")
+@click.option("--sink", default=None, metavar="NAME", help="Tap what this sink queues.")
+@click.option("--view", type=click.Choice(["raw", "parsed", "canonical", "rendered"]), default=None,
+              help="What to show  [default: parsed; rendered at a sink].")
+@click.option("-f", "--filter", "filter_", default=None, metavar="RULE",
+              help="Only events this rule matches (the routes' language, docs/rules.md).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True, max=10000), default=10.0, show_default=True,
+              help="At most this many events per second (the rest is skipped, and counted).")
+@click.option("-n", "--count", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="The endpoint's NDJSON lines as they come (hello, event, status).")
+def tap_cmd(config, url, token_env, token_file, source, route, sink, view, filter_, rate, count, duration, as_json):
+    """Stream a live sample of what flows through the relay now, at a source, a route or a sink.
+
+    Tapping never slows or blocks the pipeline: events are skipped for the tap (never for the
+    pipeline) when over --rate or when this terminal reads too slowly, and tap says how many.
+    The endpoint (GET /tap on metrics_address) answers on loopback, or with the metrics token.
+    Exit status: 0 when the tap ended (--count, --duration, Ctrl-C), 1 when refused.
+    """
+    import httpx
+    points = [(p, v) for p, v in (("source", source), ("route", route), ("sink", sink)) if v]
+    if len(points) != 1:
+        raise click.UsageError("name exactly one of --source, --route, --sink")
+    base, headers = _endpoint(_default_config(config, url), url, token_env, token_file)
+    params = {points[0][0]: points[0][1], "rate": repr(rate)}
+    if view:
+        params["view"] = view
+    if filter_:
+        params["filter"] = filter_
+    if count:
+        params["count"] = str(count)
+    if duration:
+        params["duration"] = repr(duration)
+    last = None
+    shown_view = view
+    try:
+        with httpx.Client(timeout=httpx.Timeout(10.0, read=None), trust_env=False) as client:
+            with client.stream("GET", f"{base}/tap", params=params, headers=headers) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    click.echo(f"tap refused ({resp.status_code}): {resp.text.strip()}", err=True)
+                    sys.exit(1)
+                for line in resp.iter_lines():
+                    if not line:
+                        continue
+                    rec = orjson.loads(line)
+                    kind = rec.get("type")
+                    if as_json:
+                        click.echo(line)
+                    if kind == "hello":
+                        shown_view = rec["view"]
+                        if not as_json:
+                            what = f"{rec['point']} {rec['name']} ({rec['view']}, at most {rec['rate']:g}/s"
+                            what += f", filter {rec['filter']})" if rec.get("filter") else ")"
+                            click.echo(f"tap: {what}", err=True)
+                            if rec.get("note"):
+                                click.echo(f"tap: note: {rec['note']}", err=True)
+                    elif kind == "status":
+                        last = rec
+                    elif kind == "event" and not as_json:
+                        click.echo(_tap_line(rec, shown_view))
+    except KeyboardInterrupt:
+        pass
+    except httpx.HTTPError as e:
+        click.echo(f"tap: cannot reach the relay at {base}: {e}", err=True)
+        sys.exit(1)
+    if last is not None and not as_json:
+        sk = last["skipped"]
+        click.echo(f"tap: {last['sent']} shown, {last['skipped_total']} skipped (rate limit {sk['rate']}, "
+                   f"slow reader {sk['full']})", err=True)
+
+
+@main.command("top")
+@_with_endpoint
+@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one screen (two scrapes, for the rates) and exit.")
+def top_cmd(config, url, token_env, token_file, interval, once):
+    """A live view of a running relay, from its /metrics: per source rate in, parse errors and
+    drops by reason; per route matches; per sink rate out, queue depth, oldest queued event,
+    retries, dead letters, and DOWN or AUTH (blocked on a 401/403).  q quits."""
+    try:
+        from .top import run
+    except ImportError as e:   # rich is a dependency; a broken install says so
+        raise click.ClickException(f"relay top needs rich: {e}")
+    base, headers = _endpoint(_default_config(config, url), url, token_env, token_file)
+    sys.exit(run(base, headers, interval=interval, once=once))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

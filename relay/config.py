@@ -58,6 +58,9 @@ class RelayConfig:
     workers: int = 1
     run_tests_at_start: bool = False   # run [[tests]] before starting (and on reload); refuse on a failure
     metrics_tokens: tuple = ()         # bearer tokens for /metrics, /health, /ready (relay.secrets.Secret)
+    console: bool = False              # the rule authors' web console on the metrics server (relay/console)
+    console_tokens: tuple = ()         # its tokens (required when console = true)
+    console_cases_dir: Path | None = None   # where the console saves golden cases (None: saving is off)
     queue: QueueConfig = field(default_factory=QueueConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
 
@@ -276,6 +279,22 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     from .secrets import read_tokens
     relay.metrics_tokens = read_tokens(rt, "metrics_token_env", "metrics_token_file", "bearer token for /metrics",
                                        base_dir, required=False)
+    relay.console = rt.get("console", bool, False)
+    if relay.console:
+        if relay.metrics_address is None:
+            raise rt.err("console", "needs metrics_address: the console is served by the relay's HTTP server")
+        import ipaddress
+        host = relay.metrics_address[0]
+        try:
+            loop_ok = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loop_ok = False
+        if not loop_ok:
+            raise rt.err("console", f"needs a loopback metrics_address, not {relay.metrics_address[0]!r}: the "
+                                    f"console answers on loopback only (reach it through an SSH tunnel)")
+    relay.console_tokens = read_tokens(rt, "console_token_env", "console_token_file", "console token", base_dir,
+                                       required=relay.console)
+    relay.console_cases_dir = rt.get("console_cases_dir", str, None, check=pathconv)
     relay.queue = _queue(rt.table("queue"), QueueConfig())
     relay.retry = _retry(rt.table("retry"), RetryConfig())
     rt.finish()

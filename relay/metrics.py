@@ -14,7 +14,7 @@ from typing import Callable
 
 log = logging.getLogger("relay.metrics")
 
-__all__ = ["Counter", "Gauge", "Registry", "REGISTRY", "MetricsServer"]
+__all__ = ["Counter", "Gauge", "Histogram", "Registry", "REGISTRY", "MetricsServer"]
 
 HELP = {
     "relay_received_total": "Messages received, by source.",
@@ -51,7 +51,25 @@ HELP = {
     "relay_http_requests_total": "Requests to an http source, by source, status and reason.",
     "relay_http_events_total": "Events an http source accepted (durably queued), by source and path.",
     "relay_http_request_seconds": "Time an http source took to answer an accepted request (sum and count), by source.",
+    "relay_xsoar_request_seconds": "Time XSOAR took to answer a request (histogram), by sink and operation (search, create, update, ...).",
+    "relay_http_sink_request_seconds": "Time an http sink's server took to answer a request (histogram), by sink and operation.",
+    "relay_lookup_cache_total": "HTTP lookup cache probes on the hot path, by table and result (hit, miss).",
+    "relay_pull_last_success_timestamp_seconds": "Unix time of a pull source's last completed poll (its start time until the first one).",
+    "relay_pull_interval_seconds": "A pull source's configured poll interval.",
+    "relay_tap_sessions": "Tap sessions attached now.",
+    "relay_tap_sent_total": "Events a tap sent to its client, by point.",
+    "relay_tap_skipped_total": "Events a tap skipped (never the pipeline), by point and reason (rate, full).",
 }
+
+#: counters other threads increment (the group-commit threads, the lookup fetchers): code that
+#: sets counters back after a dry run (the golden cases, the web console) leaves these alone, so
+#: an increment made meanwhile by another thread is never lost (a dry run never touches them)
+OFF_LOOP_COUNTERS = frozenset(("relay_enqueued_total", "relay_queue_commits_total", "relay_dead_lettered_total",
+                               "relay_queue_dropped_total", "relay_lookup_requests_total",
+                               "relay_lookup_circuit_opened_total", "relay_lookup_queue_full_total"))
+
+#: default histogram buckets (seconds): request latencies from 5 ms to 30 s
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Counter:
@@ -78,6 +96,34 @@ class Gauge:
         return self.value
 
 
+class Histogram:
+    """Cumulative buckets, sum and count (Prometheus ``histogram``); ``observe`` per request."""
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.sum += v
+        self.count += 1
+        for i, b in enumerate(self.bounds):
+            if v <= b:
+                self.counts[i] += 1
+                break
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """``[(le, cumulative count)]`` ending with ``+Inf``."""
+        out, acc = [], 0
+        for b, n in zip(self.bounds, self.counts):
+            acc += n
+            out.append((repr(float(b)), acc))
+        out.append(("+Inf", self.count))
+        return out
+
+
 def _labels(labels: dict) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in labels.items()))
 
@@ -91,6 +137,7 @@ class Registry:
         self._counters: dict[tuple, Counter] = {}
         self._gauges: dict[tuple, Gauge] = {}
         self._external: dict[object, dict[tuple, float]] = {}  # worker id -> counter snapshot
+        self._hists: dict[tuple, Histogram] = {}
 
     def counters_snapshot(self) -> dict[tuple, float]:
         """``{(name, labels): value}`` of every counter (sent by ingest workers)."""
@@ -126,6 +173,13 @@ class Registry:
             g.fn = fn
         return g
 
+    def histogram(self, name: str, bounds: tuple = LATENCY_BUCKETS, **labels) -> Histogram:
+        key = (name, _labels(labels))
+        h = self._hists.get(key)
+        if h is None:
+            h = self._hists[key] = Histogram(bounds)
+        return h
+
     def remove_gauges(self, **labels) -> None:
         want = set(_labels(labels))
         for key in [k for k in self._gauges if want <= set(k[1])]:
@@ -152,11 +206,25 @@ class Registry:
             by_name.setdefault(name, []).append(("counter", lab, v))
         for (name, lab), g in self._gauges.items():
             by_name.setdefault(name, []).append(("gauge", lab, g.get()))
+        for (name, lab), h in self._hists.items():
+            by_name.setdefault(name, []).append(("histogram", lab, h))
         out = []
         for name in sorted(by_name):
             rows = by_name[name]
             out.append(f"# HELP {name} {HELP.get(name, name)}")
-            out.append(f"# TYPE {name} {rows[0][0]}")
+            kind = rows[0][0]
+            if kind == "gauge" and name.endswith("_total"):
+                kind = "counter"     # a counter read from elsewhere (the kernel's drops): still a counter
+            out.append(f"# TYPE {name} {kind}")
+            if rows[0][0] == "histogram":
+                for _, lab, h in sorted(rows, key=lambda r: r[1]):
+                    ls = ",".join(f'{k}="{_esc(val)}"' for k, val in lab)
+                    sep = "," if ls else ""
+                    for le, n in h.buckets():
+                        out.append(f'{name}_bucket{{{ls}{sep}le="{le}"}} {n}')
+                    out.append(f"{name}_sum{{{ls}}} {h.sum!r}" if ls else f"{name}_sum {h.sum!r}")
+                    out.append(f"{name}_count{{{ls}}} {h.count}" if ls else f"{name}_count {h.count}")
+                continue
             for _, lab, v in sorted(rows, key=lambda r: r[1]):
                 ls = ",".join(f'{k}="{_esc(val)}"' for k, val in lab)
                 if isinstance(v, float):
@@ -170,6 +238,7 @@ class Registry:
         self._counters.clear()
         self._gauges.clear()
         self._external.clear()
+        self._hists.clear()
 
 
 REGISTRY = Registry()
@@ -188,8 +257,16 @@ class MetricsServer:
     """
 
     def __init__(self, host: str, port: int, registry: Registry = REGISTRY,
-                 ready_fn: Callable[[], tuple[bool, str]] | None = None, tokens: tuple = ()) -> None:
+                 ready_fn: Callable[[], tuple[bool, str]] | None = None, tokens: tuple = (),
+                 routes: dict | None = None, prefixes: dict | None = None) -> None:
         self.host, self.port = host, port
+        #: paths under a prefix served by a handler that checks its own credentials (the web
+        #: console, relay/console: a browser cannot send the metrics bearer token):
+        #: ``prefix -> async handler(server, scope, receive, send) -> status``
+        self.prefixes = dict(prefixes or {})
+        #: more GET paths: ``path -> async handler(server, scope, receive, send) -> status`` (the
+        #: tap, relay/tap.py); the token check above applies to them too
+        self.routes = dict(routes or {})
         self.registry = registry
         self.ready_fn = ready_fn or (lambda: (True, "ready"))
         self.tokens = tuple(tokens)
@@ -238,10 +315,18 @@ class MetricsServer:
             return
         method, path = scope["method"], scope["path"]
         text = b"text/plain; charset=utf-8"
+        for prefix, handler in self.prefixes.items():
+            if path == prefix.rstrip("/") or path.startswith(prefix):
+                self._count(await handler(self, scope, receive, send))
+                return
         if not self._authorized(scope):
             self._count(401)
             await respond(send, 401, b"unauthorized: send Authorization: Bearer <token>\n", text,
                           [(b"www-authenticate", b'Bearer realm="relay metrics"')])
+            return
+        extra = self.routes.get(path)
+        if extra is not None and method == "GET":
+            self._count(await extra(self, scope, receive, send))
             return
         if method not in ("GET", "HEAD"):
             status, body, ctype = 405, b"method not allowed\n", text

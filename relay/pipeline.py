@@ -98,6 +98,9 @@ class Pipeline:
         self.dry_run = dry_run
         self.lazy_enrich = lazy_enrich
         self._source_counters: dict[str, tuple] = {}
+        #: the live taps (relay/tap.py TapHub) while one is attached, else None: the hot path
+        #: checks this attribute once per batch and pays nothing more without a tap
+        self.tap = None
         self.configure(config)
 
     # ------------------------------------------------------------------ configuration
@@ -281,8 +284,11 @@ class Pipeline:
             received = time.time()
         per_sink: dict[str, list] = {}
         process = self.process
+        tap = self.tap
         for raw, peer in items:
-            _, _, out = process(raw, source, peer, received)
+            ev, routes, out = process(raw, source, peer, received)
+            if tap is not None:
+                tap.offer(ev, routes, out)
             for sink, payload, meta, err in out:
                 if err is not None:
                     self.committers[sink].submit_dead(payload, meta, err)
@@ -319,10 +325,14 @@ class Pipeline:
         per_sink: dict[str, list] = {}
         dead: list = []
         stage = self.stage
+        tap = self.tap
         for i, ev in enumerate(events):
             if i and not i % STAGE_SLICE:
                 await asyncio.sleep(0)
-            _, out = stage(ev)
+                tap = self.tap
+            routes, out = stage(ev)
+            if tap is not None:
+                tap.offer(ev, routes, out)
             for sink, payload, meta, err in out:
                 if err is not None:
                     dead.append((sink, payload, meta, err))

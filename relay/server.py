@@ -113,9 +113,22 @@ class Server:
             self.ingest = self.pool
         if cfg.relay.metrics_address is not None:
             host, port = cfg.relay.metrics_address
-            self.metrics = MetricsServer(host, port, ready_fn=self._ready_state, tokens=cfg.relay.metrics_tokens)
+            from .tap import TapHub, endpoint
+            self.tap_hub = TapHub(self.pipeline)
+            # workers: a reload does not change it (restart to apply)
+            tap = endpoint(self.tap_hub, lambda: self.config, cfg.relay.workers)
+            prefixes = {}
+            if cfg.relay.console:      # imported only when on: relay.console reaches relay.tools
+                from .console import Console
+                console = Console(lambda: self.config, self.tap_hub, cfg.relay.workers)
+                prefixes[console.prefix] = console
+            self.metrics = MetricsServer(host, port, ready_fn=self._ready_state, tokens=cfg.relay.metrics_tokens,
+                                         routes={"/tap": tap}, prefixes=prefixes)
             await self.metrics.start()
-            log.info("metrics on http://%s:%d/metrics (/health, /ready)", host, self.metrics.port)
+            log.info("metrics on http://%s:%d/metrics (/health, /ready, /tap)", host, self.metrics.port)
+            if prefixes:
+                log.info("console on http://%s:%d/console/ (open /console/?token=<console token>)", host,
+                         self.metrics.port)
         for name, sc in cfg.sources.items():
             await self._start_source(sc)
         self._ready = True

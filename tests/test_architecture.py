@@ -6,7 +6,11 @@
   statement, at module level or inside a function;
 * the daemon (``relay run``: relay.server, relay.workers and everything they import, every
   source and sink kind) never imports the tools (relay.tools): checked statically and in a
-  process that loads a config with [[tests]] and builds every kind;
+  process that loads a config with [[tests]] and builds every kind.  One exception, on
+  purpose: the web console (relay.console) runs test-parse's and the cases' code in the
+  daemon, so the daemon reaches the tools through it; relay.server imports it inside a
+  function, only when ``[relay] console = true`` (off by default), and nothing else in the
+  daemon imports it: checked here, and at run time with the console off;
 * no source or sink type name appears as a string outside its own module.
 """
 from __future__ import annotations
@@ -144,8 +148,36 @@ def test_the_graph_sees_lazy_imports():
     assert "relay.workers" in graph["relay.server"]           # imported when workers > 1
 
 
+#: modules the daemon imports only when an off-by-default feature is on (see the docstring)
+OPT_IN = {"relay.console"}
+
+
+def _lazy_imports(path: Path) -> set[str]:
+    """Modules imported inside a function of ``path`` (relative imports resolved loosely)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    out = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and node.level and node.module:
+                    out.add("relay." + node.module)
+    return out
+
+
+def test_opt_in_modules_are_imported_lazily_by_the_server_only():
+    graph = import_graph()
+    for m in OPT_IN:
+        importers = sorted(k for k, ts in graph.items() if m in ts and k != m and not k.startswith(m + "."))
+        assert importers == ["relay.server"], f"{m} is imported by {importers}: only relay.server, when enabled"
+    assert OPT_IN <= _lazy_imports(MODULES["relay.server"]), "relay.server must import them inside a function"
+    top = {n.module for n in ast.parse(MODULES["relay.server"].read_text()).body
+           if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m.split(".", 1)[1] for m in OPT_IN} & top
+
+
 def test_daemon_never_imports_the_tools_statically():
     graph = import_graph()
+    graph = {k: {t for t in ts if t not in OPT_IN} for k, ts in graph.items()}   # opt-in: see above
     daemon = {"relay.server", "relay.workers"} | {m for m in MODULES if m.startswith(("relay.sources.", "relay.sinks."))}
     reached = _reach(graph, daemon)
     tools = sorted(m for m in reached if m == "relay.tools" or m.startswith("relay.tools."))
@@ -181,7 +213,7 @@ cfg = load({str(conf)!r})
 kinds.sources(); kinds.sinks()
 p = Pipeline(cfg)
 p.process(b"<13>1 2026-01-01T00:00:00Z h a - - - x", cfg.sources["tcp"], "127.0.0.1:1", 0.0)
-print(sorted(m for m in sys.modules if m.startswith("relay.tools")))
+print(sorted(m for m in sys.modules if m.startswith(("relay.tools", "relay.console"))))
 '''
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr

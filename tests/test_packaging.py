@@ -165,6 +165,11 @@ def test_one_payload_in_both_packages(built, tmp_path):
         return out
     td, tr = tree(d), tree(r)
     assert len(td) > 400 and td == tr
+    # the Grafana dashboard and the Prometheus rules ship in both, as in the tree
+    for name in ("relay-dashboard.json", "relay-alerts.yml"):
+        want = (PKG / "monitoring" / name).read_bytes()
+        assert (d / "usr/share/relay/monitoring" / name).read_bytes() == want
+        assert (r / "usr/share/relay/monitoring" / name).read_bytes() == want
     assert (d / "opt/relay/bin/relay").read_text().startswith("#!/opt/relay/bin/python\n")
     assert "command" not in (d / "opt/relay/pyvenv.cfg").read_text()
     assert not list(d.glob("opt/relay/bin/activate*")) and not list(d.glob("opt/relay/bin/pip*"))
@@ -180,7 +185,8 @@ def test_rpm_layout_requires_scripts(built):
     files = sh("rpm", "-qlp", rpm).stdout.split()
     for f in ["/opt/relay/bin/relay", "/opt/relay/pyvenv.cfg", "/usr/bin/relay", "/etc/relay/relay.toml",
               "/usr/lib/systemd/system/relay.service", "/usr/lib/sysusers.d/relay.conf",
-              "/usr/lib/tmpfiles.d/relay.conf", "/var/lib/relay", "/usr/share/doc/relay/copyright"]:
+              "/usr/lib/tmpfiles.d/relay.conf", "/var/lib/relay", "/usr/share/doc/relay/copyright",
+              "/usr/share/relay/monitoring/relay-dashboard.json", "/usr/share/relay/monitoring/relay-alerts.yml"]:
         assert f in files, f"{f} not in the .rpm"
     flags = sh("rpm", "-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME}:"
                "%{FILEGROUPNAME}\n]", rpm).stdout

@@ -69,6 +69,8 @@ class HttpLookup:
                    for r in ("ok", "not_found", "error", "timeout")}
         self._opened = REGISTRY.counter("relay_lookup_circuit_opened_total", table=name)
         self._dropped = REGISTRY.counter("relay_lookup_queue_full_total", table=name)
+        self._hit = REGISTRY.counter("relay_lookup_cache_total", table=name, result="hit")
+        self._miss = REGISTRY.counter("relay_lookup_cache_total", table=name, result="miss")
         REGISTRY.gauge("relay_lookup_circuit_open", fn=lambda: 1.0 if self.circuit_open() else 0.0, table=name)
         self.threads = []
         if live:
@@ -87,10 +89,12 @@ class HttpLookup:
         hit = self.cache.get(value)
         now = time.monotonic()
         if hit is not None:
+            self._hit.value += 1
             if hit[0] < now:
                 self._want(value, now)       # refresh in the background, serve the stale answer
             v = hit[1]
             return None if v is _NOT_FOUND else v
+        self._miss.value += 1
         return self._want(value, now)
 
     def _want(self, value: str, now: float):

@@ -375,6 +375,8 @@ class HttpSink(Sink):
     service = "the server"
     #: the per-request counter: ``<requests_metric>{sink, op, status}``
     requests_metric = "relay_http_requests_total"
+    #: the per-request latency histogram (answered requests): ``<latency_metric>{sink, op}``
+    latency_metric = "relay_http_sink_request_seconds"
 
     def __init__(self, cfg, queue, *, transport: httpx.AsyncBaseTransport | None = None,
                  http: HttpOptions | Any = None, redact: Redactor | None = None, **kw) -> None:
@@ -435,6 +437,7 @@ class HttpSink(Sink):
         messages name the path only, and go through :attr:`redact`)."""
         path = urlsplit(url).path or "/"
         what = self.redact(f"{op} ({method} {path})")
+        t0 = time.monotonic()
         try:
             resp = await self.client().request(method, url, content=content, data=data, params=params,
                                                headers=headers)
@@ -456,6 +459,7 @@ class HttpSink(Sink):
                                  reason="connection") from None
         self._backoff = 0
         self._req_counter(op, resp.status_code)
+        self.registry.histogram(self.latency_metric, sink=self.name, op=op).observe(time.monotonic() - t0)
         return resp
 
     # ------------------------------------------------------------------ batch runner

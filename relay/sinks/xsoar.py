@@ -354,6 +354,7 @@ class _XsoarBase(HttpSink):
     type = "xsoar"
     service = "XSOAR"
     requests_metric = "relay_xsoar_requests_total"
+    latency_metric = "relay_xsoar_request_seconds"
 
     def __init__(self, cfg, queue, *, transport: httpx.AsyncBaseTransport | None = None, **kw) -> None:
         """``transport``: an httpx transport to send through instead of the network (tests:

@@ -280,6 +280,12 @@ class PullSource(Source):
         reg = self.registry
         self._blocked_g = reg.gauge("relay_source_blocked", source=cfg.name) if hasattr(reg, "gauge") else None
         self._polls_c = reg.counter("relay_pull_polls_total", source=cfg.name)
+        # "stalled" = no completed poll for a while: the start time until the first one
+        self._last_ok_g = reg.gauge("relay_pull_last_success_timestamp_seconds", source=cfg.name) \
+            if hasattr(reg, "gauge") else None
+        if self._last_ok_g is not None:
+            self._last_ok_g.value = time.time()
+            reg.gauge("relay_pull_interval_seconds", source=cfg.name).value = float(self.settings.poll_interval)
         self._errors: dict = {}
         self._requests: dict = {}
         self._wake = asyncio.Event()
@@ -408,6 +414,8 @@ class PullSource(Source):
                 more = await self.poll_once()
                 self.polls += 1
                 self._polls_c.value += 1
+                if self._last_ok_g is not None:
+                    self._last_ok_g.value = time.time()
                 failures = 0
                 self.last_error = None
                 if self.blocked:

@@ -14,7 +14,7 @@ from .report import format_result, summary_line
 @contextmanager
 def _metrics_untouched():
     """Counters as they were before: test events must not show in the relay's metrics."""
-    from ...metrics import REGISTRY
+    from ...metrics import OFF_LOOP_COUNTERS, REGISTRY
     counters = getattr(REGISTRY, "_counters", None)
     if counters is None:  # pragma: no cover - a registry without the attribute
         yield
@@ -22,9 +22,10 @@ def _metrics_untouched():
     before = {k: c.value for k, c in counters.items()}
     try:
         yield
-    finally:
-        for k, c in counters.items():
-            c.value = before.get(k, 0)
+    finally:   # (in the daemon, with the web console: other threads' counters are left alone)
+        for k, c in list(counters.items()):
+            if k[0] not in OFF_LOOP_COUNTERS:
+                c.value = before.get(k, 0)
 
 
 
