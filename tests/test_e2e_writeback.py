@@ -101,3 +101,121 @@ def test_rhythmx_polled_and_syslog_give_one_xsoar_incident(tmp_path, make_relay)
         err = relay.stderr() + relay2.stderr()
         assert RX_KEY not in err and XSOAR_KEY not in err
         assert "ALERT" not in err
+
+
+def _loop_config(mport: int, rx_url: str, xsoar_url: str) -> str:
+    return f"""
+[relay]
+state_dir = "state"
+metrics_address = "127.0.0.1:{mport}"
+drain_timeout = 3
+
+[sources.rhythmx]
+type = "rhythmx_api"
+url = "{rx_url}"
+auth = "api_key"
+api_key_file = "rx.key"
+poll_interval = 0.3
+retry_base = 0.05
+retry_cap = 0.5
+
+[sources.xsoar_closed]
+type = "xsoar_mirror"
+url = "{xsoar_url}"
+api_key_file = "xsoar.key"
+poll_interval = 0.3
+page_size = 3
+retry_base = 0.05
+retry_cap = 0.5
+
+[sinks.xsoar]
+type = "xsoar"
+url = "{xsoar_url}"
+api_key_file = "xsoar.key"
+mode = "sync"
+close_on_source_close = true
+
+[sinks.xsoar.retry]
+base = 0.2
+cap = 1
+
+[sinks.rhythmx_back]
+type = "rhythmx_api"
+url = "{rx_url}"
+auth = "jwt"
+username = "soar-service-account"
+password_file = "rx.password"
+
+[sinks.rhythmx_back.retry]
+base = 0.2
+cap = 1
+max_attempts = 0
+
+[routes.incidents]
+match = 'source == "rhythmx"'
+sinks = ["xsoar"]
+
+[routes.close_rhythmx]
+match = 'kind == "closure" and vendor == "RhythmX"'
+sinks = ["rhythmx_back"]
+"""
+
+
+def test_xsoar_close_patches_rhythmx_once_across_a_restart_and_no_echo(tmp_path, make_relay):
+    """Closed in XSOAR -> one PATCH in RhythmX, though the relay restarts between the close and
+    the PATCH and the first PATCH's answer is lost; a close that started in RhythmX is not
+    written back to it."""
+    from tests.harness import relay_cli
+    import json
+    (tmp_path / "rx.key").write_text(RX_KEY)
+    (tmp_path / "rx.password").write_text(RX_PASSWORD)
+    (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
+    with RhythmxEmulator(api_key=RX_KEY, password=RX_PASSWORD, token_ttl=30) as rx, \
+            XsoarEmulator(api_key=XSOAR_KEY, auth_id=None) as xs:
+        a = rx.add_incident("INC-close-me")["incident_id"]
+        b = rx.add_incident("INC-closed-at-source")["incident_id"]
+        others = [rx.add_incident()["incident_id"] for _ in range(4)]
+        mport = free_port()
+        cfg = _loop_config(mport, rx.url, xs.url)
+
+        def inc(key):
+            hits = xs.by_field("relaydedupkey").get(key) or []
+            return hits[0] if len(hits) == 1 else None
+
+        with make_relay(cfg, mport) as relay:
+            xs.wait(lambda e: all(inc(f"rhythmx:{i}") for i in [a, b, *others]), 30, "6 incidents")
+            rx.fail(503, op="patch")                           # RhythmX refuses the PATCH for now
+            xs.close_incident(inc(f"rhythmx:{a}")["id"], reason="Resolved", notes="contained on host", owner="alice")
+            xs.reassign(inc(f"rhythmx:{others[0]}")["id"], "bob")     # an assignment: no route, not written
+            relay.wait_metric("relay_mirror_events_total", 1, 30, source="xsoar_closed", event="closure",
+                              origin="rhythmx")
+            relay.wait_metric("relay_writeback_requests_total", 1, 30, sink="rhythmx_back", op="patch",
+                              status="503")
+            # closed at the source: RhythmX -> XSOAR closes it (relay's close notes) -> not echoed back
+            rx.update_incident(b, status="CLOSED")
+            xs.wait(lambda e: inc(f"rhythmx:{b}")["status"] == 2, 30, "the source's close in XSOAR")
+            relay.wait_metric("relay_mirror_skipped_total", 1, 30, source="xsoar_closed", reason="own_close")
+        assert relay.returncode == 0, relay.stderr()[-3000:]
+        assert rx.patches == []
+        status = json.loads(relay_cli("queue", "status", "--json", "--config", str(tmp_path / "relay.toml"),
+                                      cwd=tmp_path).stdout)
+        back = [r for r in status if r["sink"] == "rhythmx_back"]
+        assert back and back[0]["depth"] == 1, status            # the write waits in its queue
+        rx.clear_faults()
+        rx.drop_after_processing(count=1, op="patch")         # the first PATCH works, its answer is lost
+        with make_relay(cfg, mport) as relay2:
+            rx.wait(lambda e: e.patches_for(a), 30, "the PATCH")
+            relay2.wait_metric("relay_writeback_total", 1, 30, sink="rhythmx_back", action="already_closed")
+            relay2.wait_metric("relay_pull_polls_total", relay2.metric("relay_pull_polls_total",
+                                                                     source="xsoar_closed") + 3, 30,
+                               source="xsoar_closed")
+        assert relay2.returncode == 0, relay2.stderr()[-3000:]
+        assert len(rx.patches_for(a)) == 1, rx.patches
+        p = rx.patches_for(a)[0]
+        assert p["status"] == "CLOSED" and p["before"] == "OPEN"
+        assert "alice" in p["notes"] and "Resolved" in p["notes"] and "contained on host" in p["notes"]
+        assert rx.patches_for(b) == [] and len(rx.patches) == 1
+        assert rx.incident(a)["status"] == "CLOSED"
+        err = relay.stderr() + relay2.stderr()
+        assert RX_KEY not in err and RX_PASSWORD not in err and XSOAR_KEY not in err
+        assert "ALERT" not in err

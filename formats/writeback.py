@@ -1,0 +1,81 @@
+"""Write-back requests: what a ``closure`` / ``assignment`` event (the ``xsoar_mirror`` source)
+becomes for the system the incident came from.  Pure, no I/O.
+
+A closure event's canonical fields (relay/sources/xsoar_mirror.py)::
+
+    kind = "closure" | "assignment", vendor/product = the origin's, origin = "rhythmx" | "qradar" |
+    "falcon" | ..., id = the origin's own id (a RhythmX incident id, an offense id, a Falcon
+    composite id), dedup_key = the origin's dedup key (rhythmx:INC-1), status = "closed",
+    extra = {xsoar_id, close_reason, close_notes, owner, closed, modified, origin_key}
+
+Each encoder returns one JSON object, the queued row of the write-back sink: the request it
+will make, plus ``key``, the idempotency key of this one write (the origin key, the XSOAR
+incident and the time it was closed: a close, a reopen and a second close are two writes; the
+same close seen twice is one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["ORIGINS", "RhythmxOptions", "rhythmx_status", "close_note", "write_key", "WritebackError"]
+
+#: dedup-key prefix of an incident's origin -> (vendor, product) of the events the relay makes
+#: from it (parsers/rhythmx.py, parsers/qradar.py, parsers/falcon.py); the mirror's origins
+ORIGINS = {"rhythmx": ("RhythmX", "SigmaIncident"), "qradar": ("IBM", "QRadar"), "falcon": ("CrowdStrike", "Falcon")}
+
+#: longest note written back (RhythmX notes, QRadar note_text, Falcon comments)
+MAX_NOTE = 2000
+
+
+class WritebackError(ValueError):
+    """The event is not one this write-back can make (it goes to the sink's dead letters)."""
+
+
+def _extra(fields: dict) -> dict:
+    x = fields.get("extra")
+    return x if isinstance(x, dict) else {}
+
+
+def write_key(fields: dict, what: str) -> str:
+    """``<origin key>|xsoar:<id>|<what>:<closed or modified time>``."""
+    x = _extra(fields)
+    when = x.get("closed") if what == "closed" else x.get("modified")
+    return f"{fields.get('dedup_key') or x.get('origin_key')}|xsoar:{x.get('xsoar_id')}|{what}:{when}"
+
+
+def close_note(fields: dict, prefix: str = "Closed in XSOAR") -> str:
+    """``Closed in XSOAR (incident 12) by alice: False Positive. <close notes>`` (one line per part,
+    at most :data:`MAX_NOTE` characters)."""
+    x = _extra(fields)
+    who = x.get("owner") or "an unassigned analyst"
+    reason = x.get("close_reason") or "no reason given"
+    text = f"{prefix} (incident {x.get('xsoar_id')}) by {who}: {reason}."
+    notes = str(x.get("close_notes") or "").strip()
+    if notes:
+        text += f" {notes}"
+    return text if len(text) <= MAX_NOTE else text[:MAX_NOTE - 3] + "..."
+
+
+@dataclass(frozen=True)
+class RhythmxOptions:
+    #: XSOAR close reasons (case-insensitive) written back as FALSE_POSITIVE; the rest as CLOSED
+    false_positive_reasons: tuple = ("false positive",)
+    note_prefix: str = "Closed in XSOAR"
+    origins: tuple = field(default=("rhythmx",))
+
+
+def rhythmx_status(fields: dict, opts: RhythmxOptions = RhythmxOptions()) -> dict:
+    """A closure event -> ``{"op": "status", "id", "status", "notes", "key"}``: the body of
+    ``PATCH /api/incidents/{id}/status`` plus what the sink needs."""
+    if fields.get("kind") != "closure":
+        raise WritebackError(f"the RhythmX write-back takes closure events, not {fields.get('kind')!r} "
+                             f"(route only kind == \"closure\" to it)")
+    if fields.get("origin") not in opts.origins:
+        raise WritebackError(f"this closure came from {fields.get('origin')!r}, not from RhythmX ({fields.get('dedup_key')})")
+    inc_id = fields.get("id")
+    if not inc_id:
+        raise WritebackError("the closure event has no RhythmX incident id")
+    reason = str(_extra(fields).get("close_reason") or "").strip().lower()
+    status = "FALSE_POSITIVE" if reason in {r.lower() for r in opts.false_positive_reasons} else "CLOSED"
+    return {"op": "status", "id": str(inc_id), "status": status, "notes": close_note(fields, opts.note_prefix),
+            "key": write_key(fields, "closed")}
