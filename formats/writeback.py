@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ORIGINS", "RhythmxOptions", "rhythmx_status", "close_note", "write_key", "WritebackError"]
+__all__ = ["ORIGINS", "QradarOptions", "qradar_close", "RhythmxOptions", "rhythmx_status", "close_note", "write_key", "WritebackError"]
 
 #: dedup-key prefix of an incident's origin -> (vendor, product) of the events the relay makes
 #: from it (parsers/rhythmx.py, parsers/qradar.py, parsers/falcon.py); the mirror's origins
@@ -78,4 +78,32 @@ def rhythmx_status(fields: dict, opts: RhythmxOptions = RhythmxOptions()) -> dic
     reason = str(_extra(fields).get("close_reason") or "").strip().lower()
     status = "FALSE_POSITIVE" if reason in {r.lower() for r in opts.false_positive_reasons} else "CLOSED"
     return {"op": "status", "id": str(inc_id), "status": status, "notes": close_note(fields, opts.note_prefix),
+            "key": write_key(fields, "closed")}
+
+
+@dataclass(frozen=True)
+class QradarOptions:
+    #: XSOAR close reason (lower case) -> QRadar closing_reason_id
+    closing_reasons: tuple = (("false positive", 2), ("resolved", 1), ("duplicate", 1), ("other", 1))
+    #: the id for a reason not in the table
+    default_closing_reason_id: int = 1
+    note_prefix: str = "Closed in XSOAR"
+    origins: tuple = ("qradar",)
+
+
+def qradar_close(fields: dict, opts: QradarOptions = QradarOptions()) -> dict:
+    """A closure event of a QRadar offense -> ``{"op": "close", "id", "closing_reason_id", "note",
+    "key"}``: ``POST /api/siem/offenses/{id}/notes?note_text=<note>`` then ``POST
+    /api/siem/offenses/{id}?status=CLOSED&closing_reason_id=<id>``."""
+    if fields.get("kind") != "closure":
+        raise WritebackError(f"the QRadar write-back takes closure events, not {fields.get('kind')!r} "
+                             f"(route only kind == \"closure\" to it)")
+    if fields.get("origin") not in opts.origins:
+        raise WritebackError(f"this closure came from {fields.get('origin')!r}, not from QRadar ({fields.get('dedup_key')})")
+    oid = str(fields.get("id") or "")
+    if not oid.isdigit():
+        raise WritebackError(f"{oid!r} is not a QRadar offense id")
+    reason = str(_extra(fields).get("close_reason") or "").strip().lower()
+    rid = dict(opts.closing_reasons).get(reason, opts.default_closing_reason_id)
+    return {"op": "close", "id": int(oid), "closing_reason_id": int(rid), "note": close_note(fields, opts.note_prefix),
             "key": write_key(fields, "closed")}

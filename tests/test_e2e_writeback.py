@@ -219,3 +219,103 @@ def test_xsoar_close_patches_rhythmx_once_across_a_restart_and_no_echo(tmp_path,
         err = relay.stderr() + relay2.stderr()
         assert RX_KEY not in err and RX_PASSWORD not in err and XSOAR_KEY not in err
         assert "ALERT" not in err
+
+
+SEC = "e2e-qradar-sec-wb-77"
+
+
+def _qradar_loop_config(mport: int, qr_url: str, xsoar_url: str) -> str:
+    return f"""
+[relay]
+state_dir = "state"
+metrics_address = "127.0.0.1:{mport}"
+drain_timeout = 3
+
+[sources.offenses]
+type = "qradar_offenses"
+url = "{qr_url}"
+token_file = "qradar.token"
+poll_interval = 0.3
+page_size = 4
+retry_base = 0.05
+retry_cap = 0.5
+resolve_context = false
+
+[sources.xsoar_closed]
+type = "xsoar_mirror"
+url = "{xsoar_url}"
+api_key_file = "xsoar.key"
+poll_interval = 0.3
+retry_base = 0.05
+retry_cap = 0.5
+
+[sinks.xsoar]
+type = "xsoar"
+url = "{xsoar_url}"
+api_key_file = "xsoar.key"
+mode = "sync"
+close_on_source_close = true
+
+[sinks.qradar_back]
+type = "qradar_api"
+url = "{qr_url}"
+token_file = "qradar.token"
+default_closing_reason_id = 1
+
+[sinks.qradar_back.closing_reasons]
+"False Positive" = 2
+"Resolved" = 3
+
+[sinks.qradar_back.retry]
+base = 0.2
+cap = 1
+max_attempts = 0
+
+[routes.offenses]
+match = 'source == "offenses"'
+sinks = ["xsoar"]
+
+[routes.close_qradar]
+match = 'kind == "closure" and origin == "qradar"'
+sinks = ["qradar_back"]
+"""
+
+
+def test_xsoar_close_closes_the_qradar_offense_with_reason_and_note_and_no_bounce(tmp_path, make_relay):
+    from tests.emulators.qradar import QradarEmulator
+    (tmp_path / "qradar.token").write_text(SEC)
+    (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
+    with QradarEmulator(token=SEC) as qr, XsoarEmulator(api_key=XSOAR_KEY, auth_id=None) as xs:
+        a, b, c = (o["id"] for o in qr.add_offenses(3))
+        mport = free_port()
+
+        def inc(oid):
+            hits = xs.by_field("relaydedupkey").get(f"qradar:{oid}") or []
+            return hits[0] if len(hits) == 1 else None
+
+        with make_relay(_qradar_loop_config(mport, qr.url, xs.url), mport) as relay:
+            xs.wait(lambda e: all(inc(o) for o in (a, b, c)), 30, "3 incidents")
+            qr.fail(500, count=2, op="offense")               # the first reads fail: retried
+            xs.close_incident(inc(a)["id"], reason="False Positive", notes="benign scanner", owner="alice")
+            qr_closed = lambda: qr.offenses[a]["status"] == "CLOSED"     # noqa: E731
+            xs.wait(lambda e: qr_closed(), 30, "offense closed in QRadar")
+            # closed in QRadar: the incident closes, and nothing goes back to QRadar
+            qr.close_offense(b, closing_reason_id=1)
+            xs.wait(lambda e: inc(b)["status"] == 2, 30, "the QRadar close reaching XSOAR")
+            relay.wait_metric("relay_mirror_skipped_total", 1, 30, source="xsoar_closed", reason="own_close")
+            xs.close_incident(inc(c)["id"], reason="Duplicate")  # not in the table: the default id
+            xs.wait(lambda e: qr.offenses[c]["status"] == "CLOSED", 30, "offense c closed")
+            n = relay.metric("relay_pull_polls_total", source="xsoar_closed")
+            relay.wait_metric("relay_pull_polls_total", n + 3, 30, source="xsoar_closed")
+        assert relay.returncode == 0, relay.stderr()[-3000:]
+        o = qr.offenses[a]
+        assert o["closing_reason_id"] == 2 and o["closing_user"] == "API_token:relay"
+        assert [n["note_text"] for n in qr.notes[a]] == [
+            f"Closed in XSOAR (incident {inc(a)['id']}) by alice: False Positive. benign scanner"]
+        assert qr.offenses[c]["closing_reason_id"] == 1 and len(qr.notes[c]) == 1
+        assert [w for w in qr.writes if w["id"] == b] == [], "a QRadar close bounced back to QRadar"
+        assert qr.offenses[b]["closing_user"] == "admin" and not qr.notes.get(b)
+        assert sorted((w["op"], w["id"]) for w in qr.writes) == sorted([("note", a), ("update", a), ("note", c),
+                                                                        ("update", c)])
+        err = relay.stderr()
+        assert SEC not in err and XSOAR_KEY not in err and "ALERT" not in err

@@ -257,3 +257,78 @@ def test_rhythmx_sink_config_errors(tmp_path, env):
             with pytest.raises(ConfigError) as e:
                 rx_sink(tmp_path, rx, extra)
             assert msg in str(e.value), (extra, str(e.value))
+
+
+# ============================================================================ the QRadar sink
+QR_SEC = "wb-qradar-sec-19"
+
+
+def test_qradar_close_encoding():
+    from formats.writeback import QradarOptions, qradar_close
+    f = closure("1201", reason="False Positive", origin="qradar")
+    w = qradar_close(f)
+    assert (w["op"], w["id"], w["closing_reason_id"]) == ("close", 1201, 2)
+    assert w["note"] == "Closed in XSOAR (incident 12) by alice: False Positive. done"
+    assert qradar_close(closure("7", reason="Weird", origin="qradar"),
+                        QradarOptions(default_closing_reason_id=9))["closing_reason_id"] == 9
+    for bad in (closure("x1", origin="qradar"), closure("7"), closure("7", kind="assignment", origin="qradar")):
+        with pytest.raises(WritebackError):
+            qradar_close(bad)
+
+
+def qr_sink(tmp_path, qr, extra: str = ""):
+    cfg = loads(f"""
+[relay]
+state_dir = "{tmp_path / 'state'}"
+[sinks.qback]
+type = "qradar_api"
+url = "{qr.url}/api"
+token_env = "T_QR_SEC"
+{extra}
+[routes.all]
+match = 'kind == "closure"'
+sinks = ["qback"]
+""", file="test.toml", base_dir=tmp_path).sinks["qback"]
+    q = make_queue(tmp_path / "state" / "queue-qback.db")
+    return cfg, q, make_sink(cfg, q, registry=Registry(), auth_recheck=0.3)
+
+
+def test_qradar_sink_note_once_closed_protected_and_unknown(tmp_path, env, monkeypatch):
+    from tests.emulators.qradar import QradarEmulator
+    monkeypatch.setenv("T_QR_SEC", QR_SEC)
+    with QradarEmulator(token=QR_SEC) as qr:
+        a, b, c, d = (o["id"] for o in qr.add_offenses(4))
+        qr.update_offense(c, protected=True)
+        qr.close_offense(d)
+        cfg, q, sink = qr_sink(tmp_path, qr, '[sinks.qback.closing_reasons]\n"False Positive" = 3')
+        fa = closure(str(a), reason="False Positive", origin="qradar")
+        from formats.writeback import close_note
+        qr.notes[a] = [{"id": 1, "note_text": close_note(fa), "username": "API", "create_time": 1}]  # a retry
+        enqueue(cfg, q, [fa, closure(str(b), reason="Resolved", origin="qradar"),
+                         closure(str(c), origin="qradar"), closure(str(d), origin="qradar"),
+                         closure("999999", origin="qradar"), fa])
+        qr.fail(503, count=1, op="notes")
+        assert run_async(run_sinks([sink], lambda: q.depth() == 0, 20), 60)
+        assert qr.offenses[a]["closing_reason_id"] == 3 and len(qr.notes[a]) == 1       # note not added twice
+        assert qr.offenses[b]["status"] == "CLOSED" and qr.offenses[b]["closing_reason_id"] == 1
+        assert qr.offenses[c]["status"] == "OPEN"                                       # protected: 409
+        assert [w for w in qr.writes if w["id"] == d] == []                            # closed already
+        dead = sorted(r.last_error for r in q.list(100, dlq=True))
+        assert len(dead) == 2 and any("999999" in e for e in dead) and any("protected" in e for e in dead)
+        reg = sink.registry
+        got = {a: reg.counter("relay_writeback_total", sink="qback", action=a).value
+               for a in ("closed", "already_closed", "duplicate", "note_added", "note_present")}
+        assert got == {"closed": 2, "already_closed": 1, "duplicate": 1, "note_added": 2, "note_present": 1}, got
+        q.close()
+
+
+def test_qradar_sink_config_errors(tmp_path, env, monkeypatch):
+    from tests.emulators.qradar import QradarEmulator
+    monkeypatch.setenv("T_QR_SEC", QR_SEC)
+    with QradarEmulator(token=QR_SEC) as qr:
+        for extra, msg in (('token = "x"', "never written"), ('api_version = "v2"', "API version"),
+                           ('[sinks.qback.closing_reasons]\n"Resolved" = "one"', "closing_reasons"),
+                           ("default_closing_reason_id = 0", "closing_reason_id")):
+            with pytest.raises(ConfigError) as e:
+                qr_sink(tmp_path, qr, extra)
+            assert msg in str(e.value), (extra, str(e.value))

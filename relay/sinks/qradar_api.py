@@ -1,0 +1,226 @@
+"""QRadar write-back (``type = "qradar_api"`` sink): a ``closure`` event of the ``xsoar_mirror``
+source for a QRadar offense closes the offense, with a note (apis.md 3.5):
+
+1. ``POST /api/siem/offenses/{id}/notes?note_text=<note>`` (``Closed in XSOAR (incident 12) by
+   alice: False Positive. <close notes>``), unless the offense already carries that note;
+2. ``POST /api/siem/offenses/{id}?status=CLOSED&closing_reason_id=<id>``, the id mapped from
+   XSOAR's close reason by the ``closing_reasons`` table (``default_closing_reason_id`` for the
+   rest; QRadar refuses reserved and deleted reasons).
+
+Idempotent: the write's key (offense key, XSOAR incident, close time) in the sink's dedup store
+(``<state_dir>/qradar-dedup-<sink>.db``); ``check_status`` (default on) reads the offense first
+and an offense already CLOSED is left alone, which is also the loop guard: an offense closed in
+QRadar closes its XSOAR incident (``qradar_offenses`` source, ``xsoar`` sink with
+``close_on_source_close``), the mirror sees that close (and, by its close notes, does not
+emit it), and were it emitted, this sink would find the offense closed and write nothing.  A
+409 to the close (closed meanwhile) is re-read: closed is success, anything else (a protected
+offense) a dead letter.  The note is looked up before it is added, so a retried write adds it
+once.
+
+Auth: ``SEC: <authorized service token>`` (env or file), ``Version: <api_version>``; 401/403
+block the sink (writes stay queued), 429/5xx retried, other 4xx dead-lettered with QRadar's
+message.  Counted in ``relay_writeback_total{sink, action}`` (``closed``, ``already_closed``,
+``duplicate``, ``note_added``, ``note_present``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import orjson
+
+from formats.writeback import QradarOptions, qradar_close
+
+from .. import kinds
+from ..checks import http_url
+from ..dedup import DedupRecord, DedupStore, store_path
+from ..secrets import Secret, read_secret
+from ._http import HTTP_KEYS, HttpOptions, HttpSink, Redactor, classify, read_http
+from .base import PermanentError
+
+__all__ = ["QradarSinkSettings", "QradarWritebackSink", "read_config"]
+
+log = logging.getLogger("relay.sinks.qradar_api")
+OFFENSES = "/api/siem/offenses"
+
+
+@dataclass(frozen=True)
+class QradarSinkSettings:
+    url: str
+    token: Secret
+    http: HttpOptions
+    api_version: str = "20.0"
+    opts: QradarOptions = QradarOptions()
+    check_status: bool = True
+    dedup_store_size: int = 100_000
+
+
+def _reason_id(v):
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"must be a QRadar closing_reason_id (a positive integer), not {v!r}")
+
+
+def read_config(table, sk, base_dir: Path) -> None:
+    url = table.get("url", str, required=True, check=http_url).rstrip("/")
+    if url.endswith("/api"):
+        url = url[:-4]
+    token = read_secret(table, "token_env", "token_file", "QRadar authorized service token (SEC)", base_dir,
+                        literal="token")
+    version = str(table.get("api_version", (str, float, int), "20.0")).strip()
+    if not re.fullmatch(r"\d+(\.\d+)?", version):
+        raise table.err("api_version", f"{version!r} is not an API version like 20.0")
+    cr = table.table("closing_reasons")
+    reasons = dict(QradarOptions().closing_reasons) if not cr.data else {}
+    for k in list(cr.data):
+        reasons[k.strip().lower()] = cr.get(k, int, check=_reason_id)
+    cr.finish()
+    sk.options["qradar_api"] = QradarSinkSettings(
+        url=url, token=token, http=read_http(table, base_dir, concurrency=4), api_version=version,
+        opts=QradarOptions(closing_reasons=tuple(reasons.items()),
+                           default_closing_reason_id=table.get("default_closing_reason_id", int, 1,
+                                                               check=_reason_id),
+                           note_prefix=table.get("note_prefix", str, "Closed in XSOAR")),
+        check_status=table.get("check_status", bool, True),
+        dedup_store_size=table.get("dedup_store_size", int, 100_000,
+                                   check=lambda v: None if v > 0 else
+                                   (_ for _ in ()).throw(ValueError(f"must be greater than 0, not {v}"))),
+    )
+    sk.format = "json"
+
+
+def renderer(sk):
+    opts = sk.options["qradar_api"].opts if "qradar_api" in sk.options else QradarOptions()
+
+    def render(ev, routes):
+        return orjson.dumps(qradar_close(ev.fields or {}, opts))
+    return render
+
+
+class QradarWritebackSink(HttpSink):
+    service = "QRadar"
+    requests_metric = "relay_writeback_requests_total"
+
+    def __init__(self, cfg, queue, *, transport=None, **kw) -> None:
+        s: QradarSinkSettings | None = cfg.options.get("qradar_api")
+        if s is None:
+            raise ValueError(f"sink {cfg.name}: no QRadar settings (the config reader did not run)")
+        super().__init__(cfg, queue, transport=transport, http=s.http, redact=Redactor([s.token.reveal()]), **kw)
+        self.settings = s
+        self.store = DedupStore(store_path(queue, self.name, "qradar"), s.dedup_store_size)
+        self.registry.gauge("relay_writeback_dedup_entries", lambda: len(self.store), sink=self.name)
+        log.info("sink %s: QRadar write-back at %s (closing reasons %s, default %d)", self.name, s.url,
+                 dict(s.opts.closing_reasons), s.opts.default_closing_reason_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.store.closed:
+            await asyncio.to_thread(self.store.reopen)
+        await super().run(stop)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await asyncio.to_thread(self.store.close)
+
+    def count(self, action: str) -> None:
+        self.registry.counter("relay_writeback_total", sink=self.name, action=action).value += 1
+
+    async def call(self, method: str, path: str, op: str, params: dict | None = None, headers: dict | None = None):
+        s = self.settings
+        h = {"SEC": s.token.reveal(), "Version": s.api_version, "Accept": "application/json", **(headers or {})}
+        return await self.request(method, s.url + path, op, params=params, headers=h)
+
+    def _check(self, resp, what: str) -> None:
+        err = classify(resp, what, service="QRadar", redact=self.redact,
+                       auth_hint="check the SEC token and its capabilities (offenses: maintain)")
+        if err is not None:
+            raise err
+
+    async def offense(self, oid: int) -> dict:
+        resp = await self.call("GET", f"{OFFENSES}/{oid}", "get", params={"fields": "id,status,closing_reason_id"})
+        if resp.status_code == 404:
+            raise PermanentError(f"QRadar has no offense {oid} (GET answered 404)", reason="rejected")
+        self._check(resp, f"get (GET {OFFENSES}/{oid})")
+        try:
+            o = resp.json()
+        except ValueError:
+            o = None
+        return o if isinstance(o, dict) else {}
+
+    async def add_note(self, oid: int, text: str) -> None:
+        """The note, unless the offense carries it already (a retried write)."""
+        path = f"{OFFENSES}/{oid}/notes"
+        resp = await self.call("GET", path, "notes", params={"fields": "note_text"},
+                               headers={"Range": "items=0-499"})
+        self._check(resp, f"notes (GET {path})")
+        try:
+            have = resp.json()
+        except ValueError:
+            have = []
+        if any(isinstance(n, dict) and n.get("note_text") == text for n in have or ()):
+            self.count("note_present")
+            return
+        resp = await self.call("POST", path, "note", params={"note_text": text})
+        if resp.status_code == 404:
+            raise PermanentError(f"QRadar has no offense {oid} (note answered 404)", reason="rejected")
+        self._check(resp, f"note (POST {path})")
+        self.count("note_added")
+
+    @staticmethod
+    def _key(item) -> str | None:
+        k = item.meta.get("dedup_key")
+        return str(k) if k else None
+
+    async def _handle(self, item) -> None:
+        try:
+            w = orjson.loads(item.payload)
+            if not isinstance(w, dict) or w.get("op") != "close" or not isinstance(w.get("id"), int) \
+                    or not w.get("key"):
+                raise ValueError("not a QRadar close")
+        except ValueError as e:
+            raise PermanentError(f"queued payload is not a QRadar write-back: {e}", reason="bad_payload") from None
+        key, oid = str(w["key"]), w["id"]
+        if await asyncio.to_thread(self.store.get, key) is not None:
+            self.count("duplicate")
+            return
+        if self.settings.check_status:
+            o = await self.offense(oid)
+            if str(o.get("status") or "").upper() == "CLOSED":
+                await asyncio.to_thread(self.store.put, DedupRecord(key, str(oid), closed=True))
+                self.count("already_closed")
+                log.info("sink %s: offense %s is closed in QRadar already: nothing to write", self.name, oid)
+                return
+        if w.get("note"):
+            await self.add_note(oid, str(w["note"]))
+        path = f"{OFFENSES}/{oid}"
+        resp = await self.call("POST", path, "close", params={"status": "CLOSED",
+                                                               "closing_reason_id": str(w["closing_reason_id"]),
+                                                               "fields": "id,status"})
+        if resp.status_code == 409:
+            o = await self.offense(oid)
+            if str(o.get("status") or "").upper() != "CLOSED":
+                raise PermanentError(f"QRadar refused to close offense {oid} (409: the offense's state, e.g. "
+                                     f"protected)", reason="rejected")
+            self.count("already_closed")
+        elif resp.status_code == 404:
+            raise PermanentError(f"QRadar has no offense {oid} (close answered 404)", reason="rejected")
+        else:
+            self._check(resp, f"close (POST {path})")
+            self.count("closed")
+            log.info("sink %s: offense %s closed (closing_reason_id %s)", self.name, oid, w["closing_reason_id"])
+        await asyncio.to_thread(self.store.put, DedupRecord(key, str(oid), closed=True))
+
+    async def send(self, items: Sequence):
+        return await self.run_groups(self.groups(items, self._key), self._handle)
+
+
+KIND = kinds.register_sink(kinds.SinkKind(
+    type="qradar_api", read_config=read_config, factory=QradarWritebackSink, renderer=renderer,
+    keys=("url", "token_env", "token_file", "api_version", "closing_reasons", "default_closing_reason_id",
+          "note_prefix", "check_status", "dedup_store_size") + HTTP_KEYS,
+    meta=("dedup_key", "event", "status"), structured=True, batch_size=20,
+    doc="QRadar write-back: a closure event closes the offense (mapped closing_reason_id) with a note, once"))
