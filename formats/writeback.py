@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ORIGINS", "QradarOptions", "qradar_close", "RhythmxOptions", "rhythmx_status", "close_note", "write_key", "WritebackError"]
+__all__ = ["ORIGINS", "FalconOptions", "falcon_close", "QradarOptions", "qradar_close", "RhythmxOptions", "rhythmx_status", "close_note", "write_key", "WritebackError"]
 
 #: dedup-key prefix of an incident's origin -> (vendor, product) of the events the relay makes
 #: from it (parsers/rhythmx.py, parsers/qradar.py, parsers/falcon.py); the mirror's origins
@@ -107,3 +107,26 @@ def qradar_close(fields: dict, opts: QradarOptions = QradarOptions()) -> dict:
     rid = dict(opts.closing_reasons).get(reason, opts.default_closing_reason_id)
     return {"op": "close", "id": int(oid), "closing_reason_id": int(rid), "note": close_note(fields, opts.note_prefix),
             "key": write_key(fields, "closed")}
+
+
+@dataclass(frozen=True)
+class FalconOptions:
+    note_prefix: str = "Closed in XSOAR"
+    origins: tuple = ("falcon",)
+
+
+def falcon_close(fields: dict, opts: FalconOptions = FalconOptions()) -> dict:
+    """A closure event of a Falcon alert -> ``{"op": "close", "id", "body", "key"}``; ``body`` is
+    the ``PATCH /alerts/entities/alerts/v3`` request: status ``closed`` and the note as a comment."""
+    if fields.get("kind") != "closure":
+        raise WritebackError(f"the Falcon write-back takes closure events, not {fields.get('kind')!r} "
+                             f"(route only kind == \"closure\" to it)")
+    if fields.get("origin") not in opts.origins:
+        raise WritebackError(f"this closure came from {fields.get('origin')!r}, not from Falcon ({fields.get('dedup_key')})")
+    cid = str(fields.get("id") or "")
+    if not cid:
+        raise WritebackError("the closure event has no Falcon composite id")
+    body = {"composite_ids": [cid],
+            "action_parameters": [{"name": "update_status", "value": "closed"},
+                                  {"name": "append_comment", "value": close_note(fields, opts.note_prefix)}]}
+    return {"op": "close", "id": cid, "body": body, "key": write_key(fields, "closed")}

@@ -319,3 +319,90 @@ def test_xsoar_close_closes_the_qradar_offense_with_reason_and_note_and_no_bounc
                                                                         ("update", c)])
         err = relay.stderr()
         assert SEC not in err and XSOAR_KEY not in err and "ALERT" not in err
+
+
+FALCON_SECRET = "e2e-falcon-secret-wb-4"
+
+
+def _falcon_loop_config(mport: int, falcon_url: str, xsoar_url: str) -> str:
+    return f"""
+[relay]
+state_dir = "state"
+metrics_address = "127.0.0.1:{mport}"
+drain_timeout = 3
+
+[sources.falcon]
+type = "falcon"
+base_url = "{falcon_url}"
+client_id = "test-client"
+client_secret_file = "falcon.secret"
+poll_interval = 0.3
+retry_base = 0.05
+retry_cap = 0.5
+
+[sources.xsoar_closed]
+type = "xsoar_mirror"
+url = "{xsoar_url}"
+api_key_file = "xsoar.key"
+poll_interval = 0.3
+retry_base = 0.05
+retry_cap = 0.5
+
+[sinks.xsoar]
+type = "xsoar"
+url = "{xsoar_url}"
+api_key_file = "xsoar.key"
+
+[sinks.falcon_back]
+type = "falcon_api"
+url = "{falcon_url}"
+client_id = "test-client"
+client_secret_file = "falcon.secret"
+
+[sinks.falcon_back.retry]
+base = 0.2
+cap = 1
+max_attempts = 0
+
+[routes.alerts]
+match = 'source == "falcon"'
+sinks = ["xsoar"]
+
+[routes.close_falcon]
+match = 'kind == "closure" and origin == "falcon"'
+sinks = ["falcon_back"]
+"""
+
+
+def test_xsoar_close_closes_the_falcon_alert_with_a_comment(tmp_path, make_relay):
+    from tests.emulators.falcon import FalconEmulator
+    (tmp_path / "falcon.secret").write_text(FALCON_SECRET)
+    (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
+    with FalconEmulator(client_secret=FALCON_SECRET, token_ttl=2) as falcon, \
+            XsoarEmulator(api_key=XSOAR_KEY, auth_id=None) as xs:
+        alerts = [a["composite_id"] for a in falcon.add_alerts(3, start=time.time() - 30)]
+        mport = free_port()
+
+        def inc(cid):
+            hits = xs.by_field("relaydedupkey").get(f"falcon:{cid}") or []
+            return hits[0] if len(hits) == 1 else None
+
+        with make_relay(_falcon_loop_config(mport, falcon.url, xs.url), mport) as relay:
+            xs.wait(lambda e: all(inc(c) for c in alerts), 30, "3 incidents")
+            falcon.fail(503, count=1, op="update", body=True)
+            xs.close_incident(inc(alerts[0])["id"], reason="Resolved", notes="reimaged", owner="carol")
+            xs.wait(lambda e: falcon.alerts[alerts[0]]["status"] == "closed", 30, "alert closed in Falcon")
+            with falcon.lock:                                  # closed in Falcon first: not written again
+                falcon.alerts[alerts[1]]["status"] = "closed"
+            xs.close_incident(inc(alerts[1])["id"], reason="Resolved")
+            relay.wait_metric("relay_writeback_total", 1, 30, sink="falcon_back", action="already_closed")
+            n = relay.metric("relay_pull_polls_total", source="xsoar_closed")
+            relay.wait_metric("relay_pull_polls_total", n + 3, 30, source="xsoar_closed")
+        assert relay.returncode == 0, relay.stderr()[-3000:]
+        a = falcon.alerts[alerts[0]]
+        assert a["comments"] == [f"Closed in XSOAR (incident {inc(alerts[0])['id']}) by carol: Resolved. reimaged"]
+        assert [u["id"] for u in falcon.updates] == [alerts[0]]
+        assert falcon.alerts[alerts[2]]["status"] == "new"
+        assert falcon.stats["fault_503"] == 1
+        err = relay.stderr()
+        assert FALCON_SECRET not in err and XSOAR_KEY not in err and "ALERT" not in err

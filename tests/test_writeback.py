@@ -332,3 +332,56 @@ def test_qradar_sink_config_errors(tmp_path, env, monkeypatch):
             with pytest.raises(ConfigError) as e:
                 qr_sink(tmp_path, qr, extra)
             assert msg in str(e.value), (extra, str(e.value))
+
+
+def test_falcon_close_encoding():
+    from formats.writeback import falcon_close
+    w = falcon_close(closure("cid:ind:agent:1-2-3", origin="falcon"))
+    assert w["id"] == "cid:ind:agent:1-2-3"
+    assert w["body"] == {"composite_ids": ["cid:ind:agent:1-2-3"], "action_parameters": [
+        {"name": "update_status", "value": "closed"},
+        {"name": "append_comment", "value": "Closed in XSOAR (incident 12) by alice: Resolved. done"}]}
+    for bad in (closure("x", origin="qradar"), closure("", origin="falcon"), closure("x", kind="assignment",
+                                                                                   origin="falcon")):
+        with pytest.raises(WritebackError):
+            falcon_close(bad)
+
+
+def test_falcon_sink_unknown_alert_dead_letters_and_bad_secret_blocks(tmp_path, env, monkeypatch, caplog):
+    from tests.emulators.falcon import FalconEmulator
+    monkeypatch.setenv("T_FALCON_SECRET", "right-secret-1")
+    with FalconEmulator(client_secret="right-secret-1") as falcon:
+        cid = falcon.add_alert()["composite_id"]
+
+        def sink(tmp, extra=""):
+            cfg = loads(f"""
+[relay]
+state_dir = "{tmp / 'state'}"
+[sinks.fb]
+type = "falcon_api"
+url = "{falcon.url}"
+client_id = "test-client"
+client_secret_env = "T_FALCON_SECRET"
+{extra}
+[routes.all]
+match = 'kind == "closure"'
+sinks = ["fb"]
+""", file="test.toml", base_dir=tmp).sinks["fb"]
+            q = make_queue(tmp / "state" / "queue-fb.db")
+            return cfg, q, make_sink(cfg, q, registry=Registry(), auth_recheck=0.3)
+        cfg, q, s = sink(tmp_path)
+        enqueue(cfg, q, [closure("nope:ind:x:1", origin="falcon"), closure(cid, origin="falcon"),
+                         closure(cid, origin="falcon")])
+        assert run_async(run_sinks([s], lambda: q.depth() == 0, 20), 60)
+        assert falcon.alerts[cid]["status"] == "closed" and len(falcon.alerts[cid]["comments"]) == 1
+        dead = q.list(10, dlq=True)
+        assert len(dead) == 1 and "nope:ind:x:1" in dead[0].last_error
+        q.close()
+        monkeypatch.setenv("T_FALCON_SECRET", "wrong-secret-2")
+        cfg, q, s = sink(tmp_path / "b")
+        enqueue(cfg, q, [closure(cid, origin="falcon", closed="2026-03-14T00:00:00Z")])
+        run_async(run_sinks([s], lambda: s.blocked, 20), 60)
+        assert s.blocked and q.depth() == 1 and "wrong-secret-2" not in caplog.text
+        q.close()
+        with pytest.raises(ConfigError):
+            sink(tmp_path / "c", 'client_secret = "x"')
