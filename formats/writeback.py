@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ORIGINS", "FalconOptions", "falcon_close", "QradarOptions", "qradar_close", "RhythmxOptions", "rhythmx_status", "close_note", "write_key", "WritebackError"]
+__all__ = ["ORIGINS", "FalconOptions", "falcon_close", "QradarOptions", "qradar_close", "qradar_triage", "RhythmxOptions", "rhythmx_status", "close_note", "write_key", "WritebackError"]
 
 #: dedup-key prefix of an incident's origin -> (vendor, product) of the events the relay makes
 #: from it (parsers/rhythmx.py, parsers/qradar.py, parsers/falcon.py); the mirror's origins
@@ -89,6 +89,38 @@ class QradarOptions:
     default_closing_reason_id: int = 1
     note_prefix: str = "Closed in XSOAR"
     origins: tuple = ("qradar",)
+    #: triage write-back (seed 003): off unless set; the note's first words (how a note of ours is
+    #: recognised on the offense); whether mode auto sets assigned_to from the owner table
+    triage_notes: bool = False
+    triage_prefix: str = "Relay triage"
+    triage_assign: bool = True
+
+
+def qradar_triage(fields: dict, opts: QradarOptions = QradarOptions()) -> dict:
+    """A triaged QRadar offense event (``qradar_offenses`` source, ``[triage] mode`` assist or
+    auto) -> ``{"op": "triage", "id", "note", "assigned_to", "mode", "reason", "key"}``: the
+    explanation as a note (``<triage_prefix>: ...``), and in mode auto ``assigned_to`` = the
+    owner the owner table chose.  One triage note per offense: ``key`` is the offense's."""
+    if not opts.triage_notes:
+        raise WritebackError("the triage write-back is off (triage_notes = false): route only closure events "
+                             "to this sink, or set triage_notes = true")
+    tr = fields.get("triage")
+    if not isinstance(tr, dict) or tr.get("mode") not in ("assist", "auto"):
+        mode = tr.get("mode") if isinstance(tr, dict) else None
+        raise WritebackError(f"triage write-back needs an event triaged in mode assist or auto (this one: {mode})")
+    key = str(fields.get("dedup_key") or "")
+    oid = str(fields.get("id") or "")
+    if not key.startswith("qradar:") or not oid.isdigit():
+        raise WritebackError(f"not a QRadar offense ({key or 'no dedup key'})")
+    text = f"{opts.triage_prefix}: {tr.get('explanation') or ''}".strip()
+    if len(text) > MAX_NOTE:
+        text = text[:MAX_NOTE - 3] + "..."
+    owner = tr.get("owner") if tr.get("mode") == "auto" and opts.triage_assign else None
+    sug = tr.get("suggested") or {}
+    reason = (f"triage mode {tr.get('mode')}: score {tr.get('score')}, severity {sug.get('severity')}, "
+              f"owner {sug.get('owner')} ({sug.get('owner_rule')})")
+    return {"op": "triage", "id": int(oid), "note": text, "assigned_to": owner or None, "mode": tr.get("mode"),
+            "reason": reason, "key": f"{key}|triage"}
 
 
 def qradar_close(fields: dict, opts: QradarOptions = QradarOptions()) -> dict:

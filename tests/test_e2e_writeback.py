@@ -296,6 +296,7 @@ def test_xsoar_close_closes_the_qradar_offense_with_reason_and_note_and_no_bounc
         with make_relay(_qradar_loop_config(mport, qr.url, xs.url), mport) as relay:
             xs.wait(lambda e: all(inc(o) for o in (a, b, c)), 30, "3 incidents")
             qr.fail(500, count=2, op="offense")               # the first reads fail: retried
+            qr.fail(503, count=1, op="update")                # and the first close
             xs.close_incident(inc(a)["id"], reason="False Positive", notes="benign scanner", owner="alice")
             qr_closed = lambda: qr.offenses[a]["status"] == "CLOSED"     # noqa: E731
             xs.wait(lambda e: qr_closed(), 30, "offense closed in QRadar")
@@ -406,3 +407,122 @@ def test_xsoar_close_closes_the_falcon_alert_with_a_comment(tmp_path, make_relay
         assert falcon.stats["fault_503"] == 1
         err = relay.stderr()
         assert FALCON_SECRET not in err and XSOAR_KEY not in err and "ALERT" not in err
+
+
+def _triage_config(mport: int, qr_url: str, xsoar_url: str, mode: str) -> str:
+    return f"""
+[relay]
+state_dir = "state"
+metrics_address = "127.0.0.1:{mport}"
+drain_timeout = 3
+
+[sources.offenses]
+type = "qradar_offenses"
+url = "{qr_url}"
+token_file = "qradar.token"
+poll_interval = 0.3
+retry_base = 0.05
+retry_cap = 0.5
+resolve_context = false
+
+[sinks.xsoar]
+type = "xsoar"
+url = "{xsoar_url}"
+api_key_file = "xsoar.key"
+
+[sinks.qradar_back]
+type = "qradar_api"
+url = "{qr_url}"
+token_file = "qradar.token"
+triage_notes = true
+
+[sinks.qradar_back.retry]
+base = 0.2
+cap = 1
+max_attempts = 0
+
+[routes.offenses]
+match = 'source == "offenses"'
+sinks = ["xsoar"]
+
+[routes.triage_notes]
+match = 'source == "offenses" and event == "created" and triage.mode in ["assist", "auto"]'
+sinks = ["qradar_back"]
+
+[triage]
+mode = "{mode}"
+default_owner = "soc_tier1"
+"""
+
+
+def test_triaged_offense_gets_exactly_one_note_across_retries_and_restarts(tmp_path, make_relay):
+    """mode auto: the explanation as one note and assigned_to from the owner table, though the
+    assign fails once (the row is retried after its note was added) and the relay restarts
+    twice, the second time with the source's cursor and the sink's dedup store gone (every
+    offense comes again as created); every write is in the audit file with its reason."""
+    import json
+    from tests.emulators.qradar import QradarEmulator
+    (tmp_path / "qradar.token").write_text(SEC)
+    (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
+    with QradarEmulator(token=SEC) as qr, XsoarEmulator(api_key=XSOAR_KEY, auth_id=None) as xs:
+        ids = [o["id"] for o in qr.add_offenses(3)]
+        qr.fail(500, count=1, op="update")                     # the first assign fails after its note
+        mport = free_port()
+        cfg = _triage_config(mport, qr.url, xs.url, "auto")
+        with make_relay(cfg, mport) as relay:
+            qr_wait = lambda: all(qr.offenses[i]["assigned_to"] == "soc_tier1" for i in ids)   # noqa: E731
+            xs.wait(lambda e: qr_wait(), 30, "3 offenses assigned")
+            relay.wait_metric("relay_writeback_total", 1, 30, sink="qradar_back", action="note_present")
+        assert relay.returncode == 0, relay.stderr()[-3000:]
+        with make_relay(cfg, mport) as relay2:                  # a plain restart: nothing new
+            n = relay2.metric("relay_pull_polls_total", source="offenses")
+            relay2.wait_metric("relay_pull_polls_total", n + 3, 30, source="offenses")
+        state = tmp_path / "state"
+        (state / "qradar-offenses.json").unlink()
+        for p in state.glob("qradar-dedup-qradar_back.db*"):
+            p.unlink()
+        with make_relay(cfg, mport) as relay3:                  # every offense comes again as created
+            relay3.wait_metric("relay_writeback_total", 3, 30, sink="qradar_back", action="note_present")
+            relay3.wait_metric("relay_writeback_total", 3, 30, sink="qradar_back", action="assign_present")
+        assert relay3.returncode == 0, relay3.stderr()[-3000:]
+        for i in ids:
+            notes = [n["note_text"] for n in qr.notes.get(i, [])]
+            assert len(notes) == 1, (i, notes)
+            assert notes[0].startswith("Relay triage: ") and "soc_tier1" in notes[0]
+        assigns = [w for w in qr.writes if w["op"] == "update"]
+        assert sorted(w["id"] for w in assigns) == sorted(ids) and all(w["assigned_to"] == "soc_tier1"
+                                                                       for w in assigns)
+        assert all(qr.offenses[i]["status"] == "OPEN" for i in ids)      # triage never closes
+        audit = [json.loads(ln) for ln in (state / "audit" / "writeback-qradar_back.jsonl").read_text().splitlines()]
+        added = [a for a in audit if a["action"] == "note_added"]
+        assert sorted(a["offense"] for a in added) == sorted(ids)
+        assert all(a["reason"].startswith("triage mode auto: score ") for a in added)
+        assert sorted(a["offense"] for a in audit if a["action"] == "assigned") == sorted(ids)
+        assert len([a for a in audit if a["action"] == "note_present"]) >= 4
+
+
+def test_triage_write_back_is_off_by_default_and_suggest_writes_nothing(tmp_path, make_relay):
+    """Without triage_notes the sink refuses triage rows (dead letters saying why); in mode
+    suggest the route does not match: QRadar is never written."""
+    from tests.emulators.qradar import QradarEmulator
+    from tests.harness import relay_cli
+    import json
+    (tmp_path / "qradar.token").write_text(SEC)
+    (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
+    with QradarEmulator(token=SEC) as qr, XsoarEmulator(api_key=XSOAR_KEY, auth_id=None) as xs:
+        qr.add_offenses(2)
+        mport = free_port()
+        cfg = _triage_config(mport, qr.url, xs.url, "assist").replace("triage_notes = true\n", "")
+        with make_relay(cfg, mport) as relay:
+            relay.wait_metric("relay_render_errors_total", 2, 30, sink="qradar_back")
+        out = relay_cli("queue", "list", "qradar_back", "--dead", "--json", "--config", str(tmp_path / "relay.toml"),
+                        cwd=tmp_path).stdout.decode()
+        dead = [json.loads(ln) for ln in out.splitlines() if ln.strip()]
+        assert len(dead) == 2 and all("triage write-back is off" in (d.get("reason") or d.get("last_error"))
+                                      for d in dead), out
+        cfg = _triage_config(mport, qr.url, xs.url, "suggest")
+        (tmp_path / "state" / "qradar-offenses.json").unlink()
+        with make_relay(cfg, mport) as relay2:
+            n = relay2.metric("relay_pull_polls_total", source="offenses")
+            relay2.wait_metric("relay_pull_polls_total", n + 3, 30, source="offenses")
+        assert qr.writes == [] and not qr.notes

@@ -385,3 +385,24 @@ sinks = ["fb"]
         q.close()
         with pytest.raises(ConfigError):
             sink(tmp_path / "c", 'client_secret = "x"')
+
+
+def test_qradar_triage_encoding():
+    from formats.writeback import QradarOptions, qradar_triage
+    on = QradarOptions(triage_notes=True)
+    f = {"kind": "offense", "id": "1201", "dedup_key": "qradar:1201",
+         "triage": {"mode": "auto", "score": 88, "owner": "dba_team", "explanation": "score 88 = ...",
+                    "suggested": {"severity": "critical", "owner": "dba_team", "owner_rule": "crown jewel"}}}
+    w = qradar_triage(f, on)
+    assert w == {"op": "triage", "id": 1201, "note": "Relay triage: score 88 = ...", "assigned_to": "dba_team",
+                 "mode": "auto", "key": "qradar:1201|triage",
+                 "reason": "triage mode auto: score 88, severity critical, owner dba_team (crown jewel)"}
+    f["triage"]["mode"] = "assist"
+    assert qradar_triage(f, on)["assigned_to"] is None                      # assist: a note only
+    f["triage"]["mode"] = "auto"
+    assert qradar_triage(f, QradarOptions(triage_notes=True, triage_assign=False))["assigned_to"] is None
+    with pytest.raises(WritebackError, match="off"):
+        qradar_triage(f, QradarOptions())                                    # off by default
+    for bad in ({**f, "triage": {"mode": "suggest"}}, {**f, "triage": None}, {**f, "dedup_key": "falcon:x"}):
+        with pytest.raises(WritebackError):
+            qradar_triage(bad, on)

@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import orjson
 
-from formats.writeback import QradarOptions, qradar_close
+from formats.writeback import QradarOptions, qradar_close, qradar_triage
 
 from .. import kinds
 from ..checks import http_url
@@ -57,6 +59,7 @@ class QradarSinkSettings:
     opts: QradarOptions = QradarOptions()
     check_status: bool = True
     dedup_store_size: int = 100_000
+    audit_file: Path | None = None       # None: <state_dir>/audit/writeback-<sink>.jsonl
 
 
 def _reason_id(v):
@@ -83,7 +86,13 @@ def read_config(table, sk, base_dir: Path) -> None:
         opts=QradarOptions(closing_reasons=tuple(reasons.items()),
                            default_closing_reason_id=table.get("default_closing_reason_id", int, 1,
                                                                check=_reason_id),
-                           note_prefix=table.get("note_prefix", str, "Closed in XSOAR")),
+                           note_prefix=table.get("note_prefix", str, "Closed in XSOAR"),
+                           triage_notes=table.get("triage_notes", bool, False),
+                           triage_prefix=table.get("triage_prefix", str, "Relay triage",
+                                                   check=lambda v: None if v.strip() else
+                                                   (_ for _ in ()).throw(ValueError("must not be empty"))),
+                           triage_assign=table.get("triage_assign", bool, True)),
+        audit_file=_path(table.get("audit_file", str, None), base_dir),
         check_status=table.get("check_status", bool, True),
         dedup_store_size=table.get("dedup_store_size", int, 100_000,
                                    check=lambda v: None if v > 0 else
@@ -92,11 +101,21 @@ def read_config(table, sk, base_dir: Path) -> None:
     sk.format = "json"
 
 
+def _path(v: str | None, base_dir: Path) -> Path | None:
+    if v is None:
+        return None
+    p = Path(os.path.expandvars(v)).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
 def renderer(sk):
     opts = sk.options["qradar_api"].opts if "qradar_api" in sk.options else QradarOptions()
 
     def render(ev, routes):
-        return orjson.dumps(qradar_close(ev.fields or {}, opts))
+        f = ev.fields or {}
+        if f.get("kind") == "closure":
+            return orjson.dumps(qradar_close(f, opts))
+        return orjson.dumps(qradar_triage(f, opts))
     return render
 
 
@@ -111,6 +130,10 @@ class QradarWritebackSink(HttpSink):
         super().__init__(cfg, queue, transport=transport, http=s.http, redact=Redactor([s.token.reveal()]), **kw)
         self.settings = s
         self.store = DedupStore(store_path(queue, self.name, "qradar"), s.dedup_store_size)
+        from ..enrich.audit import AuditWriter
+        self.audit_path = s.audit_file or store_path(queue, self.name, "qradar").parent / "audit" / \
+            f"writeback-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.jsonl"
+        self.audit = AuditWriter(self.audit_path, flush_interval=0.5)
         self.registry.gauge("relay_writeback_dedup_entries", lambda: len(self.store), sink=self.name)
         log.info("sink %s: QRadar write-back at %s (closing reasons %s, default %d)", self.name, s.url,
                  dict(s.opts.closing_reasons), s.opts.default_closing_reason_id)
@@ -125,6 +148,14 @@ class QradarWritebackSink(HttpSink):
             await super().close()
         finally:
             await asyncio.to_thread(self.store.close)
+            await asyncio.to_thread(self.audit.flush)
+
+    def log_write(self, w: dict, action: str, reason: str) -> None:
+        """One audit line per write decision (``<state_dir>/audit/writeback-<sink>.jsonl``)."""
+        self.audit.write({"type": "writeback", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "sink": self.name, "target": "qradar", "offense": w.get("id"), "op": w.get("op"),
+                          "action": action, "reason": reason, "key": w.get("key"),
+                          "assigned_to": w.get("assigned_to"), "note": w.get("note")})
 
     def count(self, action: str) -> None:
         self.registry.counter("relay_writeback_total", sink=self.name, action=action).value += 1
@@ -141,7 +172,7 @@ class QradarWritebackSink(HttpSink):
             raise err
 
     async def offense(self, oid: int) -> dict:
-        resp = await self.call("GET", f"{OFFENSES}/{oid}", "get", params={"fields": "id,status,closing_reason_id"})
+        resp = await self.call("GET", f"{OFFENSES}/{oid}", "get", params={"fields": "id,status,closing_reason_id,assigned_to"})
         if resp.status_code == 404:
             raise PermanentError(f"QRadar has no offense {oid} (GET answered 404)", reason="rejected")
         self._check(resp, f"get (GET {OFFENSES}/{oid})")
@@ -151,8 +182,10 @@ class QradarWritebackSink(HttpSink):
             o = None
         return o if isinstance(o, dict) else {}
 
-    async def add_note(self, oid: int, text: str) -> None:
-        """The note, unless the offense carries it already (a retried write)."""
+    async def add_note(self, oid: int, text: str, same=None) -> bool:
+        """The note, unless the offense carries it already (a retried write; ``same(note_text)``:
+        what counts as the same note, default equal text) -> whether it was added."""
+        same = same or (lambda t: t == text)
         path = f"{OFFENSES}/{oid}/notes"
         resp = await self.call("GET", path, "notes", params={"fields": "note_text"},
                                headers={"Range": "items=0-499"})
@@ -161,14 +194,15 @@ class QradarWritebackSink(HttpSink):
             have = resp.json()
         except ValueError:
             have = []
-        if any(isinstance(n, dict) and n.get("note_text") == text for n in have or ()):
+        if any(isinstance(n, dict) and same(str(n.get("note_text") or "")) for n in have or ()):
             self.count("note_present")
-            return
+            return False
         resp = await self.call("POST", path, "note", params={"note_text": text})
         if resp.status_code == 404:
             raise PermanentError(f"QRadar has no offense {oid} (note answered 404)", reason="rejected")
         self._check(resp, f"note (POST {path})")
         self.count("note_added")
+        return True
 
     @staticmethod
     def _key(item) -> str | None:
@@ -178,7 +212,7 @@ class QradarWritebackSink(HttpSink):
     async def _handle(self, item) -> None:
         try:
             w = orjson.loads(item.payload)
-            if not isinstance(w, dict) or w.get("op") != "close" or not isinstance(w.get("id"), int) \
+            if not isinstance(w, dict) or w.get("op") not in ("close", "triage") or not isinstance(w.get("id"), int) \
                     or not w.get("key"):
                 raise ValueError("not a QRadar close")
         except ValueError as e:
@@ -187,15 +221,19 @@ class QradarWritebackSink(HttpSink):
         if await asyncio.to_thread(self.store.get, key) is not None:
             self.count("duplicate")
             return
+        if w["op"] == "triage":
+            return await self._triage(w, key, oid)
         if self.settings.check_status:
             o = await self.offense(oid)
             if str(o.get("status") or "").upper() == "CLOSED":
                 await asyncio.to_thread(self.store.put, DedupRecord(key, str(oid), closed=True))
                 self.count("already_closed")
+                self.log_write(w, "none", "the offense is closed in QRadar already (loop guard)")
                 log.info("sink %s: offense %s is closed in QRadar already: nothing to write", self.name, oid)
                 return
         if w.get("note"):
-            await self.add_note(oid, str(w["note"]))
+            if await self.add_note(oid, str(w["note"])):
+                self.log_write(w, "note_added", "closed in XSOAR")
         path = f"{OFFENSES}/{oid}"
         resp = await self.call("POST", path, "close", params={"status": "CLOSED",
                                                                "closing_reason_id": str(w["closing_reason_id"]),
@@ -206,13 +244,41 @@ class QradarWritebackSink(HttpSink):
                 raise PermanentError(f"QRadar refused to close offense {oid} (409: the offense's state, e.g. "
                                      f"protected)", reason="rejected")
             self.count("already_closed")
+            self.log_write(w, "none", "the offense was closed meanwhile")
         elif resp.status_code == 404:
             raise PermanentError(f"QRadar has no offense {oid} (close answered 404)", reason="rejected")
         else:
             self._check(resp, f"close (POST {path})")
             self.count("closed")
+            self.log_write(w, "closed", f"closed in XSOAR; closing_reason_id {w['closing_reason_id']}")
             log.info("sink %s: offense %s closed (closing_reason_id %s)", self.name, oid, w["closing_reason_id"])
         await asyncio.to_thread(self.store.put, DedupRecord(key, str(oid), closed=True))
+
+    async def _triage(self, w: dict, key: str, oid: int) -> None:
+        """The triage note (once per offense: an offense note starting with ``triage_prefix`` is
+        ours already) and, in mode auto, ``assigned_to`` (unless it is that already)."""
+        prefix = self.settings.opts.triage_prefix
+        o = await self.offense(oid)
+        if await self.add_note(oid, str(w["note"]), same=lambda t: t.startswith(prefix + ":")):
+            self.log_write(w, "note_added", w.get("reason") or "triage")
+        else:
+            self.log_write(w, "note_present", "the offense carries a triage note already")
+        owner = w.get("assigned_to")
+        if owner:
+            if o.get("assigned_to") == owner:
+                self.count("assign_present")
+            else:
+                path = f"{OFFENSES}/{oid}"
+                resp = await self.call("POST", path, "assign", params={"assigned_to": owner, "fields": "id"})
+                if resp.status_code == 404:
+                    raise PermanentError(f"QRadar has no offense {oid} (assign answered 404)", reason="rejected")
+                if resp.status_code == 422:
+                    raise PermanentError(f"QRadar refused assigned_to={owner!r} for offense {oid} (422: not a "
+                                         f"QRadar user?)", reason="rejected")
+                self._check(resp, f"assign (POST {path})")
+                self.count("assigned")
+                self.log_write(w, "assigned", w.get("reason") or "triage mode auto")
+        await asyncio.to_thread(self.store.put, DedupRecord(key, str(oid)))
 
     async def send(self, items: Sequence):
         return await self.run_groups(self.groups(items, self._key), self._handle)
@@ -221,6 +287,8 @@ class QradarWritebackSink(HttpSink):
 KIND = kinds.register_sink(kinds.SinkKind(
     type="qradar_api", read_config=read_config, factory=QradarWritebackSink, renderer=renderer,
     keys=("url", "token_env", "token_file", "api_version", "closing_reasons", "default_closing_reason_id",
-          "note_prefix", "check_status", "dedup_store_size") + HTTP_KEYS,
+          "note_prefix", "check_status", "dedup_store_size", "triage_notes", "triage_prefix", "triage_assign",
+          "audit_file") + HTTP_KEYS,
     meta=("dedup_key", "event", "status"), structured=True, batch_size=20,
-    doc="QRadar write-back: a closure event closes the offense (mapped closing_reason_id) with a note, once"))
+    doc="QRadar write-back: a closure event closes the offense (mapped closing_reason_id) with a note, once; "
+        "triage_notes: a triaged offense gets its explanation as a note (and, in mode auto, assigned_to)"))

@@ -14,7 +14,7 @@ only) with the shapes of the reference notes (apis.md section 3).
   ``?assigned_to=<user>``; ``POST /api/siem/offenses/{id}/notes?note_text=..`` -> 201, ``GET``
   the notes (404 code 1002 for an unknown offense); ``GET /api/siem/offense_closing_reasons``
   (:attr:`closing_reasons`, id 4 reserved).  :attr:`writes` lists every update and note that
-  took effect.
+  took effect.  Fault ops: ``list``, ``offense`` (GET one), ``update`` (POST one), ``notes``.
 
 * Offense context: ``GET /api/siem/source_addresses`` and ``/api/siem/local_destination_addresses``
   (``filter=id in (..)``, ``fields``, ``Range``), ``GET /api/analytics/rules/{id}`` (404 code 1002
@@ -370,6 +370,8 @@ class QradarEmulator(LoopbackServer):
         if not m:
             return 404, envelope(404, 1001, f"No such endpoint {path}"), {}
         op = "list" if m.group(1) is None else ("notes" if m.group(2) else "offense")
+        if op == "offense" and method == "POST":
+            op = "update"                     # fault op of the status/assigned_to changes
         self.stats[op] += 1
         f = self._take_fault(op)
         if f is not None:
