@@ -130,10 +130,9 @@ class QradarWritebackSink(HttpSink):
         super().__init__(cfg, queue, transport=transport, http=s.http, redact=Redactor([s.token.reveal()]), **kw)
         self.settings = s
         self.store = DedupStore(store_path(queue, self.name, "qradar"), s.dedup_store_size)
-        from ..enrich.audit import AuditWriter
         self.audit_path = s.audit_file or store_path(queue, self.name, "qradar").parent / "audit" / \
             f"writeback-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.jsonl"
-        self.audit = AuditWriter(self.audit_path, flush_interval=0.5)
+        self.audit = None        # opened by run(), closed (flushed) by close()
         self.registry.gauge("relay_writeback_dedup_entries", lambda: len(self.store), sink=self.name)
         log.info("sink %s: QRadar write-back at %s (closing reasons %s, default %d)", self.name, s.url,
                  dict(s.opts.closing_reasons), s.opts.default_closing_reason_id)
@@ -141,6 +140,9 @@ class QradarWritebackSink(HttpSink):
     async def run(self, stop: asyncio.Event) -> None:
         if self.store.closed:
             await asyncio.to_thread(self.store.reopen)
+        if self.audit is None:
+            from ..enrich.audit import AuditWriter
+            self.audit = AuditWriter(self.audit_path, flush_interval=0.5)
         await super().run(stop)
 
     async def close(self) -> None:
@@ -148,10 +150,15 @@ class QradarWritebackSink(HttpSink):
             await super().close()
         finally:
             await asyncio.to_thread(self.store.close)
-            await asyncio.to_thread(self.audit.flush)
+            audit, self.audit = self.audit, None
+            if audit is not None:
+                await asyncio.to_thread(audit.close)
 
     def log_write(self, w: dict, action: str, reason: str) -> None:
         """One audit line per write decision (``<state_dir>/audit/writeback-<sink>.jsonl``)."""
+        if self.audit is None:       # send() outside run() (tests): open it now
+            from ..enrich.audit import AuditWriter
+            self.audit = AuditWriter(self.audit_path, flush_interval=0.5)
         self.audit.write({"type": "writeback", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "sink": self.name, "target": "qradar", "offense": w.get("id"), "op": w.get("op"),
                           "action": action, "reason": reason, "key": w.get("key"),
