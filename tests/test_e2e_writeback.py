@@ -495,9 +495,9 @@ def test_triaged_offense_gets_exactly_one_note_across_retries_and_restarts(tmp_p
         assert all(qr.offenses[i]["status"] == "OPEN" for i in ids)      # triage never closes
         audit = [json.loads(ln) for ln in (state / "audit" / "writeback-qradar_back.jsonl").read_text().splitlines()]
         added = [a for a in audit if a["action"] == "note_added"]
-        assert sorted(a["offense"] for a in added) == sorted(ids)
+        assert sorted(a["id"] for a in added) == sorted(ids)
         assert all(a["reason"].startswith("triage mode auto: score ") for a in added)
-        assert sorted(a["offense"] for a in audit if a["action"] == "assigned") == sorted(ids)
+        assert sorted(a["id"] for a in audit if a["action"] == "assigned") == sorted(ids)
         assert len([a for a in audit if a["action"] == "note_present"]) >= 4
 
 

@@ -226,6 +226,12 @@ def test_rhythmx_sink_patches_once_relogs_in_once_and_dead_letters_unknown(tmp_p
         reg = sink.registry
         assert reg.counter("relay_writeback_total", sink="back", action="duplicate").value == 1
         assert reg.counter("relay_writeback_total", sink="back", action="already_closed").value == 1
+        audit = [json.loads(ln) for ln in (tmp_path / "state" / "audit" / "writeback-back.jsonl").read_text()
+                 .splitlines()]                               # every write, with its reason
+        assert sorted((a["id"], a["action"]) for a in audit) == [("INC-1", "patched"), ("INC-2", "patched"),
+                                                                 ("INC-3", "none")]
+        assert all(a["target"] == "RhythmX" and a["reason"] for a in audit)
+        assert [a["status"] for a in audit if a["id"] == "INC-2"] == ["FALSE_POSITIVE"]
         # a revoked token: one new login, the write goes through
         rx.add_incident("INC-5")
         rx.expire_tokens()
@@ -374,6 +380,8 @@ sinks = ["fb"]
                          closure(cid, origin="falcon")])
         assert run_async(run_sinks([s], lambda: q.depth() == 0, 20), 60)
         assert falcon.alerts[cid]["status"] == "closed" and len(falcon.alerts[cid]["comments"]) == 1
+        audit = (tmp_path / "state" / "audit" / "writeback-fb.jsonl").read_text().splitlines()
+        assert [json.loads(a)["action"] for a in audit] == ["closed"]
         dead = q.list(10, dlq=True)
         assert len(dead) == 1 and "nope:ind:x:1" in dead[0].last_error
         q.close()

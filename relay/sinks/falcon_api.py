@@ -33,6 +33,7 @@ from .. import kinds
 from ..checks import http_url
 from ..dedup import DedupRecord, DedupStore, store_path
 from ..secrets import read_secret
+from ._writeback import AuditedWrites, audit_path, configured_path
 from ._http import HTTP_KEYS, Auth, AuthConfig, HttpOptions, HttpSink, classify, read_http
 from .base import PermanentError, RetryableError
 
@@ -51,6 +52,7 @@ class FalconSinkSettings:
     opts: FalconOptions = FalconOptions()
     check_status: bool = True
     dedup_store_size: int = 100_000
+    audit_file: Path | None = None       # None: <state_dir>/audit/writeback-<sink>.jsonl
 
 
 def read_config(table, sk, base_dir: Path) -> None:
@@ -66,6 +68,7 @@ def read_config(table, sk, base_dir: Path) -> None:
         dedup_store_size=table.get("dedup_store_size", int, 100_000,
                                    check=lambda v: None if v > 0 else
                                    (_ for _ in ()).throw(ValueError(f"must be greater than 0, not {v}"))),
+        audit_file=configured_path(table.get("audit_file", str, None), base_dir),
     )
     sk.format = "json"
 
@@ -78,7 +81,8 @@ def renderer(sk):
     return render
 
 
-class FalconWritebackSink(HttpSink):
+class FalconWritebackSink(AuditedWrites, HttpSink):
+    audit_target = "Falcon"
     service = "Falcon"
     requests_metric = "relay_writeback_requests_total"
 
@@ -90,12 +94,14 @@ class FalconWritebackSink(HttpSink):
         super().__init__(cfg, queue, transport=transport, http=s.http, redact=self.auth.redact, **kw)
         self.settings = s
         self.store = DedupStore(store_path(queue, self.name, "falcon_api"), s.dedup_store_size)
+        self.audit_path = audit_path(queue, self.name, s.audit_file)
         self.registry.gauge("relay_writeback_dedup_entries", lambda: len(self.store), sink=self.name)
         log.info("sink %s: Falcon write-back at %s (%s)", self.name, s.url, s.auth.describe())
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.store.closed:
             await asyncio.to_thread(self.store.reopen)
+        self.audit_open()
         await super().run(stop)
 
     async def close(self) -> None:
@@ -103,6 +109,7 @@ class FalconWritebackSink(HttpSink):
             await super().close()
         finally:
             await asyncio.to_thread(self.store.close)
+            await asyncio.to_thread(self.audit_close)
 
     def count(self, action: str) -> None:
         self.registry.counter("relay_writeback_total", sink=self.name, action=action).value += 1
@@ -165,6 +172,7 @@ class FalconWritebackSink(HttpSink):
             if st == "closed":
                 await asyncio.to_thread(self.store.put, DedupRecord(key, cid, closed=True))
                 self.count("already_closed")
+                self.log_write(w, "none", "the alert is closed in Falcon already (loop guard)")
                 log.info("sink %s: Falcon alert %s is closed already: nothing to write", self.name, cid)
                 return
         resp = await self.call("PATCH", UPDATE, "update", w["body"])
@@ -179,6 +187,7 @@ class FalconWritebackSink(HttpSink):
             raise PermanentError(f"Falcon did not update alert {cid}: {errors}"[:300], reason="rejected")
         await asyncio.to_thread(self.store.put, DedupRecord(key, cid, closed=True))
         self.count("closed")
+        self.log_write({**w, "note": w["body"]["action_parameters"][-1].get("value")}, "closed", "closed in XSOAR")
         log.info("sink %s: Falcon alert %s closed", self.name, cid)
 
     async def send(self, items: Sequence):
@@ -188,6 +197,6 @@ class FalconWritebackSink(HttpSink):
 KIND = kinds.register_sink(kinds.SinkKind(
     type="falcon_api", read_config=read_config, factory=FalconWritebackSink, renderer=renderer,
     keys=("url", "client_id", "client_secret_env", "client_secret_file", "note_prefix", "check_status",
-          "dedup_store_size") + HTTP_KEYS,
+          "dedup_store_size", "audit_file") + HTTP_KEYS,
     meta=("dedup_key", "event", "status"), structured=True, batch_size=20,
     doc="Falcon write-back: a closure event sets the alert's status to closed with a comment, once"))

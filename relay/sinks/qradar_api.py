@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -42,6 +40,7 @@ from ..checks import http_url
 from ..dedup import DedupRecord, DedupStore, store_path
 from ..secrets import Secret, read_secret
 from ._http import HTTP_KEYS, HttpOptions, HttpSink, Redactor, classify, read_http
+from ._writeback import AuditedWrites, audit_path, configured_path
 from .base import PermanentError
 
 __all__ = ["QradarSinkSettings", "QradarWritebackSink", "read_config"]
@@ -92,20 +91,13 @@ def read_config(table, sk, base_dir: Path) -> None:
                                                    check=lambda v: None if v.strip() else
                                                    (_ for _ in ()).throw(ValueError("must not be empty"))),
                            triage_assign=table.get("triage_assign", bool, True)),
-        audit_file=_path(table.get("audit_file", str, None), base_dir),
+        audit_file=configured_path(table.get("audit_file", str, None), base_dir),
         check_status=table.get("check_status", bool, True),
         dedup_store_size=table.get("dedup_store_size", int, 100_000,
                                    check=lambda v: None if v > 0 else
                                    (_ for _ in ()).throw(ValueError(f"must be greater than 0, not {v}"))),
     )
     sk.format = "json"
-
-
-def _path(v: str | None, base_dir: Path) -> Path | None:
-    if v is None:
-        return None
-    p = Path(os.path.expandvars(v)).expanduser()
-    return p if p.is_absolute() else base_dir / p
 
 
 def renderer(sk):
@@ -119,8 +111,9 @@ def renderer(sk):
     return render
 
 
-class QradarWritebackSink(HttpSink):
+class QradarWritebackSink(AuditedWrites, HttpSink):
     service = "QRadar"
+    audit_target = "QRadar"
     requests_metric = "relay_writeback_requests_total"
 
     def __init__(self, cfg, queue, *, transport=None, **kw) -> None:
@@ -130,9 +123,7 @@ class QradarWritebackSink(HttpSink):
         super().__init__(cfg, queue, transport=transport, http=s.http, redact=Redactor([s.token.reveal()]), **kw)
         self.settings = s
         self.store = DedupStore(store_path(queue, self.name, "qradar"), s.dedup_store_size)
-        self.audit_path = s.audit_file or store_path(queue, self.name, "qradar").parent / "audit" / \
-            f"writeback-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.jsonl"
-        self.audit = None        # opened by run(), closed (flushed) by close()
+        self.audit_path = audit_path(queue, self.name, s.audit_file)
         self.registry.gauge("relay_writeback_dedup_entries", lambda: len(self.store), sink=self.name)
         log.info("sink %s: QRadar write-back at %s (closing reasons %s, default %d)", self.name, s.url,
                  dict(s.opts.closing_reasons), s.opts.default_closing_reason_id)
@@ -140,9 +131,7 @@ class QradarWritebackSink(HttpSink):
     async def run(self, stop: asyncio.Event) -> None:
         if self.store.closed:
             await asyncio.to_thread(self.store.reopen)
-        if self.audit is None:
-            from ..enrich.audit import AuditWriter
-            self.audit = AuditWriter(self.audit_path, flush_interval=0.5)
+        self.audit_open()
         await super().run(stop)
 
     async def close(self) -> None:
@@ -150,19 +139,7 @@ class QradarWritebackSink(HttpSink):
             await super().close()
         finally:
             await asyncio.to_thread(self.store.close)
-            audit, self.audit = self.audit, None
-            if audit is not None:
-                await asyncio.to_thread(audit.close)
-
-    def log_write(self, w: dict, action: str, reason: str) -> None:
-        """One audit line per write decision (``<state_dir>/audit/writeback-<sink>.jsonl``)."""
-        if self.audit is None:       # send() outside run() (tests): open it now
-            from ..enrich.audit import AuditWriter
-            self.audit = AuditWriter(self.audit_path, flush_interval=0.5)
-        self.audit.write({"type": "writeback", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          "sink": self.name, "target": "qradar", "offense": w.get("id"), "op": w.get("op"),
-                          "action": action, "reason": reason, "key": w.get("key"),
-                          "assigned_to": w.get("assigned_to"), "note": w.get("note")})
+            await asyncio.to_thread(self.audit_close)
 
     def count(self, action: str) -> None:
         self.registry.counter("relay_writeback_total", sink=self.name, action=action).value += 1

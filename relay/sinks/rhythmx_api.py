@@ -41,6 +41,7 @@ from ..checks import http_url
 from ..dedup import DedupRecord, DedupStore, store_path
 from ..sources.rhythmx_api import (CLOSED_STATUSES, LOGIN, JwtToken, RhythmxAuth, login_answer,
                                    read_rhythmx_auth)
+from ._writeback import AuditedWrites, audit_path, configured_path
 from ._http import HTTP_KEYS, HttpOptions, HttpSink, Redactor, classify, excerpt, read_http
 from .base import AuthError, PermanentError, RetryableError
 
@@ -57,6 +58,7 @@ class RhythmxSinkSettings:
     opts: RhythmxOptions = RhythmxOptions()
     check_status: bool = True
     dedup_store_size: int = 100_000
+    audit_file: Path | None = None       # None: <state_dir>/audit/writeback-<sink>.jsonl
 
 
 def read_config(table, sk, base_dir: Path) -> None:
@@ -76,6 +78,7 @@ def read_config(table, sk, base_dir: Path) -> None:
         dedup_store_size=table.get("dedup_store_size", int, 100_000,
                                    check=lambda v: None if v > 0 else
                                    (_ for _ in ()).throw(ValueError(f"must be greater than 0, not {v}"))),
+        audit_file=configured_path(table.get("audit_file", str, None), base_dir),
     )
     sk.format = "json"
 
@@ -88,7 +91,8 @@ def renderer(sk):
     return render
 
 
-class RhythmxSink(HttpSink):
+class RhythmxSink(AuditedWrites, HttpSink):
+    audit_target = "RhythmX"
     service = "RhythmX"
     requests_metric = "relay_writeback_requests_total"
 
@@ -100,12 +104,14 @@ class RhythmxSink(HttpSink):
         self.settings = s
         self.jwt = JwtToken(s.auth.renew_before)
         self.store = DedupStore(store_path(queue, self.name, "rhythmx"), s.dedup_store_size)
+        self.audit_path = audit_path(queue, self.name, s.audit_file)
         self.registry.gauge("relay_writeback_dedup_entries", lambda: len(self.store), sink=self.name)
         log.info("sink %s: RhythmX write-back at %s (check_status=%s)", self.name, s.url, s.check_status)
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.store.closed:
             await asyncio.to_thread(self.store.reopen)
+        self.audit_open()
         await super().run(stop)
 
     async def close(self) -> None:
@@ -113,6 +119,7 @@ class RhythmxSink(HttpSink):
             await super().close()
         finally:
             await asyncio.to_thread(self.store.close)
+            await asyncio.to_thread(self.audit_close)
 
     def count(self, action: str) -> None:
         self.registry.counter("relay_writeback_total", sink=self.name, action=action).value += 1
@@ -188,6 +195,7 @@ class RhythmxSink(HttpSink):
             if status in CLOSED_STATUSES:
                 await asyncio.to_thread(self.store.put, DedupRecord(key, inc_id, closed=True))
                 self.count("already_closed")
+                self.log_write(w, "none", f"the incident is {status} in RhythmX already (loop guard)")
                 log.info("sink %s: RhythmX incident %s is %s already: nothing to write", self.name, inc_id, status)
                 return
         resp = await self.call("PATCH", path + "/status", "patch", {"status": w["status"], "notes": w.get("notes")})
@@ -198,6 +206,7 @@ class RhythmxSink(HttpSink):
             raise err
         await asyncio.to_thread(self.store.put, DedupRecord(key, inc_id, closed=True))
         self.count("patched")
+        self.log_write(w, "patched", "closed in XSOAR")
         log.info("sink %s: RhythmX incident %s set to %s", self.name, inc_id, w["status"])
 
     async def send(self, items: Sequence):
@@ -207,7 +216,7 @@ class RhythmxSink(HttpSink):
 KIND = kinds.register_sink(kinds.SinkKind(
     type="rhythmx_api", read_config=read_config, factory=RhythmxSink, renderer=renderer,
     keys=("url", "auth", "username", "username_env", "password_env", "password_file", "renew_before",
-          "false_positive_reasons", "note_prefix", "check_status", "dedup_store_size") + HTTP_KEYS,
+          "false_positive_reasons", "note_prefix", "check_status", "dedup_store_size", "audit_file") + HTTP_KEYS,
     meta=("dedup_key", "event", "status"), structured=True, batch_size=20,
     doc="RhythmX write-back: a closure event PATCHes /api/incidents/{id}/status (CLOSED or FALSE_POSITIVE, "
         "with notes), once"))
