@@ -321,3 +321,23 @@ def test_emulator_wire_facts(rx):
         rx.expire_tokens()
         assert c.get("/api/incidents", headers=bearer).status_code == 401
     assert [p["status"] for p in rx.patches_for(inc)] == ["CLOSED", "CLOSED"]
+
+
+def test_emulator_runs_standalone():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.Popen([sys.executable, "-m", "tests.emulators.rhythmx", "--port", "0", "--incidents", "3"],
+                         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(root)))
+    try:
+        line = p.stdout.readline()
+        assert "RhythmX emulator on http://127.0.0.1:" in line, line
+        url = line.split(" on ")[1].split()[0]
+        r = httpx.get(url + "/api/v1/feed/incidents", headers={"X-API-Key": "smk_testkey"}, timeout=5)
+        assert r.status_code == 200 and len(r.json()["data"]) == 3
+    finally:
+        p.terminate()
+        p.wait(5)

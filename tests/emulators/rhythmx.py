@@ -324,3 +324,41 @@ class RhythmxEmulator(FaultyEmulator):
             self.patches.append({"id": inc_id, "status": body["status"], "notes": notes, "before": before})
             self.stats["patched"] += 1
             return Reply(200, dict(inc), note=f"{inc_id}: {before} -> {body['status']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.emulators.rhythmx --port 8090 --incidents 10``: prints its URL and one
+    line per request; secrets from ``--api-key-env`` / ``--password-env`` (else test values)."""
+    import argparse
+    import os
+    import sys
+    ap = argparse.ArgumentParser(prog="python -m tests.emulators.rhythmx", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--username", default="soar-service-account")
+    ap.add_argument("--password-env", help="environment variable holding the password (default: rx-pass)")
+    ap.add_argument("--api-key-env", help="environment variable holding the API key (default: smk_testkey)")
+    ap.add_argument("--incidents", type=int, default=10)
+    ap.add_argument("--token-ttl", type=float, default=3600.0)
+    a = ap.parse_args(argv)
+    emu = RhythmxEmulator(host=a.host, port=a.port, username=a.username,
+                          password=os.environ.get(a.password_env, "") if a.password_env else "rx-pass",
+                          api_key=os.environ.get(a.api_key_env, "") if a.api_key_env else "smk_testkey",
+                          token_ttl=a.token_ttl, out=lambda m: print(m, flush=True))
+    for _ in range(a.incidents):
+        emu.add_incident()
+    emu.start()
+    print(f"RhythmX emulator on {emu.url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.close()
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
