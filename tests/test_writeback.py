@@ -414,3 +414,20 @@ def test_qradar_triage_encoding():
     for bad in ({**f, "triage": {"mode": "suggest"}}, {**f, "triage": None}, {**f, "dedup_key": "falcon:x"}):
         with pytest.raises(WritebackError):
             qradar_triage(bad, on)
+
+
+def test_mirror_speaks_xsoar8(tmp_path, env):
+    """auth_id: the XSOAR 8 key ID and the /xsoar/public/v1 paths (the xsoar sink's auth)."""
+    with XsoarEmulator(api_key=XSOAR_KEY, auth_id="7") as xs:
+        ids = made(xs, ["rhythmx:INC-8"])
+        xs.close_incident(ids["rhythmx:INC-8"], reason="Resolved")
+        xs.accept = ("8",)                        # from now on XSOAR 6 paths and auth answer 404
+        pipe = Catch()
+
+        async def main():
+            async with mirroring(tmp_path, xs, pipe, auth_id="7") as src:
+                await until(lambda: len(pipe.events) >= 1, what="the closure over XSOAR 8")
+                return src
+        run(main())
+        assert [e.fields["dedup_key"] for e in pipe.events] == ["rhythmx:INC-8"]
+        assert xs.stats["http_404"] == 0
