@@ -30,7 +30,7 @@ from parsers.event import Event, text
 from parsers.schema import (_BAND_SCORE, _STATUS_CACHE, _digest_key, _event_time, _to_int, canonical_status,
                             is_ip, parse_body as _parse_body, severity_from_syslog, time_pair, to_score)
 
-__all__ = ["RhythmxConfig", "DEFAULT_CONFIG", "normalise", "matches"]
+__all__ = ["RhythmxConfig", "DEFAULT_CONFIG", "normalise", "normalise_incident", "matches"]
 
 # ---------------------------------------------------------------------------
 # RhythmX SigmaIncident
@@ -529,3 +529,22 @@ def normalise(event: Event, config: RhythmxConfig | None = None) -> Event:
     f["extra"] = extra
     event.fields = f
     return event
+
+
+def normalise_incident(incident: dict, event: str | None = None,
+                       config: RhythmxConfig | None = None) -> tuple[dict, list[str]]:
+    """A RhythmX REST API incident object (``GET /api/incidents``, ``/api/v1/feed/incidents``,
+    ``/api/incidents/{id}``) -> (canonical fields, notes).
+
+    The object is read exactly like the JSON body of a SigmaIncident message without SD
+    params (:func:`normalise`): the same names, severity and, above all, the same
+    ``dedup_key`` (``rhythmx:<incident_id>``), so an incident that arrives both over syslog
+    and from the API is one incident downstream.  ``event``: ``created`` / ``updated`` /
+    ``closed`` (the syslog MSGID's place)."""
+    cfg = config or DEFAULT_CONFIG
+    ev = Event(b"", "api")
+    ev.body = incident
+    ev.msgid = event
+    ev.sd = {cfg.sd_id: {}}          # no SD params: the body is the whole story (no "no SD" note)
+    normalise(ev, cfg)
+    return ev.fields, list(ev.notes or ())

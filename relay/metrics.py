@@ -59,6 +59,12 @@ HELP = {
     "relay_tap_sessions": "Tap sessions attached now.",
     "relay_tap_sent_total": "Events a tap sent to its client, by point.",
     "relay_tap_skipped_total": "Events a tap skipped (never the pipeline), by point and reason (rate, full).",
+    "relay_pull_incident_events_total": "RhythmX incidents a rhythmx_api source queued, by source and event (created, updated, closed).",
+    "relay_mirror_events_total": "Closure and assignment events the XSOAR mirror queued, by source, event and origin.",
+    "relay_mirror_skipped_total": "XSOAR changes the mirror did not emit, by source and reason (own_close: the relay's own close, the loop guard; not_an_origin).",
+    "relay_writeback_total": "Write-back outcomes, by sink and action (patched, closed, already_closed, duplicate, note_added, note_present, assigned, assign_present).",
+    "relay_writeback_requests_total": "Write-back HTTP requests, by sink, operation and status.",
+    "relay_writeback_dedup_entries": "Writes remembered in a write-back sink's dedup store.",
 }
 
 #: counters other threads increment (the group-commit threads, the lookup fetchers): code that

@@ -230,7 +230,7 @@ def test_type_names_live_only_in_their_modules():
     way to ask about a kind."""
     from relay import kinds
     owners = {}
-    for name, k in {**kinds.sources(), **kinds.sinks()}.items():
+    for name, k in [*kinds.sources().items(), *kinds.sinks().items()]:   # a source and a sink may share a name
         owners.setdefault(name, set()).add(Path(sys.modules[k.factory.__module__].__file__).resolve())
     # names that are also ordinary words of the code (a "file" key, the "syslog" record of
     # test-parse, the "tcp"/"udp" protocol of a syslog sink, the "http" URL scheme and ASGI

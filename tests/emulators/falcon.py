@@ -11,6 +11,10 @@ Endpoints
   ``meta.pagination {offset, limit, total}``.
 * ``POST /alerts/entities/alerts/v2`` ``{"composite_ids": [...]}`` (<= 1000) -> alerts;
   hidden/unknown ids are left out (fewer resources) with a 404 item in ``errors``.
+* ``PATCH /alerts/entities/alerts/v3`` ``{"composite_ids", "action_parameters": [{"name",
+  "value"}]}`` (``update_status`` new/in_progress/closed/reopened, ``append_comment`` into the
+  alert's ``comments``, tags, assignment) -> the ids updated; unknown ids in ``errors``, all
+  unknown -> 404; op ``update`` for faults; :attr:`updates` lists what was applied.
 * ``/detects/queries/detects/v1`` + ``POST /detects/entities/summaries/GET/v1`` ``{"ids"}``:
   **405** unless ``legacy_detects=True``.
 
@@ -260,6 +264,7 @@ class FalconEmulator(LoopbackServer):
         self._window = (0, 0)               # (minute, used)
         self._seq = 0
         self.users: dict[str, dict] = {}
+        self.updates: list[dict] = []       # PATCH /alerts/entities/alerts/v3 applied: {"id", "actions"}
         # Event Streams
         self.partitions = partitions
         self.session_ttl = session_ttl
@@ -445,7 +450,7 @@ class FalconEmulator(LoopbackServer):
         op = {"/oauth2/token": "token", "/oauth2/revoke": "revoke", "/alerts/queries/alerts/v2": "query",
               "/alerts/entities/alerts/v2": "entities", "/detects/queries/detects/v1": "query",
               "/detects/entities/summaries/GET/v1": "entities", "/sensors/entities/datafeed/v2": "discover",
-              "/user-management/entities/users/GET/v1": "users"}.get(path)
+              "/user-management/entities/users/GET/v1": "users", "/alerts/entities/alerts/v3": "update"}.get(path)
         if op is None and path.startswith("/sensors/entities/datafeed-actions/v1/"):
             op = "refresh"
         if op is None:
@@ -500,7 +505,60 @@ class FalconEmulator(LoopbackServer):
             return self._refresh(path, query, hdrs)
         if op == "users":
             return self._users(raw, hdrs)
+        if op == "update":
+            if method != "PATCH":
+                return 405, _env(errors=[{"code": 405, "message": "Method Not Allowed"}]), hdrs
+            return self._update(raw, hdrs)
         return self._entities(path, raw, hdrs)
+
+    def _update(self, raw: bytes, hdrs: dict):
+        """``PATCH /alerts/entities/alerts/v3`` ``{"composite_ids", "action_parameters": [{"name",
+        "value"}]}``: update_status (new, in_progress, closed, reopened), append_comment, add_tag,
+        remove_tag, assign_to_name, unassign.  Unknown ids come back in ``errors`` (404), all
+        unknown -> HTTP 404.  Every applied update is in :attr:`updates`."""
+        try:
+            body = json.loads(raw or b"{}")
+            ids = body["composite_ids"]
+            acts = body["action_parameters"]
+            if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids) or \
+                    not isinstance(acts, list) or not acts or \
+                    not all(isinstance(a, dict) and isinstance(a.get("name"), str) for a in acts):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return 400, _env(errors=[{"code": 400, "message": "body must be {\"composite_ids\": [...], "
+                                                              "\"action_parameters\": [{\"name\", \"value\"}]}"}]), hdrs
+        for a in acts:
+            if a["name"] not in ("update_status", "append_comment", "add_tag", "remove_tag", "assign_to_name",
+                                 "unassign", "show_in_ui"):
+                return 400, _env(errors=[{"code": 400, "message": f"unknown action {a['name']!r}"}]), hdrs
+            if a["name"] == "update_status" and a.get("value") not in ("new", "in_progress", "closed", "reopened"):
+                return 400, _env(errors=[{"code": 400, "message": f"invalid status {a.get('value')!r}"}]), hdrs
+        done, errors = [], []
+        with self.lock:
+            for i in ids:
+                al = self.alerts.get(i)
+                if al is None:
+                    errors.append({"code": 404, "message": "alert not found", "id": i})
+                    continue
+                for a in acts:
+                    n, v = a["name"], a.get("value")
+                    if n == "update_status":
+                        al["status"] = v
+                    elif n == "append_comment":
+                        al.setdefault("comments", []).append(str(v))
+                    elif n == "add_tag":
+                        al.setdefault("tags", []).append(str(v))
+                    elif n == "remove_tag":
+                        al["tags"] = [t for t in al.get("tags", []) if t != v]
+                    elif n == "assign_to_name":
+                        al["assigned_to_name"] = v
+                    elif n == "unassign":
+                        al["assigned_to_name"] = None
+                al["updated_timestamp"] = iso(time.time())
+                self.updates.append({"id": i, "actions": [dict(a) for a in acts]})
+                done.append(i)
+        self.stats["updated"] += len(done)
+        return (200 if done else 404), _env(resources=done, errors=errors), hdrs
 
     # ------------------------------------------------------------------ users, streams
     def _users(self, raw: bytes, hdrs: dict):

@@ -9,8 +9,12 @@ only) with the shapes of the reference notes (apis.md section 3).
   ``Content-Range: items x-y/<total>``; a range past the end answers ``[]`` with
   ``Content-Range: items */<total>``.
 * ``GET /api/siem/offenses/{id}``; ``POST /api/siem/offenses/{id}?status=CLOSED&closing_reason_id=N``
-  (422 without a reason, 409 code 1008 when already closed); ``POST
-  /api/siem/offenses/{id}/notes?note_text=..`` -> 201 (404 code 1002 for an unknown offense).
+  (422 without a reason or with a reserved/deleted/unknown one, 409 code 1008 when already
+  closed; ``closing_user`` becomes ``API_token:relay``), ``?status=OPEN|HIDDEN``,
+  ``?assigned_to=<user>``; ``POST /api/siem/offenses/{id}/notes?note_text=..`` -> 201, ``GET``
+  the notes (404 code 1002 for an unknown offense); ``GET /api/siem/offense_closing_reasons``
+  (:attr:`closing_reasons`, id 4 reserved).  :attr:`writes` lists every update and note that
+  took effect.  Fault ops: ``list``, ``offense`` (GET one), ``update`` (POST one), ``notes``.
 
 * Offense context: ``GET /api/siem/source_addresses`` and ``/api/siem/local_destination_addresses``
   (``filter=id in (..)``, ``fields``, ``Range``), ``GET /api/analytics/rules/{id}`` (404 code 1002
@@ -265,6 +269,12 @@ class QradarEmulator(LoopbackServer):
         self.ariel_hang = False
         self.searches: dict[str, dict] = {}
         self.context_requests: list[dict] = []    # (the offense list requests are in requests)
+        self.writes: list[dict] = []              # every offense POST (update/close) and note POST that took effect
+        self.closing_reasons: dict[int, dict] = {
+            1: {"id": 1, "text": "Non-Issue", "is_reserved": False, "is_deleted": False},
+            2: {"id": 2, "text": "False-Positive, Tuned", "is_reserved": False, "is_deleted": False},
+            3: {"id": 3, "text": "Policy Violation", "is_reserved": False, "is_deleted": False},
+            4: {"id": 4, "text": "System Change (Reserved)", "is_reserved": True, "is_deleted": False}}
 
     thread_name = "qradar-emulator"
 
@@ -353,10 +363,15 @@ class QradarEmulator(LoopbackServer):
         ctx = self._context(method, path, q, headers)
         if ctx is not None:
             return ctx
+        if path == "/api/siem/offense_closing_reasons" and method == "GET":
+            with self.lock:
+                return 200, [dict(r) for r in self.closing_reasons.values()], {}
         m = re.fullmatch(r"/api/siem/offenses(?:/(\d+)(/notes)?)?", path)
         if not m:
             return 404, envelope(404, 1001, f"No such endpoint {path}"), {}
         op = "list" if m.group(1) is None else ("notes" if m.group(2) else "offense")
+        if op == "offense" and method == "POST":
+            op = "update"                     # fault op of the status/assigned_to changes
         self.stats[op] += 1
         f = self._take_fault(op)
         if f is not None:
@@ -378,16 +393,37 @@ class QradarEmulator(LoopbackServer):
                 note = {"id": len(self.notes.get(oid, ())) + 1, "create_time": self.now_ms(), "username": "API",
                         "note_text": text}
                 self.notes.setdefault(oid, []).append(note)
+                self.writes.append({"op": "note", "id": oid, "note_text": text})
                 return 201, note, {}
             if method == "POST":
-                if q.get("status") == "CLOSED":
-                    if o["status"] == "CLOSED":
+                changes: dict = {}
+                status = q.get("status")
+                if status is not None and status not in ("OPEN", "HIDDEN", "CLOSED"):
+                    return 422, envelope(422, 1005, f"status {status!r} is not OPEN, HIDDEN or CLOSED"), {}
+                if status == "CLOSED":
+                    if o["status"] == "CLOSED" or o.get("protected"):
                         return 409, envelope(409, 1008, "The request cannot be completed due to the state of "
                                                         "the offense"), {}
                     if not q.get("closing_reason_id"):
                         return 422, envelope(422, 1005, "closing_reason_id is required to close an offense"), {}
-                    return 200, self.close_offense(oid, int(q["closing_reason_id"])), {}
-                return 200, dict(o), {}
+                    try:
+                        reason = self.closing_reasons.get(int(q["closing_reason_id"]))
+                    except ValueError:
+                        reason = None
+                    if reason is None or reason["is_reserved"] or reason["is_deleted"]:
+                        return 422, envelope(422, 1005, f"closing_reason_id {q['closing_reason_id']} is not a "
+                                                        f"usable closing reason"), {}
+                    now = self.now_ms()
+                    changes.update(status="CLOSED", close_time=now, closing_reason_id=reason["id"],
+                                   closing_user="API_token:relay", last_updated_time=now)
+                elif status is not None:
+                    changes["status"] = status
+                if "assigned_to" in q:
+                    changes["assigned_to"] = q["assigned_to"] or None
+                if not changes:
+                    return 200, dict(o), {}
+                self.writes.append({"op": "update", "id": oid, **{k: q[k] for k in q if k != "fields"}})
+                return 200, self.update_offense(oid, **changes), {}
             return 200, dict(o), {}
 
     def _context(self, method: str, path: str, q: dict, headers):

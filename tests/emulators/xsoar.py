@@ -13,6 +13,11 @@ REST API, XSOAR 6 paths at the root and XSOAR 8 paths under ``/xsoar`` or ``/xso
   answers ``"data": null`` (``empty_search="list"`` answers ``[]``).  The query language is the
   subset ``[-]field:"value"`` / ``[-]field:value`` (``*`` wildcards) joined by spaces or ``and``;
   fields are incident fields or custom field keys; ``status:closed|active|pending``.
+  Range clauses ``field:>="<ISO date>"`` (also ``>``, ``<=``, ``<``; dates or numbers) select by
+  time, e.g. ``modified:>="2026-03-13T04:30:00.000Z"`` (the mirror's query); ``field:*`` = set.
+* SOC actions from Python (what an analyst does in the UI; each bumps ``version`` and
+  ``modified``): :meth:`XsoarEmulator.close_incident` (reason, notes, owner),
+  :meth:`XsoarEmulator.reassign`, :meth:`XsoarEmulator.reopen`.
 * ``POST /incident/close`` ``{"id"}`` and ``POST /incident/batchClose`` ``{"ids", "all",
   "filter", "closeReason", "closeNotes"}`` (-> ``{"data", "total", "notUpdated"}``).
 * ``POST /entry`` (412 on a closed investigation), ``GET /about``.
@@ -74,7 +79,7 @@ WEBHOOK_BAD_JSON = "Request, and rawJson field if exists must be in JSON format"
 CSRF_BODY = {"id": "forbidden", "status": 403, "title": "Forbidden", "detail": "Issue with CSRF code",
              "error": "http: named cookie not present", "encrypted": False, "multires": None}
 _FIELD_KEY = re.compile(r"[a-z0-9_]+\Z")
-_CLAUSE = re.compile(r'\s*(-?)([A-Za-z0-9_.]+):("(?:[^"\\]|\\.)*"|[^\s"()]+)\s*')
+_CLAUSE = re.compile(r'\s*(-?)([A-Za-z0-9_.]+):(>=|<=|>|<)?("(?:[^"\\]|\\.)*"|[^\s"()]+)\s*')
 TOP_FIELDS = ("id", "name", "type", "status", "severity", "owner", "sourceBrand", "sourceInstance",
               "category", "phase", "details", "closeReason")
 
@@ -437,6 +442,7 @@ class XsoarEmulator(LoopbackServer):
             inc.setdefault("severity", 0)
             inc.setdefault("type", "Unclassified")
             inc.setdefault("labels", [])
+            inc.setdefault("owner", "")
             self._incidents[inc_id] = inc
             self.stats["created"] += 1
             keyinfo = ", ".join(f"{k}={v}" for k, v in list(custom.items())[:1])
@@ -515,6 +521,35 @@ class XsoarEmulator(LoopbackServer):
             inc["version"] += 1
             inc["modified"] = inc["closed"]
             self.stats["closed"] += 1
+
+    # ------------------------------------------------------------------ SOC actions (tests)
+    def close_incident(self, inc_id, reason: str = "Resolved", notes: str = "", owner: str | None = None) -> dict:
+        """An analyst closes the incident in the UI (bumps version and ``modified``)."""
+        with self.lock:
+            inc = self._incidents[str(inc_id)]
+            if owner is not None:
+                inc["owner"] = owner
+            self._close_one(inc, reason, notes)
+            return json.loads(json.dumps(inc))
+
+    def reassign(self, inc_id, owner: str) -> dict:
+        """An analyst assigns the incident to ``owner``."""
+        with self.lock:
+            inc = self._incidents[str(inc_id)]
+            inc["owner"] = owner
+            inc["version"] += 1
+            inc["modified"] = _now_iso()
+            self.stats["reassigned"] += 1
+            return json.loads(json.dumps(inc))
+
+    def reopen(self, inc_id) -> dict:
+        with self.lock:
+            inc = self._incidents[str(inc_id)]
+            inc["status"] = 1
+            inc["closed"] = "0001-01-01T00:00:00Z"
+            inc["version"] += 1
+            inc["modified"] = _now_iso()
+            return json.loads(json.dumps(inc))
 
     def h_close(self, body) -> _Reply:
         if not isinstance(body, dict) or body.get("id") in (None, ""):
@@ -871,13 +906,45 @@ def _compile_query(q: str) -> list[Callable[[dict], bool]]:
         m = _CLAUSE.match(q, pos)
         if not m:
             raise _QueryError(f"cannot parse at {q[pos:pos + 30]!r} (supported: [-]field:\"value\" joined by and)")
-        neg, fld, val = m.groups()
+        neg, fld, cmp, val = m.groups()
         quoted = val.startswith('"')
         if quoted:
             val = re.sub(r"\\(.)", r"\1", val[1:-1])
-        preds.append(_clause(fld, val, quoted, bool(neg)))
+        if cmp:
+            preds.append(_range(fld, cmp, val, bool(neg)))
+        else:
+            preds.append(_clause(fld, val, quoted, bool(neg)))
         pos = m.end()
     return preds
+
+
+def _date(v) -> float | None:
+    try:
+        return datetime.fromisoformat(str(v).strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _range(fld: str, cmp: str, val: str, neg: bool) -> Callable[[dict], bool]:
+    """``field:>="2025-05-01T00:00:00Z"`` (dates, e.g. ``modified``/``created``/``closed``) or
+    ``field:>=3`` (numbers)."""
+    want = _date(val)
+    if want is None:
+        try:
+            want = float(val)
+        except ValueError:
+            raise _QueryError(f"{fld}:{cmp}{val!r}: not a date or a number") from None
+        conv = lambda v: float(v) if isinstance(v, (int, float)) or str(v).replace(".", "", 1).isdigit() else None
+    else:
+        conv = _date
+    op = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+          "<": lambda a, b: a < b}[cmp]
+
+    def match(inc: dict) -> bool:
+        have = _value(inc, fld)
+        h = conv(have) if have not in (None, "") else None
+        return (h is not None and op(h, want)) != neg
+    return match
 
 
 def _clause(fld: str, val: str, quoted: bool, neg: bool) -> Callable[[dict], bool]:
