@@ -84,18 +84,28 @@ class SourceConfig:
     tls_ca: Path | None = None
     tls_verify_client: bool = False
     tls_client_names: list = field(default_factory=list)  # client certificate CN/SAN allowlist
+    proxy_protocol: bool = False                       # tcp/tls: a PROXY v1/v2 header opens each connection
+    proxy_from: list = field(default_factory=list)     # ip_network objects: the load balancers trusted to send it
     options: dict = field(default_factory=dict)        # the kind's own settings
 
     def allowed(self, ip: str) -> bool:
         if not self.allow:
             return True
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.allow)
+        return _in(ip, self.allow)
+
+    def proxy_trusted(self, ip: str) -> bool:
+        """May the load balancer at ``ip`` send a PROXY header (``proxy_from``)?"""
+        return _in(ip, self.proxy_from)
+
+
+def _in(ip: str, nets: list) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in nets)
 
 
 @dataclass
