@@ -198,8 +198,9 @@ def test_type_names_live_only_in_their_modules():
     way to ask about a kind."""
     from relay import kinds
     owners = {}
-    for name, k in {**kinds.sources(), **kinds.sinks()}.items():
-        owners.setdefault(name, set()).add(Path(sys.modules[k.factory.__module__].__file__).resolve())
+    for table in (kinds.sources(), kinds.sinks()):      # a source and a sink may share a name (nats)
+        for name, k in table.items():
+            owners.setdefault(name, set()).add(Path(sys.modules[k.factory.__module__].__file__).resolve())
     # names that are also ordinary words of the code (a "file" key, the "syslog" record of
     # test-parse, the "tcp"/"udp" protocol of a syslog sink, the "http" URL scheme and ASGI
     # scope type) are checked only where a type could be meant: comparisons with .type
