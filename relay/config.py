@@ -60,6 +60,7 @@ class RelayConfig:
     metrics_tokens: tuple = ()         # bearer tokens for /metrics, /health, /ready (relay.secrets.Secret)
     queue: QueueConfig = field(default_factory=QueueConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    claims: Any = None                 # relay.claims.ClaimsConfig when [relay.claims] is set
 
 
 @dataclass
@@ -288,6 +289,9 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
                                        base_dir, required=False)
     relay.queue = _queue(rt.table("queue"), QueueConfig())
     relay.retry = _retry(rt.table("retry"), RetryConfig())
+    if "claims" in rt.data:
+        from .claims import read_config as _read_claims
+        relay.claims = _read_claims(rt.table("claims"), base_dir)
     rt.finish()
 
     # [sources.*]: each table's type names its kind, which reads the table (relay/kinds.py)

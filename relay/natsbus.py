@@ -72,8 +72,12 @@ def read_settings(t, base_dir, *, servers_key: str = "servers", bus: bool = True
 
 
 async def connect(st: NatsSettings, name: str, **cb):
-    """A nats-py client that reconnects for ever (every server in turn)."""
-    import nats
+    """A nats-py client that reconnects for ever (every server in turn) once connected.  The
+    first connection must succeed within ``connect_timeout`` per server (+1 s), else
+    ConnectionError (nats-py would otherwise try for ever, holding the caller)."""
+    import asyncio
+
+    from nats.aio.client import Client
     kw = {}
     if st.user is not None:
         kw["user"] = st.user
@@ -81,9 +85,21 @@ async def connect(st: NatsSettings, name: str, **cb):
             kw["password"] = st.password.reveal()
     if st.token is not None:
         kw["token"] = st.token.reveal()
-    return await nats.connect(servers=list(st.servers), name=name, connect_timeout=st.connect_timeout,
-                              allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                              ping_interval=5, max_outstanding_pings=3, **cb, **kw)
+    nc = Client()
+    limit = st.connect_timeout * len(st.servers) + 1.0
+    try:
+        await asyncio.wait_for(nc.connect(servers=list(st.servers), name=name, connect_timeout=st.connect_timeout,
+                                          allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                          ping_interval=5, max_outstanding_pings=3, **cb, **kw), limit)
+    except BaseException as e:
+        try:
+            await nc.close()
+        except Exception:
+            pass
+        if isinstance(e, asyncio.TimeoutError):
+            raise ConnectionError(f"no NATS server answered within {limit:g} s ({', '.join(st.servers)})") from None
+        raise
+    return nc
 
 
 async def ensure_stream(js, st: NatsSettings, *, replicas: int, max_age: float, duplicate_window: float,
