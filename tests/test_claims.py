@@ -162,8 +162,11 @@ def test_two_relays_race_on_the_same_keys(tmp_path, monkeypatch, make_xsoar, nat
         assert set(c) == {f"rhythmx:INC-{i}" for i in range(30)}
         if with_claims:
             assert all(n == 1 for n in c.values()), c
-            won = sum(r.value("relay_claims_total", sink="xs", result="won") for r in regs)
-            assert won == 30
+            # one claim won per key (a claim whose answer was lost under load is taken again as
+            # the relay's "own", never by the other relay)
+            got = {res: sum(r.value("relay_claims_total", sink="xs", result=res) for r in regs)
+                   for res in ("won", "own", "taken_over")}
+            assert got["taken_over"] == 0 and 0 < got["won"] <= 30 and got["won"] + got["own"] >= 30, got
             assert sum(r.value("relay_xsoar_incidents_total", sink="xs", action="created") for r in regs) == 30
         else:
             # the race this feature closes: without claims some keys got two incidents
