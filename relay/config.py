@@ -63,6 +63,7 @@ class RelayConfig:
     console_cases_dir: Path | None = None   # where the console saves golden cases (None: saving is off)
     queue: QueueConfig = field(default_factory=QueueConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    claims: Any = None                 # relay.claims.ClaimsConfig when [relay.claims] is set
 
 
 @dataclass
@@ -87,18 +88,28 @@ class SourceConfig:
     tls_ca: Path | None = None
     tls_verify_client: bool = False
     tls_client_names: list = field(default_factory=list)  # client certificate CN/SAN allowlist
+    proxy_protocol: bool = False                       # tcp/tls: a PROXY v1/v2 header opens each connection
+    proxy_from: list = field(default_factory=list)     # ip_network objects: the load balancers trusted to send it
     options: dict = field(default_factory=dict)        # the kind's own settings
 
     def allowed(self, ip: str) -> bool:
         if not self.allow:
             return True
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.allow)
+        return _in(ip, self.allow)
+
+    def proxy_trusted(self, ip: str) -> bool:
+        """May the load balancer at ``ip`` send a PROXY header (``proxy_from``)?"""
+        return _in(ip, self.proxy_from)
+
+
+def _in(ip: str, nets: list) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in nets)
 
 
 @dataclass
@@ -297,6 +308,9 @@ def loads(text: str, *, file: str = "<config>", base_dir: Path | None = None, co
     relay.console_cases_dir = rt.get("console_cases_dir", str, None, check=pathconv)
     relay.queue = _queue(rt.table("queue"), QueueConfig())
     relay.retry = _retry(rt.table("retry"), RetryConfig())
+    if "claims" in rt.data:
+        from .claims import read_config as _read_claims
+        relay.claims = _read_claims(rt.table("claims"), base_dir)
     rt.finish()
 
     # [sources.*]: each table's type names its kind, which reads the table (relay/kinds.py)

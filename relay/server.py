@@ -100,6 +100,8 @@ class Server:
         for w in cfg.warnings:
             log.warning("%s", w)
         loop = asyncio.get_running_loop()
+        from . import claims
+        claims.configure(cfg.relay.claims)      # [relay.claims]: before the sinks that use them
         for name, sc in cfg.sinks.items():
             self.sinks[name] = self._start_sink(sc, loop)
         workers = cfg.relay.workers > 1
@@ -219,6 +221,8 @@ class Server:
                 r.queue.close()
             except Exception as e:
                 log.error("sink %s: closing queue: %r", r.cfg.name, e)
+        from . import claims
+        await claims.close()
         if self.metrics is not None:
             await self.metrics.close()
         log.info("stopped")
@@ -272,6 +276,12 @@ class Server:
             for name, sc in new.sinks.items():
                 if name not in self.sinks:
                     self.sinks[name] = self._start_sink(sc, loop)
+            if new.relay.claims != old.relay.claims:
+                from . import claims
+                previous = claims.current()
+                claims.configure(new.relay.claims)
+                if previous is not None:
+                    await previous.close()
             self.pipeline.committers = self._committers()
             self.pipeline.configure(new)
             if self.pool is not None:

@@ -234,8 +234,9 @@ def test_type_names_live_only_in_their_modules():
         owners.setdefault(name, set()).add(Path(sys.modules[k.factory.__module__].__file__).resolve())
     # names that are also ordinary words of the code (a "file" key, the "syslog" record of
     # test-parse, the "tcp"/"udp" protocol of a syslog sink, the "http" URL scheme and ASGI
-    # scope type) are checked only where a type could be meant: comparisons with .type
-    ambiguous = {"file", "syslog", "tcp", "udp", "tls", "http"}
+    # scope type, the "nats" servers key of [relay.claims]) are checked only where a type could
+    # be meant: comparisons with .type
+    ambiguous = {"file", "syslog", "tcp", "udp", "tls", "http", "nats"}
     offenders = []
     for mod, path in MODULES.items():
         if not mod.startswith("relay"):     # parsers/formats name vendors, not kinds

@@ -69,7 +69,7 @@ from formats.template import TemplateError, compile_template
 
 from .. import kinds
 from ..dedup import DedupRecord, DedupStore, store_path
-from . import _lines
+from . import _claims, _lines
 from ._http import (AUTH_KEYS, HTTP_KEYS, Auth, AuthConfig, HttpOptions, HttpSink, classify, excerpt,
                     read_auth, read_http, retry_after)
 from .base import AuthError, PermanentError, RetryableError, SinkError, UnavailableError
@@ -802,8 +802,13 @@ class TicketSink(_Base):
         key = self._key(item)
         digest = hashlib.blake2b(content, digest_size=16).hexdigest()
         rec = await asyncio.to_thread(self.store.get, key) if key else None
+        claim = None
         if rec is not None:
             self.count("dedup_hit")
+        elif key and (claim := await _claims.guard(self, key)) is not None and not claim.owner:
+            rec = DedupRecord(key, claim.incident, None, False, None)      # [relay.claims]: another relay's
+            self.count("claimed_elsewhere")
+            await asyncio.to_thread(self.store.put, rec)
         elif key:
             found = await self.search(key)
             if found is not None:
@@ -811,6 +816,7 @@ class TicketSink(_Base):
                 self.count("found")
                 log.info("sink %s: %s already is %s record %s (found by search)", self.name, key, self.service, found)
                 await asyncio.to_thread(self.store.put, rec)
+                await _claims.won(self, claim, found)
             else:
                 t = self._uncertain.get(key)
                 wait = (t + s.search_settle - time.monotonic()) if t is not None and s.preset == "jira" else 0
@@ -827,11 +833,16 @@ class TicketSink(_Base):
             except RetryableError as e:
                 if key and not isinstance(e, UnavailableError):
                     self._uncertain[key] = time.monotonic()
+                await _claims.failed(self, claim, e)
+                raise
+            except Exception as e:
+                await _claims.failed(self, claim, e)
                 raise
             self._uncertain.pop(key, None) if key else None
             self.count("created")
             if key:
                 await asyncio.to_thread(self.store.put, DedupRecord(key, rid, None, False, digest))
+                await _claims.won(self, claim, rid)
         elif s.mode == "sync":
             if rec.digest == digest:
                 self.count("unchanged")

@@ -79,6 +79,7 @@ from ..secrets import Secret, read_secret, register
 from ..checks import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
 from .. import kinds
 from ..dedup import DedupRecord, DedupStore, store_path as _store_path
+from . import _claims
 from . import _http
 from ._http import HttpSink, Redactor, excerpt as _http_excerpt, retry_after  # noqa: F401 (re-exported)
 from .base import PermanentError, RetryableError, SinkError
@@ -534,16 +535,25 @@ class XsoarSink(_XsoarBase):
         digest = hashlib.blake2b(item.payload, digest_size=16).hexdigest()
 
         rec = await asyncio.to_thread(self.store.get, key) if key else None
+        claim = None
         if rec is not None:
             self.count("dedup_hit")
         elif key:
-            found = await self.search_key(key)
-            if found is not None:
-                rec = DedupRecord(key, str(found.get("id")), _int(found.get("version")),
-                                  found.get("status") == STATUS_CLOSED, None)
-                self.count("found")
-                log.info("sink %s: %s already is XSOAR incident %s (found by search)", self.name, key, rec.incident_id)
+            claim = await _claims.guard(self, key)      # [relay.claims]: one relay per key creates
+            if claim is not None and not claim.owner:
+                rec = DedupRecord(key, claim.incident, None, False, None)
+                self.count("claimed_elsewhere")
                 await asyncio.to_thread(self.store.put, rec)
+            else:
+                found = await self.search_key(key)
+                if found is not None:
+                    rec = DedupRecord(key, str(found.get("id")), _int(found.get("version")),
+                                      found.get("status") == STATUS_CLOSED, None)
+                    self.count("found")
+                    log.info("sink %s: %s already is XSOAR incident %s (found by search)", self.name, key,
+                             rec.incident_id)
+                    await asyncio.to_thread(self.store.put, rec)
+                    await _claims.won(self, claim, rec.incident_id)
         if rec is None or rec.incident_id is None:
             if not key:
                 log.warning("sink %s: row %s has no dedup key: creating without duplicate protection",
@@ -551,7 +561,11 @@ class XsoarSink(_XsoarBase):
             sq = meta.get("summary")
             if isinstance(sq, dict) and sq.get("key") and not _custom(body).get("relaytriagesummary"):
                 await self._add_summary(body, str(sq["key"]), float(sq.get("wait") or 0))
-            inc = await self.create(body)
+            try:
+                inc = await self.create(body)
+            except Exception as e:
+                await _claims.failed(self, claim, e)
+                raise
             self.count("created")
             if not inc:
                 return
@@ -559,6 +573,7 @@ class XsoarSink(_XsoarBase):
                               inc.get("status") == STATUS_CLOSED, digest)
             if key:
                 await asyncio.to_thread(self.store.put, rec)
+                await _claims.won(self, claim, rec.incident_id)
         elif s.mode == "sync":
             if rec.digest == digest:
                 self.count("unchanged")

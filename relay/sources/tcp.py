@@ -32,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import ssl
 import time
 
 from parsers.framing import Deframer
+from parsers.proxyproto import ProxyError, decode as decode_proxy
 
 from .. import kinds
 from .base import Source, bind_error, log
@@ -67,14 +69,19 @@ EVICT_IDLE = 10.0
 #: how long a connection over a cap waits for a slot (ADMIT_TRIES times), reading nothing
 ADMIT_WAIT = 0.05
 ADMIT_TRIES = 4
+#: a connection from a load balancer must complete its PROXY header within this many seconds
+PROXY_TIMEOUT = 3.0
+#: bytes looked at (MSG_PEEK) per read of a PROXY header; a longer v2 header takes several reads
+PROXY_PEEK = 4096
 
 
 class _Conn(asyncio.Protocol):
     __slots__ = ("src", "raw", "transport", "peer", "ip", "deframer", "last", "pending", "closed", "failed",
-                 "idle_h", "hs_task", "held", "tries", "since")
+                 "idle_h", "hs_task", "held", "tries", "since", "proxy", "lb")
 
-    def __init__(self, src: "TcpSource") -> None:
+    def __init__(self, src: "TcpSource", proxy=None) -> None:
         self.src = src
+        self.proxy = proxy          # proxy_protocol: the decoded PROXY header
         self.raw = None             # the TCP transport
         self.transport = None       # where data comes from: TCP, or TLS once the handshake is done
         self.peer = "?"
@@ -88,6 +95,7 @@ class _Conn(asyncio.Protocol):
         self.held = False           # holds a slot (counted in src.conns / src.per_ip)
         self.tries = 0
         self.since = 0.0            # when the connection (or its TLS handshake) started
+        self.lb = None              # proxy_protocol: the load balancer's "ip:port"
 
     # ---------------------------------------------------------------- events
 
@@ -98,12 +106,21 @@ class _Conn(asyncio.Protocol):
         pn = transport.get_extra_info("peername")
         ip = self.ip = pn[0] if pn else "?"
         self.peer = f"{ip}:{pn[1]}" if pn else "?"
-        if not cfg.allowed(ip):
+        h = self.proxy
+        if h is not None:
+            self.lb = self.peer
+            if h.src is not None:
+                ip = self.ip = h.src[0]
+                self.peer = f"{ip}:{h.src[1]}"
+            # else LOCAL (the load balancer's health check) or v1 UNKNOWN: the load balancer's own
+            # connection, trusted by proxy_from, keeps the socket's addresses
+        if not (h is not None and h.src is None) and not cfg.allowed(ip):
             self.closed = True
             transport.abort()
             src.dropped("allowlist")
             src.limiter.warning((cfg.name, "allowlist"),
-                                "source %r: refused connection from %s: not in the allowlist", cfg.name, self.peer)
+                                "source %r: refused connection from %s%s: not in the allowlist", cfg.name, self.peer,
+                                f" (via {self.lb})" if self.lb else "")
             return
         self._admit()
 
@@ -124,7 +141,11 @@ class _Conn(asyncio.Protocol):
         if sock is None or not hasattr(sock, "recv"):
             return False
         try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            try:
+                return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except TypeError:           # uvloop's pseudo-socket has no recv(): peek through a dup
+                with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+                    return dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:         # reset
@@ -382,6 +403,125 @@ class _Conn(asyncio.Protocol):
             (self.transport or self.raw).abort()
 
 
+class _Header:
+    """proxy_protocol: reads the PROXY header of one accepted socket, before any transport owns
+    it.  It peeks, and consumes exactly the header's bytes, so whatever follows (the first
+    frame, or a TLS ClientHello) stays in the socket for the transport or the TLS handshake.
+    Once per connection, never on the per-message path."""
+
+    __slots__ = ("src", "sock", "peer", "buf", "timer", "done")
+
+    def __init__(self, src: "TcpSource", sock: socket.socket, peer: str) -> None:
+        self.src = src
+        self.sock = sock
+        self.peer = peer
+        self.buf = b""
+        self.done = False
+        src.proxying.add(self)
+        src.loop.add_reader(sock.fileno(), self._read)
+        self.timer = src.loop.call_later(PROXY_TIMEOUT, self.fail, "proxy_timeout",
+                                         f"no complete PROXY header within {PROXY_TIMEOUT:g} s")
+
+    def _end(self) -> None:
+        if not self.done:
+            self.done = True
+            self.src.proxying.discard(self)
+            self.src.loop.remove_reader(self.sock.fileno())
+            self.timer.cancel()
+
+    def abort(self) -> None:
+        if not self.done:
+            self._end()
+            self.sock.close()
+
+    def fail(self, reason: str, detail: str) -> None:
+        if self.done:
+            return
+        self.abort()
+        src = self.src
+        src.dropped(reason)
+        src.limiter.warning((src.cfg.name, reason), "source %r: closing connection from %s: %s",
+                            src.cfg.name, self.peer, detail)
+
+    def _read(self) -> None:
+        sock = self.sock
+        try:
+            data = sock.recv(PROXY_PEEK, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.fail("proxy_no_header", f"connection lost before a complete PROXY header: {e}")
+            return
+        if not data:
+            self.fail("proxy_no_header", f"closed after {len(self.buf)} bytes, before a complete PROXY header")
+            return
+        buf = self.buf + data
+        try:
+            h = decode_proxy(buf)
+        except ProxyError as e:
+            self.fail("proxy_" + e.reason, f"bad PROXY header: {e.detail}")
+            return
+        # every byte before the header's end belongs to it: consume exactly those
+        take = len(data) if h is None else h.size - len(self.buf)
+        try:
+            got = sock.recv(take)
+        except OSError as e:
+            self.fail("proxy_no_header", f"connection lost in the PROXY header: {e}")
+            return
+        if len(got) != take:        # peeked bytes wait in the socket's buffer: cannot happen
+            self.fail("proxy_error", f"read {len(got)} of {take} peeked header bytes")
+            return
+        if h is None:
+            self.buf = buf
+            return
+        self._end()
+        self.src.proxy_ready(sock, h)
+
+
+class _Listener:
+    """proxy_protocol: the listening socket and its accept loop (asyncio's server would hand
+    the connection to a transport that starts reading at once, header included)."""
+
+    def __init__(self, src: "TcpSource", sock: socket.socket) -> None:
+        self.src = src
+        self.sockets = [sock]
+        self.task = src.loop.create_task(self._accept())
+
+    async def _accept(self) -> None:
+        src = self.src
+        lsock = self.sockets[0]
+        cfg = src.cfg
+        while True:
+            try:
+                sock, addr = await src.loop.sock_accept(lsock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as e:        # EMFILE, ENFILE, ENOBUFS: wait, the backlog holds them
+                src.limiter.log(logging.ERROR, (cfg.name, "accept"), "source %r: accept failed: %s",
+                                cfg.name, e)
+                await asyncio.sleep(0.1)
+                continue
+            peer = f"{addr[0]}:{addr[1]}"
+            if not cfg.proxy_trusted(addr[0]):
+                sock.close()
+                src.dropped("proxy_untrusted")
+                src.limiter.warning((cfg.name, "proxy_untrusted"), "source %r: refused connection from %s: "
+                                    "not a load balancer in proxy_from", cfg.name, peer)
+                continue
+            sock.setblocking(False)
+            try:
+                _Header(src, sock, peer)
+            except OSError as e:
+                sock.close()
+                src.dropped("proxy_error")
+                src.limiter.warning((cfg.name, "proxy_error"), "source %r: connection from %s: %s",
+                                    cfg.name, peer, e)
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.sockets[0].close()
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, ssl.SSLError):
         return e.reason or str(e)
@@ -400,6 +540,9 @@ class TcpSource(Source):
         self.conns: set[_Conn] = set()  # connections holding a slot
         self.per_ip: dict[str, int] = {}
         self.waiting: set[_Conn] = set()  # over a cap, waiting a moment for a slot
+        self.proxying: set[_Conn] = set()  # proxy_protocol: reading the PROXY header
+        self._proxy_counts: dict = {}
+        self.connecting: set = set()      # proxy_protocol: sockets being handed to a transport
         self.inflight: set = set()      # pending handle() futures of all connections
         self.loop: asyncio.AbstractEventLoop | None = None
         self.idle_closed = 0
@@ -425,6 +568,50 @@ class TcpSource(Source):
         best.evict()
         return True
 
+    def proxy_ready(self, sock: socket.socket, h) -> None:
+        """A connection's PROXY header is read: hand the socket to a transport (a _Conn)."""
+        self._count_proxy(h)
+        task = self.loop.create_task(self._connect(sock, h))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
+
+    async def _connect(self, sock, h) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: _Conn(self, h), sock)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except OSError as e:
+            sock.close()
+            self.dropped("proxy_error")
+            self.limiter.warning((self.cfg.name, "proxy_error"), "source %r: %s", self.cfg.name, e)
+
+    def _listen_proxy(self) -> _Listener:
+        host, port = self.cfg.address
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos.sort(key=lambda i: i[0] != socket.AF_INET)  # no host: IPv4 any, like a one-socket server
+        fam, typ, proto, _, addr = infos[0]
+        sock = socket.socket(fam, typ, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(self.listen_backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return _Listener(self, sock)
+
+    def _count_proxy(self, h) -> None:
+        key = f"v{h.version}" if h.command else f"v{h.version}_local"
+        c = self._proxy_counts.get(key)
+        if c is None:
+            c = self._proxy_counts[key] = self.registry.counter("relay_proxy_headers_total",
+                                                                source=self.cfg.name, kind=key)
+        c.value += 1
+
     async def prepare(self) -> None:
         """Everything that can fail before the source listens (the TLS context): a reload
         calls it before it stops the running listener."""
@@ -442,8 +629,11 @@ class TcpSource(Source):
         await self.prepare()
         host, port = cfg.address
         try:
-            self._server = await loop.create_server(lambda: _Conn(self), host or None, port,
-                                                    reuse_address=True, backlog=self.listen_backlog)
+            if cfg.proxy_protocol:
+                self._server = self._listen_proxy()
+            else:
+                self._server = await loop.create_server(lambda: _Conn(self), host or None, port,
+                                                        reuse_address=True, backlog=self.listen_backlog)
         except OSError as e:
             raise bind_error(cfg, e) from None
         self.bound_address = self._server.sockets[0].getsockname()[:2]
@@ -463,6 +653,12 @@ class TcpSource(Source):
             c.closed = True
             c.raw.abort()
         self.waiting.clear()
+        for h in list(self.proxying):
+            h.abort()
+        for t in list(self.connecting):
+            t.cancel()
+        if self.connecting:
+            await asyncio.wait(list(self.connecting), timeout=1.0)
         for c in list(self.conns):
             c.close()
         # TLS close waits for the peer's close_notify: give it a moment, then abort
@@ -581,12 +777,25 @@ def server_context(cfg) -> ssl.SSLContext:
 def read_tcp(t, sc, base_dir) -> None:
     from .base import read_listener
     read_listener(t, sc, base_dir, stream=True)
+    _read_proxy(t, sc)
+
+
+def _read_proxy(t, sc) -> None:
+    from ..checks import networks
+    sc.proxy_protocol = t.get("proxy_protocol", bool, False)
+    sc.proxy_from = t.get("proxy_from", list, [], check=networks)
+    if sc.proxy_protocol and not sc.proxy_from:
+        raise t.err("proxy_from", "proxy_protocol = true needs proxy_from: the load balancers' addresses "
+                                  "(e.g. [\"10.0.0.10/32\"]); a PROXY header is never accepted from anyone")
+    if sc.proxy_from and not sc.proxy_protocol:
+        raise t.err("proxy_from", "is only read with proxy_protocol = true")
 
 
 def read_tls(t, sc, base_dir) -> None:
     from ..checks import cert_and_key, pem_certificates, pem_key
     from .base import read_listener
     read_listener(t, sc, base_dir, stream=True)
+    _read_proxy(t, sc)
     sc.tls_cert = t.get("tls_cert", str, required=True, check=pem_certificates(base_dir))
     sc.tls_key = t.get("tls_key", str, required=True, check=pem_key(base_dir))
     try:
@@ -611,7 +820,7 @@ def _names(v):
 
 
 _STREAM_KEYS = ("address", "lenient", "max_message_size", "oversize", "allow", "max_connections",
-                "max_connections_per_ip", "idle_timeout")
+                "max_connections_per_ip", "idle_timeout", "proxy_protocol", "proxy_from")
 
 TCP = kinds.register_source(kinds.SourceKind(
     type="tcp", read_config=read_tcp, factory=TcpSource, transport="tcp", keys=_STREAM_KEYS,
