@@ -21,7 +21,8 @@ from tests.harness import QradarStandIn, RelayProcess, make_pki
 HEAVY = frozenset({
     "test_chaos_soak.py", "test_packaging.py", "test_durability.py", "test_e2e_pull.py", "test_e2e_http_sink.py",
     "test_e2e_xsoar.py", "test_e2e_peers.py", "test_secrets_grep.py", "test_bad_configs.py", "test_e2e_enrich.py",
-    "test_fuzz_regressions.py", "test_codec_roundtrip.py",
+    "test_fuzz_regressions.py", "test_codec_roundtrip.py", "test_e2e_writeback.py", "test_scaleout.py",
+    "test_nats.py",
 })
 
 
