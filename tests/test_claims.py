@@ -10,9 +10,8 @@ import asyncio
 import pytest
 
 from relay import claims as claims_mod
-from relay.claims import Claims, ClaimsConfig, ClaimWait, read_config
+from relay.claims import Claims, ClaimsConfig, ClaimWait
 from relay.config import ConfigError, loads
-from relay.metrics import Registry
 from relay.natsbus import NatsSettings
 from tests.harness import counts, run_async, run_sinks, sigma_line
 from tests.natsctl import NatsCluster

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.emulators.qradar import QradarEmulator
-from tests.harness import LOOPBACK, free_port, sigma_line, wait_until
+from tests.harness import LOOPBACK, free_port, sigma_line
 
 ROOT = Path(__file__).resolve().parent.parent
 MON = ROOT / "packaging" / "monitoring"

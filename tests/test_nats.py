@@ -16,7 +16,7 @@ from parsers import detect
 from parsers.bus import BusError, decode
 from parsers.normalise import normalise
 from relay.config import ConfigError, loads
-from tests.harness import LOOPBACK, QradarStandIn, RelayProcess, free_port, seq_of, sigma_line, wait_until
+from tests.harness import QradarStandIn, RelayProcess, free_port, seq_of, sigma_line, wait_until
 from tests.natsctl import NatsCluster, need_nats
 
 

@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-import struct
 import threading
 
 import pytest

@@ -233,7 +233,7 @@ def test_5xx_exhausts_retries_cursor_not_advanced_then_recovers(tmp_path, rx_env
         async with pulling(tmp_path, rx, max_retries=1) as (h, src):
             await until(lambda: len(h.rows()) >= 1, what="delivery after the 5xx storm")
             return src
-    src = run(main())
+    run(main())
     assert rx.stats["http_500"] == 3
 
 

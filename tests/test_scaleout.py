@@ -33,7 +33,7 @@ import time
 
 import pytest
 
-from tests.harness import LOOPBACK, QradarStandIn, RelayProcess, WaitTimeout, counts, free_port, seq_of, sigma_line, \
+from tests.harness import LOOPBACK, QradarStandIn, RelayProcess, WaitTimeout, counts, free_port, sigma_line, \
     wait_until
 from tests.natsctl import NatsCluster, need_nats
 

@@ -12,12 +12,9 @@ import asyncio
 import json
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 
-import orjson
-import pytest
 
 from relay.config import loads
 from relay.metrics import MetricsServer

@@ -13,12 +13,11 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from relay.top import build, parse_metrics, snapshot
+from relay.top import build, snapshot
 from tests.harness import LOOPBACK, free_port, relay_command, sigma_line, wait_until
 
 TMUX = shutil.which("tmux")

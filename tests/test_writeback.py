@@ -8,7 +8,6 @@ import contextlib
 import json
 import time
 
-import orjson
 import pytest
 
 from formats.writeback import RhythmxOptions, WritebackError, rhythmx_status
@@ -20,7 +19,7 @@ from relay.sources import xsoar_mirror as M
 from tests.emulators.rhythmx import RhythmxEmulator
 from tests.emulators.xsoar import XsoarEmulator
 from tests.harness import make_queue, run_async, run_sinks
-from tests.test_pull_sources import Harness, polls, run, source_config, until
+from tests.test_pull_sources import polls, run, source_config, until
 
 XSOAR_KEY = "wb-xsoar-key-88"
 RX_PASSWORD = "wb-rx-pass-31"

@@ -27,7 +27,6 @@ are set back (:func:`_stage_counters_untouched`); the gauges it would re-bind ar
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import re

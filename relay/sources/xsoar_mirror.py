@@ -44,7 +44,7 @@ import asyncio
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,8 +52,8 @@ from formats.writeback import ORIGINS
 
 from .. import kinds
 from ..checks import http_url
-from ..secrets import Secret, read_secret, redact
-from ..sinks.xsoar import XsoarSettings, auth_headers, search_query
+from ..secrets import read_secret, redact
+from ..sinks.xsoar import XsoarSettings, auth_headers
 from .pull import (COMMON_KEYS, AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, TransientFailure,
                    jitter, make_event, read_common)
 
