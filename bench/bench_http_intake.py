@@ -277,10 +277,7 @@ async def main():
     await s.start()
     print("ready", flush=True)
     await asyncio.sleep(3600)
-try:
-    import uvloop; uvloop.run(main())
-except ImportError:
-    asyncio.run(main())
+asyncio.run(main())   # the daemon's loop (relay/server.py)
 """
 
 

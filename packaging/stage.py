@@ -155,7 +155,7 @@ def build(args) -> None:
     inc = venv / "include"          # empty headers dir made by venv
     if inc.is_dir() and not any(f for _d, _s, fs in os.walk(inc) for f in fs):
         shutil.rmtree(inc)
-    # uvloop's wheel ships its extension with debug info (14 MB): strip it (deterministic; both
+    # wheels ship their extensions with debug info: strip them (deterministic; both
     # packages get the stripped file, so dh_strip / brp-strip are off).
     for so in sorted(site.rglob("*.so")):
         run("strip", "--strip-unneeded", "--remove-section=.comment", "--remove-section=.note", so)

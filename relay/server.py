@@ -367,9 +367,8 @@ def run(config_path: str, startup_check: StartupCheck | None = None) -> int:
     if failed:
         log.error("%s", "\n".join(failed))
         return 2
-    try:
-        import uvloop  # optional: faster loop when installed
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    return runner(Server(config_path, cfg, startup_check).serve())
+    # The stdlib loop, never uvloop even when importable: uvloop starts reading a new connection
+    # after connection_made returns, whatever the protocol paused, so a TLS source's ClientHello
+    # reached the syslog deframer before start_tls (tests/test_architecture.py keeps it out);
+    # every test and benchmark runs this loop.
+    return asyncio.run(Server(config_path, cfg, startup_check).serve())

@@ -273,3 +273,18 @@ def test_docs_config_lists_every_kind_and_key():
                 if f"`{key}`" not in body and f"{key}`" not in body and f".{key}]`" not in body:
                     missing.append(f"{what} type {name}: key {key}")
     assert not missing, missing
+
+
+def test_the_daemon_never_runs_uvloop():
+    """uvloop starts reading a new connection after connection_made returns, whatever the
+    protocol paused: a TLS source's ClientHello reached the syslog deframer before start_tls,
+    and every TLS connection failed (tests/test_tls_reload.py failed under uvloop).  The daemon
+    runs the stdlib loop that every test and benchmark runs, and no module may pick uvloop."""
+    users = []
+    for mod, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n.split(".")[0] == "uvloop" for n in names):
+                users.append(mod)
+    assert not users, f"modules importing uvloop: {users}"

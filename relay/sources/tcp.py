@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
 import ssl
 import time
@@ -141,11 +140,7 @@ class _Conn(asyncio.Protocol):
         if sock is None or not hasattr(sock, "recv"):
             return False
         try:
-            try:
-                return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            except TypeError:           # uvloop's pseudo-socket has no recv(): peek through a dup
-                with socket.socket(fileno=os.dup(sock.fileno())) as dup:
-                    return dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:         # reset
