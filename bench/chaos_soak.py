@@ -54,6 +54,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from parsers.framing import Deframer  # noqa: E402
 from tests.emulators.xsoar import XsoarEmulator  # noqa: E402
 from tests.harness import LOOPBACK, QradarStandIn, RelayProcess, free_port, parse_prometheus  # noqa: E402
 
@@ -122,6 +123,8 @@ class Book:
         self.sent: dict[int, int] = {}
         self.t0 = time.monotonic()
         self.events: list[tuple[float, str]] = []      # (time, "kill" | "sink_down" | ...)
+        self.unread: set[tuple[int, int]] = set()      # (connection, number) unread by the stand-in at a close
+        self.unread_bytes = 0
 
     def arrays(self, c: int, need: int = 0):
         d = self.delivered.get(c)
@@ -150,12 +153,63 @@ class Book:
                 if d[n] < 255:
                     d[n] += 1
 
+    def unread_at_close(self, data: bytes) -> None:
+        """Bytes the stand-in had not read when it went down: their numbers, not delivered."""
+        t = time.monotonic() - self.t0
+        with self.lock:
+            for m in _SEQ.finditer(data):
+                self.unread.add((int(m.group(1)), int(m.group(2))))
+            self.unread_bytes += len(data)
+            self.events.append((t, f"unread_{len(data)}"))
+
     def event(self, kind: str) -> None:
         with self.lock:
             self.events.append((time.monotonic() - self.t0, kind))
 
 
 # ============================================================================ the stand-in, up and down
+class _StandIn(QradarStandIn):
+    """The harness's stand-in, and what it had not read when it went down: its reader threads,
+    told to stop, take what still sits unread in the socket's receive buffer (TCP-acknowledged
+    to the relay, never read by the receiver) and hand it to ``unread`` before the close drops
+    it, as a crashing receiver would.  A message lost that way is the receiver's loss, which
+    the syslog sink's settle rules bound (relay/sinks/syslog.py); the figures count it apart."""
+
+    def __init__(self, port: int, unread) -> None:
+        self._unread = unread
+        super().__init__(port)
+
+    def _read_loop(self, conn: socket.socket) -> None:
+        d = Deframer(max_frame=self.max_frame)
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    self._add(d.close(partial=True), d)
+                    return
+                self._add(d.feed(data), d)
+            self._add(d.close(partial=True), d)   # what was read before the stop counts as read
+            conn.setblocking(False)
+            left = bytearray()
+            while True:
+                try:
+                    b = conn.recv(1 << 20)
+                except OSError:
+                    break
+                if not b:
+                    break
+                left += b
+            if left:
+                self._unread(bytes(left))
+        finally:
+            conn.close()
+
+
 class FlakyQradar:
     """A QRadar stand-in on a fixed port that goes down (listener and connections closed) for
     ``down`` seconds of every ``period``; what arrived is handed to the book, times stamped."""
@@ -171,7 +225,7 @@ class FlakyQradar:
     def up(self) -> None:
         for _ in range(100):
             try:
-                self.q = QradarStandIn(self.port)
+                self.q = _StandIn(self.port, self.book.unread_at_close)
                 return
             except OSError:
                 time.sleep(0.05)
@@ -485,6 +539,7 @@ def main() -> int:
                     next_flap = now + 3.0
                 else:
                     qr.up()
+                    book.event("sink_up")
                     next_flap = now + 7.0
                 sink_up = not sink_up
             if now >= next_xsoar:
@@ -578,8 +633,9 @@ def relay_metric(rp: RelayProcess, name: str, **labels) -> float:
 
 def account(book: Book, relay: Relay, emu: XsoarEmulator, minutes: float, kills: int, fills: int,
             rate: float) -> dict:
-    lost = accepted = suffix = dups = dups_out = 0
+    lost = accepted = suffix = dups = dups_out = lost_unread = 0
     worst_gap = None
+    gap_context: dict = {}
     for c, start, end in book.segments:
         d, _ = book.arrays(c, end)
         # the prefix of this segment that arrived
@@ -594,9 +650,22 @@ def account(book: Book, relay: Relay, emu: XsoarEmulator, minutes: float, kills:
             # only the gaps before the last delivered message count
             last = max(i for i, x in enumerate(rest) if x)
             lost_here = sum(1 for x in rest[:last] if not x)
-            lost += lost_here
+            # a number the stand-in held unread when it went down: the receiver's loss
+            unread_here = sum(1 for i, x in enumerate(rest[:last]) if not x and (c, k + i) in book.unread)
+            lost += lost_here - unread_here
+            lost_unread += unread_here
             accepted += after + lost_here
-            worst_gap = worst_gap or (c, start, k)
+            if worst_gap is None:
+                worst_gap = (c, start, k)
+                # when the gap's neighbours arrived, and the faults around then (seconds from start)
+                _, fa = book.arrays(c, end)
+                nxt = k + next(i for i, x in enumerate(rest) if x)
+                t_before = float(fa[k - 1]) if k > start else None
+                t_after = float(fa[nxt])
+                near = [(round(t, 1), kind) for t, kind in book.events
+                        if (t_before or t_after) - 10 <= t <= t_after + 10]
+                gap_context = {"gap": [k, nxt], "last_before_at": t_before, "first_after_at": round(t_after, 2),
+                               "faults_near": near}
             suffix += (end - k) - after - lost_here
         else:
             suffix += end - k
@@ -659,7 +728,8 @@ def account(book: Book, relay: Relay, emu: XsoarEmulator, minutes: float, kills:
         "minutes": minutes, "kills": kills, "disk_full_episodes": fills,
         "sent_tcp": sum(e - s for _, s, e in book.segments),
         "sent_udp": udp_sent,
-        "accepted": accepted, "lost_accepted": lost, "tcp_unaccepted_suffix_at_breaks": suffix,
+        "accepted": accepted, "lost_accepted": lost,
+        "lost_unread_by_receiver": lost_unread, "receiver_unread_bytes_at_close": book.unread_bytes, "tcp_unaccepted_suffix_at_breaks": suffix,
         "udp_delivered": udp_delivered, "udp_not_delivered": udp_sent - udp_delivered,
         "duplicates": dups, "duplicates_outside_windows": dups_out,
         "xsoar_incidents": len(xs), "xsoar_duplicate_incidents": xsoar_dups,
@@ -669,7 +739,7 @@ def account(book: Book, relay: Relay, emu: XsoarEmulator, minutes: float, kills:
         "dropped_by_reason": drops,
         "rss_peak_mb": round(peak, 1), "rss_second_fifth_max_mb": round(max(second), 1) if second else 0,
         "rss_last_fifth_max_mb": round(max(last), 1) if last else 0, "rss_bounded": bounded,
-        "first_gap": worst_gap,
+        "first_gap": worst_gap, "first_gap_context": gap_context,
     }
 
 
