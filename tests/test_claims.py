@@ -143,7 +143,10 @@ def test_two_relays_race_on_the_same_keys(tmp_path, monkeypatch, make_xsoar, nat
     both create; with claims each key gets exactly one incident."""
     monkeypatch.setenv(ENV, KEY)
     emu = make_xsoar(api_key=KEY, auth_id="7")
-    emu.slow(0.3, op="create")
+    # without claims the test shows the race: a create slow enough (3 s) that the second relay's
+    # search for a key comes before the first relay's create of it lands, however late the
+    # second relay starts on a loaded host (0.3 s let a skewed start miss every race: 1 in 11)
+    emu.slow(0.3 if with_claims else 3.0, op="create")
     cfg_claims = ccfg(nats)
     sinks, queues, regs = [], [], []
     lines = [sigma_line(f"INC-{i}", 90) for i in range(30)]
