@@ -249,6 +249,9 @@ sinks = ["out"]
         key = f'relay_http_requests_total{{reason="{reason}",source="{src}",status="{status}"}} {n}'
         assert key in m, key
     assert 'relay_received_total{source="alerts"} 5' in m
+    # one latency observation per 200 (alerts: 3 accepted among its refusals), none for a refusal
+    assert 'relay_http_request_seconds_count{source="alerts"} 3' in m
+    assert 'relay_http_request_seconds_count{source="lines"} 1' in m
     assert r.stop() == 0
     for secret in (TOKEN, OLD_TOKEN, HEC_TOKEN, METRICS_TOKEN):
         assert secret not in r.log()

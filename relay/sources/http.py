@@ -233,6 +233,7 @@ class HttpSource(Source):
         self._tokens = tuple(t.reveal().encode() for t in st.tokens)
         self._hmac_keys = self._tokens
         self._statuses: dict = {}
+        self._latency = None          # relay_http_request_seconds, made at the first 200
         self._retry_after = [(b"retry-after", str(st.retry_after).encode())]
         self._ctypes = _CTYPES.get(st.format)
         self._full = getattr(ingest, "full", None)
@@ -269,6 +270,14 @@ class HttpSource(Source):
             c = self._statuses[key] = self.registry.counter("relay_http_requests_total", source=self.cfg.name,
                                                             status=str(status), reason=reason)
         c.value += 1
+
+    def _accepted(self, n: int, received: float) -> None:
+        self._received.value += n
+        self._count(200, "accepted")
+        h = self._latency
+        if h is None:
+            h = self._latency = self.registry.histogram("relay_http_request_seconds", source=self.cfg.name)
+        h.observe(max(0.0, time.time() - received))
 
     async def _refuse(self, send, status: int, reason: str, message: str, *, headers=None, close=False,
                       hec_code: int | None = None, extra: dict | None = None) -> None:
@@ -529,8 +538,7 @@ class HttpSource(Source):
             await self._refuse(send, 503, "commit_failed", f"the events could not be queued ({e}); retry later",
                                headers=self._retry_after, hec_code=8)
             return
-        self._received.value += n
-        self._count(200, "accepted")
+        self._accepted(n, received)
         await respond(send, 200, b'{"accepted":%d}' % n if not self.hec else
                       b'{"text":"Success","code":0}', _JSON)
 
@@ -567,8 +575,7 @@ class HttpSource(Source):
             await self._refuse(send, 503, "commit_failed", f"the events could not be queued ({e}); retry later",
                                headers=self._retry_after)
             return
-        self._received.value += len(items)
-        self._count(200, "accepted")
+        self._accepted(len(items), received)
         await respond(send, 200, b'{"accepted":%d}' % len(items), _JSON)
 
 
