@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark: the relay daemon against rsyslog, same job, same traffic, one sitting.
+"""End-to-end benchmark: the relay daemon against syslog-ng and rsyslog, same job, same traffic, one sitting.
 
 The job (reference/performance.md): RFC 5424 SigmaIncident messages (~240 bytes, 8 SD params,
 small JSON body) -> parse the SD -> keep ``risk_score >= 70`` (numeric) -> LEEF 2.0 line ->
@@ -11,6 +11,21 @@ forward over TCP (LF framing) to a sink that counts lines.
 * rsyslog: our own ``rsyslogd -n -f conf -i pid`` (own work dir, no imuxsock/imklog): imtcp/imudp
            -> mmpstrucdata (sd_name.lowercase off) -> ``cnum(...risk_score) >= 70`` -> LEEF string
            template -> omfwd TCP (LF framing).  In-memory queues (rsyslog's default).
+* syslog-ng: Debian's syslog-ng-core (3.38), which conflicts with rsyslog as an installed package
+           and so is never installed: ``apt-get download`` (plus any library package it depends on
+           that is not installed) into .cache/bench/syslog-ng/debs, ``dpkg-deb -x`` into
+           .cache/bench/syslog-ng/root, once (syslog_ng_install(); if that fails the system is
+           skipped with the reason printed).  Run as ``syslog-ng --module-path ROOT/usr/lib/syslog-ng/3.38
+           --no-caps -F -f conf -R persist -p pid -c ctl`` with LD_LIBRARY_PATH into ROOT (own work
+           dir, nothing under /var): network(transport(tcp|udp)) sources with flags(syslog-protocol)
+           (RFC 5424, SD into ${.SDATA.incident@32473.*}) -> filter ``"${PROGRAM}" eq "SigmaIncident"
+           and "${.SDATA.incident@32473.risk_score}" >= "70"`` (>= is the numeric operator in 3.38)
+           -> the same LEEF line as rsyslog's template -> network() TCP destination (LF).  In-memory
+           queues (syslog-ng's default; no disk-buffer) with flags(flow-control) on the log path, so a
+           full output queue slows the TCP sources instead of dropping, like rsyslog's imtcp; the TCP
+           source window ``log-iw-size`` is ``--syslog-ng-window`` (10,000 for all connections; the
+           default 100 would give each connection 10 messages in flight), the destination's
+           log-fifo-size twice that.
 
 TCP: N messages (-n, default 1,000,000) are generated into a file once; each run starts a
 fresh counting sink and a fresh daemon, sends the file with ``socat`` (or a Python sendfile
@@ -21,7 +36,8 @@ sink, msgs/s (input messages / wall time), and the daemon's CPU: utime+stime fro
 cutime/cstime), from just before sending to ``--settle`` seconds after the last line (the
 relay settles and acks its queue up to 1 s after sending; that work belongs to the
 messages).  Variants: 30 % of messages forwarded and all forwarded (``--forward 30,100``).
-Runs alternate relay, rsyslog, relay, rsyslog (``--rounds``, default 2); medians are shown.
+Runs alternate in --systems order (relay, syslog-ng, rsyslog, relay, ...; ``--rounds``, default 2);
+medians are shown, with the ratios relay/syslog-ng and relay/rsyslog (throughput, CPU per message).
 
 UDP: a paced sender process offers ``--udp-rate`` (50,000) datagrams/s for ``--udp-seconds``
 (10) to the daemon's UDP source (SO_RCVBUF 4 MiB for both), everything forwarded to the same
@@ -36,11 +52,13 @@ Run from the repository root (loopback only, every wait bounded, every process i
 stopped):
 
     .venv/bin/python bench/bench_e2e.py [-n 1000000] [--rounds 2] [--conns 1,4] [--forward 30,100]
-        [--systems relay,rsyslog] [--no-udp] [--no-tcp] [--sync FULL|NORMAL] [--workers N]
+        [--systems relay:w2,syslog-ng,rsyslog] [--no-udp] [--no-tcp] [--sync FULL|NORMAL] [--workers N]
         [--profile] [--json out.json]
 
 rsyslog: ``scripts/test-deps`` (or ``apt-get install -y rsyslog``); the system service must not
 be running (it is not touched here; a warning is printed if another rsyslogd runs).
+syslog-ng: nothing to do beforehand on Debian/Ubuntu with apt sources (the first run downloads it;
+delete .cache/bench/syslog-ng to fetch it again).
 """
 from __future__ import annotations
 
