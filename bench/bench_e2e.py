@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark: the relay daemon against rsyslog, same job, same traffic, one sitting.
+"""End-to-end benchmark: the relay daemon against syslog-ng and rsyslog, same job, same traffic, one sitting.
 
 The job (reference/performance.md): RFC 5424 SigmaIncident messages (~240 bytes, 8 SD params,
 small JSON body) -> parse the SD -> keep ``risk_score >= 70`` (numeric) -> LEEF 2.0 line ->
@@ -11,6 +11,21 @@ forward over TCP (LF framing) to a sink that counts lines.
 * rsyslog: our own ``rsyslogd -n -f conf -i pid`` (own work dir, no imuxsock/imklog): imtcp/imudp
            -> mmpstrucdata (sd_name.lowercase off) -> ``cnum(...risk_score) >= 70`` -> LEEF string
            template -> omfwd TCP (LF framing).  In-memory queues (rsyslog's default).
+* syslog-ng: Debian's syslog-ng-core (3.38), which conflicts with rsyslog as an installed package
+           and so is never installed: ``apt-get download`` (plus any library package it depends on
+           that is not installed) into .cache/bench/syslog-ng/debs, ``dpkg-deb -x`` into
+           .cache/bench/syslog-ng/root, once (syslog_ng_install(); if that fails the system is
+           skipped with the reason printed).  Run as ``syslog-ng --module-path ROOT/usr/lib/syslog-ng/3.38
+           --no-caps -F -f conf -R persist -p pid -c ctl`` with LD_LIBRARY_PATH into ROOT (own work
+           dir, nothing under /var): network(transport(tcp|udp)) sources with flags(syslog-protocol)
+           (RFC 5424, SD into ${.SDATA.incident@32473.*}) -> filter ``"${PROGRAM}" eq "SigmaIncident"
+           and "${.SDATA.incident@32473.risk_score}" >= "70"`` (>= is the numeric operator in 3.38)
+           -> the same LEEF line as rsyslog's template -> network() TCP destination (LF).  In-memory
+           queues (syslog-ng's default; no disk-buffer) with flags(flow-control) on the log path, so a
+           full output queue slows the TCP sources instead of dropping, like rsyslog's imtcp; the TCP
+           source window ``log-iw-size`` is ``--syslog-ng-window`` (10,000 for all connections; the
+           default 100 would give each connection 10 messages in flight), the destination's
+           log-fifo-size twice that.
 
 TCP: N messages (-n, default 1,000,000) are generated into a file once; each run starts a
 fresh counting sink and a fresh daemon, sends the file with ``socat`` (or a Python sendfile
@@ -21,7 +36,8 @@ sink, msgs/s (input messages / wall time), and the daemon's CPU: utime+stime fro
 cutime/cstime), from just before sending to ``--settle`` seconds after the last line (the
 relay settles and acks its queue up to 1 s after sending; that work belongs to the
 messages).  Variants: 30 % of messages forwarded and all forwarded (``--forward 30,100``).
-Runs alternate relay, rsyslog, relay, rsyslog (``--rounds``, default 2); medians are shown.
+Runs alternate in --systems order (relay, syslog-ng, rsyslog, relay, ...; ``--rounds``, default 2);
+medians are shown, with the ratios relay/syslog-ng and relay/rsyslog (throughput, CPU per message).
 
 UDP: a paced sender process offers ``--udp-rate`` (50,000) datagrams/s for ``--udp-seconds``
 (10) to the daemon's UDP source (SO_RCVBUF 4 MiB for both), everything forwarded to the same
@@ -36,11 +52,13 @@ Run from the repository root (loopback only, every wait bounded, every process i
 stopped):
 
     .venv/bin/python bench/bench_e2e.py [-n 1000000] [--rounds 2] [--conns 1,4] [--forward 30,100]
-        [--systems relay,rsyslog] [--no-udp] [--no-tcp] [--sync FULL|NORMAL] [--workers N]
+        [--systems relay:w2,syslog-ng,rsyslog] [--no-udp] [--no-tcp] [--sync FULL|NORMAL] [--workers N]
         [--profile] [--json out.json]
 
 rsyslog: ``scripts/test-deps`` (or ``apt-get install -y rsyslog``); the system service must not
 be running (it is not touched here; a warning is printed if another rsyslogd runs).
+syslog-ng: nothing to do beforehand on Debian/Ubuntu with apt sources (the first run downloads it;
+delete .cache/bench/syslog-ng to fetch it again).
 """
 from __future__ import annotations
 
@@ -63,6 +81,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PY = REPO / ".venv" / "bin" / "python"
+if not VENV_PY.exists():           # a git worktree without its own .venv: the interpreter running this
+    VENV_PY = Path(sys.executable)
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CTX = mp.get_context("fork")
@@ -485,6 +505,179 @@ input(type="imudp" address="{HOST}" port="{self.udp_port}" ruleset="bench" rcvbu
         self.log.close()
 
 
+# syslog-ng: Debian's syslog-ng-core conflicts with rsyslog as an installed package, so it is never
+# installed: the .deb (and any library package it depends on that is not installed) is fetched with
+# ``apt-get download`` into SYSLOG_NG_CACHE and unpacked with ``dpkg-deb -x`` into a private root,
+# once; the binary then runs from there with LD_LIBRARY_PATH and --module-path pointing into it.
+SYSLOG_NG_CACHE = REPO / ".cache" / "bench" / "syslog-ng"
+SYSLOG_NG_PACKAGE = "syslog-ng-core"
+#: modules the benchmark's configuration loads (network()/syslog-protocol, the template functions)
+SYSLOG_NG_MODULES = ("libafsocket.so", "libsyslogformat.so", "libbasicfuncs.so")
+
+SYSLOG_NG_SD = "${.SDATA.incident@32473.%s}"
+SYSLOG_NG_TS = "${S_YEAR}-${S_MONTH}-${S_DAY}T${S_HOUR}:${S_MIN}:${S_SEC}.${S_MSEC}Z"   # rsyslog's form (UTC, "Z")
+SYSLOG_NG_LEEF = (
+    "<${PRI}>1 " + SYSLOG_NG_TS + " ${HOST} ${PROGRAM} - ${MSGID} - "
+    "LEEF:2.0|Relay|SOC Relay|1.0|${MSGID}|^|cat=incident^devTime=" + SYSLOG_NG_TS
+    + "^usrName=" + SYSLOG_NG_SD % "actor" + "^status=" + SYSLOG_NG_SD % "status"
+    + "^riskScore=" + SYSLOG_NG_SD % "risk_score" + "^externalId=" + SYSLOG_NG_SD % "id"
+    + "^actor=" + SYSLOG_NG_SD % "actor" + "^entity=" + SYSLOG_NG_SD % "entity"
+    + "^alarmCount=" + SYSLOG_NG_SD % "alarm_count"
+    + "^sigmaAlertCount=" + SYSLOG_NG_SD % "sigma_alert_count"
+    + "^threatCaseCount=" + SYSLOG_NG_SD % "threat_case_count" + "\\n")
+
+
+def _syslog_ng_paths(root: Path) -> dict:
+    libdirs = [root / "usr" / "lib" / "syslog-ng"]
+    for base in (root / "usr" / "lib", root / "lib"):
+        libdirs += sorted(p for p in base.glob("*-linux-gnu") if p.is_dir())
+    mods = sorted((root / "usr" / "lib" / "syslog-ng").glob("[0-9]*"))
+    return {"root": root, "exe": root / "usr" / "sbin" / "syslog-ng",
+            "ld_library_path": ":".join(str(p) for p in libdirs),
+            "module_path": str(mods[-1]) if mods else str(root / "usr" / "lib" / "syslog-ng")}
+
+
+def _pkg_installed(name: str) -> bool:
+    r = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Status}", name], capture_output=True, text=True)
+    return r.returncode == 0 and r.stdout.strip() == "installed"
+
+
+def _apt_download(pkg: str, debs: Path) -> Path:
+    """``apt-get download PKG`` into ``debs`` -> the .deb (RuntimeError with apt's output if it fails)."""
+    print(f"syslog-ng: apt-get download {pkg} -> {debs}", flush=True)
+    debs.chmod(0o777)          # apt's _apt sandbox user may write there (else apt warns and downloads as root)
+    before = set(debs.glob("*.deb"))
+    r = subprocess.run(["apt-get", "download", "-q", pkg], cwd=str(debs), capture_output=True, text=True,
+                       timeout=300)
+    got = sorted(set(debs.glob("*.deb")) - before) or sorted(debs.glob(f"{pkg}_*.deb"))
+    if r.returncode != 0 or not got:
+        raise RuntimeError(f"apt-get download {pkg} failed (rc {r.returncode}): "
+                           f"{(r.stderr or r.stdout).strip()[-800:]}")
+    return got[-1]
+
+
+def _deb_extract(deb: Path, root: Path) -> None:
+    print(f"syslog-ng: dpkg-deb -x {deb.name} {root}", flush=True)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, capture_output=True, timeout=120)
+
+
+def _missing_libs(paths: dict) -> list[str]:
+    """Shared libraries ldd cannot resolve for the binary and the modules the benchmark uses."""
+    env = dict(os.environ, LD_LIBRARY_PATH=paths["ld_library_path"])
+    missing: set[str] = set()
+    for f in [paths["exe"]] + [Path(paths["module_path"]) / m for m in SYSLOG_NG_MODULES]:
+        r = subprocess.run(["ldd", str(f)], capture_output=True, text=True, env=env)
+        missing.update(line.split()[0] for line in r.stdout.splitlines() if "not found" in line)
+    return sorted(missing)
+
+
+def syslog_ng_version(paths: dict) -> str:
+    env = dict(os.environ, LD_LIBRARY_PATH=paths["ld_library_path"])
+    r = subprocess.run([str(paths["exe"]), "--version"], capture_output=True, text=True, env=env, timeout=30)
+    m = re.search(r"Revision:\s*(\S+)", r.stdout) or re.search(r"syslog-ng \S+ \(([^)]+)\)", r.stdout)
+    return m.group(1) if m else r.stdout.strip().splitlines()[0] if r.stdout.strip() else "?"
+
+
+def syslog_ng_install(cache: Path = SYSLOG_NG_CACHE) -> dict | None:
+    """The private syslog-ng (downloaded and unpacked once into ``cache``) -> its paths, or None
+    after printing why not.  Nothing is installed: ``apt-get download`` + ``dpkg-deb -x`` only.
+
+    Library packages syslog-ng-core depends on are fetched and unpacked beside it only when they
+    are not installed on the host (Debian 12 with rsyslog has them all); ``ldd`` then checks that
+    the binary and the modules the benchmark uses resolve every library."""
+    root, debs, ready = cache / "root", cache / "debs", cache / "READY"
+    paths = _syslog_ng_paths(root)
+    if ready.exists() and paths["exe"].exists():
+        print(f"syslog-ng: using the cached copy in {cache} ({ready.read_text().strip()})", flush=True)
+        return paths
+    try:
+        if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+            raise RuntimeError("apt-get / dpkg-deb not found (a Debian or Ubuntu host is needed)")
+        shutil.rmtree(root, ignore_errors=True)
+        ready.unlink(missing_ok=True)
+        debs.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        deb = _apt_download(SYSLOG_NG_PACKAGE, debs)
+        _deb_extract(deb, root)
+        depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], capture_output=True, text=True,
+                                 check=True).stdout
+        for clause in depends.split(","):
+            alts = [a.strip().split()[0].split(":")[0] for a in clause.split("|") if a.strip()]
+            libs = [a for a in alts if a.startswith("lib")]
+            if not libs or any(_pkg_installed(a) for a in alts):
+                continue
+            print(f"syslog-ng: dependency {libs[0]} is not installed: fetched and unpacked beside it", flush=True)
+            _deb_extract(_apt_download(libs[0], debs), root)
+        paths = _syslog_ng_paths(root)
+        if not paths["exe"].exists():
+            raise RuntimeError(f"{paths['exe']} not in the package")
+        missing = _missing_libs(paths)
+        if missing:
+            raise RuntimeError(f"unresolved shared libraries (ldd): {', '.join(missing)}")
+        version = syslog_ng_version(paths)
+        ready.write_text(f"syslog-ng {version} from {deb.name}\n", encoding="utf-8")
+        print(f"syslog-ng: ready: {paths['exe']} (syslog-ng {version}), LD_LIBRARY_PATH={paths['ld_library_path']}, "
+              f"--module-path={paths['module_path']}", flush=True)
+        return paths
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        print(f"syslog-ng: NOT AVAILABLE, the system syslog-ng is skipped: {e}", file=sys.stderr, flush=True)
+        return None
+
+
+class SyslogNgDaemon:
+    name = "syslog-ng"
+
+    def __init__(self, work: Path, sink_port: int, args, paths: dict) -> None:
+        self.work = work
+        self.tcp_port = free_port()
+        self.udp_port = free_port(socket.SOCK_DGRAM)
+        self.conf = work / "syslog-ng.conf"
+        win = args.syslog_ng_window
+        self.conf.write_text(f"""@version: 3.38
+# written by bench/bench_e2e.py: own work directory, no system() / internal() source, no /var
+options {{
+  stats-freq(0); keep-hostname(yes); chain-hostnames(no); use-dns(no); use-fqdn(no); dns-cache(no);
+  keep-timestamp(yes); log-msg-size(65536);
+}};
+source s_tcp {{
+  network(transport(tcp) ip("{HOST}") port({self.tcp_port}) flags(syslog-protocol)
+          max-connections(10) log-iw-size({win}));
+}};
+source s_udp {{
+  network(transport(udp) ip("{HOST}") port({self.udp_port}) flags(syslog-protocol) so-rcvbuf({args.udp_rcvbuf}));
+}};
+template t_leef {{ template("{SYSLOG_NG_LEEF}"); }};
+filter f_high {{
+  "${{PROGRAM}}" eq "SigmaIncident" and "${{.SDATA.incident@32473.risk_score}}" >= "70"
+}};
+destination d_siem {{
+  network("{HOST}" port({sink_port}) transport(tcp) template(t_leef) time-zone("UTC") log-fifo-size({2 * win}));
+}};
+log {{ source(s_tcp); source(s_udp); filter(f_high); destination(d_siem); flags(flow-control); }};
+""", encoding="utf-8")
+        self.log = open(work / "syslog-ng.log", "wb")
+        env = dict(os.environ, LD_LIBRARY_PATH=paths["ld_library_path"])
+        self.proc = subprocess.Popen(
+            [str(paths["exe"]), "--module-path", paths["module_path"], "--no-caps", "-F", "-f", str(self.conf),
+             "-R", str(work / "syslog-ng.persist"), "-p", str(work / "syslog-ng.pid"),
+             "-c", str(work / "syslog-ng.ctl")],
+            cwd=str(work), env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        try:
+            _wait_port(self.tcp_port, 20, self.proc)
+        except RuntimeError as e:
+            _stop_proc(self.proc, 5)
+            self.log.close()
+            raise RuntimeError(f"syslog-ng: {e}: {(work / 'syslog-ng.log').read_text(errors='replace')[-2000:]}")
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def stop(self) -> None:
+        _stop_proc(self.proc, 15)
+        self.log.close()
+
+
 # ----------------------------------------------------------------------------- senders
 
 def _sendfile_main(path: str, port: int) -> None:
@@ -570,6 +763,8 @@ def start_daemon(system: str, work: Path, sink: CountingSink, args, profile: str
         if "+tap" in system:
             d.attach_tap(args.tap_rate)
         return d
+    if system == "syslog-ng":
+        return SyslogNgDaemon(work, sink.port, args, args.syslog_ng_paths)
     return RsyslogDaemon(work, sink.port, args)
 
 
@@ -818,6 +1013,14 @@ def med(rs: list[dict], key: str) -> float:
     return statistics.median(v) if v else float("nan")
 
 
+#: the peers the relay is compared with -> suffix of the ratio keys in the JSON
+PEERS = {"syslog-ng": "_vs_syslog_ng", "rsyslog": ""}
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
 def print_tcp_table(results: list[dict], scenarios: list[str], systems: list[str]) -> list[dict]:
     summary = []
     print("\n== TCP (medians; msgs/s = input messages / wall time first byte sent -> last line at the sink)")
@@ -836,11 +1039,14 @@ def print_tcp_table(results: list[dict], scenarios: list[str], systems: list[str
             row[system] = {"msgs_per_s": med(rs, "msgs_per_s"), "cpu_us_per_msg": med(rs, "cpu_us_per_msg"),
                            "cores": med(rs, "cores"), "runs": len(rs), "complete": all(r["complete"] for r in rs)}
         for system in systems:
-            if system.startswith("relay") and system in row and "rsyslog" in row:
-                sfx = "" if system == "relay" else "_" + system.replace(":", "_")
-                row["ratio_msgs_per_s" + sfx] = row[system]["msgs_per_s"] / row["rsyslog"]["msgs_per_s"]
-                row["ratio_cpu_per_msg" + sfx] = row[system]["cpu_us_per_msg"] / row["rsyslog"]["cpu_us_per_msg"]
-                print(f"{'':<24} ratio {system}/rsyslog: throughput {row['ratio_msgs_per_s' + sfx]:.3f}, "
+            for peer in PEERS:
+                if not (system.startswith("relay") and system in row and peer in row):
+                    continue
+                # JSON keys: ratio_msgs_per_s[_relay_wN] against rsyslog (as before), ..._vs_syslog_ng for syslog-ng
+                sfx = ("" if system == "relay" else "_" + system.replace(":", "_")) + PEERS[peer]
+                row["ratio_msgs_per_s" + sfx] = ratio(row[system]["msgs_per_s"], row[peer]["msgs_per_s"])
+                row["ratio_cpu_per_msg" + sfx] = ratio(row[system]["cpu_us_per_msg"], row[peer]["cpu_us_per_msg"])
+                print(f"{'':<24} ratio {system}/{peer}: throughput {row['ratio_msgs_per_s' + sfx]:.3f}, "
                       f"CPU per message {row['ratio_cpu_per_msg' + sfx]:.2f}x")
         summary.append(row)
     return summary
@@ -865,6 +1071,12 @@ def print_udp_table(results: list[dict], systems: list[str]) -> list[dict]:
         if system.startswith("relay"):
             s["relay_udp_kernel_drops_total"] = med(rs, "relay_udp_kernel_drops_total")
         summary.append(s)
+    for s in summary:
+        for p in summary:
+            if s["system"].startswith("relay") and p["system"] in PEERS:
+                print(f"{'':<9}ratio {s['system']}/{p['system']}: delivered "
+                      f"{ratio(s['delivered_pct'], p['delivered_pct']):.3f}, CPU per message "
+                      f"{ratio(s['cpu_us_per_msg'], p['cpu_us_per_msg']):.2f}x")
     return summary
 
 
@@ -896,20 +1108,25 @@ def print_profile(p: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=1_000_000, help="TCP messages per run (default 1000000)")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds relay, rsyslog (default 2)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="alternating rounds relay, syslog-ng, rsyslog (in --systems order; default 2)")
     ap.add_argument("--conns", default="1,4", help="comma list of TCP connection counts (default 1,4)")
     ap.add_argument("--forward", default="30,100", help="comma list of %% forwarded (default 30,100)")
     ap.add_argument("--tap-rate", type=float, default=100.0,
                     help="the system relay+tap: relay with `relay tap --route high_risk --rate R` attached")
     ap.add_argument("--systems", default="relay,relay:w2,rsyslog",
                     help="comma list of relay, relay:wN (relay with [relay] workers = N), relay+tap (relay with a "
-                         "live tap attached, --tap-rate), rsyslog "
-                         "(default relay,relay:w2,rsyslog)")
+                         "live tap attached, --tap-rate), syslog-ng (Debian's syslog-ng-core, downloaded and "
+                         "unpacked into .cache/bench/syslog-ng, never installed), rsyslog "
+                         "(default relay,relay:w2,rsyslog; e.g. relay:w2,syslog-ng,rsyslog)")
     ap.add_argument("--no-tcp", action="store_true")
     ap.add_argument("--no-udp", action="store_true")
     ap.add_argument("--udp-rate", type=int, default=50_000)
     ap.add_argument("--udp-seconds", type=float, default=10.0)
     ap.add_argument("--udp-rcvbuf", type=int, default=4 << 20, help="SO_RCVBUF for both daemons (default 4 MiB)")
+    ap.add_argument("--syslog-ng-window", type=int, default=10000,
+                    help="syslog-ng: TCP source log-iw-size (all connections; destination log-fifo-size is "
+                         "twice that; default 10000)")
     ap.add_argument("--sync", default="FULL", choices=("FULL", "NORMAL"), help="relay queue synchronous (default FULL)")
     ap.add_argument("--workers", type=int, default=0, help="[relay] workers = N (only if relay/config.py has it)")
     ap.add_argument("--sender", default="socat" if shutil.which("socat") else "python", choices=("socat", "python"))
@@ -935,6 +1152,20 @@ def main() -> int:
     if "rsyslog" in systems and rsyslogd_path() is None:
         print("rsyslogd not found: run scripts/test-deps (or apt-get install -y rsyslog), or --systems relay",
               file=sys.stderr)
+        return 2
+    args.syslog_ng_paths = None
+    if "syslog-ng" in systems:
+        args.syslog_ng_paths = syslog_ng_install()
+        if args.syslog_ng_paths is None:
+            systems.remove("syslog-ng")
+            if not systems:
+                return 2
+        else:
+            print(f"syslog-ng: {syslog_ng_version(args.syslog_ng_paths)} "
+                  f"(in-memory queues, flow-control, log-iw-size {args.syslog_ng_window})")
+    unknown = [s for s in systems if not (s.startswith("relay") or s in PEERS)]
+    if unknown:
+        print(f"unknown system(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
     others = subprocess.run(["pgrep", "-x", "rsyslogd"], capture_output=True, text=True).stdout.split()
     if others:
@@ -1024,20 +1255,24 @@ def main() -> int:
         out["uptime_end"] = uptime_end
         print()
         for row in out.get("tcp_summary", []):
-            rs = row.get("rsyslog")
             for system in systems:
                 rl = row.get(system)
                 if not system.startswith("relay") or not rl:
                     continue
                 line = (f"TCP {row['scenario'][4:]}: {system} {rl['msgs_per_s']:.0f} msgs/s "
                         f"({rl['cpu_us_per_msg']:.2f} µs CPU/msg)")
-                if rs:
-                    line += (f", rsyslog {rs['msgs_per_s']:.0f} msgs/s ({rs['cpu_us_per_msg']:.2f} µs CPU/msg), "
-                             f"ratio {rl['msgs_per_s'] / rs['msgs_per_s']:.3f}")
+                for peer in PEERS:
+                    rs = row.get(peer)
+                    if rs:
+                        line += (f", {peer} {rs['msgs_per_s']:.0f} msgs/s ({rs['cpu_us_per_msg']:.2f} µs CPU/msg), "
+                                 f"ratio {ratio(rl['msgs_per_s'], rs['msgs_per_s']):.3f}")
                 print(line)
-            if rs and not any(s.startswith("relay") for s in systems):
-                print(f"TCP {row['scenario'][4:]}: rsyslog {rs['msgs_per_s']:.0f} msgs/s "
-                      f"({rs['cpu_us_per_msg']:.2f} µs CPU/msg)")
+            if not any(s.startswith("relay") for s in systems):
+                for peer in PEERS:
+                    rs = row.get(peer)
+                    if rs:
+                        print(f"TCP {row['scenario'][4:]}: {peer} {rs['msgs_per_s']:.0f} msgs/s "
+                              f"({rs['cpu_us_per_msg']:.2f} µs CPU/msg)")
         for s in out.get("udp_summary", []):
             print(f"UDP {args.udp_rate / 1000:g}k/s {args.udp_seconds:g} s: {s['system']} delivered "
                   f"{s['delivered_pct']:.3f}% (worst run {s['min_delivered_pct']:.3f}%), kernel drops "
