@@ -54,7 +54,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from parsers.framing import Deframer  # noqa: E402
 from tests.emulators.xsoar import XsoarEmulator  # noqa: E402
 from tests.harness import LOOPBACK, QradarStandIn, RelayProcess, free_port, parse_prometheus  # noqa: E402
 
@@ -179,35 +178,19 @@ class _StandIn(QradarStandIn):
         self._unread = unread
         super().__init__(port)
 
-    def _read_loop(self, conn: socket.socket) -> None:
-        d = Deframer(max_frame=self.max_frame)
-        try:
-            while not self._stop.is_set():
-                try:
-                    data = conn.recv(65536)
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    self._add(d.close(partial=True), d)
-                    return
-                self._add(d.feed(data), d)
-            self._add(d.close(partial=True), d)   # what was read before the stop counts as read
-            conn.setblocking(False)
-            left = bytearray()
-            while True:
-                try:
-                    b = conn.recv(1 << 20)
-                except OSError:
-                    break
-                if not b:
-                    break
-                left += b
-            if left:
-                self._unread(bytes(left))
-        finally:
-            conn.close()
+    def _at_stop(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        left = bytearray()
+        while True:
+            try:
+                b = conn.recv(1 << 20)
+            except OSError:
+                break
+            if not b:
+                break
+            left += b
+        if left:
+            self._unread(bytes(left))
 
 
 class FlakyQradar:
