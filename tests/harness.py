@@ -2,7 +2,8 @@
 The pytest fixtures built on them live in ``tests/conftest.py``; the real syslog peers
 (rsyslog, loggen, logger) in ``tests/peers.py``.
 
-* :func:`free_port` - a port free on 127.0.0.1 for TCP and UDP alike, never the same twice per run.
+* :func:`free_port` - a port free on 127.0.0.1 for TCP and UDP alike, never the same twice per run,
+  taken below the ephemeral range (a slice per xdist worker) so no outgoing connection steals it.
 * :func:`wait_until` (sync) and :func:`until` (async) - poll with a deadline; on timeout they raise
   :class:`WaitTimeout` (an ``AssertionError``) naming what was waited for.
 * :func:`run_async` - ``asyncio.run`` under a hard timeout; :func:`run_sinks` runs sinks until a
@@ -53,21 +54,63 @@ LOOPBACK = "127.0.0.1"
 _given_ports: set[int] = set()
 
 
+def _own_port_range() -> range | None:
+    """The ports this test process hands out: below the kernel's ephemeral range, so no outgoing
+    connection (a sender, a NATS route, HAProxy's health checks) can take one between the moment
+    :func:`free_port` checks it and the moment a relay binds it. Under pytest-xdist each worker gets
+    its own slice, so two workers never hand out the same port. ``None`` when the ephemeral range
+    starts too low to leave room (then ports come from the kernel, as before)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            eph_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    low, high = 10000, eph_low              # [low, high): never ephemeral
+    if high - low < 4000:
+        return None
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = (high - low) // max(count, 1)
+    return range(low + index * size, low + (index + 1) * size)
+
+
+_PORTS = _own_port_range()
+_next_port: list[int] = []
+
+
+def _bindable(port: int) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            t.bind((LOOPBACK, port))
+            u.bind((LOOPBACK, port))
+    except OSError:
+        return False
+    return True
+
+
 def free_port() -> int:
-    """A port that is free on 127.0.0.1 for TCP and UDP alike (never the same twice per run)."""
+    """A port that is free on 127.0.0.1 for TCP and UDP alike, never the same twice per run, and
+    (where the kernel leaves room) outside the ephemeral range, so nothing else takes it before
+    the process it is meant for binds it (see :func:`_own_port_range`)."""
+    if _PORTS is not None:
+        if not _next_port:                  # a random start, so back-to-back runs use other ports
+            _next_port.append(_PORTS.start + (os.getpid() * 7919) % len(_PORTS))
+        for _ in range(len(_PORTS)):
+            port = _next_port[0]
+            _next_port[0] = port + 1 if port + 1 < _PORTS.stop else _PORTS.start
+            if port not in _given_ports and _bindable(port):
+                _given_ports.add(port)
+                return port
+        raise RuntimeError(f"no free port left in {_PORTS.start}-{_PORTS.stop - 1} on 127.0.0.1")
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
             t.bind((LOOPBACK, 0))
             port = t.getsockname()[1]
-            if port in _given_ports:
-                continue
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        _given_ports.add(port)
-        return port
+        if port not in _given_ports and _bindable(port):
+            _given_ports.add(port)
+            return port
     raise RuntimeError("no free port found on 127.0.0.1")
 
 
@@ -432,14 +475,18 @@ class RelayProcess:
 class QradarStandIn:
     """A TCP syslog receiver on 127.0.0.1 that collects deframed messages (LF or octet framing).
 
-    ``lines`` holds the decoded messages in arrival order, ``connections`` counts accepted
-    connections, ``problems`` keeps deframing problems.  ``wait_for(n, timeout)`` blocks until at
+    ``lines`` holds the decoded messages in arrival order, ``line_conn`` the number (1, 2, ...) of
+    the connection each came on, ``connections`` counts accepted connections, ``closed_at`` maps a
+    connection's number to the ``time.monotonic()`` its peer closed it, ``problems`` keeps
+    deframing problems.  ``wait_for(n, timeout)`` blocks until at
     least ``n`` messages arrived.  ``port=0`` picks a free port; ``close()`` stops everything.
     """
 
     def __init__(self, port: int = 0, max_frame: int = 1 << 20) -> None:
         self.max_frame = max_frame
         self.lines: list[str] = []
+        self.line_conn: list[int] = []
+        self.closed_at: dict[int, float] = {}
         self.problems: list = []
         self.connections = 0
         self._cond = threading.Condition()
@@ -471,11 +518,12 @@ class QradarStandIn:
             with self._cond:
                 self.connections += 1
                 self._conns.append(conn)
-            t = threading.Thread(target=self._read_loop, args=(conn,), daemon=True)
+                number = self.connections
+            t = threading.Thread(target=self._read_loop, args=(conn, number), daemon=True)
             self._threads.append(t)
             t.start()
 
-    def _read_loop(self, conn: socket.socket) -> None:
+    def _read_loop(self, conn: socket.socket, number: int = 0) -> None:
         d = Deframer(max_frame=self.max_frame)
         try:
             while not self._stop.is_set():
@@ -487,10 +535,13 @@ class QradarStandIn:
                     break
                 if not data:
                     break
-                self._add(d.feed(data), d)
-            self._add(d.close(partial=True), d)
+                self._add(d.feed(data), d, number)
+            self._add(d.close(partial=True), d, number)
             if self._stop.is_set():
                 self._at_stop(conn)
+            else:
+                with self._cond:
+                    self.closed_at[number] = time.monotonic()
         finally:
             conn.close()
 
@@ -498,12 +549,13 @@ class QradarStandIn:
         """A connection about to be closed by :meth:`close` (what it had read is counted);
         nothing by default.  bench/chaos_soak.py takes what is still unread here."""
 
-    def _add(self, frames: list[bytes], d: Deframer) -> None:
+    def _add(self, frames: list[bytes], d: Deframer, number: int = 0) -> None:
         probs = d.drain_problems()
         if not frames and not probs:
             return
         with self._cond:
             self.lines.extend(f.decode("utf-8", "replace") for f in frames)
+            self.line_conn.extend([number] * len(frames))
             self.problems.extend(probs)
             self._cond.notify_all()
 
