@@ -279,10 +279,12 @@ def test_cluster_nats_haproxy_two_tiers_kills(tmp_path, make_xsoar):
         # the delivery tier is still working through the stream: kill a delivery relay while it
         # delivers, let the other carry on, bring it back (its local queue is delivered then)
         wait_until(lambda: qr.count() >= EVENTS * 35 // 100, 120, what="delivery under way", interval=0.05)
+        redeliv_killed = delivery[0].metric("relay_nats_redelivered_total", source="bus")
         delivery[0].kill()
         at_kill = qr.count()
         wait_until(lambda: qr.count() >= min(EVENTS, at_kill + EVENTS // 10), 120, what="the other delivery "
                    "relay carrying on", interval=0.1)
+        t_restart = time.monotonic()
         delivery[0].start(ready_timeout=60)
         nats.start(2)
         for s in senders:
@@ -309,19 +311,39 @@ def test_cluster_nats_haproxy_two_tiers_kills(tmp_path, make_xsoar):
         seqs = collections.Counter(seq(x) for x in qr.snapshot())
         dups = sum(v - 1 for v in seqs.values())
         jdups = sum(r.metric("relay_nats_duplicates_total", sink="bus") for r in ingest)
-        redeliv = sum(r.metric("relay_nats_redelivered_total", source="bus") for r in delivery)
+        # redeliveries to every delivery relay, the killed one's before its SIGKILL included
+        redeliv = redeliv_killed + sum(r.metric("relay_nats_redelivered_total", source="bus") for r in delivery)
         acked = [r.metric("relay_nats_acked_total", source="bus") for r in delivery]
+        # the killed relay's connections to QRadar: those its peer had closed before the restart
+        with qr._cond:
+            killed_conns = {c for c, t in qr.closed_at.items() if t < t_restart}
+            line_conn = list(qr.line_conn)
+        before_kill = collections.Counter(seq(x) for x, c in zip(qr.snapshot(), line_conn) if c in killed_conns)
+        # a line the killed relay had delivered and sent again after its restart (its syslog sink
+        # had written it and not yet settled it: the settle window, docs/reliability.md)
+        replayed = sum(1 for k, v in before_kill.items() if seqs[k] > v)
+        unexplained = dups - replayed
         claims = {res: sum(r.metric("relay_claims_total", sink="xsoar", result=res) for r in delivery)
                   for res in ("won", "lost", "waited", "own", "taken_over", "unavailable")}
         total = time.monotonic() - t0
         print(f"\nscale-out: {EVENTS} events x 2 copies sent in {sent_s:.1f} s; total {total:.1f} s; "
               f"QRadar lines {sum(seqs.values())} (duplicates {dups}); JetStream duplicate PubAcks {jdups:.0f}; "
-              f"redelivered {redeliv:.0f}; acked per delivery relay (since its start) {acked}; kill at {at_kill}; sender reconnects {[s.reconnects for s in senders]}; claims {claims}")
+              f"redelivered {redeliv:.0f}; acked per delivery relay (since its start) {acked}; "
+              f"killed relay's connections {sorted(killed_conns)} delivered {sum(before_kill.values())} lines, "
+              f"{replayed} sent again after its restart; kill at {at_kill}; sender reconnects {[s.reconnects for s in senders]}; claims {claims}")
         # the second copies were stored once: JetStream answered "duplicate" for most of them
         # (the copies of the killed ingest relay's lost suffix and the retransmitted chunks vary)
         assert jdups >= EVENTS * 0.5, jdups
-        # duplicates only from the kill windows (docs/scale-out.md): bounded well below the volume
-        assert dups <= EVENTS // 4, dups
+        # duplicates come only from the delivery relay's kill (docs/scale-out.md, "a delivery relay
+        # dies"): lines the killed relay had delivered and its syslog sink had not yet settled (the
+        # settle window: up to settle_delay x the rate, at most settle_events = 10,000 acknowledged
+        # lines plus the bytes in flight), sent again from its disk queue after the restart, and
+        # what JetStream delivered again (fetched and not acked).  Anything else (the stream storing
+        # a copy twice, a live relay sending a line twice) fails here.
+        # (no killed connection: the killed relay had not delivered to QRadar yet, the other did it all)
+        assert unexplained <= redeliv, (f"{unexplained} duplicate lines at QRadar beyond the killed relay's "
+                                        f"settle window ({replayed} lines) and JetStream's {redeliv:.0f} "
+                                        f"redeliveries")
     finally:
         for s in senders:
             s.close()
