@@ -135,6 +135,10 @@ def test_console_refuses_requests_without_the_token(console_relay):
     cookie = headers["Set-Cookie"].split(";")[0]
     assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
     assert _http(base + "/console/api/info", cookie=cookie)[0] == 200
+    # the cookie is not the token, and the token itself is no cookie
+    assert TOKEN not in headers["Set-Cookie"]
+    assert _http(base + "/console/api/info", cookie=f"relay_console={TOKEN}")[0] == 401
+    assert _http(base + "/console/api/info", cookie=cookie[:-1] + ("0" if cookie[-1] != "0" else "1"))[0] == 401
     # a POST without the console header (what a cross-site form sends) is refused
     assert _http(base + "/console/api/analyse", cookie=cookie, data=b'{"input": "x"}')[0] == 403
     status, _, body = _http(base + "/console/api/analyse", cookie=cookie, data=json.dumps({"input": SIGMA}).encode(),

@@ -19,7 +19,10 @@ the tools only when a request needs them: a relay without the console never load
 
 Authentication: ``GET /console/?token=T`` with a valid token answers 303 to ``/console/`` with
 an HttpOnly, SameSite=Strict cookie; every other request needs that cookie or
-``Authorization: Bearer T`` (401 otherwise).  Requests that change something (POST) also need
+``Authorization: Bearer T`` (401 otherwise).  The cookie never holds the token: it holds
+HMAC-SHA256(a key drawn at the relay's start, T), so a leaked cookie (a browser profile, a
+proxy log) does not give the token away, and it stops working when the relay restarts or T is
+rotated out of the config.  Requests that change something (POST) also need
 the ``X-Relay-Console: 1`` header, which a cross-site form cannot send (403 otherwise).
 
 Test events leave no trace in the relay's metrics: the counters the dry-run stage increments
@@ -27,9 +30,11 @@ are set back (:func:`_stage_counters_untouched`); the gauges it would re-bind ar
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
+import secrets
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -89,6 +94,7 @@ class Console:
         self.workers = workers
         self._view = None
         self._view_config = None
+        self._session_key = secrets.token_bytes(32)
 
     # ------------------------------------------------------------------ auth
     def _tokens(self) -> tuple:
@@ -111,9 +117,13 @@ class Console:
             return True
         for part in (header(scope, b"cookie") or b"").split(b";"):
             k, _, v = part.strip().partition(b"=")
-            if k == _COOKIE.encode() and self._check(v, tokens):
+            if k == _COOKIE.encode() and self._check(v, [self._session(t) for t in tokens]):
                 return True
         return False
+
+    def _session(self, token: bytes) -> bytes:
+        """The cookie value for ``token``: an HMAC of it under this process's key (hex)."""
+        return hmac.new(self._session_key, token, hashlib.sha256).hexdigest().encode()
 
     # ------------------------------------------------------------------ dispatch
     async def __call__(self, server, scope, receive, send) -> int:
@@ -126,7 +136,8 @@ class Console:
                                                   keep_blank_values=True).items()}
         if path in ("/console", "/console/") and method == "GET" and "token" in query:
             if self._check(query["token"].encode(), self._tokens()):
-                cookie = f"{_COOKIE}={query['token']}; Path=/console; HttpOnly; SameSite=Strict".encode()
+                cookie = (_COOKIE.encode() + b"=" + self._session(query["token"].encode())
+                          + b"; Path=/console; HttpOnly; SameSite=Strict")
                 await send({"type": "http.response.start", "status": 303,
                             "headers": [(b"location", b"/console/"), (b"set-cookie", cookie),
                                         (b"content-length", b"0"), *_SECURITY]})
