@@ -11,13 +11,19 @@ A closure event's canonical fields (relay/sources/xsoar_mirror.py)::
 Each encoder returns one JSON object, the queued row of the write-back sink: the request it
 will make, plus ``key``, the idempotency key of this one write (the origin key, the XSOAR
 incident and the time it was closed: a close, a reopen and a second close are two writes; the
-same close seen twice is one).
+same close seen twice is one; for an assignment, the time XSOAR modified the incident).
+
+Assignments (an XSOAR owner change) go back to QRadar (``assigned_to``) and Falcon
+(``assign_to_name``); the XSOAR user name is mapped through the sink's ``owners`` table (XSOAR
+user -> the origin's user), and a name not in it is written as it is.  RhythmX's API has no
+assignment call, so its write-back takes closures only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ORIGINS", "FalconOptions", "falcon_close", "QradarOptions", "qradar_close", "qradar_triage", "RhythmxOptions", "rhythmx_status", "close_note", "write_key", "WritebackError"]
+__all__ = ["ORIGINS", "FalconOptions", "falcon_assign", "falcon_close", "QradarOptions", "qradar_assign", "qradar_close",
+           "qradar_triage", "RhythmxOptions", "rhythmx_status", "close_note", "map_owner", "write_key", "WritebackError"]
 
 #: dedup-key prefix of an incident's origin -> (vendor, product) of the events the relay makes
 #: from it (parsers/rhythmx.py, parsers/qradar.py, parsers/falcon.py); the mirror's origins
@@ -54,6 +60,26 @@ def close_note(fields: dict, prefix: str = "Closed in XSOAR") -> str:
     if notes:
         text += f" {notes}"
     return text if len(text) <= MAX_NOTE else text[:MAX_NOTE - 3] + "..."
+
+
+def map_owner(fields: dict, owners: tuple) -> str:
+    """The XSOAR owner of an assignment event, as the origin's user name (``owners``: pairs of
+    XSOAR user -> origin user, matched case-insensitively; a name not in it is kept)."""
+    owner = str(_extra(fields).get("owner") or fields.get("user") or "").strip()
+    if not owner:
+        raise WritebackError(f"the assignment event names no owner ({fields.get('dedup_key')})")
+    for xsoar_user, theirs in owners:
+        if xsoar_user.lower() == owner.lower():
+            return theirs
+    return owner
+
+
+def _assignment(fields: dict, origins: tuple, name: str) -> None:
+    if fields.get("kind") != "assignment":
+        raise WritebackError(f"not an assignment event: {fields.get('kind')!r}")
+    if fields.get("origin") not in origins:
+        raise WritebackError(f"this assignment came from {fields.get('origin')!r}, not from {name} "
+                             f"({fields.get('dedup_key')})")
 
 
 @dataclass(frozen=True)
@@ -94,6 +120,8 @@ class QradarOptions:
     triage_notes: bool = False
     triage_prefix: str = "Relay triage"
     triage_assign: bool = True
+    #: XSOAR user -> QRadar user, for assignment events
+    owners: tuple = ()
 
 
 def qradar_triage(fields: dict, opts: QradarOptions = QradarOptions()) -> dict:
@@ -141,10 +169,25 @@ def qradar_close(fields: dict, opts: QradarOptions = QradarOptions()) -> dict:
             "key": write_key(fields, "closed")}
 
 
+def qradar_assign(fields: dict, opts: QradarOptions = QradarOptions()) -> dict:
+    """An assignment event of a QRadar offense -> ``{"op": "assign", "id", "assigned_to", "reason",
+    "key"}``: ``POST /api/siem/offenses/{id}?assigned_to=<user>``."""
+    _assignment(fields, opts.origins, "QRadar")
+    oid = str(fields.get("id") or "")
+    if not oid.isdigit():
+        raise WritebackError(f"{oid!r} is not a QRadar offense id")
+    x = _extra(fields)
+    return {"op": "assign", "id": int(oid), "assigned_to": map_owner(fields, opts.owners),
+            "reason": f"assigned to {x.get('owner') or fields.get('user')} in XSOAR (incident {x.get('xsoar_id')})",
+            "key": write_key(fields, "assigned")}
+
+
 @dataclass(frozen=True)
 class FalconOptions:
     note_prefix: str = "Closed in XSOAR"
     origins: tuple = ("falcon",)
+    #: XSOAR user -> Falcon user name (``assign_to_name``), for assignment events
+    owners: tuple = ()
 
 
 def falcon_close(fields: dict, opts: FalconOptions = FalconOptions()) -> dict:
@@ -162,3 +205,19 @@ def falcon_close(fields: dict, opts: FalconOptions = FalconOptions()) -> dict:
             "action_parameters": [{"name": "update_status", "value": "closed"},
                                   {"name": "append_comment", "value": close_note(fields, opts.note_prefix)}]}
     return {"op": "close", "id": cid, "body": body, "key": write_key(fields, "closed")}
+
+
+def falcon_assign(fields: dict, opts: FalconOptions = FalconOptions()) -> dict:
+    """An assignment event of a Falcon alert -> ``{"op": "assign", "id", "assigned_to", "body",
+    "reason", "key"}``; ``body`` is the ``PATCH /alerts/entities/alerts/v3`` request with the
+    ``assign_to_name`` action."""
+    _assignment(fields, opts.origins, "Falcon")
+    cid = str(fields.get("id") or "")
+    if not cid:
+        raise WritebackError("the assignment event has no Falcon composite id")
+    name = map_owner(fields, opts.owners)
+    x = _extra(fields)
+    return {"op": "assign", "id": cid, "assigned_to": name,
+            "body": {"composite_ids": [cid], "action_parameters": [{"name": "assign_to_name", "value": name}]},
+            "reason": f"assigned to {x.get('owner') or fields.get('user')} in XSOAR (incident {x.get('xsoar_id')})",
+            "key": write_key(fields, "assigned")}

@@ -278,6 +278,13 @@ sinks = ["xsoar"]
 [routes.close_qradar]
 match = 'kind == "closure" and origin == "qradar"'
 sinks = ["qradar_back"]
+
+[routes.assign_qradar]
+match = 'kind == "assignment" and origin == "qradar"'
+sinks = ["qradar_back"]
+
+[sinks.qradar_back.owners]
+"bob@acme.com" = "bob"
 """
 
 
@@ -286,7 +293,7 @@ def test_xsoar_close_closes_the_qradar_offense_with_reason_and_note_and_no_bounc
     (tmp_path / "qradar.token").write_text(SEC)
     (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
     with QradarEmulator(token=SEC) as qr, XsoarEmulator(api_key=XSOAR_KEY, auth_id=None) as xs:
-        a, b, c = (o["id"] for o in qr.add_offenses(3))
+        a, b, c, d = (o["id"] for o in qr.add_offenses(4))
         mport = free_port()
 
         def inc(oid):
@@ -294,7 +301,7 @@ def test_xsoar_close_closes_the_qradar_offense_with_reason_and_note_and_no_bounc
             return hits[0] if len(hits) == 1 else None
 
         with make_relay(_qradar_loop_config(mport, qr.url, xs.url), mport) as relay:
-            xs.wait(lambda e: all(inc(o) for o in (a, b, c)), 30, "3 incidents")
+            xs.wait(lambda e: all(inc(o) for o in (a, b, c, d)), 30, "4 incidents")
             qr.fail(500, count=2, op="offense")               # the first reads fail: retried
             qr.fail(503, count=1, op="update")                # and the first close
             xs.close_incident(inc(a)["id"], reason="False Positive", notes="benign scanner", owner="alice")
@@ -306,6 +313,9 @@ def test_xsoar_close_closes_the_qradar_offense_with_reason_and_note_and_no_bounc
             relay.wait_metric("relay_mirror_skipped_total", 1, 30, source="xsoar_closed", reason="own_close")
             xs.close_incident(inc(c)["id"], reason="Duplicate")  # not in the table: the default id
             xs.wait(lambda e: qr.offenses[c]["status"] == "CLOSED", 30, "offense c closed")
+            # an analyst takes d in XSOAR: its owner, mapped, becomes the offense's assigned_to
+            xs.reassign(inc(d)["id"], "bob@acme.com")
+            xs.wait(lambda e: qr.offenses[d]["assigned_to"] == "bob", 30, "offense d assigned")
             n = relay.metric("relay_pull_polls_total", source="xsoar_closed")
             relay.wait_metric("relay_pull_polls_total", n + 3, 30, source="xsoar_closed")
         assert relay.returncode == 0, relay.stderr()[-3000:]
@@ -316,8 +326,15 @@ def test_xsoar_close_closes_the_qradar_offense_with_reason_and_note_and_no_bounc
         assert qr.offenses[c]["closing_reason_id"] == 1 and len(qr.notes[c]) == 1
         assert [w for w in qr.writes if w["id"] == b] == [], "a QRadar close bounced back to QRadar"
         assert qr.offenses[b]["closing_user"] == "admin" and not qr.notes.get(b)
-        assert sorted((w["op"], w["id"]) for w in qr.writes) == sorted([("note", a), ("update", a), ("note", c),
-                                                                        ("update", c)])
+        # a's close also named its owner (alice), so the mirror emitted an assignment after the
+        # closure: written only if it overtook the closure (whose first update failed with 503 and
+        # waits for its retry); after the close it finds the offense closed and writes nothing
+        a_assign = [w for w in qr.writes if w["id"] == a and "assigned_to" in w]
+        assert [w["assigned_to"] for w in a_assign] in ([], ["alice"]), a_assign
+        assert sorted((w["op"], w["id"]) for w in qr.writes if w not in a_assign) == sorted(
+            [("note", a), ("update", a), ("note", c), ("update", c), ("update", d)])
+        assert qr.offenses[d]["status"] == "OPEN" and [w for w in qr.writes if w["id"] == d] == [
+            {"op": "update", "id": d, "assigned_to": "bob"}]
         err = relay.stderr()
         assert SEC not in err and XSOAR_KEY not in err and "ALERT" not in err
 

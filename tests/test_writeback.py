@@ -430,3 +430,96 @@ def test_mirror_speaks_xsoar8(tmp_path, env):
         run(main())
         assert [e.fields["dedup_key"] for e in pipe.events] == ["rhythmx:INC-8"]
         assert xs.stats["http_404"] == 0
+
+
+# ----------------------------------------------------------------------------- assignments
+
+def assignment(inc_id, owner="bob", origin="qradar", modified="2026-03-13T06:00:00.000Z"):
+    return {"kind": "assignment", "origin": origin, "vendor": "IBM", "id": inc_id, "dedup_key": f"{origin}:{inc_id}",
+            "user": owner, "extra": {"xsoar_id": "12", "owner": owner, "modified": modified}}
+
+
+def test_assignment_encodings_map_owners():
+    from formats.writeback import FalconOptions, QradarOptions, falcon_assign, qradar_assign
+    opts = QradarOptions(owners=(("Bob@Acme.com", "bob.q"),))
+    w = qradar_assign(assignment("1201", owner="bob@acme.com"), opts)
+    assert w == {"op": "assign", "id": 1201, "assigned_to": "bob.q",
+                 "reason": "assigned to bob@acme.com in XSOAR (incident 12)",
+                 "key": "qradar:1201|xsoar:12|assigned:2026-03-13T06:00:00.000Z"}
+    assert qradar_assign(assignment("7", owner="dave"), opts)["assigned_to"] == "dave"          # unmapped: as is
+    assert qradar_assign(assignment("7", modified="2026-03-14T00:00:00Z"))["key"] != w["key"]  # a later change
+    f = falcon_assign(assignment("cid:ind:a:1", owner="carol", origin="falcon"),
+                      FalconOptions(owners=(("carol", "carol.smith@acme.com"),)))
+    assert f["body"] == {"composite_ids": ["cid:ind:a:1"],
+                         "action_parameters": [{"name": "assign_to_name", "value": "carol.smith@acme.com"}]}
+    assert (f["op"], f["assigned_to"]) == ("assign", "carol.smith@acme.com")
+    for bad, fn in ((assignment("x1"), qradar_assign), (assignment("7", origin="falcon"), qradar_assign),
+                    (assignment("7", owner=""), qradar_assign), (closure("7", origin="qradar"), qradar_assign),
+                    (assignment("", origin="falcon"), falcon_assign), (assignment("c1"), falcon_assign)):
+        with pytest.raises(WritebackError):
+            fn(bad)
+
+
+def test_qradar_sink_assigns_once_and_leaves_closed_and_assigned_offenses(tmp_path, env, monkeypatch):
+    from tests.emulators.qradar import QradarEmulator
+    monkeypatch.setenv("T_QR_SEC", QR_SEC)
+    with QradarEmulator(token=QR_SEC) as qr:
+        a, b, c = (o["id"] for o in qr.add_offenses(3))
+        qr.update_offense(b, assigned_to="carol")
+        qr.close_offense(c)
+        cfg, q, sink = qr_sink(tmp_path, qr, '[sinks.qback.owners]\n"bob@acme.com" = "bob.q"')
+        enqueue(cfg, q, [assignment(str(a), owner="Bob@acme.com"), assignment(str(b), owner="carol"),
+                         assignment(str(c)), assignment(str(a), owner="Bob@acme.com"),
+                         closure(str(a), reason="Resolved", origin="qradar")])
+        qr.fail(503, count=1, op="update")                     # the first assign is retried
+        assert run_async(run_sinks([sink], lambda: q.depth() == 0, 20), 60)
+        assert qr.offenses[a]["assigned_to"] == "bob.q" and qr.offenses[a]["status"] == "CLOSED"
+        assert qr.offenses[b]["assigned_to"] == "carol" and qr.offenses[c]["assigned_to"] is None
+        assert [w["id"] for w in qr.writes if w.get("assigned_to")] == [a]
+        reg = sink.registry
+        got = {x: reg.counter("relay_writeback_total", sink="qback", action=x).value
+               for x in ("assigned", "assign_present", "assign_skipped", "duplicate", "closed")}
+        assert got == {"assigned": 1, "assign_present": 1, "assign_skipped": 1, "duplicate": 1, "closed": 1}, got
+        audit = [json.loads(x) for x in (tmp_path / "state" / "audit" / "writeback-qback.jsonl").read_text()
+                 .splitlines()]
+        assigned = [x for x in audit if x["op"] == "assign"]
+        assert sorted((x["id"], x["action"]) for x in assigned) == sorted([(a, "assigned"), (b, "none"), (c, "none")])
+        assert any("closed" in x["reason"] for x in assigned if x["id"] == c)
+        assert q.list(10, dlq=True) == []
+        q.close()
+
+
+def test_falcon_sink_assigns_once_and_leaves_closed_alerts(tmp_path, env, monkeypatch):
+    from tests.emulators.falcon import FalconEmulator
+    monkeypatch.setenv("T_FALCON_SECRET", "right-secret-1")
+    with FalconEmulator(client_secret="right-secret-1") as falcon:
+        one, two = (falcon.add_alert()["composite_id"] for _ in range(2))
+        falcon.alerts[two]["status"] = "closed"
+        cfg = loads(f"""
+[relay]
+state_dir = "{tmp_path / 'state'}"
+[sinks.fb]
+type = "falcon_api"
+url = "{falcon.url}"
+client_id = "test-client"
+client_secret_env = "T_FALCON_SECRET"
+[sinks.fb.owners]
+"carol" = "carol.smith@acme.com"
+[routes.all]
+match = 'kind == "assignment"'
+sinks = ["fb"]
+""", file="test.toml", base_dir=tmp_path).sinks["fb"]
+        q = make_queue(tmp_path / "state" / "queue-fb.db")
+        s = make_sink(cfg, q, registry=Registry(), auth_recheck=0.3)
+        enqueue(cfg, q, [assignment(one, owner="carol", origin="falcon"), assignment(two, owner="carol", origin="falcon"),
+                         assignment(one, owner="carol", origin="falcon"),
+                         assignment(one, owner="carol", origin="falcon", modified="2026-03-14T00:00:00Z")])
+        assert run_async(run_sinks([s], lambda: q.depth() == 0, 20), 60)
+        assert falcon.alerts[one]["assigned_to_name"] == "carol.smith@acme.com"
+        assert falcon.alerts[two].get("assigned_to_name") in (None, "")
+        got = {x: s.registry.counter("relay_writeback_total", sink="fb", action=x).value
+               for x in ("assigned", "assign_present", "assign_skipped", "duplicate")}
+        # the same change twice is one write; a later change to the same owner finds it assigned
+        assert got == {"assigned": 1, "assign_present": 1, "assign_skipped": 1, "duplicate": 1}, got
+        assert q.list(10, dlq=True) == []
+        q.close()

@@ -13,7 +13,7 @@ import re
 import time
 from pathlib import Path
 
-__all__ = ["AuditedWrites", "audit_path"]
+__all__ = ["AuditedWrites", "audit_path", "read_owners"]
 
 
 def audit_path(queue, sink_name: str, configured: Path | None = None) -> Path:
@@ -22,6 +22,21 @@ def audit_path(queue, sink_name: str, configured: Path | None = None) -> Path:
     qp = getattr(queue, "path", None)
     base = Path(qp).parent if qp else Path("state")
     return base / "audit" / f"writeback-{re.sub(r'[^A-Za-z0-9_.-]', '_', sink_name)}.jsonl"
+
+
+def read_owners(table) -> tuple:
+    """``[sinks.NAME.owners]``: XSOAR user = the origin's user name, for assignment events
+    (formats/writeback.map_owner); pairs in file order."""
+    t = table.table("owners")
+    out = []
+    for k in list(t.data):
+        v = t.get(k, str, check=lambda v: None if v.strip() else (_ for _ in ()).throw(
+            ValueError("must name a user, not an empty string")))
+        if not k.strip():
+            raise t.err(k, "an XSOAR user name must not be empty")
+        out.append((k.strip(), v.strip()))
+    t.finish()
+    return tuple(out)
 
 
 def configured_path(v: str | None, base_dir: Path) -> Path | None:

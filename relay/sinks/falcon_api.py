@@ -6,6 +6,10 @@ source for a Falcon alert (``origin == "falcon"``) closes the alert with a comme
      "action_parameters": [{"name": "update_status", "value": "closed"},
                            {"name": "append_comment", "value": "Closed in XSOAR (incident 12) by ..."}]}
 
+An ``assignment`` event (the XSOAR owner changed) assigns the alert (``assign_to_name``, the
+user mapped by the ``owners`` table), unless it is assigned to that user already or closed
+(nothing written, an audit line says why).
+
 Auth: OAuth2 client credentials (``POST <url>/oauth2/token``, relay/sinks/_http.py ``Auth``:
 the token is cached, renewed before it expires, and fetched again once when the API answers
 401); refused credentials block the sink, the writes stay queued.
@@ -15,7 +19,8 @@ Idempotent: the write's key (alert key, XSOAR incident, close time) in the sink'
 (``POST /alerts/entities/alerts/v2``) and leaves an alert already ``closed`` alone: a retried
 write whose answer was lost, or a close that started in Falcon, writes nothing (and the
 comment, sent with the status in one request, is not added twice).  An alert Falcon does not
-know (404 / only ``errors``) is dead-lettered.  Counted in ``relay_writeback_total{sink, action}``.
+know (404 / only ``errors``) is dead-lettered.  Counted in ``relay_writeback_total{sink, action}``
+(``closed``, ``already_closed``, ``duplicate``, ``assigned``, ``assign_present``, ``assign_skipped``).
 """
 from __future__ import annotations
 
@@ -27,13 +32,13 @@ from typing import Sequence
 
 import orjson
 
-from formats.writeback import FalconOptions, falcon_close
+from formats.writeback import FalconOptions, falcon_assign, falcon_close
 
 from .. import kinds
 from ..checks import http_url
 from ..dedup import DedupRecord, DedupStore, store_path
 from ..secrets import read_secret
-from ._writeback import AuditedWrites, audit_path, configured_path
+from ._writeback import AuditedWrites, audit_path, configured_path, read_owners
 from ._http import HTTP_KEYS, Auth, AuthConfig, HttpOptions, HttpSink, classify, read_http
 from .base import PermanentError, RetryableError
 
@@ -63,7 +68,7 @@ def read_config(table, sk, base_dir: Path) -> None:
     sk.options["falcon_api"] = FalconSinkSettings(
         url=url, auth=AuthConfig("oauth2", token_url=url + "/oauth2/token", client_id=cid, secret=secret),
         http=read_http(table, base_dir, concurrency=4),
-        opts=FalconOptions(note_prefix=table.get("note_prefix", str, "Closed in XSOAR")),
+        opts=FalconOptions(note_prefix=table.get("note_prefix", str, "Closed in XSOAR"), owners=read_owners(table)),
         check_status=table.get("check_status", bool, True),
         dedup_store_size=table.get("dedup_store_size", int, 100_000,
                                    check=lambda v: None if v > 0 else
@@ -77,7 +82,10 @@ def renderer(sk):
     opts = sk.options["falcon_api"].opts if "falcon_api" in sk.options else FalconOptions()
 
     def render(ev, routes):
-        return orjson.dumps(falcon_close(ev.fields or {}, opts))
+        f = ev.fields or {}
+        if f.get("kind") == "assignment":
+            return orjson.dumps(falcon_assign(f, opts))
+        return orjson.dumps(falcon_close(f, opts))
     return render
 
 
@@ -137,6 +145,10 @@ class FalconWritebackSink(AuditedWrites, HttpSink):
         return list(b.get("resources") or []), list(b.get("errors") or [])
 
     async def alert_status(self, cid: str) -> str | None:
+        a = await self.alert(cid)
+        return None if a is None else str(a.get("status") or "")
+
+    async def alert(self, cid: str) -> dict | None:
         resp = await self.call("POST", ENTITIES, "get", {"composite_ids": [cid]})
         err = classify(resp, f"get (POST {ENTITIES})", service="Falcon", redact=self.redact,
                        auth_hint="check client_id/secret and the Alerts read+write scope")
@@ -145,7 +157,7 @@ class FalconWritebackSink(AuditedWrites, HttpSink):
         res, _ = self._resources(resp)
         for a in res:
             if isinstance(a, dict) and a.get("composite_id") == cid:
-                return str(a.get("status") or "")
+                return a
         return None
 
     @staticmethod
@@ -156,7 +168,8 @@ class FalconWritebackSink(AuditedWrites, HttpSink):
     async def _handle(self, item) -> None:
         try:
             w = orjson.loads(item.payload)
-            if not isinstance(w, dict) or w.get("op") != "close" or not w.get("id") or not w.get("key") \
+            if not isinstance(w, dict) or w.get("op") not in ("close", "assign") or not w.get("id") \
+                    or not w.get("key") \
                     or not isinstance(w.get("body"), dict):
                 raise ValueError("not a Falcon close")
         except ValueError as e:
@@ -165,6 +178,8 @@ class FalconWritebackSink(AuditedWrites, HttpSink):
         if await asyncio.to_thread(self.store.get, key) is not None:
             self.count("duplicate")
             return
+        if w["op"] == "assign":
+            return await self._assignment(w, key, cid)
         if self.settings.check_status:
             st = await self.alert_status(cid)
             if st is None:
@@ -175,7 +190,14 @@ class FalconWritebackSink(AuditedWrites, HttpSink):
                 self.log_write(w, "none", "the alert is closed in Falcon already (loop guard)")
                 log.info("sink %s: Falcon alert %s is closed already: nothing to write", self.name, cid)
                 return
-        resp = await self.call("PATCH", UPDATE, "update", w["body"])
+        await self._update(cid, w["body"])
+        await asyncio.to_thread(self.store.put, DedupRecord(key, cid, closed=True))
+        self.count("closed")
+        self.log_write({**w, "note": w["body"]["action_parameters"][-1].get("value")}, "closed", "closed in XSOAR")
+        log.info("sink %s: Falcon alert %s closed", self.name, cid)
+
+    async def _update(self, cid: str, body: dict) -> None:
+        resp = await self.call("PATCH", UPDATE, "update", body)
         if resp.status_code == 404:
             raise PermanentError(f"Falcon has no alert {cid} (PATCH answered 404)", reason="rejected")
         err = classify(resp, f"update (PATCH {UPDATE})", service="Falcon", redact=self.redact,
@@ -185,10 +207,32 @@ class FalconWritebackSink(AuditedWrites, HttpSink):
         res, errors = self._resources(resp)
         if cid not in res:
             raise PermanentError(f"Falcon did not update alert {cid}: {errors}"[:300], reason="rejected")
-        await asyncio.to_thread(self.store.put, DedupRecord(key, cid, closed=True))
-        self.count("closed")
-        self.log_write({**w, "note": w["body"]["action_parameters"][-1].get("value")}, "closed", "closed in XSOAR")
-        log.info("sink %s: Falcon alert %s closed", self.name, cid)
+
+    async def _assignment(self, w: dict, key: str, cid: str) -> None:
+        """An XSOAR reassignment: ``assign_to_name``, unless the alert has that owner already or
+        is closed (read first when ``check_status``)."""
+        name = str(w.get("assigned_to") or "")
+        if not name or not isinstance(w.get("body"), dict):
+            raise PermanentError("the queued assignment names no owner", reason="bad_payload")
+        if self.settings.check_status:
+            a = await self.alert(cid)
+            if a is None:
+                raise PermanentError(f"Falcon has no alert {cid}", reason="rejected")
+            if str(a.get("status") or "") == "closed":
+                await asyncio.to_thread(self.store.put, DedupRecord(key, cid))
+                self.count("assign_skipped")
+                self.log_write(w, "none", "the alert is closed in Falcon: its owner is not changed")
+                return
+            if a.get("assigned_to_name") == name:
+                await asyncio.to_thread(self.store.put, DedupRecord(key, cid))
+                self.count("assign_present")
+                self.log_write(w, "none", f"the alert is assigned to {name} already")
+                return
+        await self._update(cid, w["body"])
+        await asyncio.to_thread(self.store.put, DedupRecord(key, cid))
+        self.count("assigned")
+        self.log_write(w, "assigned", w.get("reason") or "assigned in XSOAR")
+        log.info("sink %s: Falcon alert %s assigned to %s", self.name, cid, name)
 
     async def send(self, items: Sequence):
         return await self.run_groups(self.groups(items, self._key), self._handle)
@@ -197,6 +241,7 @@ class FalconWritebackSink(AuditedWrites, HttpSink):
 KIND = kinds.register_sink(kinds.SinkKind(
     type="falcon_api", read_config=read_config, factory=FalconWritebackSink, renderer=renderer,
     keys=("url", "client_id", "client_secret_env", "client_secret_file", "note_prefix", "check_status",
-          "dedup_store_size", "audit_file") + HTTP_KEYS,
+          "dedup_store_size", "owners", "audit_file") + HTTP_KEYS,
     meta=("dedup_key", "event", "status"), structured=True, batch_size=20,
-    doc="Falcon write-back: a closure event sets the alert's status to closed with a comment, once"))
+    doc="Falcon write-back: a closure event sets the alert's status to closed with a comment, once; an "
+        "assignment event assigns it (assign_to_name; owners maps XSOAR users)"))

@@ -17,10 +17,16 @@ emit it), and were it emitted, this sink would find the offense closed and write
 offense) a dead letter.  The note is looked up before it is added, so a retried write adds it
 once.
 
+An ``assignment`` event (the XSOAR owner changed) sets the offense's ``assigned_to``
+(``POST /api/siem/offenses/{id}?assigned_to=<user>``, the user mapped by the ``owners`` table),
+unless the offense is assigned to that user already or is closed (nothing written, an audit
+line says why); a user QRadar refuses (422) is a dead letter naming it.
+
 Auth: ``SEC: <authorized service token>`` (env or file), ``Version: <api_version>``; 401/403
 block the sink (writes stay queued), 429/5xx retried, other 4xx dead-lettered with QRadar's
 message.  Counted in ``relay_writeback_total{sink, action}`` (``closed``, ``already_closed``,
-``duplicate``, ``note_added``, ``note_present``).
+``duplicate``, ``note_added``, ``note_present``, ``assigned``, ``assign_present``,
+``assign_skipped``).
 """
 from __future__ import annotations
 
@@ -33,14 +39,14 @@ from typing import Sequence
 
 import orjson
 
-from formats.writeback import QradarOptions, qradar_close, qradar_triage
+from formats.writeback import QradarOptions, qradar_assign, qradar_close, qradar_triage
 
 from .. import kinds
 from ..checks import http_url
 from ..dedup import DedupRecord, DedupStore, store_path
 from ..secrets import Secret, read_secret
 from ._http import HTTP_KEYS, HttpOptions, HttpSink, Redactor, classify, read_http
-from ._writeback import AuditedWrites, audit_path, configured_path
+from ._writeback import AuditedWrites, audit_path, configured_path, read_owners
 from .base import PermanentError
 
 __all__ = ["QradarSinkSettings", "QradarWritebackSink", "read_config"]
@@ -90,7 +96,8 @@ def read_config(table, sk, base_dir: Path) -> None:
                            triage_prefix=table.get("triage_prefix", str, "Relay triage",
                                                    check=lambda v: None if v.strip() else
                                                    (_ for _ in ()).throw(ValueError("must not be empty"))),
-                           triage_assign=table.get("triage_assign", bool, True)),
+                           triage_assign=table.get("triage_assign", bool, True),
+                           owners=read_owners(table)),
         audit_file=configured_path(table.get("audit_file", str, None), base_dir),
         check_status=table.get("check_status", bool, True),
         dedup_store_size=table.get("dedup_store_size", int, 100_000,
@@ -107,6 +114,8 @@ def renderer(sk):
         f = ev.fields or {}
         if f.get("kind") == "closure":
             return orjson.dumps(qradar_close(f, opts))
+        if f.get("kind") == "assignment":
+            return orjson.dumps(qradar_assign(f, opts))
         return orjson.dumps(qradar_triage(f, opts))
     return render
 
@@ -196,7 +205,8 @@ class QradarWritebackSink(AuditedWrites, HttpSink):
     async def _handle(self, item) -> None:
         try:
             w = orjson.loads(item.payload)
-            if not isinstance(w, dict) or w.get("op") not in ("close", "triage") or not isinstance(w.get("id"), int) \
+            if not isinstance(w, dict) or w.get("op") not in ("close", "triage", "assign") \
+                    or not isinstance(w.get("id"), int) \
                     or not w.get("key"):
                 raise ValueError("not a QRadar close")
         except ValueError as e:
@@ -207,6 +217,8 @@ class QradarWritebackSink(AuditedWrites, HttpSink):
             return
         if w["op"] == "triage":
             return await self._triage(w, key, oid)
+        if w["op"] == "assign":
+            return await self._assignment(w, key, oid)
         if self.settings.check_status:
             o = await self.offense(oid)
             if str(o.get("status") or "").upper() == "CLOSED":
@@ -249,19 +261,40 @@ class QradarWritebackSink(AuditedWrites, HttpSink):
             self.log_write(w, "note_present", "the offense carries a triage note already")
         owner = w.get("assigned_to")
         if owner:
-            if o.get("assigned_to") == owner:
-                self.count("assign_present")
-            else:
-                path = f"{OFFENSES}/{oid}"
-                resp = await self.call("POST", path, "assign", params={"assigned_to": owner, "fields": "id"})
-                if resp.status_code == 404:
-                    raise PermanentError(f"QRadar has no offense {oid} (assign answered 404)", reason="rejected")
-                if resp.status_code == 422:
-                    raise PermanentError(f"QRadar refused assigned_to={owner!r} for offense {oid} (422: not a "
-                                         f"QRadar user?)", reason="rejected")
-                self._check(resp, f"assign (POST {path})")
-                self.count("assigned")
-                self.log_write(w, "assigned", w.get("reason") or "triage mode auto")
+            await self._set_owner(oid, str(owner), o, w, w.get("reason") or "triage mode auto")
+        await asyncio.to_thread(self.store.put, DedupRecord(key, str(oid)))
+
+    async def _set_owner(self, oid: int, owner: str, o: dict, w: dict, reason: str) -> bool:
+        """``assigned_to = owner`` unless the offense ``o`` (as read) has it already -> whether
+        it was written."""
+        if o.get("assigned_to") == owner:
+            self.count("assign_present")
+            return False
+        path = f"{OFFENSES}/{oid}"
+        resp = await self.call("POST", path, "assign", params={"assigned_to": owner, "fields": "id"})
+        if resp.status_code == 404:
+            raise PermanentError(f"QRadar has no offense {oid} (assign answered 404)", reason="rejected")
+        if resp.status_code == 422:
+            raise PermanentError(f"QRadar refused assigned_to={owner!r} for offense {oid} (422: not a "
+                                 f"QRadar user? map XSOAR users in [sinks.{self.name}.owners])", reason="rejected")
+        self._check(resp, f"assign (POST {path})")
+        self.count("assigned")
+        self.log_write(w, "assigned", reason)
+        log.info("sink %s: offense %s assigned to %s", self.name, oid, owner)
+        return True
+
+    async def _assignment(self, w: dict, key: str, oid: int) -> None:
+        """An XSOAR reassignment: ``assigned_to`` on the offense, unless it has that owner already
+        or is closed."""
+        owner = str(w.get("assigned_to") or "")
+        if not owner:
+            raise PermanentError("the queued assignment names no owner", reason="bad_payload")
+        o = await self.offense(oid)
+        if str(o.get("status") or "").upper() == "CLOSED":
+            self.count("assign_skipped")
+            self.log_write(w, "none", "the offense is closed in QRadar: its owner is not changed")
+        elif not await self._set_owner(oid, owner, o, w, w.get("reason") or "assigned in XSOAR"):
+            self.log_write(w, "none", f"the offense is assigned to {owner} already")
         await asyncio.to_thread(self.store.put, DedupRecord(key, str(oid)))
 
     async def send(self, items: Sequence):
@@ -272,7 +305,8 @@ KIND = kinds.register_sink(kinds.SinkKind(
     type="qradar_api", read_config=read_config, factory=QradarWritebackSink, renderer=renderer,
     keys=("url", "token_env", "token_file", "api_version", "closing_reasons", "default_closing_reason_id",
           "note_prefix", "check_status", "dedup_store_size", "triage_notes", "triage_prefix", "triage_assign",
-          "audit_file") + HTTP_KEYS,
+          "owners", "audit_file") + HTTP_KEYS,
     meta=("dedup_key", "event", "status"), structured=True, batch_size=20,
     doc="QRadar write-back: a closure event closes the offense (mapped closing_reason_id) with a note, once; "
+        "an assignment event sets assigned_to (owners maps XSOAR users); "
         "triage_notes: a triaged offense gets its explanation as a note (and, in mode auto, assigned_to)"))
