@@ -93,6 +93,9 @@ class RhythmxOptions:
 def rhythmx_status(fields: dict, opts: RhythmxOptions = RhythmxOptions()) -> dict:
     """A closure event -> ``{"op": "status", "id", "status", "notes", "key"}``: the body of
     ``PATCH /api/incidents/{id}/status`` plus what the sink needs."""
+    if fields.get("kind") == "assignment":
+        raise WritebackError("RhythmX's API has no assignment call: route only kind == \"closure\" to the "
+                             "RhythmX write-back")
     if fields.get("kind") != "closure":
         raise WritebackError(f"the RhythmX write-back takes closure events, not {fields.get('kind')!r} "
                              f"(route only kind == \"closure\" to it)")
