@@ -23,12 +23,13 @@ RX_KEY = "smk_e2e-rx-key-91"
 RX_PASSWORD = "e2e-rx-pass-55"
 
 
-def _rx_config(mport: int, tport: int, rx_url: str, xsoar_url: str) -> str:
+def _rx_config(mport: int, tport: int, rx_url: str, xsoar_url: str, workers: int = 1) -> str:
     return f"""
 [relay]
 state_dir = "state"
 metrics_address = "127.0.0.1:{mport}"
 drain_timeout = 5
+workers = {workers}
 
 [sources.syslog_in]
 type = "tcp"
@@ -60,7 +61,10 @@ sinks = ["xsoar"]
 """
 
 
-def test_rhythmx_polled_and_syslog_give_one_xsoar_incident(tmp_path, make_relay):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rhythmx_polled_and_syslog_give_one_xsoar_incident(tmp_path, make_relay, workers):
+    """With ``workers = 2`` the syslog source parses in worker processes and the RhythmX poller
+    commits through the server's committers: still one incident per key."""
     (tmp_path / "rx.key").write_text(RX_KEY)
     (tmp_path / "xsoar.key").write_text(XSOAR_KEY)
     with RhythmxEmulator(api_key=RX_KEY, password=RX_PASSWORD) as rx, \
@@ -69,7 +73,7 @@ def test_rhythmx_polled_and_syslog_give_one_xsoar_incident(tmp_path, make_relay)
         polled = [rx.add_incident()["incident_id"] for _ in range(6)]
         rx.fail(503, count=1, op="feed")
         mport, tport = free_port(), free_port()
-        cfg = _rx_config(mport, tport, rx.url, xs.url)
+        cfg = _rx_config(mport, tport, rx.url, xs.url, workers)
 
         def per_key():
             return xs.by_field("relaydedupkey")
