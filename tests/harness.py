@@ -536,18 +536,20 @@ class QradarStandIn:
                 if not data:
                     break
                 self._add(d.feed(data), d, number)
-            self._add(d.close(partial=True), d, number)
             if self._stop.is_set():
-                self._at_stop(conn)
-            else:
+                self._at_stop(conn, d)
+            self._add(d.close(partial=True), d, number)
+            if not self._stop.is_set():
                 with self._cond:
                     self.closed_at[number] = time.monotonic()
         finally:
             conn.close()
 
-    def _at_stop(self, conn: socket.socket) -> None:
-        """A connection about to be closed by :meth:`close` (what it had read is counted);
-        nothing by default.  bench/chaos_soak.py takes what is still unread here."""
+    def _at_stop(self, conn: socket.socket, deframer: Deframer) -> None:
+        """A connection about to be closed by :meth:`close`: what it had read is counted, and
+        ``deframer`` still holds the partial frame its last read ended in (added as a line
+        after this returns, unless taken); nothing by default.  bench/chaos_soak.py takes what
+        is still unread here."""
 
     def _add(self, frames: list[bytes], d: Deframer, number: int = 0) -> None:
         probs = d.drain_problems()
@@ -562,6 +564,14 @@ class QradarStandIn:
     def count(self) -> int:
         with self._cond:
             return len(self.lines)
+
+    def take(self) -> list[str]:
+        """The messages that arrived since the last take, removed (bounded memory for long runs)."""
+        with self._cond:
+            lines = self.lines[:]
+            self.lines.clear()
+            self.line_conn.clear()
+        return lines
 
     def snapshot(self) -> list[str]:
         with self._cond:
