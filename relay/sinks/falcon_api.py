@@ -171,7 +171,7 @@ class FalconWritebackSink(AuditedWrites, HttpSink):
             if not isinstance(w, dict) or w.get("op") not in ("close", "assign") or not w.get("id") \
                     or not w.get("key") \
                     or not isinstance(w.get("body"), dict):
-                raise ValueError("not a Falcon close")
+                raise ValueError("not a Falcon close or assign")
         except ValueError as e:
             raise PermanentError(f"queued payload is not a Falcon write-back: {e}", reason="bad_payload") from None
         key, cid = str(w["key"]), str(w["id"])

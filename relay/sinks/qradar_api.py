@@ -208,7 +208,7 @@ class QradarWritebackSink(AuditedWrites, HttpSink):
             if not isinstance(w, dict) or w.get("op") not in ("close", "triage", "assign") \
                     or not isinstance(w.get("id"), int) \
                     or not w.get("key"):
-                raise ValueError("not a QRadar close")
+                raise ValueError("not a QRadar close, triage or assign")
         except ValueError as e:
             raise PermanentError(f"queued payload is not a QRadar write-back: {e}", reason="bad_payload") from None
         key, oid = str(w["key"]), w["id"]
