@@ -9,7 +9,8 @@ in its own process, so that ``parsers``/``formats`` resolve to that build):
 --impl py      the repository's code as it is
 --impl mypyc   build/mypyc   (bench/native_study/build.py mypyc)
 --impl cython  build/cython  (bench/native_study/build.py cython)
---impl cext    the C prototype (build/cext, build.py cext) for d+p; the rest from the repository
+--impl cext    the C prototype (build/cext, build.py cext): d+p = Reader.feed per read, parse =
+               fastpath.parse_one per message; deframe and leef are the repository's Python
 
 Figures: time.process_time, best of --rounds, per message.  Prints one JSON line at the end.
 """
@@ -102,6 +103,12 @@ def main() -> None:
         import fastpath_wrap
         res["d+p"] = best_of(lambda: fastpath_wrap.count_deframe_parse(reads, n), n, args.rounds)
         res["d+p_python_same_sitting"] = best_of(deframe_parse, n, args.rounds)
+        one = fastpath_wrap.parse_one
+
+        def c_parse_all():
+            for m in msgs:
+                one(m)
+        res["parse"] = best_of(c_parse_all, n, args.rounds)   # stage (b) alone, one call per message
     else:
         res["d+p"] = best_of(deframe_parse, n, args.rounds)
     for k in ("deframe", "parse", "leef", "d+p"):
