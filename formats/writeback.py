@@ -74,12 +74,18 @@ def map_owner(fields: dict, owners: tuple) -> str:
     return owner
 
 
-def _assignment(fields: dict, origins: tuple, name: str) -> None:
+def _assignment(fields: dict, origins: tuple, name: str, owners: tuple) -> dict:
+    """What every assignment write carries: ``assigned_to`` (the mapped owner), ``reason`` and
+    ``key``; refuses an event that is not an assignment of ``name``'s incidents."""
     if fields.get("kind") != "assignment":
         raise WritebackError(f"not an assignment event: {fields.get('kind')!r}")
     if fields.get("origin") not in origins:
         raise WritebackError(f"this assignment came from {fields.get('origin')!r}, not from {name} "
                              f"({fields.get('dedup_key')})")
+    x = _extra(fields)
+    return {"assigned_to": map_owner(fields, owners),
+            "reason": f"assigned to {x.get('owner') or fields.get('user')} in XSOAR (incident {x.get('xsoar_id')})",
+            "key": write_key(fields, "assigned")}
 
 
 @dataclass(frozen=True)
@@ -175,14 +181,11 @@ def qradar_close(fields: dict, opts: QradarOptions = QradarOptions()) -> dict:
 def qradar_assign(fields: dict, opts: QradarOptions = QradarOptions()) -> dict:
     """An assignment event of a QRadar offense -> ``{"op": "assign", "id", "assigned_to", "reason",
     "key"}``: ``POST /api/siem/offenses/{id}?assigned_to=<user>``."""
-    _assignment(fields, opts.origins, "QRadar")
+    common = _assignment(fields, opts.origins, "QRadar", opts.owners)
     oid = str(fields.get("id") or "")
     if not oid.isdigit():
         raise WritebackError(f"{oid!r} is not a QRadar offense id")
-    x = _extra(fields)
-    return {"op": "assign", "id": int(oid), "assigned_to": map_owner(fields, opts.owners),
-            "reason": f"assigned to {x.get('owner') or fields.get('user')} in XSOAR (incident {x.get('xsoar_id')})",
-            "key": write_key(fields, "assigned")}
+    return {"op": "assign", "id": int(oid), **common}
 
 
 @dataclass(frozen=True)
@@ -214,13 +217,9 @@ def falcon_assign(fields: dict, opts: FalconOptions = FalconOptions()) -> dict:
     """An assignment event of a Falcon alert -> ``{"op": "assign", "id", "assigned_to", "body",
     "reason", "key"}``; ``body`` is the ``PATCH /alerts/entities/alerts/v3`` request with the
     ``assign_to_name`` action."""
-    _assignment(fields, opts.origins, "Falcon")
+    common = _assignment(fields, opts.origins, "Falcon", opts.owners)
     cid = str(fields.get("id") or "")
     if not cid:
         raise WritebackError("the assignment event has no Falcon composite id")
-    name = map_owner(fields, opts.owners)
-    x = _extra(fields)
-    return {"op": "assign", "id": cid, "assigned_to": name,
-            "body": {"composite_ids": [cid], "action_parameters": [{"name": "assign_to_name", "value": name}]},
-            "reason": f"assigned to {x.get('owner') or fields.get('user')} in XSOAR (incident {x.get('xsoar_id')})",
-            "key": write_key(fields, "assigned")}
+    body = {"composite_ids": [cid], "action_parameters": [{"name": "assign_to_name", "value": common["assigned_to"]}]}
+    return {"op": "assign", "id": cid, **common, "body": body}

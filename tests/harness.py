@@ -523,7 +523,7 @@ class QradarStandIn:
             self._threads.append(t)
             t.start()
 
-    def _read_loop(self, conn: socket.socket, number: int = 0) -> None:
+    def _read_loop(self, conn: socket.socket, number: int) -> None:
         d = Deframer(max_frame=self.max_frame)
         try:
             while not self._stop.is_set():
@@ -551,7 +551,7 @@ class QradarStandIn:
         after this returns, unless taken); nothing by default.  bench/chaos_soak.py takes what
         is still unread here."""
 
-    def _add(self, frames: list[bytes], d: Deframer, number: int = 0) -> None:
+    def _add(self, frames: list[bytes], d: Deframer, number: int) -> None:
         probs = d.drain_problems()
         if not frames and not probs:
             return
@@ -576,6 +576,11 @@ class QradarStandIn:
     def snapshot(self) -> list[str]:
         with self._cond:
             return list(self.lines)
+
+    def snapshot_by_connection(self) -> tuple[list[str], list[int], dict[int, float]]:
+        """``(lines, line_conn, closed_at)`` copied at one instant."""
+        with self._cond:
+            return list(self.lines), list(self.line_conn), dict(self.closed_at)
 
     def wait_for(self, n: int, timeout: float) -> list[str]:
         """Wait until at least ``n`` messages arrived; returns a copy of all of them.

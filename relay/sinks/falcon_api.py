@@ -212,24 +212,24 @@ class FalconWritebackSink(AuditedWrites, HttpSink):
         """An XSOAR reassignment: ``assign_to_name``, unless the alert has that owner already or
         is closed (read first when ``check_status``)."""
         name = str(w.get("assigned_to") or "")
-        if not name or not isinstance(w.get("body"), dict):
+        if not name:
             raise PermanentError("the queued assignment names no owner", reason="bad_payload")
+        skip = None
         if self.settings.check_status:
             a = await self.alert(cid)
             if a is None:
                 raise PermanentError(f"Falcon has no alert {cid}", reason="rejected")
             if str(a.get("status") or "") == "closed":
-                await asyncio.to_thread(self.store.put, DedupRecord(key, cid))
-                self.count("assign_skipped")
-                self.log_write(w, "none", "the alert is closed in Falcon: its owner is not changed")
-                return
-            if a.get("assigned_to_name") == name:
-                await asyncio.to_thread(self.store.put, DedupRecord(key, cid))
-                self.count("assign_present")
-                self.log_write(w, "none", f"the alert is assigned to {name} already")
-                return
-        await self._update(cid, w["body"])
+                skip = ("assign_skipped", "the alert is closed in Falcon: its owner is not changed")
+            elif a.get("assigned_to_name") == name:
+                skip = ("assign_present", f"the alert is assigned to {name} already")
+        if skip is None:
+            await self._update(cid, w["body"])
         await asyncio.to_thread(self.store.put, DedupRecord(key, cid))
+        if skip is not None:
+            self.count(skip[0])
+            self.log_write(w, "none", skip[1])
+            return
         self.count("assigned")
         self.log_write(w, "assigned", w.get("reason") or "assigned in XSOAR")
         log.info("sink %s: Falcon alert %s assigned to %s", self.name, cid, name)
