@@ -9,9 +9,11 @@
                                    queue metadata per sink (the sink kind's ``meta`` fields)
 
 :meth:`Pipeline.stage` is the only code that enriches, routes, renders and builds queue
-metadata.  :meth:`Pipeline.process` is ``parse`` then ``stage`` for one raw message.  Everything
-goes through them: the listeners' batches (:meth:`handle`, in this process or in the ingest
-workers, relay/workers.py, which run this same class), the pull sources' events
+metadata.  :meth:`Pipeline.process` is ``parse`` then ``stage`` for one raw message;
+:meth:`Pipeline.parse_batch` parses a listener batch in one call (parsers/native.py: the native
+accelerator when it is active, the same Events either way).  Everything goes through them: the
+listeners' batches (:meth:`handle`, in this process or in the ingest workers, relay/workers.py,
+which run this same class), the pull sources' events
 (:meth:`submit`), ``relay test-parse --config`` and the golden cases (relay/tools), so what a
 case tests is what the daemon runs.
 
@@ -36,7 +38,7 @@ import logging
 import time
 from typing import Callable
 
-from parsers import detect
+from parsers import detect, native
 from parsers.event import FORMAT_RAW
 from parsers.httpbody import BodyError
 from parsers.normalise import normalise
@@ -47,6 +49,7 @@ from .metrics import REGISTRY
 from .queue import GroupCommitter
 
 _parse = detect.parse
+_parse_items = native.parse_items     # the C accelerator when built, else detect.parse per message
 _normalise = normalise
 
 log = logging.getLogger("relay.pipeline")
@@ -141,6 +144,22 @@ class Pipeline:
         """One raw message -> a normalised Event, counted in relay_parsed_total{source, format}
         or relay_parse_failed_total{source, reason}."""
         ev = _parse(raw, lenient=source.lenient, received=received, peer=peer, source=source.name)
+        self._count(source, ev)
+        _normalise(ev)
+        return ev
+
+    def parse_batch(self, items: list, source: SourceConfig, received: float) -> list:
+        """A listener batch of ``(raw, peer)`` pairs -> normalised Events, in order: what
+        :meth:`parse` does for each, with the parse of the whole batch in one call
+        (:func:`parsers.native.parse_items`: the native accelerator when it is active)."""
+        evs = _parse_items(items, source.lenient, received, source.name)
+        count = self._count
+        for ev in evs:
+            count(source, ev)
+            _normalise(ev)
+        return evs
+
+    def _count(self, source: SourceConfig, ev) -> None:
         # the counter of the last (source, format) seen, else the per-source tables
         last = self._last_counter
         if last[0] is source and last[1] == ev.format:
@@ -150,8 +169,6 @@ class Pipeline:
             c.value += 1
             if ev.format != FORMAT_RAW:
                 self._last_counter = (source, ev.format, c)
-        _normalise(ev)
-        return ev
 
     def process(self, raw: bytes, source: SourceConfig, peer: str | None, received: float):
         """One raw message -> (event, route names, [(sink, payload, meta, error)]): parse, then stage."""
@@ -283,10 +300,10 @@ class Pipeline:
         if received is None:
             received = time.time()
         per_sink: dict[str, list] = {}
-        process = self.process
+        stage = self.stage
         tap = self.tap
-        for raw, peer in items:
-            ev, routes, out = process(raw, source, peer, received)
+        for ev in self.parse_batch(items, source, received):
+            routes, out = stage(ev)
             if tap is not None:
                 tap.offer(ev, routes, out)
             for sink, payload, meta, err in out:

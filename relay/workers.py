@@ -2,7 +2,7 @@
 
 With ``[relay] workers = N`` (N > 1) the main process keeps the sockets, the framing,
 the queues' group commits, the sinks' delivery loops and the metrics; N worker processes
-run the one stage (:meth:`relay.pipeline.Pipeline.process`) on the listeners' raw messages
+run the one stage (:meth:`relay.pipeline.Pipeline.parse_batch` and ``stage``) on the listeners' raw messages
 and send back each sink's rendered rows.  CPython runs one thread at a time per process, so
 this is what puts the second core to work.  The main process commits what the workers
 return through the same :class:`relay.queue.GroupCommitter` as the in-process pipeline
@@ -490,7 +490,8 @@ class _WorkerState:
         queue stores them, metadata encoded (orjson): the main process only inserts them."""
         results = []
         sources = self.config.sources
-        process = self.pipeline.process
+        parse_batch = self.pipeline.parse_batch
+        stage = self.pipeline.stage
         for tag, bid, source_name, received, items in batches:
             src = sources.get(source_name)
             if src is None:
@@ -503,9 +504,15 @@ class _WorkerState:
             if tag == "body":
                 error, count = self._body(items, src, received, per_sink, dead)
             else:
-                for raw, peer in items:
+                try:
+                    evs = parse_batch(items, src, received)
+                except Exception as e:  # a bug must not take the batch down silently
+                    self.log.exception("parsing a batch failed: %s", e)
+                    evs = ()
+                    error = f"processing failed: {e}"
+                for ev in evs:
                     try:
-                        _, _, out = process(raw, src, peer, received)
+                        _, out = stage(ev)
                     except Exception as e:  # a bug must not take the batch down silently
                         self.log.exception("processing a message failed: %s", e)
                         error = f"processing failed: {e}"

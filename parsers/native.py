@@ -1,0 +1,107 @@
+"""The hot path's parse of a listener batch, natively accelerated when it can be (issue 19).
+
+:func:`parse_items` is :func:`parsers.detect.parse` over a batch of ``(raw, peer)`` pairs (one
+listener read's frames): one call per batch, not per message.  When the C extension
+``parsers._speedups`` is built and loaded it parses the common valid RFC 5424 shape itself and
+calls the Python parser for every other message, so the result is the same Event, slot for
+slot, either way (``tests/test_native.py`` compares both paths on the vectors, the hostile
+corpus, generated messages and the benchmark's traffic).  Lenient sources always take the
+Python path.
+
+``RELAY_PURE=1`` in the environment (read once, at import) keeps the extension out: the pure
+Python path runs, as on a machine where it was not built.  :data:`ACTIVE` says which path
+runs, :data:`WHY` why that one (``relay version`` prints both).
+"""
+from __future__ import annotations
+
+import os
+
+from . import detect
+from .event import FORMAT_RFC5424, Event
+
+__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "load_native"]
+
+_detect_parse = detect.parse
+
+
+def parse_items_pure(items: list, lenient: bool, received: float | None, source: str | None) -> list:
+    """The reference: :func:`parsers.detect.parse` per message."""
+    return [_detect_parse(raw, lenient=lenient, received=received, peer=peer, source=source)
+            for raw, peer in items]
+
+
+def _import():
+    """-> (the configured extension module or None, why not)."""
+    try:
+        from . import _speedups
+    except ImportError as e:
+        return None, f"the accelerator is not built ({e})"
+    try:
+        _speedups.configure(Event, FORMAT_RFC5424)
+    except (TypeError, AttributeError) as e:   # Event changed without the C code: never half-use it
+        return None, f"the accelerator does not match parsers.event.Event ({e})"
+    return _speedups, f"parsers._speedups ({os.path.basename(_speedups.__file__)})"
+
+
+def _native_path(mod):
+    c_parse_items = mod.parse_items
+
+    def parse_items_native(items: list, lenient: bool, received: float | None, source: str | None) -> list:
+        """The C parse of the covered messages, :func:`parsers.detect.parse` for the others."""
+        if lenient:
+            return parse_items_pure(items, lenient, received, source)
+
+        def fallback(raw, peer):
+            return _detect_parse(raw, lenient=False, received=received, peer=peer, source=source)
+
+        return c_parse_items(items, received, source, fallback)
+
+    return parse_items_native
+
+
+def load_native():
+    """-> (parse_items_native, parse_one) of the extension whatever RELAY_PURE says, or raise
+    ImportError saying why not (the differential tests use both paths in one process)."""
+    mod, why = _import()
+    if mod is None:
+        raise ImportError(why)
+    return _native_path(mod), mod.parse_one
+
+
+if os.environ.get("RELAY_PURE", "") not in ("", "0"):
+    _native, WHY = None, "RELAY_PURE is set"
+else:
+    _native, WHY = _import()
+#: True when the C accelerator parses (the native path), False for pure Python.
+ACTIVE = _native is not None
+if _native is not None:
+    parse_items = _native_path(_native)
+else:
+    parse_items = parse_items_pure
+
+
+def _same(a, b) -> bool:
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if type(a) is list:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if type(a) is float:
+        return a == b or (a != a and b != b)      # bit-for-bit in practice: same repr below
+    if isinstance(a, Exception):              # ParseError: offset, reason and kind
+        return (type(a), getattr(a, "offset", None), getattr(a, "reason", None), getattr(a, "kind", None)) == \
+               (type(b), getattr(b, "offset", None), getattr(b, "reason", None), getattr(b, "kind", None))
+    return a == b
+
+
+def differences(a: Event, b: Event) -> list[str]:
+    """What "the same result" means for the two paths: every slot of the two Events equal in
+    value and type (dict order included, floats with the same repr, errors with the same
+    offset, reason and kind); -> the slots that differ, described."""
+    out = []
+    for s in Event.__slots__:
+        x, y = getattr(a, s), getattr(b, s)
+        if not _same(x, y) or (type(x) is float and repr(x) != repr(y)):
+            out.append(f"{s}: {x!r} != {y!r}")
+    return out
