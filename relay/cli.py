@@ -19,6 +19,24 @@ def main() -> None:
     """
 
 
+@main.command("version")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def version_cmd(as_json):
+    """The relay's version, its Python, and which hot path parses: the native accelerator or
+    pure Python (and why; RELAY_PURE=1 forces pure Python)."""
+    import platform
+
+    from parsers import native
+    info = {"version": __version__, "python": platform.python_version(), "executable": sys.executable,
+            "hot_path": "native" if native.ACTIVE else "python", "hot_path_detail": native.WHY}
+    if as_json:
+        click.echo(orjson.dumps(info).decode())
+        return
+    click.echo(f"relay {info['version']}")
+    click.echo(f"python {info['python']} ({info['executable']})")
+    click.echo(f"hot path: {info['hot_path']}: {info['hot_path_detail']}")
+
+
 @main.command("test-parse")
 @click.argument("messages", nargs=-1)
 @click.option("-f", "--file", "file", type=click.File("rb"), default=None,

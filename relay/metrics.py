@@ -17,6 +17,7 @@ log = logging.getLogger("relay.metrics")
 __all__ = ["Counter", "Gauge", "Histogram", "Registry", "REGISTRY", "MetricsServer"]
 
 HELP = {
+    "relay_info": "Always 1: the relay's version and its hot path (native: the C accelerator parses; python: RELAY_PURE=1 or not built).",
     "relay_received_total": "Messages received, by source.",
     "relay_parsed_total": "Messages parsed, by source and format.",
     "relay_parse_failed_total": "Messages that failed to parse (kept as raw events), by source and reason.",

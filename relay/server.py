@@ -22,10 +22,13 @@ import time
 
 from typing import Callable
 
+from parsers import native
+
 from . import kinds
 from .checks import cert_summary
 from .config import Config, ConfigError, SinkConfig, SourceConfig, load
 from .logs import setup_logging
+from .__version__ import __version__
 from .metrics import REGISTRY, MetricsServer
 from .pipeline import Pipeline
 from .queue import DiskQueue, GroupCommitter, QueueError, open_queue
@@ -135,8 +138,10 @@ class Server:
             await self._start_source(sc)
         self._ready = True
         sd_notify("READY=1\nSTATUS=relay running")
-        log.info("relay running: %d source(s), %d route(s), %d sink(s); config %s",
-                 len(self.sources), len(cfg.routes), len(self.sinks), self.config_path)
+        REGISTRY.gauge("relay_info", version=__version__, hot_path="native" if native.ACTIVE else "python").value = 1
+        log.info("relay running: %d source(s), %d route(s), %d sink(s); config %s; hot path %s (%s)",
+                 len(self.sources), len(cfg.routes), len(self.sinks), self.config_path,
+                 "native" if native.ACTIVE else "python", native.WHY)
 
     def _committers(self) -> dict[str, GroupCommitter]:
         return {n: r.committer for n, r in self.sinks.items()}
