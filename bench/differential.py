@@ -319,12 +319,8 @@ def dump(root: Path, out_path: Path, n: int) -> int:
             p = _pipeline(Pipeline, cfg)
             for sname in ("tcp", "lenient"):
                 src = cfg.sources[sname]
-                for i, raw in enumerate(msgs):
-                    try:
-                        _, routes, out = p.process(raw, src, "10.20.0.5:5140" if i % 2 else "[::1]:514", RECEIVED)
-                        rec = {"v": vname, "src": sname, "i": i, **_digest(routes, out)}
-                    except Exception as e:  # recorded: the same exception in both trees compares equal
-                        rec = {"v": vname, "src": sname, "i": i, "exception": f"{type(e).__name__}: {e}"}
+                for rec in _listener(p, src, msgs):
+                    rec = {"v": vname, "src": sname, **rec}
                     line = json.dumps(rec, ensure_ascii=True, sort_keys=True)
                     h.update(line.encode())
                     fh.write(line + "\n")
@@ -336,6 +332,36 @@ def dump(root: Path, out_path: Path, n: int) -> int:
                 total += 1
     print(f"{total} records, sha256 {h.hexdigest()[:16]} -> {out_path}")
     return 0
+
+
+def _peer(i: int) -> str:
+    return "10.20.0.5:5140" if i % 2 else "[::1]:514"
+
+
+def _listener(p, src, msgs: list, batch: int = 61):
+    """The messages as a listener hands them over: batches through ``Pipeline.parse_batch``
+    (the native accelerator when it is active) then ``stage``; a tree without parse_batch, or a
+    batch that raises, goes message by message through ``Pipeline.process``, so that an
+    exception is recorded against its message in both trees."""
+    pb = getattr(p, "parse_batch", None)
+    for k in range(0, len(msgs), batch):
+        part = msgs[k:k + batch]
+        evs = None
+        if pb is not None:
+            try:
+                evs = pb([(raw, _peer(k + j)) for j, raw in enumerate(part)], src, RECEIVED)
+            except Exception:
+                evs = None
+        for j, raw in enumerate(part):
+            i = k + j
+            try:
+                if evs is not None:
+                    routes, out = p.stage(evs[j])
+                else:
+                    _, routes, out = p.process(raw, src, _peer(i), RECEIVED)
+                yield {"i": i, **_digest(routes, out)}
+            except Exception as e:  # recorded: the same exception in both trees compares equal
+                yield {"i": i, "exception": f"{type(e).__name__}: {e}"}
 
 
 def _pipeline(Pipeline, cfg):

@@ -260,6 +260,30 @@ def _config(data: bytes) -> None:
             pass
 
 
+_native = None
+
+
+def _native_diff(data: bytes) -> None:
+    """The input's lines as one listener batch through the native accelerator and through
+    detect.parse: any difference in any Event slot is a finding (AssertionError)."""
+    global _native
+    if _native is None:
+        from parsers import native
+        _native = (native.load_native()[0], native.parse_items_pure, native.differences)
+    fast, pure, differences = _native
+    items = [(ln, "10.0.0.1:514") for ln in data.split(b"\n")]
+    for a, b in zip(fast(items, False, RECEIVED, "fuzz"), pure(items, False, RECEIVED, "fuzz")):
+        d = differences(a, b)
+        if d:
+            raise AssertionError(f"native and Python parse differ on {a.raw!r}: {d}")
+
+
+def _native_seeds() -> list[bytes]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_e2e import message
+    return _vector_inputs("rfc5424.jsonl") + _sample_lines() + [message(i, i % 2 == 0).encode() for i in range(20)]
+
+
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("deframer", _deframer, (), _frames_seeds, "parsers/framing.Deframer, reads split anywhere"),
     Target("rfc5424", _rfc5424, (), _syslog_seeds, "parsers/rfc5424.parse, strict and lenient"),
@@ -273,6 +297,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "parsers/qradar.normalise_offense on any JSON"),
     Target("rules", _rules, (), _rule_seeds, "relay/rules.compile_rule and the compiled rule"),
     Target("config", _config, (), _config_seeds, "relay/config.loads (every kind's reader)"),
+    Target("native", _native_diff, (), _native_seeds,
+           "parsers/_speedups.c (the native accelerator) against parsers/detect.parse, slot by slot"),
 )}
 # Documented error types are caught inside each runner (ParseError, RuleSyntaxError,
 # ConfigError): any exception that escapes a runner is a finding.

@@ -1,0 +1,382 @@
+"""The native accelerator (parsers/_speedups.c, parsers/native.py) against the pure Python path.
+
+Both paths run in this process (``parsers.native.load_native`` loads the extension whatever
+RELAY_PURE says) on every input there is: ../shared/vectors, the hostile corpus of
+bench/differential.py, the benchmark's varied traffic, the example samples, generated RFC 5424
+messages (hypothesis) and random bytes; each Event is compared slot by slot (value, type, dict
+order, float repr, error offset/reason/kind: ``parsers.native.differences``), alone and in
+mixed batches with per-message peers.  The whole stage (every sink's payload bytes and queue
+metadata) is compared by bench/differential.py, run once with the accelerator and once with
+RELAY_PURE=1.  The accelerator must be built (scripts/setup builds it); RELAY_PURE=1 runs
+everything here but ``test_the_accelerator_is_built`` against the extension all the same.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parsers import detect, native
+from parsers.event import Event
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import differential  # noqa: E402
+from bench_e2e import message  # noqa: E402
+
+PURE = os.environ.get("RELAY_PURE", "") not in ("", "0")
+RECEIVED = 1767225600.25
+try:
+    parse_items_native, parse_one = native.load_native()
+except ImportError as e:     # test_the_accelerator_is_built says so; the rest cannot run
+    parse_items_native = parse_one = None
+    WHY_NOT = str(e)
+needs_native = pytest.mark.skipif(parse_items_native is None, reason="the accelerator is not built")
+
+
+def test_the_accelerator_is_built():
+    assert parse_items_native is not None, f"parsers._speedups does not load: {WHY_NOT} (run scripts/setup)"
+    if PURE:
+        assert not native.ACTIVE and native.WHY == "RELAY_PURE is set"
+    else:
+        assert native.ACTIVE, native.WHY
+        assert native.parse_items is not native.parse_items_pure
+
+
+def _version(env_pure: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RELAY_PURE"}
+    if env_pure:
+        env["RELAY_PURE"] = "1"
+    out = subprocess.run([sys.executable, "-c", "from relay.cli import main; main()", "version", "--json"],
+                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+@needs_native
+def test_relay_version_names_the_path_and_relay_pure_forces_python():
+    on, off = _version(False), _version(True)
+    assert on["hot_path"] == "native" and "_speedups" in on["hot_path_detail"], on
+    assert off["hot_path"] == "python" and off["hot_path_detail"] == "RELAY_PURE is set", off
+    text = subprocess.run([sys.executable, "-c", "from relay.cli import main; main()", "version"],
+                          capture_output=True, text=True, timeout=60, check=True,
+                          env={**os.environ, "RELAY_PURE": "1"}).stdout
+    assert "hot path: python: RELAY_PURE is set" in text
+
+
+# ----------------------------------------------------------------------------- comparison
+def _peer(i: int):
+    return (None, "10.1.2.3:514", "[::1]:6514")[i % 3]
+
+
+def _compare(msgs: list[bytes], batch: int = 37) -> tuple[int, int]:
+    """Both paths over ``msgs`` in batches (peers varying within a batch) and one by one;
+    -> (messages, covered by C).  Fails on the first difference."""
+    covered = 0
+    for k in range(0, len(msgs), batch):
+        items = [(m, _peer(k + j)) for j, m in enumerate(msgs[k:k + batch])]
+        got = parse_items_native(items, False, RECEIVED, "src")
+        want = native.parse_items_pure(items, False, RECEIVED, "src")
+        assert len(got) == len(want)
+        for (raw, _), a, b in zip(items, got, want):
+            d = native.differences(a, b)
+            assert not d, f"native and Python differ on {raw!r}: {d}"
+            one = parse_one(raw)
+            if one is not None:
+                covered += 1
+                # parse_one covers exactly what parse_items covers, and what it covers parses
+                assert b.error is None, f"C accepted {raw!r}, Python says {b.error.reason}"
+                b.received = b.peer = b.source = None
+                assert not native.differences(one, b), raw
+    return len(msgs), covered
+
+
+def _vectors(name: str) -> list[bytes]:
+    out = []
+    for line in (differential.SHARED / "vectors" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            case = json.loads(line)
+        except ValueError:
+            continue
+        if "input_hex" in case:
+            out.append(bytes.fromhex(case["input_hex"]))
+        elif isinstance(case.get("input"), str):
+            out.append(case["input"].encode("utf-8", "surrogateescape"))
+    return out
+
+
+@needs_native
+def test_benchmark_traffic_is_all_covered_and_identical():
+    msgs = [message(i, i % 10 < 3).rstrip("\n").encode() for i in range(5000)]
+    n, covered = _compare(msgs)
+    assert covered == n      # the benchmark's shape must stay on the fast path
+
+
+@needs_native
+def test_vectors_identical():
+    vec = _vectors("rfc5424")
+    n, covered = _compare(vec)
+    assert n > 300
+    # 63 of the 311 vectors are the covered valid shape (escapes, BOMs, empty SD elements and
+    # every invalid message go to Python); a drop means the fast path lost a shape
+    assert covered >= 60, covered
+    for name in ("rfc3164", "cef", "leef"):    # other formats: all Python, through the batch call
+        n, covered = _compare(_vectors(name))
+        assert n > 0
+
+
+@needs_native
+def test_samples_and_hostile_corpus_identical():
+    samples = []
+    for f in sorted((ROOT / "examples" / "samples").glob("*.log")):
+        samples += [x for x in f.read_bytes().splitlines() if x]
+    n, covered = _compare(samples)
+    assert covered > 0
+    rng = random.Random(19)
+    base = [message(i, True).rstrip("\n").encode() for i in range(500)] + _vectors("rfc5424")
+    hostile = differential._hostile(rng, base, 6000)
+    n, covered = _compare(hostile)
+    assert n == 6000 and covered > 500, covered
+
+
+@needs_native
+def test_mutants_identical():
+    """Seeded byte mutations biased to the syntax bytes the C code decides on."""
+    rng = random.Random(5424)
+    base = [message(i, True).rstrip("\n").encode() for i in range(300)] + _vectors("rfc5424")
+    syntax = b'<> []="\\-:.TZ+0123456789\xef\xbb\xbf\x00\xff\xc3\xa9'
+    out = []
+    for _ in range(20000):
+        b = bytearray(rng.choice(base))
+        for _ in range(rng.randint(1, 3)):
+            op = rng.randrange(3)
+            pos = rng.randrange(len(b) + 1)
+            if op == 0 and pos < len(b):
+                b[pos] = rng.choice(syntax)
+            elif op == 1:
+                b[pos:pos] = bytes([rng.choice(syntax)])
+            elif pos < len(b):
+                del b[pos]
+        out.append(bytes(b))
+    n, covered = _compare(out)
+    assert covered > 2000, covered
+
+
+# ----------------------------------------------------------------------------- generated
+_print = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=6)
+_field = st.one_of(st.just("-"), _print, st.sampled_from(["h" * 255, "h" * 256, "a" * 48, "a" * 49, "m" * 32,
+                                                          "m" * 33, "héllo", "a\tb"]))
+_digits = st.integers(0, 9).map(str)
+
+
+@st.composite
+def _valid_timestamp(draw):
+    y, mo = draw(st.integers(1, 9999)), draw(st.integers(1, 12))
+    d = draw(st.integers(1, 31 if mo != 2 else 29))
+    frac = draw(st.sampled_from(["", ".0", ".5", ".123", ".000001", ".999999", ".25", ".1"]))
+    off = draw(st.sampled_from(["Z", "+00:00", "-00:00", "+23:59", "-05:30", "+01:00"]))
+    return (f"{y:04d}-{mo:02d}-{d:02d}T{draw(st.integers(0, 23)):02d}:{draw(st.integers(0, 59)):02d}:"
+            f"{draw(st.integers(0, 59)):02d}{frac}{off}")
+
+
+@st.composite
+def _timestamp(draw):
+    k = draw(st.integers(0, 9))
+    if k == 0:
+        return "-"
+    if k < 8:
+        return draw(_valid_timestamp())
+    y = draw(st.sampled_from(["0000", "0001", "1969", "1970", "2000", "2024", "2026", "2100", "9999", "99"]))
+    mo = draw(st.sampled_from(["01", "02", "12", "13", "00", "1"]))
+    d = draw(st.sampled_from(["01", "28", "29", "30", "31", "32", "00"]))
+    h = draw(st.sampled_from(["00", "23", "24"]))
+    mi = draw(st.sampled_from(["00", "59", "60"]))
+    s = draw(st.sampled_from(["00", "59", "60", "5"]))
+    frac = draw(st.sampled_from(["", ".", ".0", ".123", ".999999", ".1234567", ".000001", ".5"]))
+    off = draw(st.sampled_from(["Z", "+00:00", "-00:00", "+23:59", "-24:00", "+05:60", "+0530", "z", ""]))
+    sep = draw(st.sampled_from(["T", "T", "T", "t", " "]))
+    return f"{y}-{mo}-{d}{sep}{h}:{mi}:{s}{frac}{off}"
+
+
+_value = st.one_of(st.text(max_size=12), st.sampled_from(["", '\\"', "\\\\", "\\]", "a]b", 'q"', "\\x", "é", "\ufeff",
+                                                          "\udcff", "x" * 300]))
+_name = st.one_of(_print.filter(lambda s: not any(c in s for c in '="] ')),
+                  st.sampled_from(["a", "n" * 32, "n" * 33, "a=b", "a b", "é", "id@32473"]))
+
+
+_plain_name = st.text(st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters='="] \\'),
+                      min_size=1, max_size=8)
+_plain_value = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters='"\\]'), max_size=10)
+
+
+@st.composite
+def _sd(draw):
+    if draw(st.integers(0, 5)) == 0:
+        return "-"
+    hostile = draw(st.integers(0, 3)) == 0      # else the covered shape, with its edge values
+    name, value = (_name, _value) if hostile else (_plain_name, _plain_value)
+    out = []
+    for _ in range(draw(st.integers(1, 3))):
+        sid = draw(name)
+        params = "".join(f' {draw(name)}="{draw(value)}"'
+                         for _ in range(draw(st.integers(0 if hostile else 1, 4))))
+        out.append(f"[{sid}{params}]")
+    return "".join(out)
+
+
+@st.composite
+def _rfc5424_message(draw) -> bytes:
+    pri = draw(st.one_of(st.integers(0, 191).map(str), st.sampled_from(["192", "013", "999", "", "1000"])))
+    ver = draw(st.sampled_from(["1"] * 12 + ["2", "10", "999", "0", "01", "1000"]))
+    field = _print if draw(st.integers(0, 3)) else _field
+    parts = [f"<{pri}>{ver}", draw(_timestamp()), draw(field), draw(field), draw(field), draw(field)]
+    text = " ".join(parts) + " " + draw(_sd())
+    tail = draw(st.sampled_from(["", " ", " hello", " \ufeffbom", " \ufeff", " caf\xe9 \u2028 x", "  two spaces",
+                                 "x", " {\"json\": 1}", " a", " \udcff\udc80 raw", " tab\there"]))
+    data = (text + tail).encode("utf-8", "surrogateescape")
+    if draw(st.integers(0, 9)) == 0:   # raw bytes: invalid UTF-8, NUL, CR
+        pos = draw(st.integers(0, len(data)))
+        data = data[:pos] + draw(st.sampled_from([b"\xff", b"\x00", b"\r", b"\xc3", b"\xed\xa0\x80"])) + data[pos:]
+    return data
+
+
+@needs_native
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_rfc5424_message(), min_size=1, max_size=8))
+def test_generated_messages_identical(msgs):
+    _compare(msgs, batch=len(msgs))
+
+
+@needs_native
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=120).map(lambda b: b"<13>1 " + b if b[:1] == b"a" else b), max_size=6))
+def test_random_bytes_identical_and_no_crash(msgs):
+    _compare(msgs, batch=len(msgs) or 1)
+
+
+# ----------------------------------------------------------------------------- the batch call
+@needs_native
+def test_batch_contract():
+    ok = b'<13>1 2026-12-05T10:00:00Z h a p m [x@1 k="v"] msg'
+    assert parse_items_native([], False, RECEIVED, "s") == []
+    evs = parse_items_native([(ok, "p1"), (b"garbage", "p2"), (ok, None)], False, RECEIVED, "s")
+    assert [e.peer for e in evs] == ["p1", "p2", None]
+    assert [e.format for e in evs] == ["rfc5424", "rfc3164", "rfc5424"]
+    assert all(e.source == "s" and e.received == RECEIVED for e in evs)
+    assert evs[0].raw is ok and evs[0].sd == {"x@1": {"k": "v"}}
+    # lenient sources take the Python path whole
+    lenient = parse_items_native([(ok + b"  ", "p")], True, RECEIVED, "s")[0]
+    assert lenient.msg == "msg" and lenient.notes == ["surrounding whitespace trimmed"]
+    with pytest.raises(TypeError, match="pair"):
+        parse_items_native([ok], False, RECEIVED, "s")
+    with pytest.raises(TypeError):
+        parse_items_native(((ok, None),), False, RECEIVED, "s")    # a list, not a tuple
+    # a fallback that raises: the exception, nothing half-built
+    from parsers import _speedups
+
+    def boom(raw, peer):
+        raise RuntimeError("fallback failed")
+    with pytest.raises(RuntimeError, match="fallback failed"):
+        _speedups.parse_items([(ok, None), (b"x", None)], RECEIVED, "s", boom)
+
+
+@needs_native
+def test_configure_refuses_another_event_class():
+    from parsers import _speedups
+
+    class Other:
+        __slots__ = ("format", "pri")
+    with pytest.raises(TypeError, match="slots"):
+        _speedups.configure(Other, "rfc5424")
+    # the module still builds real Events
+    ev = _speedups.parse_one(b"<13>1 - - - - - -")
+    assert type(ev) is Event and ev.format == "rfc5424"
+
+
+# ----------------------------------------------------------------------------- the whole stage
+def test_whole_stage_identical_with_and_without_the_accelerator(tmp_path):
+    """bench/differential.py dump (every sink kind and format, enrichment, lenient and strict
+    sources, pulled events) in a process with the accelerator and one with RELAY_PURE=1: every
+    payload byte and every queue metadata must be the same."""
+    if parse_items_native is None:
+        pytest.fail(f"the accelerator is not built: {WHY_NOT}")
+    outs = []
+    for pure in (False, True):
+        env = {k: v for k, v in os.environ.items() if k != "RELAY_PURE"}
+        if pure:
+            env["RELAY_PURE"] = "1"
+        out = tmp_path / f"dump-{int(pure)}.jsonl"
+        code = ("import sys; sys.argv[1:] = ['dump', '--out', %r, '-n', '1500']; sys.path.insert(0, %r); "
+                "from parsers import native; print('hot path', native.ACTIVE); "
+                "import differential; sys.exit(differential.main())" % (str(out), str(ROOT / "bench")))
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                           cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"hot path {not pure}" in r.stdout, r.stdout
+        outs.append(out)
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "differential.py"), "compare", *map(str, outs)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert " 0 differ" in r.stdout.splitlines()[-1]
+
+
+def test_the_daemon_reports_its_hot_path(tmp_path):
+    """relay_info{hot_path} on /metrics and the start log line say which path runs."""
+    from tests.harness import free_port
+    import time
+    import urllib.request
+    mport, port = free_port(), free_port()
+    conf = tmp_path / "relay.toml"
+    conf.write_text(f"""
+[relay]
+state_dir = "{tmp_path / 'state'}"
+metrics_address = "127.0.0.1:{mport}"
+[sources.tcp]
+type = "tcp"
+address = "127.0.0.1:{port}"
+[sinks.f]
+type = "file"
+path = "{tmp_path / 'out.log'}"
+[routes.all]
+match = "true"
+sinks = ["f"]
+""")
+    for pure in (False, True):
+        env = {k: v for k, v in os.environ.items() if k != "RELAY_PURE"}
+        if pure:
+            env["RELAY_PURE"] = "1"
+        log = open(tmp_path / f"log-{pure}", "wb")
+        p = subprocess.Popen([sys.executable, "-c", "from relay.cli import main; main()", "run", "--config", str(conf)],
+                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 30
+            body = ""
+            while time.monotonic() < deadline and "relay_info" not in body:
+                assert p.poll() is None, (tmp_path / f"log-{pure}").read_text()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=2) as r:
+                        body = r.read().decode()
+                except OSError:
+                    time.sleep(0.1)
+            want = "python" if pure or parse_items_native is None else "native"
+            assert f'hot_path="{want}"' in body
+        finally:
+            p.terminate()
+            p.wait(timeout=30)
+            log.close()
+        text = (tmp_path / f"log-{pure}").read_text()
+        assert f"hot path {want} (" in text, text[-2000:]
+
+
+def test_detect_is_the_reference():
+    """The pure path is detect.parse itself, message by message (what RELAY_PURE=1 runs)."""
+    items = [(b"<13>1 - h a - - - x", "p"), (b"<13>Dec  5 10:00:00 h t: x", None)]
+    got = native.parse_items_pure(items, False, RECEIVED, "s")
+    want = [detect.parse(r, received=RECEIVED, peer=p, source="s") for r, p in items]
+    assert all(not native.differences(a, b) for a, b in zip(got, want))
