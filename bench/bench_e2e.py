@@ -312,7 +312,8 @@ def relay_supports_workers() -> bool:
 class RelayDaemon:
     name = "relay"
 
-    def __init__(self, work: Path, sink_port: int, args, profile: str | None = None, workers: int = 0) -> None:
+    def __init__(self, work: Path, sink_port: int, args, profile: str | None = None, workers: int = 0,
+                 pure: bool = False) -> None:
         self.work = work
         self.tcp_port = free_port()
         self.udp_port = free_port(socket.SOCK_DGRAM)
@@ -361,8 +362,11 @@ format = "leef"
             self.profile_out = work / "relay.prof"
             cmd = [str(VENV_PY), "-m", "cProfile", "-o", str(self.profile_out), "-m", "relay.cli", "run",
                    "--config", str(self.conf)]
+        env = {k: v for k, v in os.environ.items() if k != "RELAY_PURE"}
+        if pure:            # relay+pure: the pure Python hot path (parsers/native.py)
+            env["RELAY_PURE"] = "1"
         self.proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env)
         self.pid = self.proc.pid
         self._wait_ready(30)
 
@@ -759,7 +763,7 @@ def wait_sink(sink: CountingSink, expected: int, stall: float, cap: float) -> bo
 
 def start_daemon(system: str, work: Path, sink: CountingSink, args, profile: str | None = None):
     if system.startswith("relay"):
-        d = RelayDaemon(work, sink.port, args, profile, relay_workers(system, args))
+        d = RelayDaemon(work, sink.port, args, profile, relay_workers(system, args), pure="+pure" in system)
         if "+tap" in system:
             d.attach_tap(args.tap_rate)
         return d
@@ -1116,7 +1120,8 @@ def main() -> int:
                     help="the system relay+tap: relay with `relay tap --route high_risk --rate R` attached")
     ap.add_argument("--systems", default="relay,relay:w2,rsyslog",
                     help="comma list of relay, relay:wN (relay with [relay] workers = N), relay+tap (relay with a "
-                         "live tap attached, --tap-rate), syslog-ng (Debian's syslog-ng-core, downloaded and "
+                         "live tap attached, --tap-rate), relay+pure[:wN] (relay with RELAY_PURE=1: the pure Python hot path, "
+                         "not the native accelerator), syslog-ng (Debian's syslog-ng-core, downloaded and "
                          "unpacked into .cache/bench/syslog-ng, never installed), rsyslog "
                          "(default relay,relay:w2,rsyslog; e.g. relay:w2,syslog-ng,rsyslog)")
     ap.add_argument("--no-tcp", action="store_true")

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: messages per listener batch in the batch figures (a TCP read of ~300-byte messages at 64 KiB
+#: holds ~200; 64 is a conservative middle)
+BATCH = 64
 
 CFG = '''
 [sources.tcp]
@@ -67,7 +70,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=ROOT,
                     help="import relay/parsers/formats from this tree (default: this repository)")
     ap.add_argument("--falcon", action="store_true", help="also render varied Falcon events (CEF, LEEF)")
-    ap.add_argument("--only", default="", help="comma list of figures to run: parse,normalise,leef,process,mix")
+    ap.add_argument("--only", default="", help="comma list of figures to run: parse,normalise,leef,batch,process,mix")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     sys.path.insert(0, str(args.root.resolve()))
@@ -102,6 +105,24 @@ def main() -> None:
         fig("render leef", best_of(r.render, evs, args.rounds))
     cfg = loads(CFG)
     src = cfg.sources["tcp"]
+    batches = [[(raw, "127.0.0.1") for raw in high[k:k + BATCH]] for k in range(0, n, BATCH)]
+    try:
+        from parsers import native  # noqa: E402
+    except ImportError:     # an older tree (--root): no batch parse
+        native = None
+    else:
+        print(f"hot path: {'native' if native.ACTIVE else 'python'} ({native.WHY})")
+    if native is not None and want("batch"):
+        pi = native.parse_items
+        fig(f"parse, batches of {BATCH} (native.parse_items)",
+            best_of(lambda b: pi(b, False, now, "tcp"), batches, args.rounds) / BATCH)
+        p = Pipeline(cfg, committers={})
+        pb, stage = p.parse_batch, p.stage
+
+        def batch(b):
+            for ev in pb(b, src, now):
+                stage(ev)
+        fig(f"parse_batch + stage, batches of {BATCH}", best_of(batch, batches, args.rounds) / BATCH)
     for key, label, msgs in (("process", "Pipeline.process, all forwarded", high),
                              ("mix", "Pipeline.process, 30% forwarded", mix)):
         if want(key):
