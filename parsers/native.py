@@ -88,7 +88,7 @@ def _same(a, b) -> bool:
     if type(a) is list:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if type(a) is float:
-        return a == b or (a != a and b != b)      # bit-for-bit in practice: same repr below
+        return repr(a) == repr(b)                 # bit for bit, NaN included
     if isinstance(a, Exception):              # ParseError: offset, reason and kind
         return (type(a), getattr(a, "offset", None), getattr(a, "reason", None), getattr(a, "kind", None)) == \
                (type(b), getattr(b, "offset", None), getattr(b, "reason", None), getattr(b, "kind", None))
@@ -102,6 +102,6 @@ def differences(a: Event, b: Event) -> list[str]:
     out = []
     for s in Event.__slots__:
         x, y = getattr(a, s), getattr(b, s)
-        if not _same(x, y) or (type(x) is float and repr(x) != repr(y)):
+        if not _same(x, y):
             out.append(f"{s}: {x!r} != {y!r}")
     return out
