@@ -116,10 +116,18 @@ def build(args) -> None:
     run(bv / "bin/python", pip_whl / "pip", "install", "-q", *pipopts, "--require-hashes", "-r", build_lock)
 
     # 2. the relay wheel, built without network or build isolation from the pristine tree
+    #    The native accelerator (parsers/_speedups.c, setup.py) is compiled here: the build
+    #    path is mapped out of the object so two builds from trees at different paths give the
+    #    same .so (reproducibility), and a wheel without it (no setup.py, no compiler) is refused.
     pw = scratch / "projwheel"
+    cenv = clean_env()
+    cenv["CFLAGS"] = f"-ffile-prefix-map={src}=. -ffile-prefix-map={scratch}=."
     run(bv / "bin/python", "-m", "pip", "wheel", "-q", "--isolated", "--no-index", "--no-build-isolation",
-        "--no-deps", "--no-cache-dir", "-w", pw, src)
+        "--no-deps", "--no-cache-dir", "-w", pw, src, env=cenv)
     relay_whl = next(pw.glob("relay-*.whl"))
+    if not relay_whl.name.endswith("-cp311-cp311-linux_x86_64.whl"):
+        sys.exit(f"stage: {relay_whl.name} is not a CPython 3.11 x86_64 wheel: the native accelerator "
+                 "(parsers/_speedups.c) was not built (is setup.py in the tree?)")
     log(f"built {relay_whl.name}")
 
     # 3. the target venv: the target's python3.11, no pip, no activate scripts

@@ -8,6 +8,7 @@ The Debian root is debootstrapped once and cached as a tarball under .cache/pack
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -74,7 +75,7 @@ def _head() -> tuple[str, str]:
 def _export_tree(ref: str, dst: Path) -> None:
     """The committed files packaging/build uses, as a plain (non-git) tree at another path."""
     dst.mkdir(parents=True)
-    sh("sh", "-c", f"git archive --format=tar {ref} -- pyproject.toml README.md relay parsers formats docs"
+    sh("sh", "-c", f"git archive --format=tar {ref} -- pyproject.toml setup.py README.md relay parsers formats docs"
        f" | tar -xf - -C '{dst}'", cwd=ROOT)
 
 
@@ -306,6 +307,12 @@ def test_relay_version_as_root_and_as_relay(target):
     r = inroot(target, "setpriv", "--reuid=relay", "--regid=relay", "--init-groups", "/usr/bin/relay",
                "validate", "/etc/relay/relay.toml")
     assert "valid: 2 source(s)" in r.stdout
+    # the package ships the native accelerator and the packaged relay uses it (issue 19)
+    info = json.loads(inroot(target, "relay", "version", "--json").stdout)
+    assert info["version"] == VERSION and info["hot_path"] == "native", info
+    assert info["hot_path_detail"].startswith("parsers._speedups (_speedups.cpython-311-x86_64-linux-gnu.so"), info
+    assert info["executable"] == "/opt/relay/bin/python", info
+    assert list((target / "opt/relay/lib").glob("python3.11/site-packages/parsers/_speedups.cpython-311-*.so"))
     # running it as root wrote nothing under /opt (the .pyc are shipped precompiled)
     assert _opt_files(target) == before
 
@@ -414,6 +421,7 @@ def test_rpm_installs_and_runs_its_scriptlets(built, tmp_path):
     assert oct((root / "var/lib/relay").stat().st_mode & 0o777) == "0o700"
     assert (root / "usr/lib/systemd/system/relay.service").is_file()
     assert inroot(root, "relay", "--version").stdout.strip() == f"relay {VERSION}"
+    assert json.loads(inroot(root, "relay", "version", "--json").stdout)["hot_path"] == "native"
     v = sh(*rpm, "-V", "--nodeps", "relay", check=False)
     assert v.returncode == 0, f"rpm -V: {v.stdout}{v.stderr}"
     # upgrade: %config(noreplace) keeps the admin's edit, the new version runs
