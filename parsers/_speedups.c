@@ -455,11 +455,330 @@ error:
     return NULL;
 }
 
+
+/* ------------------------------------------------------------------------------------------
+ * rx_normalise(ev) -> bool: parsers.rhythmx.normalise(ev) under the default RhythmxConfig
+ * for the common SigmaIncident shape, or False (the event untouched) when the shape is not
+ * covered, and the Python normaliser then does it all.  Covered, all of:
+ *   ev.body is None, ev.sd a dict holding the incident SD element (a dict), every param
+ *   value an ASCII str, every param name one the normaliser knows (no extras), no actor_type
+ *   or related_case_ids param; id and risk_score params present, risk_score and the counts
+ *   "0".."999" (parsers.rhythmx._SMALL_INT), status absent or in the status cache (else
+ *   canonical_status is called, as Python does); ev.msgid a str; ev.msg a JSON object
+ *   (orjson.loads) whose keys are among incident_id, risk_score, event, timestamp,
+ *   created_at, with incident_id (if any) the same str as the SD id and risk_score (if any)
+ *   an int equal to the SD score once clamped; the actor (if any) not digit-led and without
+ *   ':' (no IP test); ev.timestamp "YYYY-MM-DDTHH:MM:SS.mmmZ" with ev.time_unix set.
+ * Then no note is written, as in Python for that shape.  rx_configure(dict) hands over the
+ * Python module's own objects once (names, tables, caches), so both paths read the same data.
+ * ------------------------------------------------------------------------------------------ */
+static PyObject *rx_sd_id, *rx_p_id, *rx_p_risk, *rx_p_status, *rx_p_actor, *rx_p_actor_type,
+    *rx_p_entity, *rx_p_alarm, *rx_p_sigma, *rx_p_threat, *rx_p_related, *rx_used, *rx_small_int,
+    *rx_status_cache, *rx_status_from_event, *rx_canonical_status, *rx_loads, *rx_template,
+    *rx_dedup_prefix, *rx_body_ok, *k_incident_id, *k_risk_score, *k_actor, *k_entity, *k_alarm,
+    *k_sigma, *k_threat, *k_id, *k_dedup, *k_event, *k_name, *k_description, *k_severity,
+    *k_status, *k_occurred, *k_occurred_unix, *k_user, *k_extra, *sev_names[5];
+static int rx_ready = 0;
+
+static PyObject *rx_configure(PyObject *self, PyObject *ctx)
+{
+    if (!PyDict_Check(ctx))
+        return PyErr_Format(PyExc_TypeError, "a dict expected");
+#define TAKE(var, key) do { PyObject *o_ = PyDict_GetItemString(ctx, key); \
+        if (!o_) return PyErr_Format(PyExc_KeyError, "rx_configure: %s missing", key); \
+        Py_XSETREF(var, Py_NewRef(o_)); } while (0)
+    TAKE(rx_sd_id, "sd_id"); TAKE(rx_p_id, "id_param"); TAKE(rx_p_risk, "risk_param");
+    TAKE(rx_p_status, "status_param"); TAKE(rx_p_actor, "actor_param");
+    TAKE(rx_p_actor_type, "actor_type_param"); TAKE(rx_p_entity, "entity_param");
+    TAKE(rx_p_alarm, "alarm_count_param"); TAKE(rx_p_sigma, "sigma_alert_count_param");
+    TAKE(rx_p_threat, "threat_case_count_param"); TAKE(rx_p_related, "related_param");
+    TAKE(rx_used, "used"); TAKE(rx_small_int, "small_int"); TAKE(rx_status_cache, "status_cache");
+    TAKE(rx_status_from_event, "status_from_event"); TAKE(rx_canonical_status, "canonical_status");
+    TAKE(rx_loads, "loads"); TAKE(rx_template, "template"); TAKE(rx_dedup_prefix, "dedup_prefix");
+    TAKE(rx_body_ok, "body_ok");
+#undef TAKE
+    if (!PyDict_CheckExact(rx_template) || !PyDict_CheckExact(rx_small_int) || !PyDict_CheckExact(rx_status_cache)
+        || !PyDict_CheckExact(rx_status_from_event) || !PyAnySet_Check(rx_used) || !PyAnySet_Check(rx_body_ok))
+        return PyErr_Format(PyExc_TypeError, "rx_configure: unexpected table types");
+#define KEY(var, text) do { if (!var && !(var = PyUnicode_InternFromString(text))) return NULL; } while (0)
+    KEY(k_incident_id, "incident_id"); KEY(k_risk_score, "risk_score"); KEY(k_actor, "actor");
+    KEY(k_entity, "entity"); KEY(k_alarm, "alarm_count"); KEY(k_sigma, "sigma_alert_count");
+    KEY(k_threat, "threat_case_count"); KEY(k_id, "id"); KEY(k_dedup, "dedup_key"); KEY(k_event, "event");
+    KEY(k_name, "name"); KEY(k_description, "description"); KEY(k_severity, "severity");
+    KEY(k_status, "status"); KEY(k_occurred, "occurred"); KEY(k_occurred_unix, "occurred_unix");
+    KEY(k_user, "user"); KEY(k_extra, "extra");
+    KEY(sev_names[0], "informational"); KEY(sev_names[1], "low"); KEY(sev_names[2], "medium");
+    KEY(sev_names[3], "high"); KEY(sev_names[4], "critical");
+#undef KEY
+    rx_ready = 1;
+    Py_RETURN_NONE;
+}
+
+#define SLOT(ev, s) (*(PyObject **)((char *)(ev) + slot_off[s]))
+
+/* a small int of _SMALL_INT for an SD value, or -1 (absent: -2) */
+static long rx_small(PyObject *params, PyObject *name, int *absent)
+{
+    PyObject *raw = PyDict_GetItemWithError(params, name);
+    *absent = 0;
+    if (!raw) {
+        *absent = 1;
+        return PyErr_Occurred() ? -2 : -1;
+    }
+    PyObject *n = PyDict_GetItemWithError(rx_small_int, raw);
+    if (!n || !PyLong_CheckExact(n))
+        return PyErr_Occurred() ? -2 : -1;
+    return PyLong_AsLong(n);
+}
+
+/* 1 done, 0 not covered (nothing changed), -1 error */
+static int rx_normalise_impl(PyObject *ev)
+{
+    PyObject *sd = SLOT(ev, S_SD), *msgid = SLOT(ev, S_MSGID), *msg = SLOT(ev, S_MSG);
+    PyObject *ts = SLOT(ev, S_TIMESTAMP), *unix_ = SLOT(ev, S_TIME_UNIX);
+    if (!sd || !PyDict_CheckExact(sd) || SLOT(ev, S_BODY) != Py_None || !msgid || !PyUnicode_CheckExact(msgid)
+        || !msg || !PyUnicode_CheckExact(msg) || !ts || !PyUnicode_CheckExact(ts) || !unix_ || unix_ == Py_None)
+        return 0;
+    /* the time: "YYYY-MM-DDTHH:MM:SS.mmmZ", used as it is */
+    if (PyUnicode_GET_LENGTH(ts) != 24 || PyUnicode_READ_CHAR(ts, 23) != 'Z' || PyUnicode_READ_CHAR(ts, 19) != '.'
+        || PyUnicode_READ_CHAR(ts, 10) != 'T')
+        return 0;
+    PyObject *params = PyDict_GetItemWithError(sd, rx_sd_id);
+    if (!params)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyDict_CheckExact(params) || PyDict_GET_SIZE(params) == 0)
+        return 0;
+    {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(params, &pos, &k, &v)) {
+            if (!PyUnicode_CheckExact(v) || !PyUnicode_IS_ASCII(v))
+                return 0;
+            int in = PySet_Contains(rx_used, k);
+            if (in <= 0)
+                return in;
+        }
+    }
+    PyObject *inc_id = PyDict_GetItemWithError(params, rx_p_id);
+    if (!inc_id)
+        return PyErr_Occurred() ? -1 : 0;
+    if (PyDict_GetItemWithError(params, rx_p_actor_type) || PyDict_GetItemWithError(params, rx_p_related))
+        return 0;
+    if (PyErr_Occurred())
+        return -1;
+    int absent;
+    long score = rx_small(params, rx_p_risk, &absent);
+    if (score < 0)
+        return score == -2 ? -1 : 0;
+    if (score > 100)
+        score = 100;
+    long counts[3];
+    PyObject *count_params[3] = {rx_p_alarm, rx_p_sigma, rx_p_threat};
+    for (int k = 0; k < 3; k++) {
+        counts[k] = rx_small(params, count_params[k], &absent);
+        if (counts[k] == -2)
+            return -1;
+        if (counts[k] == -1 && !absent)
+            return 0;
+    }
+    PyObject *actor = PyDict_GetItemWithError(params, rx_p_actor);
+    if (!actor && PyErr_Occurred())
+        return -1;
+    if (actor) {
+        Py_ssize_t alen = PyUnicode_GET_LENGTH(actor);
+        if (alen && is_digit((unsigned char)PyUnicode_READ_CHAR(actor, 0)))
+            return 0;
+        if (PyUnicode_FindChar(actor, ':', 0, alen, 1) != -1)
+            return 0;
+    }
+    PyObject *entity = PyDict_GetItemWithError(params, rx_p_entity);
+    if (!entity && PyErr_Occurred())
+        return -1;
+    PyObject *status = PyDict_GetItemWithError(params, rx_p_status);
+    if (!status && PyErr_Occurred())
+        return -1;
+    /* the body */
+    if (PyUnicode_GET_LENGTH(msg) == 0 || PyUnicode_READ_CHAR(msg, 0) != '{')
+        return 0;
+    PyObject *body = PyObject_CallOneArg(rx_loads, msg);
+    if (!body) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {   /* orjson.JSONDecodeError: Python's note */
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    PyObject *ev_type = NULL, *cstatus = NULL, *fields = NULL, *extra = NULL, *dedup = NULL, *name = NULL,
+             *descr = NULL, *score_o = NULL;
+    int rc = 0;
+    if (!PyDict_CheckExact(body))
+        goto out;
+    {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(body, &pos, &k, &v)) {
+            int in = PySet_Contains(rx_body_ok, k);
+            if (in <= 0) {
+                rc = in;
+                goto out;
+            }
+        }
+    }
+    PyObject *b_id = PyDict_GetItemWithError(body, k_incident_id);
+    if (b_id && (!PyUnicode_CheckExact(b_id) || PyUnicode_Compare(b_id, inc_id) != 0))
+        goto out;           /* a difference (a note), or a str() to take: Python */
+    if (PyErr_Occurred())
+        goto error;
+    PyObject *b_score = PyDict_GetItemWithError(body, k_risk_score);
+    if (b_score) {
+        if (!PyLong_CheckExact(b_score))
+            goto out;
+        int ovf;
+        long bs = PyLong_AsLongAndOverflow(b_score, &ovf);
+        if (ovf > 0 || (ovf == 0 && bs > 100))
+            bs = 100;
+        else if (ovf < 0 || bs < 0)
+            bs = 0;
+        if (bs == -1 && PyErr_Occurred())
+            goto error;
+        if (bs != score)
+            goto out;
+    } else if (PyErr_Occurred())
+        goto error;
+    /* the event type and the status */
+    if (PyUnicode_IS_ASCII(msgid)) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(msgid);
+        const unsigned char *s = PyUnicode_1BYTE_DATA(msgid);
+        Py_ssize_t k = 0;
+        while (k < n && !(s[k] >= 'A' && s[k] <= 'Z'))
+            k++;
+        if (k == n)
+            ev_type = Py_NewRef(msgid);
+        else {
+            ev_type = PyUnicode_New(n, 127);
+            if (!ev_type)
+                goto error;
+            unsigned char *d = PyUnicode_1BYTE_DATA(ev_type);
+            for (k = 0; k < n; k++)
+                d[k] = (s[k] >= 'A' && s[k] <= 'Z') ? s[k] + 32 : s[k];
+        }
+    } else if (!(ev_type = PyObject_CallMethod(msgid, "lower", NULL)))
+        goto error;
+    if (status) {
+        PyObject *hit = PyDict_GetItemWithError(rx_status_cache, status);
+        if (hit)
+            cstatus = Py_NewRef(hit);
+        else if (PyErr_Occurred() || !(cstatus = PyObject_CallOneArg(rx_canonical_status, status)))
+            goto error;
+    }
+    if (cstatus == NULL || cstatus == Py_None) {   /* none, or a blank one: from the event type */
+        Py_CLEAR(cstatus);
+        PyObject *hit = PyDict_GetItemWithError(rx_status_from_event, ev_type);
+        if (!hit && PyErr_Occurred())
+            goto error;
+        cstatus = Py_NewRef(hit ? hit : Py_None);
+    }
+    /* extra: actor, entity, the counts (the body holds none of them) */
+    if (!(extra = PyDict_New()))
+        goto error;
+    if ((actor && PyDict_SetItem(extra, k_actor, actor) < 0) || (entity && PyDict_SetItem(extra, k_entity, entity) < 0))
+        goto error;
+    PyObject *count_keys[3] = {k_alarm, k_sigma, k_threat};
+    for (int k = 0; k < 3; k++) {
+        if (counts[k] >= 0) {
+            PyObject *n = PyLong_FromLong(counts[k]);
+            if (!n || PyDict_SetItem(extra, count_keys[k], n) < 0) {
+                Py_XDECREF(n);
+                goto error;
+            }
+            Py_DECREF(n);
+        }
+    }
+    /* the texts */
+    if (!(dedup = PyUnicode_FromFormat("%U:%U", rx_dedup_prefix, inc_id)))
+        goto error;
+    PyObject *idtxt = PyUnicode_GET_LENGTH(inc_id) ? inc_id : NULL;
+    int actor_true = actor && PyUnicode_GET_LENGTH(actor);
+    if (actor_true)
+        name = idtxt ? PyUnicode_FromFormat("RhythmX incident %U: %U", idtxt, actor)
+                     : PyUnicode_FromFormat("RhythmX incident ?: %U", actor);
+    else
+        name = idtxt ? PyUnicode_FromFormat("RhythmX incident %U", idtxt) : PyUnicode_FromString("RhythmX incident ?");
+    if (!name)
+        goto error;
+    {
+        char c0[24], c1[24], c2[24];
+        char *cs[3] = {c0, c1, c2};
+        for (int k = 0; k < 3; k++) {
+            if (counts[k] >= 0)
+                snprintf(cs[k], 24, "%ld", counts[k]);
+            else
+                strcpy(cs[k], "?");
+        }
+        PyObject *et = PyUnicode_GET_LENGTH(ev_type) ? Py_NewRef(ev_type) : PyUnicode_FromString("event");
+        PyObject *ac = actor_true ? Py_NewRef(actor) : PyUnicode_FromString("unknown actor");
+        PyObject *en = (entity && PyUnicode_GET_LENGTH(entity)) ? Py_NewRef(entity) : PyUnicode_FromString("unknown entity");
+        if (et && ac && en)
+            descr = PyUnicode_FromFormat("SigmaIncident %U for %U at %U: risk score %ld, %s alarms, %s sigma alerts, "
+                                         "%s threat cases", et, ac, en, score, c0, c1, c2);
+        Py_XDECREF(et);
+        Py_XDECREF(ac);
+        Py_XDECREF(en);
+        if (!descr)
+            goto error;
+    }
+    /* the canonical dict: a copy of the template, in its key order */
+    const char *band = score >= 60 ? (score >= 80 ? "c" : "h") : score >= 40 ? "m" : score >= 20 ? "l" : "i";
+    PyObject *sev = band[0] == 'c' ? sev_names[4] : band[0] == 'h' ? sev_names[3] : band[0] == 'm' ? sev_names[2]
+                    : band[0] == 'l' ? sev_names[1] : sev_names[0];
+    if (!(fields = PyDict_Copy(rx_template)) || !(score_o = PyLong_FromLong(score)))
+        goto error;
+    if (PyDict_SetItem(fields, k_id, inc_id) < 0 || PyDict_SetItem(fields, k_dedup, dedup) < 0
+        || PyDict_SetItem(fields, k_event, ev_type) < 0 || PyDict_SetItem(fields, k_name, name) < 0
+        || PyDict_SetItem(fields, k_description, descr) < 0 || PyDict_SetItem(fields, k_risk_score, score_o) < 0
+        || PyDict_SetItem(fields, k_severity, sev) < 0 || PyDict_SetItem(fields, k_status, cstatus) < 0
+        || PyDict_SetItem(fields, k_occurred, ts) < 0 || PyDict_SetItem(fields, k_occurred_unix, unix_) < 0
+        || (actor && PyDict_SetItem(fields, k_user, actor) < 0) || PyDict_SetItem(fields, k_extra, extra) < 0)
+        goto error;
+    Py_XSETREF(SLOT(ev, S_BODY), Py_NewRef(body));
+    Py_XSETREF(SLOT(ev, S_FIELDS), Py_NewRef(fields));
+    rc = 1;
+    goto out;
+error:
+    rc = -1;
+out:
+    Py_DECREF(body);
+    Py_XDECREF(ev_type);
+    Py_XDECREF(cstatus);
+    Py_XDECREF(fields);
+    Py_XDECREF(extra);
+    Py_XDECREF(dedup);
+    Py_XDECREF(name);
+    Py_XDECREF(descr);
+    Py_XDECREF(score_o);
+    return rc;
+}
+
+static PyObject *py_rx_normalise(PyObject *self, PyObject *ev)
+{
+    if (!rx_ready || !event_type)
+        return PyErr_Format(PyExc_RuntimeError, "configure() and rx_configure() first");
+    if (!Py_IS_TYPE(ev, event_type))
+        Py_RETURN_FALSE;
+    int r = rx_normalise_impl(ev);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Event, format_value): once, before parsing"},
     {"parse_one", py_parse_one, METH_O, "parse_one(raw) -> Event, or None when the frame is not covered"},
     {"parse_items", py_parse_items, METH_VARARGS,
      "parse_items(items, received, source, fallback) -> [Event]: see the module comment"},
+    {"rx_configure", rx_configure, METH_O, "rx_configure(dict): parsers.rhythmx's names and tables, once"},
+    {"rx_normalise", py_rx_normalise, METH_O,
+     "rx_normalise(ev) -> bool: parsers.rhythmx.normalise(ev) for the covered shape, else False (untouched)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {

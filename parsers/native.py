@@ -8,6 +8,11 @@ slot, either way (``tests/test_native.py`` compares both paths on the vectors, t
 corpus, generated messages and the benchmark's traffic).  Lenient sources always take the
 Python path.
 
+:func:`rx_normalise` (``None`` on the pure path) is :func:`parsers.rhythmx.normalise` under
+the default config for the common SigmaIncident shape (``_speedups.c`` lists it): it fills the
+event and returns True, or returns False with the event untouched, and the Python normaliser
+does it (:func:`parsers.normalise.normalise` calls it first).
+
 ``RELAY_PURE=1`` in the environment (read once, at import) keeps the extension out: the pure
 Python path runs, as on a machine where it was not built.  :data:`ACTIVE` says which path
 runs, :data:`WHY` why that one (``relay version`` prints both).
@@ -19,7 +24,8 @@ import os
 from . import detect
 from .event import FORMAT_RFC5424, Event
 
-__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "load_native"]
+__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "load_native",
+           "load_native_rx"]
 
 _detect_parse = detect.parse
 
@@ -38,9 +44,28 @@ def _import():
         return None, f"the accelerator is not built ({e})"
     try:
         _speedups.configure(Event, FORMAT_RFC5424)
-    except (TypeError, AttributeError) as e:   # Event changed without the C code: never half-use it
+        _rx_configure(_speedups)
+    except (TypeError, AttributeError, KeyError) as e:   # Event changed without the C code: never half-use it
         return None, f"the accelerator does not match parsers.event.Event ({e})"
     return _speedups, f"parsers._speedups ({os.path.basename(_speedups.__file__)})"
+
+
+def _rx_configure(mod) -> None:
+    """Hand parsers.rhythmx's own names, tables and caches to the C normaliser (one copy of
+    the data for both paths)."""
+    from . import rhythmx, schema
+    cfg = rhythmx.DEFAULT_CONFIG
+    # body keys the C path takes: canonical ones it can ignore for the shape it covers
+    body_ok = frozenset(("incident_id", "risk_score", "event", "timestamp", "created_at"))
+    assert body_ok <= rhythmx._BODY_CANONICAL and body_ok.isdisjoint(rhythmx._B_SECTIONS)
+    ctx = {name: getattr(cfg, name) for name in (
+        "sd_id", "id_param", "risk_param", "status_param", "actor_param", "actor_type_param", "entity_param",
+        "alarm_count_param", "sigma_alert_count_param", "threat_case_count_param", "related_param",
+        "dedup_prefix")}
+    ctx.update(used=rhythmx._DEFAULT_USED, small_int=rhythmx._SMALL_INT, status_cache=schema._STATUS_CACHE,
+               status_from_event=rhythmx._STATUS_FROM_EVENT, canonical_status=rhythmx.canonical_status,
+               loads=rhythmx._loads, template=rhythmx._DEFAULT_TEMPLATE, body_ok=body_ok)
+    mod.rx_configure(ctx)
 
 
 def _native_path(mod):
@@ -68,6 +93,14 @@ def load_native():
     return _native_path(mod), mod.parse_one
 
 
+def load_native_rx():
+    """-> the extension's ``rx_normalise`` whatever RELAY_PURE says (tests), or raise ImportError."""
+    mod, why = _import()
+    if mod is None:
+        raise ImportError(why)
+    return mod.rx_normalise
+
+
 if os.environ.get("RELAY_PURE", "") not in ("", "0"):
     _native, WHY = None, "RELAY_PURE is set"
 else:
@@ -76,8 +109,10 @@ else:
 ACTIVE = _native is not None
 if _native is not None:
     parse_items = _native_path(_native)
+    rx_normalise = _native.rx_normalise
 else:
     parse_items = parse_items_pure
+    rx_normalise = None
 
 
 def _same(a, b) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from . import cefleef, falcon, rhythmx
 from .event import FORMAT_RAW, Event
+from .native import rx_normalise as _rx_fast
 from .schema import log_fields
 
 __all__ = ["normalise", "generic_fields"]
@@ -34,7 +35,12 @@ def normalise(ev: Event, rhythmx_config: rhythmx.RhythmxConfig | None = None) ->
     the generic mapping is used)."""
     if ev.format != FORMAT_RAW:
         try:
-            if (rhythmx_config is None and ev.app_name == _RX_APP) or rhythmx.matches(ev, rhythmx_config):
+            if rhythmx_config is None and ev.app_name == _RX_APP:
+                # the native accelerator's common shape first (parsers/native.py), same result
+                if _rx_fast is None or not _rx_fast(ev):
+                    rhythmx.normalise(ev)
+                return ev
+            if rhythmx.matches(ev, rhythmx_config):
                 return rhythmx.normalise(ev, rhythmx_config)
             wire = cefleef.wire_format(ev.msg)
             if wire is not None:

@@ -380,3 +380,112 @@ def test_detect_is_the_reference():
     got = native.parse_items_pure(items, False, RECEIVED, "s")
     want = [detect.parse(r, received=RECEIVED, peer=p, source="s") for r, p in items]
     assert all(not native.differences(a, b) for a, b in zip(got, want))
+
+
+# ----------------------------------------------------------------------------- the normaliser
+try:
+    rx_native = native.load_native_rx()
+except ImportError:
+    rx_native = None
+
+_RX_NAMES = ("id", "risk_score", "status", "actor", "actor_type", "entity", "alarm_count", "sigma_alert_count",
+             "threat_case_count", "related_case_ids", "severity", "other")
+_RX_VALUES = ("", "0", "7", "77", "100", "101", "999", "1000", "0077", "-3", "1.5", "x", "INC-1", "INC-2",
+              "asmith", "10.0.0.1", "::1", "3com", "a:b", "OPEN", "Open", "In Progress", " ", "closed",
+              "caf\u00e9", "a,b, c", "user", "host")
+_RX_BODY_KEYS = ("incident_id", "risk_score", "status", "event", "timestamp", "created_at", "title", "actor",
+                 "user", "mitre_tactics", "alarm_count", "extra_key", "risk_level")
+_RX_BODY_VALUES = (None, 0, 77, 101, -5, True, 1.5, "INC-1", "INC-2", "77", "open", "OPEN", "",
+                   "2026-03-13T04:00:00.001Z", [], ["TA0001"], {"k": 1})
+
+
+def _rx_message(rng: random.Random) -> bytes:
+    """A SigmaIncident message of the common shape with 0-3 things changed at random (a param
+    dropped, added or given an odd value, the body changed, another time or MSGID...)."""
+    params = {"id": "INC-1", "actor": rng.choice(("asmith", "jdoe", "")), "entity": "DR Site", "status": "OPEN",
+              "risk_score": rng.choice(("12", "45", "65", "77", "85", "100")), "alarm_count": "2",
+              "sigma_alert_count": "1", "threat_case_count": "0"}
+    body = {"incident_id": "INC-1", "risk_score": int(params["risk_score"])}
+    st_ = {"ts": "2026-03-13T04:00:00.001Z", "msgid": "created", "app": "SigmaIncident", "sd_id": "incident@32473",
+           "msg": None}
+
+    def change():
+        r = rng.randrange(9)
+        if r == 0:
+            params.pop(rng.choice(list(params) or ["id"]), None)
+        elif r in (1, 2):
+            params[rng.choice(_RX_NAMES)] = rng.choice(_RX_VALUES)
+        elif r == 3:
+            body.pop(rng.choice(list(body) or ["x"]), None)
+        elif r == 4:
+            body[rng.choice(_RX_BODY_KEYS)] = rng.choice(_RX_BODY_VALUES)
+        elif r == 5:
+            st_["ts"] = rng.choice(("2026-03-13T04:00:00Z", "2026-03-13T04:00:00.001234Z",
+                                    "2026-03-13T06:00:00.001+02:00", "-"))
+        elif r == 6:
+            st_["msgid"] = rng.choice(("Closed", "UPDATED", "reopened", "-", "x", "cr\u00e9\u00e9"))
+        elif r == 7:
+            st_["app"], st_["sd_id"] = rng.choice((("Other", "incident@32473"), ("SigmaIncident", "incident@99999"),
+                                                   ("SigmaIncident", "other@1")))
+        else:
+            st_["msg"] = rng.choice(("", " ", " {", ' {"a":', " [1]", " 7", " plain text",
+                                     ' {"incident_id":"INC-1"} x'))
+    for _ in range(rng.choice((0, 1, 1, 2, 3))):
+        change()
+    esc = lambda v: v.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")  # noqa: E731
+    sd = "[" + st_["sd_id"] + "".join(f' {k}="{esc(v)}"' for k, v in params.items()) + "]" if params else "-"
+    msg = st_["msg"] if st_["msg"] is not None else " " + json.dumps(body, separators=(",", ":"))
+    return f"<134>1 {st_['ts']} rx-01 {st_['app']} 1001 {st_['msgid']} {sd}{msg}".encode("utf-8")
+
+
+def _compare_rx(msgs: list[bytes]) -> int:
+    """The C normaliser against parsers.rhythmx.normalise on fresh Events of each message;
+    -> how many the C path covered.  Not covered must leave the event untouched."""
+    from parsers import rhythmx
+    covered = 0
+    for raw in msgs:
+        a = detect.parse(raw, received=RECEIVED, peer="10.0.0.9:514", source="src")
+        b = detect.parse(raw, received=RECEIVED, peer="10.0.0.9:514", source="src")
+        if rx_native(a):
+            covered += 1
+        else:
+            same = detect.parse(raw, received=RECEIVED, peer="10.0.0.9:514", source="src")
+            assert not native.differences(a, same), f"C changed an event it did not cover: {raw!r}"
+            rhythmx.normalise(a)
+        rhythmx.normalise(b)
+        d = native.differences(a, b)
+        assert not d, f"native and Python normalise differ on {raw!r}: {d}"
+    return covered
+
+
+@pytest.mark.skipif(rx_native is None, reason="the accelerator is not built")
+def test_normaliser_identical_on_traffic_vectors_and_near_misses():
+    traffic = [message(i, i % 10 < 3).rstrip("\n").encode() for i in range(3000)]
+    assert _compare_rx(traffic) == len(traffic)       # the benchmark's shape stays on the C path
+    vec = [m for name in ("rfc5424", "rfc3164", "cef", "leef") for m in _vectors(name)]
+    samples = [x for f in sorted((ROOT / "examples" / "samples").glob("*.log")) for x in f.read_bytes().splitlines()
+               if x]
+    base = traffic[:500] + _vectors("rfc5424")
+    _compare_rx(vec + samples + differential._hostile(random.Random(3), base, 3000))
+    rng = random.Random(19)
+    near = [_rx_message(rng) for _ in range(20000)]
+    covered = _compare_rx(near)
+    assert 0.2 * len(near) < covered < 0.8 * len(near), covered   # both paths exercised
+
+
+@pytest.mark.skipif(rx_native is None, reason="the accelerator is not built")
+@settings(max_examples=300, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_normaliser_identical_on_generated_messages(rng):
+    _compare_rx([_rx_message(rng) for _ in range(20)])
+
+
+@pytest.mark.skipif(rx_native is None, reason="the accelerator is not built")
+def test_normaliser_sees_the_same_status_cache():
+    """A status the cache has not seen goes through canonical_status (which caches it)."""
+    from parsers import schema
+    raw = b'<134>1 2026-03-13T04:00:00.001Z rx SigmaIncident 1 created [incident@32473 id="INC-9" ' \
+          b'risk_score="80" status="Never Seen-Before 42"] {"incident_id":"INC-9"}'
+    schema._STATUS_CACHE.pop("Never Seen-Before 42", None)
+    assert _compare_rx([raw]) == 1
+    assert schema._STATUS_CACHE["Never Seen-Before 42"] == "never_seen_before_42"
