@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import orjson
 
 from parsers.event import Event, text
+from parsers.native import leef_join as _leef_join
 from parsers.schema import SEVERITY_TO_CEF, SEVERITY_TO_LEEF, SEVERITY_TO_SYSLOG, severity_from_syslog
 
 from . import cef as _cef
@@ -270,30 +271,35 @@ class Renderer:
                     cat = str(cat)
                 first = f"cat={cat}{d}{first}"
                 nd += 1
-            parts = [first]
-            append = parts.append
-            for p, v in zip(common[0], map(get, common[1])):
-                if v is not None:
-                    if v.__class__ is str:
-                        if v:
-                            append(p + v)
-                    elif v.__class__ is int:
-                        append(p + str(v))
-                    elif v != "":
-                        append(p + _str(v))
             extra = get("extra")
-            if extra:
-                for p, v in zip(extra_keys[0], map(extra.get, extra_keys[1])):
+            # the native accelerator's loop for str/int/None values (parsers/native.py), same text
+            joined = _leef_join(first, d, f, common, extra, extra_keys) if _leef_join is not None else None
+            if joined is not None:
+                body, n = joined
+            else:
+                parts = [first]
+                append = parts.append
+                for p, v in zip(common[0], map(get, common[1])):
                     if v is not None:
                         if v.__class__ is str:
                             if v:
                                 append(p + v)
                         elif v.__class__ is int:
                             append(p + str(v))
-                        elif v != "" and v != []:
+                        elif v != "":
                             append(p + _str(v))
-            body = d.join(parts)
-            n = len(parts) - 1
+                if extra:
+                    for p, v in zip(extra_keys[0], map(extra.get, extra_keys[1])):
+                        if v is not None:
+                            if v.__class__ is str:
+                                if v:
+                                    append(p + v)
+                            elif v.__class__ is int:
+                                append(p + str(v))
+                            elif v != "" and v != []:
+                                append(p + _str(v))
+                body = d.join(parts)
+                n = len(parts) - 1
             triage = get("triage")
             if triage is not None and isinstance(triage, dict):
                 for k in ("score", "severity", "owner", "mode"):

@@ -771,11 +771,101 @@ static PyObject *py_rx_normalise(PyObject *self, PyObject *ev)
     return PyBool_FromLong(r);
 }
 
+
+/* ------------------------------------------------------------------------------------------
+ * leef_join(first, d, f, common, extra, extra_keys) -> (body, n) | None: the pairs loop of
+ * formats.render.Renderer._leef_fast.  common and extra_keys are its plan's tables
+ * ((prefixes "key=", ...), (field names, ...)); f the canonical fields (a dict), extra
+ * f["extra"].  The body is first, then d + prefix + value for each field of common read from
+ * f, then for each of extra_keys read from extra when extra is a non-empty dict: a str value
+ * when not empty, an int (not bool) as str(), None skipped; n the number of pairs added.
+ * Any other value (or f not a dict, extra truthy but not a dict) -> None: the Python loop runs.
+ * ------------------------------------------------------------------------------------------ */
+static int lj_add(_PyUnicodeWriter *w, PyObject *d, PyObject *prefix, PyObject *v, Py_ssize_t *n)
+{
+    if (v == NULL || v == Py_None)
+        return 0;
+    if (PyUnicode_CheckExact(v)) {
+        if (PyUnicode_GET_LENGTH(v) == 0)
+            return 0;
+        if (_PyUnicodeWriter_WriteStr(w, d) < 0 || _PyUnicodeWriter_WriteStr(w, prefix) < 0
+            || _PyUnicodeWriter_WriteStr(w, v) < 0)
+            return -1;
+    } else if (PyLong_CheckExact(v)) {
+        PyObject *t = PyObject_Str(v);
+        if (!t)
+            return -1;
+        int r = (_PyUnicodeWriter_WriteStr(w, d) < 0 || _PyUnicodeWriter_WriteStr(w, prefix) < 0
+                 || _PyUnicodeWriter_WriteStr(w, t) < 0) ? -1 : 0;
+        Py_DECREF(t);
+        if (r < 0)
+            return -1;
+    } else
+        return 1;       /* not covered */
+    (*n)++;
+    return 0;
+}
+
+static PyObject *py_leef_join(PyObject *self, PyObject *args)
+{
+    PyObject *first, *d, *f, *common, *extra, *extra_keys;
+    if (!PyArg_ParseTuple(args, "UUOO!OO!", &first, &d, &f, &PyTuple_Type, &common, &extra, &PyTuple_Type,
+                          &extra_keys))
+        return NULL;
+    if (!PyDict_CheckExact(f) || PyTuple_GET_SIZE(common) != 2 || PyTuple_GET_SIZE(extra_keys) != 2)
+        Py_RETURN_NONE;
+    int use_extra = PyObject_IsTrue(extra);
+    if (use_extra < 0)
+        return NULL;
+    if (use_extra && !PyDict_CheckExact(extra))
+        Py_RETURN_NONE;
+    PyObject *tabs[2][2] = {{PyTuple_GET_ITEM(common, 0), PyTuple_GET_ITEM(common, 1)},
+                            {PyTuple_GET_ITEM(extra_keys, 0), PyTuple_GET_ITEM(extra_keys, 1)}};
+    PyObject *srcs[2] = {f, extra};
+    _PyUnicodeWriter w;
+    _PyUnicodeWriter_Init(&w);
+    w.overallocate = 1;
+    Py_ssize_t n = 0;
+    if (_PyUnicodeWriter_WriteStr(&w, first) < 0)
+        goto error;
+    for (int t = 0; t < 1 + use_extra; t++) {
+        PyObject *prefixes = tabs[t][0], *names = tabs[t][1];
+        if (!PyTuple_Check(prefixes) || !PyTuple_Check(names) || PyTuple_GET_SIZE(prefixes) != PyTuple_GET_SIZE(names))
+            goto uncovered;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
+            PyObject *v = PyDict_GetItemWithError(srcs[t], PyTuple_GET_ITEM(names, k));
+            if (!v && PyErr_Occurred())
+                goto error;
+            PyObject *prefix = PyTuple_GET_ITEM(prefixes, k);
+            if (!PyUnicode_CheckExact(prefix))
+                goto uncovered;
+            int r = lj_add(&w, d, prefix, v, &n);
+            if (r < 0)
+                goto error;
+            if (r > 0)
+                goto uncovered;
+        }
+    }
+    PyObject *body = _PyUnicodeWriter_Finish(&w);
+    if (!body)
+        return NULL;
+    PyObject *out = Py_BuildValue("(Nn)", body, n);
+    return out;
+uncovered:
+    _PyUnicodeWriter_Dealloc(&w);
+    Py_RETURN_NONE;
+error:
+    _PyUnicodeWriter_Dealloc(&w);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Event, format_value): once, before parsing"},
     {"parse_one", py_parse_one, METH_O, "parse_one(raw) -> Event, or None when the frame is not covered"},
     {"parse_items", py_parse_items, METH_VARARGS,
      "parse_items(items, received, source, fallback) -> [Event]: see the module comment"},
+    {"leef_join", py_leef_join, METH_VARARGS,
+     "leef_join(first, d, f, common, extra, extra_keys) -> (body, n) or None: formats.render's LEEF pairs"},
     {"rx_configure", rx_configure, METH_O, "rx_configure(dict): parsers.rhythmx's names and tables, once"},
     {"rx_normalise", py_rx_normalise, METH_O,
      "rx_normalise(ev) -> bool: parsers.rhythmx.normalise(ev) for the covered shape, else False (untouched)"},

@@ -13,6 +13,10 @@ the default config for the common SigmaIncident shape (``_speedups.c`` lists it)
 event and returns True, or returns False with the event untouched, and the Python normaliser
 does it (:func:`parsers.normalise.normalise` calls it first).
 
+:func:`leef_join` (``None`` on the pure path) is the key=value loop of
+:meth:`formats.render.Renderer._leef_fast` for fields whose values are str, int or None (it
+returns None for anything else, and the Python loop runs).
+
 ``RELAY_PURE=1`` in the environment (read once, at import) keeps the extension out: the pure
 Python path runs, as on a machine where it was not built.  :data:`ACTIVE` says which path
 runs, :data:`WHY` why that one (``relay version`` prints both).
@@ -24,8 +28,8 @@ import os
 from . import detect
 from .event import FORMAT_RFC5424, Event
 
-__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "load_native",
-           "load_native_rx"]
+__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "load_native",
+           "load_module"]
 
 _detect_parse = detect.parse
 
@@ -93,12 +97,13 @@ def load_native():
     return _native_path(mod), mod.parse_one
 
 
-def load_native_rx():
-    """-> the extension's ``rx_normalise`` whatever RELAY_PURE says (tests), or raise ImportError."""
+def load_module():
+    """-> the configured extension module whatever RELAY_PURE says (tests: ``rx_normalise``,
+    ``leef_join``), or raise ImportError saying why not."""
     mod, why = _import()
     if mod is None:
         raise ImportError(why)
-    return mod.rx_normalise
+    return mod
 
 
 if os.environ.get("RELAY_PURE", "") not in ("", "0"):
@@ -110,9 +115,11 @@ ACTIVE = _native is not None
 if _native is not None:
     parse_items = _native_path(_native)
     rx_normalise = _native.rx_normalise
+    leef_join = _native.leef_join
 else:
     parse_items = parse_items_pure
     rx_normalise = None
+    leef_join = None
 
 
 def _same(a, b) -> bool:

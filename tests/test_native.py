@@ -384,7 +384,7 @@ def test_detect_is_the_reference():
 
 # ----------------------------------------------------------------------------- the normaliser
 try:
-    rx_native = native.load_native_rx()
+    rx_native = native.load_module().rx_normalise
 except ImportError:
     rx_native = None
 
@@ -489,3 +489,71 @@ def test_normaliser_sees_the_same_status_cache():
     schema._STATUS_CACHE.pop("Never Seen-Before 42", None)
     assert _compare_rx([raw]) == 1
     assert schema._STATUS_CACHE["Never Seen-Before 42"] == "never_seen_before_42"
+
+
+# ----------------------------------------------------------------------------- LEEF rendering
+_ODD_VALUES = (None, "", "x", "caf\u00e9", "a^b", "a\nb", "a\tb", 0, -7, 2**70, True, False, 1.5, [], ["a", "b"],
+               [1, None], {"k": "v"}, ("t",), "=", "\\")
+
+
+def _render_both(evs: list, fmt: str, **opts) -> int:
+    """LEEF of each event with the native join and with the Python loop; -> how many events
+    the native join took.  Bytes, notes and sanitising counts must be the same."""
+    import copy
+
+    from formats import render
+    joined = 0
+    real = native.load_module().leef_join
+
+    def counting(*a):
+        nonlocal joined
+        r = real(*a)
+        joined += r is not None
+        return r
+    saved = render._leef_join
+    try:
+        for ev in evs:
+            outs = []
+            for fn in (counting, None):
+                render._leef_join = fn
+                e = Event.__new__(Event)          # a copy: the render may add notes
+                for slot in Event.__slots__:
+                    setattr(e, slot, getattr(ev, slot))
+                e.fields, e.notes = copy.deepcopy(ev.fields), list(ev.notes) if ev.notes else ev.notes
+                r = render.Renderer(render.RenderOptions(format=fmt, **opts))
+                try:
+                    out = r.render(e)
+                except Exception as x:          # the same error both ways
+                    out = f"{type(x).__name__}: {x}"
+                outs.append((out, e.notes, r.sanitised))
+            assert outs[0] == outs[1], f"native and Python LEEF differ on {ev.fields!r}: {outs}"
+    finally:
+        render._leef_join = saved
+    return joined
+
+
+@pytest.mark.skipif(rx_native is None, reason="the accelerator is not built")
+def test_leef_identical_on_normalised_traffic_and_odd_fields():
+    from parsers.normalise import normalise
+    raws = [message(i, True).rstrip("\n").encode() for i in range(300)]
+    raws += [x for f in sorted((ROOT / "examples" / "samples").glob("*.log")) for x in f.read_bytes().splitlines() if x]
+    raws += _vectors("rfc5424")[:300] + _vectors("cef")[:100] + _vectors("leef")[:100]
+    rng = random.Random(7)
+    raws += [_rx_message(rng) for _ in range(300)]
+    evs = [normalise(detect.parse(r, received=RECEIVED, peer="10.0.0.9:514", source="s")) for r in raws]
+    # odd field values: every type the Python loop knows, in common fields and in extra
+    from formats.vendors import DEFAULT, LEEF_COMMON
+    for i in range(600):
+        ev = normalise(detect.parse(raws[i % 300], received=RECEIVED, peer="10.0.0.9:514", source="s"))
+        f = ev.fields
+        for _ in range(rng.choice((1, 2, 3))):
+            if rng.random() < 0.5:
+                f[rng.choice(LEEF_COMMON)[0]] = rng.choice(_ODD_VALUES)
+            elif rng.random() < 0.8 and isinstance(f.get("extra"), dict):
+                f["extra"][rng.choice(DEFAULT.leef_extra)[0]] = rng.choice(_ODD_VALUES)
+            else:
+                f["extra"] = rng.choice((None, {}, [], "x", {"actor": "a"}))
+        evs.append(ev)
+    for fmt, opts in (("leef", {}), ("leef1", {}), ("leef", {"leef_delimiter": "~"})):
+        joined = _render_both(evs, fmt, **opts)
+        assert joined > len(evs) // 2, (fmt, joined)
