@@ -355,6 +355,74 @@ def test_udp_drain_reads_everything_queued_in_one_wakeup():
     run(main())
 
 
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_udp_batch_receive_matches_one_datagram_per_call(family):
+    """recvmmsg (relay._recvmmsg, the default when built) and recvfrom_into (RELAY_PURE=1)
+    deliver the same messages, peers and drop counts for the same datagrams: trailing LF and
+    NUL, empty, exactly max_message_size, max + LF, oversize (truncated and dropped), and
+    senders outside the allowlist; more datagrams than one recvmmsg call reads."""
+    from relay.sources import udp
+    if udp._recvmmsg is None:
+        pytest.skip("relay._recvmmsg is not built (or RELAY_PURE is set)")
+    host = LOOP if family == socket.AF_INET else "::1"
+    mx = 64
+    grams = [b"<13>plain", b"<13>lf\n", b"<13>nul\x00", b"", b"\n", b"x" * mx, b"y" * mx + b"\n",
+             b"z" * (mx + 1), b"w" * (mx + 7)] + [b"<13>n%d" % i for i in range(udp.MMSG_COUNT * 2 + 3)]
+
+    async def once(batch: bool, oversize: str):
+        p = FakePipeline()
+        allow = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")]
+        src = UdpSource(cfg("udp", address=(host, 0), max_message_size=mx, oversize=oversize, allow=allow), p)
+        src.batch_receive = batch
+        await src.start()
+        c = udp_client(family, host)
+        other = udp_client(socket.AF_INET, "127.0.0.2") if family == socket.AF_INET else None
+        try:
+            for g in grams:
+                c.sendto(g, src.bound_address)
+                if other is not None and len(g) % 5 == 0:
+                    other.sendto(g, src.bound_address)
+            want = len(grams) + (sum(len(g) % 5 == 0 for g in grams) if other is not None else 0)
+            await until(lambda: metric(src, "relay_received_total") == want, what=f"{want} datagrams")
+            drops = {r: dropped(src, r) for r in ("allowlist", "empty", "oversize", "oversize_truncated")}
+            return [(m, peer.rsplit(":", 1)[0]) for m, peer in p.items], drops
+        finally:
+            c.close()
+            if other is not None:
+                other.close()
+            await src.stop(1)
+
+    for oversize in ("truncate", "drop"):
+        got = run(once(True, oversize))
+        want = run(once(False, oversize))
+        assert got == want
+        assert got[1]["empty"] == 2 and got[1]["oversize" if oversize == "drop" else "oversize_truncated"] == 2
+        assert (got[1]["allowlist"] > 0) == (family == socket.AF_INET)
+        assert [m for m, _ in got[0][:5]] == [b"<13>plain", b"<13>lf", b"<13>nul", b"x" * mx, b"y" * mx]
+
+
+def test_udp_sockaddr_is_the_socket_modules_tuple():
+    from relay.sources import udp
+    if udp._recvmmsg is None:
+        pytest.skip("relay._recvmmsg is not built (or RELAY_PURE is set)")
+    for family, host in ((socket.AF_INET, LOOP), (socket.AF_INET6, "::1")):
+        r = socket.socket(family, socket.SOCK_DGRAM)
+        r.bind((host, 0))
+        c = udp_client(family, host)
+        try:
+            c.sendto(b"a", r.getsockname())
+            c.sendto(b"b", r.getsockname())
+            (n, data, raw), = udp._recvmmsg.recvmmsg(r.fileno(), 1, 16)
+            assert (n, data) == (1, b"a")
+            _, addr = r.recvfrom(16)
+            assert udp._recvmmsg.sockaddr(raw) == addr == c.getsockname()
+            with pytest.raises(BlockingIOError):
+                udp._recvmmsg.recvmmsg(r.fileno(), 4, 16)
+        finally:
+            r.close()
+            c.close()
+
+
 def test_udp_burst_from_thread_no_loss():
     n = 20_000
 
