@@ -859,11 +859,67 @@ error:
     return NULL;
 }
 
+
+/* ------------------------------------------------------------------------------------------
+ * lf_frames(buf, pos, out, max_frame, trailer, nul) -> new pos: the non-transparent frames of
+ * parsers.framing.Deframer._run outside octet context, while they are simple: at pos a '<'
+ * (blank bytes SP TAB CR LF NUL before it skipped), a trailer (``trailer``, or NUL when
+ * ``nul``) in buf, and at most max_frame bytes once a CR before an LF is stripped.  Each such
+ * frame is appended to out (bytes) and pos moves past its trailer; the first position that is
+ * anything else is returned (n when buf is used up), and the Python loop goes on from there.
+ * ------------------------------------------------------------------------------------------ */
+static PyObject *py_lf_frames(PyObject *self, PyObject *args)
+{
+    PyObject *buf, *out;
+    Py_ssize_t pos, mf;
+    int tb, nul;
+    if (!PyArg_ParseTuple(args, "SnO!nip", &buf, &pos, &PyList_Type, &out, &mf, &tb, &nul))
+        return NULL;
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(buf);
+    Py_ssize_t n = PyBytes_GET_SIZE(buf);
+    if (pos < 0 || pos > n || (tb != '\n' && tb != 0))
+        return PyErr_Format(PyExc_ValueError, "bad position or trailer");
+    nul = nul && tb != 0;
+    while (pos < n) {
+        unsigned char c = b[pos];
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == 0) {
+            pos++;
+            continue;
+        }
+        if (c != '<')
+            break;
+        const unsigned char *t = memchr(b + pos, tb, n - pos);
+        Py_ssize_t e = t ? t - b : -1;
+        if (nul) {
+            const unsigned char *z = memchr(b + pos, 0, (e >= 0 ? e : n) - pos);
+            if (z)
+                e = z - b;
+        }
+        if (e < 0)
+            break;
+        Py_ssize_t end = e;
+        if (e > pos && b[e - 1] == '\r' && b[e] == '\n')
+            end = e - 1;
+        if (end - pos > mf)
+            break;
+        PyObject *f = PyBytes_FromStringAndSize((const char *)b + pos, end - pos);
+        if (!f || PyList_Append(out, f) < 0) {
+            Py_XDECREF(f);
+            return NULL;
+        }
+        Py_DECREF(f);
+        pos = e + 1;
+    }
+    return PyLong_FromSsize_t(pos);
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Event, format_value): once, before parsing"},
     {"parse_one", py_parse_one, METH_O, "parse_one(raw) -> Event, or None when the frame is not covered"},
     {"parse_items", py_parse_items, METH_VARARGS,
      "parse_items(items, received, source, fallback) -> [Event]: see the module comment"},
+    {"lf_frames", py_lf_frames, METH_VARARGS,
+     "lf_frames(buf, pos, out, max_frame, trailer, nul) -> pos: parsers.framing's simple LF frames"},
     {"leef_join", py_leef_join, METH_VARARGS,
      "leef_join(first, d, f, common, extra, extra_keys) -> (body, n) or None: formats.render's LEEF pairs"},
     {"rx_configure", rx_configure, METH_O, "rx_configure(dict): parsers.rhythmx's names and tables, once"},

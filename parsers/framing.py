@@ -72,6 +72,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .native import lf_frames as _lf_frames    # the native accelerator's simple-LF loop, or None
+
 __all__ = [
     "Deframer",
     "FrameProblem",
@@ -311,8 +313,17 @@ class Deframer:
         nz = buf.find(b"\0") if self._nul else -1
         octx = self._octx
         append = out.append
+        fast = _lf_frames
+        tbyte = tb[0]
+        nul = self._nul
         while pos < n:
             c = buf[pos]
+            if c == 60 and not octx and fast is not None:
+                # simple LF frames in C (same frames; parsers/native.py); the rest below
+                p2 = fast(buf, pos, out, mf, tbyte, nul)
+                if p2 != pos:
+                    pos = p2
+                    continue
             if c == 60:                                         # '<'
                 if octx:
                     ok = _pri_ok(buf, pos, n)

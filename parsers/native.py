@@ -15,7 +15,9 @@ does it (:func:`parsers.normalise.normalise` calls it first).
 
 :func:`leef_join` (``None`` on the pure path) is the key=value loop of
 :meth:`formats.render.Renderer._leef_fast` for fields whose values are str, int or None (it
-returns None for anything else, and the Python loop runs).
+returns None for anything else, and the Python loop runs).  :func:`lf_frames` (``None`` on the
+pure path) is :class:`parsers.framing.Deframer`'s loop over simple LF frames (``<`` first, trailer
+in the read, not oversize, outside octet context); the Python loop takes over at anything else.
 
 ``RELAY_PURE=1`` in the environment (read once, at import) keeps the extension out: the pure
 Python path runs, as on a machine where it was not built.  :data:`ACTIVE` says which path
@@ -28,7 +30,8 @@ import os
 from . import detect
 from .event import FORMAT_RFC5424, Event
 
-__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "load_native",
+__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "lf_frames",
+           "load_native",
            "load_module"]
 
 _detect_parse = detect.parse
@@ -116,10 +119,12 @@ if _native is not None:
     parse_items = _native_path(_native)
     rx_normalise = _native.rx_normalise
     leef_join = _native.leef_join
+    lf_frames = _native.lf_frames
 else:
     parse_items = parse_items_pure
     rx_normalise = None
     leef_join = None
+    lf_frames = None
 
 
 def _same(a, b) -> bool:

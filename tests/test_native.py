@@ -557,3 +557,69 @@ def test_leef_identical_on_normalised_traffic_and_odd_fields():
     for fmt, opts in (("leef", {}), ("leef1", {}), ("leef", {"leef_delimiter": "~"})):
         joined = _render_both(evs, fmt, **opts)
         assert joined > len(evs) // 2, (fmt, joined)
+
+
+# ----------------------------------------------------------------------------- deframing
+def _stream(rng: random.Random) -> bytes:
+    pieces = []
+    for _ in range(rng.randrange(1, 40)):
+        r = rng.randrange(14)
+        body = b"<%d>1 - h a - - - m%d" % (rng.randrange(200), rng.randrange(10**6)) + b"x" * rng.choice((0, 0, 5, 60))
+        if r < 5:
+            pieces.append(body + b"\n")
+        elif r == 5:
+            pieces.append(body + b"\r\n")
+        elif r == 6:
+            pieces.append(body + b"\0")
+        elif r == 7:
+            pieces.append(b"%d %s" % (len(body), body))
+        elif r == 8:
+            pieces.append(rng.choice((b" ", b"\t", b"\r\n", b"\n\n", b"\0")))
+        elif r == 9:
+            pieces.append(rng.choice((b"\x01junk\n", b"\x7f", b"007 <13>x", b"99999999999 a\n", b"12 <1")))
+        elif r == 10:
+            pieces.append(b"<13>" + b"L" * rng.choice((60, 64, 65, 70, 200)) + rng.choice((b"\n", b"\r\n", b"")))
+        elif r == 11:
+            pieces.append(b"plain line without pri\n")
+        elif r == 12:
+            pieces.append(body + b"\r\r\n")
+        else:
+            pieces.append(body[: rng.randrange(len(body))])
+    return b"".join(pieces)
+
+
+def _deframe(data: bytes, cuts: list, fast, **kw):
+    from parsers import framing
+    saved = framing._lf_frames
+    framing._lf_frames = fast
+    try:
+        d = framing.Deframer(**kw)
+        frames, problems = [], []
+        prev = 0
+        for c in cuts + [len(data)]:
+            frames += d.feed(data[prev:c])
+            problems += d.drain_problems()
+            prev = c
+        frames += ["close"] + d.close(partial=kw.get("max_frame", 0) % 2 == 1)
+        problems += d.drain_problems()
+        return frames, problems, dict(d.stats)
+    finally:
+        framing._lf_frames = saved
+
+
+@needs_native
+def test_deframer_identical_with_and_without_the_accelerator():
+    fast = native.load_module().lf_frames
+    rng = random.Random(11)
+    used = 0
+    for i in range(3000):
+        data = _stream(rng)
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.choice((0, 1, 3, 10))))) \
+            if len(data) > 1 else []
+        kw = {"max_frame": rng.choice((64, 65, 1000)), "oversize": rng.choice(("truncate", "drop")),
+              "trailer": rng.choice((b"\n", b"\n", b"\0")), "nul_trailer": rng.random() < 0.8}
+        got = _deframe(data, cuts, fast, **kw)
+        want = _deframe(data, cuts, None, **kw)
+        assert got == want, (data, cuts, kw)
+        used += len(got[0])
+    assert used > 20000
