@@ -455,6 +455,28 @@ def test_reload_on_change_and_broken_file_keeps_last_good(tmp_path, caplog):
     assert owner() == "fixed"
 
 
+def test_shorter_check_interval_applies_at_once(tmp_path):
+    """A config with check_interval = 3600 leaves the watcher asleep for an hour; adopting one
+    with 0.05 wakes it, so the new interval applies now (a phase-2 CI run once waited 5 s in
+    vain when an earlier test had set a long interval)."""
+    a = write(tmp_path / "a" / "lookups" / "assets.csv", "cidr,owner\n10.0.0.0/8,one\n")
+    build_enricher(config(tmp_path / "a", '[lookups]\ncheck_interval = 3600\n[lookups.a]\nkind = "asset"\n'
+                                          'file = "lookups/assets.csv"\n'))
+    time.sleep(0.1)                                        # the watcher is in its hour-long wait
+    b = write(tmp_path / "b" / "lookups" / "assets.csv", "cidr,owner\n10.0.0.0/8,old\n")
+    enrich = build_enricher(config(tmp_path / "b", '[lookups]\ncheck_interval = 0.05\n[lookups.a]\n'
+                                                   'kind = "asset"\nfile = "lookups/assets.csv"\n'))
+
+    def owner():
+        e = ev(dst_ip="10.1.1.1")
+        enrich(e)
+        return e.enrich.get("asset", {}).get("owner")
+    assert owner() == "old"
+    b.write_text("cidr,owner\n10.0.0.0/8,newer\n")
+    wait_until(lambda: owner() == "newer", 5.0, what="the watcher to load the changed file", interval=0.02)
+    assert a.exists()
+
+
 def test_reload_via_config_reload(tmp_path):
     """SIGHUP re-reads the config: a changed table is loaded then; a broken one keeps the last good."""
     f = write(tmp_path / "lookups" / "assets.csv", "cidr,owner\n10.0.0.0/8,one\n")

@@ -67,10 +67,15 @@ class _Runtime:
         self.interval = 1.0
         self.watcher: threading.Thread | None = None
         self.stopping = threading.Event()
+        self.kick = threading.Event()    # adopt(): a new table list or interval applies at once
         self.registered = False
 
     def _watch(self) -> None:
-        while not self.stopping.wait(self.interval):
+        while True:
+            self.kick.wait(self.interval)
+            if self.stopping.is_set():
+                return
+            self.kick.clear()
             for t in list(self.tables):
                 try:
                     t.check()
@@ -87,7 +92,10 @@ class _Runtime:
                         threading.Thread(target=obj.close, name="enrich-close", daemon=True).start()
                 cur.update(new)
             self.tables = list(tables)
+            changed = interval != self.interval
             self.interval = interval
+            if changed:      # a watcher asleep for the old interval (e.g. an hour) wakes up now
+                self.kick.set()
             if tables and (self.watcher is None or not self.watcher.is_alive()):
                 self.stopping.clear()
                 self.watcher = threading.Thread(target=self._watch, name="lookup-watcher", daemon=True)
@@ -103,6 +111,7 @@ class _Runtime:
 
     def close(self) -> None:
         self.stopping.set()
+        self.kick.set()
         with self.lock:
             objs = list(self.summary.values()) + list(self.http.values()) + list(self.audit.values())
             self.summary.clear()
