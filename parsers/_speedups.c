@@ -531,6 +531,48 @@ static long rx_small(PyObject *params, PyObject *name, int *absent)
     return PyLong_AsLong(n);
 }
 
+/* ASCII pieces of a new str: a literal, an ASCII str's bytes, or a count ("?" when < 0) */
+typedef struct { const char *p; Py_ssize_t n; } pc;
+#define PC_LIT(x, lit) ((x).p = (lit), (x).n = (Py_ssize_t)sizeof(lit) - 1)
+static inline void pc_obj(pc *x, PyObject *s)
+{
+    x->p = (const char *)PyUnicode_1BYTE_DATA(s);
+    x->n = PyUnicode_GET_LENGTH(s);
+}
+static void pc_num(pc *x, char *buf, long v)
+{
+    if (v < 0) {
+        x->p = "?";
+        x->n = 1;
+        return;
+    }
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (int k = 0; k < n; k++)
+        buf[k] = tmp[n - 1 - k];
+    x->p = buf;
+    x->n = n;
+}
+static PyObject *pc_join(const pc *ps, int k)
+{
+    Py_ssize_t t = 0;
+    for (int i = 0; i < k; i++)
+        t += ps[i].n;
+    PyObject *o = PyUnicode_New(t, 127);
+    if (!o)
+        return NULL;
+    char *d = (char *)PyUnicode_1BYTE_DATA(o);
+    for (int i = 0; i < k; i++) {
+        memcpy(d, ps[i].p, ps[i].n);
+        d += ps[i].n;
+    }
+    return o;
+}
+
 /* 1 done, 0 not covered (nothing changed), -1 error */
 static int rx_normalise_impl(PyObject *ev)
 {
@@ -694,38 +736,75 @@ static int rx_normalise_impl(PyObject *ev)
             Py_DECREF(n);
         }
     }
-    /* the texts */
-    if (!(dedup = PyUnicode_FromFormat("%U:%U", rx_dedup_prefix, inc_id)))
-        goto error;
-    PyObject *idtxt = PyUnicode_GET_LENGTH(inc_id) ? inc_id : NULL;
-    int actor_true = actor && PyUnicode_GET_LENGTH(actor);
-    if (actor_true)
-        name = idtxt ? PyUnicode_FromFormat("RhythmX incident %U: %U", idtxt, actor)
-                     : PyUnicode_FromFormat("RhythmX incident ?: %U", actor);
-    else
-        name = idtxt ? PyUnicode_FromFormat("RhythmX incident %U", idtxt) : PyUnicode_FromString("RhythmX incident ?");
-    if (!name)
-        goto error;
-    {
-        char c0[24], c1[24], c2[24];
-        char *cs[3] = {c0, c1, c2};
-        for (int k = 0; k < 3; k++) {
-            if (counts[k] >= 0)
-                snprintf(cs[k], 24, "%ld", counts[k]);
-            else
-                strcpy(cs[k], "?");
-        }
-        PyObject *et = PyUnicode_GET_LENGTH(ev_type) ? Py_NewRef(ev_type) : PyUnicode_FromString("event");
-        PyObject *ac = actor_true ? Py_NewRef(actor) : PyUnicode_FromString("unknown actor");
-        PyObject *en = (entity && PyUnicode_GET_LENGTH(entity)) ? Py_NewRef(entity) : PyUnicode_FromString("unknown entity");
-        if (et && ac && en)
-            descr = PyUnicode_FromFormat("SigmaIncident %U for %U at %U: risk score %ld, %s alarms, %s sigma alerts, "
-                                         "%s threat cases", et, ac, en, score, c0, c1, c2);
-        Py_XDECREF(et);
-        Py_XDECREF(ac);
-        Py_XDECREF(en);
-        if (!descr)
+    /* the texts: ASCII pieces copied into one new str each (every input is ASCII but, maybe,
+       the event type: then PyUnicode_FromFormat) */
+    if (PyUnicode_IS_ASCII(ev_type) && PyUnicode_IS_ASCII(rx_dedup_prefix)) {
+        pc ps[16];
+        char nb[4][24];
+        int k;
+        Py_ssize_t idlen = PyUnicode_GET_LENGTH(inc_id);
+        int actor_true = actor && PyUnicode_GET_LENGTH(actor);
+        k = 0;
+        pc_obj(&ps[k++], rx_dedup_prefix); PC_LIT(ps[k], ":"); k++; pc_obj(&ps[k++], inc_id);
+        if (!(dedup = pc_join(ps, k)))
             goto error;
+        k = 0;
+        PC_LIT(ps[k], "RhythmX incident "); k++;
+        if (idlen) pc_obj(&ps[k++], inc_id); else { PC_LIT(ps[k], "?"); k++; }
+        if (actor_true) { PC_LIT(ps[k], ": "); k++; pc_obj(&ps[k++], actor); }
+        if (!(name = pc_join(ps, k)))
+            goto error;
+        k = 0;
+        PC_LIT(ps[k], "SigmaIncident "); k++;
+        if (PyUnicode_GET_LENGTH(ev_type)) pc_obj(&ps[k++], ev_type); else { PC_LIT(ps[k], "event"); k++; }
+        PC_LIT(ps[k], " for "); k++;
+        if (actor_true) pc_obj(&ps[k++], actor); else { PC_LIT(ps[k], "unknown actor"); k++; }
+        PC_LIT(ps[k], " at "); k++;
+        if (entity && PyUnicode_GET_LENGTH(entity)) pc_obj(&ps[k++], entity); else { PC_LIT(ps[k], "unknown entity"); k++; }
+        PC_LIT(ps[k], ": risk score "); k++;
+        pc_num(&ps[k++], nb[0], score);
+        PC_LIT(ps[k], ", "); k++;
+        pc_num(&ps[k++], nb[1], counts[0]);
+        PC_LIT(ps[k], " alarms, "); k++;
+        pc_num(&ps[k++], nb[2], counts[1]);
+        PC_LIT(ps[k], " sigma alerts, "); k++;
+        pc_num(&ps[k++], nb[3], counts[2]);
+        PC_LIT(ps[k], " threat cases"); k++;
+        if (!(descr = pc_join(ps, k)))
+            goto error;
+    } else {
+        if (!(dedup = PyUnicode_FromFormat("%U:%U", rx_dedup_prefix, inc_id)))
+            goto error;
+        PyObject *idtxt = PyUnicode_GET_LENGTH(inc_id) ? inc_id : NULL;
+        int actor_true = actor && PyUnicode_GET_LENGTH(actor);
+        if (actor_true)
+            name = idtxt ? PyUnicode_FromFormat("RhythmX incident %U: %U", idtxt, actor)
+                         : PyUnicode_FromFormat("RhythmX incident ?: %U", actor);
+        else
+            name = idtxt ? PyUnicode_FromFormat("RhythmX incident %U", idtxt) : PyUnicode_FromString("RhythmX incident ?");
+        if (!name)
+            goto error;
+        {
+            char c0[24], c1[24], c2[24];
+            char *cs[3] = {c0, c1, c2};
+            for (int k = 0; k < 3; k++) {
+                if (counts[k] >= 0)
+                    snprintf(cs[k], 24, "%ld", counts[k]);
+                else
+                    strcpy(cs[k], "?");
+            }
+            PyObject *et = PyUnicode_GET_LENGTH(ev_type) ? Py_NewRef(ev_type) : PyUnicode_FromString("event");
+            PyObject *ac = actor_true ? Py_NewRef(actor) : PyUnicode_FromString("unknown actor");
+            PyObject *en = (entity && PyUnicode_GET_LENGTH(entity)) ? Py_NewRef(entity) : PyUnicode_FromString("unknown entity");
+            if (et && ac && en)
+                descr = PyUnicode_FromFormat("SigmaIncident %U for %U at %U: risk score %ld, %s alarms, %s sigma alerts, "
+                                             "%s threat cases", et, ac, en, score, c0, c1, c2);
+            Py_XDECREF(et);
+            Py_XDECREF(ac);
+            Py_XDECREF(en);
+            if (!descr)
+                goto error;
+        }
     }
     /* the canonical dict: a copy of the template, in its key order */
     const char *band = score >= 60 ? (score >= 80 ? "c" : "h") : score >= 40 ? "m" : score >= 20 ? "l" : "i";
