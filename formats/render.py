@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import orjson
 
 from parsers.event import Event, text
-from parsers.native import leef_join as _leef_join
+from parsers.native import leef_join as _leef_join, leef_line as _leef_line
 from parsers.schema import SEVERITY_TO_CEF, SEVERITY_TO_LEEF, SEVERITY_TO_SYSLOG, severity_from_syslog
 
 from . import cef as _cef
@@ -244,6 +244,12 @@ class Renderer:
             return self._leef(ev)
         if plan is None:
             return self._leef(ev, profile)
+        if _leef_line is not None:
+            # the native accelerator: the whole line when its header is cached (parsers/native.py)
+            line = _leef_line(ev, f, plan, self._lheads, profile, profile.event_id, self.o.hostname,
+                              self.o.app_name)
+            if line is not None:
+                return line
         d, sev_dt, sev_only, dt_tail, common, extra_keys, cat_field = plan
         try:
             s = f.get("severity")

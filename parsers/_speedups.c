@@ -33,6 +33,7 @@
 #include <structmember.h>
 #include <string.h>
 #include <stdlib.h>
+#include <math.h>
 
 enum { S_FORMAT, S_PRI, S_FACILITY, S_SEVERITY, S_VERSION, S_TIMESTAMP, S_TIME_UNIX, S_HOSTNAME,
        S_APP_NAME, S_PROCID, S_MSGID, S_SD, S_MSG, S_RAW, S_RECEIVED, S_PEER, S_SOURCE, S_ERROR,
@@ -992,6 +993,304 @@ static PyObject *py_lf_frames(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(pos);
 }
 
+
+/* ------------------------------------------------------------------------------------------
+ * leef_line(ev, f, plan, lheads, profile, event_id_field, hostname, app_name) -> bytes | None:
+ * formats.render.Renderer._leef_fast for the usual event, when its syslog/LEEF header is in
+ * the renderer's cache (lheads) with no sanitising: severity one of the bands, occurred_unix a
+ * float in years 1970-9999, cat and the values str (ASCII) / int / None, no triage, HOSTNAME
+ * from the sink or the event, every text ASCII without CR, LF, NUL or a stray delimiter.  It
+ * reads and changes nothing; None means the Python code does it all (and fills the cache).
+ * ------------------------------------------------------------------------------------------ */
+static PyObject *k_vendor_sev, *k_occ, *k_kind, *k_triage, *k_host, *k_product, *k_extra2, *k_event2, *s_original,
+    *s_syslog;
+
+/* a str that is ASCII (1), anything else (0) */
+static inline int is_ascii_str(PyObject *o) { return o && PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o); }
+static inline int truthy_str(PyObject *o) { return o && PyUnicode_CheckExact(o) && PyUnicode_GET_LENGTH(o) > 0; }
+
+static void civil_from_days(long long z, int *y, int *m, int *d)
+{
+    z += 719468;
+    const long long era = (z >= 0 ? z : z - 146096) / 146097;
+    const unsigned doe = (unsigned)(z - era * 146097);
+    const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    const long long yy = (long long)yoe + era * 400;
+    const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    const unsigned mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = (int)(yy + (*m <= 2));
+}
+
+static PyObject *py_leef_line(PyObject *self, PyObject *args)
+{
+    PyObject *ev, *f, *plan, *lheads, *profile, *eid_field, *hostopt, *appopt;
+    if (!PyArg_ParseTuple(args, "OO!O!O!OOUU", &ev, &PyDict_Type, &f, &PyTuple_Type, &plan, &PyDict_Type, &lheads,
+                          &profile, &eid_field, &hostopt, &appopt))
+        return NULL;
+    if (!event_type || !Py_IS_TYPE(ev, event_type) || PyTuple_GET_SIZE(plan) != 7)
+        Py_RETURN_NONE;
+#define K(var, text) do { if (!var && !(var = PyUnicode_InternFromString(text))) return NULL; } while (0)
+    K(k_vendor_sev, "severity"); K(k_occ, "occurred_unix"); K(k_kind, "kind"); K(k_triage, "triage");
+    K(k_host, "host"); K(k_product, "product"); K(k_extra2, "extra"); K(k_event2, "event");
+    K(s_original, "original"); K(s_syslog, "syslog");
+#undef K
+    PyObject *d = PyTuple_GET_ITEM(plan, 0), *sev_dt = PyTuple_GET_ITEM(plan, 1), *dt_tail = PyTuple_GET_ITEM(plan, 3),
+             *common = PyTuple_GET_ITEM(plan, 4), *extra_keys = PyTuple_GET_ITEM(plan, 5),
+             *cat_field = PyTuple_GET_ITEM(plan, 6);
+    if (!is_ascii_str(d) || PyUnicode_GET_LENGTH(d) != 1 || !PyDict_CheckExact(sev_dt) || !is_ascii_str(dt_tail)
+        || !PyTuple_Check(common) || !PyTuple_Check(extra_keys))
+        Py_RETURN_NONE;
+    char dch = (char)PyUnicode_1BYTE_DATA(d)[0];
+    /* severity band, time */
+    PyObject *band = PyDict_GetItemWithError(f, k_vendor_sev);
+    if (!band)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (!PyUnicode_CheckExact(band))
+        Py_RETURN_NONE;
+    PyObject *sevtxt = PyDict_GetItemWithError(sev_dt, band);
+    if (!sevtxt)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (!is_ascii_str(sevtxt))
+        Py_RETURN_NONE;
+    PyObject *epoch = PyDict_GetItemWithError(f, k_occ);
+    if (!epoch || !PyFloat_CheckExact(epoch))
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    double x = nearbyint(PyFloat_AS_DOUBLE(epoch) * 1000.0);
+    if (!(x >= 0.0 && x < 253402300800000.0))
+        Py_RETURN_NONE;
+    long long r = (long long)x, secs = r / 1000;
+    int ms = (int)(r % 1000), Y, M, D;
+    civil_from_days(secs / 86400, &Y, &M, &D);
+    int sod = (int)(secs % 86400);
+    char stamp[64];     /* "YYYY-MM-DDTHH:MM:SS.mmm" (years 1970-9999) */
+    {
+        int hh = sod / 3600, mi = sod / 60 % 60, ss = sod % 60;
+        char *q = stamp;
+        q[0] = (char)('0' + Y / 1000); q[1] = (char)('0' + Y / 100 % 10); q[2] = (char)('0' + Y / 10 % 10);
+        q[3] = (char)('0' + Y % 10); q[4] = '-'; q[5] = (char)('0' + M / 10); q[6] = (char)('0' + M % 10);
+        q[7] = '-'; q[8] = (char)('0' + D / 10); q[9] = (char)('0' + D % 10); q[10] = 'T';
+        q[11] = (char)('0' + hh / 10); q[12] = (char)('0' + hh % 10); q[13] = ':';
+        q[14] = (char)('0' + mi / 10); q[15] = (char)('0' + mi % 10); q[16] = ':';
+        q[17] = (char)('0' + ss / 10); q[18] = (char)('0' + ss % 10); q[19] = '.';
+        q[20] = (char)('0' + ms / 100); q[21] = (char)('0' + ms / 10 % 10); q[22] = (char)('0' + ms % 10);
+        q[23] = 0;
+    }
+    /* cat */
+    PyObject *cat = PyDict_GetItemWithError(f, cat_field);
+    if (!cat && PyErr_Occurred())
+        return NULL;
+    if (cat == Py_None)
+        cat = NULL;
+    if (cat && !is_ascii_str(cat))
+        Py_RETURN_NONE;
+    if (!cat || PyUnicode_GET_LENGTH(cat) == 0) {
+        cat = PyDict_GetItemWithError(f, k_kind);
+        if (!cat && PyErr_Occurred())
+            return NULL;
+        if (cat == Py_None)
+            cat = NULL;
+        if (cat && !PyUnicode_CheckExact(cat))
+            Py_RETURN_NONE;
+    }
+    PyObject *triage = PyDict_GetItemWithError(f, k_triage);
+    if (triage && triage != Py_None)
+        Py_RETURN_NONE;
+    if (!triage && PyErr_Occurred())
+        return NULL;
+    PyObject *extra = PyDict_GetItemWithError(f, k_extra2);
+    if (!extra) {
+        if (PyErr_Occurred())
+            return NULL;
+        extra = Py_None;
+    }
+    int use_extra = PyObject_IsTrue(extra);
+    if (use_extra < 0)
+        return NULL;
+    if (use_extra && !PyDict_CheckExact(extra))
+        Py_RETURN_NONE;
+    /* event id */
+    PyObject *e = NULL;
+    if (eid_field != Py_None && !PyUnicode_CheckExact(eid_field))
+        Py_RETURN_NONE;
+    if (use_extra && truthy_str(eid_field)) {
+        e = PyDict_GetItemWithError(extra, eid_field);
+        if (!e && PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *chain[2] = {k_event2, k_kind};
+    for (int k = 0; k < 2 && !(e && e != Py_None && (!PyUnicode_CheckExact(e) || PyUnicode_GET_LENGTH(e))); k++) {
+        e = PyDict_GetItemWithError(f, chain[k]);
+        if (!e && PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *event_id;
+    if (e && e != Py_None && (!PyUnicode_CheckExact(e) || PyUnicode_GET_LENGTH(e))) {
+        if (!is_ascii_str(e))
+            Py_RETURN_NONE;
+        event_id = e;
+    } else {
+        PyObject *mi = SLOT(ev, S_MSGID), *an = SLOT(ev, S_APP_NAME);
+        if ((mi && mi != Py_None && !PyUnicode_CheckExact(mi)) || (an && an != Py_None && !PyUnicode_CheckExact(an)))
+            Py_RETURN_NONE;
+        event_id = truthy_str(mi) ? mi : truthy_str(an) ? an : s_syslog;
+    }
+    /* host, app, msgid: the header cache key */
+    PyObject *host = hostopt;
+    if (PyUnicode_Compare(hostopt, s_original) == 0) {
+        PyObject *h = SLOT(ev, S_HOSTNAME);
+        if (h && h != Py_None && !PyUnicode_CheckExact(h))
+            Py_RETURN_NONE;
+        if (truthy_str(h))
+            host = h;
+        else {
+            h = PyDict_GetItemWithError(f, k_host);
+            if (!h && PyErr_Occurred())
+                return NULL;
+            if (!truthy_str(h))
+                Py_RETURN_NONE;      /* the peer's address: Python */
+            host = h;
+        }
+    } else if (PyErr_Occurred())
+        return NULL;
+    PyObject *app = SLOT(ev, S_APP_NAME);
+    if (app && app != Py_None && !PyUnicode_CheckExact(app))
+        Py_RETURN_NONE;
+    if (!truthy_str(app)) {
+        app = PyDict_GetItemWithError(f, k_product);
+        if (!app && PyErr_Occurred())
+            return NULL;
+        if (app && app != Py_None && !PyUnicode_CheckExact(app))
+            Py_RETURN_NONE;
+        if (!truthy_str(app))
+            app = appopt;
+    }
+    PyObject *msgid = PyDict_GetItemWithError(f, k_event2);
+    if (!msgid && PyErr_Occurred())
+        return NULL;
+    if (msgid && msgid != Py_None && !PyUnicode_CheckExact(msgid))
+        Py_RETURN_NONE;
+    if (!truthy_str(msgid)) {
+        msgid = SLOT(ev, S_MSGID);
+        if (msgid && msgid != Py_None && !PyUnicode_CheckExact(msgid))
+            Py_RETURN_NONE;
+    }
+    if (!msgid || !PyUnicode_CheckExact(msgid))
+        msgid = Py_None;
+    PyObject *fac = SLOT(ev, S_FACILITY);
+    PyObject *key = PyTuple_Pack(7, fac ? fac : Py_None, band, host, app, msgid, profile, event_id);
+    if (!key)
+        return NULL;
+    PyObject *hit = PyDict_GetItemWithError(lheads, key);
+    Py_DECREF(key);
+    if (!hit)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 3 || !PyLong_CheckExact(PyTuple_GET_ITEM(hit, 2))
+        || PyLong_AsLong(PyTuple_GET_ITEM(hit, 2)) != 0)
+        Py_RETURN_NONE;
+    PyObject *pre = PyTuple_GET_ITEM(hit, 0), *rest = PyTuple_GET_ITEM(hit, 1);
+    if (!is_ascii_str(pre) || !is_ascii_str(rest))
+        Py_RETURN_NONE;
+    /* the LEEF attributes: [cat=CAT d] sev=N d devTime=STAMP+0000 d devTimeFormat=... then the
+       pairs, ASCII, into a buffer (a longer line, or any non-ASCII text: Python) */
+    char buf[16384];
+    size_t len = 0;
+#define PUT(p_, n_) do { size_t n__ = (size_t)(n_); if (len + n__ > sizeof buf) Py_RETURN_NONE; \
+        memcpy(buf + len, (p_), n__); len += n__; } while (0)
+#define PUTS(o_) do { if (!PyUnicode_IS_ASCII(o_)) Py_RETURN_NONE; \
+        PUT(PyUnicode_1BYTE_DATA(o_), PyUnicode_GET_LENGTH(o_)); } while (0)
+    Py_ssize_t n = 0, nd = 2;
+    if (cat) {
+        PUT("cat=", 4);
+        PUTS(cat);
+        PUT(&dch, 1);
+        nd = 3;
+    }
+    PUTS(sevtxt);
+    PUT(stamp, 23);
+    PUT("+0000", 5);
+    PUTS(dt_tail);
+    PyObject *tabs[2] = {common, extra_keys};
+    PyObject *srcs[2] = {f, extra};
+    for (int t = 0; t < 1 + use_extra; t++) {
+        if (PyTuple_GET_SIZE(tabs[t]) != 2)
+            Py_RETURN_NONE;
+        PyObject *prefixes = PyTuple_GET_ITEM(tabs[t], 0), *names = PyTuple_GET_ITEM(tabs[t], 1);
+        if (!PyTuple_Check(prefixes) || !PyTuple_Check(names) || PyTuple_GET_SIZE(prefixes) != PyTuple_GET_SIZE(names))
+            Py_RETURN_NONE;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
+            PyObject *v = PyDict_GetItemWithError(srcs[t], PyTuple_GET_ITEM(names, k));
+            if (!v) {
+                if (PyErr_Occurred())
+                    return NULL;
+                continue;
+            }
+            if (v == Py_None)
+                continue;
+            PyObject *prefix = PyTuple_GET_ITEM(prefixes, k);
+            if (!PyUnicode_CheckExact(prefix))
+                Py_RETURN_NONE;
+            if (PyUnicode_CheckExact(v)) {
+                if (PyUnicode_GET_LENGTH(v) == 0)
+                    continue;
+                PUT(&dch, 1);
+                PUTS(prefix);
+                PUTS(v);
+            } else if (PyLong_CheckExact(v)) {
+                int ovf;
+                long lv = PyLong_AsLongAndOverflow(v, &ovf);
+                if (ovf || (lv == -1 && PyErr_Occurred())) {
+                    PyErr_Clear();
+                    Py_RETURN_NONE;            /* a huge int: Python's str() */
+                }
+                char nb[24];
+                pc x;
+                unsigned long long uv = lv < 0 ? 0ULL - (unsigned long long)lv : (unsigned long long)lv;
+                int m = 0;
+                char tmp[24];
+                do {
+                    tmp[m++] = (char)('0' + uv % 10);
+                    uv /= 10;
+                } while (uv);
+                int q = 0;
+                if (lv < 0)
+                    nb[q++] = '-';
+                while (m)
+                    nb[q++] = tmp[--m];
+                x.p = nb;
+                x.n = q;
+                PUT(&dch, 1);
+                PUTS(prefix);
+                PUT(x.p, x.n);
+            } else
+                Py_RETURN_NONE;
+            n++;
+        }
+    }
+    /* no CR, LF or NUL, and the delimiter exactly where it was put */
+    if (memchr(buf, '\n', len) || memchr(buf, '\r', len) || memchr(buf, 0, len))
+        Py_RETURN_NONE;
+    Py_ssize_t cnt = 0;
+    for (const char *q = buf, *end = buf + len; (q = memchr(q, dch, end - q)) != NULL; q++)
+        cnt++;
+    if (cnt != n + nd)
+        Py_RETURN_NONE;
+#undef PUT
+#undef PUTS
+    Py_ssize_t pl = PyUnicode_GET_LENGTH(pre), rl = PyUnicode_GET_LENGTH(rest);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, pl + 24 + rl + (Py_ssize_t)len);
+    if (out) {
+        char *o = PyBytes_AS_STRING(out);
+        memcpy(o, PyUnicode_1BYTE_DATA(pre), pl);
+        memcpy(o + pl, stamp, 23);
+        o[pl + 23] = 'Z';
+        memcpy(o + pl + 24, PyUnicode_1BYTE_DATA(rest), rl);
+        memcpy(o + pl + 24 + rl, buf, len);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Event, format_value): once, before parsing"},
     {"parse_one", py_parse_one, METH_O, "parse_one(raw) -> Event, or None when the frame is not covered"},
@@ -999,6 +1298,8 @@ static PyMethodDef methods[] = {
      "parse_items(items, received, source, fallback) -> [Event]: see the module comment"},
     {"lf_frames", py_lf_frames, METH_VARARGS,
      "lf_frames(buf, pos, out, max_frame, trailer, nul) -> pos: parsers.framing's simple LF frames"},
+    {"leef_line", py_leef_line, METH_VARARGS,
+     "leef_line(ev, f, plan, lheads, profile, event_id_field, hostname, app_name) -> bytes or None"},
     {"leef_join", py_leef_join, METH_VARARGS,
      "leef_join(first, d, f, common, extra, extra_keys) -> (body, n) or None: formats.render's LEEF pairs"},
     {"rx_configure", rx_configure, METH_O, "rx_configure(dict): parsers.rhythmx's names and tables, once"},

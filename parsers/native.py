@@ -15,7 +15,9 @@ does it (:func:`parsers.normalise.normalise` calls it first).
 
 :func:`leef_join` (``None`` on the pure path) is the key=value loop of
 :meth:`formats.render.Renderer._leef_fast` for fields whose values are str, int or None (it
-returns None for anything else, and the Python loop runs).  :func:`lf_frames` (``None`` on the
+returns None for anything else, and the Python loop runs).  :func:`leef_line` (``None`` on the
+pure path) is the whole of ``_leef_fast`` for the usual event once its header is in the
+renderer's cache, or None (the Python code then runs, unchanged).  :func:`lf_frames` (``None`` on the
 pure path) is :class:`parsers.framing.Deframer`'s loop over simple LF frames (``<`` first, trailer
 in the read, not oversize, outside octet context); the Python loop takes over at anything else.
 
@@ -30,7 +32,7 @@ import os
 from . import detect
 from .event import FORMAT_RFC5424, Event
 
-__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "lf_frames",
+__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "leef_line", "lf_frames",
            "load_native",
            "load_module"]
 
@@ -119,11 +121,13 @@ if _native is not None:
     parse_items = _native_path(_native)
     rx_normalise = _native.rx_normalise
     leef_join = _native.leef_join
+    leef_line = _native.leef_line
     lf_frames = _native.lf_frames
 else:
     parse_items = parse_items_pure
     rx_normalise = None
     leef_join = None
+    leef_line = None
     lf_frames = None
 
 

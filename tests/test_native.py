@@ -496,40 +496,44 @@ _ODD_VALUES = (None, "", "x", "caf\u00e9", "a^b", "a\nb", "a\tb", 0, -7, 2**70, 
                [1, None], {"k": "v"}, ("t",), "=", "\\")
 
 
-def _render_both(evs: list, fmt: str, **opts) -> int:
-    """LEEF of each event with the native join and with the Python loop; -> how many events
-    the native join took.  Bytes, notes and sanitising counts must be the same."""
+def _render_both(evs: list, fmt: str, **opts) -> tuple[int, int]:
+    """LEEF of each event by a renderer with the native helpers (leef_line, leef_join) and by
+    one with the Python code only, each renderer kept over the whole list (its header cache
+    fills as in a sink); -> (events the native line took, events the native join took).
+    Bytes, errors, notes and sanitising counts must be the same."""
     import copy
 
     from formats import render
-    joined = 0
-    real = native.load_module().leef_join
+    mod = native.load_module()
+    used = [0, 0]
 
-    def counting(*a):
-        nonlocal joined
-        r = real(*a)
-        joined += r is not None
-        return r
-    saved = render._leef_join
+    def counting(i, fn):
+        def wrapped(*a):
+            r = fn(*a)
+            used[i] += r is not None
+            return r
+        return wrapped
+    helpers = ((counting(0, mod.leef_line), counting(1, mod.leef_join)), (None, None))
+    renderers = [render.Renderer(render.RenderOptions(format=fmt, **opts)) for _ in helpers]
+    saved = render._leef_line, render._leef_join
     try:
         for ev in evs:
             outs = []
-            for fn in (counting, None):
-                render._leef_join = fn
+            for (line, join), r in zip(helpers, renderers):
+                render._leef_line, render._leef_join = line, join
                 e = Event.__new__(Event)          # a copy: the render may add notes
                 for slot in Event.__slots__:
                     setattr(e, slot, getattr(ev, slot))
                 e.fields, e.notes = copy.deepcopy(ev.fields), list(ev.notes) if ev.notes else ev.notes
-                r = render.Renderer(render.RenderOptions(format=fmt, **opts))
                 try:
                     out = r.render(e)
                 except Exception as x:          # the same error both ways
                     out = f"{type(x).__name__}: {x}"
                 outs.append((out, e.notes, r.sanitised))
-            assert outs[0] == outs[1], f"native and Python LEEF differ on {ev.fields!r}: {outs}"
+            assert outs[0] == outs[1], f"native and Python LEEF differ on {ev!r} {ev.fields!r}: {outs}"
     finally:
-        render._leef_join = saved
-    return joined
+        render._leef_line, render._leef_join = saved
+    return used[0], used[1]
 
 
 @pytest.mark.skipif(rx_native is None, reason="the accelerator is not built")
@@ -554,9 +558,27 @@ def test_leef_identical_on_normalised_traffic_and_odd_fields():
             else:
                 f["extra"] = rng.choice((None, {}, [], "x", {"actor": "a"}))
         evs.append(ev)
-    for fmt, opts in (("leef", {}), ("leef1", {}), ("leef", {"leef_delimiter": "~"})):
-        joined = _render_both(evs, fmt, **opts)
-        assert joined > len(evs) // 2, (fmt, joined)
+    # odd event-level values: severity, time, cat/kind, event, host, product, triage, header slots
+    top = {"severity": (None, "high", "low", "bogus", 3, ["x"]), "occurred_unix": (None, 0.0, 1.5, 1773374400,
+           -1.0, 1e13, 253402300799.9995, float("nan"), "x"), "kind": (None, "", "alert", 5),
+           "event": (None, "", "created", 7), "host": (None, "", "h1", 3), "product": (None, "", "P", 1),
+           "triage": (None, {"score": 5, "owner": "x"}, "x"), "vendor": (None, "CrowdStrike", "RhythmX", [1])}
+    slots = {"hostname": (None, "", "dev-1"), "app_name": (None, "", "App"), "msgid": (None, "", "M"),
+             "facility": (None, 0, 23), "peer": (None, "10.1.1.1:5", "[::1]:9")}
+    for i in range(1500):
+        ev = normalise(detect.parse(raws[i % 300], received=RECEIVED, peer="10.0.0.9:514", source="s"))
+        for _ in range(rng.choice((1, 1, 2))):
+            if rng.random() < 0.6:
+                k = rng.choice(list(top))
+                ev.fields[k] = rng.choice(top[k])
+            else:
+                k = rng.choice(list(slots))
+                setattr(ev, k, rng.choice(slots[k]))
+        evs.append(ev)
+    evs += evs[:300]                     # the same headers again: the renderer's cache hits
+    for fmt, opts in (("leef", {}), ("leef1", {}), ("leef", {"leef_delimiter": "~"}), ("leef", {"hostname": "fixed"})):
+        lines, joined = _render_both(evs, fmt, **opts)
+        assert lines > len(evs) // 4 and joined > len(evs) // 10, (fmt, lines, joined)
 
 
 # ----------------------------------------------------------------------------- deframing
