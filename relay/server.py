@@ -24,7 +24,7 @@ from typing import Callable
 
 from parsers import native
 
-from . import kinds
+from . import gctune, kinds
 from .checks import cert_summary
 from .config import Config, ConfigError, SinkConfig, SourceConfig, load
 from .logs import setup_logging
@@ -138,6 +138,7 @@ class Server:
             await self._start_source(sc)
         self._ready = True
         sd_notify("READY=1\nSTATUS=relay running")
+        gctune.tune()       # the program out of the collector's sight, rarer collections (relay/gctune.py)
         REGISTRY.gauge("relay_info", version=__version__, hot_path="native" if native.ACTIVE else "python").value = 1
         log.info("relay running: %d source(s), %d route(s), %d sink(s); config %s; hot path %s (%s)",
                  len(self.sources), len(cfg.routes), len(self.sinks), self.config_path,

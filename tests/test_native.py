@@ -645,3 +645,18 @@ def test_deframer_identical_with_and_without_the_accelerator():
         assert got == want, (data, cuts, kw)
         used += len(got[0])
     assert used > 20000
+
+
+def test_gc_tune_freezes_and_raises_the_young_threshold():
+    """relay/gctune.py: what the main process and each worker call once set up."""
+    import gc
+
+    from relay import gctune
+    before = gc.get_threshold()
+    try:
+        gctune.tune()
+        assert gc.get_threshold() == (gctune.GEN0, 20, 50)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
