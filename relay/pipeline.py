@@ -58,6 +58,8 @@ __all__ = ["Pipeline", "GroupCommitter", "DEAD_META", "Backpressure", "DecodeFai
 
 #: :meth:`Pipeline.submit` yields to the event loop after staging this many events.
 STAGE_SLICE = 128
+#: Messages of a listener batch parsed and staged at a time (:meth:`Pipeline.stage_items`).
+STAGE_CHUNK = 256
 
 
 class Backpressure(Exception):
@@ -158,6 +160,19 @@ class Pipeline:
             count(source, ev)
             _normalise(ev)
         return evs
+
+    def stage_items(self, items: list, source: SourceConfig, received: float):
+        """A listener batch -> ``(event, route names, rows)`` per message, in order:
+        :meth:`parse_batch` then :meth:`stage`, :data:`STAGE_CHUNK` messages at a time, so the
+        Events of a large read die before the next ones are made (a small working set: with
+        a whole 4,000-message read alive the collector's scans cost ~20% more per message).
+        The in-process ingest (:meth:`handle`) and the workers both go through it."""
+        stage = self.stage
+        n = len(items)
+        for k in range(0, n, STAGE_CHUNK):
+            for ev in self.parse_batch(items if n <= STAGE_CHUNK else items[k:k + STAGE_CHUNK], source, received):
+                routes, out = stage(ev)
+                yield ev, routes, out
 
     def _count(self, source: SourceConfig, ev) -> None:
         # the counter of the last (source, format) seen, else the per-source tables
@@ -300,10 +315,8 @@ class Pipeline:
         if received is None:
             received = time.time()
         per_sink: dict[str, list] = {}
-        stage = self.stage
         tap = self.tap
-        for ev in self.parse_batch(items, source, received):
-            routes, out = stage(ev)
+        for ev, routes, out in self.stage_items(items, source, received):
             if tap is not None:
                 tap.offer(ev, routes, out)
             for sink, payload, meta, err in out:

@@ -2,7 +2,7 @@
 
 With ``[relay] workers = N`` (N > 1) the main process keeps the sockets, the framing,
 the queues' group commits, the sinks' delivery loops and the metrics; N worker processes
-run the one stage (:meth:`relay.pipeline.Pipeline.parse_batch` and ``stage``) on the listeners' raw messages
+run the one stage (:meth:`relay.pipeline.Pipeline.stage_items`: ``parse_batch`` and ``stage``) on the listeners' raw messages
 and send back each sink's rendered rows.  CPython runs one thread at a time per process, so
 this is what puts the second core to work.  The main process commits what the workers
 return through the same :class:`relay.queue.GroupCommitter` as the in-process pipeline
@@ -51,8 +51,6 @@ _CTX = mp.get_context("spawn")
 
 #: Most messages in one part handed to a worker (a large read is cut into parts).
 PART_MAX = 2000
-#: Messages a worker parses and stages at a time within a part.
-STAGE_CHUNK = 256
 
 
 class _Worker:
@@ -494,8 +492,7 @@ class _WorkerState:
         queue stores them, metadata encoded (orjson): the main process only inserts them."""
         results = []
         sources = self.config.sources
-        parse_batch = self.pipeline.parse_batch
-        stage = self.pipeline.stage
+        stage_items = self.pipeline.stage_items
         for tag, bid, source_name, received, items in batches:
             src = sources.get(source_name)
             if src is None:
@@ -508,28 +505,13 @@ class _WorkerState:
             if tag == "body":
                 error, count = self._body(items, src, received, per_sink, dead)
             else:
-                # a few hundred messages at a time: their Events die before the next ones are
-                # made, so the working set stays small (a whole part at once costs ~20% more,
-                # mostly in the cyclic GC's scans of the live Events)
-                for k in range(0, len(items), STAGE_CHUNK):
-                    try:
-                        evs = parse_batch(items[k:k + STAGE_CHUNK] if len(items) > STAGE_CHUNK else items,
-                                          src, received)
-                    except Exception as e:  # a bug must not take the batch down silently
-                        self.log.exception("parsing a batch failed: %s", e)
-                        error = f"processing failed: {e}"
-                        break
-                    for ev in evs:
-                        try:
-                            _, out = stage(ev)
-                        except Exception as e:  # a bug must not take the batch down silently
-                            self.log.exception("processing a message failed: %s", e)
-                            error = f"processing failed: {e}"
-                            break
+                try:
+                    for _, _, out in stage_items(items, src, received):
                         if out:
                             _collect(out, per_sink, dead)
-                    if error is not None:
-                        break
+                except Exception as e:  # a bug must not take the batch down silently
+                    self.log.exception("processing a batch failed: %s", e)
+                    error = f"processing failed: {e}"
             results.append((bid, {s: pack_rows(p, m) for s, (p, m) in per_sink.items()}, dead, error, count))
         return results
 
