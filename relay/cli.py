@@ -27,14 +27,18 @@ def version_cmd(as_json):
     import platform
 
     from parsers import native
+
+    from .sources import udp
     info = {"version": __version__, "python": platform.python_version(), "executable": sys.executable,
-            "hot_path": "native" if native.ACTIVE else "python", "hot_path_detail": native.WHY}
+            "hot_path": "native" if native.ACTIVE else "python", "hot_path_detail": native.WHY,
+            "udp_receive": "recvmmsg" if udp._recvmmsg is not None else "recvfrom"}
     if as_json:
         click.echo(orjson.dumps(info).decode())
         return
     click.echo(f"relay {info['version']}")
     click.echo(f"python {info['python']} ({info['executable']})")
     click.echo(f"hot path: {info['hot_path']}: {info['hot_path_detail']}")
+    click.echo(f"udp receive: {info['udp_receive']}")
 
 
 @main.command("test-parse")

@@ -64,6 +64,7 @@ def test_relay_version_names_the_path_and_relay_pure_forces_python():
     on, off = _version(False), _version(True)
     assert on["hot_path"] == "native" and "_speedups" in on["hot_path_detail"], on
     assert off["hot_path"] == "python" and off["hot_path_detail"] == "RELAY_PURE is set", off
+    assert (on["udp_receive"], off["udp_receive"]) == ("recvmmsg", "recvfrom")
     text = subprocess.run([sys.executable, "-c", "from relay.cli import main; main()", "version"],
                           capture_output=True, text=True, timeout=60, check=True,
                           env={**os.environ, "RELAY_PURE": "1"}).stdout

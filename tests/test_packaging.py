@@ -309,10 +309,11 @@ def test_relay_version_as_root_and_as_relay(target):
     assert "valid: 2 source(s)" in r.stdout
     # the package ships the native accelerator and the packaged relay uses it (issue 19)
     info = json.loads(inroot(target, "relay", "version", "--json").stdout)
-    assert info["version"] == VERSION and info["hot_path"] == "native", info
+    assert info["version"] == VERSION and info["hot_path"] == "native" and info["udp_receive"] == "recvmmsg", info
     assert info["hot_path_detail"].startswith("parsers._speedups (_speedups.cpython-311-x86_64-linux-gnu.so"), info
     assert info["executable"] == "/opt/relay/bin/python", info
     assert list((target / "opt/relay/lib").glob("python3.11/site-packages/parsers/_speedups.cpython-311-*.so"))
+    assert list((target / "opt/relay/lib").glob("python3.11/site-packages/relay/_recvmmsg.cpython-311-*.so"))
     # running it as root wrote nothing under /opt (the .pyc are shipped precompiled)
     assert _opt_files(target) == before
 
