@@ -1297,7 +1297,8 @@ def main() -> int:
             for u in out.get("udp_summary", []):
                 if u["system"] == system:
                     ok = u["min_delivered_pct"] >= 99.5 and args.udp_rate >= 50_000 and args.udp_seconds >= 10
-                    print(f"target UDP 50k/s 10 s >= 99.5% delivered, {system}: "
+                    print(f"target UDP >= 50k/s for >= 10 s, >= 99.5% delivered (run at {args.udp_rate / 1000:g}k/s, "
+                          f"{args.udp_seconds:g} s), {system}: "
                           f"{'met' if ok else 'not met'} (worst run {u['min_delivered_pct']:.3f}%)")
         print(f"uptime at end: {uptime_end}")
         if args.json:
