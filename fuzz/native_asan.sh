@@ -1,10 +1,11 @@
 #!/bin/sh
-# The native accelerator (parsers/_speedups.c) under AddressSanitizer + UndefinedBehaviorSanitizer,
-# once, from a script (issue 19): builds the extension with -fsanitize=address,undefined into a
-# scratch copy of parsers/, preloads libasan/libubsan into the (uninstrumented) interpreter, then
-# runs tests/test_native.py (vectors, hostile corpus, benchmark traffic, hypothesis, the whole
-# stage) and RUNS random mutations through the fuzz target `native` (native vs Python, slot by
-# slot) against that build.  Any ASan/UBSan report aborts with a non-zero exit.
+# The native accelerator (parsers/_speedups.c, relay/_recvmmsg.c) under AddressSanitizer and
+# UndefinedBehaviorSanitizer, once, from a script (issue 19): builds both extensions with
+# -fsanitize=address,undefined into a scratch copy of parsers/ and relay/, preloads
+# libasan/libubsan into the (uninstrumented) interpreter, then runs tests/test_native.py
+# (vectors, hostile corpus, benchmark traffic, hypothesis, normaliser, LEEF, deframing, the whole
+# stage), the UDP source's tests (recvmmsg against recvfrom) and RUNS random mutations through
+# the fuzz target `native` (native vs Python) against that build.  Any ASan/UBSan report aborts with a non-zero exit.
 #
 #   sh fuzz/native_asan.sh [RUNS]        # default 200000; from the repository root
 set -eu
@@ -14,22 +15,29 @@ T=$(mktemp -d /tmp/relay-asan.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 mkdir "$T/parsers"
 cp parsers/*.py "$T/parsers/"
+cp -r relay "$T/relay"
+find "$T/relay" -name '*.so' -delete
 INC=$($PY -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 EXT=$($PY -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 gcc -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
     -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
     -shared -fPIC -I "$INC" -o "$T/parsers/_speedups$EXT" parsers/_speedups.c
-echo "native_asan: built $T/parsers/_speedups$EXT with ASan + UBSan"
+gcc -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
+    -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
+    -shared -fPIC -I "$INC" -o "$T/relay/_recvmmsg$EXT" relay/_recvmmsg.c
+echo "native_asan: built $T/parsers/_speedups$EXT and $T/relay/_recvmmsg$EXT with ASan + UBSan"
 cat > "$T/run.py" <<PYEOF
 import random, sys, time
 sys.path.insert(0, "$T")
-import parsers, parsers._speedups as sp
+import parsers, parsers._speedups as sp, relay._recvmmsg as rm
 assert parsers.__file__.startswith("$T") and sp.__file__.startswith("$T"), (parsers.__file__, sp.__file__)
+assert rm.__file__.startswith("$T"), rm.__file__
 print("native_asan: parsers from", parsers.__file__, "extension", sp.__file__, flush=True)
 import pytest
-rc = pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_native.py"])
+rc = pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_native.py"]) or \
+    pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_sources.py", "-k", "udp"])
 if rc:
-    sys.exit(f"native_asan: tests/test_native.py failed under the sanitizers (exit {rc})")
+    sys.exit(f"native_asan: the native tests failed under the sanitizers (exit {rc})")
 from fuzz.run import mutate
 from fuzz.targets import TARGETS, seeds_for
 t = TARGETS["native"]
