@@ -498,6 +498,8 @@ static PyObject *rx_configure(PyObject *self, PyObject *ctx)
     TAKE(rx_loads, "loads"); TAKE(rx_template, "template"); TAKE(rx_dedup_prefix, "dedup_prefix");
     TAKE(rx_body_ok, "body_ok");
 #undef TAKE
+    if (!PyUnicode_CheckExact(rx_dedup_prefix) || !PyUnicode_IS_ASCII(rx_dedup_prefix))
+        return PyErr_Format(PyExc_TypeError, "rx_configure: dedup_prefix must be an ASCII str");
     if (!PyDict_CheckExact(rx_template) || !PyDict_CheckExact(rx_small_int) || !PyDict_CheckExact(rx_status_cache)
         || !PyDict_CheckExact(rx_status_from_event) || !PyAnySet_Check(rx_used) || !PyAnySet_Check(rx_body_ok))
         return PyErr_Format(PyExc_TypeError, "rx_configure: unexpected table types");
@@ -516,6 +518,9 @@ static PyObject *rx_configure(PyObject *self, PyObject *ctx)
 }
 
 #define SLOT(ev, s) (*(PyObject **)((char *)(ev) + slot_off[s]))
+
+/* a str that is ASCII (1), anything else (0) */
+static inline int is_ascii_str(PyObject *o) { return o && PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o); }
 
 /* a small int of _SMALL_INT for an SD value, or -1 (absent: -2) */
 static long rx_small(PyObject *params, PyObject *name, int *absent)
@@ -540,6 +545,22 @@ static inline void pc_obj(pc *x, PyObject *s)
     x->p = (const char *)PyUnicode_1BYTE_DATA(s);
     x->n = PyUnicode_GET_LENGTH(s);
 }
+/* the decimal text of v into buf (24 bytes), as str(int) writes it; -> its length */
+static int put_long(char *buf, long v)
+{
+    unsigned long long uv = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    char tmp[24];
+    int m = 0, q = 0;
+    do {
+        tmp[m++] = (char)('0' + uv % 10);
+        uv /= 10;
+    } while (uv);
+    if (v < 0)
+        buf[q++] = '-';
+    while (m)
+        buf[q++] = tmp[--m];
+    return q;
+}
 static void pc_num(pc *x, char *buf, long v)
 {
     if (v < 0) {
@@ -547,16 +568,8 @@ static void pc_num(pc *x, char *buf, long v)
         x->n = 1;
         return;
     }
-    char tmp[24];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (int k = 0; k < n; k++)
-        buf[k] = tmp[n - 1 - k];
     x->p = buf;
-    x->n = n;
+    x->n = put_long(buf, v);
 }
 static PyObject *pc_join(const pc *ps, int k)
 {
@@ -579,7 +592,7 @@ static int rx_normalise_impl(PyObject *ev)
 {
     PyObject *sd = SLOT(ev, S_SD), *msgid = SLOT(ev, S_MSGID), *msg = SLOT(ev, S_MSG);
     PyObject *ts = SLOT(ev, S_TIMESTAMP), *unix_ = SLOT(ev, S_TIME_UNIX);
-    if (!sd || !PyDict_CheckExact(sd) || SLOT(ev, S_BODY) != Py_None || !msgid || !PyUnicode_CheckExact(msgid)
+    if (!sd || !PyDict_CheckExact(sd) || SLOT(ev, S_BODY) != Py_None || !is_ascii_str(msgid)
         || !msg || !PyUnicode_CheckExact(msg) || !ts || !PyUnicode_CheckExact(ts) || !unix_ || unix_ == Py_None)
         return 0;
     /* the time: "YYYY-MM-DDTHH:MM:SS.mmmZ", used as it is */
@@ -688,8 +701,8 @@ static int rx_normalise_impl(PyObject *ev)
             goto out;
     } else if (PyErr_Occurred())
         goto error;
-    /* the event type and the status */
-    if (PyUnicode_IS_ASCII(msgid)) {
+    /* the event type (msgid.lower(), ASCII) and the status */
+    {
         Py_ssize_t n = PyUnicode_GET_LENGTH(msgid);
         const unsigned char *s = PyUnicode_1BYTE_DATA(msgid);
         Py_ssize_t k = 0;
@@ -705,8 +718,7 @@ static int rx_normalise_impl(PyObject *ev)
             for (k = 0; k < n; k++)
                 d[k] = (s[k] >= 'A' && s[k] <= 'Z') ? s[k] + 32 : s[k];
         }
-    } else if (!(ev_type = PyObject_CallMethod(msgid, "lower", NULL)))
-        goto error;
+    }
     if (status) {
         PyObject *hit = PyDict_GetItemWithError(rx_status_cache, status);
         if (hit)
@@ -737,9 +749,8 @@ static int rx_normalise_impl(PyObject *ev)
             Py_DECREF(n);
         }
     }
-    /* the texts: ASCII pieces copied into one new str each (every input is ASCII but, maybe,
-       the event type: then PyUnicode_FromFormat) */
-    if (PyUnicode_IS_ASCII(ev_type) && PyUnicode_IS_ASCII(rx_dedup_prefix)) {
+    /* the texts: ASCII pieces (every input is ASCII) copied into one new str each */
+    {
         pc ps[16];
         char nb[4][24];
         int k;
@@ -773,44 +784,9 @@ static int rx_normalise_impl(PyObject *ev)
         PC_LIT(ps[k], " threat cases"); k++;
         if (!(descr = pc_join(ps, k)))
             goto error;
-    } else {
-        if (!(dedup = PyUnicode_FromFormat("%U:%U", rx_dedup_prefix, inc_id)))
-            goto error;
-        PyObject *idtxt = PyUnicode_GET_LENGTH(inc_id) ? inc_id : NULL;
-        int actor_true = actor && PyUnicode_GET_LENGTH(actor);
-        if (actor_true)
-            name = idtxt ? PyUnicode_FromFormat("RhythmX incident %U: %U", idtxt, actor)
-                         : PyUnicode_FromFormat("RhythmX incident ?: %U", actor);
-        else
-            name = idtxt ? PyUnicode_FromFormat("RhythmX incident %U", idtxt) : PyUnicode_FromString("RhythmX incident ?");
-        if (!name)
-            goto error;
-        {
-            char c0[24], c1[24], c2[24];
-            char *cs[3] = {c0, c1, c2};
-            for (int k = 0; k < 3; k++) {
-                if (counts[k] >= 0)
-                    snprintf(cs[k], 24, "%ld", counts[k]);
-                else
-                    strcpy(cs[k], "?");
-            }
-            PyObject *et = PyUnicode_GET_LENGTH(ev_type) ? Py_NewRef(ev_type) : PyUnicode_FromString("event");
-            PyObject *ac = actor_true ? Py_NewRef(actor) : PyUnicode_FromString("unknown actor");
-            PyObject *en = (entity && PyUnicode_GET_LENGTH(entity)) ? Py_NewRef(entity) : PyUnicode_FromString("unknown entity");
-            if (et && ac && en)
-                descr = PyUnicode_FromFormat("SigmaIncident %U for %U at %U: risk score %ld, %s alarms, %s sigma alerts, "
-                                             "%s threat cases", et, ac, en, score, c0, c1, c2);
-            Py_XDECREF(et);
-            Py_XDECREF(ac);
-            Py_XDECREF(en);
-            if (!descr)
-                goto error;
-        }
     }
     /* the canonical dict: a copy of the template, in its key order */
-    const char *band = score >= 60 ? (score >= 80 ? "c" : "h") : score >= 40 ? "m" : score >= 20 ? "l" : "i";
-    PyObject *sev = band[0] == 'c' ? sev_names[4] : band[0] == 'h' ? sev_names[3] : band[0] == 'm' ? sev_names[2]
-                    : band[0] == 'l' ? sev_names[1] : sev_names[0];
+    PyObject *sev = sev_names[score >= 80 ? 4 : score >= 60 ? 3 : score >= 40 ? 2 : score >= 20 ? 1 : 0];
     if (!(fields = PyDict_Copy(rx_template)) || !(score_o = PyLong_FromLong(score)))
         goto error;
     if (PyDict_SetItem(fields, k_id, inc_id) < 0 || PyDict_SetItem(fields, k_dedup, dedup) < 0
@@ -861,29 +837,63 @@ static PyObject *py_rx_normalise(PyObject *self, PyObject *ev)
  * when not empty, an int (not bool) as str(), None skipped; n the number of pairs added.
  * Any other value (or f not a dict, extra truthy but not a dict) -> None: the Python loop runs.
  * ------------------------------------------------------------------------------------------ */
-static int lj_add(_PyUnicodeWriter *w, PyObject *d, PyObject *prefix, PyObject *v, Py_ssize_t *n)
+/* d + prefix + value for each field of the tables (common from f, then extra_keys from extra
+ * when use_extra) into buf[*len..cap): a str value when not empty, an int (not bool) as
+ * str() writes it, None and absent skipped; *n counts the pairs.  1 written, 0 not covered
+ * (another value type, a non-ASCII text, no room), -1 error. */
+static int put_pairs(char *buf, size_t cap, size_t *len, char dch, PyObject *common, PyObject *extra_keys,
+                     PyObject *f, PyObject *extra, int use_extra, Py_ssize_t *n)
 {
-    if (v == NULL || v == Py_None)
-        return 0;
-    if (PyUnicode_CheckExact(v)) {
-        if (PyUnicode_GET_LENGTH(v) == 0)
+    PyObject *tabs[2] = {common, extra_keys};
+    PyObject *srcs[2] = {f, extra};
+#define PUT(p_, n_) do { size_t n__ = (size_t)(n_); if (*len + n__ > cap) return 0; \
+        memcpy(buf + *len, (p_), n__); *len += n__; } while (0)
+#define PUTS(o_) do { if (!PyUnicode_IS_ASCII(o_)) return 0; \
+        PUT(PyUnicode_1BYTE_DATA(o_), PyUnicode_GET_LENGTH(o_)); } while (0)
+    for (int t = 0; t < 1 + use_extra; t++) {
+        if (PyTuple_GET_SIZE(tabs[t]) != 2)
             return 0;
-        if (_PyUnicodeWriter_WriteStr(w, d) < 0 || _PyUnicodeWriter_WriteStr(w, prefix) < 0
-            || _PyUnicodeWriter_WriteStr(w, v) < 0)
-            return -1;
-    } else if (PyLong_CheckExact(v)) {
-        PyObject *t = PyObject_Str(v);
-        if (!t)
-            return -1;
-        int r = (_PyUnicodeWriter_WriteStr(w, d) < 0 || _PyUnicodeWriter_WriteStr(w, prefix) < 0
-                 || _PyUnicodeWriter_WriteStr(w, t) < 0) ? -1 : 0;
-        Py_DECREF(t);
-        if (r < 0)
-            return -1;
-    } else
-        return 1;       /* not covered */
-    (*n)++;
-    return 0;
+        PyObject *prefixes = PyTuple_GET_ITEM(tabs[t], 0), *names = PyTuple_GET_ITEM(tabs[t], 1);
+        if (!PyTuple_Check(prefixes) || !PyTuple_Check(names) || PyTuple_GET_SIZE(prefixes) != PyTuple_GET_SIZE(names))
+            return 0;
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
+            PyObject *v = PyDict_GetItemWithError(srcs[t], PyTuple_GET_ITEM(names, k));
+            if (!v) {
+                if (PyErr_Occurred())
+                    return -1;
+                continue;
+            }
+            if (v == Py_None)
+                continue;
+            PyObject *prefix = PyTuple_GET_ITEM(prefixes, k);
+            if (!PyUnicode_CheckExact(prefix))
+                return 0;
+            if (PyUnicode_CheckExact(v)) {
+                if (PyUnicode_GET_LENGTH(v) == 0)
+                    continue;
+                PUT(&dch, 1);
+                PUTS(prefix);
+                PUTS(v);
+            } else if (PyLong_CheckExact(v)) {
+                int ovf;
+                long lv = PyLong_AsLongAndOverflow(v, &ovf);
+                if (ovf || (lv == -1 && PyErr_Occurred())) {
+                    PyErr_Clear();
+                    return 0;                  /* a huge int: Python's str() */
+                }
+                char nb[24];
+                int q = put_long(nb, lv);
+                PUT(&dch, 1);
+                PUTS(prefix);
+                PUT(nb, q);
+            } else
+                return 0;
+            (*n)++;
+        }
+    }
+#undef PUT
+#undef PUTS
+    return 1;
 }
 
 static PyObject *py_leef_join(PyObject *self, PyObject *args)
@@ -892,53 +902,27 @@ static PyObject *py_leef_join(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "UUOO!OO!", &first, &d, &f, &PyTuple_Type, &common, &extra, &PyTuple_Type,
                           &extra_keys))
         return NULL;
-    if (!PyDict_CheckExact(f) || PyTuple_GET_SIZE(common) != 2 || PyTuple_GET_SIZE(extra_keys) != 2)
+    if (!PyDict_CheckExact(f) || !is_ascii_str(first) || !is_ascii_str(d) || PyUnicode_GET_LENGTH(d) != 1)
         Py_RETURN_NONE;
     int use_extra = PyObject_IsTrue(extra);
     if (use_extra < 0)
         return NULL;
     if (use_extra && !PyDict_CheckExact(extra))
         Py_RETURN_NONE;
-    PyObject *tabs[2][2] = {{PyTuple_GET_ITEM(common, 0), PyTuple_GET_ITEM(common, 1)},
-                            {PyTuple_GET_ITEM(extra_keys, 0), PyTuple_GET_ITEM(extra_keys, 1)}};
-    PyObject *srcs[2] = {f, extra};
-    _PyUnicodeWriter w;
-    _PyUnicodeWriter_Init(&w);
-    w.overallocate = 1;
+    char buf[16384];
+    size_t len = (size_t)PyUnicode_GET_LENGTH(first);
+    if (len > sizeof buf)
+        Py_RETURN_NONE;
+    memcpy(buf, PyUnicode_1BYTE_DATA(first), len);
     Py_ssize_t n = 0;
-    if (_PyUnicodeWriter_WriteStr(&w, first) < 0)
-        goto error;
-    for (int t = 0; t < 1 + use_extra; t++) {
-        PyObject *prefixes = tabs[t][0], *names = tabs[t][1];
-        if (!PyTuple_Check(prefixes) || !PyTuple_Check(names) || PyTuple_GET_SIZE(prefixes) != PyTuple_GET_SIZE(names))
-            goto uncovered;
-        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
-            PyObject *v = PyDict_GetItemWithError(srcs[t], PyTuple_GET_ITEM(names, k));
-            if (!v && PyErr_Occurred())
-                goto error;
-            PyObject *prefix = PyTuple_GET_ITEM(prefixes, k);
-            if (!PyUnicode_CheckExact(prefix))
-                goto uncovered;
-            int r = lj_add(&w, d, prefix, v, &n);
-            if (r < 0)
-                goto error;
-            if (r > 0)
-                goto uncovered;
-        }
-    }
-    PyObject *body = _PyUnicodeWriter_Finish(&w);
-    if (!body)
+    int r = put_pairs(buf, sizeof buf, &len, (char)PyUnicode_1BYTE_DATA(d)[0], common, extra_keys, f, extra,
+                      use_extra, &n);
+    if (r < 0)
         return NULL;
-    PyObject *out = Py_BuildValue("(Nn)", body, n);
-    return out;
-uncovered:
-    _PyUnicodeWriter_Dealloc(&w);
-    Py_RETURN_NONE;
-error:
-    _PyUnicodeWriter_Dealloc(&w);
-    return NULL;
+    if (r == 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(Nn)", PyUnicode_DecodeASCII(buf, (Py_ssize_t)len, NULL), n);
 }
-
 
 /* ------------------------------------------------------------------------------------------
  * lf_frames(buf, pos, out, max_frame, trailer, nul) -> new pos: the non-transparent frames of
@@ -1005,8 +989,6 @@ static PyObject *py_lf_frames(PyObject *self, PyObject *args)
 static PyObject *k_vendor_sev, *k_occ, *k_kind, *k_triage, *k_host, *k_product, *k_extra2, *k_event2, *s_original,
     *s_syslog;
 
-/* a str that is ASCII (1), anything else (0) */
-static inline int is_ascii_str(PyObject *o) { return o && PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o); }
 static inline int truthy_str(PyObject *o) { return o && PyUnicode_CheckExact(o) && PyUnicode_GET_LENGTH(o) > 0; }
 
 static void civil_from_days(long long z, int *y, int *m, int *d)
@@ -1211,63 +1193,11 @@ static PyObject *py_leef_line(PyObject *self, PyObject *args)
     PUT(stamp, 23);
     PUT("+0000", 5);
     PUTS(dt_tail);
-    PyObject *tabs[2] = {common, extra_keys};
-    PyObject *srcs[2] = {f, extra};
-    for (int t = 0; t < 1 + use_extra; t++) {
-        if (PyTuple_GET_SIZE(tabs[t]) != 2)
-            Py_RETURN_NONE;
-        PyObject *prefixes = PyTuple_GET_ITEM(tabs[t], 0), *names = PyTuple_GET_ITEM(tabs[t], 1);
-        if (!PyTuple_Check(prefixes) || !PyTuple_Check(names) || PyTuple_GET_SIZE(prefixes) != PyTuple_GET_SIZE(names))
-            Py_RETURN_NONE;
-        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
-            PyObject *v = PyDict_GetItemWithError(srcs[t], PyTuple_GET_ITEM(names, k));
-            if (!v) {
-                if (PyErr_Occurred())
-                    return NULL;
-                continue;
-            }
-            if (v == Py_None)
-                continue;
-            PyObject *prefix = PyTuple_GET_ITEM(prefixes, k);
-            if (!PyUnicode_CheckExact(prefix))
-                Py_RETURN_NONE;
-            if (PyUnicode_CheckExact(v)) {
-                if (PyUnicode_GET_LENGTH(v) == 0)
-                    continue;
-                PUT(&dch, 1);
-                PUTS(prefix);
-                PUTS(v);
-            } else if (PyLong_CheckExact(v)) {
-                int ovf;
-                long lv = PyLong_AsLongAndOverflow(v, &ovf);
-                if (ovf || (lv == -1 && PyErr_Occurred())) {
-                    PyErr_Clear();
-                    Py_RETURN_NONE;            /* a huge int: Python's str() */
-                }
-                char nb[24];
-                pc x;
-                unsigned long long uv = lv < 0 ? 0ULL - (unsigned long long)lv : (unsigned long long)lv;
-                int m = 0;
-                char tmp[24];
-                do {
-                    tmp[m++] = (char)('0' + uv % 10);
-                    uv /= 10;
-                } while (uv);
-                int q = 0;
-                if (lv < 0)
-                    nb[q++] = '-';
-                while (m)
-                    nb[q++] = tmp[--m];
-                x.p = nb;
-                x.n = q;
-                PUT(&dch, 1);
-                PUTS(prefix);
-                PUT(x.p, x.n);
-            } else
-                Py_RETURN_NONE;
-            n++;
-        }
-    }
+    int pr = put_pairs(buf, sizeof buf, &len, dch, common, extra_keys, f, extra, use_extra, &n);
+    if (pr < 0)
+        return NULL;
+    if (pr == 0)
+        Py_RETURN_NONE;
     /* no CR, LF or NUL, and the delimiter exactly where it was put */
     if (memchr(buf, '\n', len) || memchr(buf, '\r', len) || memchr(buf, 0, len))
         Py_RETURN_NONE;

@@ -33,8 +33,7 @@ from . import detect
 from .event import FORMAT_RFC5424, Event
 
 __all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "leef_line", "lf_frames",
-           "load_native",
-           "load_module"]
+           "load_native", "load_module"]
 
 _detect_parse = detect.parse
 
