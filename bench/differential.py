@@ -102,6 +102,34 @@ match = 'format exists'
 sinks = ["leef", "leef1", "leefx", "cef", "json", "raw", "hook"]
 '''
 
+#: Every event to one sink (the benchmark's shape: the stage's inline single-sink path), or
+#: to a sink whose kind wants canonical fields in its metadata (xsoar).
+ROUTES_SINGLE = '''
+[routes.critical]
+match = 'risk_score >= 95'
+sinks = ["xsoar"]
+final = true
+
+[routes.sigma_high]
+match = 'app_name == "SigmaIncident" and risk_score >= 70'
+sinks = ["leef"]
+final = true
+
+[routes.falcon]
+match = 'vendor == "CrowdStrike"'
+sinks = ["cef"]
+final = true
+
+[routes.sigma]
+match = 'app_name == "SigmaIncident"'
+sinks = ["leef1"]
+final = true
+
+[routes.rest]
+match = 'format exists'
+sinks = ["json"]
+'''
+
 ENRICH = '''
 [lookups.assets]
 kind = "asset"
@@ -311,6 +339,7 @@ def dump(root: Path, out_path: Path, n: int) -> int:
     text = SOURCES + SINKS + ROUTES
     variants = {"plain": loads(text, base_dir=tmp)}
     variants["enrich"] = loads(text + ENRICH.format(lk=lk), base_dir=tmp)
+    variants["single"] = loads(SOURCES + SINKS + ROUTES_SINGLE, base_dir=tmp)
     msgs = corpus(n)
     total = 0
     h = hashlib.sha256()

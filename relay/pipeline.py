@@ -8,8 +8,9 @@
                                    render per matched sink (the sink kind's renderer)
                                    queue metadata per sink (the sink kind's ``meta`` fields)
 
-:meth:`Pipeline.stage` is the only code that enriches, routes, renders and builds queue
-metadata.  :meth:`Pipeline.process` is ``parse`` then ``stage`` for one raw message;
+:meth:`Pipeline.stage_into` is the only code that enriches, routes, renders and builds queue
+metadata, for a list of events at a time (:meth:`Pipeline.stage` is it for one event, with the
+per-event result).  :meth:`Pipeline.process` is ``parse`` then ``stage`` for one raw message;
 :meth:`Pipeline.parse_batch` parses a listener batch in one call (parsers/native.py: the native
 accelerator when it is active, the same Events either way).  Everything goes through them: the
 listeners' batches (:meth:`handle`, in this process or in the ingest workers, relay/workers.py,
@@ -58,7 +59,7 @@ __all__ = ["Pipeline", "GroupCommitter", "DEAD_META", "Backpressure", "DecodeFai
 
 #: :meth:`Pipeline.submit` yields to the event loop after staging this many events.
 STAGE_SLICE = 128
-#: Messages of a listener batch parsed and staged at a time (:meth:`Pipeline.stage_items`).
+#: Messages of a listener batch parsed and staged at a time (:meth:`Pipeline.stage_rows`).
 STAGE_CHUNK = 256
 
 
@@ -126,6 +127,7 @@ class Pipeline:
                 self._meta_fields[name] = kind.meta
         self._triage_counters: dict = {}
         self._last_counter: tuple = (None, None, None)   # (source, format, counter): see parse
+        self._last_meta: dict = {"source": None, "routes": None, "received": None}   # see stage_into
         self.enricher = None  # callable(event) filling event.enrich / triage; see relay/enrich
         self._enrich_pending = config.enrich is not None and self.lazy_enrich
         if config.enrich is not None and not self.lazy_enrich:
@@ -161,18 +163,19 @@ class Pipeline:
             _normalise(ev)
         return evs
 
-    def stage_items(self, items: list, source: SourceConfig, received: float):
-        """A listener batch -> ``(event, route names, rows)`` per message, in order:
-        :meth:`parse_batch` then :meth:`stage`, :data:`STAGE_CHUNK` messages at a time, so the
-        Events of a large read die before the next ones are made (a small working set: with
-        a whole 4,000-message read alive the collector's scans cost ~20% more per message).
-        The in-process ingest (:meth:`handle`) and the workers both go through it."""
-        stage = self.stage
+    def stage_rows(self, items: list, source: SourceConfig, received: float, rows: dict, dead: dict,
+                   observe=None) -> None:
+        """A listener batch of ``(raw, peer)`` pairs -> :meth:`parse_batch` then
+        :meth:`stage_into`, :data:`STAGE_CHUNK` messages at a time, so the Events of a large read
+        die before the next ones are made (a small working set: with a whole 4,000-message read
+        alive the collector's scans cost ~20% more per message).  The in-process ingest
+        (:meth:`handle`) and the workers both go through it."""
         n = len(items)
+        if n <= STAGE_CHUNK:
+            self.stage_into(self.parse_batch(items, source, received), rows, dead, observe)
+            return
         for k in range(0, n, STAGE_CHUNK):
-            for ev in self.parse_batch(items if n <= STAGE_CHUNK else items[k:k + STAGE_CHUNK], source, received):
-                routes, out = stage(ev)
-                yield ev, routes, out
+            self.stage_into(self.parse_batch(items[k:k + STAGE_CHUNK], source, received), rows, dead, observe)
 
     def _count(self, source: SourceConfig, ev) -> None:
         # the counter of the last (source, format) seen, else the per-source tables
@@ -192,34 +195,91 @@ class Pipeline:
         return ev, routes, out
 
     def stage(self, ev):
-        """A normalised event -> (route names, [(sink, payload, queue meta, error)]).
+        """A normalised event -> (route names, [(sink, payload, queue meta, error)]): what
+        :meth:`stage_into` does for it, as its own result (relay test-parse, the golden cases,
+        :meth:`process`).
 
         ``payload`` is what goes into the sink's queue, ``error`` None; or, when the sink's
         renderer refused the event, ``payload`` is the event's raw bytes and ``error`` the
-        dead-letter reason.  The queue metadata is ``{source, routes, received}`` plus the
-        canonical fields the sink kind asks for (``SinkKind.meta``)."""
+        dead-letter reason."""
+        res: list = []
+        self.stage_into((ev,), {}, {}, lambda _ev, routes, out: res.append((routes, out)))
+        return res[0]
+
+    def stage_into(self, evs, rows: dict, dead: dict, observe=None) -> None:
+        """The stage, for normalised events in order: enrich, route, render for each matched
+        sink, queue metadata.  Appends each rendered payload and its metadata to ``rows[sink]``
+        (``([payload], [meta])``) and each event a sink's renderer refused to ``dead[sink]``
+        (``[(raw, meta, reason)]``).  ``observe(event, route names, [(sink, payload, meta,
+        error)])`` is called for every event when given (the taps, :meth:`stage`).
+
+        The queue metadata is ``{source, routes, received}`` plus the canonical fields the
+        sink kind asks for (``SinkKind.meta``).  Consecutive events with the same source,
+        routes and receive time (a listener batch, mostly) share one metadata dict, which is
+        never mutated, so encoders that cache by identity (the workers,
+        ``DiskQueue.put_many``) encode it once."""
         enricher = self.enricher
         if enricher is None and self._enrich_pending:
             self._enrich_pending = False
             enricher = self.enricher = self._build_enricher(self.config)
-        if enricher is not None:
-            try:
-                enricher(ev)
-            except Exception as e:  # a lookup bug must not lose the event: routed unenriched
-                self._enrich_failed(ev, e)
-        routes, sinks = self.route(ev)
-        if not sinks:
-            self._unrouted.value += 1
-            return routes, []
-        meta = {"source": ev.source, "routes": routes, "received": ev.received}
+        route = self.route
         renderers = self.renderers
         meta_fields = self._meta_fields
-        if len(sinks) == 1 and sinks[0] not in meta_fields:
-            s = sinks[0]
-            try:
-                return routes, [(s, renderers[s](ev, routes), meta, None)]
-            except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
-                return routes, [self._dead(s, ev, meta, e)]
+        meta = self._last_meta
+        for ev in evs:
+            if enricher is not None:
+                try:
+                    enricher(ev)
+                except Exception as e:  # a lookup bug must not lose the event: routed unenriched
+                    self._enrich_failed(ev, e)
+            routes, sinks = route(ev)
+            if not sinks:
+                self._unrouted.value += 1
+                if observe is not None:
+                    observe(ev, routes, [])
+                continue
+            if meta["routes"] != routes or meta["received"] != ev.received or meta["source"] != ev.source:
+                meta = self._last_meta = {"source": ev.source, "routes": routes, "received": ev.received}
+            if len(sinks) == 1 and sinks[0] not in meta_fields:    # the usual case, inline
+                s = sinks[0]
+                try:
+                    payload = renderers[s](ev, routes)
+                except Exception as e:  # an encoder refusing this event: kept, dead-lettered with the reason
+                    out = [self._dead(s, ev, meta, e)]
+                else:
+                    b = rows.get(s)
+                    if b is None:
+                        rows[s] = ([payload], [meta])
+                    else:
+                        b[0].append(payload)
+                        b[1].append(meta)
+                    if observe is not None:
+                        observe(ev, routes, [(s, payload, meta, None)])
+                    continue
+            else:
+                out = self._render_sinks(ev, routes, sinks, meta)
+            for s, payload, m, err in out:
+                if err is not None:
+                    d = dead.get(s)
+                    if d is None:
+                        dead[s] = [(payload, m, err)]
+                    else:
+                        d.append((payload, m, err))
+                    continue
+                b = rows.get(s)
+                if b is None:
+                    rows[s] = ([payload], [m])
+                else:
+                    b[0].append(payload)
+                    b[1].append(m)
+            if observe is not None:
+                observe(ev, routes, out)
+
+    def _render_sinks(self, ev, routes: list, sinks: list, meta: dict) -> list:
+        """:meth:`stage_into` for an event with several sinks, or sinks that want canonical
+        fields in their metadata -> [(sink, payload, meta, error)] in sink order."""
+        renderers = self.renderers
+        meta_fields = self._meta_fields
         out = []
         metas = None   # fields tuple -> meta dict, shared by the sinks that ask for the same fields
         for s in sinks:
@@ -237,7 +297,7 @@ class Pipeline:
                 out.append((s, renderers[s](ev, routes), m, None))
             except Exception as e:  # an encoder refusing this event: keep it, dead-lettered with the reason
                 out.append(self._dead(s, ev, meta, e))
-        return routes, out
+        return out
 
     def _enrich_failed(self, ev, e: Exception) -> None:
         self._enrich_err.value += 1
@@ -314,21 +374,12 @@ class Pipeline:
         """Raw messages from a listener: see the module docstring."""
         if received is None:
             received = time.time()
-        per_sink: dict[str, list] = {}
+        rows: dict[str, tuple] = {}
+        dead: dict[str, list] = {}
         tap = self.tap
-        for ev, routes, out in self.stage_items(items, source, received):
-            if tap is not None:
-                tap.offer(ev, routes, out)
-            for sink, payload, meta, err in out:
-                if err is not None:
-                    self.committers[sink].submit_dead(payload, meta, err)
-                    continue
-                b = per_sink.get(sink)
-                if b is None:
-                    per_sink[sink] = [(payload, meta)]
-                else:
-                    b.append((payload, meta))
-        return self._commit(per_sink)
+        self.stage_rows(items, source, received, rows, dead, None if tap is None else tap.offer)
+        self._submit_dead(dead)
+        return self._commit(rows)
 
     def full(self, sinks=None) -> str | None:
         """Why events for ``sinks`` (sink names; default every sink) cannot be taken now, or None:
@@ -352,36 +403,24 @@ class Pipeline:
         holds the loop for long.  ``refuse_when_full``: once staged, if a matched sink cannot
         take events now (:meth:`full`), raise :class:`Backpressure` and queue nothing (not even
         dead letters): the sender is told to retry later."""
-        per_sink: dict[str, list] = {}
-        dead: list = []
-        stage = self.stage
-        tap = self.tap
-        for i, ev in enumerate(events):
-            if i and not i % STAGE_SLICE:
+        rows: dict[str, tuple] = {}
+        dead: dict[str, list] = {}
+        if not isinstance(events, list):
+            events = list(events)
+        for i in range(0, len(events), STAGE_SLICE):
+            if i:
                 await asyncio.sleep(0)
-                tap = self.tap
-            routes, out = stage(ev)
-            if tap is not None:
-                tap.offer(ev, routes, out)
-            for sink, payload, meta, err in out:
-                if err is not None:
-                    dead.append((sink, payload, meta, err))
-                else:
-                    b = per_sink.get(sink)
-                    if b is None:
-                        per_sink[sink] = [(payload, meta)]
-                    else:
-                        b.append((payload, meta))
+            tap = self.tap
+            self.stage_into(events[i:i + STAGE_SLICE], rows, dead, None if tap is None else tap.offer)
         if refuse_when_full:
-            why = self.full(list(per_sink) + [d[0] for d in dead])
+            why = self.full(list(rows) + list(dead))
             if why is not None:
                 raise Backpressure(why)
-        for sink, payload, meta, err in dead:
-            self.committers[sink].submit_dead(payload, meta, err)
-        fut = self._commit(per_sink)
+        self._submit_dead(dead)
+        fut = self._commit(rows)
         if fut is not None:
             await fut
-        return sum(len(r) for r in per_sink.values())
+        return sum(len(r[0]) for r in rows.values())
 
     async def submit_body(self, body: bytes, source: SourceConfig, *, received: float, peer: str | None = None,
                           path: str | None = None, hec_raw: bool = False, query: dict | None = None,
@@ -396,11 +435,20 @@ class Pipeline:
             await self.submit(events, source, refuse_when_full=refuse_when_full)
         return len(events)
 
-    def _commit(self, per_sink: dict):
-        if not per_sink:
+    def _submit_dead(self, dead: dict) -> None:
+        committers = self.committers
+        for sink, items in dead.items():
+            c = committers[sink]
+            for payload, meta, err in items:
+                c.submit_dead(payload, meta, err)
+
+    def _commit(self, rows: dict):
+        """``rows`` (sink -> ([payload], [meta]), :meth:`stage_into`) to the committers: None
+        when there is nothing, else a future done once all are durable."""
+        if not rows:
             return None
         committers = self.committers
-        futs = [committers[s].submit(b) for s, b in per_sink.items()]
+        futs = [committers[s].submit(list(zip(p, m))) for s, (p, m) in rows.items()]
         if len(futs) == 1:
             return futs[0]
         return asyncio.gather(*futs)

@@ -2,7 +2,8 @@
 
 With ``[relay] workers = N`` (N > 1) the main process keeps the sockets, the framing,
 the queues' group commits, the sinks' delivery loops and the metrics; N worker processes
-run the one stage (:meth:`relay.pipeline.Pipeline.stage_items`: ``parse_batch`` and ``stage``) on the listeners' raw messages
+run the one stage (:meth:`relay.pipeline.Pipeline.stage_rows`: ``parse_batch`` and ``stage_into``) on the listeners' raw
+messages
 and send back each sink's rendered rows.  CPython runs one thread at a time per process, so
 this is what puts the second core to work.  The main process commits what the workers
 return through the same :class:`relay.queue.GroupCommitter` as the in-process pipeline
@@ -492,32 +493,31 @@ class _WorkerState:
         queue stores them, metadata encoded (orjson): the main process only inserts them."""
         results = []
         sources = self.config.sources
-        stage_items = self.pipeline.stage_items
+        stage_rows = self.pipeline.stage_rows
         for tag, bid, source_name, received, items in batches:
             src = sources.get(source_name)
             if src is None:
                 results.append((bid, {}, {}, f"unknown source {source_name!r} (config changed?)", 0))
                 continue
-            per_sink: dict[str, tuple] = {}
+            rows: dict[str, tuple] = {}
             dead: dict[str, list] = {}
             error = None
             count = 0
             if tag == "body":
-                error, count = self._body(items, src, received, per_sink, dead)
+                error, count = self._body(items, src, received, rows, dead)
             else:
                 try:
-                    for _, _, out in stage_items(items, src, received):
-                        if out:
-                            _collect(out, per_sink, dead)
+                    stage_rows(items, src, received, rows, dead)
                 except Exception as e:  # a bug must not take the batch down silently
                     self.log.exception("processing a batch failed: %s", e)
                     error = f"processing failed: {e}"
-            results.append((bid, {s: pack_rows(p, m) for s, (p, m) in per_sink.items()}, dead, error, count))
+            results.append((bid, {s: pack_rows(p, _encode(m)) for s, (p, m) in rows.items()},
+                            {s: [(p, orjson.dumps(m), r) for p, m, r in d] for s, d in dead.items()}, error, count))
         return results
 
-    def _body(self, item: tuple, src, received: float, per_sink: dict, dead: dict):
+    def _body(self, item: tuple, src, received: float, rows: dict, dead: dict):
         """A request body (WorkerPool.submit_body) -> (error or None, events): decoded by the
-        source kind and each event staged, rows collected into ``per_sink``/``dead``."""
+        source kind and each event staged, rows collected into ``rows``/``dead``."""
         from .pipeline import DecodeFailed, decode_body
         body, peer, path, hec_raw, query = item
         try:
@@ -527,36 +527,26 @@ class _WorkerState:
         except DecodeFailed as e:
             self.log.error("%s", e)
             return ("decode", str(e)), 0
-        stage = self.pipeline.stage
-        for ev in events:
-            try:
-                _, out = stage(ev)
-            except Exception as e:  # a bug: the request is refused whole (500), never half queued
-                self.log.exception("staging an event failed: %s", e)
-                per_sink.clear()
-                dead.clear()
-                return ("decode", f"staging failed: {type(e).__name__}: {e}"), 0
-            if out:
-                _collect(out, per_sink, dead)
+        try:
+            self.pipeline.stage_into(events, rows, dead)
+        except Exception as e:  # a bug: the request is refused whole (500), never half queued
+            self.log.exception("staging an event failed: %s", e)
+            rows.clear()
+            dead.clear()
+            return ("decode", f"staging failed: {type(e).__name__}: {e}"), 0
         return None, len(events)
 
     def close(self) -> None:
         pass
 
 
-def _collect(out: list, per_sink: dict, dead: dict, dumps=orjson.dumps) -> None:
-    """One event's staged rows -> ``per_sink`` (sink -> ([payload], [encoded meta])) and
-    ``dead`` (sink -> [(payload, encoded meta, reason)])."""
+def _encode(metas: list, dumps=orjson.dumps) -> list:
+    """Queue metadata dicts -> JSON bytes; consecutive events mostly share one dict
+    (:meth:`relay.pipeline.Pipeline.stage_into`), encoded once."""
     last = enc = None
-    for sink, payload, meta, err in out:
-        if meta is not last:   # sinks of one event mostly share one meta dict
-            last, enc = meta, dumps(meta)
-        if err is not None:
-            dead.setdefault(sink, []).append((payload, enc, err))
-            continue
-        b = per_sink.get(sink)
-        if b is None:
-            per_sink[sink] = ([payload], [enc])
-        else:
-            b[0].append(payload)
-            b[1].append(enc)
+    out = []
+    for m in metas:
+        if m is not last:
+            last, enc = m, dumps(m)
+        out.append(enc)
+    return out

@@ -235,3 +235,73 @@ mode = "assist"
     assert routes == ["all"] and out[0][0] == "out" and out[0][3] is None
     assert REGISTRY.counter("relay_enrich_errors_total").value == before + 1
     assert any("enrichment failed (RuntimeError: lookup bug)" in n for n in ev.notes)
+
+
+@pytest.mark.parametrize("variant", ["plain", "enrich", "single"])
+def test_stage_rows_is_stage_per_event(tmp_path, monkeypatch, variant):
+    """The batch path (Pipeline.stage_rows -> stage_into: what the listeners' hand-over and the
+    ingest workers run) puts into each sink's rows and dead letters exactly what ``stage``
+    returns event by event, in order, with the same metadata, and shows the taps the same
+    per-event results: every sink kind and format, routes with several sinks, metadata
+    fields, render failures, enrichment, strict and lenient sources, and every event to one
+    sink (the inline path the benchmark takes): bench/differential.py's configs and varied
+    corpus."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import differential
+    monkeypatch.setenv("DIFF_XSOAR_KEY", "k" * 32)
+    text = differential.SOURCES + differential.SINKS + (differential.ROUTES_SINGLE if variant == "single"
+                                                        else differential.ROUTES)
+    if variant == "enrich":
+        text += differential.ENRICH.format(lk=(Path(differential.ROOT) / "examples" / "lookups").resolve())
+    cfg = loads(text, base_dir=tmp_path)
+    one, batch = Pipeline(cfg, committers={}), Pipeline(cfg, committers={})
+    import zlib
+
+    def refusing(render, salt):   # some events refused by some sinks: dead letters
+        def r(ev, routes):
+            if zlib.crc32(ev.raw + salt) % 9 == 0:
+                raise ValueError("refused by the test")
+            return render(ev, routes)
+        return r
+    for p in (one, batch):
+        p.renderers = {s: refusing(r, s.encode()) for s, r in p.renderers.items()}
+    msgs = differential.corpus(1200)
+    enc = orjson.dumps
+    kinds_seen: set = set()
+    for sname in ("tcp", "lenient"):
+        src = cfg.sources[sname]
+        for k in range(0, len(msgs), 97):
+            items = [(raw, differential._peer(k + j)) for j, raw in enumerate(msgs[k:k + 97])]
+            want_rows: dict = {}
+            want_dead: dict = {}
+            want_seen = []
+            for ev in one.parse_batch(items, src, differential.RECEIVED):
+                routes, out = one.stage(ev)
+                want_seen.append((routes, [(s, p, enc(m), e) for s, p, m, e in out]))
+                for s, p, m, e in out:
+                    if e is None:
+                        want_rows.setdefault(s, []).append((p, enc(m)))
+                    else:
+                        want_dead.setdefault(s, []).append((p, enc(m), e))
+            rows: dict = {}
+            dead: dict = {}
+            seen = []
+
+            def observe(ev, routes, out):
+                # each event on its own: every sink of its routes, in order, refused exactly
+                # when the test's renderer refuses it, its metadata its own
+                want = list(dict.fromkeys(s for r in routes if r in cfg.routes for s in cfg.routes[r].sinks))
+                assert [o[0] for o in out][:len(want)] == want
+                for s, p, m, e in out:
+                    assert (e is not None) == (zlib.crc32(ev.raw + s.encode()) % 9 == 0)
+                    assert (m["source"], m["routes"], m["received"]) == (ev.source, routes, ev.received)
+                seen.append((routes, [(s, p, enc(m), e) for s, p, m, e in out]))
+            batch.stage_rows(items, src, differential.RECEIVED, rows, dead, observe)
+            assert {s: list(zip(p, map(enc, m))) for s, (p, m) in rows.items()} == want_rows
+            assert {s: [(p, enc(m), e) for p, m, e in d] for s, d in dead.items()} == want_dead
+            assert seen == want_seen
+            kinds_seen |= set(rows) | {"dead:" + s for s in dead}
+    # the corpus reaches every routed sink, and every one dead-letters some events
+    routed = {s for r in cfg.routes.values() for s in r.sinks}
+    assert routed <= kinds_seen and {"dead:" + s for s in routed} <= kinds_seen
