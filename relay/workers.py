@@ -40,6 +40,7 @@ import orjson
 from parsers.httpbody import BodyError
 
 from .queue import pack_rows
+from .queue.packing import encode_metas
 
 from .metrics import REGISTRY
 
@@ -511,7 +512,7 @@ class _WorkerState:
                 except Exception as e:  # a bug must not take the batch down silently
                     self.log.exception("processing a batch failed: %s", e)
                     error = f"processing failed: {e}"
-            results.append((bid, {s: pack_rows(p, _encode(m)) for s, (p, m) in rows.items()},
+            results.append((bid, {s: pack_rows(p, encode_metas(m)) for s, (p, m) in rows.items()},
                             {s: [(p, orjson.dumps(m), r) for p, m, r in d] for s, d in dead.items()}, error, count))
         return results
 
@@ -538,15 +539,3 @@ class _WorkerState:
 
     def close(self) -> None:
         pass
-
-
-def _encode(metas: list, dumps=orjson.dumps) -> list:
-    """Queue metadata dicts -> JSON bytes; consecutive events mostly share one dict
-    (:meth:`relay.pipeline.Pipeline.stage_into`), encoded once."""
-    last = enc = None
-    out = []
-    for m in metas:
-        if m is not last:
-            last, enc = m, dumps(m)
-        out.append(enc)
-    return out

@@ -20,7 +20,7 @@ from .admin import _AdminMixin
 from .delivery import _DeliveryMixin
 from .errors import _CORRUPTION_CODES, _SQLITE_FULL, QueueCorrupt, QueueDiskFull, QueueError, QueueFull, _code
 from .items import RetryPolicy, _dumps, _excerpt
-from .packing import _as_bytes, pack_rows
+from .packing import _as_bytes, encode_metas, pack_rows
 from .recovery import _RecoveryMixin
 from .reserve import _ReserveMixin
 from .schema import _rollback
@@ -177,8 +177,7 @@ class DiskQueue(_DeliveryMixin, _AdminMixin, _RecoveryMixin, _ReserveMixin):
         payloads = [p for p, _ in items]
         metas = [m for _, m in items]
         if not all([type(m) is bytes or m is None for m in metas]):
-            dumps = _dumps
-            metas = [(m if type(m) is bytes else dumps(m)) if m else None for m in metas]
+            metas = encode_metas(metas)
         if not all([type(p) is bytes for p in payloads]):
             payloads = [_as_bytes(p) for p in payloads]
         sizes = list(map(len, payloads))

@@ -8,7 +8,9 @@ from array import array
 from bisect import bisect_right
 from itertools import accumulate
 
-__all__ = ["PACK_EVENTS", "PACK_BYTES", "pack_rows", "unpack_rows"]
+from .items import _dumps
+
+__all__ = ["PACK_EVENTS", "PACK_BYTES", "pack_rows", "unpack_rows", "encode_metas"]
 
 PACK_EVENTS = 256          # events per packed row (at most)
 PACK_BYTES = 256 << 10     # payload bytes per packed row (soft limit: one event may exceed it)
@@ -75,6 +77,24 @@ def pack_rows(payloads: list, metas: list, sizes: list | None = None) -> list[tu
             meta = b"".join([m for m in ms if m])
             out.append((n, b"".join(payloads[i:j]), meta or None, lens.tobytes(), cum[j - 1] - base))
         i = j
+    return out
+
+
+def encode_metas(metas: list, dumps=_dumps) -> list:
+    """Queue metadata -> what a row stores: a dict as JSON bytes, bytes as they are, an empty
+    one as None.  Consecutive events mostly share one dict (relay.pipeline.Pipeline.stage_into
+    never mutates it), encoded once."""
+    out = []
+    last = enc = None
+    for m in metas:
+        if not m:
+            out.append(None)
+        elif type(m) is bytes:
+            out.append(m)
+        else:
+            if m is not last:
+                last, enc = m, dumps(m)
+            out.append(enc)
     return out
 
 
