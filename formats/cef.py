@@ -31,8 +31,8 @@ multi-character table), so clean values cost four ``in`` scans and no allocation
 """
 from __future__ import annotations
 
-__all__ = ["encode", "encode_counted", "escape_header", "escape_value", "sanitise_key", "check_severity",
-           "custom_fields", "custom_strings", "custom_numbers", "CUSTOM_SLOTS"]
+__all__ = ["encode", "encode_counted", "header_counted", "extension_counted", "escape_header", "escape_value",
+           "sanitise_key", "check_severity", "custom_fields", "custom_strings", "custom_numbers", "CUSTOM_SLOTS"]
 
 _KEYCH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.[],")
 _HDR_TABLE = str.maketrans({"\\": "\\\\", "|": "\\|", "\r": " ", "\n": " ", "\t": " ", "\0": " "})
@@ -126,7 +126,20 @@ def encode(vendor: str, product: str, device_version: str, event_class_id: str, 
 def encode_counted(vendor: str, product: str, device_version: str, event_class_id: str, name: str,
                    severity, extension=(), *, version: int = 0) -> tuple[str, int]:
     """:func:`encode` and the number of characters sanitised (NUL and TAB anywhere, CR/LF in
-    header fields; each replaced by a space)."""
+    header fields; each replaced by a space): :func:`header_counted` then
+    :func:`extension_counted`."""
+    head, changes = header_counted(vendor, product, device_version, event_class_id, name, severity,
+                                   version=version)
+    if not extension:
+        return head, changes
+    body, more = extension_counted(extension)
+    return head + body, changes + more
+
+
+def header_counted(vendor: str, product: str, device_version: str, event_class_id: str, name: str,
+                   severity, *, version: int = 0) -> tuple[str, int]:
+    """``CEF:version|vendor|product|device_version|event_class_id|name|severity|`` and the
+    number of characters sanitised in it."""
     if version != 0 and version != 1:
         raise ValueError(f"CEF version {version!r} is not 0 or 1")
     sev = check_severity(severity)
@@ -135,10 +148,13 @@ def encode_counted(vendor: str, product: str, device_version: str, event_class_i
     h3, c3 = _header(device_version)
     h4, c4 = _header(event_class_id)
     h5, c5 = _header(name)
-    changes = c1 + c2 + c3 + c4 + c5
-    head = f"CEF:{version}|{h1}|{h2}|{h3}|{h4}|{h5}|{sev}|"
-    if not extension:
-        return head, changes
+    return f"CEF:{version}|{h1}|{h2}|{h3}|{h4}|{h5}|{sev}|", c1 + c2 + c3 + c4 + c5
+
+
+def extension_counted(extension) -> tuple[str, int]:
+    """The extension (``(key, value)`` pairs or a dict) as ``k=v k=v`` and the number of
+    characters sanitised (NUL and TAB)."""
+    changes = 0
     items = extension.items() if isinstance(extension, dict) else extension
     parts = []
     cache = _key_cache
@@ -167,7 +183,7 @@ def encode_counted(vendor: str, product: str, device_version: str, event_class_i
         if ck is None:
             ck = sanitise_key(k)
         parts.append(f"{ck}={v}")
-    return head + " ".join(parts), changes
+    return " ".join(parts), changes
 
 
 # Custom (labelled) fields: prefix -> highest standard index.

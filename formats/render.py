@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import orjson
 
 from parsers.event import Event, text
-from parsers.native import leef_join as _leef_join, leef_line as _leef_line
+from parsers.native import cef_line as _cef_line, leef_join as _leef_join, leef_line as _leef_line
 from parsers.schema import SEVERITY_TO_CEF, SEVERITY_TO_LEEF, SEVERITY_TO_SYSLOG, severity_from_syslog
 
 from . import cef as _cef
@@ -125,9 +125,29 @@ def _leef_plan(version: str, delimiter: str, profile: VendorProfile):
 
 def _cef_plan(o: RenderOptions, profile: VendorProfile) -> tuple:
     """Per-(sink, vendor profile) constants of :meth:`Renderer._cef`: the ``cat`` field, the
-    extra keys, the custom-slot reader, the header identity and the backslash hint."""
+    extra keys, the custom-slot reader, the header identity, the backslash hint, and the
+    native accelerator's tables (:func:`_cef_native_plan`)."""
     return (profile.category, profile.cef_extra, _customs_reader(profile),
-            profile.header or (o.cef_vendor, o.cef_product, o.cef_version), profile.cef_escape_fields)
+            profile.header or (o.cef_vendor, o.cef_product, o.cef_version), profile.cef_escape_fields,
+            _cef_native_plan(profile))
+
+
+def _cef_native_plan(profile: VendorProfile) -> tuple | None:
+    """The tables ``parsers._speedups.cef_line`` reads for ``profile`` (see its comment), or
+    None (no native path) when one of the extension keys is not written as it is."""
+    if _cef_line is None:
+        return None
+    keys = ["rt", "cat"] + [k for _, k in CEF_COMMON + profile.cef_extra] + [k for p in _CS_KEYS + _CN_KEYS for k in p]
+    try:
+        if any(_cef.sanitise_key(k) != k for k in keys):
+            return None
+    except ValueError:
+        return None
+
+    def slots(t):
+        return tuple((s.label, s.field, s.extra) for s in t)
+    return (dict(SEV_BAND), profile.category, tuple(CEF_COMMON), tuple(profile.cef_extra),
+            slots(profile.cef_strings), slots(profile.cef_numbers), _CS_KEYS, _CN_KEYS)
 
 
 _readers: dict = {}
@@ -416,6 +436,19 @@ class Renderer:
     # ---------------------------------------------------------------- CEF
     def _cef(self, ev: Event, routes=None) -> bytes:
         f = ev.fields
+        if _cef_line is not None and f.__class__ is dict:
+            # the native accelerator: the whole line when both headers are cached (parsers/native.py)
+            try:
+                profile = PROFILES.get(f.get("vendor"), DEFAULT)
+                plan = self._cplans[profile]
+            except (KeyError, TypeError):   # not built yet, or an unhashable vendor: below
+                pass
+            else:
+                if plan[5] is not None:
+                    line = _cef_line(ev, f, plan[5], self._cheads, self._hcache, profile, profile.event_id,
+                                     self.o.hostname, self.o.app_name)
+                    if line is not None:
+                        return line
         band = sev_of(f, ev)
         epoch = _epoch(ev, f)
         ext = []
@@ -431,7 +464,7 @@ class Renderer:
             plan = self._cplans[profile]
         except KeyError:
             plan = self._cplans[profile] = _cef_plan(self.o, profile)
-        cat_field, extra_keys, customs, (vendor, product, version), escape_fields = plan
+        cat_field, extra_keys, customs, (vendor, product, version), escape_fields, _ = plan
         extra = None
         if f:
             ext.append(("cat", _str(f.get(cat_field) or f.get("kind"))))
@@ -477,19 +510,19 @@ class Renderer:
         else:
             parts = [f"{k}={v}" for k, v in ext if v is not None]
             body = " ".join(parts)
+        hk = (profile, event_id, name, band)
+        hit = self._cheads.get(hk)
+        if hit is None:   # the CEF header, built once per profile/class/name/severity
+            hit = _cef.header_counted(vendor, product, version, event_id, name, SEV_BAND[band][0])
+            if len(self._cheads) >= 4096:
+                self._cheads.clear()
+            self._cheads[hk] = hit
+        head, changes = hit
         if body is None or body and ("\\" in body or "\n" in body or "\r" in body or "  " in body or "\t" in body
                      or "\0" in body or body[-1] == " " or body.count("=") != len(parts)):
-            line, changes = _cef.encode_counted(vendor, product, version, event_id, name, SEV_BAND[band][0], ext)
-        else:
-            hk = (profile, event_id, name, band)
-            hit = self._cheads.get(hk)
-            if hit is None:
-                hit = _cef.encode_counted(vendor, product, version, event_id, name, SEV_BAND[band][0])
-                if len(self._cheads) >= 4096:
-                    self._cheads.clear()
-                self._cheads[hk] = hit
-            head, changes = hit
-            line = head + body
+            body, more = _cef.extension_counted(ext)    # the escaping encoder
+            changes += more
+        line = head + body
         if changes:
             self.sanitised += changes
             ev.note(f"CEF: {changes} character(s) sanitised (TAB/NUL, and CR/LF in the header, replaced by space)")

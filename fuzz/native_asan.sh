@@ -3,7 +3,7 @@
 # UndefinedBehaviorSanitizer, once, from a script (issue 19): builds both extensions with
 # -fsanitize=address,undefined into a scratch copy of parsers/ and relay/, preloads
 # libasan/libubsan into the (uninstrumented) interpreter, then runs tests/test_native.py
-# (vectors, hostile corpus, benchmark traffic, hypothesis, normaliser, LEEF, deframing, the whole
+# (vectors, hostile corpus, benchmark traffic, hypothesis, normaliser, LEEF, CEF, deframing, the whole
 # stage), the UDP source's tests (recvmmsg against recvfrom) and RUNS random mutations through
 # the fuzz target `native` (native vs Python) against that build.  Any ASan/UBSan report aborts with a non-zero exit.
 #

@@ -266,8 +266,8 @@ _native = None
 def _native_diff(data: bytes) -> None:
     """Every piece of the native accelerator against the Python code on the input: its lines
     as one listener batch (detect.parse, every Event slot), normalised (the RhythmX fast
-    path), rendered as LEEF by a renderer with the native line/pairs and one without (each
-    kept across inputs, so header caches hit), and the whole input deframed in two reads with
+    path), rendered as LEEF and as CEF by renderers with the native lines/pairs and ones without
+    (each kept across inputs, so header caches hit), and the whole input deframed in two reads with
     and without the native LF loop.  Any difference is a finding (AssertionError)."""
     global _native
     from formats import render
@@ -277,42 +277,45 @@ def _native_diff(data: bytes) -> None:
         from parsers import native
         mod = native.load_module()
         _native = (native.load_native()[0], native.parse_items_pure, native.differences, mod,
-                   [render.Renderer(render.RenderOptions(format="leef")) for _ in range(2)])
+                   [(render.Renderer(render.RenderOptions(format="leef")),
+                     render.Renderer(render.RenderOptions(format="cef"))) for _ in range(2)])
     fast, pure, differences, mod, renderers = _native
     items = [(ln, "10.0.0.1:514") for ln in data.split(b"\n")]
     for a, b in zip(fast(items, False, RECEIVED, "fuzz"), pure(items, False, RECEIVED, "fuzz")):
         d = differences(a, b)
         if d:
             raise AssertionError(f"native and Python parse differ on {a.raw!r}: {d}")
-    saved = norm._rx_fast, render._leef_line, render._leef_join, framing._lf_frames
+    saved = norm._rx_fast, render._leef_line, render._leef_join, render._cef_line, framing._lf_frames
     try:
         outs = []
         for on, r in zip((True, False), renderers):
             norm._rx_fast = mod.rx_normalise if on else None
             render._leef_line, render._leef_join = (mod.leef_line, mod.leef_join) if on else (None, None)
+            render._cef_line = mod.cef_line if on else None
             framing._lf_frames = mod.lf_frames if on else None
             evs = [norm.normalise(e) for e in pure(items, False, RECEIVED, "fuzz")]
             lines = []
             for e in evs:
-                try:
-                    lines.append(r.render(e))
-                except Exception as x:
-                    lines.append(f"{type(x).__name__}: {x}")
+                for rr in r:
+                    try:
+                        lines.append(rr.render(e))
+                    except Exception as x:
+                        lines.append(f"{type(x).__name__}: {x}")
             dfr = framing.Deframer(max_frame=200)
             cut = len(data) // 2
             frames = dfr.feed(data[:cut]) + dfr.feed(data[cut:]) + dfr.close()
-            outs.append((evs, lines, [e.notes for e in evs], r.sanitised, frames, dfr.drain_problems(), dfr.stats))
+            outs.append((evs, lines, [e.notes for e in evs], [rr.sanitised for rr in r], frames, dfr.drain_problems(), dfr.stats))
         (ea, la, na, sa, fa, pa, ta), (eb, lb, nb, sb, fb, pb, tb) = outs
         for a, b in zip(ea, eb):
             d = differences(a, b)
             if d:
                 raise AssertionError(f"native and Python normalise/render differ on {a.raw!r}: {d}")
         if (la, sa) != (lb, sb):
-            raise AssertionError(f"native and Python LEEF differ: {la!r} != {lb!r}")
+            raise AssertionError(f"native and Python LEEF/CEF differ: {la!r} != {lb!r}")
         if (fa, pa, ta) != (fb, pb, tb):
             raise AssertionError(f"native and Python deframing differ on {data!r}")
     finally:
-        norm._rx_fast, render._leef_line, render._leef_join, framing._lf_frames = saved
+        norm._rx_fast, render._leef_line, render._leef_join, render._cef_line, framing._lf_frames = saved
 
 
 def _native_seeds() -> list[bytes]:
@@ -335,7 +338,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("rules", _rules, (), _rule_seeds, "relay/rules.compile_rule and the compiled rule"),
     Target("config", _config, (), _config_seeds, "relay/config.loads (every kind's reader)"),
     Target("native", _native_diff, (), _native_seeds,
-           "parsers/_speedups.c (the native accelerator: parse, normalise, LEEF, deframing) against the "
+           "parsers/_speedups.c (the native accelerator: parse, normalise, LEEF, CEF, deframing) against the "
            "Python code"),
 )}
 # Documented error types are caught inside each runner (ParseError, RuleSyntaxError,

@@ -986,10 +986,22 @@ static PyObject *py_lf_frames(PyObject *self, PyObject *args)
  * from the sink or the event, every text ASCII without CR, LF, NUL or a stray delimiter.  It
  * reads and changes nothing; None means the Python code does it all (and fills the cache).
  * ------------------------------------------------------------------------------------------ */
-static PyObject *k_vendor_sev, *k_occ, *k_kind, *k_triage, *k_host, *k_product, *k_extra2, *k_event2, *s_original,
-    *s_syslog;
+static PyObject *k_vendor_sev, *k_occ, *k_kind, *k_triage, *k_host, *k_product, *k_extra2, *k_event2, *k_name2,
+    *s_original, *s_syslog, *i_17;
 
 static inline int truthy_str(PyObject *o) { return o && PyUnicode_CheckExact(o) && PyUnicode_GET_LENGTH(o) > 0; }
+
+static int render_keys(void)
+{
+#define K(var, text) do { if (!var && !(var = PyUnicode_InternFromString(text))) return -1; } while (0)
+    K(k_vendor_sev, "severity"); K(k_occ, "occurred_unix"); K(k_kind, "kind"); K(k_triage, "triage");
+    K(k_host, "host"); K(k_product, "product"); K(k_extra2, "extra"); K(k_event2, "event"); K(k_name2, "name");
+    K(s_original, "original"); K(s_syslog, "syslog");
+#undef K
+    if (!i_17 && !(i_17 = PyLong_FromLong(17)))
+        return -1;
+    return 0;
+}
 
 static void civil_from_days(long long z, int *y, int *m, int *d)
 {
@@ -1005,6 +1017,162 @@ static void civil_from_days(long long z, int *y, int *m, int *d)
     *y = (int)(yy + (*m <= 2));
 }
 
+/* The canonical occurred_unix as formats.syslog.rfc5424_timestamp writes it, without its 'Z':
+ * "YYYY-MM-DDTHH:MM:SS.mmm" (23 characters) for a float in years 1970-9999 (round(epoch * 1000)
+ * in milliseconds, half to even as nearbyint does); 0 for anything else. */
+static int stamp23(PyObject *epoch, char *q)
+{
+    if (!epoch || !PyFloat_CheckExact(epoch))
+        return 0;
+    double x = nearbyint(PyFloat_AS_DOUBLE(epoch) * 1000.0);
+    if (!(x >= 0.0 && x < 253402300800000.0))
+        return 0;
+    long long r = (long long)x, secs = r / 1000;
+    int ms = (int)(r % 1000), Y, M, D;
+    civil_from_days(secs / 86400, &Y, &M, &D);
+    int sod = (int)(secs % 86400);
+    int hh = sod / 3600, mi = sod / 60 % 60, ss = sod % 60;
+    q[0] = (char)('0' + Y / 1000); q[1] = (char)('0' + Y / 100 % 10); q[2] = (char)('0' + Y / 10 % 10);
+    q[3] = (char)('0' + Y % 10); q[4] = '-'; q[5] = (char)('0' + M / 10); q[6] = (char)('0' + M % 10);
+    q[7] = '-'; q[8] = (char)('0' + D / 10); q[9] = (char)('0' + D % 10); q[10] = 'T';
+    q[11] = (char)('0' + hh / 10); q[12] = (char)('0' + hh % 10); q[13] = ':';
+    q[14] = (char)('0' + mi / 10); q[15] = (char)('0' + mi % 10); q[16] = ':';
+    q[17] = (char)('0' + ss / 10); q[18] = (char)('0' + ss % 10); q[19] = '.';
+    q[20] = (char)('0' + ms / 100); q[21] = (char)('0' + ms / 10 % 10); q[22] = (char)('0' + ms % 10);
+    q[23] = 0;
+    return 1;
+}
+
+/* f["extra"] as the renderers read it: *extra the dict and *use 1 when it is a non-empty dict,
+ * *use 0 when it is falsy; 0 (not covered) when it is truthy but not a dict, -1 error. */
+static int extra_of(PyObject *f, PyObject **extra, int *use)
+{
+    PyObject *x = PyDict_GetItemWithError(f, k_extra2);
+    if (!x) {
+        if (PyErr_Occurred())
+            return -1;
+        x = Py_None;
+    }
+    int t = PyObject_IsTrue(x);
+    if (t < 0)
+        return -1;
+    if (t && !PyDict_CheckExact(x))
+        return 0;
+    *extra = x;
+    *use = t;
+    return 1;
+}
+
+/* formats.render._event_id: extra[eid_field] (when a non-empty dict extra and a field name),
+ * else f["event"], else f["kind"] (the first truthy), as an ASCII str; else the MSGID, the
+ * APP-NAME or "syslog".  *out is borrowed.  0: another value type (Python's _str). */
+static int event_id_of(PyObject *ev, PyObject *f, PyObject *extra, int use_extra, PyObject *eid_field, PyObject **out)
+{
+    PyObject *e = NULL;
+    if (eid_field != Py_None && !PyUnicode_CheckExact(eid_field))
+        return 0;
+    if (use_extra && truthy_str(eid_field)) {
+        e = PyDict_GetItemWithError(extra, eid_field);
+        if (!e && PyErr_Occurred())
+            return -1;
+    }
+    PyObject *chain[2] = {k_event2, k_kind};
+    for (int k = 0; k < 2 && !(e && e != Py_None && (!PyUnicode_CheckExact(e) || PyUnicode_GET_LENGTH(e))); k++) {
+        e = PyDict_GetItemWithError(f, chain[k]);
+        if (!e && PyErr_Occurred())
+            return -1;
+    }
+    if (e && e != Py_None && (!PyUnicode_CheckExact(e) || PyUnicode_GET_LENGTH(e))) {
+        if (!is_ascii_str(e))
+            return 0;
+        *out = e;
+        return 1;
+    }
+    PyObject *mi = SLOT(ev, S_MSGID), *an = SLOT(ev, S_APP_NAME);
+    if ((mi && mi != Py_None && !PyUnicode_CheckExact(mi)) || (an && an != Py_None && !PyUnicode_CheckExact(an)))
+        return 0;
+    *out = truthy_str(mi) ? mi : truthy_str(an) ? an : s_syslog;
+    return 1;
+}
+
+/* The syslog header's HOSTNAME, APP-NAME and MSGID as formats.render.Renderer._header_parts
+ * picks them (borrowed; msgid may be Py_None); 0 when a value is of another type or the
+ * HOSTNAME would be the peer's address (Python does those). */
+static int header_fields(PyObject *ev, PyObject *f, PyObject *hostopt, PyObject *appopt, PyObject **host_,
+                         PyObject **app_, PyObject **msgid_)
+{
+    PyObject *host = hostopt;
+    int orig = PyUnicode_Compare(hostopt, s_original);
+    if (orig == -1 && PyErr_Occurred())
+        return -1;
+    if (orig == 0) {
+        PyObject *h = SLOT(ev, S_HOSTNAME);
+        if (h && h != Py_None && !PyUnicode_CheckExact(h))
+            return 0;
+        if (truthy_str(h))
+            host = h;
+        else {
+            h = PyDict_GetItemWithError(f, k_host);
+            if (!h && PyErr_Occurred())
+                return -1;
+            if (!truthy_str(h))
+                return 0;      /* the peer's address: Python */
+            host = h;
+        }
+    }
+    PyObject *app = SLOT(ev, S_APP_NAME);
+    if (app && app != Py_None && !PyUnicode_CheckExact(app))
+        return 0;
+    if (!truthy_str(app)) {
+        app = PyDict_GetItemWithError(f, k_product);
+        if (!app && PyErr_Occurred())
+            return -1;
+        if (app && app != Py_None && !PyUnicode_CheckExact(app))
+            return 0;
+        if (!truthy_str(app))
+            app = appopt;
+    }
+    PyObject *msgid = PyDict_GetItemWithError(f, k_event2);
+    if (!msgid && PyErr_Occurred())
+        return -1;
+    if (msgid && msgid != Py_None && !PyUnicode_CheckExact(msgid))
+        return 0;
+    if (!truthy_str(msgid)) {
+        msgid = SLOT(ev, S_MSGID);
+        if (msgid && msgid != Py_None && !PyUnicode_CheckExact(msgid))
+            return 0;
+    }
+    if (!msgid || !PyUnicode_CheckExact(msgid))
+        msgid = Py_None;
+    *host_ = host;
+    *app_ = app;
+    *msgid_ = msgid;
+    return 1;
+}
+
+/* f["severity"] when it is a str key of bands (borrowed), else NULL: not covered (or an error
+ * when PyErr_Occurred()) */
+static PyObject *band_of(PyObject *f, PyObject *bands, PyObject **value)
+{
+    PyObject *band = PyDict_GetItemWithError(f, k_vendor_sev);
+    if (!band || !PyUnicode_CheckExact(band))
+        return NULL;
+    PyObject *v = PyDict_GetItemWithError(bands, band);
+    if (!v)
+        return NULL;
+    if (value)
+        *value = v;
+    return band;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * leef_line(ev, f, plan, lheads, profile, event_id_field, hostname, app_name) -> bytes | None:
+ * formats.render.Renderer._leef_fast for the usual event, when its syslog/LEEF header is in
+ * the renderer's cache (lheads) with no sanitising: severity one of the bands, occurred_unix a
+ * float in years 1970-9999, cat and the values str (ASCII) / int / None, no triage, HOSTNAME
+ * from the sink or the event, every text ASCII without CR, LF, NUL or a stray delimiter.  It
+ * reads and changes nothing; None means the Python code does it all (and fills the cache).
+ * ------------------------------------------------------------------------------------------ */
 static PyObject *py_leef_line(PyObject *self, PyObject *args)
 {
     PyObject *ev, *f, *plan, *lheads, *profile, *eid_field, *hostopt, *appopt;
@@ -1013,11 +1181,8 @@ static PyObject *py_leef_line(PyObject *self, PyObject *args)
         return NULL;
     if (!event_type || !Py_IS_TYPE(ev, event_type) || PyTuple_GET_SIZE(plan) != 7)
         Py_RETURN_NONE;
-#define K(var, text) do { if (!var && !(var = PyUnicode_InternFromString(text))) return NULL; } while (0)
-    K(k_vendor_sev, "severity"); K(k_occ, "occurred_unix"); K(k_kind, "kind"); K(k_triage, "triage");
-    K(k_host, "host"); K(k_product, "product"); K(k_extra2, "extra"); K(k_event2, "event");
-    K(s_original, "original"); K(s_syslog, "syslog");
-#undef K
+    if (render_keys() < 0)
+        return NULL;
     PyObject *d = PyTuple_GET_ITEM(plan, 0), *sev_dt = PyTuple_GET_ITEM(plan, 1), *dt_tail = PyTuple_GET_ITEM(plan, 3),
              *common = PyTuple_GET_ITEM(plan, 4), *extra_keys = PyTuple_GET_ITEM(plan, 5),
              *cat_field = PyTuple_GET_ITEM(plan, 6);
@@ -1026,39 +1191,16 @@ static PyObject *py_leef_line(PyObject *self, PyObject *args)
         Py_RETURN_NONE;
     char dch = (char)PyUnicode_1BYTE_DATA(d)[0];
     /* severity band, time */
-    PyObject *band = PyDict_GetItemWithError(f, k_vendor_sev);
+    PyObject *sevtxt = NULL;
+    PyObject *band = band_of(f, sev_dt, &sevtxt);
     if (!band)
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    if (!PyUnicode_CheckExact(band))
-        Py_RETURN_NONE;
-    PyObject *sevtxt = PyDict_GetItemWithError(sev_dt, band);
-    if (!sevtxt)
         return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     if (!is_ascii_str(sevtxt))
         Py_RETURN_NONE;
+    char stamp[24];
     PyObject *epoch = PyDict_GetItemWithError(f, k_occ);
-    if (!epoch || !PyFloat_CheckExact(epoch))
+    if (!stamp23(epoch, stamp))
         return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    double x = nearbyint(PyFloat_AS_DOUBLE(epoch) * 1000.0);
-    if (!(x >= 0.0 && x < 253402300800000.0))
-        Py_RETURN_NONE;
-    long long r = (long long)x, secs = r / 1000;
-    int ms = (int)(r % 1000), Y, M, D;
-    civil_from_days(secs / 86400, &Y, &M, &D);
-    int sod = (int)(secs % 86400);
-    char stamp[64];     /* "YYYY-MM-DDTHH:MM:SS.mmm" (years 1970-9999) */
-    {
-        int hh = sod / 3600, mi = sod / 60 % 60, ss = sod % 60;
-        char *q = stamp;
-        q[0] = (char)('0' + Y / 1000); q[1] = (char)('0' + Y / 100 % 10); q[2] = (char)('0' + Y / 10 % 10);
-        q[3] = (char)('0' + Y % 10); q[4] = '-'; q[5] = (char)('0' + M / 10); q[6] = (char)('0' + M % 10);
-        q[7] = '-'; q[8] = (char)('0' + D / 10); q[9] = (char)('0' + D % 10); q[10] = 'T';
-        q[11] = (char)('0' + hh / 10); q[12] = (char)('0' + hh % 10); q[13] = ':';
-        q[14] = (char)('0' + mi / 10); q[15] = (char)('0' + mi % 10); q[16] = ':';
-        q[17] = (char)('0' + ss / 10); q[18] = (char)('0' + ss % 10); q[19] = '.';
-        q[20] = (char)('0' + ms / 100); q[21] = (char)('0' + ms / 10 % 10); q[22] = (char)('0' + ms % 10);
-        q[23] = 0;
-    }
     /* cat */
     PyObject *cat = PyDict_GetItemWithError(f, cat_field);
     if (!cat && PyErr_Occurred())
@@ -1081,85 +1223,15 @@ static PyObject *py_leef_line(PyObject *self, PyObject *args)
         Py_RETURN_NONE;
     if (!triage && PyErr_Occurred())
         return NULL;
-    PyObject *extra = PyDict_GetItemWithError(f, k_extra2);
-    if (!extra) {
-        if (PyErr_Occurred())
-            return NULL;
-        extra = Py_None;
-    }
-    int use_extra = PyObject_IsTrue(extra);
-    if (use_extra < 0)
-        return NULL;
-    if (use_extra && !PyDict_CheckExact(extra))
-        Py_RETURN_NONE;
-    /* event id */
-    PyObject *e = NULL;
-    if (eid_field != Py_None && !PyUnicode_CheckExact(eid_field))
-        Py_RETURN_NONE;
-    if (use_extra && truthy_str(eid_field)) {
-        e = PyDict_GetItemWithError(extra, eid_field);
-        if (!e && PyErr_Occurred())
-            return NULL;
-    }
-    PyObject *chain[2] = {k_event2, k_kind};
-    for (int k = 0; k < 2 && !(e && e != Py_None && (!PyUnicode_CheckExact(e) || PyUnicode_GET_LENGTH(e))); k++) {
-        e = PyDict_GetItemWithError(f, chain[k]);
-        if (!e && PyErr_Occurred())
-            return NULL;
-    }
-    PyObject *event_id;
-    if (e && e != Py_None && (!PyUnicode_CheckExact(e) || PyUnicode_GET_LENGTH(e))) {
-        if (!is_ascii_str(e))
-            Py_RETURN_NONE;
-        event_id = e;
-    } else {
-        PyObject *mi = SLOT(ev, S_MSGID), *an = SLOT(ev, S_APP_NAME);
-        if ((mi && mi != Py_None && !PyUnicode_CheckExact(mi)) || (an && an != Py_None && !PyUnicode_CheckExact(an)))
-            Py_RETURN_NONE;
-        event_id = truthy_str(mi) ? mi : truthy_str(an) ? an : s_syslog;
-    }
-    /* host, app, msgid: the header cache key */
-    PyObject *host = hostopt;
-    if (PyUnicode_Compare(hostopt, s_original) == 0) {
-        PyObject *h = SLOT(ev, S_HOSTNAME);
-        if (h && h != Py_None && !PyUnicode_CheckExact(h))
-            Py_RETURN_NONE;
-        if (truthy_str(h))
-            host = h;
-        else {
-            h = PyDict_GetItemWithError(f, k_host);
-            if (!h && PyErr_Occurred())
-                return NULL;
-            if (!truthy_str(h))
-                Py_RETURN_NONE;      /* the peer's address: Python */
-            host = h;
-        }
-    } else if (PyErr_Occurred())
-        return NULL;
-    PyObject *app = SLOT(ev, S_APP_NAME);
-    if (app && app != Py_None && !PyUnicode_CheckExact(app))
-        Py_RETURN_NONE;
-    if (!truthy_str(app)) {
-        app = PyDict_GetItemWithError(f, k_product);
-        if (!app && PyErr_Occurred())
-            return NULL;
-        if (app && app != Py_None && !PyUnicode_CheckExact(app))
-            Py_RETURN_NONE;
-        if (!truthy_str(app))
-            app = appopt;
-    }
-    PyObject *msgid = PyDict_GetItemWithError(f, k_event2);
-    if (!msgid && PyErr_Occurred())
-        return NULL;
-    if (msgid && msgid != Py_None && !PyUnicode_CheckExact(msgid))
-        Py_RETURN_NONE;
-    if (!truthy_str(msgid)) {
-        msgid = SLOT(ev, S_MSGID);
-        if (msgid && msgid != Py_None && !PyUnicode_CheckExact(msgid))
-            Py_RETURN_NONE;
-    }
-    if (!msgid || !PyUnicode_CheckExact(msgid))
-        msgid = Py_None;
+    PyObject *extra;
+    int use_extra, r;
+    if ((r = extra_of(f, &extra, &use_extra)) <= 0)
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *event_id, *host, *app, *msgid;
+    if ((r = event_id_of(ev, f, extra, use_extra, eid_field, &event_id)) <= 0
+        || (r = header_fields(ev, f, hostopt, appopt, &host, &app, &msgid)) <= 0)
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    /* the header cache key */
     PyObject *fac = SLOT(ev, S_FACILITY);
     PyObject *key = PyTuple_Pack(7, fac ? fac : Py_None, band, host, app, msgid, profile, event_id);
     if (!key)
@@ -1221,6 +1293,260 @@ static PyObject *py_leef_line(PyObject *self, PyObject *args)
     return out;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * cef_line(ev, f, plan, cheads, hcache, profile, event_id_field, hostname, app_name) -> bytes
+ * | None: formats.render.Renderer._cef for the usual event, when both its headers are in the
+ * renderer's caches (hcache: the syslog header around its timestamp; cheads: the CEF header,
+ * with no sanitising): severity one of the bands, occurred_unix a float in years 1970-9999,
+ * no triage, name/cat/event id and every value a str (ASCII, no TAB or NUL) or an int, the cn
+ * slots ints.  Values are escaped as formats.cef.extension_counted does (\ = CR LF escaped,
+ * trailing spaces removed).  It reads and changes nothing; None means the Python code does it
+ * all (and fills the caches).
+ *
+ * plan (formats.render._cef_native_plan): (bands, cat field, common ((field, key)...), extra
+ * keys ((field, key)...), cs slots ((label, field, in extra)...), cn slots (same), cs keys
+ * ((key, label key)...), cn keys (same)).
+ * ------------------------------------------------------------------------------------------ */
+
+/* an ASCII str value escaped into buf[*len..cap); 0 when it holds a TAB or NUL (sanitised, and
+ * counted, by Python), is not ASCII, or there is no room */
+static int put_cef_text(char *buf, size_t cap, size_t *len, PyObject *v)
+{
+    if (!PyUnicode_IS_ASCII(v))
+        return 0;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(v);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+    size_t l = *len, start = *len;
+    if (l + 2 * (size_t)n > cap)
+        return 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        unsigned char c = s[k];
+        switch (c) {
+        case '\\': buf[l++] = '\\'; buf[l++] = '\\'; break;
+        case '=': buf[l++] = '\\'; buf[l++] = '='; break;
+        case '\n': buf[l++] = '\\'; buf[l++] = 'n'; break;
+        case '\r': buf[l++] = '\\'; buf[l++] = 'r'; break;
+        case '\t': case 0: return 0;
+        default: buf[l++] = (char)c;
+        }
+    }
+    while (l > start && buf[l - 1] == ' ')     /* every escape ends in a non-blank */
+        l--;
+    *len = l;
+    return 1;
+}
+
+/* " key=value" with value a str (escaped) or an int (not bool); 0 for another type */
+static int put_cef_pair(char *buf, size_t cap, size_t *len, PyObject *key, PyObject *v)
+{
+    if (!PyUnicode_IS_ASCII(key) || *len + 2 + (size_t)PyUnicode_GET_LENGTH(key) + 24 > cap)
+        return 0;
+    buf[(*len)++] = ' ';
+    memcpy(buf + *len, PyUnicode_1BYTE_DATA(key), PyUnicode_GET_LENGTH(key));
+    *len += PyUnicode_GET_LENGTH(key);
+    buf[(*len)++] = '=';
+    if (PyUnicode_CheckExact(v))
+        return put_cef_text(buf, cap, len, v);
+    if (PyLong_CheckExact(v)) {
+        int ovf;
+        long lv = PyLong_AsLongAndOverflow(v, &ovf);
+        if (ovf || (lv == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        *len += (size_t)put_long(buf + *len, lv);
+        return 1;
+    }
+    return 0;
+}
+
+/* the value of a (label, field, in extra) slot, borrowed, or NULL (absent; an error when
+ * PyErr_Occurred()) */
+static PyObject *slot_value(PyObject *slot, PyObject *f, PyObject *extra, int use_extra, int *ok)
+{
+    *ok = 0;
+    if (!PyTuple_Check(slot) || PyTuple_GET_SIZE(slot) != 3 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(slot, 0)))
+        return NULL;
+    int in_extra = PyObject_IsTrue(PyTuple_GET_ITEM(slot, 2));
+    if (in_extra < 0)
+        return NULL;
+    *ok = 1;
+    if (in_extra && !use_extra)
+        return NULL;
+    return PyDict_GetItemWithError(in_extra ? extra : f, PyTuple_GET_ITEM(slot, 1));
+}
+
+static PyObject *py_cef_line(PyObject *self, PyObject *args)
+{
+    PyObject *ev, *f, *plan, *cheads, *hcache, *profile, *eid_field, *hostopt, *appopt;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!OOUU", &ev, &PyDict_Type, &f, &PyTuple_Type, &plan, &PyDict_Type, &cheads,
+                          &PyDict_Type, &hcache, &profile, &eid_field, &hostopt, &appopt))
+        return NULL;
+    if (!event_type || !Py_IS_TYPE(ev, event_type) || PyTuple_GET_SIZE(plan) != 8)
+        Py_RETURN_NONE;
+    if (render_keys() < 0)
+        return NULL;
+    PyObject *bands = PyTuple_GET_ITEM(plan, 0), *cat_field = PyTuple_GET_ITEM(plan, 1);
+    PyObject *tabs[6];
+    for (int k = 0; k < 6; k++)
+        if (!PyTuple_Check(tabs[k] = PyTuple_GET_ITEM(plan, 2 + k)))
+            Py_RETURN_NONE;
+    if (!PyDict_CheckExact(bands) || !PyUnicode_CheckExact(cat_field))
+        Py_RETURN_NONE;
+    PyObject *band = band_of(f, bands, NULL);
+    if (!band)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    char stamp[24];
+    PyObject *epoch = PyDict_GetItemWithError(f, k_occ);
+    if (!stamp23(epoch, stamp))
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    long long rt = (long long)(PyFloat_AS_DOUBLE(epoch) * 1000.0);    /* str(int(epoch * 1000)) */
+    PyObject *triage = PyDict_GetItemWithError(f, k_triage);
+    if (triage && triage != Py_None)
+        Py_RETURN_NONE;
+    if (!triage && PyErr_Occurred())
+        return NULL;
+    PyObject *extra;
+    int use_extra, r;
+    if ((r = extra_of(f, &extra, &use_extra)) <= 0)
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *event_id, *host, *app, *msgid;
+    if ((r = event_id_of(ev, f, extra, use_extra, eid_field, &event_id)) <= 0
+        || (r = header_fields(ev, f, hostopt, appopt, &host, &app, &msgid)) <= 0)
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    /* name: f["name"] or the APP-NAME or "syslog" */
+    PyObject *name = PyDict_GetItemWithError(f, k_name2);
+    if (!name && PyErr_Occurred())
+        return NULL;
+    if (name && name != Py_None && !PyUnicode_CheckExact(name))
+        Py_RETURN_NONE;
+    if (!truthy_str(name)) {
+        name = SLOT(ev, S_APP_NAME);
+        if (name && name != Py_None && !PyUnicode_CheckExact(name))
+            Py_RETURN_NONE;
+        if (!truthy_str(name))
+            name = s_syslog;
+    }
+    if (!PyUnicode_IS_ASCII(name))
+        Py_RETURN_NONE;
+    /* cat: f[cat field] or f["kind"] (None: no cat) */
+    PyObject *cat = PyDict_GetItemWithError(f, cat_field);
+    if (!cat && PyErr_Occurred())
+        return NULL;
+    if (cat && cat != Py_None && !PyUnicode_CheckExact(cat))
+        Py_RETURN_NONE;
+    if (!truthy_str(cat)) {
+        cat = PyDict_GetItemWithError(f, k_kind);
+        if (!cat && PyErr_Occurred())
+            return NULL;
+        if (cat == Py_None)
+            cat = NULL;
+        if (cat && !PyUnicode_CheckExact(cat))
+            Py_RETURN_NONE;
+    }
+    /* the two headers, from the renderer's caches */
+    PyObject *fac = SLOT(ev, S_FACILITY);
+    PyObject *key = PyTuple_Pack(5, fac && fac != Py_None ? fac : i_17, band, host, app, msgid);
+    if (!key)
+        return NULL;
+    PyObject *parts = PyDict_GetItemWithError(hcache, key);
+    Py_DECREF(key);
+    if (!parts)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    key = PyTuple_Pack(4, profile, event_id, name, band);
+    if (!key)
+        return NULL;
+    PyObject *hit = PyDict_GetItemWithError(cheads, key);
+    Py_DECREF(key);
+    if (!hit)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (!PyTuple_Check(parts) || PyTuple_GET_SIZE(parts) != 2 || !PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 2
+        || !PyLong_CheckExact(PyTuple_GET_ITEM(hit, 1)) || PyLong_AsLong(PyTuple_GET_ITEM(hit, 1)) != 0)
+        Py_RETURN_NONE;
+    PyObject *pre = PyTuple_GET_ITEM(parts, 0), *post = PyTuple_GET_ITEM(parts, 1), *head = PyTuple_GET_ITEM(hit, 0);
+    if (!is_ascii_str(pre) || !is_ascii_str(post) || !is_ascii_str(head))
+        Py_RETURN_NONE;
+    /* the extension */
+    char buf[16384];
+    size_t len = 0;
+    len += (size_t)snprintf(buf, sizeof buf, "rt=%lld", rt);
+    static PyObject *k_cat;
+    if (!k_cat && !(k_cat = PyUnicode_InternFromString("cat")))
+        return NULL;
+    if (cat && !put_cef_pair(buf, sizeof buf, &len, k_cat, cat))
+        Py_RETURN_NONE;
+    PyObject *srcs[2] = {f, extra};
+    for (int t = 0; t < 1 + use_extra; t++) {      /* common fields, then the profile's extra keys */
+        PyObject *tab = tabs[t];
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tab); k++) {
+            PyObject *pair = PyTuple_GET_ITEM(tab, k);
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 1)))
+                Py_RETURN_NONE;
+            PyObject *v = PyDict_GetItemWithError(srcs[t], PyTuple_GET_ITEM(pair, 0));
+            if (!v) {
+                if (PyErr_Occurred())
+                    return NULL;
+                continue;
+            }
+            if (v == Py_None || (PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) == 0))
+                continue;
+            if (!put_cef_pair(buf, sizeof buf, &len, PyTuple_GET_ITEM(pair, 1), v))
+                Py_RETURN_NONE;
+        }
+    }
+    /* cs slots: the values that are not None or "", in order, into cs1.. */
+    PyObject *cs = tabs[2], *cn = tabs[3], *cs_keys = tabs[4], *cn_keys = tabs[5];
+    Py_ssize_t used = 0;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(cs) && used < PyTuple_GET_SIZE(cs_keys); k++) {
+        int ok;
+        PyObject *slot = PyTuple_GET_ITEM(cs, k);
+        PyObject *v = slot_value(slot, f, extra, use_extra, &ok);
+        if (!ok || (!v && PyErr_Occurred()))
+            return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        if (!v || v == Py_None || (PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) == 0))
+            continue;
+        PyObject *keys = PyTuple_GET_ITEM(cs_keys, used++);
+        if (!PyTuple_Check(keys) || PyTuple_GET_SIZE(keys) != 2
+            || !put_cef_pair(buf, sizeof buf, &len, PyTuple_GET_ITEM(keys, 0), v)
+            || !put_cef_pair(buf, sizeof buf, &len, PyTuple_GET_ITEM(keys, 1), PyTuple_GET_ITEM(slot, 0)))
+            Py_RETURN_NONE;
+    }
+    /* cn slots: the int values (bool, str and other types left out; a float: Python) */
+    used = 0;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(cn); k++) {      /* every slot: one float sends it to Python */
+        int ok;
+        PyObject *slot = PyTuple_GET_ITEM(cn, k);
+        PyObject *v = slot_value(slot, f, extra, use_extra, &ok);
+        if (!ok || (!v && PyErr_Occurred()))
+            return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        if (!v || PyBool_Check(v))
+            continue;
+        if (PyFloat_Check(v) || (PyLong_Check(v) && !PyLong_CheckExact(v)))
+            Py_RETURN_NONE;
+        if (!PyLong_CheckExact(v) || used == PyTuple_GET_SIZE(cn_keys))
+            continue;
+        PyObject *keys = PyTuple_GET_ITEM(cn_keys, used++);
+        if (!PyTuple_Check(keys) || PyTuple_GET_SIZE(keys) != 2
+            || !put_cef_pair(buf, sizeof buf, &len, PyTuple_GET_ITEM(keys, 0), v)
+            || !put_cef_pair(buf, sizeof buf, &len, PyTuple_GET_ITEM(keys, 1), PyTuple_GET_ITEM(slot, 0)))
+            Py_RETURN_NONE;
+    }
+    /* "<PRI>1 " STAMP "Z" " HOST APP - MSGID -" " " CEF-HEAD EXTENSION */
+    Py_ssize_t pl = PyUnicode_GET_LENGTH(pre), ql = PyUnicode_GET_LENGTH(post), hl = PyUnicode_GET_LENGTH(head);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, pl + 24 + ql + 1 + hl + (Py_ssize_t)len);
+    if (out) {
+        char *o = PyBytes_AS_STRING(out);
+        memcpy(o, PyUnicode_1BYTE_DATA(pre), pl);
+        memcpy(o + pl, stamp, 23);
+        o[pl + 23] = 'Z';
+        memcpy(o + pl + 24, PyUnicode_1BYTE_DATA(post), ql);
+        o[pl + 24 + ql] = ' ';
+        memcpy(o + pl + 25 + ql, PyUnicode_1BYTE_DATA(head), hl);
+        memcpy(o + pl + 25 + ql + hl, buf, len);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Event, format_value): once, before parsing"},
     {"parse_one", py_parse_one, METH_O, "parse_one(raw) -> Event, or None when the frame is not covered"},
@@ -1230,6 +1556,8 @@ static PyMethodDef methods[] = {
      "lf_frames(buf, pos, out, max_frame, trailer, nul) -> pos: parsers.framing's simple LF frames"},
     {"leef_line", py_leef_line, METH_VARARGS,
      "leef_line(ev, f, plan, lheads, profile, event_id_field, hostname, app_name) -> bytes or None"},
+    {"cef_line", py_cef_line, METH_VARARGS,
+     "cef_line(ev, f, plan, cheads, hcache, profile, event_id_field, hostname, app_name) -> bytes or None"},
     {"leef_join", py_leef_join, METH_VARARGS,
      "leef_join(first, d, f, common, extra, extra_keys) -> (body, n) or None: formats.render's LEEF pairs"},
     {"rx_configure", rx_configure, METH_O, "rx_configure(dict): parsers.rhythmx's names and tables, once"},

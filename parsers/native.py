@@ -17,7 +17,10 @@ does it (:func:`parsers.normalise.normalise` calls it first).
 :meth:`formats.render.Renderer._leef_fast` for fields whose values are str, int or None (it
 returns None for anything else, and the Python loop runs).  :func:`leef_line` (``None`` on the
 pure path) is the whole of ``_leef_fast`` for the usual event once its header is in the
-renderer's cache, or None (the Python code then runs, unchanged).  :func:`lf_frames` (``None`` on the
+renderer's cache, or None (the Python code then runs, unchanged).  :func:`cef_line` (``None`` on
+the pure path) is the same for :meth:`formats.render.Renderer._cef`: the whole line when both
+its headers are in the renderer's caches, values escaped as :func:`formats.cef.extension_counted`
+does, or None.  :func:`lf_frames` (``None`` on the
 pure path) is :class:`parsers.framing.Deframer`'s loop over simple LF frames (``<`` first, trailer
 in the read, not oversize, outside octet context); the Python loop takes over at anything else.
 
@@ -32,8 +35,8 @@ import os
 from . import detect
 from .event import FORMAT_RFC5424, Event
 
-__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "leef_line", "lf_frames",
-           "load_native", "load_module"]
+__all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "leef_line", "cef_line",
+           "lf_frames", "load_native", "load_module"]
 
 _detect_parse = detect.parse
 
@@ -121,12 +124,14 @@ if _native is not None:
     rx_normalise = _native.rx_normalise
     leef_join = _native.leef_join
     leef_line = _native.leef_line
+    cef_line = _native.cef_line
     lf_frames = _native.lf_frames
 else:
     parse_items = parse_items_pure
     rx_normalise = None
     leef_join = None
     leef_line = None
+    cef_line = None
     lf_frames = None
 
 

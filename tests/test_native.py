@@ -12,6 +12,7 @@ everything here but ``test_the_accelerator_is_built`` against the extension all 
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -497,16 +498,16 @@ _ODD_VALUES = (None, "", "x", "caf\u00e9", "a^b", "a\nb", "a\tb", 0, -7, 2**70, 
                [1, None], {"k": "v"}, ("t",), "=", "\\")
 
 
-def _render_both(evs: list, fmt: str, **opts) -> tuple[int, int]:
-    """LEEF of each event by a renderer with the native helpers (leef_line, leef_join) and by
-    one with the Python code only, each renderer kept over the whole list (its header cache
-    fills as in a sink); -> (events the native line took, events the native join took).
-    Bytes, errors, notes and sanitising counts must be the same."""
+def _render_both(evs: list, fmt: str, names: tuple = ("leef_line", "leef_join"), **opts) -> list:
+    """Each event rendered by a renderer with the native helpers ``names`` (formats.render's
+    ``_leef_line``, ``_leef_join``, ``_cef_line``) and by one with the Python code only, each
+    renderer kept over the whole list (its header caches fill as in a sink); -> how many events
+    each native helper took.  Bytes, errors, notes and sanitising counts must be the same."""
     import copy
 
     from formats import render
     mod = native.load_module()
-    used = [0, 0]
+    used = [0] * len(names)
 
     def counting(i, fn):
         def wrapped(*a):
@@ -514,14 +515,15 @@ def _render_both(evs: list, fmt: str, **opts) -> tuple[int, int]:
             used[i] += r is not None
             return r
         return wrapped
-    helpers = ((counting(0, mod.leef_line), counting(1, mod.leef_join)), (None, None))
+    helpers = (tuple(counting(i, getattr(mod, n)) for i, n in enumerate(names)), (None,) * len(names))
     renderers = [render.Renderer(render.RenderOptions(format=fmt, **opts)) for _ in helpers]
-    saved = render._leef_line, render._leef_join
+    saved = tuple(getattr(render, "_" + n) for n in names)
     try:
         for ev in evs:
             outs = []
-            for (line, join), r in zip(helpers, renderers):
-                render._leef_line, render._leef_join = line, join
+            for fns, r in zip(helpers, renderers):
+                for n, fn in zip(names, fns):
+                    setattr(render, "_" + n, fn)
                 e = Event.__new__(Event)          # a copy: the render may add notes
                 for slot in Event.__slots__:
                     setattr(e, slot, getattr(ev, slot))
@@ -531,10 +533,11 @@ def _render_both(evs: list, fmt: str, **opts) -> tuple[int, int]:
                 except Exception as x:          # the same error both ways
                     out = f"{type(x).__name__}: {x}"
                 outs.append((out, e.notes, r.sanitised))
-            assert outs[0] == outs[1], f"native and Python LEEF differ on {ev!r} {ev.fields!r}: {outs}"
+            assert outs[0] == outs[1], f"native and Python {fmt} differ on {ev!r} {ev.fields!r}: {outs}"
     finally:
-        render._leef_line, render._leef_join = saved
-    return used[0], used[1]
+        for n, fn in zip(names, saved):
+            setattr(render, "_" + n, fn)
+    return used
 
 
 @pytest.mark.skipif(rx_native is None, reason="the accelerator is not built")
@@ -580,6 +583,78 @@ def test_leef_identical_on_normalised_traffic_and_odd_fields():
     for fmt, opts in (("leef", {}), ("leef1", {}), ("leef", {"leef_delimiter": "~"}), ("leef", {"hostname": "fixed"})):
         lines, joined = _render_both(evs, fmt, **opts)
         assert lines > len(evs) // 4 and joined > len(evs) // 10, (fmt, lines, joined)
+
+
+_CEF_ODD = _ODD_VALUES + ("a\\b", "C:\\Windows\\x.exe", "a=b", "x ", "  ", "a  b", "a\r\nb", "a\0b", " lead", "|", 3.0)
+
+
+def _falcon_events(n: int, rng: random.Random) -> list:
+    from parsers.normalise import normalise
+    lines = (ROOT / "examples" / "samples" / "falcon.log").read_bytes().splitlines()
+    out = []
+    for i in range(n):     # varied ids and times, as bench/bench_process.py --falcon
+        line = (lines[i % len(lines)].replace(b"sensorid123", b"sensor%06d" % rng.randrange(10**6))
+                .replace(b".400Z", b".%03dZ" % rng.randrange(1000)))
+        out.append(normalise(detect.parse(line, received=RECEIVED, peer="10.0.0.9:514", source="s")))
+    return out
+
+
+@pytest.mark.skipif(rx_native is None, reason="the accelerator is not built")
+def test_cef_identical_on_normalised_traffic_and_odd_fields():
+    """CEF rendering with the native line (cef_line) and without: Falcon events (their URLs and
+    command lines need escaping), the benchmark's SigmaIncidents, the samples and vectors, and
+    odd values in every field the CEF encoder reads (common and extra keys, cs and cn slots,
+    name, cat, severity, time, triage, header slots)."""
+    from parsers.normalise import normalise
+    from formats.vendors import CEF_COMMON, DEFAULT, FALCON
+    rng = random.Random(11)
+    raws = [message(i, True).rstrip("\n").encode() for i in range(200)]
+    raws += [x for f in sorted((ROOT / "examples" / "samples").glob("*.log")) for x in f.read_bytes().splitlines() if x]
+    raws += _vectors("rfc5424")[:200] + _vectors("cef")[:100] + _vectors("leef")[:50]
+    raws += [_rx_message(rng) for _ in range(200)]
+    base = [normalise(detect.parse(r, received=RECEIVED, peer="10.0.0.9:514", source="s")) for r in raws]
+    base += _falcon_events(300, rng)
+    evs = list(base)
+    fields = [src for src, _ in CEF_COMMON] + ["name", "kind", "tactic", "event"]
+    extra_fields = sorted({src for p in (DEFAULT, FALCON) for src, _ in p.cef_extra}
+                          | {s.field for p in (DEFAULT, FALCON) for s in p.cef_strings + p.cef_numbers if s.extra}
+                          | {"siem_event"})
+    slot_fields = sorted({s.field for p in (DEFAULT, FALCON) for s in p.cef_strings + p.cef_numbers if not s.extra})
+    top = {"severity": (None, "high", "low", "bogus", 3), "occurred_unix": (None, 0.0, 1.5, 1773374400, -1.0, 1e13,
+           253402300799.9995, float("nan")), "triage": (None, {"score": 5, "owner": "x"}, "x"),
+           "vendor": (None, "CrowdStrike", "RhythmX", [1]), "host": (None, "", "h1", 3), "product": (None, "", "P", 1)}
+    slots = {"hostname": (None, "", "dev-1"), "app_name": (None, "", "App"), "msgid": (None, "", "M"),
+             "facility": (None, 0, 23), "peer": (None, "10.1.1.1:5", "[::1]:9")}
+    for i in range(2500):
+        src = base[rng.randrange(len(base))]
+        ev = Event.__new__(Event)
+        for slot in Event.__slots__:
+            setattr(ev, slot, getattr(src, slot))
+        ev.fields = copy.deepcopy(src.fields)
+        f = ev.fields
+        if not isinstance(f, dict):
+            continue
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            x = rng.random()
+            if x < 0.3:
+                f[rng.choice(fields + slot_fields)] = rng.choice(_CEF_ODD)
+            elif x < 0.6:
+                if not isinstance(f.get("extra"), dict):
+                    f["extra"] = {}
+                f["extra"][rng.choice(extra_fields)] = rng.choice(_CEF_ODD)
+            elif x < 0.65:
+                f["extra"] = rng.choice((None, {}, [], "x", {"cmdline": "a\\b"}))
+            elif x < 0.85:
+                k = rng.choice(list(top))
+                f[k] = rng.choice(top[k])
+            else:
+                k = rng.choice(list(slots))
+                setattr(ev, k, rng.choice(slots[k]))
+        evs.append(ev)
+    evs += evs[:400]                     # the same headers again: the renderer's caches hit
+    for opts in ({}, {"hostname": "fixed"}, {"cef_vendor": "V|x", "app_name": "r"}):
+        (lines,) = _render_both(evs, "cef", ("cef_line",), **opts)
+        assert lines > len(evs) // 4, (opts, lines, len(evs))
 
 
 # ----------------------------------------------------------------------------- deframing
