@@ -1150,6 +1150,24 @@ static int header_fields(PyObject *ev, PyObject *f, PyObject *hostopt, PyObject 
     return 1;
 }
 
+/* What leef_line and cef_line read alike: no triage (absent or None), f["extra"] (extra_of), the
+ * event id (event_id_of) and the syslog header's fields (header_fields); 1, 0 not covered, -1
+ * error. */
+static int render_common(PyObject *ev, PyObject *f, PyObject *eid_field, PyObject *hostopt, PyObject *appopt,
+                         PyObject **extra, int *use_extra, PyObject **event_id, PyObject **host, PyObject **app,
+                         PyObject **msgid)
+{
+    PyObject *triage = PyDict_GetItemWithError(f, k_triage);
+    if (triage && triage != Py_None)
+        return 0;
+    if (!triage && PyErr_Occurred())
+        return -1;
+    int r;
+    if ((r = extra_of(f, extra, use_extra)) <= 0 || (r = event_id_of(ev, f, *extra, *use_extra, eid_field, event_id)) <= 0)
+        return r;
+    return header_fields(ev, f, hostopt, appopt, host, app, msgid);
+}
+
 /* f["severity"] when it is a str key of bands (borrowed), else NULL: not covered (or an error
  * when PyErr_Occurred()) */
 static PyObject *band_of(PyObject *f, PyObject *bands, PyObject **value)
@@ -1218,18 +1236,9 @@ static PyObject *py_leef_line(PyObject *self, PyObject *args)
         if (cat && !PyUnicode_CheckExact(cat))
             Py_RETURN_NONE;
     }
-    PyObject *triage = PyDict_GetItemWithError(f, k_triage);
-    if (triage && triage != Py_None)
-        Py_RETURN_NONE;
-    if (!triage && PyErr_Occurred())
-        return NULL;
-    PyObject *extra;
+    PyObject *extra, *event_id, *host, *app, *msgid;
     int use_extra, r;
-    if ((r = extra_of(f, &extra, &use_extra)) <= 0)
-        return r < 0 ? NULL : Py_NewRef(Py_None);
-    PyObject *event_id, *host, *app, *msgid;
-    if ((r = event_id_of(ev, f, extra, use_extra, eid_field, &event_id)) <= 0
-        || (r = header_fields(ev, f, hostopt, appopt, &host, &app, &msgid)) <= 0)
+    if ((r = render_common(ev, f, eid_field, hostopt, appopt, &extra, &use_extra, &event_id, &host, &app, &msgid)) <= 0)
         return r < 0 ? NULL : Py_NewRef(Py_None);
     /* the header cache key */
     PyObject *fac = SLOT(ev, S_FACILITY);
@@ -1401,18 +1410,9 @@ static PyObject *py_cef_line(PyObject *self, PyObject *args)
     if (!stamp23(epoch, stamp))
         return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     long long rt = (long long)(PyFloat_AS_DOUBLE(epoch) * 1000.0);    /* str(int(epoch * 1000)) */
-    PyObject *triage = PyDict_GetItemWithError(f, k_triage);
-    if (triage && triage != Py_None)
-        Py_RETURN_NONE;
-    if (!triage && PyErr_Occurred())
-        return NULL;
-    PyObject *extra;
+    PyObject *extra, *event_id, *host, *app, *msgid;
     int use_extra, r;
-    if ((r = extra_of(f, &extra, &use_extra)) <= 0)
-        return r < 0 ? NULL : Py_NewRef(Py_None);
-    PyObject *event_id, *host, *app, *msgid;
-    if ((r = event_id_of(ev, f, extra, use_extra, eid_field, &event_id)) <= 0
-        || (r = header_fields(ev, f, hostopt, appopt, &host, &app, &msgid)) <= 0)
+    if ((r = render_common(ev, f, eid_field, hostopt, appopt, &extra, &use_extra, &event_id, &host, &app, &msgid)) <= 0)
         return r < 0 ? NULL : Py_NewRef(Py_None);
     /* name: f["name"] or the APP-NAME or "syslog" */
     PyObject *name = PyDict_GetItemWithError(f, k_name2);
