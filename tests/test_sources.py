@@ -470,7 +470,10 @@ def test_udp_burst_from_thread_no_loss():
             g = metric(src, "relay_udp_kernel_drops_total")
             assert isinstance(drops, int) and not math.isnan(g) and g == drops
             assert (count[0], drops) == (n, 0), f"received {count[0]} of {n} in {dt:.2f} s, kernel drops {drops}"
-            assert src.wakeups < n // 2                     # drained in batches
+            # No bound on src.wakeups here: when the reader keeps up with this one sender, each
+            # readiness event finds one or two datagrams, and how many depends on the host's speed
+            # (10,901 wakeups for 20,000 datagrams on a loaded CI run). Draining in batches is
+            # checked deterministically by test_udp_drain_reads_everything_queued_in_one_wakeup.
         finally:
             t.join(5)
             await src.stop(1)
