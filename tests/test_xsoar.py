@@ -267,6 +267,45 @@ def test_search_matches_exact_key_only(tmp_path, key_env, emu):
     q.close()
 
 
+def test_emulator_indexed_search_equals_a_scan():
+    """The emulator answers a one-clause exact search from its index; after creates, updates
+    that move a field's value, webhook incidents and closes, every such search gives what a full
+    scan gives (the same query with a second clause, which always scans)."""
+    import random
+    rnd = random.Random(7)
+    em = XsoarEmulator(api_key=KEY, out=lambda s: None)
+    vals = ["rhythmx:INC-%d" % i for i in range(40)] + ['q"uote\\d', "MiXed-Case", "7"]
+    fields = [FIELD, "vendorid", "name", "severity", "type"]
+
+    def search(q):
+        r = em.h_search({"filter": {"query": q, "size": 1000}})
+        assert r.status == 200, r.body
+        return r.body["data"] or []
+    for step in range(600):
+        op = rnd.random()
+        v = rnd.choice(vals)
+        if op < 0.45 or not em._incidents:
+            r = em.h_incident({"name": rnd.choice(vals), "severity": rnd.randint(0, 4),
+                               "CustomFields": {FIELD: v, "vendorid": rnd.choice(vals)}})
+            assert r.status == 200
+        elif op < 0.7:
+            inc = em._incidents[rnd.choice(list(em._incidents))]
+            body = {"id": inc["id"], "version": -1, "CustomFields": {rnd.choice([FIELD, "vendorid"]): v}}
+            if rnd.random() < 0.3:
+                body["name"] = rnd.choice(vals)
+            assert em.h_incident(body).status == 200
+        elif op < 0.75:
+            em.close_incident(rnd.choice(list(em._incidents)))
+        else:
+            fld = rnd.choice(fields)
+            quoted = search_query(fld, v if rnd.random() < 0.9 else v.upper())
+            got = search(quoted)
+            assert got == search(quoted + ' and id:*'), (step, quoted)
+            assert all(str((i.get(fld) if fld in i else i["CustomFields"].get(fld))).lower() == v.lower()
+                       for i in got)
+    assert em._index, "the index was never used"
+
+
 def test_dropped_connection_after_create_no_duplicate(tmp_path, key_env, emu):
     emu.drop_after_processing(op="create", count=2)
     cfg, q, sink, reg = rest_sink(tmp_path, emu)

@@ -80,6 +80,8 @@ CSRF_BODY = {"id": "forbidden", "status": 403, "title": "Forbidden", "detail": "
              "error": "http: named cookie not present", "encrypted": False, "multires": None}
 _FIELD_KEY = re.compile(r"[a-z0-9_]+\Z")
 _CLAUSE = re.compile(r'\s*(-?)([A-Za-z0-9_.]+):(>=|<=|>|<)?("(?:[^"\\]|\\.)*"|[^\s"()]+)\s*')
+# fields changed outside create and update (close, reassign, reopen, conflicts): searched by scan
+_UNINDEXED = frozenset({"status", "owner", "closed", "closeReason", "closeNotes", "modified", "version"})
 TOP_FIELDS = ("id", "name", "type", "status", "severity", "owner", "sourceBrand", "sourceInstance",
               "category", "phase", "details", "closeReason")
 
@@ -143,6 +145,12 @@ class XsoarEmulator(LoopbackServer):
         self.out = out
         self.lock = threading.RLock()
         self._incidents: dict[str, dict] = {}
+        # field -> lowered str(value) -> ids of incidents that held it when created or updated:
+        # candidates for a one-clause exact search (the sink's dedup lookup), checked again by
+        # the full filter, so a stale entry is never a hit. Real XSOAR's search is indexed; a
+        # scan here made the emulator's CPU per search grow with every incident it holds
+        # (~15 ms at 12,000: the chaos soak's drain waited on it, not on the relay).
+        self._index: dict[str, dict[str, set[str]]] = {}
         self._next_id = 1
         self._faults: list[Fault] = []
         self._conflicts = 0
@@ -444,6 +452,7 @@ class XsoarEmulator(LoopbackServer):
             inc.setdefault("labels", [])
             inc.setdefault("owner", "")
             self._incidents[inc_id] = inc
+            self._reindex(inc)
             self.stats["created"] += 1
             keyinfo = ", ".join(f"{k}={v}" for k, v in list(custom.items())[:1])
             return _Reply(200, json.loads(json.dumps(inc)),
@@ -470,6 +479,7 @@ class XsoarEmulator(LoopbackServer):
         inc["CustomFields"] = {**inc.get("CustomFields", {}), **custom}
         inc["version"] += 1
         inc["modified"] = _now_iso()
+        self._reindex(inc)
         self.stats["updated"] += 1
         return _Reply(200, json.loads(json.dumps(inc)), note=f"updated incident {inc_id} -> version {inc['version']}")
 
@@ -495,7 +505,8 @@ class XsoarEmulator(LoopbackServer):
         types = set(flt.get("type") or ())
         names = set(flt.get("name") or ())
         with self.lock:
-            hits = [i for i in self._incidents.values()
+            pool = self._candidates(flt.get("query") or "")
+            hits = [i for i in pool
                     if (not ids or i["id"] in ids) and (not statuses or i["status"] in statuses)
                     and i["status"] not in not_status and (not types or i.get("type") in types)
                     and (not names or i.get("name") in names) and all(p(i) for p in preds)]
@@ -511,6 +522,34 @@ class XsoarEmulator(LoopbackServer):
         data: Any = page_hits if page_hits else (None if self.empty_search == "null" else [])
         return _Reply(200, {"data": data, "total": total},
                       note=f"search {flt.get('query') or dict(id=list(ids))!r} size={size} -> {len(page_hits)}/{total}")
+
+    def _reindex(self, inc: dict) -> None:
+        """Under the lock, after ``inc`` was created or updated (every write that can change a
+        field the index serves; the others are in :data:`_UNINDEXED`)."""
+        for fld, by in self._index.items():
+            v = _value(inc, fld)
+            if v is not None:
+                by.setdefault(str(v).lower(), set()).add(inc["id"])
+
+    def _candidates(self, query: str):
+        """Under the lock: the incidents a search must look at, in creation order. All of them,
+        unless the query is one exact ``field:"value"`` clause on an indexed field."""
+        m = _CLAUSE.fullmatch(query)
+        if m is None:
+            return self._incidents.values()
+        neg, fld, cmp, val = m.groups()
+        if neg or cmp or not val.startswith('"') or fld in _UNINDEXED:
+            return self._incidents.values()
+        by = self._index.get(fld)
+        if by is None:
+            by = self._index[fld] = {}
+            for inc in self._incidents.values():
+                v = _value(inc, fld)
+                if v is not None:
+                    by.setdefault(str(v).lower(), set()).add(inc["id"])
+        ids = by.get(re.sub(r"\\(.)", r"\1", val[1:-1]).lower(), ())
+        incs = self._incidents
+        return [incs[i] for i in sorted(ids, key=int) if i in incs]
 
     def _close_one(self, inc: dict, reason: Any, notes: Any) -> None:
         if inc["status"] != 2:
@@ -664,6 +703,7 @@ class XsoarEmulator(LoopbackServer):
                        "status": 1, "severity": 0, "rawJSON": rj, "details": rj, "CustomFields": {},
                        "labels": [], "sourceBrand": "Generic Webhook"}
                 self._incidents[inc_id] = inc
+                self._reindex(inc)
                 self.stats["created"] += 1
                 self.stats["webhook_created"] += 1
                 created.append({"id": inc_id, "name": inc["name"], "type": inc["type"], "created": now})
