@@ -80,8 +80,9 @@ CSRF_BODY = {"id": "forbidden", "status": 403, "title": "Forbidden", "detail": "
              "error": "http: named cookie not present", "encrypted": False, "multires": None}
 _FIELD_KEY = re.compile(r"[a-z0-9_]+\Z")
 _CLAUSE = re.compile(r'\s*(-?)([A-Za-z0-9_.]+):(>=|<=|>|<)?("(?:[^"\\]|\\.)*"|[^\s"()]+)\s*')
-# fields changed outside create and update (close, reassign, reopen, conflicts): searched by scan
-_UNINDEXED = frozenset({"status", "owner", "closed", "closeReason", "closeNotes", "modified", "version"})
+# fields changed outside create and update (close, reassign, reopen, conflicts, war-room entries):
+# searched by scan
+_UNINDEXED = frozenset({"status", "owner", "closed", "closeReason", "closeNotes", "modified", "version", "entries"})
 TOP_FIELDS = ("id", "name", "type", "status", "severity", "owner", "sourceBrand", "sourceInstance",
               "category", "phase", "details", "closeReason")
 
