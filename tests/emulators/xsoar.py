@@ -528,9 +528,7 @@ class XsoarEmulator(LoopbackServer):
         """Under the lock, after ``inc`` was created or updated (every write that can change a
         field the index serves; the others are in :data:`_UNINDEXED`)."""
         for fld, by in self._index.items():
-            v = _value(inc, fld)
-            if v is not None:
-                by.setdefault(str(v).lower(), set()).add(inc["id"])
+            _index_add(by, fld, inc)
 
     def _candidates(self, query: str):
         """Under the lock: the incidents a search must look at, in creation order. All of them,
@@ -545,10 +543,8 @@ class XsoarEmulator(LoopbackServer):
         if by is None:
             by = self._index[fld] = {}
             for inc in self._incidents.values():
-                v = _value(inc, fld)
-                if v is not None:
-                    by.setdefault(str(v).lower(), set()).add(inc["id"])
-        ids = by.get(re.sub(r"\\(.)", r"\1", val[1:-1]).lower(), ())
+                _index_add(by, fld, inc)
+        ids = by.get(_unquote(val).lower(), ())
         incs = self._incidents
         return [incs[i] for i in sorted(ids, key=int) if i in incs]
 
@@ -926,6 +922,17 @@ def _value(inc: dict, field: str):
     return (inc.get("CustomFields") or {}).get(field)
 
 
+def _index_add(by: dict, fld: str, inc: dict) -> None:
+    v = _value(inc, fld)
+    if v is not None:
+        by.setdefault(str(v).lower(), set()).add(inc["id"])
+
+
+def _unquote(val: str) -> str:
+    """A quoted query value without its quotes and backslash escapes."""
+    return re.sub(r"\\(.)", r"\1", val[1:-1])
+
+
 def _sort_key(v):
     if v is None:
         return (0, "")
@@ -950,7 +957,7 @@ def _compile_query(q: str) -> list[Callable[[dict], bool]]:
         neg, fld, cmp, val = m.groups()
         quoted = val.startswith('"')
         if quoted:
-            val = re.sub(r"\\(.)", r"\1", val[1:-1])
+            val = _unquote(val)
         if cmp:
             preds.append(_range(fld, cmp, val, bool(neg)))
         else:
