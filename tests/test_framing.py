@@ -2,6 +2,8 @@
 output framer, the one the sinks use)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -524,3 +526,42 @@ def test_close_partial_true_never_returns_an_empty_frame():
     d.feed(b"9 ")
     assert d.close(partial=True) == []
     assert kinds(d) == ["partial_at_close"]
+
+
+_PIECES = st.one_of(
+    lf_msgs.map(lambda m: frame(m, "lf")),
+    octet_msgs.map(frame_octet),
+    st.sampled_from([b"\n", b"\r\n", b"\r", b"\x00", b" ", b"<", b"<13>", b"12 ", b"0 ", b"99999 <1>", b"\x07"]),
+    st.binary(max_size=40),
+    st.binary(min_size=60, max_size=200).map(lambda b: b"<14>" + b.replace(b"\n", b"x") + b"\n"),   # long lines
+)
+
+
+@settings(max_examples=int(os.environ.get('FRAMING_EXAMPLES', 600)), suppress_health_check=[HealthCheck.too_slow])
+@given(pieces=st.lists(_PIECES, max_size=30), cuts=st.lists(st.integers(0, 4000), max_size=25),
+       max_frame=st.sampled_from([1, 7, 64, 500]), oversize=st.sampled_from(["truncate", "drop"]),
+       trailer=st.sampled_from([b"\n", b"\x00"]), nul_trailer=st.booleans(), partial=st.booleans())
+def test_property_pending_line_then_the_rest_where_it_lies(pieces, cuts, max_frame, oversize, trailer, nul_trailer,
+                                                          partial):
+    """Deframer.feed with a pending line: only that frame is put together and the rest of the
+    read is deframed in place.  The reference appends the whole read to the pending bytes first
+    (``_SPLIT_HEAD = False``, the code before): the same frames, problems (kind and stream
+    offset), stats and buffered bytes after every read, for any stream cut anywhere.  (A
+    ``bad_length`` detail quotes the bytes from the frame's start: now up to the line's trailer,
+    before up to where the read happened to end.)"""
+    import parsers.framing as framing
+    data = b"".join(pieces)
+    chunks = chop(data, cuts)
+    seen = []
+    try:
+        for split in (False, True):
+            framing._SPLIT_HEAD = split
+            d = Deframer(max_frame=max_frame, oversize=oversize, trailer=trailer, nul_trailer=nul_trailer)
+            trace = []
+            for c in chunks:
+                trace.append((d.feed(c), d.buffered, [p[:2] for p in d.drain_problems()]))
+            trace.append((d.close(partial=partial), d.buffered, [p[:2] for p in d.drain_problems()]))
+            seen.append((trace, dict(d.stats)))
+    finally:
+        framing._SPLIT_HEAD = True
+    assert seen[0] == seen[1]
