@@ -213,7 +213,6 @@ class Deframer:
             if not data:
                 return out
         pend = self._pend
-        start = 0
         if pend:
             e = self._find_end(data, 0) if self._wait and self._state == _START else -1
             if e >= 0 and _SPLIT_HEAD:
