@@ -96,6 +96,7 @@ max_attempts = 0
 
 
 # ----------------------------------------------------------------------------- (a)
+@pytest.mark.quiet          # a 100 MB upload refused within 5 s: a latency bound (tests/conftest.py)
 def test_a_curl_auth_answers_bad_bodies_hec_and_metrics(tmp_path, make_relay, monkeypatch):
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
