@@ -3,7 +3,8 @@ root with no network (smoke run on :514 as user relay, a real systemd boot of th
 upgrade keeping an edited conffile, remove/purge).  The .rpm: layout, requires, scriptlets.
 
 Needs root and Debian's tools (packaging/deps installs them); skipped with the reason otherwise.
-The Debian root is debootstrapped once and cached as a tarball under .cache/packaging/.
+The Debian root is made once (mmdebstrap, or debootstrap) and cached as a tarball under
+.cache/packaging/.
 """
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ def sh(*cmd, check=True, timeout=600, env=None, **kw) -> subprocess.CompletedPro
 
 def _precondition() -> str | None:
     if sys.platform != "linux" or os.geteuid() != 0:
-        return "needs root on Linux (debootstrap, chroot, unshare, systemd-nspawn)"
+        return "needs root on Linux (mmdebstrap/debootstrap, chroot, unshare, systemd-nspawn)"
     if not shutil.which("apt-get") or not shutil.which("dpkg"):
-        return "needs a Debian/apt system (dpkg-buildpackage, debootstrap)"
+        return "needs a Debian/apt system (dpkg-buildpackage, mmdebstrap/debootstrap)"
     r = subprocess.run([str(PKG / "deps")], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         return f"packaging/deps could not install the packaging tools: {r.stderr.strip()[-800:]}"
