@@ -56,8 +56,8 @@ class LogLimiter:
         self._log.log(level, msg, *args, exc_info=exc_info)
         return True
 
-    def warning(self, key: Any, msg: str, *args: Any) -> bool:
-        return self.log(logging.WARNING, key, msg, *args)
+    def warning(self, key: Any, msg: str, *args: Any, exc_info=None) -> bool:
+        return self.log(logging.WARNING, key, msg, *args, exc_info=exc_info)
 
-    def error(self, key: Any, msg: str, *args: Any) -> bool:
-        return self.log(logging.ERROR, key, msg, *args)
+    def error(self, key: Any, msg: str, *args: Any, exc_info=None) -> bool:
+        return self.log(logging.ERROR, key, msg, *args, exc_info=exc_info)

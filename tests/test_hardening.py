@@ -114,6 +114,31 @@ def test_incremental_vacuum_gives_every_free_page_back(tmp_path):
     q.close()
 
 
+def test_a_failed_reclaim_never_fails_the_ack_that_ran_it(tmp_path):
+    """The ack commits, then the housekeeping (checkpoint, incremental vacuum) may fail on a
+    full disk: it is best effort, so the ack still succeeds (else its rows are sent again)."""
+    q = make_queue(tmp_path / "q.db")
+    q.put_many([(b"a", None), (b"b", None)])
+    items = q.lease(2)
+    real = q._conn
+
+    class Conn:       # sqlite3.Connection's methods cannot be patched: a proxy
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def executescript(self, sql):
+            raise SystemError("<method 'executescript' of 'sqlite3.Cursor' objects> returned NULL "
+                              "without setting an exception")
+    q._conn = Conn()
+    try:
+        q._tight = lambda: True           # the disk is short: every ack reclaims
+        assert q.ack([it.id for it in items]) == 2
+    finally:
+        q._conn = real
+    assert q.depth() == 0 and q.inflight() == 0
+    q.close()
+
+
 def test_space_given_back_after_a_disk_full_episode(tmp_path):
     q = make_queue(tmp_path / "q.db")
     q.stats["disk_full"] += 1           # an episode: the acks that drain the queue give space back

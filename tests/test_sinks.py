@@ -674,6 +674,41 @@ def test_retryable_error_retries_then_delivers(tmp_path):
     q.close()
 
 
+def test_queue_ack_and_lease_failures_are_logged_and_survived(tmp_path, caplog):
+    """A queue that cannot lease or record an ack for a while (a full disk): the line is
+    logged with its traceback, the rows of the failed ack are sent again, and the sink goes
+    on.  Until stop 30 the log call itself raised TypeError (``exc_info`` was not accepted):
+    a failed lease ended the sink's loop, a failed ack its delivery task."""
+    import sqlite3
+    q = make_queue(tmp_path / "q.db")
+    items = payloads(30)
+    fill(q, items)
+    real_ack, real_lease = q.ack, q.lease
+    fails = {"ack": 1, "lease": 1}
+
+    def flaky(name, real):
+        def call(*a, **kw):
+            if fails[name]:
+                fails[name] -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return real(*a, **kw)
+        return call
+    q.ack, q.lease = flaky("ack", real_ack), flaky("lease", real_lease)
+    reg = Registry()
+    sink = ScriptedSink(_cfg(), q, [], registry=reg)
+    with caplog.at_level(logging.INFO):
+        assert run(run_sinks([sink], lambda: q.depth() == 0 and not fails["ack"]))
+    assert set(sink.delivered) == set(items) and len(sink.delivered) == 40     # 10 sent twice
+    text = caplog.text
+    assert "sink s: lease failed; trying again in 1 s" in text
+    assert "sink s: ack failed; 10 rows will be sent again" in text
+    assert text.count("sqlite3.OperationalError: database or disk is full") == 2     # the tracebacks
+    assert "Task exception was never retrieved" not in text and "TypeError" not in text
+    assert reg.value("relay_send_errors_total", sink="s", reason="queue") == 2
+    assert reg.value("relay_sent_total", sink="s") == 30
+    q.close()
+
+
 def test_auth_error_blocks_and_keeps_events(tmp_path, caplog):
     q = make_queue(tmp_path / "q.db")
     items = payloads(50)

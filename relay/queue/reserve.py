@@ -95,7 +95,11 @@ class _ReserveMixin:
                 if not self._conn.in_transaction:   # executescript would COMMIT an open one
                     self._conn.executescript("PRAGMA incremental_vacuum;")
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except (sqlite3.Error, AttributeError):
+            except (sqlite3.Error, AttributeError, SystemError):
+                # best effort.  SystemError: CPython 3.11's executescript "returned NULL without
+                # setting an exception" once with the disk full (the chaos soak, 2026-12-07),
+                # after the ack had committed: raised on, it made the caller send the acked
+                # rows again
                 pass
 
     def _after_full(self) -> None:
