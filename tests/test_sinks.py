@@ -768,6 +768,37 @@ def test_notify_wakes_idle_sink_promptly(tmp_path):
     q.close()
 
 
+def test_stop_set_while_the_loop_is_awake_is_not_lost(tmp_path):
+    """stop is set while the loop waits for ``next_due`` on the worker thread (not asleep, so
+    the wakeup finds no sleep to end): the loop must still stop at once, not after its idle
+    sleep (idle_recheck).  Until stop 30 the kick was lost and the stop took idle_recheck
+    (1 run in ~40 of test_isolation_dead_sink_does_not_stall_other took 5.09 s to stop)."""
+    import threading
+    q = make_queue(tmp_path / "q.db")
+    sink = ScriptedSink(_cfg(), q, [], registry=Registry(), idle_recheck=60.0)
+    inside, go_on = threading.Event(), threading.Event()
+    real_next_due = q.next_due
+
+    def next_due():
+        inside.set()
+        go_on.wait(10)
+        return real_next_due()
+    q.next_due = next_due
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(sink.run(stop))
+        await asyncio.to_thread(inside.wait, 10)     # the loop is in next_due
+        stop.set()
+        await asyncio.sleep(0.1)                       # the stop's wakeup runs now, loop awake
+        go_on.set()
+        await asyncio.wait_for(task, 20)               # 60 s (idle_recheck) when the kick is lost
+
+    run(main())
+    assert inside.is_set()
+    q.close()
+
+
 def test_isolation_dead_sink_does_not_stall_other(tmp_path):
     qa, qb = make_queue(tmp_path / "a.db"), make_queue(tmp_path / "b.db")
     items = payloads(2000)

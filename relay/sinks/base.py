@@ -168,6 +168,7 @@ class Sink:
         self._pause_until = 0.0          # monotonic: no lease before this
         self._notified = False           # notify() seen since the last lease
         self._waiter: asyncio.Future | None = None   # the loop's current sleep
+        self._kicked = False             # _kick() came while the loop was not asleep
         self._waiter_on_notify = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -212,10 +213,16 @@ class Sink:
             w.set_result(None)
 
     def _kick(self, *_) -> None:
-        """Wake the loop from its current sleep (a batch finished, stop was set)."""
+        """Wake the loop from its current sleep (a batch finished, stop was set).  A kick that
+        comes while the loop is awake (in a lease or ``next_due`` on the worker thread) is
+        kept for its next sleep, which then returns at once: without it, a stop set during
+        ``next_due`` slept the idle recheck (5 s) before the loop saw it, and rows a batch
+        gave back then waited as long."""
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+        else:
+            self._kicked = True
 
     def count_error(self, reason: str, n: int = 1) -> None:
         self.registry.counter("relay_send_errors_total", sink=self.name, reason=reason).value += n
@@ -308,7 +315,8 @@ class Sink:
     async def _sleep(self, timeout: float | None, on_notify: bool) -> None:
         """Sleep until ``timeout``, :meth:`_kick` (a batch finished, stop) or, with
         ``on_notify``, :meth:`notify`.  One future, no per-task callbacks."""
-        if on_notify and self._notified:
+        if self._kicked or (on_notify and self._notified):
+            self._kicked = False
             return
         loop = self._loop
         fut = self._waiter = loop.create_future()
