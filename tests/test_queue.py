@@ -1003,3 +1003,118 @@ def test_rows_packed_elsewhere_go_in_as_they_are(qpath):
 def orjson_dumps(obj) -> bytes:
     import orjson
     return orjson.dumps(obj)
+
+
+# ---------------------------------------------------------------------------- lease_packed
+def _lease_row(it) -> tuple:
+    return (it.id, it.payload, it._meta_raw or None, it.meta, it.enqueued_at, it.attempts, it.next_attempt_at,
+            it.last_attempt_at, it.last_error)
+
+
+def test_lease_packed_leases_what_lease_does(tmp_path):
+    """Two queues given the same random operations (packed and single puts, leases of every
+    size, acks, retries, releases and dead letters of whole leases and of their parts, time
+    moving on), one leasing with ``lease`` and one with ``lease_packed``: every lease hands
+    out the same events, in the same order, with the same payload, metadata, times, attempts
+    and error, read through iteration, ``ids_of``, ``payloads_of`` and slices; settling a
+    Leased or its slices leaves the same queue as settling the Items.  Both of
+    ``lease_packed``'s paths run (a Leased, and the list when a retried row is due, an event
+    was given back or a row is partly settled)."""
+    from relay.queue import Leased, ids_of, pack_rows, payloads_of
+    from relay.queue.packing import encode_metas
+    rng = random.Random(19)
+    policy = RetryPolicy(base=1, factor=2, cap=8, max_attempts=3)
+    qa = DiskQueue(str(tmp_path / "a.db"), retry=policy, rng=random.Random(1))
+    qb = DiskQueue(str(tmp_path / "b.db"), retry=policy, rng=random.Random(1))
+    now = 1000.0
+    outstanding: list = []
+    kinds = {"leased": 0, "list": 0, "empty": 0}
+
+    def settle(a, b, how: str) -> None:
+        if how == "ack":
+            assert qa.ack(a) == qb.ack(b)
+        elif how == "retry":
+            after = rng.choice([0, 1, 5])
+            assert qa.retry(a, "boom", now=now, retry_after=after) == qb.retry(b, "boom", now=now, retry_after=after)
+        elif how == "release":
+            assert qa.release(a) == qb.release(b)
+        else:
+            assert qa.dead_letter(a, "bad", now=now) == qb.dead_letter(b, "bad", now=now)
+
+    for step in range(700):
+        now += rng.choice([0.0, 0.0, 0.5, 2.0, 7.0])
+        op = rng.random()
+        if op < 0.3 or not outstanding and op >= 0.6:
+            n = rng.choice([1, 3, 50, 256, 300, 700])
+            size = rng.choice([10, 600, 3000, 300_000])      # 300 KB: over PACK_BYTES, rows of one
+            if size == 300_000:
+                n = min(n, 3)
+            evs = [(b"%d:" % i + bytes([65 + i % 26]) * rng.randint(0, size),
+                    {"k": i, "step": step} if rng.random() < 0.8 else None) for i in range(n)]
+            if rng.random() < 0.6:
+                packed = pack_rows([p for p, _ in evs], encode_metas([m for _, m in evs]))
+                assert qa.put_rows(packed, now=now) == qb.put_rows(packed, now=now) == n
+            else:
+                assert qa.put_many(evs, now=now) == qb.put_many(evs, now=now) == n
+        elif op < 0.6:
+            n = rng.choice([1, 5, 100, 257, 2000])
+            a = qa.lease(n, now=now)
+            b = qb.lease_packed(n, now=now)
+            kinds["empty" if not b else "leased" if type(b) is Leased else "list"] += 1
+            assert len(b) == len(a)
+            want = [_lease_row(x) for x in a]
+            # the bulk readers and slices first, while the Leased has made no Item
+            assert ids_of(b) == [x.id for x in a]
+            assert payloads_of(b) == [x.payload for x in a]
+            if a:
+                i = rng.randrange(len(a))
+                j = rng.randrange(i, len(a) + 1)
+                assert ids_of(b[i:j]) == [x.id for x in a[i:j]]
+                assert payloads_of(b[i:j]) == [x.payload for x in a[i:j]]
+                assert [_lease_row(x) for x in b[i:j]] == want[i:j]
+                assert _lease_row(b[-1]) == want[-1]
+            assert [_lease_row(x) for x in b[0:len(b)]] == want
+            if a:
+                outstanding.append((a, b))
+        else:
+            a, b = outstanding.pop(rng.randrange(len(outstanding)))
+            k = rng.randint(0, len(a))
+            first, rest = rng.choice(["ack", "ack", "retry", "release", "dead"]), rng.choice(["ack", "release"])
+            if k:
+                settle(a[:k], b[:k], first)
+            if k < len(a):
+                settle(a[k:], b[k:], rest)
+        assert qa.depth() == qb.depth()
+    for a, b in outstanding:
+        settle(a, b, "ack")
+    assert qa.depth() == qb.depth() and qa.dlq_depth() == qb.dlq_depth()
+    last = qa.lease(10**6, now=now + 100)
+    assert [_lease_row(x) for x in last] == [_lease_row(x) for x in qb.lease(10**6, now=now + 100)]
+    assert qa.size_bytes() == qb.size_bytes() == sum(len(x.payload) for x in last)     # the totals kept
+    assert qa.depth() == len(last)
+    assert kinds["leased"] > 30 and kinds["list"] > 10, kinds
+    qa.close()
+    qb.close()
+
+
+def test_leased_is_a_sequence_of_the_same_items(q):
+    """A Leased as a sequence: indexing, negative indexes, steps, iteration, ``in``; its
+    Items are made once (the same objects every time); a slice of a slice; settling it."""
+    from relay.queue import Leased, ids_of, pack_rows, payloads_of
+    from relay.queue.packing import encode_metas
+    evs = rows(600, size=700)
+    q.put_rows(pack_rows([p for p, _ in evs], encode_metas([m for _, m in evs])))
+    b = q.lease_packed(520)
+    assert type(b) is Leased and len(b) == 520 and "520 events" in repr(b)
+    s = b[100:400]
+    assert type(s) is Leased and len(s) == 300
+    assert ids_of(s[10:20]) == ids_of(b)[110:120]
+    assert payloads_of(s[-5:]) == [p for p, _ in evs[395:400]]
+    assert len(b[600:700]) == 0 and ids_of(b[600:700]) == []
+    assert [it.payload for it in b[::100]] == [evs[i][0] for i in range(0, 520, 100)]
+    items = list(b)
+    assert b[0] is items[0] and b[-1] is items[-1] and items[5] in b
+    assert [it.meta for it in items] == [m for _, m in evs[:520]]
+    assert b[10:20] == items[10:20]      # once made, a slice is a list of the same Items
+    assert q.ack(s) == 300 and q.release(b[:100]) == 100 and q.ack(b[400:]) == 120
+    assert ids_of(q.lease(1000)) == ids_of(b)[:100] + list(range(ids_of(b)[-1] + 1, ids_of(b)[-1] + 81))

@@ -19,7 +19,7 @@ import pytest
 from formats.syslog import frame, frame_batch, frame_lf, frame_octet
 from relay.config import SinkConfig
 from relay.metrics import Registry
-from relay.queue import DiskQueue
+from relay.queue import DiskQueue, payloads_of
 from relay import kinds
 from relay.sinks import AuthError, PermanentError, Sink, make_sink
 from relay.sinks.file import FileSink
@@ -622,31 +622,35 @@ def test_tls_verification_failure_keeps_events(tmp_path, pki, case):
 class ScriptedSink(Sink):
     """send() follows a script of exceptions (None = success); records delivered payloads."""
 
-    def __init__(self, cfg, queue, script, **kw):
+    def __init__(self, cfg, queue, script, packed=False, **kw):
         super().__init__(cfg, queue, **kw)
+        self.packed_lease = packed      # True: batches are Leased (queue.lease_packed), as the syslog sink's
         self.script = list(script)
         self.delivered: list[bytes] = []
         self.calls = 0
+        self.kinds: set[str] = set()    # the types of the batches send() was given
 
     async def send(self, items):
         self.calls += 1
+        self.kinds.add(type(items).__name__)
         exc = self.script.pop(0) if self.script else None
         if exc is not None:
             raise exc
-        self.delivered.extend(it.payload for it in items)
+        self.delivered.extend(payloads_of(items) if self.packed_lease else [it.payload for it in items])
 
 
 def _cfg(name="s", batch_size=10):
     return SinkConfig(name=name, type="test", batch_size=batch_size)
 
 
-def test_permanent_error_dead_letters_with_reason(tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["items", "leased"])
+def test_permanent_error_dead_letters_with_reason(tmp_path, packed):
     q = make_queue(tmp_path / "q.db")
     items = payloads(30)
     fill(q, items)
     reg = Registry()
     sink = ScriptedSink(_cfg(), q, [None, PermanentError("HTTP 400: bad field 'x'",
-                                                         reason="http_400")], registry=reg)
+                                                         reason="http_400")], packed=packed, registry=reg)
     assert run(run_sinks([sink], lambda: q.depth() == 0))
     assert sink.delivered == items[:10] + items[20:]
     dead = q.list(dlq=True)
@@ -655,26 +659,30 @@ def test_permanent_error_dead_letters_with_reason(tmp_path):
     assert reg.value("relay_dead_lettered_total", sink="s") == 10
     assert reg.value("relay_send_errors_total", sink="s", reason="http_400") == 1
     assert reg.value("relay_dlq_depth", sink="s") == 10
+    assert ("Leased" in sink.kinds) == packed, sink.kinds
     q.close()
 
 
-def test_retryable_error_retries_then_delivers(tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["items", "leased"])
+def test_retryable_error_retries_then_delivers(tmp_path, packed):
     from relay.sinks import RetryableError
     q = make_queue(tmp_path / "q.db")
     items = payloads(10)
     fill(q, items)
     reg = Registry()
-    sink = ScriptedSink(_cfg(), q, [RetryableError("503", retry_after=0.2)], registry=reg)
+    sink = ScriptedSink(_cfg(), q, [RetryableError("503", retry_after=0.2)], packed=packed, registry=reg)
     t0 = time.monotonic()
     assert run(run_sinks([sink], lambda: q.depth() == 0))
     assert time.monotonic() - t0 >= 0.2
     assert sink.delivered == items
     assert reg.value("relay_retried_total", sink="s") == 10
     assert reg.value("relay_sent_total", sink="s") == 10
+    assert ("Leased" in sink.kinds) == packed, sink.kinds
     q.close()
 
 
-def test_queue_ack_and_lease_failures_are_logged_and_survived(tmp_path, caplog):
+@pytest.mark.parametrize("packed", [False, True], ids=["items", "leased"])
+def test_queue_ack_and_lease_failures_are_logged_and_survived(tmp_path, caplog, packed):
     """A queue that cannot lease or record an ack for a while (a full disk): the line is
     logged with its traceback, the rows of the failed ack are sent again, and the sink goes
     on.  Until stop 30 the log call itself raised TypeError (``exc_info`` was not accepted):
@@ -683,7 +691,8 @@ def test_queue_ack_and_lease_failures_are_logged_and_survived(tmp_path, caplog):
     q = make_queue(tmp_path / "q.db")
     items = payloads(30)
     fill(q, items)
-    real_ack, real_lease = q.ack, q.lease
+    lease = "lease_packed" if packed else "lease"
+    real_ack, real_lease = q.ack, getattr(q, lease)
     fails = {"ack": 1, "lease": 1}
 
     def flaky(name, real):
@@ -693,29 +702,33 @@ def test_queue_ack_and_lease_failures_are_logged_and_survived(tmp_path, caplog):
                 raise sqlite3.OperationalError("database or disk is full")
             return real(*a, **kw)
         return call
-    q.ack, q.lease = flaky("ack", real_ack), flaky("lease", real_lease)
+    q.ack = flaky("ack", real_ack)
+    setattr(q, lease, flaky("lease", real_lease))
     reg = Registry()
-    sink = ScriptedSink(_cfg(), q, [], registry=reg)
+    name = "p" if packed else "s"       # the log lines are rate-limited per sink name, process-wide
+    sink = ScriptedSink(_cfg(name), q, [], packed=packed, registry=reg)
     with caplog.at_level(logging.INFO):
         assert run(run_sinks([sink], lambda: q.depth() == 0 and not fails["ack"]))
     assert set(sink.delivered) == set(items) and len(sink.delivered) == 40     # 10 sent twice
     text = caplog.text
-    assert "sink s: lease failed; trying again in 1 s" in text
-    assert "sink s: ack failed; 10 rows will be sent again" in text
+    assert f"sink {name}: lease failed; trying again in 1 s" in text
+    assert f"sink {name}: ack failed; 10 rows will be sent again" in text
     assert text.count("sqlite3.OperationalError: database or disk is full") == 2     # the tracebacks
     assert "Task exception was never retrieved" not in text and "TypeError" not in text
-    assert reg.value("relay_send_errors_total", sink="s", reason="queue") == 2
-    assert reg.value("relay_sent_total", sink="s") == 30
+    assert reg.value("relay_send_errors_total", sink=name, reason="queue") == 2
+    assert reg.value("relay_sent_total", sink=name) == 30
+    assert ("Leased" in sink.kinds) == packed, sink.kinds
     q.close()
 
 
-def test_auth_error_blocks_and_keeps_events(tmp_path, caplog):
+@pytest.mark.parametrize("packed", [False, True], ids=["items", "leased"])
+def test_auth_error_blocks_and_keeps_events(tmp_path, caplog, packed):
     q = make_queue(tmp_path / "q.db")
     items = payloads(50)
     fill(q, items)
     reg = Registry()
     sink = ScriptedSink(_cfg(), q, [AuthError("401 Unauthorized"), AuthError("401 again")],
-                        registry=reg, auth_recheck=0.4)
+                        packed=packed, registry=reg, auth_recheck=0.4)
     seen = {}
 
     async def main():
@@ -740,6 +753,7 @@ def test_auth_error_blocks_and_keeps_events(tmp_path, caplog):
     assert reg.value("relay_sink_blocked", sink="s") == 0
     assert sink.delivered == items
     assert q.dlq_depth() == 0 and reg.value("relay_retried_total", sink="s") == 0
+    assert ("Leased" in sink.kinds) == packed, sink.kinds
     q.close()
 
 

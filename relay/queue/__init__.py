@@ -16,7 +16,9 @@ possible: up to ``PACK_EVENTS`` events / ``PACK_BYTES`` bytes per row, payloads 
 metadata concatenated, their lengths in ``lens``.  Every event still has its own id: a row
 with id ``R`` and ``n`` events holds ids ``R - n + 1 .. R`` (ids come from the
 AUTOINCREMENT sequence, never reused, increasing across processes sharing the file).  The
-API is per event as before.  Settling part of a row (ack, dead letter) records the
+API is per event as before; :meth:`DiskQueue.lease_packed` hands the usual lease (fresh runs
+of packed rows) out as a :class:`Leased`, which bulk senders read with :func:`payloads_of`
+and :func:`ids_of` without an object per event (its Items are made if it is iterated).  Settling part of a row (ack, dead letter) records the
 offsets in the small ``partial`` table (the row itself is not rewritten) and the row is
 deleted when its last event is settled; retrying part of a row cuts the row into runs so
 that every event keeps its id and its place in the order.  The price: disk space comes
@@ -115,7 +117,7 @@ from __future__ import annotations
 from .commit import GroupCommitter
 from .disk import DiskQueue
 from .errors import QueueCorrupt, QueueDiskFull, QueueError, QueueFull
-from .items import REASON_MAX, DeadItem, Item, RetryPolicy
+from .items import REASON_MAX, DeadItem, Item, Leased, RetryPolicy, ids_of, payloads_of
 from .packing import PACK_BYTES, PACK_EVENTS, pack_rows, unpack_rows
 from .paths import open_queue, queue_path
 from .schema import APPLICATION_ID, SCHEMA_VERSION
@@ -126,6 +128,9 @@ __all__ = [
     "unpack_rows",
     "RetryPolicy",
     "Item",
+    "Leased",
+    "ids_of",
+    "payloads_of",
     "DeadItem",
     "QueueError",
     "QueueFull",

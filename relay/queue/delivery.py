@@ -8,12 +8,12 @@ import sqlite3
 import time
 from array import array
 from bisect import bisect_left, bisect_right
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import Iterable
 
 from .errors import QueueDiskFull
-from .items import DeadItem, Item, _excerpt, _item_id
-from .packing import _arr, _pack, _split
+from .items import DeadItem, Item, Leased, _excerpt, _item_id
+from .packing import PACK_EVENTS, _arr, _pack, _split
 from .schema import _Q_COLS, _Q_DUE, _Q_FROM, _chunks
 
 log = logging.getLogger("relay.queue")
@@ -28,6 +28,8 @@ class _DeliveryMixin:
 
     @staticmethod
     def _ids(ids_or_items: Iterable) -> list[int]:
+        if type(ids_or_items) is Leased:
+            return ids_or_items.ids()
         seq = ids_or_items if isinstance(ids_or_items, (list, tuple)) else list(ids_or_items)
         if seq and type(seq[0]) is Item:
             try:
@@ -47,12 +49,35 @@ class _DeliveryMixin:
         """Up to ``n`` events with ``next_attempt_at <= now``, oldest (lowest id) first, that are
         not already leased; they are marked in-flight in memory until ``ack``/``retry``/
         ``dead_letter``/``release``.  Read-only (no write transaction)."""
+        return self._lease(n, now, False)
+
+    def lease_packed(self, n: int, now: float | None = None) -> "Leased | list[Item]":
+        """:meth:`lease`, the same events, as a :class:`Leased` when they all lie in fresh runs
+        of packed rows (no retried row due, nothing given back below the high-water mark, no
+        row partly settled: the usual case), so that no object is made per event; else the
+        list :meth:`lease` returns.  For senders that take payloads and ids in bulk
+        (:func:`relay.queue.payloads_of`, :func:`relay.queue.ids_of`)."""
+        return self._lease(n, now, True)
+
+    def _lease(self, n: int, now: float | None, packed: bool):
         if n <= 0:
             return []
         now = time.time() if now is None else now
         with self._lock:
             inflight = self._inflight
             hwm = self._fresh_hwm
+            if packed and not self._hwm_lowered:
+                runs = self._runs(hwm, n, now)
+                if runs is not None:
+                    got = 0
+                    for run in runs:
+                        first = run[0]
+                        k = len(run[2]) - 1
+                        inflight.update(zip(range(first, first + k), repeat(0, k)))
+                        got += k
+                        hwm = first + k - 1
+                    self._fresh_hwm = hwm
+                    return Leased(runs, got)
             # fresh events (attempts = 0) above the high-water mark, in id order.  A row's id
             # is its last event's id, so every row with id > hwm holds such events; leased
             # fresh events lie above the mark only after release() lowered it.
@@ -81,6 +106,50 @@ class _DeliveryMixin:
                     a == 0 and i > hwm for i, a in inflight.items()):
                 self._hwm_lowered = False
             return out
+
+    def _runs(self, hwm: int, n: int, now: float) -> list | None:
+        """The fresh events :meth:`lease` would take, up to ``n``, as runs of packed rows
+        (:class:`Leased`), or None when a retried row is due or a row is partly settled (the
+        caller then leases event by event).  Rows above the high-water mark hold no leased
+        event unless :meth:`release` lowered it (the caller checks)."""
+        if self._inflight_retried or self._read(
+                f"SELECT q.id FROM {_Q_DUE} WHERE q.attempts > 0 AND q.next_attempt_at <= ? LIMIT 1", (now,)):
+            return None
+        runs: list = []
+        got = 0
+        after = hwm
+        want = max(2, n // PACK_EVENTS + 1)
+        sql = (f"SELECT {_Q_COLS} FROM {_Q_FROM} WHERE q.id > ? AND q.attempts = 0 "
+               "ORDER BY q.id LIMIT ?")
+        while got < n:
+            rows = self._read(sql, (after, want))
+            for rid, payload, meta, enq, att, nxt, lat, lerr, cnt, lens, done in rows:
+                first = rid - cnt + 1
+                # a row the last lease cut: its events up to the mark are leased or settled
+                k0 = hwm + 1 - first if hwm >= first else 0
+                if done and max(_arr(done)) >= k0:
+                    return None
+                if cnt == 1:
+                    po = [0, len(payload)]
+                    mo = [0, len(meta)] if meta else None
+                else:
+                    ln = _arr(lens)
+                    po = list(accumulate(ln[:cnt], initial=0))
+                    mo = list(accumulate(ln[cnt:], initial=0)) if meta else None
+                k = min(cnt - k0, n - got)
+                if k0 or k < cnt:
+                    po = po[k0:k0 + k + 1]
+                    if mo is not None:
+                        mo = mo[k0:k0 + k + 1]
+                runs.append((first + k0, payload, po, meta, mo, enq, att, nxt, lat, lerr))
+                got += k
+                if got >= n:
+                    return runs
+            if len(rows) < want:
+                break
+            after = rows[-1][0]
+            want *= 2
+        return runs
 
     def _collect(self, sql: str, params: tuple, after: int, lo: int, n: int,
                  check_inflight: bool = True) -> list[Item]:
@@ -133,13 +202,9 @@ class _DeliveryMixin:
             want *= 2
         return out
 
-    def _forget(self, ids: Iterable[int]) -> None:
-        pop = self._inflight.pop
-        retried = 0
-        for i in ids:
-            if pop(i, 0):
-                retried += 1
-        self._inflight_retried -= retried
+    def _forget(self, ids: list[int]) -> None:
+        attempts = list(map(self._inflight.pop, ids, repeat(0, len(ids))))
+        self._inflight_retried -= len(attempts) - attempts.count(0)
 
     def next_due(self, now: float | None = None) -> float | None:
         """Seconds until some row not leased by us becomes eligible (0.0 = now); None
@@ -329,9 +394,12 @@ class _DeliveryMixin:
         out = []
         i, m = 0, len(eids)
         while i < m:
-            j = i
-            while j + 1 < m and eids[j + 1] - eids[j] <= _RUN_GAP:
-                j += 1
+            if eids[-1] - eids[i] == m - 1 - i:     # the rest is one run of consecutive ids
+                j = m - 1
+            else:
+                j = i
+                while j + 1 < m and eids[j + 1] - eids[j] <= _RUN_GAP:
+                    j += 1
             hi = eids[j]
             for row in conn.execute(f"SELECT q.id, q.n, {cols} FROM {_Q_FROM} WHERE q.id >= ? ORDER BY q.id",
                                     (eids[i],)):
@@ -357,6 +425,13 @@ class _DeliveryMixin:
             a = bisect_left(eids, first)
             b = bisect_right(eids, rid)
             if a == b:
+                continue
+            if not done and b - a == n:         # the whole row (the usual ack)
+                nbytes += plen
+                events += n
+                deletes.append(rid)
+                if data:
+                    taken.append((row[5:], list(range(n))))
                 continue
             offs = [e - first for e in eids[a:b]]
             if done:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 from ..secrets import redact
 
@@ -22,7 +24,7 @@ except ImportError:  # pragma: no cover
         return _json.loads(raw)
 
 
-__all__ = ["RetryPolicy", "Item", "DeadItem", "REASON_MAX"]
+__all__ = ["RetryPolicy", "Item", "DeadItem", "Leased", "ids_of", "payloads_of", "REASON_MAX"]
 
 REASON_MAX = 2000  # characters of error text / reason kept per row
 
@@ -88,6 +90,106 @@ class Item:
     def __repr__(self) -> str:
         return (f"Item(id={self.id}, attempts={self.attempts}, "
                 f"next_attempt_at={self.next_attempt_at}, payload={self.payload[:40]!r})")
+
+
+class Leased(Sequence):
+    """Events :meth:`DiskQueue.lease_packed` leased from fresh runs of packed rows, without an
+    object per event: a sequence of the same :class:`Item` objects :meth:`DiskQueue.lease`
+    would have returned, made the first time one is asked for (iteration, indexing), while
+    :func:`ids_of`, :func:`payloads_of`, ``len`` and slicing (``items[i:j]``, another
+    Leased) read the rows as they are.  The queue's settling methods (ack, retry,
+    dead_letter, release) take it as they take a list.
+
+    A run is ``(first id, payload, offsets, meta, meta offsets or None, enqueued_at,
+    attempts, next_attempt_at, last_attempt_at, last_error)``: its ``len(offsets) - 1``
+    events have ids ``first, first + 1, ...``; event j's payload is
+    ``payload[offsets[j]:offsets[j + 1]]`` and its metadata the same slice of ``meta``
+    (None when empty).  Offsets are absolute in the row's columns, so a slice shares them."""
+
+    __slots__ = ("_runs", "_n", "_items")
+
+    def __init__(self, runs: list, n: int) -> None:
+        self._runs = runs
+        self._n = n
+        self._items: list | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _list(self) -> list:
+        items = self._items
+        if items is None:
+            items = []
+            for first, payload, po, meta, mo, enq, att, nxt, lat, lerr in self._runs:
+                k = len(po) - 1
+                pays = map(payload.__getitem__, map(slice, po, po[1:]))
+                if mo is None:
+                    metas = repeat(None, k)
+                else:
+                    metas = [meta[a:b] or None for a, b in zip(mo, mo[1:])]
+                items += map(Item, range(first, first + k), pays, metas, repeat(enq, k), repeat(att, k),
+                             repeat(nxt, k), repeat(lat, k), repeat(lerr, k))
+            self._items = items
+        return items
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __getitem__(self, i):
+        if not isinstance(i, slice):
+            return self._list()[i]
+        start, stop, step = i.indices(self._n)
+        if step != 1:
+            return self._list()[i]
+        if self._items is not None:
+            return self._items[start:stop]
+        runs = []
+        at = 0
+        for run in self._runs:
+            k = len(run[2]) - 1
+            a, b = max(start - at, 0), min(stop - at, k)
+            if a < b:
+                if a == 0 and b == k:
+                    runs.append(run)
+                else:
+                    first, payload, po, meta, mo = run[:5]
+                    runs.append((first + a, payload, po[a:b + 1], meta,
+                                 None if mo is None else mo[a:b + 1], *run[5:]))
+            at += k
+            if at >= stop:
+                break
+        return Leased(runs, max(0, stop - start))
+
+    def ids(self) -> list[int]:
+        out: list[int] = []
+        for run in self._runs:
+            first = run[0]
+            out += range(first, first + len(run[2]) - 1)
+        return out
+
+    def payloads(self) -> list[bytes]:
+        out: list[bytes] = []
+        for run in self._runs:
+            po = run[2]
+            out += map(run[1].__getitem__, map(slice, po, po[1:]))
+        return out
+
+    def __repr__(self) -> str:
+        return f"Leased({self._n} events in {len(self._runs)} runs)"
+
+
+def ids_of(items) -> list[int]:
+    """The ids of a lease (a :class:`Leased` or a list of :class:`Item`), in order."""
+    if type(items) is Leased:
+        return items.ids()
+    return [it.id for it in items]
+
+
+def payloads_of(items) -> list[bytes]:
+    """The payloads of a lease (a :class:`Leased` or a list of :class:`Item`), in order."""
+    if type(items) is Leased:
+        return items.payloads()
+    return [it.payload for it in items]
 
 
 @dataclass

@@ -58,6 +58,7 @@ from typing import Any, Iterable, Sequence
 
 from ..logs import LogLimiter
 from ..metrics import REGISTRY, Registry
+from ..queue.items import ids_of
 
 __all__ = ["Sink", "SinkError", "RetryableError", "UnavailableError", "PermanentError",
            "AuthError"]
@@ -136,6 +137,10 @@ class Sink:
     #: rows leased in one worker-thread hop when several batches are free to go (backlog):
     #: the lease is split into batches of ``batch_size``; at least one batch per hop
     lease_max_rows = 2000
+    #: True: batches come from ``queue.lease_packed`` (a :class:`relay.queue.Leased` in the
+    #: usual case, else a list): for senders that read them with ``payloads_of``/``ids_of``
+    #: (or iterate: the same Items, made on first use), so no object is made per event
+    packed_lease = False
 
     def __init__(self, cfg, queue, *, registry: Registry | None = None,
                  drain_timeout: float = 10.0, auth_recheck: float = 60.0,
@@ -272,7 +277,7 @@ class Sink:
             # split below into batches of batch_size, each delivered on its own
             n = bs if self.blocked else bs * max(1, min(free, self.lease_max_rows // bs))
             try:
-                items = await asyncio.to_thread(self.queue.lease, n)
+                items = await asyncio.to_thread(self.queue.lease_packed if self.packed_lease else self.queue.lease, n)
             except Exception:
                 _LIMITER.error((self.name, "lease"), "sink %s: lease failed; trying again in 1 s", self.name,
                                exc_info=True)
@@ -409,7 +414,9 @@ class Sink:
                     rows += len(self._ack_buf[k][0])
                     k += 1
                 buf, self._ack_buf = self._ack_buf[:k], self._ack_buf[k:]
-                ids = [it.id for items, _ in buf for it in items]
+                ids: list[int] = []
+                for items, _ in buf:
+                    ids += ids_of(items)
                 try:
                     await asyncio.to_thread(self.queue.ack, ids)
                 except Exception as exc:

@@ -30,6 +30,7 @@ from typing import Sequence
 from formats.syslog import frame_batch
 
 from ..fsutil import fsync_dir
+from ..queue.items import payloads_of
 from .base import Sink, UnavailableError
 
 __all__ = ["FileSink"]
@@ -40,6 +41,7 @@ log = logging.getLogger("relay.sinks.file")
 class FileSink(Sink):
     type = "file"
     max_inflight = 1
+    packed_lease = True      # send() takes the payloads in bulk (payloads_of)
 
     def __init__(self, cfg, queue, **kw) -> None:
         super().__init__(cfg, queue, **kw)
@@ -105,7 +107,7 @@ class FileSink(Sink):
             raise
 
     async def send(self, items: Sequence) -> None:
-        data, changed = frame_batch([it.payload for it in items], "lf")
+        data, changed = frame_batch(payloads_of(items), "lf")
         try:
             await asyncio.to_thread(self._write, data)
         except OSError as exc:

@@ -111,6 +111,7 @@ import asyncio_dgram
 
 from formats.syslog import frame_batch, scrub_nul
 
+from ..queue.items import payloads_of
 from .base import PermanentError, Sink, UnavailableError
 
 __all__ = ["SyslogStreamSink", "SyslogUdpSink", "UDP_MAX_V4", "UDP_MAX_V6"]
@@ -438,6 +439,7 @@ class SyslogStreamSink(Sink):
     """Syslog over TCP or TLS with at-least-once delivery (see the module docstring)."""
 
     type = "syslog"
+    packed_lease = True      # send() takes the payloads in bulk (payloads_of)
 
     def __init__(self, cfg, queue, **kw) -> None:
         super().__init__(cfg, queue, **kw)
@@ -576,7 +578,7 @@ class SyslogStreamSink(Sink):
 
     # -- sending
     async def send(self, items: Sequence) -> None:
-        data, changed = frame_batch([it.payload for it in items], self.framing)
+        data, changed = frame_batch(payloads_of(items), self.framing)
         if changed:
             self.m_sanitised.value += changed
         async with self._wlock:
