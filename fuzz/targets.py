@@ -281,6 +281,17 @@ def _native_diff(data: bytes) -> None:
                      render.Renderer(render.RenderOptions(format="cef"))) for _ in range(2)])
     fast, pure, differences, mod, renderers = _native
     items = [(ln, "10.0.0.1:514") for ln in data.split(b"\n")]
+    # the sinks' framing of packed rows: the input as one buffer, a payload per line and its LF
+    from formats import syslog
+    offs = [0]
+    for ln, _ in items:
+        offs.append(min(len(data), offs[-1] + len(ln) + 1))
+    spans = [(data, offs[1:] if len(data) % 3 == 0 else offs)]
+    for framing_ in ("lf", "octet"):
+        want = syslog.frame_batch([data[a:z] for a, z in zip(spans[0][1], spans[0][1][1:])], framing_)
+        got = mod.frame_spans(spans, framing_ == "octet")
+        if (got is not None and (got, 0) != want) or (got is None and not want[1]):
+            raise AssertionError(f"native frame_spans differs from frame_batch ({framing_}) on {data!r}")
     for a, b in zip(fast(items, False, RECEIVED, "fuzz"), pure(items, False, RECEIVED, "fuzz")):
         d = differences(a, b)
         if d:

@@ -1547,6 +1547,109 @@ static PyObject *py_cef_line(PyObject *self, PyObject *args)
     return out;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * frame_spans(spans, octet) -> bytes or None: formats.syslog.frame_batch(payloads, "octet" if
+ * octet else "lf") for payloads given as spans of buffers, when no payload needs a change.
+ * spans: a list of (buf, offsets) pairs, buf a bytes object and offsets a list of ints, non
+ * decreasing, within buf; the payloads are buf[offsets[k]:offsets[k + 1]] in order.  LF
+ * framing: each payload then LF; octet counting: "LEN " then each payload.  None, with nothing
+ * done, when a payload holds what the framing rule changes (LF: a CR, an LF or a NUL; octet: a
+ * NUL) or the input is not of that shape: the Python code then frames it all.
+ * ------------------------------------------------------------------------------------------ */
+static int span_offsets(PyObject *span, const char **buf, Py_ssize_t *blen, PyObject **offs)
+{
+    if (!PyTuple_CheckExact(span) || PyTuple_GET_SIZE(span) != 2)
+        return 0;
+    PyObject *b = PyTuple_GET_ITEM(span, 0), *o = PyTuple_GET_ITEM(span, 1);
+    if (!PyBytes_CheckExact(b) || !PyList_CheckExact(o))
+        return 0;
+    *buf = PyBytes_AS_STRING(b);
+    *blen = PyBytes_GET_SIZE(b);
+    *offs = o;
+    return 1;
+}
+
+static PyObject *py_frame_spans(PyObject *self, PyObject *args)
+{
+    PyObject *spans;
+    int octet;
+    if (!PyArg_ParseTuple(args, "O!p", &PyList_Type, &spans, &octet))
+        return NULL;
+    Py_ssize_t ns = PyList_GET_SIZE(spans), total = 0;
+    /* pass 1: check every span and payload, and size the output */
+    for (Py_ssize_t s = 0; s < ns; s++) {
+        const char *buf;
+        Py_ssize_t blen;
+        PyObject *offs;
+        if (!span_offsets(PyList_GET_ITEM(spans, s), &buf, &blen, &offs))
+            Py_RETURN_NONE;
+        Py_ssize_t n = PyList_GET_SIZE(offs);
+        if (n == 0)
+            Py_RETURN_NONE;
+        Py_ssize_t prev = -1;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *v = PyList_GET_ITEM(offs, k);
+            if (!PyLong_CheckExact(v))
+                Py_RETURN_NONE;
+            Py_ssize_t at = PyLong_AsSsize_t(v);
+            if (at == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                Py_RETURN_NONE;
+            }
+            if (at < 0 || at > blen || (k && at < prev))
+                Py_RETURN_NONE;
+            if (k) {
+                const char *p = buf + prev;
+                Py_ssize_t len = at - prev;
+                if (memchr(p, 0, len))
+                    Py_RETURN_NONE;
+                if (octet) {
+                    char tmp[24];
+                    total += put_long(tmp, (long)len) + 1 + len;
+                } else {
+                    if (memchr(p, '\n', len) || memchr(p, '\r', len))
+                        Py_RETURN_NONE;
+                    total += len + 1;
+                }
+            }
+            prev = at;
+        }
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (!out)
+        return NULL;
+    char *q = PyBytes_AS_STRING(out);
+    /* pass 2: copy (the lists cannot change: no Python code ran since pass 1) */
+    for (Py_ssize_t s = 0; s < ns; s++) {
+        const char *buf = NULL;
+        Py_ssize_t blen = 0;
+        PyObject *offs = NULL;
+        span_offsets(PyList_GET_ITEM(spans, s), &buf, &blen, &offs);
+        Py_ssize_t n = PyList_GET_SIZE(offs);
+        Py_ssize_t prev = PyLong_AsSsize_t(PyList_GET_ITEM(offs, 0));
+        for (Py_ssize_t k = 1; k < n; k++) {
+            Py_ssize_t at = PyLong_AsSsize_t(PyList_GET_ITEM(offs, k));
+            Py_ssize_t len = at - prev;
+            if (octet) {
+                q += put_long(q, (long)len);
+                *q++ = ' ';
+                memcpy(q, buf + prev, len);
+                q += len;
+            } else {
+                memcpy(q, buf + prev, len);
+                q += len;
+                *q++ = '\n';
+            }
+            prev = at;
+        }
+    }
+    if (q != PyBytes_AS_STRING(out) + total) {      /* cannot happen: the sizes were counted above */
+        Py_DECREF(out);
+        return PyErr_Format(PyExc_SystemError, "frame_spans: size mismatch");
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Event, format_value): once, before parsing"},
     {"parse_one", py_parse_one, METH_O, "parse_one(raw) -> Event, or None when the frame is not covered"},
@@ -1560,6 +1663,8 @@ static PyMethodDef methods[] = {
      "cef_line(ev, f, plan, cheads, hcache, profile, event_id_field, hostname, app_name) -> bytes or None"},
     {"leef_join", py_leef_join, METH_VARARGS,
      "leef_join(first, d, f, common, extra, extra_keys) -> (body, n) or None: formats.render's LEEF pairs"},
+    {"frame_spans", py_frame_spans, METH_VARARGS,
+     "frame_spans(spans, octet) -> bytes or None: formats.syslog.frame_batch for [(buf, offsets)] spans"},
     {"rx_configure", rx_configure, METH_O, "rx_configure(dict): parsers.rhythmx's names and tables, once"},
     {"rx_normalise", py_rx_normalise, METH_O,
      "rx_normalise(ev) -> bool: parsers.rhythmx.normalise(ev) for the covered shape, else False (untouched)"},

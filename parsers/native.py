@@ -20,7 +20,9 @@ pure path) is the whole of ``_leef_fast`` for the usual event once its header is
 renderer's cache, or None (the Python code then runs, unchanged).  :func:`cef_line` (``None`` on
 the pure path) is the same for :meth:`formats.render.Renderer._cef`: the whole line when both
 its headers are in the renderer's caches, values escaped as :func:`formats.cef.extension_counted`
-does, or None.  :func:`lf_frames` (``None`` on the
+does, or None.  :func:`frame_spans` (``None`` on the pure path) is
+:func:`formats.syslog.frame_spans`'s copy for payloads that need no change (else None, and
+the Python framing runs).  :func:`lf_frames` (``None`` on the
 pure path) is :class:`parsers.framing.Deframer`'s loop over simple LF frames (``<`` first, trailer
 in the read, not oversize, outside octet context); the Python loop takes over at anything else.
 
@@ -36,7 +38,7 @@ from . import detect
 from .event import FORMAT_RFC5424, Event
 
 __all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "leef_line", "cef_line",
-           "lf_frames", "load_native", "load_module"]
+           "lf_frames", "frame_spans", "load_native", "load_module"]
 
 _detect_parse = detect.parse
 
@@ -126,6 +128,7 @@ if _native is not None:
     leef_line = _native.leef_line
     cef_line = _native.cef_line
     lf_frames = _native.lf_frames
+    frame_spans = _native.frame_spans
 else:
     parse_items = parse_items_pure
     rx_normalise = None
@@ -133,6 +136,7 @@ else:
     leef_line = None
     cef_line = None
     lf_frames = None
+    frame_spans = None
 
 
 def _same(a, b) -> bool:

@@ -724,6 +724,68 @@ def test_deframer_identical_with_and_without_the_accelerator():
     assert used > 20000
 
 
+def _spans_case(rng: random.Random) -> tuple[list, list]:
+    """Random payloads (plain, or holding CR, LF, CRLF at the end, NUL, non-ASCII, empty) laid
+    out as spans of shared buffers, as packed queue rows are: -> (spans, payloads)."""
+    pieces = (b"LEEF:2.0|V|P|1|E|k=v", b"a", b"", b"x" * 700, b"\r", b"\n", b"\r\n", b"\0", "é".encode(), b" ")
+    spans, payloads = [], []
+    for _ in range(rng.choice((0, 1, 1, 2, 5))):
+        n = rng.choice((1, 2, 10, 256))
+        ps = []
+        for _ in range(n):
+            if rng.random() < 0.9:
+                ps.append(b"<134>1 - h a - - - " + rng.choice(pieces[:4]) * rng.randint(0, 3))
+            else:
+                ps.append(b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))))
+        pad = rng.choice((0, 7))
+        buf = b"!" * pad + b"".join(ps) + b"?" * rng.choice((0, 3))
+        offs = [pad]
+        for p in ps:
+            offs.append(offs[-1] + len(p))
+        k0 = rng.randrange(len(ps))         # a run may start inside its row
+        spans.append((buf, offs[k0:]))
+        payloads += ps[k0:]
+    return spans, payloads
+
+
+@needs_native
+def test_frame_spans_identical_to_frame_batch():
+    """formats.syslog.frame_spans (the TCP/TLS and file sinks' framing of a Leased) gives the
+    bytes and the changed count of frame_batch over the same payloads, in both framings, with
+    and without the accelerator; the native copy is taken whenever no payload needs a change,
+    and anything it does not take (odd shapes, offsets out of the buffer) gets None."""
+    from formats import syslog
+    fast = native.load_module().frame_spans
+    rng = random.Random(23)
+    saved = syslog._frame_spans
+    native_used = 0
+    try:
+        for i in range(3000):
+            spans, payloads = _spans_case(rng)
+            for framing in ("lf", "octet"):
+                want = syslog.frame_batch(payloads, framing)
+                syslog._frame_spans = None
+                assert syslog.frame_spans(spans, framing) == want
+                syslog._frame_spans = fast
+                assert syslog.frame_spans(spans, framing) == want, (spans, framing)
+                got = fast(spans, framing == "octet")
+                if got is not None:
+                    native_used += 1
+                    assert (got, 0) == want
+                else:
+                    assert want[1] or not spans, (spans, framing)     # only a change sends it back
+    finally:
+        syslog._frame_spans = saved
+    assert native_used > 2000
+    for bad in ([(b"abc", [0, 4])], [(b"abc", [2, 1])], [(b"abc", [-1, 2])], [(b"abc", [])], [(b"abc", (0, 1))],
+                [("abc", [0, 1])], [(b"abc", [0, 1], 2)], [[b"abc", [0, 1]]], [(b"abc", [0, 2 ** 70])],
+                [(b"abc", [0, 1.0])], [(bytearray(b"abc"), [0, 1])]):
+        assert fast(bad, False) is None and fast(bad, True) is None, bad
+    assert fast([], False) == b"" and fast([(b"abc", [1])], True) == b""
+    with pytest.raises(TypeError):
+        fast((), False)
+
+
 def test_gc_tune_freezes_and_raises_the_young_threshold():
     """relay/gctune.py: what the main process and each worker call once set up."""
     import gc

@@ -167,6 +167,11 @@ class Leased(Sequence):
             out += range(first, first + len(run[2]) - 1)
         return out
 
+    def spans(self) -> list[tuple[bytes, list[int]]]:
+        """``[(row payload, offsets)]``, one per run: the payloads as
+        :func:`formats.syslog.frame_spans` takes them (no copy)."""
+        return [(run[1], run[2]) for run in self._runs]
+
     def payloads(self) -> list[bytes]:
         out: list[bytes] = []
         for run in self._runs:

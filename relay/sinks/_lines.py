@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Callable
 
 from formats.render import FORMATS, Renderer, RenderOptions
+from formats.syslog import frame_batch, frame_spans
 
 from ..metrics import REGISTRY
+from ..queue.items import Leased
 
-__all__ = ["KEYS", "read", "renderer"]
+__all__ = ["KEYS", "read", "renderer", "frame_items"]
 
 #: The encoder keys, read by :func:`read`.
 KEYS = ("format", "leef_vendor", "leef_product", "leef_version", "leef_delimiter", "cef_vendor", "cef_product",
@@ -77,3 +79,12 @@ def _delimiter(v: str):
         else:
             return _delimiter(c) or c
     raise ValueError(f"{v!r} must be one character or a hex code like x09 / 0x5E")
+
+
+def frame_items(items, framing: str) -> tuple[bytes, int]:
+    """A leased batch framed into one buffer (formats/syslog.py's rules): a
+    :class:`relay.queue.Leased` straight from its packed rows (:func:`formats.syslog.frame_spans`),
+    a list of Items by their payloads.  Returns (bytes, payloads changed)."""
+    if type(items) is Leased:
+        return frame_spans(items.spans(), framing)
+    return frame_batch([it.payload for it in items], framing)

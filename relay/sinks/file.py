@@ -27,10 +27,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from formats.syslog import frame_batch
-
 from ..fsutil import fsync_dir
-from ..queue.items import payloads_of
 from .base import Sink, UnavailableError
 
 __all__ = ["FileSink"]
@@ -41,7 +38,7 @@ log = logging.getLogger("relay.sinks.file")
 class FileSink(Sink):
     type = "file"
     max_inflight = 1
-    packed_lease = True      # send() takes the payloads in bulk (payloads_of)
+    packed_lease = True      # send() frames the batch from its packed rows (_lines.frame_items)
 
     def __init__(self, cfg, queue, **kw) -> None:
         super().__init__(cfg, queue, **kw)
@@ -107,7 +104,7 @@ class FileSink(Sink):
             raise
 
     async def send(self, items: Sequence) -> None:
-        data, changed = frame_batch(payloads_of(items), "lf")
+        data, changed = _lines.frame_items(items, "lf")
         try:
             await asyncio.to_thread(self._write, data)
         except OSError as exc:

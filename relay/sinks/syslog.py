@@ -109,9 +109,8 @@ from typing import Sequence
 
 import asyncio_dgram
 
-from formats.syslog import frame_batch, scrub_nul
+from formats.syslog import scrub_nul
 
-from ..queue.items import payloads_of
 from .base import PermanentError, Sink, UnavailableError
 
 __all__ = ["SyslogStreamSink", "SyslogUdpSink", "UDP_MAX_V4", "UDP_MAX_V6"]
@@ -439,7 +438,7 @@ class SyslogStreamSink(Sink):
     """Syslog over TCP or TLS with at-least-once delivery (see the module docstring)."""
 
     type = "syslog"
-    packed_lease = True      # send() takes the payloads in bulk (payloads_of)
+    packed_lease = True      # send() frames the batch from its packed rows (_lines.frame_items)
 
     def __init__(self, cfg, queue, **kw) -> None:
         super().__init__(cfg, queue, **kw)
@@ -578,7 +577,7 @@ class SyslogStreamSink(Sink):
 
     # -- sending
     async def send(self, items: Sequence) -> None:
-        data, changed = frame_batch(payloads_of(items), self.framing)
+        data, changed = _lines.frame_items(items, self.framing)
         if changed:
             self.m_sanitised.value += changed
         async with self._wlock:
