@@ -28,14 +28,28 @@ import re
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .fsutil import private_dir, private_file
 
-__all__ = ["DedupRecord", "DedupStore", "store_path"]
+__all__ = ["DedupRecord", "DedupStore", "DedupStoreError", "store_path"]
+
+_SQLITE_FULL = 13
 
 log = logging.getLogger("relay.dedup")
+
+
+class DedupStoreError(Exception):
+    """The store could not be read or written (SQLite's error in the message);
+    ``disk_full``: its filesystem is full.  The sinks give the batch back and try again
+    later (relay/sinks/_http.py): nothing is lost, and a record created meanwhile is found by
+    the search before create."""
+
+    def __init__(self, msg: str, disk_full: bool = False) -> None:
+        super().__init__(msg)
+        self.disk_full = disk_full
 
 
 @dataclass
@@ -107,8 +121,17 @@ class DedupStore:
     def __len__(self) -> int:
         return self._count
 
+    @contextmanager
+    def _errors(self, what: str):
+        """SQLite's errors as :class:`DedupStoreError` (a full disk says so)."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            full = (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_FULL
+            raise DedupStoreError(f"dedup store {self.path}: {what} failed: {e}", disk_full=full) from e
+
     def get(self, key: str) -> DedupRecord | None:
-        with self._lock:
+        with self._lock, self._errors("lookup"):
             row = self._conn.execute(
                 "SELECT incident_id, version, closed, digest FROM dedup WHERE key = ?", (key,)).fetchone()
         if row is None:
@@ -116,7 +139,7 @@ class DedupStore:
         return DedupRecord(key, row[0], row[1], bool(row[2]), row[3])
 
     def put(self, rec: DedupRecord) -> None:
-        with self._lock:
+        with self._lock, self._errors("write"):
             conn = self._conn
             exists = conn.execute("SELECT 1 FROM dedup WHERE key = ?", (rec.key,)).fetchone() is not None
             conn.execute(
@@ -131,7 +154,7 @@ class DedupStore:
 
     def delete(self, key: str) -> None:
         """Forget ``key`` (its remote record is gone)."""
-        with self._lock:
+        with self._lock, self._errors("delete"):
             cur = self._conn.execute("DELETE FROM dedup WHERE key = ?", (key,))
             self._count -= cur.rowcount
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -355,6 +356,78 @@ def test_dedup_store_corrupt_file_moved_aside(tmp_path, caplog):
     assert st.get("k").incident_id == "1"
     assert list(tmp_path.glob("d.db.corrupt-*")) and "moved aside" in caplog.text
     st.close()
+
+
+def test_dedup_store_errors_say_disk_full(tmp_path):
+    """A store whose file cannot grow (SQLite's max_page_count: the SQLITE_FULL a full disk
+    gives) raises DedupStoreError saying so, reads still work, and writes work again once there
+    is room."""
+    from relay.dedup import DedupStoreError
+    st = DedupStore(tmp_path / "d.db")
+    st.put(DedupRecord("small", "1"))
+    pages = st._conn.execute("PRAGMA page_count").fetchone()[0]
+    st._conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(DedupStoreError) as e:
+        st.put(DedupRecord("k" * 20000, "2"))          # needs new pages
+    assert e.value.disk_full and "database or disk is full" in str(e.value) and str(tmp_path) in str(e.value)
+    assert st.get("small").incident_id == "1" and st.get("k" * 20000) is None and len(st) == 1
+    st._conn.execute("PRAGMA max_page_count = 1073741823")
+    st.put(DedupRecord("k" * 20000, "2"))
+    assert st.get("k" * 20000).incident_id == "2" and len(st) == 2
+
+
+class _FullOnWrite:
+    """A dedup store connection whose writes fail as on a full disk (SQLITE_FULL) while
+    ``full`` is set; reads go through."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.full = True
+
+    def execute(self, sql, *args):
+        if self.full and sql.lstrip().upper().startswith(("INSERT", "DELETE", "UPDATE")):
+            e = sqlite3.OperationalError("database or disk is full")
+            e.sqlite_errorcode, e.sqlite_errorname = 13, "SQLITE_FULL"
+            raise e
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_dedup_store_full_disk_keeps_the_batch_queued_without_attempts(tmp_path, key_env, emu, caplog):
+    """The dedup store cannot record (its disk is full) after incidents were created: the batch
+    stays queued (released, no attempt counted: a row must not reach the DLQ because this
+    host's disk is full), the sink pauses, growing, and says so in one rate-limited line
+    without a traceback (it logged a traceback per row before, as an internal error).  Once
+    the store can write again every row is delivered, each incident once (the search before
+    create finds the ones created meanwhile)."""
+    cfg, q, sink, reg = rest_sink(tmp_path, emu)
+    enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(20)])
+    proxy = sink.store._conn = _FullOnWrite(sink.store._conn)
+    seen = {}
+
+    def until() -> bool:
+        if proxy.full and reg.value("relay_send_errors_total", sink="xs", reason="disk_full") >= 2:
+            seen.update(depth=q.depth(), dlq=q.dlq_depth(), created=len(counts(emu)),
+                        retried=reg.value("relay_retried_total", sink="xs"))
+            proxy.full = False                          # room again
+        return not proxy.full and q.depth() == 0
+
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        assert run_sink(sink, until)
+    took = time.monotonic() - t0
+    assert seen["depth"] == 20 and seen["dlq"] == 0 and seen["created"] >= 1 and seen["retried"] == 0, seen
+    lines = [r.getMessage() for r in caplog.records if "dedup store" in r.getMessage()]
+    # one line per 10 s (LogLimiter), whatever the number of rows and batches that failed
+    assert 1 <= len(lines) <= 1 + int(took // 10) and "database or disk is full" in lines[0], lines
+    assert "stays queued" in lines[0]
+    assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
+    assert counts(emu) == {f"rhythmx:INC-{i}": 1 for i in range(20)}
+    assert q.dlq_depth() == 0 and reg.value("relay_retried_total", sink="xs") == 0
+    assert reg.value("relay_dead_lettered_total", sink="xs") == 0
+    q.close()
 
 
 def test_dedup_store_survives_restart_without_search(tmp_path, key_env, emu):
@@ -736,6 +809,39 @@ def test_webhook_503_then_recovers_no_duplicates(tmp_path):
         assert run_sink(sink, lambda: q.depth() == 0)
         assert counts(emu, "rawJSON:relay.dedup_key") == {f"rhythmx:INC-{i}": 1 for i in range(10)}
         assert emu.stats["http_503"] == 3
+        q.close()
+
+
+def test_webhook_dedup_store_full_disk(tmp_path, caplog):
+    """The webhook sink with its dedup store on a full disk: a batch whose keys cannot be
+    looked up stays queued (released, no attempt); a batch posted whose keys cannot be
+    recorded is acked, not posted twice, and the line says those keys may come back as
+    duplicates.  Nothing is lost, nothing is dead-lettered."""
+    with XsoarEmulator() as emu:
+        cfg, q, sink, reg = webhook_sink(tmp_path, emu, "batch_size = 5\nlinger = 0")
+        enqueue(q, cfg, [sigma_line(f"INC-{i}") for i in range(10)])
+        store = sink.store
+        proxy = store._conn = _FullOnWrite(store._conn)
+        reads = {"fail": 2}
+        real_get = store.get
+
+        def get(key):           # the first two lookups fail as on a full disk, then writes do
+            if reads["fail"]:
+                reads["fail"] -= 1
+                from relay.dedup import DedupStoreError
+                raise DedupStoreError(f"dedup store {store.path}: lookup failed: database or disk is full",
+                                      disk_full=True)
+            return real_get(key)
+        store.get = get
+        with caplog.at_level(logging.INFO):
+            assert run_sink(sink, lambda: q.depth() == 0)
+        assert counts(emu, "rawJSON:relay.dedup_key") == {f"rhythmx:INC-{i}": 1 for i in range(10)}
+        assert reads["fail"] == 0 and proxy.full and len(store) == 0
+        assert reg.value("relay_send_errors_total", sink="wh", reason="disk_full") >= 3    # 2 lookups, the writes
+        assert reg.value("relay_retried_total", sink="wh") == 0 and q.dlq_depth() == 0
+        text = caplog.text
+        assert "the batch stays queued" in text and "records were created but their dedup keys are not recorded" in text
+        assert "Traceback" not in text and "unexpected error" not in text
         q.close()
 
 

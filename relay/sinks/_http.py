@@ -53,6 +53,8 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from ..checks import positive as _pos
+from ..dedup import DedupStoreError
+from ..logs import LogLimiter
 from ..secrets import Secret, read_secret, register
 from .base import AuthError, PermanentError, RetryableError, Sink, SinkError, UnavailableError
 
@@ -60,6 +62,7 @@ __all__ = ["HttpOptions", "HTTP_KEYS", "read_http", "AuthConfig", "AUTH_MODES", 
            "classify", "retry_after", "excerpt", "Redactor", "HttpSink", "EXCERPT", "MAX_RETRY_AFTER"]
 
 log = logging.getLogger("relay.sinks.http")
+_LIMITER = LogLimiter(10.0, log)
 # httpx logs every request at INFO: far too chatty for an appliance (and URLs may be secrets)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -388,6 +391,7 @@ class HttpSink(Sink):
         self.http = http if http is not None else HttpOptions()
         self.redact = redact if redact is not None else Redactor()
         self._backoff = 0
+        self._store_fails = 0            # dedup store failures in a row (the pause grows with them)
         self._unreachable_logged = -1e9
         self._client: httpx.AsyncClient | None = None
         if not self.http.tls_verify:
@@ -495,6 +499,13 @@ class HttpSink(Sink):
                         continue
                     try:
                         await handler(item)
+                    except DedupStoreError as e:
+                        # the local dedup store cannot be read or written (a full disk): the
+                        # rest of the batch would fail the same way; all of it goes back
+                        err = self._store_failed(e)
+                        failed.append((item, err))
+                        if state["stop"] is None:
+                            state["stop"] = err
                     except (AuthError, RetryableError) as e:
                         failed.append((item, e))
                         if state["stop"] is None:
@@ -507,12 +518,33 @@ class HttpSink(Sink):
                         log.exception("sink %s: unexpected error handling row %s", self.name, item.id)
                         failed.append((item, RetryableError(f"internal error: {type(e).__name__}: {e}",
                                                             reason="internal")))
+                    else:
+                        self._store_fails = 0
 
         await asyncio.gather(*(run_group(g) for g in groups))
         auth = next((e for _, e in failed if isinstance(e, AuthError)), None)
         if auth is not None:
             raise auth
         return failed
+
+    def _store_failed(self, e: DedupStoreError) -> UnavailableError:
+        """A dedup store failure -> the batch given back without an attempt counted (the
+        destination is not at fault: a row must not reach the DLQ because this host's disk is
+        full), the sink pausing 0.5 s, doubling up to 30 s while it lasts; one log line per
+        10 s, no traceback (``relay_send_errors_total{reason="disk_full"|"dedup_store"}``)."""
+        self._store_fails = n = min(self._store_fails + 1, 7)
+        pause = min(30.0, 0.5 * 2 ** (n - 1))
+        _LIMITER.error((self.name, "dedup_store"), "sink %s: %s; the batch stays queued, trying again in %g s",
+                       self.name, e, pause)
+        return UnavailableError(f"{e}; pausing {pause:g} s", retry_after=pause,
+                                reason="disk_full" if e.disk_full else "dedup_store")
+
+    def _store_not_recorded(self, e: DedupStoreError, n: int) -> None:
+        """Records already created whose keys the store could not take: the rows are acked
+        (sending them again would create them twice now); counted and logged (once per 10 s)."""
+        self.count_error("disk_full" if e.disk_full else "dedup_store")
+        _LIMITER.error((self.name, "dedup_store_put"), "sink %s: %s; %d records were created but their dedup keys "
+                       "are not recorded: an event with one of those keys may create a second one", self.name, e, n)
 
     @staticmethod
     def groups(items: Sequence, key_of) -> list[list]:

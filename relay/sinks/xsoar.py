@@ -78,7 +78,7 @@ from formats.xsoar import XsoarOptions
 from ..secrets import Secret, read_secret, register
 from ..checks import http_url as _url, non_negative as _nonneg, positive as _pos  # noqa: E402
 from .. import kinds
-from ..dedup import DedupRecord, DedupStore, store_path as _store_path
+from ..dedup import DedupRecord, DedupStore, DedupStoreError, store_path as _store_path
 from . import _claims
 from . import _http
 from ._http import HttpSink, Redactor, excerpt as _http_excerpt, retry_after  # noqa: F401 (re-exported)
@@ -659,7 +659,11 @@ class XsoarWebhookSink(_XsoarBase):
         failed: list = []
         for it in items:
             key = self._key(it)
-            if key and (key in seen or await asyncio.to_thread(self.store.get, key) is not None):
+            try:
+                known = bool(key) and (key in seen or await asyncio.to_thread(self.store.get, key) is not None)
+            except DedupStoreError as e:
+                raise self._store_failed(e) from None      # the whole batch stays queued
+            if known:
                 self.count("skipped")
                 continue
             try:
@@ -694,7 +698,10 @@ class XsoarWebhookSink(_XsoarBase):
             ids = [str(r.get("id")) if isinstance(r, dict) and r.get("id") is not None else None for r in res]
         recs = [DedupRecord(key, ids[i] if ids else None) for i, (_, key) in enumerate(to_send) if key]
         if recs:
-            await asyncio.to_thread(lambda: [self.store.put(r) for r in recs])
+            try:
+                await asyncio.to_thread(lambda: [self.store.put(r) for r in recs])
+            except DedupStoreError as e:
+                self._store_not_recorded(e, len(recs))      # delivered: acked, not sent twice now
         self.count("created", len(to_send))
         return failed
 
