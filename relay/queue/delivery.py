@@ -117,39 +117,43 @@ class _DeliveryMixin:
             return None
         runs: list = []
         got = 0
-        after = hwm
-        want = max(2, n // PACK_EVENTS + 1)
         sql = (f"SELECT {_Q_COLS} FROM {_Q_FROM} WHERE q.id > ? AND q.attempts = 0 "
                "ORDER BY q.id LIMIT ?")
-        while got < n:
-            rows = self._read(sql, (after, want))
-            for rid, payload, meta, enq, att, nxt, lat, lerr, cnt, lens, done in rows:
-                first = rid - cnt + 1
-                # a row the last lease cut: its events up to the mark are leased or settled
-                k0 = hwm + 1 - first if hwm >= first else 0
-                if done and max(_arr(done)) >= k0:
-                    return None
-                if cnt == 1:
-                    po = [0, len(payload)]
-                    mo = [0, len(meta)] if meta else None
-                else:
-                    ln = _arr(lens)
-                    po = list(accumulate(ln[:cnt], initial=0))
-                    mo = list(accumulate(ln[cnt:], initial=0)) if meta else None
-                k = min(cnt - k0, n - got)
-                if k0 or k < cnt:
-                    po = po[k0:k0 + k + 1]
-                    if mo is not None:
-                        mo = mo[k0:k0 + k + 1]
-                runs.append((first + k0, payload, po, meta, mo, enq, att, nxt, lat, lerr))
-                got += k
-                if got >= n:
-                    return runs
-            if len(rows) < want:
+        for rid, payload, meta, enq, att, nxt, lat, lerr, cnt, lens, done in \
+                self._rows(sql, (), hwm, max(2, n // PACK_EVENTS + 1)):
+            first = rid - cnt + 1
+            # a row the last lease cut: its events up to the mark are leased or settled
+            k0 = hwm + 1 - first if hwm >= first else 0
+            if done and max(_arr(done)) >= k0:
+                return None
+            if cnt == 1:
+                po = [0, len(payload)]
+                mo = [0, len(meta)] if meta else None
+            else:
+                ln = _arr(lens)
+                po = list(accumulate(ln[:cnt], initial=0))
+                mo = list(accumulate(ln[cnt:], initial=0)) if meta else None
+            k = min(cnt - k0, n - got)
+            if k0 or k < cnt:
+                po = po[k0:k0 + k + 1]
+                if mo is not None:
+                    mo = mo[k0:k0 + k + 1]
+            runs.append((first + k0, payload, po, meta, mo, enq, att, nxt, lat, lerr))
+            got += k
+            if got >= n:
                 break
+        return runs
+
+    def _rows(self, sql: str, params: tuple, after: int, want: int):
+        """The rows ``sql`` selects (in id order; its last two parameters are "id > ?" and the
+        LIMIT), read ``want`` at a time, then twice as many each time, as the caller iterates."""
+        while True:
+            rows = self._read(sql, (*params, after, want))
+            yield from rows
+            if len(rows) < want:
+                return
             after = rows[-1][0]
             want *= 2
-        return runs
 
     def _collect(self, sql: str, params: tuple, after: int, lo: int, n: int,
                  check_inflight: bool = True) -> list[Item]:
@@ -159,47 +163,40 @@ class _DeliveryMixin:
         be in flight."""
         inflight = self._inflight if check_inflight else {}
         out: list[Item] = []
-        want = max(4, n // 64)
-        while len(out) < n:
-            rows = self._read(sql, (*params, after, want))
-            for row in rows:
-                rid, payload, meta, enq, att, nxt, lat, lerr, cnt, lens, done = row
-                if cnt == 1:
-                    if rid >= lo and rid not in inflight:
-                        out.append(Item(rid, payload, meta, enq, att, nxt, lat, lerr))
-                        if len(out) >= n:
-                            return out
-                    continue
-                first = rid - cnt + 1
-                ln = _arr(lens)
-                pofs = list(accumulate(ln[:cnt], initial=0))
-                mofs = list(accumulate(ln[cnt:], initial=0)) if meta else None
-                k0 = lo - first if lo > first else 0
-                k1 = min(cnt, k0 + n - len(out))
-                if not done and not inflight:   # the usual case: a plain run of fresh events
-                    if meta:
-                        out += [Item(first + k, payload[pofs[k]:pofs[k + 1]],
-                                     meta[mofs[k]:mofs[k + 1]] or None, enq, att, nxt, lat, lerr)
-                                for k in range(k0, k1)]
-                    else:
-                        out += [Item(first + k, payload[pofs[k]:pofs[k + 1]], None, enq, att, nxt,
-                                     lat, lerr) for k in range(k0, k1)]
+        for rid, payload, meta, enq, att, nxt, lat, lerr, cnt, lens, done in \
+                self._rows(sql, params, after, max(4, n // 64)):
+            if cnt == 1:
+                if rid >= lo and rid not in inflight:
+                    out.append(Item(rid, payload, meta, enq, att, nxt, lat, lerr))
                     if len(out) >= n:
                         return out
-                    continue
-                skip = set(_arr(done)) if done else ()
-                for k in range(k0, cnt):
-                    eid = first + k
-                    if k not in skip and eid not in inflight:
-                        ml = meta[mofs[k]:mofs[k + 1]] if meta else None
-                        out.append(Item(eid, payload[pofs[k]:pofs[k + 1]], ml or None,
-                                        enq, att, nxt, lat, lerr))
-                        if len(out) >= n:
-                            return out
-            if len(rows) < want:
-                break
-            after = rows[-1][0]
-            want *= 2
+                continue
+            first = rid - cnt + 1
+            ln = _arr(lens)
+            pofs = list(accumulate(ln[:cnt], initial=0))
+            mofs = list(accumulate(ln[cnt:], initial=0)) if meta else None
+            k0 = lo - first if lo > first else 0
+            k1 = min(cnt, k0 + n - len(out))
+            if not done and not inflight:   # the usual case: a plain run of fresh events
+                if meta:
+                    out += [Item(first + k, payload[pofs[k]:pofs[k + 1]],
+                                 meta[mofs[k]:mofs[k + 1]] or None, enq, att, nxt, lat, lerr)
+                            for k in range(k0, k1)]
+                else:
+                    out += [Item(first + k, payload[pofs[k]:pofs[k + 1]], None, enq, att, nxt,
+                                 lat, lerr) for k in range(k0, k1)]
+                if len(out) >= n:
+                    return out
+                continue
+            skip = set(_arr(done)) if done else ()
+            for k in range(k0, cnt):
+                eid = first + k
+                if k not in skip and eid not in inflight:
+                    ml = meta[mofs[k]:mofs[k + 1]] if meta else None
+                    out.append(Item(eid, payload[pofs[k]:pofs[k + 1]], ml or None,
+                                    enq, att, nxt, lat, lerr))
+                    if len(out) >= n:
+                        return out
         return out
 
     def _forget(self, ids: list[int]) -> None:
