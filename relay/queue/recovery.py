@@ -17,6 +17,7 @@ from .schema import (
     _SCHEMA,
     _V1_QUEUE_COLUMNS,
     APPLICATION_ID,
+    PAGE_SIZE,
     SCHEMA_VERSION,
     _rollback,
     _uri_path,
@@ -39,6 +40,7 @@ class _RecoveryMixin:
             # only takes effect on a new file, before WAL mode writes its header: freed pages
             # can then be handed back to the filesystem (incremental_vacuum) when disk is short
             if new:
+                conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -60,7 +62,8 @@ class _RecoveryMixin:
                 fs = st.f_blocks * st.f_frsize
             except OSError:
                 fs = 1 << 40
-            pages = max(16, min(1000, fs // 4096 // 16))
+            page = conn.execute("PRAGMA page_size").fetchone()[0] or 4096
+            pages = max(16, min((4000 << 10) // page, fs // page // 16))
             conn.execute(f"PRAGMA journal_size_limit = {max(64 << 10, min(64 << 20, fs // 16))}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         except BaseException:
