@@ -1118,3 +1118,25 @@ def test_leased_is_a_sequence_of_the_same_items(q):
     assert b[10:20] == items[10:20]      # once made, a slice is a list of the same Items
     assert q.ack(s) == 300 and q.release(b[:100]) == 100 and q.ack(b[400:]) == 120
     assert ids_of(q.lease(1000)) == ids_of(b)[:100] + list(range(ids_of(b)[-1] + 1, ids_of(b)[-1] + 81))
+
+
+def test_new_files_get_8k_pages_and_old_files_keep_theirs(tmp_path, monkeypatch):
+    """A new queue file has PAGE_SIZE pages; a file made with SQLite's 4 KiB keeps them (and its
+    events) when the relay opens it; the WAL checkpoint threshold is ~4 MB either way."""
+    from relay.queue import recovery
+    from relay.queue.schema import PAGE_SIZE
+    assert PAGE_SIZE == 8192
+    q = DiskQueue(str(tmp_path / "new.db"))
+    assert q._conn.execute("PRAGMA page_size").fetchone()[0] == 8192
+    assert q._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == (4000 << 10) // 8192
+    q.close()
+    monkeypatch.setattr(recovery, "PAGE_SIZE", 4096)
+    q = DiskQueue(str(tmp_path / "old.db"))
+    q.put_many(rows(300, size=2000))
+    q.close()
+    monkeypatch.undo()
+    q = DiskQueue(str(tmp_path / "old.db"))
+    assert q._conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert q._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert [it.payload for it in q.lease(1000)] == [p for p, _ in rows(300, size=2000)]
+    q.close()
