@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .fsutil import private_dir, private_file
+from .queue.errors import _SQLITE_FULL, _code
 
 __all__ = ["DedupRecord", "DedupStore", "DedupStoreError", "store_path"]
-
-_SQLITE_FULL = 13
 
 log = logging.getLogger("relay.dedup")
 
@@ -127,8 +126,8 @@ class DedupStore:
         try:
             yield
         except sqlite3.Error as e:
-            full = (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_FULL
-            raise DedupStoreError(f"dedup store {self.path}: {what} failed: {e}", disk_full=full) from e
+            raise DedupStoreError(f"dedup store {self.path}: {what} failed: {e}",
+                                  disk_full=_code(e) == _SQLITE_FULL) from e
 
     def get(self, key: str) -> DedupRecord | None:
         with self._lock, self._errors("lookup"):

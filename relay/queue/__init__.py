@@ -17,8 +17,9 @@ metadata concatenated, their lengths in ``lens``.  Every event still has its own
 with id ``R`` and ``n`` events holds ids ``R - n + 1 .. R`` (ids come from the
 AUTOINCREMENT sequence, never reused, increasing across processes sharing the file).  The
 API is per event as before; :meth:`DiskQueue.lease_packed` hands the usual lease (fresh runs
-of packed rows) out as a :class:`Leased`, which bulk senders read with :func:`payloads_of`
-and :func:`ids_of` without an object per event (its Items are made if it is iterated).  Settling part of a row (ack, dead letter) records the
+of packed rows) out as a :class:`Leased`, which bulk senders read (``spans``,
+:func:`payloads_of`, :func:`ids_of`) without an object per event (its Items are made if it is
+iterated).  Settling part of a row (ack, dead letter) records the
 offsets in the small ``partial`` table (the row itself is not rewritten) and the row is
 deleted when its last event is settled; retrying part of a row cuts the row into runs so
 that every event keeps its id and its place in the order.  The price: disk space comes

@@ -55,8 +55,8 @@ class _DeliveryMixin:
         """:meth:`lease`, the same events, as a :class:`Leased` when they all lie in fresh runs
         of packed rows (no retried row due, nothing given back below the high-water mark, no
         row partly settled: the usual case), so that no object is made per event; else the
-        list :meth:`lease` returns.  For senders that take payloads and ids in bulk
-        (:func:`relay.queue.payloads_of`, :func:`relay.queue.ids_of`)."""
+        list :meth:`lease` returns.  For senders that take the batch in bulk
+        (:meth:`Leased.spans`, :func:`relay.queue.ids_of`)."""
         return self._lease(n, now, True)
 
     def _lease(self, n: int, now: float | None, packed: bool):

@@ -92,6 +92,11 @@ class Item:
                 f"next_attempt_at={self.next_attempt_at}, payload={self.payload[:40]!r})")
 
 
+def _slices(buf: bytes, offs: list):
+    """``buf[offs[k]:offs[k + 1]]`` for each k, lazily."""
+    return map(buf.__getitem__, map(slice, offs, offs[1:]))
+
+
 class Leased(Sequence):
     """Events :meth:`DiskQueue.lease_packed` leased from fresh runs of packed rows, without an
     object per event: a sequence of the same :class:`Item` objects :meth:`DiskQueue.lease`
@@ -122,7 +127,7 @@ class Leased(Sequence):
             items = []
             for first, payload, po, meta, mo, enq, att, nxt, lat, lerr in self._runs:
                 k = len(po) - 1
-                pays = map(payload.__getitem__, map(slice, po, po[1:]))
+                pays = _slices(payload, po)
                 if mo is None:
                     metas = repeat(None, k)
                 else:
@@ -175,8 +180,7 @@ class Leased(Sequence):
     def payloads(self) -> list[bytes]:
         out: list[bytes] = []
         for run in self._runs:
-            po = run[2]
-            out += map(run[1].__getitem__, map(slice, po, po[1:]))
+            out += _slices(run[1], run[2])
         return out
 
     def __repr__(self) -> str:

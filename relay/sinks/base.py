@@ -138,8 +138,8 @@ class Sink:
     #: the lease is split into batches of ``batch_size``; at least one batch per hop
     lease_max_rows = 2000
     #: True: batches come from ``queue.lease_packed`` (a :class:`relay.queue.Leased` in the
-    #: usual case, else a list): for senders that read them with ``payloads_of``/``ids_of``
-    #: (or iterate: the same Items, made on first use), so no object is made per event
+    #: usual case, else a list): for senders that frame them in bulk (relay/sinks/_lines.py
+    #: ``frame_items``) or iterate them (the same Items, made on first use)
     packed_lease = False
 
     def __init__(self, cfg, queue, *, registry: Registry | None = None,
