@@ -364,7 +364,9 @@ def test_tls_header_and_client_hello_in_one_segment(pki):
                              encode_v2(("203.0.113.9", 6000), ("10.0.0.5", 6514)), b"<13>over tls\n", out))
         t.start()
         try:
-            await until(lambda: len(p.items) == 1, what="a frame over TLS", timeout=10)
+            # the client marks "ok" after its send returns, which may come after the relay
+            # already has the frame: wait for both
+            await until(lambda: len(p.items) == 1 and out.get("ok"), what="a frame over TLS", timeout=10)
             assert p.items == [(b"<13>over tls", "203.0.113.9:6000")]
             assert out.get("ok") and proxy_count(src, "v2") == 1 and dropped(src, "tls_handshake") == 0
         finally:
