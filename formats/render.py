@@ -93,6 +93,7 @@ def _str(v) -> str | None:
 _CS_KEYS = tuple((f"cs{i}", f"cs{i}Label") for i in range(1, _cef.CUSTOM_SLOTS["cs"] + 1))
 _CN_KEYS = tuple((f"cn{i}", f"cn{i}Label") for i in range(1, _cef.CUSTOM_SLOTS["cn"] + 1))
 _MS = tuple(f".{i:03d}" for i in range(1000))
+_NO_PLAN = object()
 
 
 def _leef_plan(version: str, delimiter: str, profile: VendorProfile):
@@ -217,6 +218,27 @@ class Renderer:
         self._lheads: dict = {}
         self._cheads: dict = {}
         self._cplans: dict = {}  # VendorProfile -> _cef_plan(...), built on first use
+
+    def native_leef_spec(self) -> tuple | None:
+        """What ``parsers._speedups.stage_batch`` needs to render this renderer's LEEF inline:
+        ``(profiles, default, lheads, hostname, app_name)``, where ``profiles`` maps each vendor
+        of :data:`PROFILES` to ``(plan, profile, event id field)`` (``None`` when the profile
+        has no fast plan) and ``default`` is that of :data:`DEFAULT`: the values
+        :meth:`_leef_fast` passes to ``leef_line``, its plans all built now (the same ones it
+        builds on first use).  ``None`` when the format is not LEEF or the accelerator is off."""
+        if _leef_line is None or self.render != self._leef_fast:
+            return None
+        o = self.o
+        if type(o.hostname) is not str or type(o.app_name) is not str:
+            return None
+
+        def spec(profile):
+            plan = self._plans.get(profile, _NO_PLAN)
+            if plan is _NO_PLAN:
+                plan = self._plans[profile] = _leef_plan(self._leef_version, self._leef_delim, profile)
+            return None if plan is None else (plan, profile, profile.event_id)
+        profiles = {vendor: spec(p) for vendor, p in PROFILES.items() if type(vendor) is str}
+        return profiles, spec(DEFAULT), self._lheads, o.hostname, o.app_name
 
     # ---------------------------------------------------------------- header
     def _header(self, ev: Event, f: dict | None, band: str, epoch: float | None) -> str:

@@ -1191,12 +1191,10 @@ static PyObject *band_of(PyObject *f, PyObject *bands, PyObject **value)
  * from the sink or the event, every text ASCII without CR, LF, NUL or a stray delimiter.  It
  * reads and changes nothing; None means the Python code does it all (and fills the cache).
  * ------------------------------------------------------------------------------------------ */
-static PyObject *py_leef_line(PyObject *self, PyObject *args)
+/* leef_line's work (argument types checked by the caller): bytes, None (not covered) or NULL */
+static PyObject *leef_line_impl(PyObject *ev, PyObject *f, PyObject *plan, PyObject *lheads, PyObject *profile,
+                                PyObject *eid_field, PyObject *hostopt, PyObject *appopt)
 {
-    PyObject *ev, *f, *plan, *lheads, *profile, *eid_field, *hostopt, *appopt;
-    if (!PyArg_ParseTuple(args, "OO!O!O!OOUU", &ev, &PyDict_Type, &f, &PyTuple_Type, &plan, &PyDict_Type, &lheads,
-                          &profile, &eid_field, &hostopt, &appopt))
-        return NULL;
     if (!event_type || !Py_IS_TYPE(ev, event_type) || PyTuple_GET_SIZE(plan) != 7)
         Py_RETURN_NONE;
     if (render_keys() < 0)
@@ -1300,6 +1298,15 @@ static PyObject *py_leef_line(PyObject *self, PyObject *args)
         memcpy(o + pl + 24 + rl, buf, len);
     }
     return out;
+}
+
+static PyObject *py_leef_line(PyObject *self, PyObject *args)
+{
+    PyObject *ev, *f, *plan, *lheads, *profile, *eid_field, *hostopt, *appopt;
+    if (!PyArg_ParseTuple(args, "OO!O!O!OOUU", &ev, &PyDict_Type, &f, &PyTuple_Type, &plan, &PyDict_Type, &lheads,
+                          &profile, &eid_field, &hostopt, &appopt))
+        return NULL;
+    return leef_line_impl(ev, f, plan, lheads, profile, eid_field, hostopt, appopt);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1650,6 +1657,324 @@ static PyObject *py_frame_spans(PyObject *self, PyObject *args)
     return out;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * stage_batch(items, received, source, fallback, lenient, plan) -> None: relay.pipeline's
+ * Pipeline.stage_rows for a listener batch of (raw, peer) pairs when no enrichment and no tap
+ * run (relay/pipeline.py builds ``plan`` and says when it applies), with no Python frame per
+ * event in the usual case: each message is parsed (parse_frame, else ``fallback(raw, peer)``,
+ * always it when ``lenient``), normalised (rx_normalise_impl for the covered SigmaIncident
+ * shape, else ``normalise(ev)``), counted, routed (each route's compiled ``match(ev)`` in order,
+ * ``final`` stopping), rendered and appended to its sink's rows, in message order.  Every
+ * decision that is not a plain one is Python's, through the plan's callables, so the result is
+ * stage_into's: same rows, same dead letters, same counters.
+ *
+ * plan: (normalise, rx_app, raw_format, count_run, slow, routes, for_mask, multi, dead, done)
+ *   count_run(ev, n): n consecutive events of ev's kind parsed (relay_parsed_total...)
+ *   slow(ev): the whole stage in Python (an event with ev.meta set: triage)
+ *   routes: ((match, final), ...), at most 62
+ *   for_mask(mask) -> (names, meta, single): the route names and queue metadata of the events
+ *     that matched the routes of ``mask`` (bit i: route i), and ``single`` (sink, payloads,
+ *     metas, render, spec) for one sink without metadata fields, else None
+ *   spec: None (``render(ev, names)`` renders), or (profiles, default, lheads, hostname,
+ *     app_name) for formats.render.Renderer._leef_fast: profiles maps a vendor str to
+ *     (leef plan, profile, event id field) or None (then ``render``), default is that of
+ *     the default profile; leef_line_impl renders, and ``render`` when it says None
+ *   multi(ev, names, meta, mask): several sinks, or sinks with metadata fields (Python)
+ *   dead(sink, ev, meta, exc): ``render`` raised exc (an Exception): the event's dead letter
+ *   done(route counts, unrouted): the counters, once at the end
+ * ------------------------------------------------------------------------------------------ */
+#define SB_ROUTES 62
+#define SB_MASKS 16
+static PyObject *k_vendor3;
+
+/* the LEEF line of spec for ev: bytes, None (the renderer does it) or NULL (an error) */
+static PyObject *sb_leef(PyObject *ev, PyObject *spec)
+{
+    PyObject *f = SLOT(ev, S_FIELDS);
+    if (!f || !PyDict_CheckExact(f) || PyDict_GET_SIZE(f) == 0)
+        Py_RETURN_NONE;
+    PyObject *table = PyTuple_GET_ITEM(spec, 0), *ps = PyTuple_GET_ITEM(spec, 1);
+    PyObject *v = PyDict_GetItemWithError(f, k_vendor3);
+    if (v) {
+        if (PyUnicode_CheckExact(v)) {
+            PyObject *hit = PyDict_GetItemWithError(table, v);
+            if (hit)
+                ps = hit;
+            else if (PyErr_Occurred())
+                return NULL;
+        } else if (v != Py_None)
+            Py_RETURN_NONE;
+    } else if (PyErr_Occurred())
+        return NULL;
+    if (!PyTuple_CheckExact(ps) || PyTuple_GET_SIZE(ps) != 3 || !PyTuple_CheckExact(PyTuple_GET_ITEM(ps, 0)))
+        Py_RETURN_NONE;
+    return leef_line_impl(ev, f, PyTuple_GET_ITEM(ps, 0), PyTuple_GET_ITEM(spec, 2), PyTuple_GET_ITEM(ps, 1),
+                          PyTuple_GET_ITEM(ps, 2), PyTuple_GET_ITEM(spec, 3), PyTuple_GET_ITEM(spec, 4));
+}
+
+static int sb_spec_ok(PyObject *spec)
+{
+    return PyTuple_CheckExact(spec) && PyTuple_GET_SIZE(spec) == 5 && PyDict_CheckExact(PyTuple_GET_ITEM(spec, 0))
+        && PyDict_CheckExact(PyTuple_GET_ITEM(spec, 2)) && PyUnicode_CheckExact(PyTuple_GET_ITEM(spec, 3))
+        && PyUnicode_CheckExact(PyTuple_GET_ITEM(spec, 4));
+}
+
+/* one event through route, render and rows; 0 done, -1 error */
+static int sb_event(PyObject *ev, PyObject *routes, Py_ssize_t nr, long long *rcount, long long *unrouted,
+                    unsigned long long *mkeys, PyObject **mvals, int *nm, int *mnext, PyObject *for_mask,
+                    PyObject *multi, PyObject *dead)
+{
+    unsigned long long mask = 0;
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        PyObject *rt = PyTuple_GET_ITEM(routes, i);
+        PyObject *res = PyObject_CallOneArg(PyTuple_GET_ITEM(rt, 0), ev);
+        if (!res)
+            return -1;
+        int t = PyObject_IsTrue(res);
+        Py_DECREF(res);
+        if (t < 0)
+            return -1;
+        if (t) {
+            mask |= 1ULL << i;
+            rcount[i]++;
+            if (PyTuple_GET_ITEM(rt, 1) == Py_True)
+                break;
+        }
+    }
+    if (!mask) {
+        (*unrouted)++;
+        return 0;
+    }
+    PyObject *entry = NULL;
+    for (int j = 0; j < *nm; j++)
+        if (mkeys[j] == mask) {
+            entry = mvals[j];
+            break;
+        }
+    if (!entry) {
+        PyObject *mo = PyLong_FromUnsignedLongLong(mask);
+        if (!mo)
+            return -1;
+        entry = PyObject_CallOneArg(for_mask, mo);
+        Py_DECREF(mo);
+        if (!entry)
+            return -1;
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3
+            || (PyTuple_GET_ITEM(entry, 2) != Py_None && (!PyTuple_CheckExact(PyTuple_GET_ITEM(entry, 2))
+                || PyTuple_GET_SIZE(PyTuple_GET_ITEM(entry, 2)) != 5))) {
+            Py_DECREF(entry);
+            PyErr_SetString(PyExc_TypeError, "stage_batch: for_mask must return (names, meta, single)");
+            return -1;
+        }
+        int j = *nm < SB_MASKS ? (*nm)++ : ((*mnext)++ % SB_MASKS);
+        Py_XSETREF(mvals[j], entry);
+        mkeys[j] = mask;
+    }
+    PyObject *names = PyTuple_GET_ITEM(entry, 0), *meta = PyTuple_GET_ITEM(entry, 1),
+             *single = PyTuple_GET_ITEM(entry, 2);
+    if (single == Py_None) {
+        PyObject *mo = PyLong_FromUnsignedLongLong(mask);
+        if (!mo)
+            return -1;
+        PyObject *r = PyObject_CallFunctionObjArgs(multi, ev, names, meta, mo, NULL);
+        Py_DECREF(mo);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    PyObject *sink = PyTuple_GET_ITEM(single, 0), *payloads = PyTuple_GET_ITEM(single, 1),
+             *metas = PyTuple_GET_ITEM(single, 2), *render = PyTuple_GET_ITEM(single, 3),
+             *spec = PyTuple_GET_ITEM(single, 4);
+    if (!PyList_CheckExact(payloads) || !PyList_CheckExact(metas)) {
+        PyErr_SetString(PyExc_TypeError, "stage_batch: a sink's rows must be lists");
+        return -1;
+    }
+    PyObject *payload = NULL;
+    if (spec != Py_None && sb_spec_ok(spec)) {
+        payload = sb_leef(ev, spec);
+        if (payload == Py_None)
+            Py_CLEAR(payload);
+        else if (!payload && !PyErr_Occurred())
+            return -1;
+    }
+    if (!payload && !PyErr_Occurred())
+        payload = PyObject_CallFunctionObjArgs(render, ev, names, NULL);
+    if (!payload) {     /* the renderer refused the event: its dead letter, as stage_into writes it */
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return -1;
+        PyObject *et, *ex, *tb;
+        PyErr_Fetch(&et, &ex, &tb);
+        PyErr_NormalizeException(&et, &ex, &tb);
+        if (tb && ex)
+            PyException_SetTraceback(ex, tb);
+        PyObject *r = PyObject_CallFunctionObjArgs(dead, sink, ev, meta, ex ? ex : Py_None, NULL);
+        Py_XDECREF(et);
+        Py_XDECREF(ex);
+        Py_XDECREF(tb);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
+    int rc = PyList_Append(payloads, payload);
+    Py_DECREF(payload);
+    if (rc < 0 || PyList_Append(metas, meta) < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *py_stage_batch(PyObject *self, PyObject *args)
+{
+    PyObject *items, *received, *source, *fallback, *plan;
+    int lenient;
+    if (!PyArg_ParseTuple(args, "O!OOOpO!", &PyList_Type, &items, &received, &source, &fallback, &lenient,
+                          &PyTuple_Type, &plan))
+        return NULL;
+    if (!event_type || !rx_ready)
+        return PyErr_Format(PyExc_RuntimeError, "configure() and rx_configure() first");
+    if (!k_vendor3 && !(k_vendor3 = PyUnicode_InternFromString("vendor")))
+        return NULL;
+    if (render_keys() < 0)
+        return NULL;
+    if (PyTuple_GET_SIZE(plan) != 10)
+        return PyErr_Format(PyExc_TypeError, "stage_batch: a plan of 10 expected");
+    PyObject *normalise = PyTuple_GET_ITEM(plan, 0), *rx_app = PyTuple_GET_ITEM(plan, 1),
+             *raw_format = PyTuple_GET_ITEM(plan, 2), *count_run = PyTuple_GET_ITEM(plan, 3),
+             *slow = PyTuple_GET_ITEM(plan, 4), *routes = PyTuple_GET_ITEM(plan, 5),
+             *for_mask = PyTuple_GET_ITEM(plan, 6), *multi = PyTuple_GET_ITEM(plan, 7),
+             *dead = PyTuple_GET_ITEM(plan, 8), *done = PyTuple_GET_ITEM(plan, 9);
+    if (!PyTuple_CheckExact(routes) || PyTuple_GET_SIZE(routes) > SB_ROUTES)
+        return PyErr_Format(PyExc_TypeError, "stage_batch: at most %d routes, as a tuple", SB_ROUTES);
+    Py_ssize_t nr = PyTuple_GET_SIZE(routes);
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        PyObject *rt = PyTuple_GET_ITEM(routes, i);
+        if (!PyTuple_CheckExact(rt) || PyTuple_GET_SIZE(rt) != 2 || !PyBool_Check(PyTuple_GET_ITEM(rt, 1)))
+            return PyErr_Format(PyExc_TypeError, "stage_batch: routes[%zd] must be (match, final)", i);
+    }
+    long long rcount[SB_ROUTES] = {0}, unrouted = 0;
+    unsigned long long mkeys[SB_MASKS];
+    PyObject *mvals[SB_MASKS] = {NULL};
+    int nm = 0, mnext = 0, failed = 0;
+    PyObject *run_ev = NULL;           /* the first event of the current run of counted events */
+    Py_ssize_t run_n = 0;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    for (Py_ssize_t k = 0; k < n && !failed; k++) {
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(items, k));
+        PyObject *ev = NULL;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            Py_DECREF(item);
+            PyErr_Format(PyExc_TypeError, "items[%zd]: a (raw, peer) pair expected", k);
+            failed = 1;
+            break;
+        }
+        PyObject *raw = PyTuple_GET_ITEM(item, 0), *peer = PyTuple_GET_ITEM(item, 1);
+        int r = 0;
+        if (!lenient && PyBytes_CheckExact(raw))
+            r = parse_frame(raw, (const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw),
+                            received, peer, source, &ev);
+        if (r == 0)
+            ev = PyObject_CallFunctionObjArgs(fallback, raw, peer, NULL);
+        Py_DECREF(item);
+        if (r < 0 || ev == NULL) {
+            failed = 1;
+            break;
+        }
+        /* counted: runs of events of the parsed format, any other one by itself */
+        PyObject *fmt = SLOT(ev, S_FORMAT);
+        if (run_ev && fmt == format_value && SLOT(run_ev, S_FORMAT) == fmt)
+            run_n++;
+        else {
+            if (run_ev) {
+                PyObject *cnt = PyLong_FromSsize_t(run_n);
+                PyObject *res = cnt ? PyObject_CallFunctionObjArgs(count_run, run_ev, cnt, NULL) : NULL;
+                Py_XDECREF(cnt);
+                Py_CLEAR(run_ev);
+                if (!res)
+                    goto fail_ev;
+                Py_DECREF(res);
+            }
+            run_ev = Py_NewRef(ev);
+            run_n = 1;
+        }
+        /* normalised: the covered SigmaIncident shape here, anything else by parsers.normalise */
+        int done_n = 0;
+        PyObject *app = SLOT(ev, S_APP_NAME);
+        if (fmt != raw_format && app && PyUnicode_CheckExact(app) && PyUnicode_Compare(app, rx_app) == 0) {
+            int rr = rx_normalise_impl(ev);
+            if (rr < 0)
+                PyErr_Clear();      /* Python runs it again and notes the failure as it does */
+            done_n = rr == 1;
+        }
+        if (PyErr_Occurred())
+            goto fail_ev;
+        if (!done_n) {
+            PyObject *res = PyObject_CallOneArg(normalise, ev);
+            if (!res)
+                goto fail_ev;
+            Py_DECREF(res);
+        }
+        PyObject *m = SLOT(ev, S_META);
+        if (m && m != Py_None) {
+            PyObject *res = PyObject_CallOneArg(slow, ev);
+            if (!res)
+                goto fail_ev;
+            Py_DECREF(res);
+        } else if (sb_event(ev, routes, nr, rcount, &unrouted, mkeys, mvals, &nm, &mnext, for_mask, multi, dead) < 0)
+            goto fail_ev;
+        Py_DECREF(ev);
+        continue;
+    fail_ev:
+        Py_DECREF(ev);
+        failed = 1;
+    }
+    /* the counters, even after an error (what was counted happened) */
+    PyObject *et = NULL, *ex = NULL, *tb = NULL;
+    if (failed)
+        PyErr_Fetch(&et, &ex, &tb);
+    int cfail = 0;
+    if (run_ev) {
+        PyObject *cnt = PyLong_FromSsize_t(run_n);
+        PyObject *res = cnt ? PyObject_CallFunctionObjArgs(count_run, run_ev, cnt, NULL) : NULL;
+        Py_XDECREF(cnt);
+        Py_CLEAR(run_ev);
+        if (res)
+            Py_DECREF(res);
+        else
+            cfail = 1;
+    }
+    if (!cfail) {
+        PyObject *counts = PyTuple_New(nr);
+        PyObject *un = counts ? PyLong_FromLongLong(unrouted) : NULL;
+        for (Py_ssize_t i = 0; un && i < nr; i++) {
+            PyObject *c = PyLong_FromLongLong(rcount[i]);
+            if (!c) {
+                Py_CLEAR(un);
+                break;
+            }
+            PyTuple_SET_ITEM(counts, i, c);
+        }
+        PyObject *res = un ? PyObject_CallFunctionObjArgs(done, counts, un, NULL) : NULL;
+        Py_XDECREF(counts);
+        Py_XDECREF(un);
+        if (res)
+            Py_DECREF(res);
+        else
+            cfail = 1;
+    }
+    for (int j = 0; j < nm; j++)
+        Py_XDECREF(mvals[j]);
+    if (failed) {
+        if (cfail)
+            PyErr_Clear();
+        PyErr_Restore(et, ex, tb);
+        return NULL;
+    }
+    if (cfail)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "configure(Event, format_value): once, before parsing"},
     {"parse_one", py_parse_one, METH_O, "parse_one(raw) -> Event, or None when the frame is not covered"},
@@ -1668,6 +1993,8 @@ static PyMethodDef methods[] = {
     {"rx_configure", rx_configure, METH_O, "rx_configure(dict): parsers.rhythmx's names and tables, once"},
     {"rx_normalise", py_rx_normalise, METH_O,
      "rx_normalise(ev) -> bool: parsers.rhythmx.normalise(ev) for the covered shape, else False (untouched)"},
+    {"stage_batch", py_stage_batch, METH_VARARGS,
+     "stage_batch(items, received, source, fallback, lenient, plan) -> None: relay.pipeline's stage_rows"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {

@@ -22,7 +22,10 @@ the pure path) is the same for :meth:`formats.render.Renderer._cef`: the whole l
 its headers are in the renderer's caches, values escaped as :func:`formats.cef.extension_counted`
 does, or None.  :func:`frame_spans` (``None`` on the pure path) is
 :func:`formats.syslog.frame_spans`'s copy for payloads that need no change (else None, and
-the Python framing runs).  :func:`lf_frames` (``None`` on the
+the Python framing runs).  :func:`stage_batch` (``None`` on the pure path) is
+:meth:`relay.pipeline.Pipeline.stage_rows` for a listener batch with no enrichment and no tap:
+the C parse, normaliser and LEEF line of each message, with the compiled rules, the renderers
+and every uncommon decision called back in Python (relay/pipeline.py builds its plan).  :func:`lf_frames` (``None`` on the
 pure path) is :class:`parsers.framing.Deframer`'s loop over simple LF frames (``<`` first, trailer
 in the read, not oversize, outside octet context); the Python loop takes over at anything else.
 
@@ -38,7 +41,7 @@ from . import detect
 from .event import FORMAT_RFC5424, Event
 
 __all__ = ["ACTIVE", "WHY", "parse_items", "parse_items_pure", "rx_normalise", "leef_join", "leef_line", "cef_line",
-           "lf_frames", "frame_spans", "load_native", "load_module"]
+           "lf_frames", "frame_spans", "stage_batch", "load_native", "load_module"]
 
 _detect_parse = detect.parse
 
@@ -129,6 +132,7 @@ if _native is not None:
     cef_line = _native.cef_line
     lf_frames = _native.lf_frames
     frame_spans = _native.frame_spans
+    stage_batch = _native.stage_batch
 else:
     parse_items = parse_items_pure
     rx_normalise = None
@@ -137,6 +141,7 @@ else:
     cef_line = None
     lf_frames = None
     frame_spans = None
+    stage_batch = None
 
 
 def _same(a, b) -> bool:

@@ -40,6 +40,7 @@ import time
 from typing import Callable
 
 from parsers import detect, native
+from parsers.rhythmx import DEFAULT_CONFIG as _RX_DEFAULT
 from parsers.event import FORMAT_RAW
 from parsers.httpbody import BodyError
 from parsers.normalise import normalise
@@ -51,7 +52,10 @@ from .queue import GroupCommitter
 
 _parse = detect.parse
 _parse_items = native.parse_items     # the C accelerator when built, else detect.parse per message
+_stage_batch = native.stage_batch     # the C stage of a listener batch (None on the pure path)
 _normalise = normalise
+_detect_parse = detect.parse
+_RX_APP = _RX_DEFAULT.app_name       # parsers.normalise's first test (the C normaliser's shape)
 
 log = logging.getLogger("relay.pipeline")
 
@@ -135,6 +139,15 @@ class Pipeline:
         self._unrouted = REGISTRY.counter("relay_unrouted_total")
         self._enrich_err = REGISTRY.counter("relay_enrich_errors_total")
         self._render_err = {name: REGISTRY.counter("relay_render_errors_total", sink=name) for name in config.sinks}
+        # the native stage (stage_rows): routes as (match, final), each LEEF sink's inline spec
+        self._native_routes = None
+        if _stage_batch is not None and len(self.routes) <= 62:
+            self._native_routes = tuple((match, bool(final)) for _, match, _, final, _ in self.routes)
+        self._leef_specs = {}
+        for name, r in self.renderers.items():
+            spec_of = getattr(getattr(r, "__self__", None), "native_leef_spec", None)
+            if spec_of is not None:
+                self._leef_specs[name] = spec_of()
 
     def _build_enricher(self, config: Config):
         from .enrich import build_enricher, dry_run
@@ -170,12 +183,97 @@ class Pipeline:
         die before the next ones are made (a small working set: with a whole 4,000-message read
         alive the collector's scans cost ~20% more per message).  The in-process ingest
         (:meth:`handle`) and the workers both go through it."""
+        if (self._native_routes is not None and observe is None and self.enricher is None
+                and not self._enrich_pending):
+            self._stage_native(items, source, received, rows, dead)
+            return
         n = len(items)
         if n <= STAGE_CHUNK:
             self.stage_into(self.parse_batch(items, source, received), rows, dead, observe)
             return
         for k in range(0, n, STAGE_CHUNK):
             self.stage_into(self.parse_batch(items[k:k + STAGE_CHUNK], source, received), rows, dead, observe)
+
+    def _stage_native(self, items: list, source: SourceConfig, received: float, rows: dict, dead: dict) -> None:
+        """:meth:`stage_rows` through ``parsers._speedups.stage_batch``: the C code parses,
+        normalises (the covered shapes), counts, runs the compiled rules, renders LEEF inline
+        and appends to ``rows``, with no Python frame per event; the callables below are the
+        Python stage's own code for the rest (the other normalisers and renderers, several
+        sinks, metadata fields, dead letters, triage).  Same rows, dead letters and counters
+        as :meth:`parse_batch` + :meth:`stage_into` (tests/test_native.py compares them)."""
+        name = source.name
+        entries: dict = {}      # route mask -> (names, meta, single), with its sinks
+
+        def for_mask(mask):
+            e = entries.get(mask)
+            if e is None:
+                names, sinks = self._routed(mask)
+                meta = {"source": name, "routes": names, "received": received}
+                single = None
+                if len(sinks) == 1 and sinks[0] not in self._meta_fields:
+                    s = sinks[0]
+                    b = rows.get(s)
+                    if b is None:
+                        b = rows[s] = ([], [])
+                    single = (s, b[0], b[1], self.renderers[s], self._leef_specs.get(s))
+                e = entries[mask] = (names, meta, single, sinks)
+            return e[:3]
+
+        def multi(ev, names, meta, mask):
+            sinks = entries[mask][3]
+            if not sinks:       # routes without sinks: unrouted, as in stage_into
+                self._unrouted.value += 1
+                return
+            for s, payload, m, err in self._render_sinks(ev, names, sinks, meta):
+                if err is not None:
+                    dead.setdefault(s, []).append((payload, m, err))
+                else:
+                    b = rows.get(s)
+                    if b is None:
+                        rows[s] = ([payload], [m])
+                    else:
+                        b[0].append(payload)
+                        b[1].append(m)
+
+        def dead_letter(s, ev, meta, e):
+            _, raw, m, err = self._dead(s, ev, meta, e)
+            dead.setdefault(s, []).append((raw, m, err))
+
+        def count_run(ev, n):
+            self._parsed_counter(source, ev).value += n
+
+        def done(counts, unrouted):
+            for c, r in zip(counts, self.routes):
+                if c:
+                    r[4].value += c
+            if unrouted:
+                self._unrouted.value += unrouted
+
+        lenient = source.lenient
+
+        def fallback(raw, peer):
+            return _detect_parse(raw, lenient=lenient, received=received, peer=peer, source=name)
+
+        plan = (_normalise, _RX_APP, FORMAT_RAW, count_run, lambda ev: self.stage_into((ev,), rows, dead),
+                self._native_routes, for_mask, multi, dead_letter, done)
+        try:
+            _stage_batch(items, received, name, fallback, lenient, plan)
+        finally:
+            for s in [s for s, b in rows.items() if not b[0]]:    # a sink whose only events were refused
+                del rows[s]
+
+    def _routed(self, mask: int) -> tuple[list, list]:
+        """The route names and sinks (each once, in order) of a route mask (bit i: route i), as
+        :meth:`route` makes them."""
+        names: list[str] = []
+        sinks: list[str] = []
+        for i, (rname, _, rsinks, _, _) in enumerate(self.routes):
+            if mask >> i & 1:
+                names.append(rname)
+                for s in rsinks:
+                    if s not in sinks:
+                        sinks.append(s)
+        return names, sinks
 
     def _count(self, source: SourceConfig, ev) -> None:
         # the counter of the last (source, format) seen, else the per-source tables

@@ -1,0 +1,244 @@
+"""The native stage (``parsers._speedups.stage_batch``, ``relay.pipeline.Pipeline._stage_native``)
+against the Python stage (``parse_batch`` + ``stage_into``), in one process.
+
+Both run the same listener batches, with per-message peers, through ``Pipeline.stage_rows``
+for several configs: every sink kind and format with several sinks per event (the Python
+callbacks), one sink per event (the inline C path: LEEF rendered natively, other formats by
+their renderers), a sink with queue-metadata fields (XSOAR), a renderer that refuses some
+events (dead letters), a lenient source (every message parsed by Python) and routes whose
+rules raise.  The corpus is bench/differential.py's (the benchmark's varied traffic, samples,
+Falcon lines, ../shared/vectors, the hostile corpus) plus generated RFC 5424 messages.
+Compared: every sink's payloads and encoded queue metadata in order, every dead letter, every
+counter of the registry (parsed, failed, routed, unrouted, render errors, sanitised) and the
+rules' evaluation errors.  Under RELAY_PURE=1 the extension is loaded all the same (the
+daemon would not use it, the test still compares it).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parsers import native
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import differential  # noqa: E402
+
+try:
+    MOD = native.load_module()
+except ImportError:
+    MOD = None
+pytestmark = pytest.mark.skipif(MOD is None, reason="the accelerator is not built")
+RECEIVED = 1767225600.25
+
+ROUTES_DEAD = '''
+[routes.sigma_high]
+match = 'app_name == "SigmaIncident" and risk_score >= 70'
+sinks = ["leef"]
+
+[routes.others]
+match = 'not (app_name == "SigmaIncident")'
+sinks = ["leef1"]
+final = true
+
+[routes.late]
+match = 'severity exists'
+sinks = ["cef"]
+'''
+
+#: every kind of comparison, on header fields, SD, the body, canonical and extra fields
+ROUTES_ODD = '''
+[routes.odd]
+match = 'sd.incident@32473.risk_score > 50 and not (fields.extra.actor matches /^a/i)'
+sinks = ["leef"]
+
+[routes.lists]
+match = 'body.risk_score in [77, 89, "91"] or user contains "doe" or hostname in ["fw-01", "rx-03"]'
+sinks = ["cef", "leef"]
+
+[routes.missing]
+match = 'tactic not exists and severity != "low" and msgid != "created"'
+sinks = ["leef1"]
+final = true
+
+[routes.none]
+match = 'false'
+sinks = ["json"]
+'''
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return differential.corpus(400)
+
+
+def _peer(i: int):
+    return (None, "10.1.2.3:514", "[::1]:6514")[i % 3]
+
+
+def _run(p, cfg, msgs, sources, batch):
+    from relay import rules
+    from relay.metrics import REGISTRY
+    from relay.queue.packing import encode_metas
+    before, errs = REGISTRY.counters_snapshot(), rules.eval_errors()
+    recs = []
+    for sname in sources:
+        src = cfg.sources[sname]
+        for k in range(0, len(msgs), batch):
+            rows, dead = {}, {}
+            p.stage_rows([(raw, _peer(k + j)) for j, raw in enumerate(msgs[k:k + batch])], src, RECEIVED, rows, dead)
+            recs.append(({s: (pl, encode_metas(m)) for s, (pl, m) in rows.items()},
+                         {s: [(x, orjson.dumps(m), r) for x, m, r in d] for s, d in dead.items()}))
+    after = REGISTRY.counters_snapshot()
+    delta = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    return recs, delta, rules.eval_errors() - errs
+
+
+def _both(monkeypatch, tmp_path, text: str, msgs: list, sources=("tcp", "lenient"), batch: int = 61, tweak=None):
+    """-> (native records, Python records), asserting they are the same."""
+    from relay import pipeline
+    from relay.config import loads
+    monkeypatch.setattr(pipeline, "_stage_batch", MOD.stage_batch)
+    monkeypatch.setenv("DIFF_XSOAR_KEY", "k" * 32)
+    cfg = loads(text, base_dir=tmp_path)
+    out = []
+    for on in (True, False):
+        p = pipeline.Pipeline(cfg, committers={})
+        if tweak is not None:
+            tweak(p)
+        if on:
+            assert p._native_routes is not None
+        else:
+            p._native_routes = None
+        out.append(_run(p, cfg, msgs, sources, batch))
+    (nrecs, ndelta, nerr), (precs, pdelta, perr) = out
+    assert len(nrecs) == len(precs)
+    for i, (a, b) in enumerate(zip(nrecs, precs)):
+        assert a == b, f"batch {i} differs"
+    assert ndelta == pdelta
+    assert nerr == perr
+    return out
+
+
+def test_every_sink_kind_several_sinks_per_event(monkeypatch, tmp_path, corpus):
+    (recs, delta, _), _ = _both(monkeypatch, tmp_path, differential.SOURCES + differential.SINKS + differential.ROUTES,
+                                corpus)
+    assert sum(len(r[0].get("leef", ((), ()))[0]) for r in recs) > 1000
+    assert any(k[0] == "relay_routed_total" for k in delta)
+
+
+def test_one_sink_per_event_inline(monkeypatch, tmp_path, corpus):
+    (recs, delta, _), _ = _both(monkeypatch, tmp_path,
+                                differential.SOURCES + differential.SINKS + differential.ROUTES_SINGLE, corpus)
+    n_leef = sum(len(r[0].get("leef", ((), ()))[0]) for r in recs)
+    assert n_leef > 500
+    assert any(r[0].get("xsoar") for r in recs)           # metadata fields: the Python callback
+    parsed = sum(v for k, v in delta.items() if k[0] == "relay_parsed_total")
+    failed = sum(v for k, v in delta.items() if k[0] == "relay_parse_failed_total")
+    assert parsed + failed == 2 * len(corpus)
+
+
+def test_refused_events_become_the_same_dead_letters(monkeypatch, tmp_path, corpus):
+    def tweak(p):
+        for s in ("leef", "cef"):
+            render = p.renderers[s]
+
+            def refusing(ev, routes=None, render=render):
+                if ev.hostname and ev.hostname.endswith(("1", "3")):
+                    raise ValueError(f"refused {ev.hostname}")
+                return render(ev, routes)
+            p.renderers[s] = refusing
+            p._leef_specs[s] = None    # the wrapper must run: no inline LEEF
+    (recs, delta, _), _ = _both(monkeypatch, tmp_path, differential.SOURCES + differential.SINKS + ROUTES_DEAD,
+                                corpus, tweak=tweak)
+    assert sum(len(r[1].get("leef", ())) for r in recs) > 50
+    assert any(k[0] == "relay_render_errors_total" for k in delta)
+
+
+def test_every_kind_of_rule(monkeypatch, tmp_path, corpus):
+    (recs, delta, _), _ = _both(monkeypatch, tmp_path, differential.SOURCES + differential.SINKS + ROUTES_ODD, corpus,
+                                sources=("tcp",))
+    routed = {dict(k[1])["route"]: v for k, v in delta.items() if k[0] == "relay_routed_total"}
+    assert routed.get("odd") and routed.get("lists") and routed.get("missing"), routed
+
+
+def test_batches_of_one_and_of_thousands(monkeypatch, tmp_path, corpus):
+    text = differential.SOURCES + differential.SINKS + differential.ROUTES_SINGLE
+    _both(monkeypatch, tmp_path, text, corpus[:300], sources=("tcp",), batch=1)
+    _both(monkeypatch, tmp_path, text, corpus, sources=("tcp",), batch=4000)
+
+
+def test_benchmark_traffic_renders_inline(monkeypatch, tmp_path):
+    """The benchmark's job must stay on the C path end to end: no Python renderer call."""
+    from bench_e2e import message
+    msgs = [message(i, i % 10 < 3).rstrip("\n").encode() for i in range(3000)]
+    text = differential.SOURCES + differential.SINKS + differential.ROUTES_SINGLE
+    calls = [0, 0]      # the native run's renderer calls, the Python run's
+    runs = []
+
+    def tweak(p):
+        render = p.renderers["leef"]
+        k = len(runs)
+        runs.append(p)
+
+        def counted(ev, routes=None):
+            calls[k] += 1
+            return render(ev, routes)
+        p.renderers["leef"] = counted
+    (recs, _, _), _ = _both(monkeypatch, tmp_path, text, msgs, sources=("tcp",), batch=500, tweak=tweak)
+    n = sum(len(r[0].get("leef", ((), ()))[0]) for r in recs)
+    assert n > 500
+    # the Python renderer runs for the first event of each LEEF header only (it fills the
+    # cache leef_line reads), on both paths: a few dozen of thousands
+    assert calls[1] == n
+    assert calls[0] < 100, calls
+
+
+@st.composite
+def _message(draw) -> bytes:
+    """A benchmark message, often with a few bytes overwritten somewhere."""
+    from bench_e2e import message
+    m = message(draw(st.integers(0, 10 ** 6)), draw(st.booleans())).rstrip("\n").encode()
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(m)))
+        junk = draw(st.binary(min_size=1, max_size=6))
+        m = m[:cut] + junk + m[cut + len(junk):]
+    return m
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(_message(), min_size=1, max_size=12))
+def test_generated_batches_identical(monkeypatch, tmp_path, msgs):
+    _both(monkeypatch, tmp_path, differential.SOURCES + differential.SINKS + differential.ROUTES_SINGLE, msgs,
+          sources=("tcp",), batch=5)
+
+
+def test_many_routes_use_the_python_stage(tmp_path, monkeypatch):
+    from relay import pipeline
+    from relay.config import loads
+    monkeypatch.setattr(pipeline, "_stage_batch", MOD.stage_batch)
+    monkeypatch.setenv("DIFF_XSOAR_KEY", "k" * 32)
+    routes = "".join(f'\n[routes.r{i}]\nmatch = \'risk_score >= {i}\'\nsinks = ["leef"]\n' for i in range(63))
+    cfg = loads(differential.SOURCES + differential.SINKS + routes, base_dir=tmp_path)
+    assert pipeline.Pipeline(cfg, committers={})._native_routes is None
+
+
+def test_the_daemon_path_is_native_unless_pure():
+    from relay import pipeline
+    assert (pipeline._stage_batch is None) == (os.environ.get("RELAY_PURE", "") not in ("", "0"))
+
+
+def test_bad_plans_are_refused():
+    with pytest.raises(TypeError):
+        MOD.stage_batch([], 0.0, "s", None, False, ())
+    with pytest.raises(TypeError):
+        MOD.stage_batch([], 0.0, "s", None, False, (None,) * 5 + (((None, 1),),) + (None,) * 4)
+    with pytest.raises(TypeError):
+        MOD.stage_batch([b"not a pair"], 0.0, "s", None, False,
+                        (None, "x", "raw", None, None, (), None, None, None, lambda c, u: None))
