@@ -35,7 +35,7 @@ assert rm.__file__.startswith("$T"), rm.__file__
 print("native_asan: parsers from", parsers.__file__, "extension", sp.__file__, flush=True)
 import pytest
 # not the glibc malloc tuning tests: ASan brings its own allocator, which mallopt() cannot tune
-rc = pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_native.py", "-k", "not malloc_tune"]) or \
+rc = pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_native.py", "tests/test_native_stage.py", "-k", "not malloc_tune"]) or \
     pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_sources.py", "-k", "udp"])
 if rc:
     sys.exit(f"native_asan: the native tests failed under the sanitizers (exit {rc})")

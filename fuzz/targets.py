@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -281,6 +282,7 @@ def _native_diff(data: bytes) -> None:
                      render.Renderer(render.RenderOptions(format="cef"))) for _ in range(2)])
     fast, pure, differences, mod, renderers = _native
     items = [(ln, "10.0.0.1:514") for ln in data.split(b"\n")]
+    _native_stage(mod, items)
     # the sinks' framing of packed rows: the input as one buffer, a payload per line and its LF
     from formats import syslog
     offs = [0]
@@ -329,6 +331,77 @@ def _native_diff(data: bytes) -> None:
         norm._rx_fast, render._leef_line, render._leef_join, render._cef_line, framing._lf_frames = saved
 
 
+_STAGE_CFG = '''
+[sources.tcp]
+type = "tcp"
+address = "127.0.0.1:0"
+
+[sinks.leef]
+type = "syslog"
+address = "127.0.0.1:1"
+format = "leef"
+
+[sinks.cef]
+type = "syslog"
+address = "127.0.0.1:2"
+format = "cef"
+
+[sinks.json]
+type = "file"
+path = "json.log"
+format = "json"
+
+[routes.high]
+match = 'app_name == "SigmaIncident" and risk_score >= 70'
+sinks = ["leef"]
+final = true
+
+[routes.falcon]
+match = 'vendor == "CrowdStrike"'
+sinks = ["cef", "leef"]
+final = true
+
+[routes.rest]
+match = 'format exists'
+sinks = ["json"]
+'''
+_stage = None
+
+
+def _native_stage(mod, items: list) -> None:
+    """The native stage (``stage_batch``) against ``parse_batch`` + ``stage_into`` on one batch:
+    the same rows (payloads, encoded metadata) and dead letters for every sink."""
+    global _stage
+    from relay import pipeline
+    from relay.queue.packing import encode_metas
+    if _stage is None:
+        from relay.config import loads
+        d = tempfile.mkdtemp(prefix="relay-fuzz-stage-")
+        cfg = loads(_STAGE_CFG, base_dir=Path(d), secrets=False)
+        saved = pipeline._stage_batch
+        pipeline._stage_batch = mod.stage_batch
+        try:
+            on, off = pipeline.Pipeline(cfg, committers={}), pipeline.Pipeline(cfg, committers={})
+        finally:
+            pipeline._stage_batch = saved
+        off._native_routes = None
+        _stage = (cfg.sources["tcp"], on, off)
+    src, on, off = _stage
+    saved = pipeline._stage_batch
+    pipeline._stage_batch = mod.stage_batch
+    try:
+        outs = []
+        for p in (on, off):
+            rows, dead = {}, {}
+            p.stage_rows(items, src, RECEIVED, rows, dead)
+            outs.append(({s: (pl, encode_metas(m)) for s, (pl, m) in rows.items()},
+                         {s: [(x, encode_metas([m]), r) for x, m, r in dl] for s, dl in dead.items()}))
+    finally:
+        pipeline._stage_batch = saved
+    if outs[0] != outs[1]:
+        raise AssertionError(f"the native stage and the Python stage differ on {[r for r, _ in items]!r}")
+
+
 def _native_seeds() -> list[bytes]:
     sys.path.insert(0, str(ROOT / "bench"))
     from bench_e2e import message
@@ -349,8 +422,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("rules", _rules, (), _rule_seeds, "relay/rules.compile_rule and the compiled rule"),
     Target("config", _config, (), _config_seeds, "relay/config.loads (every kind's reader)"),
     Target("native", _native_diff, (), _native_seeds,
-           "parsers/_speedups.c (the native accelerator: parse, normalise, LEEF, CEF, deframing) against the "
-           "Python code"),
+           "parsers/_speedups.c (the native accelerator: parse, normalise, LEEF, CEF, deframing, the whole "
+           "stage of a batch) against the Python code"),
 )}
 # Documented error types are caught inside each runner (ParseError, RuleSyntaxError,
 # ConfigError): any exception that escapes a runner is a finding.
