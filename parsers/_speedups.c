@@ -46,6 +46,7 @@ static const char *slot_names[S_COUNT] = {
 static PyTypeObject *event_type = NULL;
 static PyObject *format_value = NULL;
 static Py_ssize_t slot_off[S_COUNT];
+static PyObject *slot_name_obj[S_COUNT];   /* interned, for rule programs' header fields */
 
 /* a small cache of short ASCII strings (SD-IDs, PARAM-NAMEs, hostnames, app names...) */
 #define SCACHE 256
@@ -395,6 +396,8 @@ static PyObject *configure(PyObject *self, PyObject *args)
         }
         slot_off[s] = ((PyMemberDescrObject *)d)->d_member->offset;
         Py_DECREF(d);
+        if (!slot_name_obj[s] && !(slot_name_obj[s] = PyUnicode_InternFromString(slot_names[s])))
+            return NULL;
     }
     Py_XSETREF(event_type, (PyTypeObject *)Py_NewRef(type));
     Py_XSETREF(format_value, Py_NewRef(fmt));
@@ -1658,12 +1661,194 @@ static PyObject *py_frame_spans(PyObject *self, PyObject *args)
 }
 
 /* ------------------------------------------------------------------------------------------
+ * Rule programs (relay.rules._program): a compiled rule as nested tuples, evaluated here with
+ * the closures' results, short circuits and error counts.  1 true, 0 false, -1 an error that
+ * is not the rule's (a BaseException, no memory, a malformed program).
+ * ------------------------------------------------------------------------------------------ */
+enum { P_CONST, P_AND, P_OR, P_NOT, P_CALL, P_CMP };
+enum { G_BARE, G_ATTR, G_CALL };
+
+static int prog_bad(void)
+{
+    PyErr_SetString(PyExc_TypeError, "malformed rule program");
+    return -1;
+}
+
+/* errs[0] += 1 for the rule's and the global counter lists */
+static int prog_count_error(PyObject *errs, PyObject *gerr)
+{
+    PyObject *lists[2] = {errs, gerr};
+    for (int i = 0; i < 2; i++) {
+        PyObject *l = lists[i];
+        if (!PyList_CheckExact(l) || PyList_GET_SIZE(l) < 1)
+            return prog_bad();
+        PyObject *one = PyLong_FromLong(1);
+        PyObject *n = one ? PyNumber_Add(PyList_GET_ITEM(l, 0), one) : NULL;
+        Py_XDECREF(one);
+        if (!n)
+            return -1;
+        PyList_SetItem(l, 0, n);
+    }
+    return 0;
+}
+
+/* a leaf raised: counted and false when it is an Exception, as the closures do */
+static int prog_caught(PyObject *node)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyErr_Clear();
+    return prog_count_error(PyTuple_GET_ITEM(node, 7), PyTuple_GET_ITEM(node, 8)) < 0 ? -1 : 0;
+}
+
+static int prog_truth_of_call(PyObject *f, PyObject *arg)
+{
+    PyObject *r = PyObject_CallOneArg(f, arg);
+    if (!r)
+        return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+/* a bare name's value (borrowed, NULL for None/missing), or *odd = 1 when fields or enrich is
+ * neither a dict nor None (the closure then runs) */
+static PyObject *prog_bare(PyObject *ev, PyObject *key, int *odd)
+{
+    int slots[2] = {S_FIELDS, S_ENRICH};
+    for (int i = 0; i < 2; i++) {
+        PyObject *d = SLOT(ev, slots[i]);
+        if (!d || (d != Py_None && !PyDict_CheckExact(d))) {
+            *odd = 1;
+            return NULL;
+        }
+        if (d == Py_None || PyDict_GET_SIZE(d) == 0)
+            continue;
+        PyObject *v = PyDict_GetItemWithError(d, key);
+        if (!v && PyErr_Occurred()) {
+            *odd = 1;           /* the closure raises the same and counts it */
+            PyErr_Clear();
+            return NULL;
+        }
+        if (v && v != Py_None)
+            return v;
+    }
+    return NULL;
+}
+
+static int prog_cmp(PyObject *node, PyObject *ev)
+{
+    if (PyTuple_GET_SIZE(node) != 11)
+        return prog_bad();
+    PyObject *getter = PyTuple_GET_ITEM(node, 1), *leaf = PyTuple_GET_ITEM(node, 9);
+    if (!PyTuple_CheckExact(getter) || PyTuple_GET_SIZE(getter) != 2)
+        return prog_bad();
+    long g = PyLong_AsLong(PyTuple_GET_ITEM(getter, 0));
+    PyObject *arg = PyTuple_GET_ITEM(getter, 1);
+    PyObject *v = NULL;           /* a new reference, or NULL for None */
+    if (g == G_BARE) {
+        int odd = 0;
+        v = prog_bare(ev, arg, &odd);
+        if (odd)
+            return prog_truth_of_call(leaf, ev);
+        Py_XINCREF(v);
+    } else if (g == G_ATTR) {
+        int s = 0;
+        while (s < S_COUNT && slot_name_obj[s] != arg)
+            s++;
+        if (s == S_COUNT || !SLOT(ev, s))
+            return prog_truth_of_call(leaf, ev);
+        v = SLOT(ev, s);
+        v = v == Py_None ? NULL : Py_NewRef(v);
+    } else if (g == G_CALL) {
+        v = PyObject_CallOneArg(arg, ev);
+        if (!v)
+            return prog_caught(node);
+        if (v == Py_None)
+            Py_CLEAR(v);
+    } else
+        return prog_bad();
+    PyObject *k1 = PyTuple_GET_ITEM(node, 2), *k2 = PyTuple_GET_ITEM(node, 3);
+    PyObject *r;
+    if (!v) {           /* None: test(None), a constant computed at compile time when it could be */
+        PyObject *c = PyTuple_GET_ITEM(node, 10);
+        if (PyBool_Check(c))
+            return c == Py_True;
+        r = PyObject_CallOneArg(PyTuple_GET_ITEM(node, 6), Py_None);
+        if (!r)
+            return prog_caught(node);
+        int t = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        return t;
+    }
+    if ((PyObject *)Py_TYPE(v) == k1 || (PyObject *)Py_TYPE(v) == k2)
+        r = PyObject_RichCompare(v, PyTuple_GET_ITEM(node, 5), (int)PyLong_AsLong(PyTuple_GET_ITEM(node, 4)));
+    else
+        r = PyObject_CallOneArg(PyTuple_GET_ITEM(node, 6), v);
+    Py_DECREF(v);
+    if (!r)
+        return prog_caught(node);
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+static int prog_eval(PyObject *node, PyObject *ev, int depth)
+{
+    if (!PyTuple_CheckExact(node) || PyTuple_GET_SIZE(node) < 2 || depth > 64)
+        return prog_bad();
+    long op = PyLong_AsLong(PyTuple_GET_ITEM(node, 0));
+    PyObject *a = PyTuple_GET_ITEM(node, 1);
+    switch (op) {
+    case P_CONST:
+        return a == Py_True;
+    case P_AND:
+    case P_OR: {
+        if (!PyTuple_CheckExact(a))
+            return prog_bad();
+        Py_ssize_t n = PyTuple_GET_SIZE(a);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int r = prog_eval(PyTuple_GET_ITEM(a, i), ev, depth + 1);
+            if (r < 0 || r == (op == P_OR))
+                return r;
+        }
+        return op == P_AND;
+    }
+    case P_NOT: {
+        int r = prog_eval(a, ev, depth + 1);
+        return r < 0 ? r : !r;
+    }
+    case P_CALL:
+        return prog_truth_of_call(a, ev);
+    case P_CMP:
+        return prog_cmp(node, ev);
+    default:
+        return prog_bad();
+    }
+}
+
+static PyObject *py_rule_eval(PyObject *self, PyObject *args)
+{
+    PyObject *prog, *ev;
+    if (!PyArg_ParseTuple(args, "OO", &prog, &ev))
+        return NULL;
+    if (!event_type)
+        return PyErr_Format(PyExc_RuntimeError, "configure() first");
+    if (!Py_IS_TYPE(ev, event_type))
+        return PyErr_Format(PyExc_TypeError, "an Event expected");
+    int r = prog_eval(prog, ev, 0);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+/* ------------------------------------------------------------------------------------------
  * stage_batch(items, received, source, fallback, lenient, plan) -> None: relay.pipeline's
  * Pipeline.stage_rows for a listener batch of (raw, peer) pairs when no enrichment and no tap
  * run (relay/pipeline.py builds ``plan`` and says when it applies), with no Python frame per
  * event in the usual case: each message is parsed (parse_frame, else ``fallback(raw, peer)``,
  * always it when ``lenient``), normalised (rx_normalise_impl for the covered SigmaIncident
- * shape, else ``normalise(ev)``), counted, routed (each route's compiled ``match(ev)`` in order,
+ * shape, else ``normalise(ev)``), counted, routed (each route's rule program, relay.rules._program, in order,
  * ``final`` stopping), rendered and appended to its sink's rows, in message order.  Every
  * decision that is not a plain one is Python's, through the plan's callables, so the result is
  * stage_into's: same rows, same dead letters, same counters.
@@ -1671,7 +1856,8 @@ static PyObject *py_frame_spans(PyObject *self, PyObject *args)
  * plan: (normalise, rx_app, raw_format, count_run, slow, routes, for_mask, multi, dead, done)
  *   count_run(ev, n): n consecutive events of ev's kind parsed (relay_parsed_total...)
  *   slow(ev): the whole stage in Python (an event with ev.meta set: triage)
- *   routes: ((match, final), ...), at most 62
+ *   routes: ((match, final, program), ...), at most 62: the rule's program (relay.rules) is
+ *     evaluated here, or ``match(ev)`` called when it is None
  *   for_mask(mask) -> (names, meta, single): the route names and queue metadata of the events
  *     that matched the routes of ``mask`` (bit i: route i), and ``single`` (sink, payloads,
  *     metas, render, spec) for one sink without metadata fields, else None
@@ -1727,11 +1913,8 @@ static int sb_event(PyObject *ev, PyObject *routes, Py_ssize_t nr, long long *rc
     unsigned long long mask = 0;
     for (Py_ssize_t i = 0; i < nr; i++) {
         PyObject *rt = PyTuple_GET_ITEM(routes, i);
-        PyObject *res = PyObject_CallOneArg(PyTuple_GET_ITEM(rt, 0), ev);
-        if (!res)
-            return -1;
-        int t = PyObject_IsTrue(res);
-        Py_DECREF(res);
+        PyObject *prog = PyTuple_GET_ITEM(rt, 2);
+        int t = prog != Py_None ? prog_eval(prog, ev, 0) : prog_truth_of_call(PyTuple_GET_ITEM(rt, 0), ev);
         if (t < 0)
             return -1;
         if (t) {
@@ -1849,8 +2032,8 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
     Py_ssize_t nr = PyTuple_GET_SIZE(routes);
     for (Py_ssize_t i = 0; i < nr; i++) {
         PyObject *rt = PyTuple_GET_ITEM(routes, i);
-        if (!PyTuple_CheckExact(rt) || PyTuple_GET_SIZE(rt) != 2 || !PyBool_Check(PyTuple_GET_ITEM(rt, 1)))
-            return PyErr_Format(PyExc_TypeError, "stage_batch: routes[%zd] must be (match, final)", i);
+        if (!PyTuple_CheckExact(rt) || PyTuple_GET_SIZE(rt) != 3 || !PyBool_Check(PyTuple_GET_ITEM(rt, 1)))
+            return PyErr_Format(PyExc_TypeError, "stage_batch: routes[%zd] must be (match, final, program)", i);
     }
     long long rcount[SB_ROUTES] = {0}, unrouted = 0;
     unsigned long long mkeys[SB_MASKS];
@@ -1993,6 +2176,7 @@ static PyMethodDef methods[] = {
     {"rx_configure", rx_configure, METH_O, "rx_configure(dict): parsers.rhythmx's names and tables, once"},
     {"rx_normalise", py_rx_normalise, METH_O,
      "rx_normalise(ev) -> bool: parsers.rhythmx.normalise(ev) for the covered shape, else False (untouched)"},
+    {"rule_eval", py_rule_eval, METH_VARARGS, "rule_eval(program, ev) -> bool: relay.rules' program on ev"},
     {"stage_batch", py_stage_batch, METH_VARARGS,
      "stage_batch(items, received, source, fallback, lenient, plan) -> None: relay.pipeline's stage_rows"},
     {NULL, NULL, 0, NULL}};

@@ -139,10 +139,12 @@ class Pipeline:
         self._unrouted = REGISTRY.counter("relay_unrouted_total")
         self._enrich_err = REGISTRY.counter("relay_enrich_errors_total")
         self._render_err = {name: REGISTRY.counter("relay_render_errors_total", sink=name) for name in config.sinks}
-        # the native stage (stage_rows): routes as (match, final), each LEEF sink's inline spec
+        # the native stage (stage_rows): routes as (match, final, rule program), each LEEF sink's
+        # inline spec
         self._native_routes = None
         if _stage_batch is not None and len(self.routes) <= 62:
-            self._native_routes = tuple((match, bool(final)) for _, match, _, final, _ in self.routes)
+            self._native_routes = tuple((match, bool(final), getattr(r.rule, "program", None))
+                                        for (_, match, _, final, _), r in zip(self.routes, config.routes.values()))
         self._leef_specs = {}
         for name, r in self.renderers.items():
             spec_of = getattr(getattr(r, "__self__", None), "native_leef_spec", None)

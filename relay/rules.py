@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from operator import attrgetter, eq, ge, gt, le, lt
 
 __all__ = [
@@ -943,14 +944,16 @@ class Rule:
     """A compiled rule: ``rule(event) -> bool``.  ``rule.match`` is the same
     function without the method-call layer, for hot loops."""
 
-    __slots__ = ("text", "fields", "match", "_errs", "_leaves")
+    __slots__ = ("text", "fields", "match", "program", "_errs", "_leaves")
 
-    def __init__(self, text, match, fields, errs, leaves):
+    def __init__(self, text, match, fields, errs, leaves, program=None):
         self.text = text
         self.match = match
         self.fields = fields
         self._errs = errs
         self._leaves = leaves
+        #: the same rule as a tree of tuples the native stage evaluates (:func:`_program`), or None
+        self.program = program
 
     def __call__(self, event) -> bool:
         return self.match(event)
@@ -1020,9 +1023,57 @@ def compile_rule(text: str) -> Rule:
     # Leaves catch their own errors and and/or/not cannot raise, so a shallow
     # rule needs no outer guard (one call less per event); a deep one could hit
     # the recursion limit between leaves.
+    program = None
     if _depth(tree) > _GUARD_DEPTH:
         func = _guard(func, errs)
-    return Rule(text, func, fields, errs, tuple(leaves))
+    else:
+        program = _program(tree, {id(c): f for c, f in leaves}, errs)
+    return Rule(text, func, fields, errs, tuple(leaves), program)
+
+
+# --------------------------------------------------------------------------
+# the rule as a program (parsers/_speedups.c evaluates it in the native stage)
+
+#: node codes: (P_CONST, bool) | (P_AND, (node, ...)) | (P_OR, (node, ...)) | (P_NOT, node) |
+#: (P_CALL, leaf) | (P_CMP, getter, k1, k2, op, literal, test, errs, gerr, leaf, if_none)
+P_CONST, P_AND, P_OR, P_NOT, P_CALL, P_CMP = range(6)
+#: getters of P_CMP: (G_BARE, key): fields then enrich, as a bare name; (G_ATTR, name): an
+#: Event attribute (a header field); (G_CALL, get): the path's own getter
+G_BARE, G_ATTR, G_CALL = range(3)
+_RICH = {eq: 2, lt: 0, le: 1, gt: 4, ge: 5}     # Py_EQ, Py_LT, Py_LE, Py_GT, Py_GE
+_NO_CONST = object()
+
+
+def _program(node, leaf_of: dict, errs: list) -> tuple:
+    """The compiled rule ``node`` as nested tuples with the same result, the same short
+    circuits and the same error counts as the closures of :func:`_build`: a comparison with a
+    fast form (``leaf._fast``: ``==`` or an ordering on one path) is a P_CMP node the native code
+    evaluates (its own compare when the value has the literal's exact type, ``test(v)`` in
+    Python otherwise, ``errs``/``gerr`` counted on an exception as the leaf does; ``if_none``
+    is ``test(None)`` computed once, or ``_NO_CONST``); any other comparison is its closure,
+    called (P_CALL)."""
+    if isinstance(node, _Const):
+        return (P_CONST, bool(node.value))
+    if isinstance(node, _Cmp):
+        leaf = leaf_of[id(node)]
+        fast = getattr(leaf, "_fast", None)
+        if fast is None:
+            return (P_CALL, leaf)
+        key, get, k1, k2, cmp_, lit, test = fast
+        if key is not None:
+            getter = (G_BARE, key)
+        elif node.path.kind == "header":
+            getter = (G_ATTR, sys.intern(node.path.root))
+        else:
+            getter = (G_CALL, get)
+        try:
+            if_none = bool(test(None))
+        except Exception:
+            if_none = _NO_CONST
+        return (P_CMP, getter, k1, k2, _RICH[cmp_], lit, test, errs, _EVAL_ERRORS, leaf, if_none)
+    if isinstance(node, _Not):
+        return (P_NOT, _program(node.child, leaf_of, errs))
+    return (P_AND if node.op == "and" else P_OR, tuple(_program(c, leaf_of, errs) for c in node.children))
 
 
 _GUARD_DEPTH = 32

@@ -238,7 +238,110 @@ def test_bad_plans_are_refused():
     with pytest.raises(TypeError):
         MOD.stage_batch([], 0.0, "s", None, False, ())
     with pytest.raises(TypeError):
-        MOD.stage_batch([], 0.0, "s", None, False, (None,) * 5 + (((None, 1),),) + (None,) * 4)
+        MOD.stage_batch([], 0.0, "s", None, False, (None,) * 5 + (((None, 1, None),),) + (None,) * 4)
     with pytest.raises(TypeError):
         MOD.stage_batch([b"not a pair"], 0.0, "s", None, False,
                         (None, "x", "raw", None, None, (), None, None, None, lambda c, u: None))
+
+
+# ----------------------------------------------------------------------------- rule programs
+_PATHS = ("app_name", "hostname", "msgid", "severity", "pri", "time_unix", "msg", "format", "risk_score",
+          "fields.risk_score", "user", "vendor", "name", "tactic", "extra", "extra.actor", "asset.criticality",
+          "sd.incident@32473.risk_score", "sd.incident@32473", "body.risk_score", "body", "enrich.score",
+          "meta.triage", "fields.extra.alarm_count")
+_LITERALS = ('"SigmaIncident"', '"70"', '""', '"high"', '"rx-01"', "70", "0", "1.5", "-3", "1e3", "true", "false",
+             "null")
+
+
+def _rule_texts() -> list[str]:
+    out = []
+    for p in _PATHS:
+        for op in ("==", "!=", "<", "<=", ">", ">="):
+            for lit in _LITERALS:
+                if op not in ("==", "!=") and lit in ("true", "false", "null"):
+                    continue
+                out.append(f"{p} {op} {lit}")
+        out += [f'{p} in ["SigmaIncident", 70, "77", true, null]', f"{p} not in [1, 2]", f'{p} contains "a"',
+                f"{p} matches /^[a-z]/i", f"{p} exists", f"{p} not exists"]
+    out += ['app_name == "SigmaIncident" and risk_score >= 70', 'not (risk_score < 50) or hostname == "fw-01"',
+            'true and (false or severity == "high")', 'risk_score > 10 and risk_score < 90 and user != "jdoe"',
+            "not not (pri >= 130)"]
+    return out
+
+
+class _Boom(dict):
+    """A mapping whose reads raise: the leaves count an error and say false."""
+
+    def get(self, *a):
+        raise RuntimeError("boom")
+
+    def __bool__(self):
+        return True
+
+
+def _odd_events(evs: list) -> list:
+    import copy
+    out = []
+    odd_values = ("77", 77.0, True, [70, 71], {"a": 1}, "", 10 ** 30, float("nan"), b"x", None)
+    for i, ev in enumerate(evs):
+        e = copy.copy(ev)
+        k = i % 6
+        if k == 1 and e.fields is not None:
+            e.fields = dict(e.fields, risk_score=odd_values[i % len(odd_values)], user=odd_values[(i + 3) % len(odd_values)])
+        elif k == 2:
+            e.fields = None
+            e.enrich = {"risk_score": 80, "user": "enriched", "asset": {"criticality": "high"}, "score": 5}
+        elif k == 3:
+            e.fields = _Boom()
+        elif k == 4:
+            e.sd = _Boom()
+            e.meta = {"triage": "page"}
+        elif k == 5:
+            e.hostname = odd_values[i % len(odd_values)]
+        out.append(e)
+    return out
+
+
+def test_rule_programs_evaluate_as_the_closures(corpus):
+    """Every generated rule on every normalised corpus event (and on events with odd values,
+    missing fields, raising mappings): the C evaluation of the program gives the closure's truth
+    value and counts the same errors."""
+    from parsers import detect
+    from parsers.normalise import normalise
+    from relay import rules
+    evs = [normalise(detect.parse(raw, received=RECEIVED, source="s")) for raw in corpus[::20]]
+    evs += _odd_events(evs[:240])
+    n_prog = 0
+    for text in _rule_texts():
+        r = rules.compile_rule(text)
+        if r.program is None:
+            continue
+        n_prog += 1
+        for ev in evs:
+            e0, g0 = r.errors, rules.eval_errors()
+            want = bool(r.match(ev))
+            e1, g1 = r.errors, rules.eval_errors()
+            got = MOD.rule_eval(r.program, ev)
+            assert got is want, (text, ev.raw)
+            assert (r.errors - e1, rules.eval_errors() - g1) == (e1 - e0, g1 - g0), (text, ev.raw)
+    assert n_prog > 300
+    # the errors path ran: a raising mapping is counted and false on both
+    r = rules.compile_rule("risk_score >= 70")
+    ev = _odd_events(evs[:4])[3]
+    before = r.errors
+    assert MOD.rule_eval(r.program, ev) is False and r.errors == before + 1
+
+
+def test_deep_rules_have_no_program():
+    from relay import rules
+    assert rules.compile_rule(" and ".join(["risk_score > 1"] * 3)).program is not None
+    deep = rules.compile_rule("not " * 40 + "risk_score > 1")
+    assert deep.program is None         # the guarded closure runs (a call from the native stage)
+
+
+def test_malformed_programs_are_refused():
+    from parsers.event import Event
+    ev = Event()
+    for prog in ((), (9, 1), (0,), (1, 5), (5, (0, "x"))):
+        with pytest.raises(TypeError):
+            MOD.rule_eval(prog, ev)
