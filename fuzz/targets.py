@@ -243,8 +243,22 @@ def _rules(data: bytes) -> None:
             ev = detect.parse(m, received=RECEIVED)
             norm.normalise(ev)
             _RULE_EVENTS.append(ev)
+    evaluate = None
+    if rule.program is not None:
+        try:
+            from parsers import native
+            evaluate = native.load_module().rule_eval
+        except ImportError:
+            pass
     for ev in _RULE_EVENTS[:8]:
-        rule(ev)
+        e0 = rule.errors
+        want = bool(rule(ev))
+        e1 = rule.errors
+        # the native evaluation of the rule's program: the same result, the same error count
+        if evaluate is not None:
+            got = evaluate(rule.program, ev)
+            if got is not want or rule.errors - e1 != e1 - e0:
+                raise AssertionError(f"rule program says {got}, the closures {want}: {text!r} on {ev.raw!r}")
 
 
 def _config(data: bytes) -> None:
