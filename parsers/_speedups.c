@@ -2007,6 +2007,19 @@ static int sb_event(PyObject *ev, PyObject *routes, Py_ssize_t nr, long long *rc
     return 0;
 }
 
+/* count_run(first event of the run, n), the run's event released; 0 or -1 */
+static int sb_count(PyObject *count_run, PyObject **run_ev, Py_ssize_t n)
+{
+    PyObject *cnt = PyLong_FromSsize_t(n);
+    PyObject *res = cnt ? PyObject_CallFunctionObjArgs(count_run, *run_ev, cnt, NULL) : NULL;
+    Py_XDECREF(cnt);
+    Py_CLEAR(*run_ev);
+    if (!res)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
 static PyObject *py_stage_batch(PyObject *self, PyObject *args)
 {
     PyObject *items, *received, *source, *fallback, *plan;
@@ -2068,15 +2081,8 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
         if (run_ev && fmt == format_value && SLOT(run_ev, S_FORMAT) == fmt)
             run_n++;
         else {
-            if (run_ev) {
-                PyObject *cnt = PyLong_FromSsize_t(run_n);
-                PyObject *res = cnt ? PyObject_CallFunctionObjArgs(count_run, run_ev, cnt, NULL) : NULL;
-                Py_XDECREF(cnt);
-                Py_CLEAR(run_ev);
-                if (!res)
-                    goto fail_ev;
-                Py_DECREF(res);
-            }
+            if (run_ev && sb_count(count_run, &run_ev, run_n) < 0)
+                goto fail_ev;
             run_ev = Py_NewRef(ev);
             run_n = 1;
         }
@@ -2116,16 +2122,8 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
     if (failed)
         PyErr_Fetch(&et, &ex, &tb);
     int cfail = 0;
-    if (run_ev) {
-        PyObject *cnt = PyLong_FromSsize_t(run_n);
-        PyObject *res = cnt ? PyObject_CallFunctionObjArgs(count_run, run_ev, cnt, NULL) : NULL;
-        Py_XDECREF(cnt);
-        Py_CLEAR(run_ev);
-        if (res)
-            Py_DECREF(res);
-        else
-            cfail = 1;
-    }
+    if (run_ev && sb_count(count_run, &run_ev, run_n) < 0)
+        cfail = 1;
     if (!cfail) {
         PyObject *counts = PyTuple_New(nr);
         PyObject *un = counts ? PyLong_FromLongLong(unrouted) : NULL;

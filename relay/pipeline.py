@@ -226,16 +226,7 @@ class Pipeline:
             if not sinks:       # routes without sinks: unrouted, as in stage_into
                 self._unrouted.value += 1
                 return
-            for s, payload, m, err in self._render_sinks(ev, names, sinks, meta):
-                if err is not None:
-                    dead.setdefault(s, []).append((payload, m, err))
-                else:
-                    b = rows.get(s)
-                    if b is None:
-                        rows[s] = ([payload], [m])
-                    else:
-                        b[0].append(payload)
-                        b[1].append(m)
+            _collect(self._render_sinks(ev, names, sinks, meta), rows, dead)
 
         def dead_letter(s, ev, meta, e):
             _, raw, m, err = self._dead(s, ev, meta, e)
@@ -358,20 +349,7 @@ class Pipeline:
                     continue
             else:
                 out = self._render_sinks(ev, routes, sinks, meta)
-            for s, payload, m, err in out:
-                if err is not None:
-                    d = dead.get(s)
-                    if d is None:
-                        dead[s] = [(payload, m, err)]
-                    else:
-                        d.append((payload, m, err))
-                    continue
-                b = rows.get(s)
-                if b is None:
-                    rows[s] = ([payload], [m])
-                else:
-                    b[0].append(payload)
-                    b[1].append(m)
+            _collect(out, rows, dead)
             if observe is not None:
                 observe(ev, routes, out)
 
@@ -552,6 +530,25 @@ class Pipeline:
         if len(futs) == 1:
             return futs[0]
         return asyncio.gather(*futs)
+
+
+def _collect(out: list, rows: dict, dead: dict) -> None:
+    """[(sink, payload, meta, error)] of one event -> each payload and its metadata appended to
+    ``rows[sink]``, each refused one (``error`` set) to ``dead[sink]``."""
+    for s, payload, m, err in out:
+        if err is not None:
+            d = dead.get(s)
+            if d is None:
+                dead[s] = [(payload, m, err)]
+            else:
+                d.append((payload, m, err))
+            continue
+        b = rows.get(s)
+        if b is None:
+            rows[s] = ([payload], [m])
+        else:
+            b[0].append(payload)
+            b[1].append(m)
 
 
 def _with_fields(meta: dict, f: dict | None, keys: tuple) -> dict:
