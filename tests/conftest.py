@@ -37,7 +37,7 @@ PARALLEL = {
     "test_console.py": 12, "test_bad_configs.py": 10, "test_tls_reload.py": 10, "test_secrets_grep.py": 9,
     "test_architecture.py": 8, "test_tap.py": 8, "test_top.py": 7, "test_e2e_enrich.py": 6,
     # CPU only: parsers, renderers, rules, config, golden cases
-    "test_rules.py": 5, "test_framing.py": 4, "test_rfc5424.py": 3, "test_http_parsers.py": 3,
+    "test_native_stage.py": 22, "test_rules.py": 5, "test_framing.py": 4, "test_rfc5424.py": 3, "test_http_parsers.py": 3,
     "test_config.py": 2, "test_cases.py": 2, "test_fuzz_regressions.py": 2, "test_proxy_protocol.py": 1,
     "test_detect.py": 1, "test_render.py": 1, "test_rfc3164_vectors.py": 1, "test_cef_vectors.py": 1,
     "test_leef_vectors.py": 1, "test_falcon.py": 1, "test_cefleef_input.py": 1, "test_qradar_normalise.py": 1,
