@@ -197,7 +197,10 @@ def test_benchmark_traffic_renders_inline(monkeypatch, tmp_path):
     # the Python renderer runs for the first event of each LEEF header only (it fills the
     # cache leef_line reads), on both paths: a few dozen of thousands
     assert calls[1] == n
-    assert calls[0] < 100, calls
+    if native.leef_line is None:    # RELAY_PURE=1: no native LEEF line, the renderer renders each one
+        assert calls[0] == n
+    else:
+        assert calls[0] < 100, calls
 
 
 @st.composite
