@@ -151,6 +151,17 @@ class Pipeline:
             if spec_of is not None:
                 self._leef_specs[name] = spec_of()
 
+    def stage_path(self) -> str:
+        """Which stage the listeners' batches take, and why (the start and reload log lines):
+        ``native`` (``parsers._speedups.stage_batch``) or ``python (<why>)``."""
+        if _stage_batch is None:
+            return f"python ({native.WHY})"
+        if self._native_routes is None:
+            return f"python (more than 62 routes: {len(self.routes)})"
+        if self.config.enrich is not None:
+            return "python (enrichment is configured)"
+        return "native"
+
     def _build_enricher(self, config: Config):
         from .enrich import build_enricher, dry_run
         if self.dry_run:  # no audit lines, no HTTP calls

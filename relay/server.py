@@ -140,9 +140,9 @@ class Server:
         sd_notify("READY=1\nSTATUS=relay running")
         gctune.tune()       # the program out of the collector's sight, rarer collections (relay/gctune.py)
         REGISTRY.gauge("relay_info", version=__version__, hot_path="native" if native.ACTIVE else "python").value = 1
-        log.info("relay running: %d source(s), %d route(s), %d sink(s); config %s; hot path %s (%s)",
+        log.info("relay running: %d source(s), %d route(s), %d sink(s); config %s; hot path %s (%s); stage %s",
                  len(self.sources), len(cfg.routes), len(self.sinks), self.config_path,
-                 "native" if native.ACTIVE else "python", native.WHY)
+                 "native" if native.ACTIVE else "python", native.WHY, self.pipeline.stage_path())
 
     def _committers(self) -> dict[str, GroupCommitter]:
         return {n: r.committer for n, r in self.sinks.items()}
@@ -326,8 +326,8 @@ class Server:
                           len(self.sources), len(new.sources), "; ".join(errors))
                 return False
             REGISTRY.inc("relay_config_reloads_total", result="applied")
-            log.info("reload: configuration applied (%d source(s), %d route(s), %d sink(s))",
-                     len(self.sources), len(new.routes), len(self.sinks))
+            log.info("reload: configuration applied (%d source(s), %d route(s), %d sink(s); stage %s)",
+                     len(self.sources), len(new.routes), len(self.sinks), self.pipeline.stage_path())
             return True
         finally:
             self._reloading = False

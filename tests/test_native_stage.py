@@ -349,3 +349,17 @@ def test_malformed_programs_are_refused():
     for prog in ((), (9, 1), (0,), (1, 5), (5, (0, "x"))):
         with pytest.raises(TypeError):
             MOD.rule_eval(prog, ev)
+
+
+def test_the_stage_path_says_which_stage_runs_and_why(tmp_path, monkeypatch):
+    from relay import pipeline
+    from relay.config import loads
+    monkeypatch.setenv("DIFF_XSOAR_KEY", "k" * 32)
+    text = differential.SOURCES + differential.SINKS + differential.ROUTES_SINGLE
+    monkeypatch.setattr(pipeline, "_stage_batch", MOD.stage_batch)
+    assert pipeline.Pipeline(loads(text, base_dir=tmp_path), committers={}).stage_path() == "native"
+    lk = (ROOT / "examples" / "lookups").resolve()
+    enrich = loads(text + differential.ENRICH.format(lk=lk), base_dir=tmp_path)
+    assert pipeline.Pipeline(enrich, committers={}, dry_run=True).stage_path() == "python (enrichment is configured)"
+    monkeypatch.setattr(pipeline, "_stage_batch", None)
+    assert pipeline.Pipeline(loads(text, base_dir=tmp_path), committers={}).stage_path().startswith("python (")
