@@ -1905,6 +1905,22 @@ static int sb_spec_ok(PyObject *spec)
         && PyUnicode_CheckExact(PyTuple_GET_ITEM(spec, 4));
 }
 
+/* a for_mask entry as sb_event reads it: (names, meta, None) or (names, meta, (sink, payloads
+ * list, metas list, render, spec None or sb_spec_ok)) */
+static int sb_entry_ok(PyObject *entry)
+{
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3)
+        return 0;
+    PyObject *single = PyTuple_GET_ITEM(entry, 2);
+    if (single == Py_None)
+        return 1;
+    if (!PyTuple_CheckExact(single) || PyTuple_GET_SIZE(single) != 5 || !PyList_CheckExact(PyTuple_GET_ITEM(single, 1))
+        || !PyList_CheckExact(PyTuple_GET_ITEM(single, 2)))
+        return 0;
+    PyObject *spec = PyTuple_GET_ITEM(single, 4);
+    return spec == Py_None || sb_spec_ok(spec);
+}
+
 /* one event through route, render and rows; 0 done, -1 error */
 static int sb_event(PyObject *ev, PyObject *routes, Py_ssize_t nr, long long *rcount, long long *unrouted,
                     unsigned long long *mkeys, PyObject **mvals, int *nm, int *mnext, PyObject *for_mask,
@@ -1942,11 +1958,10 @@ static int sb_event(PyObject *ev, PyObject *routes, Py_ssize_t nr, long long *rc
         Py_DECREF(mo);
         if (!entry)
             return -1;
-        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3
-            || (PyTuple_GET_ITEM(entry, 2) != Py_None && (!PyTuple_CheckExact(PyTuple_GET_ITEM(entry, 2))
-                || PyTuple_GET_SIZE(PyTuple_GET_ITEM(entry, 2)) != 5))) {
+        if (!sb_entry_ok(entry)) {      /* checked once here, not per event */
             Py_DECREF(entry);
-            PyErr_SetString(PyExc_TypeError, "stage_batch: for_mask must return (names, meta, single)");
+            PyErr_SetString(PyExc_TypeError, "stage_batch: for_mask must return (names, meta, single), single "
+                            "None or (sink, [payloads], [metas], render, spec None or a LEEF spec)");
             return -1;
         }
         int j = *nm < SB_MASKS ? (*nm)++ : ((*mnext)++ % SB_MASKS);
@@ -1969,12 +1984,8 @@ static int sb_event(PyObject *ev, PyObject *routes, Py_ssize_t nr, long long *rc
     PyObject *sink = PyTuple_GET_ITEM(single, 0), *payloads = PyTuple_GET_ITEM(single, 1),
              *metas = PyTuple_GET_ITEM(single, 2), *render = PyTuple_GET_ITEM(single, 3),
              *spec = PyTuple_GET_ITEM(single, 4);
-    if (!PyList_CheckExact(payloads) || !PyList_CheckExact(metas)) {
-        PyErr_SetString(PyExc_TypeError, "stage_batch: a sink's rows must be lists");
-        return -1;
-    }
     PyObject *payload = NULL;
-    if (spec != Py_None && sb_spec_ok(spec)) {
+    if (spec != Py_None) {
         payload = sb_leef(ev, spec);
         if (payload == Py_None)
             Py_CLEAR(payload);
@@ -2095,8 +2106,6 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
                 PyErr_Clear();      /* Python runs it again and notes the failure as it does */
             done_n = rr == 1;
         }
-        if (PyErr_Occurred())
-            goto fail_ev;
         if (!done_n) {
             PyObject *res = PyObject_CallOneArg(normalise, ev);
             if (!res)

@@ -142,7 +142,14 @@ class Pipeline:
         # the native stage (stage_rows): routes as (match, final, rule program), each LEEF sink's
         # inline spec
         self._native_routes = None
-        if _stage_batch is not None and len(self.routes) <= 62:
+        if _stage_batch is None:
+            self._native_why = native.WHY
+        elif len(self.routes) > 62:
+            self._native_why = f"more than 62 routes: {len(self.routes)}"
+        elif config.enrich is not None:
+            self._native_why = "enrichment is configured"
+        else:
+            self._native_why = None
             self._native_routes = tuple((match, bool(final), getattr(r.rule, "program", None))
                                         for (_, match, _, final, _), r in zip(self.routes, config.routes.values()))
         self._leef_specs = {}
@@ -154,13 +161,7 @@ class Pipeline:
     def stage_path(self) -> str:
         """Which stage the listeners' batches take, and why (the start and reload log lines):
         ``native`` (``parsers._speedups.stage_batch``) or ``python (<why>)``."""
-        if _stage_batch is None:
-            return f"python ({native.WHY})"
-        if self._native_routes is None:
-            return f"python (more than 62 routes: {len(self.routes)})"
-        if self.config.enrich is not None:
-            return "python (enrichment is configured)"
-        return "native"
+        return "native" if self._native_why is None else f"python ({self._native_why})"
 
     def _build_enricher(self, config: Config):
         from .enrich import build_enricher, dry_run
@@ -196,8 +197,7 @@ class Pipeline:
         die before the next ones are made (a small working set: with a whole 4,000-message read
         alive the collector's scans cost ~20% more per message).  The in-process ingest
         (:meth:`handle`) and the workers both go through it."""
-        if (self._native_routes is not None and observe is None and self.enricher is None
-                and not self._enrich_pending):
+        if self._native_routes is not None and observe is None:     # None with enrichment (configure)
             self._stage_native(items, source, received, rows, dead)
             return
         n = len(items)
