@@ -35,8 +35,11 @@ assert rm.__file__.startswith("$T"), rm.__file__
 print("native_asan: parsers from", parsers.__file__, "extension", sp.__file__, flush=True)
 import pytest
 # not the glibc malloc tuning tests: ASan brings its own allocator, which mallopt() cannot tune
-rc = pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_native.py", "tests/test_native_stage.py", "-k", "not malloc_tune"]) or \
-    pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_sources.py", "-k", "udp"])
+# --capture=sys: a sanitizer writes its report to file descriptor 2 and aborts the process;
+# pytest's default capture (of the descriptors) would swallow it with the process
+rc = pytest.main(["-q", "--capture=sys", "-p", "no:cacheprovider", "tests/test_native.py", "tests/test_native_stage.py",
+                  "-k", "not malloc_tune"]) or \
+    pytest.main(["-q", "--capture=sys", "-p", "no:cacheprovider", "tests/test_sources.py", "-k", "udp"])
 if rc:
     sys.exit(f"native_asan: the native tests failed under the sanitizers (exit {rc})")
 from fuzz.run import mutate
@@ -54,5 +57,5 @@ print(f"native_asan: {$RUNS:,} mutated inputs through the native target in {time
 PYEOF
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    "$PY" "$T/run.py"
+    "$PY" "$T/run.py" || { rc=$?; echo "native_asan: FAILED (exit $rc; the sanitizer's report is above)"; exit 1; }
 echo "native_asan: clean"

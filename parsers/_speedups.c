@@ -32,6 +32,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <string.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <math.h>
 
@@ -57,10 +58,24 @@ static PyObject *cached_str(const char *p, Py_ssize_t len)
 {
     if (len > 47)
         return PyUnicode_DecodeLatin1(p, len, NULL);
-    unsigned h = 2166136261u;
-    for (Py_ssize_t k = 0; k < len; k++)
-        h = (h ^ (unsigned char)p[k]) * 16777619u;
-    centry *e = &scache[h & (SCACHE - 1)];
+    /* the slot: a multiplicative hash of the first and last 8 (or 4) bytes and the length,
+     * a few operations where a byte-at-a-time hash was ~20 ns a string */
+    uint64_t a = 0, b = 0;
+    if (len >= 8) {
+        memcpy(&a, p, 8);
+        memcpy(&b, p + len - 8, 8);
+    } else if (len >= 4) {
+        uint32_t x, y;
+        memcpy(&x, p, 4);
+        memcpy(&y, p + len - 4, 4);
+        a = x;
+        b = y;
+    } else if (len > 0) {
+        a = (uint64_t)(unsigned char)p[0] | (uint64_t)(unsigned char)p[len / 2] << 8
+            | (uint64_t)(unsigned char)p[len - 1] << 16;
+    }
+    uint64_t h = (a ^ (b * 0x9E3779B97F4A7C15ULL) ^ (uint64_t)len) * 0xFF51AFD7ED558CCDULL;
+    centry *e = &scache[(h >> 40) & (SCACHE - 1)];
     if (e->obj && e->len == len && memcmp(e->buf, p, len) == 0) {
         Py_INCREF(e->obj);
         return e->obj;
@@ -117,6 +132,38 @@ static PyObject *field_obj(const unsigned char *p, Py_ssize_t len)
     if (len == 1 && p[0] == '-')
         Py_RETURN_NONE;
     return cached_str((const char *)p, len);
+}
+
+/* bytes decoded as UTF-8 with surrogateescape; ASCII (the usual PARAM-VALUE) copied as it is,
+ * which is what the decoder makes of it, without its per-call set-up */
+static PyObject *utf8_obj(const unsigned char *p, Py_ssize_t len)
+{
+    Py_ssize_t k = 0;
+    for (; k + 8 <= len; k += 8) {
+        uint64_t w;
+        memcpy(&w, p + k, 8);
+        if (w & 0x8080808080808080ULL)
+            return PyUnicode_DecodeUTF8((const char *)p, len, "surrogateescape");
+    }
+    for (; k < len; k++)
+        if (p[k] & 0x80)
+            return PyUnicode_DecodeUTF8((const char *)p, len, "surrogateescape");
+    PyObject *o = PyUnicode_New(len, 127);
+    if (o)
+        memcpy(PyUnicode_1BYTE_DATA(o), p, len);
+    return o;
+}
+
+/* printable ASCII bytes (33-126, as field() checked) as a new str, not cached: a PROCID is
+ * mostly a process id, a new one every few messages, and would only evict the names */
+static PyObject *ascii_obj(const unsigned char *p, Py_ssize_t len)
+{
+    if (len == 1 && p[0] == '-')
+        Py_RETURN_NONE;
+    PyObject *o = PyUnicode_New(len, 127);
+    if (o)
+        memcpy(PyUnicode_1BYTE_DATA(o), p, len);
+    return o;
 }
 
 #define SET(ev, s, v) (*(PyObject **)((char *)(ev) + slot_off[s]) = (v))
@@ -192,13 +239,13 @@ static int parse_frame(PyObject *raw, const unsigned char *p, Py_ssize_t n, PyOb
         long long base = days_from_civil(y, mo, d) * 86400LL + h * 3600 + mi * 60 - off;
         double frac = 0.0;
         if (f1 > f0) {
-            char fb[16];
-            memcpy(fb, p + f0, f1 - f0);
-            fb[f1 - f0] = 0;
-            /* float() of the same text: locale-independent, correctly rounded */
-            frac = PyOS_string_to_double(fb, NULL, NULL);
-            if (frac == -1.0 && PyErr_Occurred())
-                return -1;
+            /* float(".ddd"), 1 to 6 digits: the digits and 10**k are exact doubles, and IEEE
+             * division rounds their exact quotient correctly, as strtod rounds the decimal */
+            static const double pow10[7] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6};
+            long num = 0;
+            for (Py_ssize_t q = f0 + 1; q < f1; q++)
+                num = num * 10 + (p[q] - '0');
+            frac = (double)num / pow10[f1 - f0 - 1];
         }
         time_unix = ((double)base + (double)sec) + frac;
         has_ts = 1;
@@ -272,7 +319,7 @@ static int parse_frame(PyObject *raw, const unsigned char *p, Py_ssize_t n, PyOb
                     break;
                 Py_ssize_t q1 = q - p;
                 PyObject *name = cached_str((const char *)p + n0, k - n0);
-                PyObject *val = name ? PyUnicode_DecodeUTF8((const char *)p + q0, q1 - q0, "surrogateescape") : NULL;
+                PyObject *val = name ? utf8_obj(p + q0, q1 - q0) : NULL;
                 if (!val || PyDict_SetItem(params, name, val) < 0) {
                     Py_XDECREF(name);
                     Py_XDECREF(val);
@@ -330,7 +377,7 @@ static int parse_frame(PyObject *raw, const unsigned char *p, Py_ssize_t n, PyOb
     }
     o[S_HOSTNAME] = field_obj(p + fs[0], fl[0]);
     o[S_APP_NAME] = field_obj(p + fs[1], fl[1]);
-    o[S_PROCID] = field_obj(p + fs[2], fl[2]);
+    o[S_PROCID] = ascii_obj(p + fs[2], fl[2]);
     o[S_MSGID] = field_obj(p + fs[3], fl[3]);
     o[S_SD] = sd; sd = NULL;
     o[S_MSG] = msg;
@@ -590,6 +637,130 @@ static PyObject *pc_join(const pc *ps, int k)
     return o;
 }
 
+/* orjson.loads(s) for the usual SigmaIncident body: an ASCII object of ASCII strings without
+ * escapes and of integers (at most 18 digits), with JSON's whitespace, keys unique.  NULL with
+ * no exception set for anything else (orjson decides, and words its errors); NULL with one
+ * set for a failed allocation. */
+static inline Py_ssize_t json_ws(const unsigned char *p, Py_ssize_t i, Py_ssize_t n)
+{
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    return i;
+}
+/* a string at p[i] == '"': -> its end (after the closing quote), -1 when not plain */
+static inline Py_ssize_t json_plain_str(const unsigned char *p, Py_ssize_t i, Py_ssize_t n)
+{
+    for (i++; i < n; i++) {
+        unsigned char c = p[i];
+        if (c == '"')
+            return i + 1;
+        if (c < 0x20 || c > 0x7e || c == '\\')
+            return -1;
+    }
+    return -1;
+}
+static PyObject *flat_json(PyObject *s)
+{
+    if (!PyUnicode_IS_ASCII(s))
+        return NULL;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    Py_ssize_t i = json_ws(p, 0, n);
+    if (i >= n || p[i] != '{')
+        return NULL;
+    PyObject *d = PyDict_New();
+    if (!d)
+        return NULL;
+    i = json_ws(p, i + 1, n);
+    if (i < n && p[i] == '}') {
+        i++;
+        goto end;
+    }
+    for (;;) {
+        if (i >= n || p[i] != '"')
+            goto decline;
+        Py_ssize_t ke = json_plain_str(p, i, n);
+        if (ke < 0)
+            goto decline;
+        Py_ssize_t k0 = i + 1, kl = ke - 1 - k0;
+        i = json_ws(p, ke, n);
+        if (i >= n || p[i] != ':')
+            goto decline;
+        i = json_ws(p, i + 1, n);
+        if (i >= n)
+            goto decline;
+        PyObject *v;
+        if (p[i] == '"') {
+            Py_ssize_t ve = json_plain_str(p, i, n);
+            if (ve < 0)
+                goto decline;
+            v = PyUnicode_New(ve - 1 - (i + 1), 127);
+            if (!v)
+                goto error;
+            memcpy(PyUnicode_1BYTE_DATA(v), p + i + 1, ve - 1 - (i + 1));
+            i = ve;
+        } else {
+            Py_ssize_t j = i;
+            int neg = p[j] == '-';
+            if (neg)
+                j++;
+            Py_ssize_t d0 = j;
+            long long x = 0;
+            while (j < n && is_digit(p[j]) && j - d0 < 18) {       /* < 10**18: no overflow */
+                x = x * 10 + (p[j] - '0');
+                j++;
+            }
+            Py_ssize_t nd = j - d0;
+            if (nd == 0 || nd > 18 || (nd > 1 && p[d0] == '0')
+                || (j < n && (is_digit(p[j]) || p[j] == '.' || p[j] == 'e' || p[j] == 'E')))
+                goto decline;
+            v = PyLong_FromLongLong(neg ? -x : x);
+            if (!v)
+                goto error;
+            i = j;
+        }
+        PyObject *key = cached_str((const char *)p + k0, kl);
+        Py_ssize_t before = PyDict_GET_SIZE(d);
+        int r = key ? PyDict_SetItem(d, key, v) : -1;
+        Py_XDECREF(key);
+        Py_DECREF(v);
+        if (r < 0)
+            goto error;
+        if (PyDict_GET_SIZE(d) == before)      /* a repeated key: orjson's rules */
+            goto decline;
+        i = json_ws(p, i, n);
+        if (i < n && p[i] == ',') {
+            i = json_ws(p, i + 1, n);
+            continue;
+        }
+        if (i < n && p[i] == '}') {
+            i++;
+            break;
+        }
+        goto decline;
+    }
+end:
+    if (json_ws(p, i, n) != n)
+        goto decline;
+    return d;
+decline:
+    Py_DECREF(d);
+    return NULL;
+error:
+    Py_DECREF(d);
+    return NULL;
+}
+
+static PyObject *py_flat_json(PyObject *self, PyObject *s)
+{
+    if (!PyUnicode_Check(s))
+        return PyErr_Format(PyExc_TypeError, "flat_json: a str expected");
+    PyObject *d = flat_json(s);
+    if (!d && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return d;
+}
+
 /* 1 done, 0 not covered (nothing changed), -1 error */
 static int rx_normalise_impl(PyObject *ev)
 {
@@ -659,7 +830,9 @@ static int rx_normalise_impl(PyObject *ev)
     /* the body */
     if (PyUnicode_GET_LENGTH(msg) == 0 || PyUnicode_READ_CHAR(msg, 0) != '{')
         return 0;
-    PyObject *body = PyObject_CallOneArg(rx_loads, msg);
+    PyObject *body = flat_json(msg);
+    if (!body && !PyErr_Occurred())
+        body = PyObject_CallOneArg(rx_loads, msg);
     if (!body) {
         if (PyErr_ExceptionMatches(PyExc_ValueError)) {   /* orjson.JSONDecodeError: Python's note */
             PyErr_Clear();
@@ -2181,6 +2354,8 @@ static PyMethodDef methods[] = {
     {"frame_spans", py_frame_spans, METH_VARARGS,
      "frame_spans(spans, octet) -> bytes or None: formats.syslog.frame_batch for [(buf, offsets)] spans"},
     {"rx_configure", rx_configure, METH_O, "rx_configure(dict): parsers.rhythmx's names and tables, once"},
+    {"flat_json", py_flat_json, METH_O,
+     "flat_json(str) -> orjson.loads(str) for a flat object of plain strings and integers, else None"},
     {"rx_normalise", py_rx_normalise, METH_O,
      "rx_normalise(ev) -> bool: parsers.rhythmx.normalise(ev) for the covered shape, else False (untouched)"},
     {"rule_eval", py_rule_eval, METH_VARARGS, "rule_eval(program, ev) -> bool: relay.rules' program on ev"},

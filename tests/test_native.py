@@ -849,3 +849,70 @@ def test_malloc_tune_leaves_an_operators_choice_alone(monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000000")
     assert gctune.tune_malloc() == "left as the environment sets it"
+
+
+# ----------------------------------------------------------------------------- the body's JSON
+_JSON_KEYS = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=12) | st.sampled_from(
+    ["incident_id", "risk_score", "a", "é", "k\\u00e9", ""])
+_JSON_VALUES = (st.text(max_size=12) | st.integers(-10 ** 20, 10 ** 20) | st.floats(allow_nan=False)
+                | st.booleans() | st.none() | st.lists(st.integers(), max_size=2))
+
+
+@st.composite
+def _json_texts(draw) -> str:
+    """Flat objects as JSON encoders write them (any spacing, escapes, numbers, nesting), the
+    usual SigmaIncident body, and those texts mutated: inserted, deleted, duplicated bytes."""
+    obj = draw(st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=5))
+    sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,", " : "), (",\n", ":\t")]))
+    text = json.dumps(obj, separators=sep, ensure_ascii=draw(st.booleans()))
+    if draw(st.booleans()):
+        text = draw(st.sampled_from(["", " ", "\r\n"])) + text + draw(st.sampled_from(["", " ", "\n", "x", "}"]))
+    for _ in range(draw(st.integers(0, 3))):
+        i = draw(st.integers(0, len(text)))
+        op = draw(st.sampled_from(["insert", "delete", "repeat"]))
+        if op == "insert":
+            text = text[:i] + draw(st.sampled_from(list('{}[]",:-0123456789.eE \\\x00\x7f') + ["é", "true"])) + text[i:]
+        elif op == "delete":
+            text = text[:i] + text[i + 1:]
+        else:
+            text = text[:i] + text[i:i + 8] + text[i:]
+    return text
+
+
+@needs_native
+@settings(max_examples=3000, deadline=None)
+@given(_json_texts())
+def test_flat_json_is_orjson_where_it_answers(text):
+    """The C shortcut for the SigmaIncident body (parsers._speedups.flat_json) gives orjson's
+    dict, key order and value types included, or None (then orjson decides, and words the
+    error)."""
+    import orjson
+    from parsers import _speedups
+    got = _speedups.flat_json(text)
+    try:
+        want = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        assert got is None, text
+        return
+    if got is not None:
+        assert list(got.items()) == list(want.items()), text
+        assert [type(v) for v in got.values()] == [type(v) for v in want.values()], text
+
+
+@needs_native
+def test_flat_json_answers_the_usual_bodies():
+    """The bodies the benchmark and RhythmX send (plain strings and integers, any spacing)
+    take the shortcut; escapes, floats, literals, nesting, repeated keys and long numbers
+    do not."""
+    import orjson
+    from parsers import _speedups
+    usual = [message(i, True).split("] ", 1)[1] for i in range(0, 3000, 7)] + [
+        '{}', ' { "incident_id" : "INC-1" ,\n\t"risk_score" : -0 } ', '{"risk_score":999999999999999999}']
+    for text in usual:
+        got = _speedups.flat_json(text)
+        assert got is not None and list(got.items()) == list(orjson.loads(text).items()), text
+    for text in ['{"a":"\\n"}', '{"a":1.5}', '{"a":1e3}', '{"a":true}', '{"a":null}', '{"a":{}}', '{"a":[1]}',
+                 '{"a":1,"a":2}', '{"a":1000000000000000000}', '{"a":9999999999999999999}',
+                 '{"a":-99999999999999999999999}', '{"a":01}', '{"a":-}', '{"a":1}x', '{"é":1}',
+                 '{"a":"\x7f"}', '[1]', '"a"', '{"a":1,}', '{,}', '{"a" 1}']:
+        assert _speedups.flat_json(text) is None, text
