@@ -529,7 +529,10 @@ static PyObject *rx_sd_id, *rx_p_id, *rx_p_risk, *rx_p_status, *rx_p_actor, *rx_
     *rx_dedup_prefix, *rx_body_ok, *k_incident_id, *k_risk_score, *k_actor, *k_entity, *k_alarm,
     *k_sigma, *k_threat, *k_id, *k_dedup, *k_event, *k_name, *k_description, *k_severity,
     *k_status, *k_occurred, *k_occurred_unix, *k_user, *k_extra, *sev_names[5];
+static int rx_small_canonical = 0;     /* rx_small_int is {str(i): i for i in range(1000)} */
 static int rx_ready = 0;
+
+static int put_long(char *buf, long v);
 
 static PyObject *rx_configure(PyObject *self, PyObject *ctx)
 {
@@ -563,6 +566,21 @@ static PyObject *rx_configure(PyObject *self, PyObject *ctx)
     KEY(sev_names[0], "informational"); KEY(sev_names[1], "low"); KEY(sev_names[2], "medium");
     KEY(sev_names[3], "high"); KEY(sev_names[4], "critical");
 #undef KEY
+    /* small_int is rhythmx._SMALL_INT, {str(i): i for i in range(1000)}: then rx_small reads
+     * the digits itself instead of hashing each fresh value str to look it up */
+    rx_small_canonical = PyDict_GET_SIZE(rx_small_int) == 1000;
+    for (long i = 0; i < 1000 && rx_small_canonical; i++) {
+        char b[8];
+        int q = put_long(b, i);
+        PyObject *k = PyUnicode_FromStringAndSize(b, q);
+        if (!k)
+            return NULL;
+        PyObject *v = PyDict_GetItemWithError(rx_small_int, k);
+        Py_DECREF(k);
+        if (!v && PyErr_Occurred())
+            return NULL;
+        rx_small_canonical = v && PyLong_CheckExact(v) && PyLong_AsLong(v) == i;
+    }
     rx_ready = 1;
     Py_RETURN_NONE;
 }
@@ -580,6 +598,22 @@ static long rx_small(PyObject *params, PyObject *name, int *absent)
     if (!raw) {
         *absent = 1;
         return PyErr_Occurred() ? -2 : -1;
+    }
+    if (rx_small_canonical) {
+        /* the keys of _SMALL_INT: "0", or 1 to 3 digits without a leading zero */
+        if (!PyUnicode_CheckExact(raw) || !PyUnicode_IS_ASCII(raw))
+            return -1;
+        Py_ssize_t n = PyUnicode_GET_LENGTH(raw);
+        const unsigned char *d = PyUnicode_1BYTE_DATA(raw);
+        if (n < 1 || n > 3 || (n > 1 && d[0] == '0'))
+            return -1;
+        long v = 0;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            if (!is_digit(d[k]))
+                return -1;
+            v = v * 10 + (d[k] - '0');
+        }
+        return v;
     }
     PyObject *n = PyDict_GetItemWithError(rx_small_int, raw);
     if (!n || !PyLong_CheckExact(n))

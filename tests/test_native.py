@@ -393,7 +393,7 @@ except ImportError:
 
 _RX_NAMES = ("id", "risk_score", "status", "actor", "actor_type", "entity", "alarm_count", "sigma_alert_count",
              "threat_case_count", "related_case_ids", "severity", "other")
-_RX_VALUES = ("", "0", "7", "77", "100", "101", "999", "1000", "0077", "-3", "1.5", "x", "INC-1", "INC-2",
+_RX_VALUES = ("", "0", "00", "+7", "\u0667", "7", "77", "100", "101", "999", "1000", "0077", "-3", "1.5", "x", "INC-1", "INC-2",
               "asmith", "10.0.0.1", "::1", "3com", "a:b", "OPEN", "Open", "In Progress", " ", "closed",
               "caf\u00e9", "a,b, c", "user", "host")
 _RX_BODY_KEYS = ("incident_id", "risk_score", "status", "event", "timestamp", "created_at", "title", "actor",
