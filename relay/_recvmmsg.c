@@ -9,6 +9,7 @@
  *       Nothing waiting: BlockingIOError, as recvfrom_into raises; other errors: OSError.
  *   sockaddr(address) -> (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6,
  *       host from getnameinfo(NI_NUMERICHOST) as the socket module makes it.
+ *   recv_items(...): the UDP source's whole receive loop for one call (see below).
  *
  * No Python object per datagram but the result: the buffers are one block reused per call.
  * The GIL is released around the system call.  relay/sources/udp.py falls back to
@@ -29,25 +30,24 @@
 static char *pool = NULL;
 static size_t pool_size = 0;
 
-static PyObject *py_recvmmsg(PyObject *self, PyObject *args)
+/* one recvmmsg(2) call into the pool: -> datagrams read, or -1 with an exception set */
+static int receive(int fd, int count, Py_ssize_t size, struct mmsghdr *msgs, struct iovec *iov,
+                   struct sockaddr_storage *addrs)
 {
-    int fd, count;
-    Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "iin", &fd, &count, &size))
-        return NULL;
-    if (count < 1 || count > MAXCOUNT || size < 1 || size > (1 << 20))
-        return PyErr_Format(PyExc_ValueError, "count 1..%d and size 1..1 MiB expected", MAXCOUNT);
+    if (count < 1 || count > MAXCOUNT || size < 1 || size > (1 << 20)) {
+        PyErr_Format(PyExc_ValueError, "count 1..%d and size 1..1 MiB expected", MAXCOUNT);
+        return -1;
+    }
     size_t need = (size_t)count * (size_t)size;
     if (need > pool_size) {
         char *p = PyMem_RawRealloc(pool, need);
-        if (!p)
-            return PyErr_NoMemory();
+        if (!p) {
+            PyErr_NoMemory();
+            return -1;
+        }
         pool = p;
         pool_size = need;
     }
-    struct mmsghdr msgs[MAXCOUNT];
-    struct iovec iov[MAXCOUNT];
-    struct sockaddr_storage addrs[MAXCOUNT];
     memset(msgs, 0, sizeof(struct mmsghdr) * count);
     for (int k = 0; k < count; k++) {
         iov[k].iov_base = pool + (size_t)k * size;
@@ -64,7 +64,22 @@ static PyObject *py_recvmmsg(PyObject *self, PyObject *args)
     } while (got < 0 && errno == EINTR);
     Py_END_ALLOW_THREADS
     if (got < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);   /* EAGAIN -> BlockingIOError */
+        PyErr_SetFromErrno(PyExc_OSError);          /* EAGAIN -> BlockingIOError */
+    return got;
+}
+
+static PyObject *py_recvmmsg(PyObject *self, PyObject *args)
+{
+    int fd, count;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "iin", &fd, &count, &size))
+        return NULL;
+    struct mmsghdr msgs[MAXCOUNT];
+    struct iovec iov[MAXCOUNT];
+    struct sockaddr_storage addrs[MAXCOUNT];
+    int got = receive(fd, count, size, msgs, iov, addrs);
+    if (got < 0)
+        return NULL;
     PyObject *out = PyList_New(got);
     if (!out)
         return NULL;
@@ -80,6 +95,85 @@ static PyObject *py_recvmmsg(PyObject *self, PyObject *args)
         PyList_SET_ITEM(out, k, t);
     }
     return out;
+}
+
+/* recv_items(fd, count, size, max_size, drop_big, peers, resolve, items)
+ *     -> (read, not allowed, empty, oversize dropped, oversize truncated)
+ * relay/sources/udp.py's receive loop for one recvmmsg(2) call, with no Python frame per
+ * datagram: each sender's peer is ``peers[raw sockaddr bytes]`` (else ``resolve(raw)``, which
+ * adds it; None: not allowed, dropped), one trailing LF or NUL is stripped, empty datagrams
+ * are dropped, longer than ``max_size`` ones dropped (``drop_big``) or cut, and the rest are
+ * appended to ``items`` as (bytes, peer).  ``size`` is max_size + 1 (see UdpSource). */
+static PyObject *py_recv_items(PyObject *self, PyObject *args)
+{
+    int fd, count, drop_big;
+    Py_ssize_t size, mx;
+    PyObject *peers, *resolve, *items;
+    if (!PyArg_ParseTuple(args, "iinnpO!OO!", &fd, &count, &size, &mx, &drop_big, &PyDict_Type, &peers, &resolve,
+                          &PyList_Type, &items))
+        return NULL;
+    if (mx < 0 || mx + 1 > size)
+        return PyErr_Format(PyExc_ValueError, "size must be at least max_size + 1");
+    struct mmsghdr msgs[MAXCOUNT];
+    struct iovec iov[MAXCOUNT];
+    struct sockaddr_storage addrs[MAXCOUNT];
+    int got = receive(fd, count, size, msgs, iov, addrs);
+    if (got < 0)
+        return NULL;
+    long n_allow = 0, n_empty = 0, n_big = 0, n_trunc = 0;
+    PyObject *last_key = NULL, *last_peer = NULL;     /* the previous datagram's sender */
+    for (int k = 0; k < got; k++) {
+        const char *a = (const char *)&addrs[k];
+        Py_ssize_t alen = (Py_ssize_t)msgs[k].msg_hdr.msg_namelen;
+        if (!last_key || PyBytes_GET_SIZE(last_key) != alen || memcmp(PyBytes_AS_STRING(last_key), a, alen) != 0) {
+            PyObject *key = PyBytes_FromStringAndSize(a, alen);
+            if (!key)
+                goto error;
+            PyObject *peer = PyDict_GetItemWithError(peers, key);
+            if (peer)
+                Py_INCREF(peer);
+            else if (PyErr_Occurred() || !(peer = PyObject_CallOneArg(resolve, key))) {
+                Py_DECREF(key);
+                goto error;
+            }
+            Py_XSETREF(last_key, key);
+            Py_XSETREF(last_peer, peer);
+        }
+        if (last_peer == Py_None) {
+            n_allow++;
+            continue;
+        }
+        Py_ssize_t n = msgs[k].msg_len;
+        const char *d = pool + (size_t)k * size;
+        if (n && n <= mx + 1 && (d[n - 1] == '\n' || d[n - 1] == '\0'))
+            n--;
+        if (n > mx) {
+            if (drop_big) {
+                n_big++;
+                continue;
+            }
+            n_trunc++;
+            n = mx;
+        } else if (!n) {
+            n_empty++;
+            continue;
+        }
+        PyObject *b = PyBytes_FromStringAndSize(d, n);
+        PyObject *t = b ? PyTuple_Pack(2, b, last_peer) : NULL;
+        Py_XDECREF(b);
+        if (!t || PyList_Append(items, t) < 0) {
+            Py_XDECREF(t);
+            goto error;
+        }
+        Py_DECREF(t);
+    }
+    Py_XDECREF(last_key);
+    Py_XDECREF(last_peer);
+    return Py_BuildValue("(illll)", got, n_allow, n_empty, n_big, n_trunc);
+error:
+    Py_XDECREF(last_key);
+    Py_XDECREF(last_peer);
+    return NULL;
 }
 
 static PyObject *py_sockaddr(PyObject *self, PyObject *arg)
@@ -110,6 +204,9 @@ static PyObject *py_sockaddr(PyObject *self, PyObject *arg)
 static PyMethodDef methods[] = {
     {"recvmmsg", py_recvmmsg, METH_VARARGS, "recvmmsg(fd, count, size) -> [(length, data, address)]"},
     {"sockaddr", py_sockaddr, METH_O, "sockaddr(address bytes) -> the socket module's address tuple"},
+    {"recv_items", py_recv_items, METH_VARARGS,
+     "recv_items(fd, count, size, max_size, drop_big, peers, resolve, items) -> (read, not allowed, empty, "
+     "oversize dropped, oversize truncated)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {

@@ -17,10 +17,12 @@ is bounded by bytes, not only by a count (60 KB datagrams at 4,000/s once took t
 1.2 GB).
 
 On Linux, with the native module ``relay._recvmmsg`` built (setup.py), the drain reads up to
-:data:`MMSG_COUNT` datagrams per system call (``recvmmsg(2)``, MSG_TRUNC: the same lengths),
-and the sender's address stays raw bytes until a new one is seen; everything after the read
-is the same code.  ``RELAY_PURE=1`` or a missing module: ``recvfrom_into``, one datagram per
-call.
+:data:`MMSG_COUNT` datagrams per system call (``recvmmsg(2)``, MSG_TRUNC: the same lengths)
+and ``relay._recvmmsg.recv_items`` does the per-datagram steps above in C for the whole call
+(the sender's address stays raw bytes, looked up in the same peer cache, until a new one is
+seen); the batches and the hand-over are the same code.  ``RELAY_PURE=1`` or a missing
+module: ``recvfrom_into``, one datagram per call, the steps in Python
+(tests/test_sources.py compares the two).
 
 The kernel's own receive-buffer drops for the socket (the ``drops`` column of
 ``/proc/net/udp`` / ``udp6``) are the gauge ``relay_udp_kernel_drops_total``.
@@ -206,30 +208,11 @@ class UdpSource(Source):
 
     def _datagrams(self):
         """-> iterator of (real length, buffer holding at least min(length, max + 1) bytes,
-        peer "ip:port" or None when not allowed), until EAGAIN or the per-wakeup cap."""
+        peer "ip:port" or None when not allowed), until EAGAIN or the per-wakeup cap: one
+        ``recvfrom_into`` per datagram (RELAY_PURE=1, or no relay._recvmmsg; otherwise
+        :meth:`_drain_batches`)."""
         sock = self._sock
         cap = self.max_per_wakeup
-        if self.batch_receive:
-            recv, fd, size, raws = _recvmmsg.recvmmsg, sock.fileno(), len(self._buf), self._raw_peers
-            while cap > 0:
-                want = MMSG_COUNT if cap > MMSG_COUNT else cap
-                try:
-                    batch = recv(fd, want, size)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError as e:
-                    self.limiter.warning((self.cfg.name, "recv"), "source %r: UDP receive error: %s",
-                                         self.cfg.name, e)
-                    return
-                for n, data, raw in batch:
-                    peer = raws.get(raw, 0)
-                    if peer == 0:
-                        peer = self._raw_peer(raw)
-                    yield n, data, peer
-                if len(batch) < want:       # drained
-                    return
-                cap -= want
-            return
         recv, buf, mv, peers = sock.recvfrom_into, self._buf, self._mv, self._peers
         for _ in range(cap):
             try:
@@ -249,6 +232,8 @@ class UdpSource(Source):
         if self._sock is None:
             return 0
         self.wakeups += 1
+        if self.batch_receive:
+            return self._drain_batches()
         mx = self.cfg.max_message_size
         drop_big = self.cfg.oversize == "drop"
         items: list = []
@@ -277,6 +262,45 @@ class UdpSource(Source):
                 self._hand_over(items)
                 items = []
                 append = items.append
+        if items:
+            self._hand_over(items)
+        if got:
+            self._received.value += got
+            if n_allow or n_empty or n_big or n_trunc:
+                self._count_drops(n_allow, n_empty, n_big, n_trunc)
+        return got
+
+    def _drain_batches(self) -> int:
+        """:meth:`_drain` with recvmmsg(2): ``relay._recvmmsg.recv_items`` does this loop's
+        per-datagram work (the peer, the allowlist, LF/NUL, empty, oversize) for a whole call,
+        and appends the items; batches are cut at :data:`BATCH` as they are there."""
+        recv, fd, size, raws, resolve = _recvmmsg.recv_items, self._sock.fileno(), len(self._buf), \
+            self._raw_peers, self._raw_peer
+        mx = self.cfg.max_message_size
+        drop_big = self.cfg.oversize == "drop"
+        items: list = []
+        cap = self.max_per_wakeup
+        got = n_allow = n_empty = n_big = n_trunc = 0
+        while cap > 0:
+            want = min(MMSG_COUNT, cap, BATCH - len(items))
+            try:
+                k, a, e, b, t = recv(fd, want, size, mx, drop_big, raws, resolve, items)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.limiter.warning((self.cfg.name, "recv"), "source %r: UDP receive error: %s", self.cfg.name, exc)
+                break
+            got += k
+            n_allow += a
+            n_empty += e
+            n_big += b
+            n_trunc += t
+            if len(items) >= BATCH:
+                self._hand_over(items)
+                items = []
+            if k < want:            # drained
+                break
+            cap -= k
         if items:
             self._hand_over(items)
         if got:
