@@ -262,13 +262,7 @@ class UdpSource(Source):
                 self._hand_over(items)
                 items = []
                 append = items.append
-        if items:
-            self._hand_over(items)
-        if got:
-            self._received.value += got
-            if n_allow or n_empty or n_big or n_trunc:
-                self._count_drops(n_allow, n_empty, n_big, n_trunc)
-        return got
+        return self._drained(items, got, n_allow, n_empty, n_big, n_trunc)
 
     def _drain_batches(self) -> int:
         """:meth:`_drain` with recvmmsg(2): ``relay._recvmmsg.recv_items`` does this loop's
@@ -301,6 +295,10 @@ class UdpSource(Source):
             if k < want:            # drained
                 break
             cap -= k
+        return self._drained(items, got, n_allow, n_empty, n_big, n_trunc)
+
+    def _drained(self, items: list, got: int, n_allow: int, n_empty: int, n_big: int, n_trunc: int) -> int:
+        """The end of a drain (either path): the last batch handed over, the counters."""
         if items:
             self._hand_over(items)
         if got:
