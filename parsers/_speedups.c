@@ -134,6 +134,15 @@ static PyObject *field_obj(const unsigned char *p, Py_ssize_t len)
     return cached_str((const char *)p, len);
 }
 
+/* ASCII bytes (the caller checked) as a new str */
+static PyObject *new_ascii(const unsigned char *p, Py_ssize_t len)
+{
+    PyObject *o = PyUnicode_New(len, 127);
+    if (o)
+        memcpy(PyUnicode_1BYTE_DATA(o), p, len);
+    return o;
+}
+
 /* bytes decoded as UTF-8 with surrogateescape; ASCII (the usual PARAM-VALUE) copied as it is,
  * which is what the decoder makes of it, without its per-call set-up */
 static PyObject *utf8_obj(const unsigned char *p, Py_ssize_t len)
@@ -148,10 +157,7 @@ static PyObject *utf8_obj(const unsigned char *p, Py_ssize_t len)
     for (; k < len; k++)
         if (p[k] & 0x80)
             return PyUnicode_DecodeUTF8((const char *)p, len, "surrogateescape");
-    PyObject *o = PyUnicode_New(len, 127);
-    if (o)
-        memcpy(PyUnicode_1BYTE_DATA(o), p, len);
-    return o;
+    return new_ascii(p, len);
 }
 
 /* printable ASCII bytes (33-126, as field() checked) as a new str, not cached: a PROCID is
@@ -160,10 +166,7 @@ static PyObject *ascii_obj(const unsigned char *p, Py_ssize_t len)
 {
     if (len == 1 && p[0] == '-')
         Py_RETURN_NONE;
-    PyObject *o = PyUnicode_New(len, 127);
-    if (o)
-        memcpy(PyUnicode_1BYTE_DATA(o), p, len);
-    return o;
+    return new_ascii(p, len);
 }
 
 #define SET(ev, s, v) (*(PyObject **)((char *)(ev) + slot_off[s]) = (v))
@@ -712,26 +715,24 @@ static PyObject *flat_json(PyObject *s)
     }
     for (;;) {
         if (i >= n || p[i] != '"')
-            goto decline;
+            goto fail;
         Py_ssize_t ke = json_plain_str(p, i, n);
         if (ke < 0)
-            goto decline;
+            goto fail;
         Py_ssize_t k0 = i + 1, kl = ke - 1 - k0;
         i = json_ws(p, ke, n);
         if (i >= n || p[i] != ':')
-            goto decline;
+            goto fail;
         i = json_ws(p, i + 1, n);
         if (i >= n)
-            goto decline;
+            goto fail;
         PyObject *v;
         if (p[i] == '"') {
             Py_ssize_t ve = json_plain_str(p, i, n);
             if (ve < 0)
-                goto decline;
-            v = PyUnicode_New(ve - 1 - (i + 1), 127);
-            if (!v)
-                goto error;
-            memcpy(PyUnicode_1BYTE_DATA(v), p + i + 1, ve - 1 - (i + 1));
+                goto fail;
+            if (!(v = new_ascii(p + i + 1, ve - 1 - (i + 1))))
+                goto fail;
             i = ve;
         } else {
             Py_ssize_t j = i;
@@ -747,10 +748,10 @@ static PyObject *flat_json(PyObject *s)
             Py_ssize_t nd = j - d0;
             if (nd == 0 || nd > 18 || (nd > 1 && p[d0] == '0')
                 || (j < n && (is_digit(p[j]) || p[j] == '.' || p[j] == 'e' || p[j] == 'E')))
-                goto decline;
+                goto fail;
             v = PyLong_FromLongLong(neg ? -x : x);
             if (!v)
-                goto error;
+                goto fail;
             i = j;
         }
         PyObject *key = cached_str((const char *)p + k0, kl);
@@ -759,9 +760,9 @@ static PyObject *flat_json(PyObject *s)
         Py_XDECREF(key);
         Py_DECREF(v);
         if (r < 0)
-            goto error;
+            goto fail;
         if (PyDict_GET_SIZE(d) == before)      /* a repeated key: orjson's rules */
-            goto decline;
+            goto fail;
         i = json_ws(p, i, n);
         if (i < n && p[i] == ',') {
             i = json_ws(p, i + 1, n);
@@ -771,16 +772,12 @@ static PyObject *flat_json(PyObject *s)
             i++;
             break;
         }
-        goto decline;
+        goto fail;
     }
 end:
-    if (json_ws(p, i, n) != n)
-        goto decline;
-    return d;
-decline:
-    Py_DECREF(d);
-    return NULL;
-error:
+    if (json_ws(p, i, n) == n)
+        return d;
+fail:                   /* declined (no exception) or out of memory (set): the caller tells */
     Py_DECREF(d);
     return NULL;
 }

@@ -30,10 +30,19 @@
 static char *pool = NULL;
 static size_t pool_size = 0;
 
+/* one call's headers (on the caller's stack); the datagrams' bytes are in the pool */
+struct batch {
+    struct mmsghdr msgs[MAXCOUNT];
+    struct iovec iov[MAXCOUNT];
+    struct sockaddr_storage addrs[MAXCOUNT];
+};
+
 /* one recvmmsg(2) call into the pool: -> datagrams read, or -1 with an exception set */
-static int receive(int fd, int count, Py_ssize_t size, struct mmsghdr *msgs, struct iovec *iov,
-                   struct sockaddr_storage *addrs)
+static int receive(int fd, int count, Py_ssize_t size, struct batch *bt)
 {
+    struct mmsghdr *msgs = bt->msgs;
+    struct iovec *iov = bt->iov;
+    struct sockaddr_storage *addrs = bt->addrs;
     if (count < 1 || count > MAXCOUNT || size < 1 || size > (1 << 20)) {
         PyErr_Format(PyExc_ValueError, "count 1..%d and size 1..1 MiB expected", MAXCOUNT);
         return -1;
@@ -74,12 +83,12 @@ static PyObject *py_recvmmsg(PyObject *self, PyObject *args)
     Py_ssize_t size;
     if (!PyArg_ParseTuple(args, "iin", &fd, &count, &size))
         return NULL;
-    struct mmsghdr msgs[MAXCOUNT];
-    struct iovec iov[MAXCOUNT];
-    struct sockaddr_storage addrs[MAXCOUNT];
-    int got = receive(fd, count, size, msgs, iov, addrs);
+    struct batch bt;
+    int got = receive(fd, count, size, &bt);
     if (got < 0)
         return NULL;
+    struct mmsghdr *msgs = bt.msgs;
+    struct sockaddr_storage *addrs = bt.addrs;
     PyObject *out = PyList_New(got);
     if (!out)
         return NULL;
@@ -114,12 +123,12 @@ static PyObject *py_recv_items(PyObject *self, PyObject *args)
         return NULL;
     if (mx < 0 || mx + 1 > size)
         return PyErr_Format(PyExc_ValueError, "size must be at least max_size + 1");
-    struct mmsghdr msgs[MAXCOUNT];
-    struct iovec iov[MAXCOUNT];
-    struct sockaddr_storage addrs[MAXCOUNT];
-    int got = receive(fd, count, size, msgs, iov, addrs);
+    struct batch bt;
+    int got = receive(fd, count, size, &bt);
     if (got < 0)
         return NULL;
+    struct mmsghdr *msgs = bt.msgs;
+    struct sockaddr_storage *addrs = bt.addrs;
     long n_allow = 0, n_empty = 0, n_big = 0, n_trunc = 0;
     PyObject *last_key = NULL, *last_peer = NULL;     /* the previous datagram's sender */
     for (int k = 0; k < got; k++) {
