@@ -379,41 +379,62 @@ final = true
 match = 'format exists'
 sinks = ["json"]
 '''
+#: the same sinks, with routes the native stage's lane evaluates (comparisons, and/or/not)
+_STAGE_CFG_LANE = _STAGE_CFG.split("[routes.high]")[0] + '''
+[routes.high]
+match = 'app_name == "SigmaIncident" and risk_score >= 70'
+sinks = ["leef"]
+final = true
+
+[routes.low]
+match = 'risk_score < 70 or hostname == "rx-01" or severity == "low" or not (status == "open")'
+sinks = ["leef"]
+final = true
+
+[routes.rest]
+match = 'true'
+sinks = ["cef"]
+'''
 _stage = None
 
 
 def _native_stage(mod, items: list) -> None:
     """The native stage (``stage_batch``) against ``parse_batch`` + ``stage_into`` on one batch:
-    the same rows (payloads, encoded metadata) and dead letters for every sink."""
+    the same rows (payloads, encoded metadata) and dead letters for every sink.  Twice: with
+    routes that call the rules' closures, and with routes the lane evaluates, the batch given
+    twice over (the lane takes the messages after a run's first)."""
     global _stage
     from relay import pipeline
     from relay.queue.packing import encode_metas
     if _stage is None:
         from relay.config import loads
-        d = tempfile.mkdtemp(prefix="relay-fuzz-stage-")
-        cfg = loads(_STAGE_CFG, base_dir=Path(d), secrets=False)
-        saved = pipeline._stage_batch
-        pipeline._stage_batch = mod.stage_batch
-        try:
-            on, off = pipeline.Pipeline(cfg, committers={}), pipeline.Pipeline(cfg, committers={})
-        finally:
-            pipeline._stage_batch = saved
-        off._native_routes = None
-        _stage = (cfg.sources["tcp"], on, off)
-    src, on, off = _stage
+        _stage = []
+        for text in (_STAGE_CFG, _STAGE_CFG_LANE):
+            d = tempfile.mkdtemp(prefix="relay-fuzz-stage-")
+            cfg = loads(text, base_dir=Path(d), secrets=False)
+            saved = pipeline._stage_batch
+            pipeline._stage_batch = mod.stage_batch
+            try:
+                on, off = pipeline.Pipeline(cfg, committers={}), pipeline.Pipeline(cfg, committers={})
+            finally:
+                pipeline._stage_batch = saved
+            off._native_routes = None
+            _stage.append((cfg.sources["tcp"], on, off))
     saved = pipeline._stage_batch
     pipeline._stage_batch = mod.stage_batch
     try:
-        outs = []
-        for p in (on, off):
-            rows, dead = {}, {}
-            p.stage_rows(items, src, RECEIVED, rows, dead)
-            outs.append(({s: (pl, encode_metas(m)) for s, (pl, m) in rows.items()},
-                         {s: [(x, encode_metas([m]), r) for x, m, r in dl] for s, dl in dead.items()}))
+        for k, (src, on, off) in enumerate(_stage):
+            batch = items if k == 0 else [it for it in items if it[0]] * 2     # no empty line ends the run
+            outs = []
+            for p in (on, off):
+                rows, dead = {}, {}
+                p.stage_rows(batch, src, RECEIVED, rows, dead)
+                outs.append(({s: (pl, encode_metas(m)) for s, (pl, m) in rows.items()},
+                             {s: [(x, encode_metas([m]), r) for x, m, r in dl] for s, dl in dead.items()}))
+            if outs[0] != outs[1]:
+                raise AssertionError(f"the native stage and the Python stage differ on {[r for r, _ in batch]!r}")
     finally:
         pipeline._stage_batch = saved
-    if outs[0] != outs[1]:
-        raise AssertionError(f"the native stage and the Python stage differ on {[r for r, _ in items]!r}")
 
 
 def _native_seeds() -> list[bytes]:

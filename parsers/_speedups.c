@@ -1227,11 +1227,17 @@ static void civil_from_days(long long z, int *y, int *m, int *d)
 /* The canonical occurred_unix as formats.syslog.rfc5424_timestamp writes it, without its 'Z':
  * "YYYY-MM-DDTHH:MM:SS.mmm" (23 characters) for a float in years 1970-9999 (round(epoch * 1000)
  * in milliseconds, half to even as nearbyint does); 0 for anything else. */
+static int stamp23d(double epoch, char *q);
 static int stamp23(PyObject *epoch, char *q)
 {
     if (!epoch || !PyFloat_CheckExact(epoch))
         return 0;
-    double x = nearbyint(PyFloat_AS_DOUBLE(epoch) * 1000.0);
+    return stamp23d(PyFloat_AS_DOUBLE(epoch), q);
+}
+
+static int stamp23d(double epoch, char *q)
+{
+    double x = nearbyint(epoch * 1000.0);
     if (!(x >= 0.0 && x < 253402300800000.0))
         return 0;
     long long r = (long long)x, secs = r / 1000;
@@ -2125,6 +2131,32 @@ static int sb_entry_ok(PyObject *entry)
     return spec == Py_None || sb_spec_ok(spec);
 }
 
+/* the for_mask entry of a route mask (borrowed, kept in the batch's table), NULL on error */
+static PyObject *sb_entry(unsigned long long mask, unsigned long long *mkeys, PyObject **mvals, int *nm, int *mnext,
+                          PyObject *for_mask)
+{
+    for (int j = 0; j < *nm; j++)
+        if (mkeys[j] == mask)
+            return mvals[j];
+    PyObject *mo = PyLong_FromUnsignedLongLong(mask);
+    if (!mo)
+        return NULL;
+    PyObject *entry = PyObject_CallOneArg(for_mask, mo);
+    Py_DECREF(mo);
+    if (!entry)
+        return NULL;
+    if (!sb_entry_ok(entry)) {      /* checked once here, not per event */
+        Py_DECREF(entry);
+        PyErr_SetString(PyExc_TypeError, "stage_batch: for_mask must return (names, meta, single), single "
+                        "None or (sink, [payloads], [metas], render, spec None or a LEEF spec)");
+        return NULL;
+    }
+    int j = *nm < SB_MASKS ? (*nm)++ : ((*mnext)++ % SB_MASKS);
+    Py_XSETREF(mvals[j], entry);
+    mkeys[j] = mask;
+    return entry;
+}
+
 /* one event through route, render and rows; 0 done, -1 error */
 static int sb_event(PyObject *ev, PyObject *routes, Py_ssize_t nr, long long *rcount, long long *unrouted,
                     unsigned long long *mkeys, PyObject **mvals, int *nm, int *mnext, PyObject *for_mask,
@@ -2148,30 +2180,9 @@ static int sb_event(PyObject *ev, PyObject *routes, Py_ssize_t nr, long long *rc
         (*unrouted)++;
         return 0;
     }
-    PyObject *entry = NULL;
-    for (int j = 0; j < *nm; j++)
-        if (mkeys[j] == mask) {
-            entry = mvals[j];
-            break;
-        }
-    if (!entry) {
-        PyObject *mo = PyLong_FromUnsignedLongLong(mask);
-        if (!mo)
-            return -1;
-        entry = PyObject_CallOneArg(for_mask, mo);
-        Py_DECREF(mo);
-        if (!entry)
-            return -1;
-        if (!sb_entry_ok(entry)) {      /* checked once here, not per event */
-            Py_DECREF(entry);
-            PyErr_SetString(PyExc_TypeError, "stage_batch: for_mask must return (names, meta, single), single "
-                            "None or (sink, [payloads], [metas], render, spec None or a LEEF spec)");
-            return -1;
-        }
-        int j = *nm < SB_MASKS ? (*nm)++ : ((*mnext)++ % SB_MASKS);
-        Py_XSETREF(mvals[j], entry);
-        mkeys[j] = mask;
-    }
+    PyObject *entry = sb_entry(mask, mkeys, mvals, nm, mnext, for_mask);
+    if (!entry)
+        return -1;
     PyObject *names = PyTuple_GET_ITEM(entry, 0), *meta = PyTuple_GET_ITEM(entry, 1),
              *single = PyTuple_GET_ITEM(entry, 2);
     if (single == Py_None) {
@@ -2235,6 +2246,954 @@ static int sb_count(PyObject *count_run, PyObject **run_ev, Py_ssize_t n)
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * The lane: stage_batch's path for the covered SigmaIncident message with no Python object
+ * per message.  One frame is read into spans (parse_frame's grammar, one SD element, an ASCII
+ * JSON body), checked and normalised as rx_normalise_impl does, its routes' programs evaluated
+ * and its LEEF line rendered as leef_line_impl does, all on the spans: the Event, its SD and
+ * params dicts, the body dict, the fields and extra dicts are never made.  It covers a subset
+ * of what the object path covers and declines (0) anything else before any side effect, so
+ * the object path then does that message as before; what it produces is byte for byte what
+ * the object path produces (tests/test_native_stage.py runs both on every corpus).
+ *
+ * A batch takes the lane when every route has a program of constants, and/or/not and
+ * comparisons of bare field names (lane_prog_ok), and a message takes it only inside a run of
+ * counted RFC 5424 events (the run's first event, an Event, is what count_run reads).
+ * ------------------------------------------------------------------------------------------ */
+enum { LV_ABSENT, LV_NONE, LV_OBJ, LV_STR, LV_INT, LV_FLOAT, LV_EXTRA };
+typedef struct { int kind; const char *p; Py_ssize_t n; long i; double d; PyObject *o; } lval;
+
+/* the fields rx_normalise_impl sets over its template, and extra's keys */
+enum { F_ID, F_DEDUP, F_EVENT, F_NAME, F_DESCR, F_SCORE, F_SEV, F_STATUS, F_OCCURRED, F_OCC_UNIX, F_USER,
+       F_EXTRA, F_NSET };
+enum { X_ACTOR, X_ENTITY, X_ALARM, X_SIGMA, X_THREAT, X_N };
+
+typedef struct {
+    int pri;
+    PyObject *host, *app, *msgid;      /* new references (host may be Py_None) */
+    PyObject *status;                  /* the canonical status, a new reference, or NULL */
+    double time_unix;
+    const unsigned char *ts;           /* 24 bytes */
+    lval f[F_NSET];
+    lval x[X_N];
+    int nx;
+    char scratch[2048];
+} lane_ev;
+
+/* what a field name resolves to, remembered per batch by the key's address */
+typedef struct { PyObject *key; int fid; int xid; PyObject *tpl; } lane_key;
+#define LANE_KEYS 64
+typedef struct {
+    lane_key keys[LANE_KEYS];
+    int nkeys;
+    PyObject *hkey[7], *hhit;          /* the last LEEF header looked up, and its entry */
+    Py_ssize_t taken, declined;
+} lane_batch;
+
+static Py_ssize_t lane_taken_total, lane_declined_total;
+
+static int lane_resolve(lane_batch *lb, PyObject *key, lane_key *out)
+{
+    for (int k = 0; k < lb->nkeys; k++)
+        if (lb->keys[k].key == key) {
+            *out = lb->keys[k];
+            return 1;
+        }
+    if (!PyUnicode_CheckExact(key))
+        return 0;
+    PyObject *fk[F_NSET] = {k_id, k_dedup, k_event, k_name, k_description, k_risk_score, k_severity, k_status,
+                            k_occurred, k_occurred_unix, k_user, k_extra};
+    PyObject *xk[X_N] = {k_actor, k_entity, k_alarm, k_sigma, k_threat};
+    lane_key e = {key, -1, -1, NULL};
+    for (int k = 0; k < F_NSET && e.fid < 0; k++)
+        if (fk[k] == key || PyUnicode_Compare(fk[k], key) == 0)
+            e.fid = k;
+    for (int k = 0; k < X_N && e.xid < 0; k++)
+        if (xk[k] == key || PyUnicode_Compare(xk[k], key) == 0)
+            e.xid = k;
+    e.tpl = PyDict_GetItemWithError(rx_template, key);     /* borrowed: rx_template outlives the batch */
+    if (!e.tpl && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (lb->nkeys < LANE_KEYS)
+        lb->keys[lb->nkeys++] = e;
+    *out = e;
+    return 1;
+}
+
+/* fields[key] as the normalised event has it; 0 when the key cannot be told */
+static int lane_get(lane_batch *lb, const lane_ev *le, PyObject *key, lval *v)
+{
+    lane_key e;
+    if (!lane_resolve(lb, key, &e))
+        return 0;
+    if (e.fid >= 0 && le->f[e.fid].kind != LV_ABSENT) {
+        *v = le->f[e.fid];
+        return 1;
+    }
+    v->kind = LV_ABSENT;
+    if (e.tpl) {
+        v->kind = e.tpl == Py_None ? LV_NONE : LV_OBJ;
+        v->o = e.tpl;
+    }
+    return 1;
+}
+
+/* extra[key] */
+static int lane_xget(lane_batch *lb, const lane_ev *le, PyObject *key, lval *v)
+{
+    lane_key e;
+    if (!lane_resolve(lb, key, &e))
+        return 0;
+    if (e.xid >= 0)
+        *v = le->x[e.xid];
+    else
+        v->kind = LV_ABSENT;
+    return 1;
+}
+
+/* a value's ASCII text when it is a str: 1 (p, n set), 0 not a str, -1 a str that is not ASCII */
+static int lv_str(const lval *v, const char **p, Py_ssize_t *n)
+{
+    if (v->kind == LV_STR) {
+        *p = v->p;
+        *n = v->n;
+        return 1;
+    }
+    if (v->kind == LV_OBJ && PyUnicode_CheckExact(v->o)) {
+        if (!PyUnicode_IS_ASCII(v->o))
+            return -1;
+        *p = (const char *)PyUnicode_1BYTE_DATA(v->o);
+        *n = PyUnicode_GET_LENGTH(v->o);
+        return 1;
+    }
+    return 0;
+}
+
+/* the value as an object (a new reference), NULL with no exception for extra (not covered) */
+static PyObject *lv_obj(const lval *v)
+{
+    switch (v->kind) {
+    case LV_OBJ: return Py_NewRef(v->o);
+    case LV_STR: return new_ascii((const unsigned char *)v->p, v->n);
+    case LV_INT: return PyLong_FromLong(v->i);
+    case LV_FLOAT: return PyFloat_FromDouble(v->d);
+    case LV_EXTRA: return NULL;
+    default: return Py_NewRef(Py_None);
+    }
+}
+
+/* ---- the routes: a program the lane evaluates without calling Python, checked per batch */
+/* the Event attributes a rule may name that the lane has (prog_cmp's G_ATTR) */
+static const int lane_attrs[] = {S_FORMAT, S_PRI, S_FACILITY, S_SEVERITY, S_HOSTNAME, S_APP_NAME, S_MSGID};
+
+/* the Event's attribute, as parse_frame sets it */
+static void lane_attr(const lane_ev *le, PyObject *name, lval *v)
+{
+    v->kind = LV_ABSENT;
+    if (name == slot_name_obj[S_FORMAT])
+        *v = (lval){LV_OBJ, .o = format_value};
+    else if (name == slot_name_obj[S_PRI])
+        *v = (lval){LV_INT, .i = le->pri};
+    else if (name == slot_name_obj[S_FACILITY])
+        *v = (lval){LV_INT, .i = le->pri >> 3};
+    else if (name == slot_name_obj[S_SEVERITY])
+        *v = (lval){LV_INT, .i = le->pri & 7};
+    else if (name == slot_name_obj[S_HOSTNAME])
+        *v = le->host == Py_None ? (lval){LV_NONE} : (lval){LV_OBJ, .o = le->host};
+    else if (name == slot_name_obj[S_APP_NAME])
+        *v = (lval){LV_OBJ, .o = le->app};
+    else if (name == slot_name_obj[S_MSGID])
+        *v = (lval){LV_OBJ, .o = le->msgid};
+}
+
+static int lane_prog_ok(PyObject *node, int depth)
+{
+    if (!PyTuple_CheckExact(node) || PyTuple_GET_SIZE(node) < 2 || depth > 64)
+        return 0;
+    long op = PyLong_AsLong(PyTuple_GET_ITEM(node, 0));
+    PyObject *a = PyTuple_GET_ITEM(node, 1);
+    if (op == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    switch (op) {
+    case P_CONST:
+        return 1;
+    case P_AND:
+    case P_OR:
+        if (!PyTuple_CheckExact(a))
+            return 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(a); i++)
+            if (!lane_prog_ok(PyTuple_GET_ITEM(a, i), depth + 1))
+                return 0;
+        return 1;
+    case P_NOT:
+        return lane_prog_ok(a, depth + 1);
+    case P_CMP: {
+        if (PyTuple_GET_SIZE(node) != 11 || !PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 2
+            || !PyLong_CheckExact(PyTuple_GET_ITEM(a, 0)) || !PyLong_CheckExact(PyTuple_GET_ITEM(node, 4)))
+            return 0;
+        long g = PyLong_AsLong(PyTuple_GET_ITEM(a, 0)), cop = PyLong_AsLong(PyTuple_GET_ITEM(node, 4));
+        if (g == G_ATTR) {
+            PyObject *name = PyTuple_GET_ITEM(a, 1);
+            int known = 0;
+            for (size_t k = 0; k < sizeof lane_attrs / sizeof *lane_attrs; k++)
+                known |= slot_name_obj[lane_attrs[k]] == name;
+            if (!known)
+                return 0;
+        } else if (g != G_BARE)
+            return 0;
+        return cop >= Py_LT && cop <= Py_GE;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* the types whose comparison with each other cannot raise (exact int, float, str) */
+static int lane_plain_pair(PyObject *a, PyObject *b)
+{
+    int na = PyLong_CheckExact(a) || PyFloat_CheckExact(a), nb = PyLong_CheckExact(b) || PyFloat_CheckExact(b);
+    return (na && nb) || (PyUnicode_CheckExact(a) && PyUnicode_CheckExact(b));
+}
+
+/* 1 true, 0 false, -2 not covered (prog_eval would call Python), -1 error */
+static int lane_eval(PyObject *node, lane_batch *lb, const lane_ev *le)
+{
+    long op = PyLong_AsLong(PyTuple_GET_ITEM(node, 0));
+    PyObject *a = PyTuple_GET_ITEM(node, 1);
+    switch (op) {
+    case P_CONST:
+        return a == Py_True;
+    case P_AND:
+    case P_OR:
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(a); i++) {
+            int r = lane_eval(PyTuple_GET_ITEM(a, i), lb, le);
+            if (r < 0 || r == (op == P_OR))
+                return r;
+        }
+        return op == P_AND;
+    case P_NOT: {
+        int r = lane_eval(a, lb, le);
+        return r < 0 ? r : !r;
+    }
+    default: {          /* P_CMP: prog_cmp with prog_bare's value, or the attribute's */
+        lval v;
+        if (PyLong_AsLong(PyTuple_GET_ITEM(a, 0)) == G_ATTR)
+            lane_attr(le, PyTuple_GET_ITEM(a, 1), &v);
+        else if (!lane_get(lb, le, PyTuple_GET_ITEM(a, 1), &v))
+            return -2;
+        if (v.kind == LV_ABSENT || v.kind == LV_NONE) {
+            PyObject *c = PyTuple_GET_ITEM(node, 10);
+            return PyBool_Check(c) ? c == Py_True : -2;
+        }
+        PyObject *o = lv_obj(&v);
+        if (!o)
+            return PyErr_Occurred() ? -1 : -2;
+        PyObject *k1 = PyTuple_GET_ITEM(node, 2), *k2 = PyTuple_GET_ITEM(node, 3), *cst = PyTuple_GET_ITEM(node, 5);
+        int r = -2;
+        if (((PyObject *)Py_TYPE(o) == k1 || (PyObject *)Py_TYPE(o) == k2) && lane_plain_pair(o, cst)) {
+            PyObject *res = PyObject_RichCompare(o, cst, (int)PyLong_AsLong(PyTuple_GET_ITEM(node, 4)));
+            r = res ? PyObject_IsTrue(res) : -1;
+            Py_XDECREF(res);
+        }
+        Py_DECREF(o);
+        return r;
+    }
+    }
+}
+
+/* ---- the frame: parse_frame's grammar, the covered shape only */
+static int lane_param(const unsigned char *p, const Py_ssize_t *ps, int np, PyObject *name, Py_ssize_t *v0,
+                      Py_ssize_t *vn)
+{
+    Py_ssize_t nl = PyUnicode_GET_LENGTH(name);
+    const char *nd = (const char *)PyUnicode_1BYTE_DATA(name);
+    for (int k = 0; k < np; k++)
+        if (ps[4 * k + 1] == nl && memcmp(p + ps[4 * k], nd, nl) == 0) {
+            *v0 = ps[4 * k + 2];
+            *vn = ps[4 * k + 3];
+            return 1;
+        }
+    return 0;
+}
+
+/* rx_small on a value's bytes (the canonical table): the value, -1 not one */
+static long lane_small(const unsigned char *d, Py_ssize_t n)
+{
+    if (n < 1 || n > 3 || (n > 1 && d[0] == '0'))
+        return -1;
+    long v = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (!is_digit(d[k]))
+            return -1;
+        v = v * 10 + (d[k] - '0');
+    }
+    return v;
+}
+
+#define LANE_PARAMS 16
+#define LANE_BODY 16
+
+/* 1 read and normalised into *le, 0 not covered, -1 error.  On 1 and 0 alike the caller
+ * releases le's references (lane_release). */
+static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, lane_ev *le)
+{
+    Py_ssize_t i;
+    /* PRI VERSION */
+    if (n < 4 || p[0] != '<')
+        return 0;
+    i = 1;
+    int pri = 0, nd = 0;
+    while (i < n && is_digit(p[i]) && nd < 4) { pri = pri * 10 + (p[i] - '0'); i++; nd++; }
+    if (nd == 0 || nd > 3 || i >= n || p[i] != '>' || (nd > 1 && p[1] == '0') || pri > 191)
+        return 0;
+    i++;
+    nd = 0;
+    Py_ssize_t v0 = i;
+    while (i < n && is_digit(p[i]) && nd < 4) { i++; nd++; }
+    if (nd == 0 || nd > 3 || p[v0] == '0' || i >= n || p[i] != ' ')
+        return 0;
+    i++;
+    /* TIMESTAMP: yyyy-mm-ddThh:mm:ss.mmmZ only (rx_normalise_impl's) */
+    const unsigned char *t = p + i;
+    if (n - i < 25 || t[24] != ' ' || t[23] != 'Z' || t[19] != '.' || t[10] != 'T')
+        return 0;
+    if (!(is_digit(t[0]) && is_digit(t[1]) && is_digit(t[2]) && is_digit(t[3]) && t[4] == '-' && is_digit(t[5])
+          && is_digit(t[6]) && t[7] == '-' && is_digit(t[8]) && is_digit(t[9]) && is_digit(t[11])
+          && is_digit(t[12]) && t[13] == ':' && is_digit(t[14]) && is_digit(t[15]) && t[16] == ':'
+          && is_digit(t[17]) && is_digit(t[18]) && is_digit(t[20]) && is_digit(t[21]) && is_digit(t[22])))
+        return 0;
+    {
+        int y = d2(t) * 100 + d2(t + 2), mo = d2(t + 5), d = d2(t + 8);
+        int h = d2(t + 11), mi = d2(t + 14), sec = d2(t + 17);
+        if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59)
+            return 0;
+        long long base = days_from_civil(y, mo, d) * 86400LL + h * 3600 + mi * 60;
+        long num = (t[20] - '0') * 100 + (t[21] - '0') * 10 + (t[22] - '0');
+        le->time_unix = ((double)base + (double)sec) + (double)num / 1e3;
+    }
+    le->ts = t;
+    i += 25;
+    /* HOSTNAME APP-NAME PROCID MSGID */
+    static const Py_ssize_t lim[4] = {255, 48, 128, 32};
+    Py_ssize_t fs[4], fl[4];
+    for (int f = 0; f < 4; f++) {
+        Py_ssize_t l = field(p, n, i, lim[f]);
+        if (l < 0)
+            return 0;
+        fs[f] = i;
+        fl[f] = l;
+        i += l + 1;
+    }
+    /* APP-NAME is rx_app's, MSGID an ASCII one without capitals (the event type as it is) */
+    Py_ssize_t al = PyUnicode_GET_LENGTH(rx_app);
+    if (fl[1] != al || memcmp(p + fs[1], PyUnicode_1BYTE_DATA(rx_app), al) != 0)
+        return 0;
+    if (fl[3] == 1 && p[fs[3]] == '-')
+        return 0;
+    for (Py_ssize_t k = 0; k < fl[3]; k++)
+        if (p[fs[3] + k] >= 'A' && p[fs[3] + k] <= 'Z')
+            return 0;
+    /* one SD element, rx_sd_id's, then " {" the body */
+    if (i >= n || p[i] != '[')
+        return 0;
+    const unsigned char *rb = memchr(p + i, ']', n - i);
+    if (!rb)
+        return 0;
+    Py_ssize_t j = rb - p;
+    if (memchr(p + i, '\\', j - i) || j + 2 >= n || p[j + 1] != ' ' || p[j + 2] != '{')
+        return 0;
+    Py_ssize_t k = i + 1, s0 = k;
+    while (k < j && is_name(p[k]))
+        k++;
+    Py_ssize_t sl = PyUnicode_GET_LENGTH(rx_sd_id);
+    if (k - s0 != sl || k >= j || p[k] != ' ' || memcmp(p + s0, PyUnicode_1BYTE_DATA(rx_sd_id), sl) != 0)
+        return 0;
+    Py_ssize_t ps[4 * LANE_PARAMS];
+    int np = 0, ok = 0;
+    while (k < j && p[k] == ' ') {
+        Py_ssize_t n0 = ++k;
+        while (k < j && is_name(p[k]))
+            k++;
+        if (k == n0 || k - n0 > 32 || k + 1 >= j || p[k] != '=' || p[k + 1] != '"' || np == LANE_PARAMS)
+            return 0;
+        Py_ssize_t q0 = k + 2;
+        const unsigned char *q = memchr(p + q0, '"', j - q0);
+        if (!q)
+            return 0;
+        Py_ssize_t q1 = q - p;
+        for (Py_ssize_t c = q0; c < q1; c++)      /* rx_normalise_impl takes ASCII values only */
+            if (p[c] & 0x80)
+                return 0;
+        for (int m = 0; m < np; m++)               /* a repeated PARAM-NAME: parse_frame falls back */
+            if (ps[4 * m + 1] == k - n0 && memcmp(p + ps[4 * m], p + n0, k - n0) == 0)
+                return 0;
+        ps[4 * np] = n0; ps[4 * np + 1] = k - n0; ps[4 * np + 2] = q0; ps[4 * np + 3] = q1 - q0;
+        PyObject *name = cached_str((const char *)p + n0, k - n0);
+        if (!name)
+            return -1;
+        int in = PySet_Contains(rx_used, name);
+        Py_DECREF(name);
+        if (in <= 0)
+            return in;
+        np++;
+        k = q1 + 1;
+        if (k == j) {
+            ok = 1;
+            break;
+        }
+    }
+    if (!ok)
+        return 0;
+    /* the body: p[j + 2 .. n), ASCII, flat_json's shape, its keys in rx_body_ok */
+    const unsigned char *b = p + j + 2;
+    Py_ssize_t bn = n - (j + 2);
+    Py_ssize_t bk[2 * LANE_BODY];
+    int nb = 0;
+    Py_ssize_t b_id0 = -1, b_idn = 0;
+    int b_has_score = 0;
+    long long b_score = 0;
+    {
+        Py_ssize_t q = 1;
+        q = json_ws(b, q, bn);
+        if (q < bn && b[q] == '}')
+            q++;
+        else
+            for (;;) {
+                if (q >= bn || b[q] != '"')
+                    return 0;
+                Py_ssize_t ke = json_plain_str(b, q, bn);
+                if (ke < 0)
+                    return 0;
+                Py_ssize_t k0 = q + 1, kl = ke - 1 - k0;
+                q = json_ws(b, ke, bn);
+                if (q >= bn || b[q] != ':')
+                    return 0;
+                q = json_ws(b, q + 1, bn);
+                if (q >= bn)
+                    return 0;
+                int is_str = b[q] == '"';
+                Py_ssize_t s0_ = q + 1, sn_ = 0;
+                long long x = 0;
+                if (is_str) {
+                    Py_ssize_t ve = json_plain_str(b, q, bn);
+                    if (ve < 0)
+                        return 0;
+                    sn_ = ve - 1 - s0_;
+                    q = ve;
+                } else {
+                    Py_ssize_t jj = q;
+                    int neg = b[jj] == '-';
+                    if (neg)
+                        jj++;
+                    Py_ssize_t d0 = jj;
+                    while (jj < bn && is_digit(b[jj]) && jj - d0 < 18) {
+                        x = x * 10 + (b[jj] - '0');
+                        jj++;
+                    }
+                    Py_ssize_t ndig = jj - d0;
+                    if (ndig == 0 || ndig > 18 || (ndig > 1 && b[d0] == '0')
+                        || (jj < bn && (is_digit(b[jj]) || b[jj] == '.' || b[jj] == 'e' || b[jj] == 'E')))
+                        return 0;
+                    if (neg)
+                        x = -x;
+                    q = jj;
+                }
+                if (nb == LANE_BODY)
+                    return 0;
+                for (int m = 0; m < nb; m++)       /* a repeated key: orjson decides */
+                    if (bk[2 * m + 1] == kl && memcmp(b + bk[2 * m], b + k0, kl) == 0)
+                        return 0;
+                bk[2 * nb] = k0; bk[2 * nb + 1] = kl;
+                nb++;
+                PyObject *key = cached_str((const char *)b + k0, kl);
+                if (!key)
+                    return -1;
+                int in = PySet_Contains(rx_body_ok, key);
+                int is_id = in > 0 && PyUnicode_Compare(key, k_incident_id) == 0;
+                int is_score = in > 0 && !is_id && PyUnicode_Compare(key, k_risk_score) == 0;
+                Py_DECREF(key);
+                if (in <= 0)
+                    return in;
+                if (is_id) {
+                    if (!is_str)
+                        return 0;
+                    b_id0 = s0_;
+                    b_idn = sn_;
+                } else if (is_score) {
+                    if (is_str)
+                        return 0;
+                    b_has_score = 1;
+                    b_score = x;
+                }
+                q = json_ws(b, q, bn);
+                if (q < bn && b[q] == ',') {
+                    q = json_ws(b, q + 1, bn);
+                    continue;
+                }
+                if (q < bn && b[q] == '}') {
+                    q++;
+                    break;
+                }
+                return 0;
+            }
+        if (json_ws(b, q, bn) != bn)
+            return 0;
+        for (Py_ssize_t c = 0; c < bn; c++)       /* flat_json takes an ASCII str only */
+            if (b[c] & 0x80)
+                return 0;
+    }
+    /* rx_normalise_impl's checks and fields */
+    Py_ssize_t id0, idn, r0, rn, a0 = 0, an = 0, e0 = 0, en = 0, st0 = 0, stn = 0;
+    if (!lane_param(p, ps, np, rx_p_id, &id0, &idn))
+        return 0;
+    if (lane_param(p, ps, np, rx_p_actor_type, &r0, &rn) || lane_param(p, ps, np, rx_p_related, &r0, &rn))
+        return 0;
+    if (!lane_param(p, ps, np, rx_p_risk, &r0, &rn))
+        return 0;
+    long score = lane_small(p + r0, rn);
+    if (score < 0)
+        return 0;
+    if (score > 100)
+        score = 100;
+    long counts[3];
+    PyObject *count_params[3] = {rx_p_alarm, rx_p_sigma, rx_p_threat};
+    for (int c = 0; c < 3; c++) {
+        Py_ssize_t c0, cn;
+        counts[c] = -1;
+        if (lane_param(p, ps, np, count_params[c], &c0, &cn) && (counts[c] = lane_small(p + c0, cn)) < 0)
+            return 0;
+    }
+    int has_actor = lane_param(p, ps, np, rx_p_actor, &a0, &an);
+    if (has_actor && ((an && is_digit(p[a0])) || memchr(p + a0, ':', an)))
+        return 0;
+    int has_entity = lane_param(p, ps, np, rx_p_entity, &e0, &en);
+    int has_status = lane_param(p, ps, np, rx_p_status, &st0, &stn);
+    if (b_id0 >= 0 && (b_idn != idn || memcmp(b + b_id0, p + id0, idn) != 0))
+        return 0;
+    if (b_has_score) {
+        long long bs = b_score > 100 ? 100 : b_score < 0 ? 0 : b_score;
+        if (bs != score)
+            return 0;
+    }
+    /* the objects the header and the LEEF line's cache key need (cached strs) */
+    le->pri = pri;
+    if (!(le->host = field_obj(p + fs[0], fl[0])) || !(le->app = cached_str((const char *)p + fs[1], fl[1]))
+        || !(le->msgid = cached_str((const char *)p + fs[3], fl[3])))
+        return -1;
+    PyObject *cstatus = NULL;
+    if (has_status) {
+        PyObject *so = cached_str((const char *)p + st0, stn);
+        if (!so)
+            return -1;
+        PyObject *hit = PyDict_GetItemWithError(rx_status_cache, so);
+        if (hit)
+            cstatus = Py_NewRef(hit);
+        else if (!PyErr_Occurred())
+            cstatus = PyObject_CallOneArg(rx_canonical_status, so);
+        Py_DECREF(so);
+        if (!cstatus)
+            return -1;
+    }
+    if (cstatus == NULL || cstatus == Py_None) {
+        Py_XDECREF(cstatus);
+        PyObject *hit = PyDict_GetItemWithError(rx_status_from_event, le->msgid);
+        if (!hit && PyErr_Occurred())
+            return -1;
+        cstatus = Py_NewRef(hit ? hit : Py_None);
+    }
+    le->status = cstatus;
+    /* the texts, into the scratch buffer */
+    char *s = le->scratch, *end = le->scratch + sizeof le->scratch;
+#define SPUT(src_, n_) do { Py_ssize_t n__ = (n_); if (end - s < n__) return 0; memcpy(s, (src_), n__); s += n__; } while (0)
+#define SLIT(lit) SPUT(lit, (Py_ssize_t)sizeof(lit) - 1)
+#define SNUM(v_) do { if ((v_) < 0) SLIT("?"); else { char nb_[24]; int q_ = put_long(nb_, (v_)); SPUT(nb_, q_); } } while (0)
+    const char *ids = (const char *)p + id0, *act = (const char *)p + a0, *ent = (const char *)p + e0;
+    char *t0 = s;
+    SPUT(PyUnicode_1BYTE_DATA(rx_dedup_prefix), PyUnicode_GET_LENGTH(rx_dedup_prefix));
+    SLIT(":");
+    SPUT(ids, idn);
+    le->f[F_DEDUP] = (lval){LV_STR, t0, s - t0};
+    t0 = s;
+    SLIT("RhythmX incident ");
+    if (idn) SPUT(ids, idn); else SLIT("?");
+    if (has_actor && an) { SLIT(": "); SPUT(act, an); }
+    le->f[F_NAME] = (lval){LV_STR, t0, s - t0};
+    t0 = s;
+    SLIT("SigmaIncident ");
+    if (fl[3]) SPUT(p + fs[3], fl[3]); else SLIT("event");
+    SLIT(" for ");
+    if (has_actor && an) SPUT(act, an); else SLIT("unknown actor");
+    SLIT(" at ");
+    if (has_entity && en) SPUT(ent, en); else SLIT("unknown entity");
+    SLIT(": risk score ");
+    SNUM(score);
+    SLIT(", ");
+    SNUM(counts[0]);
+    SLIT(" alarms, ");
+    SNUM(counts[1]);
+    SLIT(" sigma alerts, ");
+    SNUM(counts[2]);
+    SLIT(" threat cases");
+    le->f[F_DESCR] = (lval){LV_STR, t0, s - t0};
+#undef SPUT
+#undef SLIT
+#undef SNUM
+    le->f[F_ID] = (lval){LV_STR, ids, idn};
+    le->f[F_EVENT] = (lval){LV_OBJ, .o = le->msgid};
+    le->f[F_SCORE] = (lval){LV_INT, .i = score};
+    le->f[F_SEV] = (lval){LV_OBJ, .o = sev_names[score >= 80 ? 4 : score >= 60 ? 3 : score >= 40 ? 2 : score >= 20 ? 1 : 0]};
+    le->f[F_STATUS] = cstatus == Py_None ? (lval){LV_NONE} : (lval){LV_OBJ, .o = cstatus};
+    le->f[F_OCCURRED] = (lval){LV_STR, (const char *)t, 24};
+    le->f[F_OCC_UNIX] = (lval){LV_FLOAT, .d = le->time_unix};
+    le->f[F_USER] = has_actor ? (lval){LV_STR, act, an} : (lval){LV_ABSENT};
+    le->f[F_EXTRA] = (lval){LV_EXTRA};
+    le->x[X_ACTOR] = has_actor ? (lval){LV_STR, act, an} : (lval){LV_ABSENT};
+    le->x[X_ENTITY] = has_entity ? (lval){LV_STR, ent, en} : (lval){LV_ABSENT};
+    le->nx = has_actor + has_entity;
+    for (int c = 0; c < 3; c++) {
+        le->x[X_ALARM + c] = counts[c] >= 0 ? (lval){LV_INT, .i = counts[c]} : (lval){LV_ABSENT};
+        le->nx += counts[c] >= 0;
+    }
+    return 1;
+}
+
+static void lane_release(lane_ev *le)
+{
+    Py_CLEAR(le->host);
+    Py_CLEAR(le->app);
+    Py_CLEAR(le->msgid);
+    Py_CLEAR(le->status);
+}
+
+/* ---- the LEEF line: leef_line_impl on the lane's values; bytes, None not covered, NULL error */
+/* a value that event_id_of takes (not None, not an empty str) */
+static int lane_some(const lval *v)
+{
+    if (v->kind == LV_ABSENT || v->kind == LV_NONE)
+        return 0;
+    if (v->kind == LV_STR)
+        return v->n > 0;
+    if (v->kind == LV_OBJ && PyUnicode_CheckExact(v->o))
+        return PyUnicode_GET_LENGTH(v->o) > 0;
+    return 1;
+}
+
+static int lane_pairs(char *buf, size_t cap, size_t *len, char dch, PyObject *tab, lane_batch *lb, const lane_ev *le,
+                      int extra, Py_ssize_t *n)
+{
+    if (!PyTuple_Check(tab) || PyTuple_GET_SIZE(tab) != 2)
+        return 0;
+    PyObject *prefixes = PyTuple_GET_ITEM(tab, 0), *names = PyTuple_GET_ITEM(tab, 1);
+    if (!PyTuple_Check(prefixes) || !PyTuple_Check(names) || PyTuple_GET_SIZE(prefixes) != PyTuple_GET_SIZE(names))
+        return 0;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
+        lval v;
+        PyObject *name = PyTuple_GET_ITEM(names, k);
+        if (!(extra ? lane_xget(lb, le, name, &v) : lane_get(lb, le, name, &v)))
+            return 0;
+        if (v.kind == LV_ABSENT || v.kind == LV_NONE)
+            continue;
+        PyObject *prefix = PyTuple_GET_ITEM(prefixes, k);
+        if (!is_ascii_str(prefix))
+            return 0;
+        const char *sp;
+        Py_ssize_t sn;
+        char nb[24];
+        int r = lv_str(&v, &sp, &sn);
+        if (r < 0)
+            return 0;
+        if (r == 1) {
+            if (sn == 0)
+                continue;
+        } else if (v.kind == LV_INT) {
+            sp = nb;
+            sn = put_long(nb, v.i);
+        } else if (v.kind == LV_OBJ && PyLong_CheckExact(v.o)) {
+            int ovf;
+            long lv = PyLong_AsLongAndOverflow(v.o, &ovf);
+            if (ovf || (lv == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                return 0;
+            }
+            sp = nb;
+            sn = put_long(nb, lv);
+        } else
+            return 0;
+        Py_ssize_t pl = PyUnicode_GET_LENGTH(prefix);
+        if (*len + 1 + pl + sn > cap)
+            return 0;
+        buf[(*len)++] = dch;
+        memcpy(buf + *len, PyUnicode_1BYTE_DATA(prefix), pl);
+        *len += pl;
+        memcpy(buf + *len, sp, sn);
+        *len += sn;
+        (*n)++;
+    }
+    return 1;
+}
+
+static PyObject *lane_leef(lane_batch *lb, const lane_ev *le, PyObject *spec)
+{
+    lval v;
+    PyObject *table = PyTuple_GET_ITEM(spec, 0), *ps = PyTuple_GET_ITEM(spec, 1), *lheads = PyTuple_GET_ITEM(spec, 2),
+             *hostopt = PyTuple_GET_ITEM(spec, 3);     /* spec[4], the app name, is for an empty APP-NAME */
+    /* sb_leef: the profile of fields["vendor"] */
+    if (!lane_get(lb, le, k_vendor3, &v))
+        Py_RETURN_NONE;
+    if (v.kind != LV_ABSENT && v.kind != LV_NONE) {
+        if (v.kind != LV_OBJ || !PyUnicode_CheckExact(v.o))
+            Py_RETURN_NONE;
+        PyObject *hit = PyDict_GetItemWithError(table, v.o);
+        if (hit)
+            ps = hit;
+        else if (PyErr_Occurred())
+            return NULL;
+    }
+    if (!PyTuple_CheckExact(ps) || PyTuple_GET_SIZE(ps) != 3 || !PyTuple_CheckExact(PyTuple_GET_ITEM(ps, 0)))
+        Py_RETURN_NONE;
+    PyObject *plan = PyTuple_GET_ITEM(ps, 0), *profile = PyTuple_GET_ITEM(ps, 1), *eid_field = PyTuple_GET_ITEM(ps, 2);
+    if (PyTuple_GET_SIZE(plan) != 7)
+        Py_RETURN_NONE;
+    PyObject *d = PyTuple_GET_ITEM(plan, 0), *sev_dt = PyTuple_GET_ITEM(plan, 1), *dt_tail = PyTuple_GET_ITEM(plan, 3),
+             *common = PyTuple_GET_ITEM(plan, 4), *extra_keys = PyTuple_GET_ITEM(plan, 5),
+             *cat_field = PyTuple_GET_ITEM(plan, 6);
+    if (!is_ascii_str(d) || PyUnicode_GET_LENGTH(d) != 1 || !PyDict_CheckExact(sev_dt) || !is_ascii_str(dt_tail)
+        || !PyTuple_Check(common) || !PyTuple_Check(extra_keys))
+        Py_RETURN_NONE;
+    char dch = (char)PyUnicode_1BYTE_DATA(d)[0];
+    /* the band and its text */
+    if (!lane_get(lb, le, k_vendor_sev, &v) || v.kind != LV_OBJ || !PyUnicode_CheckExact(v.o))
+        Py_RETURN_NONE;
+    PyObject *band = v.o, *sevtxt = PyDict_GetItemWithError(sev_dt, band);
+    if (!sevtxt)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (!is_ascii_str(sevtxt))
+        Py_RETURN_NONE;
+    /* the time */
+    char stamp[24];
+    if (!lane_get(lb, le, k_occ, &v))
+        Py_RETURN_NONE;
+    if (v.kind == LV_FLOAT ? !stamp23d(v.d, stamp) : (v.kind != LV_OBJ || !stamp23(v.o, stamp)))
+        Py_RETURN_NONE;
+    /* cat: fields[cat_field], else fields["kind"] when that is None or empty */
+    int has_cat = 0;
+    const char *cp = NULL;
+    Py_ssize_t cn = 0;
+    if (!lane_get(lb, le, cat_field, &v))
+        Py_RETURN_NONE;
+    if (v.kind != LV_ABSENT && v.kind != LV_NONE) {
+        if (lv_str(&v, &cp, &cn) != 1)
+            Py_RETURN_NONE;
+        has_cat = 1;
+    }
+    if (!has_cat || cn == 0) {
+        if (!lane_get(lb, le, k_kind, &v))
+            Py_RETURN_NONE;
+        has_cat = 0;
+        if (v.kind != LV_ABSENT && v.kind != LV_NONE) {
+            if (lv_str(&v, &cp, &cn) != 1)
+                Py_RETURN_NONE;
+            has_cat = 1;
+        }
+    }
+    /* render_common: no triage, extra, the event id, the header's fields */
+    if (!lane_get(lb, le, k_triage, &v) || (v.kind != LV_ABSENT && v.kind != LV_NONE))
+        Py_RETURN_NONE;
+    if (!lane_get(lb, le, k_extra2, &v) || v.kind != LV_EXTRA)
+        Py_RETURN_NONE;
+    int use_extra = le->nx > 0;
+    if (eid_field != Py_None && !PyUnicode_CheckExact(eid_field))
+        Py_RETURN_NONE;
+    lval e = {LV_ABSENT};
+    if (use_extra && eid_field != Py_None && PyUnicode_GET_LENGTH(eid_field) && !lane_xget(lb, le, eid_field, &e))
+        Py_RETURN_NONE;
+    PyObject *chain[2] = {k_event2, k_kind};
+    for (int k = 0; k < 2 && !lane_some(&e); k++)
+        if (!lane_get(lb, le, chain[k], &e))
+            Py_RETURN_NONE;
+    PyObject *event_id;             /* a new reference */
+    if (lane_some(&e)) {
+        const char *ep;
+        Py_ssize_t en;
+        if (lv_str(&e, &ep, &en) != 1)
+            Py_RETURN_NONE;
+        if (!(event_id = lv_obj(&e)))
+            return NULL;
+    } else
+        event_id = Py_NewRef(truthy_str(le->msgid) ? le->msgid : truthy_str(le->app) ? le->app : s_syslog);
+    PyObject *host = hostopt, *app = le->app, *msgid;
+    int orig = PyUnicode_Compare(hostopt, s_original);
+    if (orig == -1 && PyErr_Occurred())
+        goto error;
+    if (orig == 0) {
+        if (truthy_str(le->host))
+            host = le->host;
+        else {
+            if (!lane_get(lb, le, k_host, &v) || v.kind != LV_OBJ || !truthy_str(v.o))
+                goto none;
+            host = v.o;
+        }
+    }
+    if (!truthy_str(app))
+        goto none;      /* the lane's APP-NAME is rx_app's: never empty */
+    if (!lane_get(lb, le, k_event2, &v))
+        goto none;
+    if (v.kind == LV_OBJ && truthy_str(v.o))
+        msgid = v.o;
+    else if (v.kind == LV_ABSENT || v.kind == LV_NONE || (v.kind == LV_OBJ && PyUnicode_CheckExact(v.o)))
+        msgid = le->msgid;
+    else
+        goto none;
+    /* the header: the batch's last one, else lheads */
+    PyObject *fac = PyLong_FromLong(le->pri >> 3);
+    if (!fac)
+        goto error;
+    PyObject *kv[7] = {fac, band, host, app, msgid, profile, event_id};
+    int same = lb->hhit != NULL;
+    for (int k = 0; k < 7 && same; k++)
+        same = lb->hkey[k] == kv[k];
+    if (!same) {
+        PyObject *key = PyTuple_Pack(7, fac, band, host, app, msgid, profile, event_id);
+        if (!key) {
+            Py_DECREF(fac);
+            goto error;
+        }
+        PyObject *hit = PyDict_GetItemWithError(lheads, key);
+        Py_DECREF(key);
+        if (!hit) {
+            Py_DECREF(fac);
+            if (PyErr_Occurred())
+                goto error;
+            goto none;
+        }
+        for (int k = 0; k < 7; k++)
+            Py_XSETREF(lb->hkey[k], Py_NewRef(kv[k]));
+        Py_XSETREF(lb->hhit, Py_NewRef(hit));
+    }
+    Py_DECREF(fac);
+    PyObject *hit = lb->hhit;
+    if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 3 || !PyLong_CheckExact(PyTuple_GET_ITEM(hit, 2))
+        || PyLong_AsLong(PyTuple_GET_ITEM(hit, 2)) != 0)
+        goto none;
+    PyObject *pre = PyTuple_GET_ITEM(hit, 0), *rest = PyTuple_GET_ITEM(hit, 1);
+    if (!is_ascii_str(pre) || !is_ascii_str(rest))
+        goto none;
+    /* the attributes */
+    char buf[16384];
+    size_t len = 0;
+    Py_ssize_t npairs = 0, ndel = 2;
+#define PUT(p_, n_) do { size_t n__ = (size_t)(n_); if (len + n__ > sizeof buf) goto none; \
+        memcpy(buf + len, (p_), n__); len += n__; } while (0)
+    if (has_cat) {
+        PUT("cat=", 4);
+        PUT(cp, cn);
+        PUT(&dch, 1);
+        ndel = 3;
+    }
+    PUT(PyUnicode_1BYTE_DATA(sevtxt), PyUnicode_GET_LENGTH(sevtxt));
+    PUT(stamp, 23);
+    PUT("+0000", 5);
+    PUT(PyUnicode_1BYTE_DATA(dt_tail), PyUnicode_GET_LENGTH(dt_tail));
+#undef PUT
+    if (!lane_pairs(buf, sizeof buf, &len, dch, common, lb, le, 0, &npairs)
+        || (use_extra && !lane_pairs(buf, sizeof buf, &len, dch, extra_keys, lb, le, 1, &npairs)))
+        goto none;
+    if (memchr(buf, '\n', len) || memchr(buf, '\r', len) || memchr(buf, 0, len))
+        goto none;
+    Py_ssize_t cnt = 0;
+    for (const char *q = buf, *qe = buf + len; (q = memchr(q, dch, qe - q)) != NULL; q++)
+        cnt++;
+    if (cnt != npairs + ndel)
+        goto none;
+    Py_DECREF(event_id);
+    Py_ssize_t pl = PyUnicode_GET_LENGTH(pre), rl = PyUnicode_GET_LENGTH(rest);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, pl + 24 + rl + (Py_ssize_t)len);
+    if (out) {
+        char *o = PyBytes_AS_STRING(out);
+        memcpy(o, PyUnicode_1BYTE_DATA(pre), pl);
+        memcpy(o + pl, stamp, 23);
+        o[pl + 23] = 'Z';
+        memcpy(o + pl + 24, PyUnicode_1BYTE_DATA(rest), rl);
+        memcpy(o + pl + 24 + rl, buf, len);
+    }
+    return out;
+none:
+    Py_DECREF(event_id);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(event_id);
+    return NULL;
+}
+
+/* ---- one message through the lane: 1 staged, 0 not covered (nothing done: the object path
+ * does it), -1 error after its routes were counted, as sb_event fails */
+static int lane_event(PyObject *raw, PyObject *rx_app, lane_batch *lb, PyObject *routes, Py_ssize_t nr,
+                      long long *rcount, long long *unrouted, unsigned long long *mkeys, PyObject **mvals, int *nm,
+                      int *mnext, PyObject *for_mask)
+{
+    lane_ev le;
+    le.host = le.app = le.msgid = le.status = NULL;
+    int r = lane_read((const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), rx_app, &le);
+    if (r <= 0) {
+        if (r < 0)
+            PyErr_Clear();          /* the object path meets it again and does what it does */
+        lane_release(&le);
+        return 0;
+    }
+    unsigned long long mask = 0;
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        PyObject *rt = PyTuple_GET_ITEM(routes, i);
+        int t = lane_eval(PyTuple_GET_ITEM(rt, 2), lb, &le);
+        if (t < 0) {
+            PyErr_Clear();
+            lane_release(&le);
+            return 0;
+        }
+        if (t) {
+            mask |= 1ULL << i;
+            if (PyTuple_GET_ITEM(rt, 1) == Py_True)
+                break;
+        }
+    }
+    if (!mask) {
+        lane_release(&le);
+        (*unrouted)++;
+        return 1;
+    }
+    PyObject *payload = NULL;
+    PyObject *entry = sb_entry(mask, mkeys, mvals, nm, mnext, for_mask);
+    if (entry) {
+        PyObject *single = PyTuple_GET_ITEM(entry, 2);
+        if (single == Py_None || PyTuple_GET_ITEM(single, 4) == Py_None) {
+            lane_release(&le);
+            return 0;
+        }
+        payload = lane_leef(lb, &le, PyTuple_GET_ITEM(single, 4));
+        if (!payload || payload == Py_None) {
+            PyErr_Clear();
+            Py_XDECREF(payload);
+            lane_release(&le);
+            return 0;
+        }
+    }
+    lane_release(&le);
+    for (Py_ssize_t i = 0; i < nr; i++)
+        if (mask >> i & 1)
+            rcount[i]++;
+    if (!entry)
+        return -1;
+    PyObject *single = PyTuple_GET_ITEM(entry, 2);
+    int rc = PyList_Append(PyTuple_GET_ITEM(single, 1), payload);
+    Py_DECREF(payload);
+    if (rc < 0 || PyList_Append(PyTuple_GET_ITEM(single, 2), PyTuple_GET_ITEM(entry, 1)) < 0)
+        return -1;
+    return 1;
+}
+
 static PyObject *py_stage_batch(PyObject *self, PyObject *args)
 {
     PyObject *items, *received, *source, *fallback, *plan;
@@ -2263,6 +3222,16 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
         if (!PyTuple_CheckExact(rt) || PyTuple_GET_SIZE(rt) != 3 || !PyBool_Check(PyTuple_GET_ITEM(rt, 1)))
             return PyErr_Format(PyExc_TypeError, "stage_batch: routes[%zd] must be (match, final, program)", i);
     }
+    /* the lane (see lane_event) for this batch: strict parsing, every route a program it evaluates */
+    int lane_on = !lenient && rx_small_canonical && is_ascii_str(rx_app) && is_ascii_str(rx_sd_id);
+    PyObject *lane_names[] = {rx_p_id, rx_p_risk, rx_p_status, rx_p_actor, rx_p_actor_type, rx_p_entity,
+                              rx_p_alarm, rx_p_sigma, rx_p_threat, rx_p_related};
+    for (size_t k = 0; k < sizeof lane_names / sizeof *lane_names && lane_on; k++)
+        lane_on = is_ascii_str(lane_names[k]);
+    for (Py_ssize_t i = 0; i < nr && lane_on; i++)
+        lane_on = lane_prog_ok(PyTuple_GET_ITEM(PyTuple_GET_ITEM(routes, i), 2), 0);
+    lane_batch lb;
+    memset(&lb, 0, sizeof lb);
     long long rcount[SB_ROUTES] = {0}, unrouted = 0;
     unsigned long long mkeys[SB_MASKS];
     PyObject *mvals[SB_MASKS] = {NULL};
@@ -2281,6 +3250,20 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
         }
         PyObject *raw = PyTuple_GET_ITEM(item, 0), *peer = PyTuple_GET_ITEM(item, 1);
         int r = 0;
+        if (lane_on && run_ev && SLOT(run_ev, S_FORMAT) == format_value && PyBytes_CheckExact(raw)) {
+            r = lane_event(raw, rx_app, &lb, routes, nr, rcount, &unrouted, mkeys, mvals, &nm, &mnext, for_mask);
+            if (r != 0) {       /* one more of the run, as the object path counts it first */
+                Py_DECREF(item);
+                run_n++;
+                lb.taken++;
+                if (r < 0) {
+                    failed = 1;
+                    break;
+                }
+                continue;
+            }
+            lb.declined++;
+        }
         if (!lenient && PyBytes_CheckExact(raw))
             r = parse_frame(raw, (const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw),
                             received, peer, source, &ev);
@@ -2358,6 +3341,11 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
     }
     for (int j = 0; j < nm; j++)
         Py_XDECREF(mvals[j]);
+    for (int k = 0; k < 7; k++)
+        Py_XDECREF(lb.hkey[k]);
+    Py_XDECREF(lb.hhit);
+    lane_taken_total += lb.taken;
+    lane_declined_total += lb.declined;
     if (failed) {
         if (cfail)
             PyErr_Clear();
@@ -2367,6 +3355,11 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
     if (cfail)
         return NULL;
     Py_RETURN_NONE;
+}
+
+static PyObject *py_lane_stats(PyObject *self, PyObject *noargs)
+{
+    return Py_BuildValue("(nn)", lane_taken_total, lane_declined_total);
 }
 
 static PyMethodDef methods[] = {
@@ -2392,6 +3385,8 @@ static PyMethodDef methods[] = {
     {"rule_eval", py_rule_eval, METH_VARARGS, "rule_eval(program, ev) -> bool: relay.rules' program on ev"},
     {"stage_batch", py_stage_batch, METH_VARARGS,
      "stage_batch(items, received, source, fallback, lenient, plan) -> None: relay.pipeline's stage_rows"},
+    {"lane_stats", py_lane_stats, METH_NOARGS,
+     "lane_stats() -> (taken, declined): messages stage_batch's lane staged, and those it handed to the object path"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {
