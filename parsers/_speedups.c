@@ -2280,23 +2280,32 @@ typedef struct {
     char scratch[2048];
 } lane_ev;
 
-/* what a field name resolves to, remembered per batch by the key's address */
+/* what a field name resolves to, remembered per batch by the key's address (open addressing) */
 typedef struct { PyObject *key; int fid; int xid; PyObject *tpl; } lane_key;
-#define LANE_KEYS 64
+#define LANE_KEYS 128
+#define LANE_HEADS 16
+/* the SD params the lane reads, in the order of lane_pnames() */
+enum { P_ID, P_RISK, P_STATUS, P_ACTOR, P_ACTOR_TYPE, P_ENTITY, P_ALARM, P_SIGMA, P_THREAT, P_RELATED, P_N };
 typedef struct {
     lane_key keys[LANE_KEYS];
     int nkeys;
-    PyObject *hkey[7], *hhit;          /* the last LEEF header looked up, and its entry */
+    PyObject *hkey[LANE_HEADS][7], *hhit[LANE_HEADS];  /* LEEF headers looked up, and their entries */
+    const char *pname[P_N];            /* the params' names (ASCII), and whether rx_used has each */
+    Py_ssize_t plen[P_N];
+    int pused[P_N];
     Py_ssize_t taken, declined;
 } lane_batch;
+
+static inline size_t lane_addr_hash(const void *p) { return (size_t)(((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ULL >> 40); }
 
 static Py_ssize_t lane_taken_total, lane_declined_total;
 
 static int lane_resolve(lane_batch *lb, PyObject *key, lane_key *out)
 {
-    for (int k = 0; k < lb->nkeys; k++)
-        if (lb->keys[k].key == key) {
-            *out = lb->keys[k];
+    size_t h = lane_addr_hash(key) & (LANE_KEYS - 1);
+    for (lane_key *s = &lb->keys[h]; s->key; s = &lb->keys[h = (h + 1) & (LANE_KEYS - 1)])
+        if (s->key == key) {
+            *out = *s;
             return 1;
         }
     if (!PyUnicode_CheckExact(key))
@@ -2316,8 +2325,10 @@ static int lane_resolve(lane_batch *lb, PyObject *key, lane_key *out)
         PyErr_Clear();
         return 0;
     }
-    if (lb->nkeys < LANE_KEYS)
-        lb->keys[lb->nkeys++] = e;
+    if (lb->nkeys < LANE_KEYS * 3 / 4) {      /* h: the free slot the probe ended on */
+        lb->keys[h] = e;
+        lb->nkeys++;
+    }
     *out = e;
     return 1;
 }
@@ -2506,18 +2517,21 @@ static int lane_eval(PyObject *node, lane_batch *lb, const lane_ev *le)
 }
 
 /* ---- the frame: parse_frame's grammar, the covered shape only */
-static int lane_param(const unsigned char *p, const Py_ssize_t *ps, int np, PyObject *name, Py_ssize_t *v0,
-                      Py_ssize_t *vn)
+/* the batch's param names (rx_configure's, ASCII) and whether rx_used holds each: 1, or 0
+ * when one is not an ASCII str (no lane), -1 error */
+static int lane_pnames(lane_batch *lb)
 {
-    Py_ssize_t nl = PyUnicode_GET_LENGTH(name);
-    const char *nd = (const char *)PyUnicode_1BYTE_DATA(name);
-    for (int k = 0; k < np; k++)
-        if (ps[4 * k + 1] == nl && memcmp(p + ps[4 * k], nd, nl) == 0) {
-            *v0 = ps[4 * k + 2];
-            *vn = ps[4 * k + 3];
-            return 1;
-        }
-    return 0;
+    PyObject *names[P_N] = {rx_p_id, rx_p_risk, rx_p_status, rx_p_actor, rx_p_actor_type, rx_p_entity, rx_p_alarm,
+                            rx_p_sigma, rx_p_threat, rx_p_related};
+    for (int k = 0; k < P_N; k++) {
+        if (!is_ascii_str(names[k]))
+            return 0;
+        lb->pname[k] = (const char *)PyUnicode_1BYTE_DATA(names[k]);
+        lb->plen[k] = PyUnicode_GET_LENGTH(names[k]);
+        if ((lb->pused[k] = PySet_Contains(rx_used, names[k])) < 0)
+            return -1;
+    }
+    return 1;
 }
 
 /* rx_small on a value's bytes (the canonical table): the value, -1 not one */
@@ -2534,12 +2548,11 @@ static long lane_small(const unsigned char *d, Py_ssize_t n)
     return v;
 }
 
-#define LANE_PARAMS 16
 #define LANE_BODY 16
 
 /* 1 read and normalised into *le, 0 not covered, -1 error.  On 1 and 0 alike the caller
  * releases le's references (lane_release). */
-static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, lane_ev *le)
+static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, const lane_batch *lb, lane_ev *le)
 {
     Py_ssize_t i;
     /* PRI VERSION */
@@ -2612,13 +2625,15 @@ static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, lan
     Py_ssize_t sl = PyUnicode_GET_LENGTH(rx_sd_id);
     if (k - s0 != sl || k >= j || p[k] != ' ' || memcmp(p + s0, PyUnicode_1BYTE_DATA(rx_sd_id), sl) != 0)
         return 0;
-    Py_ssize_t ps[4 * LANE_PARAMS];
-    int np = 0, ok = 0;
+    Py_ssize_t pv0[P_N], pvn[P_N];     /* each param's value, pvn -1 when absent */
+    for (int m = 0; m < P_N; m++)
+        pvn[m] = -1;
+    int ok = 0;
     while (k < j && p[k] == ' ') {
         Py_ssize_t n0 = ++k;
         while (k < j && is_name(p[k]))
             k++;
-        if (k == n0 || k - n0 > 32 || k + 1 >= j || p[k] != '=' || p[k + 1] != '"' || np == LANE_PARAMS)
+        if (k == n0 || k - n0 > 32 || k + 1 >= j || p[k] != '=' || p[k + 1] != '"')
             return 0;
         Py_ssize_t q0 = k + 2;
         const unsigned char *q = memchr(p + q0, '"', j - q0);
@@ -2628,18 +2643,15 @@ static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, lan
         for (Py_ssize_t c = q0; c < q1; c++)      /* rx_normalise_impl takes ASCII values only */
             if (p[c] & 0x80)
                 return 0;
-        for (int m = 0; m < np; m++)               /* a repeated PARAM-NAME: parse_frame falls back */
-            if (ps[4 * m + 1] == k - n0 && memcmp(p + ps[4 * m], p + n0, k - n0) == 0)
-                return 0;
-        ps[4 * np] = n0; ps[4 * np + 1] = k - n0; ps[4 * np + 2] = q0; ps[4 * np + 3] = q1 - q0;
-        PyObject *name = cached_str((const char *)p + n0, k - n0);
-        if (!name)
-            return -1;
-        int in = PySet_Contains(rx_used, name);
-        Py_DECREF(name);
-        if (in <= 0)
-            return in;
-        np++;
+        /* one of the params the normaliser reads, each once (a repeated PARAM-NAME: parse_frame
+           falls back) and in rx_used; any other name: the object path */
+        int m = 0;
+        while (m < P_N && !(lb->plen[m] == k - n0 && memcmp(lb->pname[m], p + n0, k - n0) == 0))
+            m++;
+        if (m == P_N || !lb->pused[m] || pvn[m] >= 0)
+            return 0;
+        pv0[m] = q0;
+        pvn[m] = q1 - q0;
         k = q1 + 1;
         if (k == j) {
             ok = 1;
@@ -2747,31 +2759,26 @@ static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, lan
                 return 0;
     }
     /* rx_normalise_impl's checks and fields */
-    Py_ssize_t id0, idn, r0, rn, a0 = 0, an = 0, e0 = 0, en = 0, st0 = 0, stn = 0;
-    if (!lane_param(p, ps, np, rx_p_id, &id0, &idn))
+    if (pvn[P_ID] < 0 || pvn[P_ACTOR_TYPE] >= 0 || pvn[P_RELATED] >= 0 || pvn[P_RISK] < 0)
         return 0;
-    if (lane_param(p, ps, np, rx_p_actor_type, &r0, &rn) || lane_param(p, ps, np, rx_p_related, &r0, &rn))
-        return 0;
-    if (!lane_param(p, ps, np, rx_p_risk, &r0, &rn))
-        return 0;
-    long score = lane_small(p + r0, rn);
+    Py_ssize_t id0 = pv0[P_ID], idn = pvn[P_ID];
+    long score = lane_small(p + pv0[P_RISK], pvn[P_RISK]);
     if (score < 0)
         return 0;
     if (score > 100)
         score = 100;
     long counts[3];
-    PyObject *count_params[3] = {rx_p_alarm, rx_p_sigma, rx_p_threat};
     for (int c = 0; c < 3; c++) {
-        Py_ssize_t c0, cn;
         counts[c] = -1;
-        if (lane_param(p, ps, np, count_params[c], &c0, &cn) && (counts[c] = lane_small(p + c0, cn)) < 0)
+        if (pvn[P_ALARM + c] >= 0 && (counts[c] = lane_small(p + pv0[P_ALARM + c], pvn[P_ALARM + c])) < 0)
             return 0;
     }
-    int has_actor = lane_param(p, ps, np, rx_p_actor, &a0, &an);
+    int has_actor = pvn[P_ACTOR] >= 0, has_entity = pvn[P_ENTITY] >= 0, has_status = pvn[P_STATUS] >= 0;
+    Py_ssize_t a0 = has_actor ? pv0[P_ACTOR] : 0, an = has_actor ? pvn[P_ACTOR] : 0;
+    Py_ssize_t e0 = has_entity ? pv0[P_ENTITY] : 0, en = has_entity ? pvn[P_ENTITY] : 0;
+    Py_ssize_t st0 = has_status ? pv0[P_STATUS] : 0, stn = has_status ? pvn[P_STATUS] : 0;
     if (has_actor && ((an && is_digit(p[a0])) || memchr(p + a0, ':', an)))
         return 0;
-    int has_entity = lane_param(p, ps, np, rx_p_entity, &e0, &en);
-    int has_status = lane_param(p, ps, np, rx_p_status, &st0, &stn);
     if (b_id0 >= 0 && (b_idn != idn || memcmp(b + b_id0, p + id0, idn) != 0))
         return 0;
     if (b_has_score) {
@@ -3053,9 +3060,11 @@ static PyObject *lane_leef(lane_batch *lb, const lane_ev *le, PyObject *spec)
     if (!fac)
         goto error;
     PyObject *kv[7] = {fac, band, host, app, msgid, profile, event_id};
-    int same = lb->hhit != NULL;
+    size_t hs = (lane_addr_hash(host) ^ lane_addr_hash(msgid) ^ lane_addr_hash(event_id) ^ (size_t)(le->pri >> 3)
+                 ^ lane_addr_hash(band)) & (LANE_HEADS - 1);
+    int same = lb->hhit[hs] != NULL;
     for (int k = 0; k < 7 && same; k++)
-        same = lb->hkey[k] == kv[k];
+        same = lb->hkey[hs][k] == kv[k];
     if (!same) {
         PyObject *key = PyTuple_Pack(7, fac, band, host, app, msgid, profile, event_id);
         if (!key) {
@@ -3071,11 +3080,11 @@ static PyObject *lane_leef(lane_batch *lb, const lane_ev *le, PyObject *spec)
             goto none;
         }
         for (int k = 0; k < 7; k++)
-            Py_XSETREF(lb->hkey[k], Py_NewRef(kv[k]));
-        Py_XSETREF(lb->hhit, Py_NewRef(hit));
+            Py_XSETREF(lb->hkey[hs][k], Py_NewRef(kv[k]));
+        Py_XSETREF(lb->hhit[hs], Py_NewRef(hit));
     }
     Py_DECREF(fac);
-    PyObject *hit = lb->hhit;
+    PyObject *hit = lb->hhit[hs];
     if (!PyTuple_Check(hit) || PyTuple_GET_SIZE(hit) != 3 || !PyLong_CheckExact(PyTuple_GET_ITEM(hit, 2))
         || PyLong_AsLong(PyTuple_GET_ITEM(hit, 2)) != 0)
         goto none;
@@ -3137,7 +3146,7 @@ static int lane_event(PyObject *raw, PyObject *rx_app, lane_batch *lb, PyObject 
 {
     lane_ev le;
     le.host = le.app = le.msgid = le.status = NULL;
-    int r = lane_read((const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), rx_app, &le);
+    int r = lane_read((const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), rx_app, lb, &le);
     if (r <= 0) {
         if (r < 0)
             PyErr_Clear();          /* the object path meets it again and does what it does */
@@ -3223,15 +3232,13 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
             return PyErr_Format(PyExc_TypeError, "stage_batch: routes[%zd] must be (match, final, program)", i);
     }
     /* the lane (see lane_event) for this batch: strict parsing, every route a program it evaluates */
-    int lane_on = !lenient && rx_small_canonical && is_ascii_str(rx_app) && is_ascii_str(rx_sd_id);
-    PyObject *lane_names[] = {rx_p_id, rx_p_risk, rx_p_status, rx_p_actor, rx_p_actor_type, rx_p_entity,
-                              rx_p_alarm, rx_p_sigma, rx_p_threat, rx_p_related};
-    for (size_t k = 0; k < sizeof lane_names / sizeof *lane_names && lane_on; k++)
-        lane_on = is_ascii_str(lane_names[k]);
-    for (Py_ssize_t i = 0; i < nr && lane_on; i++)
-        lane_on = lane_prog_ok(PyTuple_GET_ITEM(PyTuple_GET_ITEM(routes, i), 2), 0);
     lane_batch lb;
     memset(&lb, 0, sizeof lb);
+    int lane_on = !lenient && rx_small_canonical && is_ascii_str(rx_app) && is_ascii_str(rx_sd_id);
+    if (lane_on && (lane_on = lane_pnames(&lb)) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nr && lane_on; i++)
+        lane_on = lane_prog_ok(PyTuple_GET_ITEM(PyTuple_GET_ITEM(routes, i), 2), 0);
     long long rcount[SB_ROUTES] = {0}, unrouted = 0;
     unsigned long long mkeys[SB_MASKS];
     PyObject *mvals[SB_MASKS] = {NULL};
@@ -3341,9 +3348,11 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
     }
     for (int j = 0; j < nm; j++)
         Py_XDECREF(mvals[j]);
-    for (int k = 0; k < 7; k++)
-        Py_XDECREF(lb.hkey[k]);
-    Py_XDECREF(lb.hhit);
+    for (int j = 0; j < LANE_HEADS; j++) {
+        for (int k = 0; k < 7; k++)
+            Py_XDECREF(lb.hkey[j][k]);
+        Py_XDECREF(lb.hhit[j]);
+    }
     lane_taken_total += lb.taken;
     lane_declined_total += lb.declined;
     if (failed) {
