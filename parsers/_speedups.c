@@ -2283,12 +2283,24 @@ typedef struct {
 /* what a field name resolves to, remembered per batch by the key's address (open addressing) */
 typedef struct { PyObject *key; int fid; int xid; PyObject *tpl; } lane_key;
 #define LANE_KEYS 128
-#define LANE_HEADS 16
+#define LANE_HEADS 64
 /* the SD params the lane reads, in the order of lane_pnames() */
 enum { P_ID, P_RISK, P_STATUS, P_ACTOR, P_ACTOR_TYPE, P_ENTITY, P_ALARM, P_SIGMA, P_THREAT, P_RELATED, P_N };
+/* a LEEF plan's pairs table ((prefixes, names), common or extra), its names resolved once */
+#define LANE_TAB_MAX 48
+#define LANE_TABS 4
+typedef struct {
+    PyObject *tab;                     /* a strong reference, released with the batch */
+    int extra, n, bad;
+    lane_key key[LANE_TAB_MAX];
+    const char *pp[LANE_TAB_MAX];      /* each prefix (ASCII) */
+    Py_ssize_t pl[LANE_TAB_MAX];
+} lane_tab;
 typedef struct {
     lane_key keys[LANE_KEYS];
     int nkeys;
+    lane_tab tabs[LANE_TABS];
+    int ntabs, nexttab;
     PyObject *hkey[LANE_HEADS][7], *hhit[LANE_HEADS];  /* LEEF headers looked up, and their entries */
     const char *pname[P_N];            /* the params' names (ASCII), and whether rx_used has each */
     Py_ssize_t plen[P_N];
@@ -2333,21 +2345,27 @@ static int lane_resolve(lane_batch *lb, PyObject *key, lane_key *out)
     return 1;
 }
 
+/* fields[name] of a resolved name */
+static inline void lane_val(const lane_key *e, const lane_ev *le, lval *v)
+{
+    if (e->fid >= 0 && le->f[e->fid].kind != LV_ABSENT) {
+        *v = le->f[e->fid];
+        return;
+    }
+    v->kind = LV_ABSENT;
+    if (e->tpl) {
+        v->kind = e->tpl == Py_None ? LV_NONE : LV_OBJ;
+        v->o = e->tpl;
+    }
+}
+
 /* fields[key] as the normalised event has it; 0 when the key cannot be told */
 static int lane_get(lane_batch *lb, const lane_ev *le, PyObject *key, lval *v)
 {
     lane_key e;
     if (!lane_resolve(lb, key, &e))
         return 0;
-    if (e.fid >= 0 && le->f[e.fid].kind != LV_ABSENT) {
-        *v = le->f[e.fid];
-        return 1;
-    }
-    v->kind = LV_ABSENT;
-    if (e.tpl) {
-        v->kind = e.tpl == Py_None ? LV_NONE : LV_OBJ;
-        v->o = e.tpl;
-    }
+    lane_val(&e, le, v);
     return 1;
 }
 
@@ -2889,24 +2907,52 @@ static int lane_some(const lval *v)
     return 1;
 }
 
+/* the batch's compiled table of tab (NULL: a table the lane does not take) */
+static const lane_tab *lane_tab_of(lane_batch *lb, PyObject *tab, int extra)
+{
+    for (int t = 0; t < lb->ntabs; t++)
+        if (lb->tabs[t].tab == tab && lb->tabs[t].extra == extra)
+            return lb->tabs[t].bad ? NULL : &lb->tabs[t];
+    int t = lb->ntabs < LANE_TABS ? lb->ntabs++ : (lb->nexttab++ % LANE_TABS);
+    lane_tab *c = &lb->tabs[t];
+    Py_XSETREF(c->tab, Py_NewRef(tab));
+    c->extra = extra;
+    c->bad = 1;
+    c->n = 0;
+    if (!PyTuple_Check(tab) || PyTuple_GET_SIZE(tab) != 2)
+        return NULL;
+    PyObject *prefixes = PyTuple_GET_ITEM(tab, 0), *names = PyTuple_GET_ITEM(tab, 1);
+    if (!PyTuple_Check(prefixes) || !PyTuple_Check(names) || PyTuple_GET_SIZE(prefixes) != PyTuple_GET_SIZE(names)
+        || PyTuple_GET_SIZE(names) > LANE_TAB_MAX)
+        return NULL;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
+        PyObject *prefix = PyTuple_GET_ITEM(prefixes, k);
+        if (!lane_resolve(lb, PyTuple_GET_ITEM(names, k), &c->key[k]) || !is_ascii_str(prefix))
+            return NULL;     /* a prefix the object path may never write (its value absent): declined all the same */
+        c->pp[k] = (const char *)PyUnicode_1BYTE_DATA(prefix);
+        c->pl[k] = PyUnicode_GET_LENGTH(prefix);
+    }
+    c->n = (int)PyTuple_GET_SIZE(names);
+    c->bad = 0;
+    return c;
+}
+
 static int lane_pairs(char *buf, size_t cap, size_t *len, char dch, PyObject *tab, lane_batch *lb, const lane_ev *le,
                       int extra, Py_ssize_t *n)
 {
-    if (!PyTuple_Check(tab) || PyTuple_GET_SIZE(tab) != 2)
+    const lane_tab *c = lane_tab_of(lb, tab, extra);
+    if (!c)
         return 0;
-    PyObject *prefixes = PyTuple_GET_ITEM(tab, 0), *names = PyTuple_GET_ITEM(tab, 1);
-    if (!PyTuple_Check(prefixes) || !PyTuple_Check(names) || PyTuple_GET_SIZE(prefixes) != PyTuple_GET_SIZE(names))
-        return 0;
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(names); k++) {
+    for (int k = 0; k < c->n; k++) {
         lval v;
-        PyObject *name = PyTuple_GET_ITEM(names, k);
-        if (!(extra ? lane_xget(lb, le, name, &v) : lane_get(lb, le, name, &v)))
-            return 0;
+        if (extra) {
+            if (c->key[k].xid < 0)
+                continue;
+            v = le->x[c->key[k].xid];
+        } else
+            lane_val(&c->key[k], le, &v);
         if (v.kind == LV_ABSENT || v.kind == LV_NONE)
             continue;
-        PyObject *prefix = PyTuple_GET_ITEM(prefixes, k);
-        if (!is_ascii_str(prefix))
-            return 0;
         const char *sp;
         Py_ssize_t sn;
         char nb[24];
@@ -2930,11 +2976,11 @@ static int lane_pairs(char *buf, size_t cap, size_t *len, char dch, PyObject *ta
             sn = put_long(nb, lv);
         } else
             return 0;
-        Py_ssize_t pl = PyUnicode_GET_LENGTH(prefix);
+        Py_ssize_t pl = c->pl[k];
         if (*len + 1 + pl + sn > cap)
             return 0;
         buf[(*len)++] = dch;
-        memcpy(buf + *len, PyUnicode_1BYTE_DATA(prefix), pl);
+        memcpy(buf + *len, c->pp[k], pl);
         *len += pl;
         memcpy(buf + *len, sp, sn);
         *len += sn;
@@ -3353,6 +3399,8 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
             Py_XDECREF(lb.hkey[j][k]);
         Py_XDECREF(lb.hhit[j]);
     }
+    for (int t = 0; t < lb.ntabs; t++)
+        Py_XDECREF(lb.tabs[t].tab);
     lane_taken_total += lb.taken;
     lane_declined_total += lb.declined;
     if (failed) {
