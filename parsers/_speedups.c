@@ -3253,9 +3253,16 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
 {
     PyObject *items, *received, *source, *fallback, *plan;
     int lenient;
-    if (!PyArg_ParseTuple(args, "O!OOOpO!", &PyList_Type, &items, &received, &source, &fallback, &lenient,
-                          &PyTuple_Type, &plan))
+    if (!PyArg_ParseTuple(args, "OOOOpO!", &items, &received, &source, &fallback, &lenient, &PyTuple_Type, &plan))
         return NULL;
+    /* items: [(raw, peer), ...], or (peer, [raw, ...]) for one sender's messages (a TCP read) */
+    PyObject *one_peer = NULL, *frames = items;
+    if (PyTuple_CheckExact(items) && PyTuple_GET_SIZE(items) == 2
+        && (PyList_CheckExact(PyTuple_GET_ITEM(items, 1)) || PyTuple_CheckExact(PyTuple_GET_ITEM(items, 1)))) {
+        one_peer = PyTuple_GET_ITEM(items, 0);
+        frames = PyTuple_GET_ITEM(items, 1);
+    } else if (!PyList_CheckExact(items))
+        return PyErr_Format(PyExc_TypeError, "stage_batch: items must be a list of (raw, peer) pairs or (peer, [raw])");
     if (!event_type || !rx_ready)
         return PyErr_Format(PyExc_RuntimeError, "configure() and rx_configure() first");
     if (!k_vendor3 && !(k_vendor3 = PyUnicode_InternFromString("vendor")))
@@ -3291,17 +3298,21 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
     int nm = 0, mnext = 0, failed = 0;
     PyObject *run_ev = NULL;           /* the first event of the current run of counted events */
     Py_ssize_t run_n = 0;
-    Py_ssize_t n = PyList_GET_SIZE(items);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);     /* a list or a tuple (checked) */
     for (Py_ssize_t k = 0; k < n && !failed; k++) {
-        PyObject *item = Py_NewRef(PyList_GET_ITEM(items, k));
-        PyObject *ev = NULL;
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-            Py_DECREF(item);
-            PyErr_Format(PyExc_TypeError, "items[%zd]: a (raw, peer) pair expected", k);
-            failed = 1;
-            break;
+        /* the item is held: a callback may change the list */
+        PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(frames, k));
+        PyObject *ev = NULL, *raw = item, *peer = one_peer;
+        if (!one_peer) {
+            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+                Py_DECREF(item);
+                PyErr_Format(PyExc_TypeError, "items[%zd]: a (raw, peer) pair expected", k);
+                failed = 1;
+                break;
+            }
+            raw = PyTuple_GET_ITEM(item, 0);
+            peer = PyTuple_GET_ITEM(item, 1);
         }
-        PyObject *raw = PyTuple_GET_ITEM(item, 0), *peer = PyTuple_GET_ITEM(item, 1);
         int r = 0;
         if (lane_on && run_ev && SLOT(run_ev, S_FORMAT) == format_value && PyBytes_CheckExact(raw)) {
             r = lane_event(raw, rx_app, &lb, routes, nr, rcount, &unrouted, mkeys, mvals, &nm, &mnext, for_mask);

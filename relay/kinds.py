@@ -57,7 +57,8 @@ class SourceKind:
     it) and stores them on the :class:`relay.config.SourceConfig` (its listener fields, or
     ``options``).  ``factory(source_config, ingest, registry)`` builds the
     :class:`relay.sources.Source`; ``ingest`` is where it hands over what it receives: raw
-    messages (``ingest.handle(items, source_config, received)``) or events that are already
+    messages (``ingest.handle(items, source_config, received)``: ``(message, peer)`` pairs, or a
+    ``relay.pipeline.OneSender`` for one peer's messages) or events that are already
     normalised (``await ingest.submit(events, source_config)``).
     """
 

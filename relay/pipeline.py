@@ -59,6 +59,41 @@ _RX_APP = _RX_DEFAULT.app_name       # parsers.normalise's first test (the C nor
 
 log = logging.getLogger("relay.pipeline")
 
+
+class OneSender:
+    """A listener batch whose messages all come from one peer (a TCP connection's read): the
+    frames and the peer once, where a list of ``(frame, peer)`` pairs would make a pair per
+    message.  It counts, slices and iterates as those pairs; the native stage and the ingest
+    workers' hand-over take it as it is."""
+    __slots__ = ("peer", "frames")
+
+    def __init__(self, peer, frames: list) -> None:
+        self.peer = peer
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self):
+        peer = self.peer
+        return ((f, peer) for f in self.frames)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return OneSender(self.peer, self.frames[k])
+        return self.frames[k], self.peer
+
+    def __reduce__(self):
+        return OneSender, (self.peer, self.frames)
+
+    def __repr__(self) -> str:
+        return f"OneSender({self.peer!r}, {len(self.frames)} frames)"
+
+
+def as_pairs(items) -> list:
+    """A listener batch as a list of ``(frame, peer)`` pairs."""
+    return list(items) if type(items) is OneSender else items
+
 __all__ = ["Pipeline", "GroupCommitter", "DEAD_META", "Backpressure", "DecodeFailed", "decode_body", "STAGE_SLICE"]
 
 #: :meth:`Pipeline.submit` yields to the event loop after staging this many events.
@@ -183,7 +218,7 @@ class Pipeline:
         """A listener batch of ``(raw, peer)`` pairs -> normalised Events, in order: what
         :meth:`parse` does for each, with the parse of the whole batch in one call
         (:func:`parsers.native.parse_items`: the native accelerator when it is active)."""
-        evs = _parse_items(items, source.lenient, received, source.name)
+        evs = _parse_items(as_pairs(items), source.lenient, received, source.name)
         count = self._count
         for ev in evs:
             count(source, ev)
@@ -261,7 +296,8 @@ class Pipeline:
         plan = (_normalise, _RX_APP, FORMAT_RAW, count_run, lambda ev: self.stage_into((ev,), rows, dead),
                 self._native_routes, for_mask, multi, dead_letter, done)
         try:
-            _stage_batch(items, received, name, fallback, lenient, plan)
+            _stage_batch((items.peer, items.frames) if type(items) is OneSender else items, received, name, fallback,
+                         lenient, plan)
         finally:
             for s in [s for s, b in rows.items() if not b[0]]:    # a sink whose only events were refused
                 del rows[s]

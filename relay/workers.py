@@ -43,6 +43,7 @@ from .queue import pack_rows
 from .queue.packing import encode_metas
 
 from .metrics import REGISTRY
+from .pipeline import OneSender
 
 log = logging.getLogger("relay.workers")
 
@@ -314,13 +315,15 @@ class WorkerPool:
             part.error, part.done = f"ingest worker {w.wid} is not running", True
             return
         w.inflight[part.bid] = part
-        if tag == "batch" and items:
-            # one sender (a TCP connection's read, most UDP reads): the frames and their peer
-            # once (_WorkerState.process unpacks them); splitting and pickling them takes 0.14
-            # us per message here, pickling the (frame, peer) pairs 0.38
+        if type(items) is OneSender:
+            items = (items.peer, items.frames)      # a TCP read: the frames and their peer once
+        elif tag == "batch" and items:
+            # one sender (most UDP reads): the frames and their peer once (_WorkerState.process
+            # takes them as a OneSender); splitting and pickling them takes 0.14 us per message
+            # here, pickling the (frame, peer) pairs 0.38
             frames, peers = zip(*items)
             if len(set(peers)) == 1:
-                items = (peers[0], frames)
+                items = (peers[0], list(frames))
         try:
             w.conn.send((tag, part.bid, source.name, received, items))
         except (OSError, EOFError, BrokenPipeError):
@@ -515,8 +518,7 @@ class _WorkerState:
                 error, count = self._body(items, src, received, rows, dead)
             else:
                 if type(items) is tuple:        # (peer, frames): one sender (WorkerPool._send)
-                    peer, frames = items
-                    items = [(f, peer) for f in frames]
+                    items = OneSender(*items)
                 try:
                     stage_rows(items, src, received, rows, dead)
                 except Exception as e:  # a bug must not take the batch down silently

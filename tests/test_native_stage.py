@@ -339,8 +339,12 @@ sinks = ["leefx"]
 """
     _, taken, declined = _lane_counts(lambda: _both(monkeypatch, tmp_path, text, msgs, sources=("tcp",), batch=1000))
     # every message but each batch's first (an Event: the run's count reads it) and the first
-    # of each LEEF header (the Python renderer fills the cache the lane reads)
-    assert taken >= 3800, (taken, declined)
+    # of each LEEF header (the Python renderer fills the cache the lane reads); under
+    # RELAY_PURE=1 the renderer has no native LEEF line and keeps no such cache: no lane
+    if native.leef_line is None:
+        assert taken == 0, (taken, declined)
+    else:
+        assert taken >= 3800, (taken, declined)
 
 
 def test_the_lane_on_near_misses_is_the_object_path(monkeypatch, tmp_path):
@@ -350,7 +354,7 @@ def test_the_lane_on_near_misses_is_the_object_path(monkeypatch, tmp_path):
     text = differential.SOURCES + differential.SINKS + ROUTES_LANE
     _, taken, declined = _lane_counts(lambda: _both(monkeypatch, tmp_path, text, msgs, sources=("tcp", "lenient"),
                                                     batch=53))
-    assert taken > 500 and declined > 500, (taken, declined)
+    assert (taken > 500 or native.leef_line is None) and declined > 500, (taken, declined)
 
 
 def test_the_lane_is_off_for_rules_it_cannot_evaluate(monkeypatch, tmp_path):
@@ -368,6 +372,43 @@ def test_the_lane_is_off_for_rules_it_cannot_evaluate(monkeypatch, tmp_path):
 def test_generated_batches_through_the_lane_identical(monkeypatch, tmp_path, msgs):
     _both(monkeypatch, tmp_path, differential.SOURCES + differential.SINKS + ROUTES_LANE, msgs, sources=("tcp",),
           batch=6)
+
+
+def test_one_sender_batches_stage_as_their_pairs(monkeypatch, tmp_path):
+    """A TCP read's batch (relay.pipeline.OneSender: the peer once) gives the rows, dead
+    letters and counters of the same messages as (frame, peer) pairs, native and Python."""
+    import pickle
+    from relay import pipeline
+    from relay.config import loads
+    from relay.metrics import REGISTRY
+    from relay.pipeline import OneSender
+    monkeypatch.setattr(pipeline, "_stage_batch", MOD.stage_batch)
+    monkeypatch.setenv("DIFF_XSOAR_KEY", "k" * 32)
+    cfg = loads(differential.SOURCES + differential.SINKS + ROUTES_LANE, base_dir=tmp_path)
+    msgs = _lane_corpus(400, seed=7) + differential.corpus(60)
+    peer = "10.9.8.7:601"
+    one = OneSender(peer, msgs)
+    assert len(one) == len(msgs) and list(one[3:5]) == [(msgs[3], peer), (msgs[4], peer)]
+    back = pickle.loads(pickle.dumps(one))
+    assert type(back) is OneSender and back.peer == peer and back.frames == msgs
+    out = []
+    for native_on in (True, False):
+        for batch_of in (lambda b: OneSender(peer, b), lambda b: [(m, peer) for m in b]):
+            p = pipeline.Pipeline(cfg, committers={})
+            if not native_on:
+                p._native_routes = None
+            before = REGISTRY.counters_snapshot()
+            recs = []
+            for src in ("tcp", "lenient"):
+                for k in range(0, len(msgs), 61):
+                    rows, dead = {}, {}
+                    p.stage_rows(batch_of(msgs[k:k + 61]), cfg.sources[src], RECEIVED, rows, dead)
+                    recs.append((rows, {s: [(x, orjson.dumps(m), r) for x, m, r in d] for s, d in dead.items()}))
+            after = REGISTRY.counters_snapshot()
+            out.append((recs, {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}))
+    assert out[0] == out[1] == out[2] == out[3]
+    with pytest.raises(TypeError):
+        MOD.stage_batch(("p", "not a list"), 0.0, "s", None, False, (None,) * 10)
 
 
 def test_many_routes_use_the_python_stage(tmp_path, monkeypatch):

@@ -6,6 +6,10 @@ ingest workers in front of it): raw messages in batches::
 
     fut = ingest.handle(items, source_cfg, received)   # items: [(message bytes, "ip:port"), ...]
 
+or, for messages that all come from one peer (a TCP read), ``relay.pipeline.OneSender(peer,
+frames)``: the peer once instead of a pair per message (it counts, slices and iterates as the
+pairs; the native stage and the workers' hand-over take it as it is)
+
 or events it has already normalised (the pull sources)::
 
     n = await ingest.submit(events, source_cfg)        # returns once they are durably queued

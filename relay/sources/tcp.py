@@ -40,6 +40,7 @@ from parsers.framing import Deframer
 from parsers.proxyproto import ProxyError, decode as decode_proxy
 
 from .. import kinds
+from ..pipeline import OneSender
 from .base import Source, bind_error, log
 
 # Bytes per read from a plain TCP connection (asyncio reads 256 KiB by default).  A
@@ -269,7 +270,7 @@ class _Conn(asyncio.Protocol):
         src._received.value += n
         peer = self.peer
         try:
-            fut = src.pipeline.handle([(f, peer) for f in frames], src.cfg, time.time())
+            fut = src.pipeline.handle(OneSender(peer, frames), src.cfg, time.time())
         except Exception as e:
             self._fail(e, n)
             return
