@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -296,7 +298,7 @@ def _native_diff(data: bytes) -> None:
                      render.Renderer(render.RenderOptions(format="cef"))) for _ in range(2)])
     fast, pure, differences, mod, renderers = _native
     items = [(ln, "10.0.0.1:514") for ln in data.split(b"\n")]
-    _native_stage(mod, items)
+    _native_stage(mod, items, data)
     # the sinks' framing of packed rows: the input as one buffer, a payload per line and its LF
     from formats import syslog
     offs = [0]
@@ -397,8 +399,34 @@ sinks = ["cef"]
 '''
 _stage = None
 
+#: the SD params and body values of the benchmark's message that _lane_variants rewrites
+_LANE_SLOTS = [re.compile(p) for p in (
+    rb'(actor=")[^"]*(")', rb'(entity=")[^"]*(")', rb'(status=")[^"]*(")', rb'(risk_score=")[^"]*(")',
+    rb'(alarm_count=")[^"]*(")', rb'( id=")[^"]*(")', rb'(threat_case_count=")[^"]*(")',
+    rb'("incident_id":")[^"]*(")', rb'("risk_score":)\d+()', rb'^(<)\d+(>)', rb'( )created( \[)',
+    rb'( )rx-\d+( )', rb'(\.)\d{3}(Z)')]
 
-def _native_stage(mod, items: list) -> None:
+
+def _lane_variants(data: bytes) -> list[bytes]:
+    """The benchmark's message with one to three of its values replaced by pieces of the input:
+    the lane's shape, near misses and all, driven by the fuzz input (random mutations of whole
+    lines seldom leave a message the lane takes).  A clean message first opens the run."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    from bench_e2e import message
+    rng = random.Random(data)
+    pieces = [p.replace(b'"', b"")[:40] for p in re.split(rb"[ \n]+", data)][:64] or [b""]
+    out = [message(7, True).rstrip("\n").encode()]
+    for _ in range(6):
+        m = message(rng.randrange(10 ** 6), rng.random() < 0.6).rstrip("\n").encode()
+        for _ in range(rng.randrange(1, 4)):
+            piece = rng.choice(pieces)
+            m = rng.choice(_LANE_SLOTS).sub(lambda mo: mo.group(1) + piece + mo.group(2), m, count=1)
+        out.append(m)
+    return out
+
+
+def _native_stage(mod, items: list, data: bytes = b"") -> None:
     """The native stage (``stage_batch``) against ``parse_batch`` + ``stage_into`` on one batch:
     the same rows (payloads, encoded metadata) and dead letters for every sink.  Twice: with
     routes that call the rules' closures, and with routes the lane evaluates, the batch given
@@ -424,7 +452,10 @@ def _native_stage(mod, items: list) -> None:
     pipeline._stage_batch = mod.stage_batch
     try:
         for k, (src, on, off) in enumerate(_stage):
-            batch = items if k == 0 else [it for it in items if it[0]] * 2     # no empty line ends the run
+            # the lane: the lines twice (no empty line ends the run), then variants of the
+            # benchmark's message made from the input
+            batch = items if k == 0 else ([it for it in items if it[0]] * 2
+                                          + [(m, "10.0.0.2:514") for m in _lane_variants(data)])
             outs = []
             for p in (on, off):
                 rows, dead = {}, {}
