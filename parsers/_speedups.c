@@ -171,29 +171,56 @@ static PyObject *ascii_obj(const unsigned char *p, Py_ssize_t len)
 
 #define SET(ev, s, v) (*(PyObject **)((char *)(ev) + slot_off[s]) = (v))
 
-/* 1: parsed (*out = new Event), 0: fall back, -1: error (exception set) */
-static int parse_frame(PyObject *raw, const unsigned char *p, Py_ssize_t n, PyObject *received,
-                       PyObject *peer, PyObject *source, PyObject **out)
+/* "<PRI>VERSION " at the start of p: PRI 0-191 without a leading zero, VERSION 1-3 digits
+ * not starting with 0; -> the offset after the space (*pri, *ver set), 0 when not */
+static Py_ssize_t pri_version(const unsigned char *p, Py_ssize_t n, int *pri_, int *ver_)
 {
-    Py_ssize_t i = 0;
-    PyObject *o[S_COUNT] = {0};
-    int rc = 0;
-    /* ---- PRI */
     if (n < 4 || p[0] != '<')
         return 0;
-    i = 1;
+    Py_ssize_t i = 1;
     int pri = 0, nd = 0;
     while (i < n && is_digit(p[i]) && nd < 4) { pri = pri * 10 + (p[i] - '0'); i++; nd++; }
     if (nd == 0 || nd > 3 || i >= n || p[i] != '>' || (nd > 1 && p[1] == '0') || pri > 191)
         return 0;
     i++;
-    /* ---- VERSION */
-    int ver = 0; nd = 0;
+    int ver = 0;
+    nd = 0;
     Py_ssize_t v0 = i;
     while (i < n && is_digit(p[i]) && nd < 4) { ver = ver * 10 + (p[i] - '0'); i++; nd++; }
     if (nd == 0 || nd > 3 || p[v0] == '0' || i >= n || p[i] != ' ')
         return 0;
-    i++;
+    *pri_ = pri;
+    *ver_ = ver;
+    return i + 1;
+}
+
+/* HOSTNAME APP-NAME PROCID MSGID from p[i]: each field's start and length; -> the offset
+ * after them, 0 when one is not a field */
+static Py_ssize_t header_four(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *fs, Py_ssize_t *fl)
+{
+    static const Py_ssize_t lim[4] = {255, 48, 128, 32};
+    for (int f = 0; f < 4; f++) {
+        Py_ssize_t l = field(p, n, i, lim[f]);
+        if (l < 0)
+            return 0;
+        fs[f] = i;
+        fl[f] = l;
+        i += l + 1;
+    }
+    return i;
+}
+
+/* 1: parsed (*out = new Event), 0: fall back, -1: error (exception set) */
+static int parse_frame(PyObject *raw, const unsigned char *p, Py_ssize_t n, PyObject *received,
+                       PyObject *peer, PyObject *source, PyObject **out)
+{
+    PyObject *o[S_COUNT] = {0};
+    int rc = 0;
+    /* ---- PRI VERSION */
+    int pri, ver;
+    Py_ssize_t i = pri_version(p, n, &pri, &ver);
+    if (!i)
+        return 0;
     /* ---- TIMESTAMP */
     Py_ssize_t ts0 = i, tslen;
     double time_unix = 0.0;
@@ -261,16 +288,9 @@ static int parse_frame(PyObject *raw, const unsigned char *p, Py_ssize_t n, PyOb
         i++;
     }
     /* ---- HOSTNAME APP-NAME PROCID MSGID */
-    static const Py_ssize_t lim[4] = {255, 48, 128, 32};
     Py_ssize_t fs[4], fl[4];
-    for (int f = 0; f < 4; f++) {
-        Py_ssize_t l = field(p, n, i, lim[f]);
-        if (l < 0)
-            return 0;
-        fs[f] = i;
-        fl[f] = l;
-        i += l + 1;
-    }
+    if (!(i = header_four(p, n, i, fs, fl)))
+        return 0;
     /* ---- STRUCTURED-DATA */
     PyObject *sd = NULL;
     if (i >= n)
@@ -1404,6 +1424,32 @@ static PyObject *band_of(PyObject *f, PyObject *bands, PyObject **value)
  * from the sink or the event, every text ASCII without CR, LF, NUL or a stray delimiter.  It
  * reads and changes nothing; None means the Python code does it all (and fills the cache).
  * ------------------------------------------------------------------------------------------ */
+/* The end of a LEEF line: the attributes in buf (len bytes) must hold no CR, LF or NUL and
+ * the delimiter exactly `expect` times (where it was put); then pre + the stamp + 'Z' + rest +
+ * buf as bytes.  None (a new reference) when not, NULL on error. */
+static PyObject *leef_finish(const char *buf, size_t len, char dch, Py_ssize_t expect, PyObject *pre,
+                             const char *stamp, PyObject *rest)
+{
+    if (memchr(buf, '\n', len) || memchr(buf, '\r', len) || memchr(buf, 0, len))
+        Py_RETURN_NONE;
+    Py_ssize_t cnt = 0;
+    for (const char *q = buf, *end = buf + len; (q = memchr(q, dch, end - q)) != NULL; q++)
+        cnt++;
+    if (cnt != expect)
+        Py_RETURN_NONE;
+    Py_ssize_t pl = PyUnicode_GET_LENGTH(pre), rl = PyUnicode_GET_LENGTH(rest);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, pl + 24 + rl + (Py_ssize_t)len);
+    if (out) {
+        char *o = PyBytes_AS_STRING(out);
+        memcpy(o, PyUnicode_1BYTE_DATA(pre), pl);
+        memcpy(o + pl, stamp, 23);
+        o[pl + 23] = 'Z';
+        memcpy(o + pl + 24, PyUnicode_1BYTE_DATA(rest), rl);
+        memcpy(o + pl + 24 + rl, buf, len);
+    }
+    return out;
+}
+
 /* leef_line's work (argument types checked by the caller): bytes, None (not covered) or NULL */
 static PyObject *leef_line_impl(PyObject *ev, PyObject *f, PyObject *plan, PyObject *lheads, PyObject *profile,
                                 PyObject *eid_field, PyObject *hostopt, PyObject *appopt)
@@ -1490,27 +1536,9 @@ static PyObject *leef_line_impl(PyObject *ev, PyObject *f, PyObject *plan, PyObj
         return NULL;
     if (pr == 0)
         Py_RETURN_NONE;
-    /* no CR, LF or NUL, and the delimiter exactly where it was put */
-    if (memchr(buf, '\n', len) || memchr(buf, '\r', len) || memchr(buf, 0, len))
-        Py_RETURN_NONE;
-    Py_ssize_t cnt = 0;
-    for (const char *q = buf, *end = buf + len; (q = memchr(q, dch, end - q)) != NULL; q++)
-        cnt++;
-    if (cnt != n + nd)
-        Py_RETURN_NONE;
 #undef PUT
 #undef PUTS
-    Py_ssize_t pl = PyUnicode_GET_LENGTH(pre), rl = PyUnicode_GET_LENGTH(rest);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, pl + 24 + rl + (Py_ssize_t)len);
-    if (out) {
-        char *o = PyBytes_AS_STRING(out);
-        memcpy(o, PyUnicode_1BYTE_DATA(pre), pl);
-        memcpy(o + pl, stamp, 23);
-        o[pl + 23] = 'Z';
-        memcpy(o + pl + 24, PyUnicode_1BYTE_DATA(rest), rl);
-        memcpy(o + pl + 24 + rl, buf, len);
-    }
-    return out;
+    return leef_finish(buf, len, dch, n + nd, pre, stamp, rest);
 }
 
 static PyObject *py_leef_line(PyObject *self, PyObject *args)
@@ -2572,22 +2600,11 @@ static long lane_small(const unsigned char *d, Py_ssize_t n)
  * releases le's references (lane_release). */
 static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, const lane_batch *lb, lane_ev *le)
 {
-    Py_ssize_t i;
     /* PRI VERSION */
-    if (n < 4 || p[0] != '<')
+    int pri, ver;
+    Py_ssize_t i = pri_version(p, n, &pri, &ver);
+    if (!i)
         return 0;
-    i = 1;
-    int pri = 0, nd = 0;
-    while (i < n && is_digit(p[i]) && nd < 4) { pri = pri * 10 + (p[i] - '0'); i++; nd++; }
-    if (nd == 0 || nd > 3 || i >= n || p[i] != '>' || (nd > 1 && p[1] == '0') || pri > 191)
-        return 0;
-    i++;
-    nd = 0;
-    Py_ssize_t v0 = i;
-    while (i < n && is_digit(p[i]) && nd < 4) { i++; nd++; }
-    if (nd == 0 || nd > 3 || p[v0] == '0' || i >= n || p[i] != ' ')
-        return 0;
-    i++;
     /* TIMESTAMP: yyyy-mm-ddThh:mm:ss.mmmZ only (rx_normalise_impl's) */
     const unsigned char *t = p + i;
     if (n - i < 25 || t[24] != ' ' || t[23] != 'Z' || t[19] != '.' || t[10] != 'T')
@@ -2609,16 +2626,9 @@ static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, con
     le->ts = t;
     i += 25;
     /* HOSTNAME APP-NAME PROCID MSGID */
-    static const Py_ssize_t lim[4] = {255, 48, 128, 32};
     Py_ssize_t fs[4], fl[4];
-    for (int f = 0; f < 4; f++) {
-        Py_ssize_t l = field(p, n, i, lim[f]);
-        if (l < 0)
-            return 0;
-        fs[f] = i;
-        fl[f] = l;
-        i += l + 1;
-    }
+    if (!(i = header_four(p, n, i, fs, fl)))
+        return 0;
     /* APP-NAME is rx_app's, MSGID an ASCII one without capitals (the event type as it is) */
     Py_ssize_t al = PyUnicode_GET_LENGTH(rx_app);
     if (fl[1] != al || memcmp(p + fs[1], PyUnicode_1BYTE_DATA(rx_app), al) != 0)
@@ -3157,25 +3167,8 @@ static PyObject *lane_leef(lane_batch *lb, const lane_ev *le, PyObject *spec)
     if (!lane_pairs(buf, sizeof buf, &len, dch, common, lb, le, 0, &npairs)
         || (use_extra && !lane_pairs(buf, sizeof buf, &len, dch, extra_keys, lb, le, 1, &npairs)))
         goto none;
-    if (memchr(buf, '\n', len) || memchr(buf, '\r', len) || memchr(buf, 0, len))
-        goto none;
-    Py_ssize_t cnt = 0;
-    for (const char *q = buf, *qe = buf + len; (q = memchr(q, dch, qe - q)) != NULL; q++)
-        cnt++;
-    if (cnt != npairs + ndel)
-        goto none;
     Py_DECREF(event_id);
-    Py_ssize_t pl = PyUnicode_GET_LENGTH(pre), rl = PyUnicode_GET_LENGTH(rest);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, pl + 24 + rl + (Py_ssize_t)len);
-    if (out) {
-        char *o = PyBytes_AS_STRING(out);
-        memcpy(o, PyUnicode_1BYTE_DATA(pre), pl);
-        memcpy(o + pl, stamp, 23);
-        o[pl + 23] = 'Z';
-        memcpy(o + pl + 24, PyUnicode_1BYTE_DATA(rest), rl);
-        memcpy(o + pl + 24 + rl, buf, len);
-    }
-    return out;
+    return leef_finish(buf, len, dch, npairs + ndel, pre, stamp, rest);
 none:
     Py_DECREF(event_id);
     Py_RETURN_NONE;
