@@ -613,6 +613,21 @@ static PyObject *rx_configure(PyObject *self, PyObject *ctx)
 /* a str that is ASCII (1), anything else (0) */
 static inline int is_ascii_str(PyObject *o) { return o && PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o); }
 
+/* a key of the canonical _SMALL_INT ("0", or 1 to 3 digits without a leading zero) as bytes:
+ * its value, -1 when not one */
+static long small_digits(const unsigned char *d, Py_ssize_t n)
+{
+    if (n < 1 || n > 3 || (n > 1 && d[0] == '0'))
+        return -1;
+    long v = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (!is_digit(d[k]))
+            return -1;
+        v = v * 10 + (d[k] - '0');
+    }
+    return v;
+}
+
 /* a small int of _SMALL_INT for an SD value, or -1 (absent: -2) */
 static long rx_small(PyObject *params, PyObject *name, int *absent)
 {
@@ -623,20 +638,9 @@ static long rx_small(PyObject *params, PyObject *name, int *absent)
         return PyErr_Occurred() ? -2 : -1;
     }
     if (rx_small_canonical) {
-        /* the keys of _SMALL_INT: "0", or 1 to 3 digits without a leading zero */
         if (!PyUnicode_CheckExact(raw) || !PyUnicode_IS_ASCII(raw))
             return -1;
-        Py_ssize_t n = PyUnicode_GET_LENGTH(raw);
-        const unsigned char *d = PyUnicode_1BYTE_DATA(raw);
-        if (n < 1 || n > 3 || (n > 1 && d[0] == '0'))
-            return -1;
-        long v = 0;
-        for (Py_ssize_t k = 0; k < n; k++) {
-            if (!is_digit(d[k]))
-                return -1;
-            v = v * 10 + (d[k] - '0');
-        }
-        return v;
+        return small_digits(PyUnicode_1BYTE_DATA(raw), PyUnicode_GET_LENGTH(raw));
     }
     PyObject *n = PyDict_GetItemWithError(rx_small_int, raw);
     if (!n || !PyLong_CheckExact(n))
@@ -2580,20 +2584,6 @@ static int lane_pnames(lane_batch *lb)
     return 1;
 }
 
-/* rx_small on a value's bytes (the canonical table): the value, -1 not one */
-static long lane_small(const unsigned char *d, Py_ssize_t n)
-{
-    if (n < 1 || n > 3 || (n > 1 && d[0] == '0'))
-        return -1;
-    long v = 0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        if (!is_digit(d[k]))
-            return -1;
-        v = v * 10 + (d[k] - '0');
-    }
-    return v;
-}
-
 #define LANE_BODY 16
 
 /* 1 read and normalised into *le, 0 not covered, -1 error.  On 1 and 0 alike the caller
@@ -2790,7 +2780,7 @@ static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, con
     if (pvn[P_ID] < 0 || pvn[P_ACTOR_TYPE] >= 0 || pvn[P_RELATED] >= 0 || pvn[P_RISK] < 0)
         return 0;
     Py_ssize_t id0 = pv0[P_ID], idn = pvn[P_ID];
-    long score = lane_small(p + pv0[P_RISK], pvn[P_RISK]);
+    long score = small_digits(p + pv0[P_RISK], pvn[P_RISK]);
     if (score < 0)
         return 0;
     if (score > 100)
@@ -2798,7 +2788,7 @@ static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, con
     long counts[3];
     for (int c = 0; c < 3; c++) {
         counts[c] = -1;
-        if (pvn[P_ALARM + c] >= 0 && (counts[c] = lane_small(p + pv0[P_ALARM + c], pvn[P_ALARM + c])) < 0)
+        if (pvn[P_ALARM + c] >= 0 && (counts[c] = small_digits(p + pv0[P_ALARM + c], pvn[P_ALARM + c])) < 0)
             return 0;
     }
     int has_actor = pvn[P_ACTOR] >= 0, has_entity = pvn[P_ENTITY] >= 0, has_status = pvn[P_STATUS] >= 0;
