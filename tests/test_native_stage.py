@@ -361,7 +361,7 @@ def test_the_lane_is_off_for_rules_it_cannot_evaluate(monkeypatch, tmp_path):
     from bench_e2e import message
     msgs = [message(i, True).rstrip("\n").encode() for i in range(300)]
     for rule in ('risk_score >= 70 and user contains "o"', 'risk_score exists', 'sd.incident@32473.risk_score == "70"',
-                 'procid == "1001"'):
+                 'procid == "1001"', 'risk_score >= 70 and status != "closed"', 'msgid in ["created"]'):
         text = differential.SOURCES + differential.SINKS + f"[routes.r]\nmatch = '{rule}'\nsinks = [\"leef\"]\n"
         _, taken, declined = _lane_counts(lambda: _both(monkeypatch, tmp_path, text, msgs, sources=("tcp",), batch=100))
         assert taken == declined == 0, rule
