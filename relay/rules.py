@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from operator import attrgetter, eq, ge, gt, le, lt
+from operator import attrgetter, eq, ge, gt, le, lt, ne
 
 __all__ = [
     "Rule", "RuleSyntaxError", "compile_rule", "explain", "eval_errors",
@@ -784,6 +784,16 @@ def _leaf(cmp: _Cmp, errs: list):
                     return False
         return leaf
 
+    if op == "!=" and operand.value is not None and operand.value is not True and operand.value is not False:
+        # != with a string or a number takes the fast form below: a value of the literal's
+        # exact type compares with operator.ne, any other with the negated test (None and a
+        # missing field: false, as for every negated comparison)
+        eq_test = test
+
+        def ne_test(v):
+            return v is not None and not eq_test(v)
+        test, negate = ne_test, False
+
     if negate:
         def leaf(ev):
             try:
@@ -795,13 +805,13 @@ def _leaf(cmp: _Cmp, errs: list):
                 return False
         return leaf
 
-    # Fast paths for == and ordering, the bulk of real rules: when the value
+    # Fast paths for ==, != and ordering, the bulk of real rules: when the value
     # has the literal's exact type (str for a string literal; int or float for
     # a number) the comparison is one C call; anything else goes to the full
     # test with its coercions.
-    lit = operand.value if op in ("==", "<", "<=", ">", ">=") else None
+    lit = operand.value if op in ("==", "!=", "<", "<=", ">", ">=") else None
     if lit is not None and lit is not True and lit is not False:
-        cmp_ = eq if op == "==" else _ORDER[op]
+        cmp_ = eq if op == "==" else ne if op == "!=" else _ORDER[op]
         k1, k2 = (str, str) if lit.__class__ is str else (int, float)
         if p.kind == "bare" and len(p.segs) == 1:
             # the bare-name getter inlined: fields, then enrich
@@ -1040,14 +1050,14 @@ P_CONST, P_AND, P_OR, P_NOT, P_CALL, P_CMP = range(6)
 #: getters of P_CMP: (G_BARE, key): fields then enrich, as a bare name; (G_ATTR, name): an
 #: Event attribute (a header field); (G_CALL, get): the path's own getter
 G_BARE, G_ATTR, G_CALL = range(3)
-_RICH = {eq: 2, lt: 0, le: 1, gt: 4, ge: 5}     # Py_EQ, Py_LT, Py_LE, Py_GT, Py_GE
+_RICH = {eq: 2, ne: 3, lt: 0, le: 1, gt: 4, ge: 5}     # Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE
 _NO_CONST = object()
 
 
 def _program(node, leaf_of: dict, errs: list) -> tuple:
     """The compiled rule ``node`` as nested tuples with the same result, the same short
     circuits and the same error counts as the closures of :func:`_build`: a comparison with a
-    fast form (``leaf._fast``: ``==`` or an ordering on one path) is a P_CMP node the native code
+    fast form (``leaf._fast``: ``==``, ``!=`` or an ordering on one path) is a P_CMP node the native code
     evaluates (its own compare when the value has the literal's exact type, ``test(v)`` in
     Python otherwise, ``errs``/``gerr`` counted on an exception as the leaf does; ``if_none``
     is ``test(None)`` computed once, or ``_NO_CONST``); any other comparison is its closure,

@@ -361,10 +361,22 @@ def test_the_lane_is_off_for_rules_it_cannot_evaluate(monkeypatch, tmp_path):
     from bench_e2e import message
     msgs = [message(i, True).rstrip("\n").encode() for i in range(300)]
     for rule in ('risk_score >= 70 and user contains "o"', 'risk_score exists', 'sd.incident@32473.risk_score == "70"',
-                 'procid == "1001"', 'risk_score >= 70 and status != "closed"', 'msgid in ["created"]'):
+                 'procid == "1001"', 'msgid in ["created"]', 'user != true'):
         text = differential.SOURCES + differential.SINKS + f"[routes.r]\nmatch = '{rule}'\nsinks = [\"leef\"]\n"
         _, taken, declined = _lane_counts(lambda: _both(monkeypatch, tmp_path, text, msgs, sources=("tcp",), batch=100))
         assert taken == declined == 0, rule
+
+
+def test_the_lane_takes_not_equal(monkeypatch, tmp_path):
+    """!= on a string or a number is a comparison the lane evaluates (relay.rules: its fast
+    form, operator.ne), missing fields and other types included."""
+    msgs = _lane_corpus(1500, seed=11)
+    rules = ('risk_score >= 70 and status != "closed"', 'user != "jdoe" and risk_score != 77',
+             'tactic != "x" or risk_score != 70')
+    for rule in rules:
+        text = differential.SOURCES + differential.SINKS + f"[routes.r]\nmatch = '{rule}'\nsinks = [\"leef\"]\n"
+        _, taken, declined = _lane_counts(lambda: _both(monkeypatch, tmp_path, text, msgs, sources=("tcp",), batch=100))
+        assert taken > 300 or native.leef_line is None, (rule, taken, declined)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
