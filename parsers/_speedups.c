@@ -720,6 +720,68 @@ static inline Py_ssize_t json_plain_str(const unsigned char *p, Py_ssize_t i, Py
     }
     return -1;
 }
+/* one member `"key": value` of a flat JSON object at p[i], the value a plain string or an
+ * integer of at most 18 digits (< 10**18: no overflow); -> the offset after the value, -1 for
+ * any other shape */
+typedef struct { Py_ssize_t k0, kl, s0, sl; int is_str; long long x; } json_member;
+static Py_ssize_t json_read_member(const unsigned char *p, Py_ssize_t i, Py_ssize_t n, json_member *m)
+{
+    if (i >= n || p[i] != '"')
+        return -1;
+    Py_ssize_t ke = json_plain_str(p, i, n);
+    if (ke < 0)
+        return -1;
+    m->k0 = i + 1;
+    m->kl = ke - 1 - m->k0;
+    i = json_ws(p, ke, n);
+    if (i >= n || p[i] != ':')
+        return -1;
+    i = json_ws(p, i + 1, n);
+    if (i >= n)
+        return -1;
+    if (p[i] == '"') {
+        Py_ssize_t ve = json_plain_str(p, i, n);
+        if (ve < 0)
+            return -1;
+        m->is_str = 1;
+        m->s0 = i + 1;
+        m->sl = ve - 1 - m->s0;
+        return ve;
+    }
+    Py_ssize_t j = i;
+    int neg = p[j] == '-';
+    if (neg)
+        j++;
+    Py_ssize_t d0 = j;
+    long long x = 0;
+    while (j < n && is_digit(p[j]) && j - d0 < 18) {
+        x = x * 10 + (p[j] - '0');
+        j++;
+    }
+    Py_ssize_t nd = j - d0;
+    if (nd == 0 || nd > 18 || (nd > 1 && p[d0] == '0')
+        || (j < n && (is_digit(p[j]) || p[j] == '.' || p[j] == 'e' || p[j] == 'E')))
+        return -1;
+    m->is_str = 0;
+    m->x = neg ? -x : x;
+    return j;
+}
+
+/* after a member at p[*i]: ',' (1, *i at the next member), '}' (0, *i after it), else -1 */
+static int json_next(const unsigned char *p, Py_ssize_t *i, Py_ssize_t n)
+{
+    Py_ssize_t k = json_ws(p, *i, n);
+    if (k < n && p[k] == ',') {
+        *i = json_ws(p, k + 1, n);
+        return 1;
+    }
+    if (k < n && p[k] == '}') {
+        *i = k + 1;
+        return 0;
+    }
+    return -1;
+}
+
 static PyObject *flat_json(PyObject *s)
 {
     if (!PyUnicode_IS_ASCII(s))
@@ -738,47 +800,13 @@ static PyObject *flat_json(PyObject *s)
         goto end;
     }
     for (;;) {
-        if (i >= n || p[i] != '"')
+        json_member m;
+        if ((i = json_read_member(p, i, n, &m)) < 0)
             goto fail;
-        Py_ssize_t ke = json_plain_str(p, i, n);
-        if (ke < 0)
+        PyObject *v = m.is_str ? new_ascii(p + m.s0, m.sl) : PyLong_FromLongLong(m.x);
+        if (!v)
             goto fail;
-        Py_ssize_t k0 = i + 1, kl = ke - 1 - k0;
-        i = json_ws(p, ke, n);
-        if (i >= n || p[i] != ':')
-            goto fail;
-        i = json_ws(p, i + 1, n);
-        if (i >= n)
-            goto fail;
-        PyObject *v;
-        if (p[i] == '"') {
-            Py_ssize_t ve = json_plain_str(p, i, n);
-            if (ve < 0)
-                goto fail;
-            if (!(v = new_ascii(p + i + 1, ve - 1 - (i + 1))))
-                goto fail;
-            i = ve;
-        } else {
-            Py_ssize_t j = i;
-            int neg = p[j] == '-';
-            if (neg)
-                j++;
-            Py_ssize_t d0 = j;
-            long long x = 0;
-            while (j < n && is_digit(p[j]) && j - d0 < 18) {       /* < 10**18: no overflow */
-                x = x * 10 + (p[j] - '0');
-                j++;
-            }
-            Py_ssize_t nd = j - d0;
-            if (nd == 0 || nd > 18 || (nd > 1 && p[d0] == '0')
-                || (j < n && (is_digit(p[j]) || p[j] == '.' || p[j] == 'e' || p[j] == 'E')))
-                goto fail;
-            v = PyLong_FromLongLong(neg ? -x : x);
-            if (!v)
-                goto fail;
-            i = j;
-        }
-        PyObject *key = cached_str((const char *)p + k0, kl);
+        PyObject *key = cached_str((const char *)p + m.k0, m.kl);
         Py_ssize_t before = PyDict_GET_SIZE(d);
         int r = key ? PyDict_SetItem(d, key, v) : -1;
         Py_XDECREF(key);
@@ -787,16 +815,11 @@ static PyObject *flat_json(PyObject *s)
             goto fail;
         if (PyDict_GET_SIZE(d) == before)      /* a repeated key: orjson's rules */
             goto fail;
-        i = json_ws(p, i, n);
-        if (i < n && p[i] == ',') {
-            i = json_ws(p, i + 1, n);
-            continue;
-        }
-        if (i < n && p[i] == '}') {
-            i++;
+        int more = json_next(p, &i, n);
+        if (more < 0)
+            goto fail;
+        if (!more)
             break;
-        }
-        goto fail;
     }
 end:
     if (json_ws(p, i, n) == n)
@@ -2693,45 +2716,10 @@ static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, con
             q++;
         else
             for (;;) {
-                if (q >= bn || b[q] != '"')
+                json_member jm;
+                if ((q = json_read_member(b, q, bn, &jm)) < 0)
                     return 0;
-                Py_ssize_t ke = json_plain_str(b, q, bn);
-                if (ke < 0)
-                    return 0;
-                Py_ssize_t k0 = q + 1, kl = ke - 1 - k0;
-                q = json_ws(b, ke, bn);
-                if (q >= bn || b[q] != ':')
-                    return 0;
-                q = json_ws(b, q + 1, bn);
-                if (q >= bn)
-                    return 0;
-                int is_str = b[q] == '"';
-                Py_ssize_t s0_ = q + 1, sn_ = 0;
-                long long x = 0;
-                if (is_str) {
-                    Py_ssize_t ve = json_plain_str(b, q, bn);
-                    if (ve < 0)
-                        return 0;
-                    sn_ = ve - 1 - s0_;
-                    q = ve;
-                } else {
-                    Py_ssize_t jj = q;
-                    int neg = b[jj] == '-';
-                    if (neg)
-                        jj++;
-                    Py_ssize_t d0 = jj;
-                    while (jj < bn && is_digit(b[jj]) && jj - d0 < 18) {
-                        x = x * 10 + (b[jj] - '0');
-                        jj++;
-                    }
-                    Py_ssize_t ndig = jj - d0;
-                    if (ndig == 0 || ndig > 18 || (ndig > 1 && b[d0] == '0')
-                        || (jj < bn && (is_digit(b[jj]) || b[jj] == '.' || b[jj] == 'e' || b[jj] == 'E')))
-                        return 0;
-                    if (neg)
-                        x = -x;
-                    q = jj;
-                }
+                Py_ssize_t k0 = jm.k0, kl = jm.kl;
                 if (nb == LANE_BODY)
                     return 0;
                 for (int m = 0; m < nb; m++)       /* a repeated key: orjson decides */
@@ -2749,26 +2737,21 @@ static int lane_read(const unsigned char *p, Py_ssize_t n, PyObject *rx_app, con
                 if (in <= 0)
                     return in;
                 if (is_id) {
-                    if (!is_str)
+                    if (!jm.is_str)
                         return 0;
-                    b_id0 = s0_;
-                    b_idn = sn_;
+                    b_id0 = jm.s0;
+                    b_idn = jm.sl;
                 } else if (is_score) {
-                    if (is_str)
+                    if (jm.is_str)
                         return 0;
                     b_has_score = 1;
-                    b_score = x;
+                    b_score = jm.x;
                 }
-                q = json_ws(b, q, bn);
-                if (q < bn && b[q] == ',') {
-                    q = json_ws(b, q + 1, bn);
-                    continue;
-                }
-                if (q < bn && b[q] == '}') {
-                    q++;
+                int more = json_next(b, &q, bn);
+                if (more < 0)
+                    return 0;
+                if (!more)
                     break;
-                }
-                return 0;
             }
         if (json_ws(b, q, bn) != bn)
             return 0;

@@ -315,15 +315,13 @@ class WorkerPool:
             part.error, part.done = f"ingest worker {w.wid} is not running", True
             return
         w.inflight[part.bid] = part
-        if type(items) is OneSender:
-            items = (items.peer, items.frames)      # a TCP read: the frames and their peer once
-        elif tag == "batch" and items:
-            # one sender (most UDP reads): the frames and their peer once (_WorkerState.process
-            # takes them as a OneSender); splitting and pickling them takes 0.14 us per message
+        if tag == "batch" and type(items) is list and items:
+            # pairs from one sender (most UDP reads) go as a OneSender, as a TCP read comes: the
+            # frames and their peer once; splitting and pickling them takes 0.14 us per message
             # here, pickling the (frame, peer) pairs 0.38
             frames, peers = zip(*items)
             if len(set(peers)) == 1:
-                items = (peers[0], list(frames))
+                items = OneSender(peers[0], list(frames))
         try:
             w.conn.send((tag, part.bid, source.name, received, items))
         except (OSError, EOFError, BrokenPipeError):
@@ -517,8 +515,6 @@ class _WorkerState:
             if tag == "body":
                 error, count = self._body(items, src, received, rows, dead)
             else:
-                if type(items) is tuple:        # (peer, frames): one sender (WorkerPool._send)
-                    items = OneSender(*items)
                 try:
                     stage_rows(items, src, received, rows, dead)
                 except Exception as e:  # a bug must not take the batch down silently
