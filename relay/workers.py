@@ -204,6 +204,7 @@ class WorkerPool:
                 if c is not None:
                     for payload, meta, reason in items:
                         c.submit_dead(payload, meta, reason)
+            part.rows = part.dead = None    # the committers hold them now (see _settle)
             if g.left == 0:
                 self._settle(g)
 
@@ -240,6 +241,9 @@ class WorkerPool:
         def release(exc: BaseException | None) -> None:
             for p in g.parts:
                 p.worker.pending_items -= p.n
+            # a part and its group refer to each other: break the cycle now, or every settled
+            # hand-over waits for a full collection of the cyclic GC (rarer here, relay/gctune.py)
+            g.parts.clear()
             if exc is not None:
                 self._fail(g, exc)
             elif not g.fut.done():
