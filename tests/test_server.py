@@ -207,6 +207,36 @@ def _worker_pids(relay_pid: int) -> list[int]:
     return out
 
 
+def test_recv_object_reads_what_a_pipe_end_sends():
+    """relay.workers.recv_object (the main process's reader of the workers' replies) reads the
+    multiprocessing wire format: small and large messages in order, EOFError at a clean end,
+    OSError for a message cut short (a worker killed mid-write)."""
+    import multiprocessing as mp
+    import struct
+    import threading
+
+    import pytest
+
+    from relay.workers import recv_object
+    a, b = mp.Pipe(duplex=True)
+    msgs = [("ready", 0, 1), ("done", [(1, {"s": [(3, os.urandom(3 << 20), b"m" * 70000, None, 9)]}, {}, None, 0)],
+                              None), ("counters", {"x": 1})]
+    t = threading.Thread(target=lambda: [b.send(m) for m in msgs])   # 3 MiB: larger than the socket buffer
+    t.start()
+    assert [recv_object(a) for _ in msgs] == msgs
+    t.join()
+    b.close()
+    with pytest.raises(EOFError):
+        recv_object(a)
+    a.close()
+    a, b = mp.Pipe(duplex=True)
+    os.write(b.fileno(), struct.pack("!i", 100) + b"x" * 10)
+    b.close()
+    with pytest.raises(OSError, match="end of file during message"):
+        recv_object(a)
+    a.close()
+
+
 def test_worker_hand_overs_are_freed_without_the_cyclic_collector(tmp_path):
     """A hand-over to the workers (its group, its parts and the rows they rendered, ~600 bytes
     a message) is freed by reference counting once committed.  A part and its group refer to
