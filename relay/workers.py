@@ -69,12 +69,13 @@ def _read_into(fd: int, view: memoryview) -> None:
 
 
 def recv_object(conn):
-    """``conn.recv()`` (a :func:`multiprocessing.Pipe` end, same wire format) with one copy
-    fewer.  Connection.recv reads a message in socket-buffer-sized chunks, each a new bytes
+    """``conn.recv()`` (a :func:`multiprocessing.Pipe` end, same wire format) with fewer
+    copies.  Connection.recv reads a message in socket-buffer-sized chunks, each a new bytes
     object, appends them to a BytesIO that grows by reallocation, then unpickles from it: a
     worker's reply (~600 bytes a message, ~1.2 MB a part) was copied three to four times in
     the main process's event loop.  Here the kernel copies it once, straight into one buffer of
-    the announced size, and unpickling copies the rows out of it."""
+    the announced size, and unpickling copies the rows out of it.  The workers read their
+    hand-overs (the frames of a read) with it too."""
     fd = conn.fileno()
     head = bytearray(4)
     _read_into(fd, memoryview(head))
@@ -453,7 +454,7 @@ def worker_main(conn, config_path: str, wid: int, log_level: str) -> None:
     def reader():
         while True:
             try:
-                inbox.put(conn.recv())
+                inbox.put(recv_object(conn))
             except (EOFError, OSError):
                 inbox.put(("stop",))
                 return
