@@ -2356,7 +2356,9 @@ typedef struct {
     int nkeys;
     lane_tab tabs[LANE_TABS];
     int ntabs, nexttab;
-    PyObject *hkey[LANE_HEADS][7], *hhit[LANE_HEADS];  /* LEEF headers looked up, and their entries */
+    /* LEEF headers looked up, and their entries: the 7 parts of the renderer's key and the
+     * renderer's cache (lheads) itself, as sinks with different headers share the parts */
+    PyObject *hkey[LANE_HEADS][8], *hhit[LANE_HEADS];
     const char *pname[P_N];            /* the params' names (ASCII), and whether rx_used has each */
     Py_ssize_t plen[P_N];
     int pused[P_N];
@@ -3088,11 +3090,11 @@ static PyObject *lane_leef(lane_batch *lb, const lane_ev *le, PyObject *spec)
     PyObject *fac = PyLong_FromLong(le->pri >> 3);
     if (!fac)
         goto error;
-    PyObject *kv[7] = {fac, band, host, app, msgid, profile, event_id};
+    PyObject *kv[8] = {fac, band, host, app, msgid, profile, event_id, lheads};
     size_t hs = (lane_addr_hash(host) ^ lane_addr_hash(msgid) ^ lane_addr_hash(event_id) ^ (size_t)(le->pri >> 3)
-                 ^ lane_addr_hash(band)) & (LANE_HEADS - 1);
+                 ^ lane_addr_hash(band) ^ lane_addr_hash(lheads)) & (LANE_HEADS - 1);
     int same = lb->hhit[hs] != NULL;
-    for (int k = 0; k < 7 && same; k++)
+    for (int k = 0; k < 8 && same; k++)
         same = lb->hkey[hs][k] == kv[k];
     if (!same) {
         PyObject *key = PyTuple_Pack(7, fac, band, host, app, msgid, profile, event_id);
@@ -3108,7 +3110,7 @@ static PyObject *lane_leef(lane_batch *lb, const lane_ev *le, PyObject *spec)
                 goto error;
             goto none;
         }
-        for (int k = 0; k < 7; k++)
+        for (int k = 0; k < 8; k++)
             Py_XSETREF(lb->hkey[hs][k], Py_NewRef(kv[k]));
         Py_XSETREF(lb->hhit[hs], Py_NewRef(hit));
     }
@@ -3372,7 +3374,7 @@ static PyObject *py_stage_batch(PyObject *self, PyObject *args)
     for (int j = 0; j < nm; j++)
         Py_XDECREF(mvals[j]);
     for (int j = 0; j < LANE_HEADS; j++) {
-        for (int k = 0; k < 7; k++)
+        for (int k = 0; k < 8; k++)
             Py_XDECREF(lb.hkey[j][k]);
         Py_XDECREF(lb.hhit[j]);
     }

@@ -357,6 +357,38 @@ def test_the_lane_on_near_misses_is_the_object_path(monkeypatch, tmp_path):
     assert (taken > 500 or native.leef_line is None) and declined > 500, (taken, declined)
 
 
+def test_the_lane_keeps_each_sinks_leef_header(monkeypatch, tmp_path):
+    """Events routed to three LEEF sinks with different headers (LEEF 2.0, LEEF 1.0 with its
+    own vendor, product and version, a tab delimiter): each line has its own sink's header.
+    The routes split on the user, which is not part of a header: events with the same header
+    parts go to different sinks in one batch.  The lane remembers the headers it looked up per
+    batch; their key is the renderer's (the facility, the band, host, app, msgid, profile and
+    event id, which the sinks share) and the sink's own header cache, which it once lacked: a
+    line got the header another sink had looked up for the same parts."""
+    msgs = _lane_corpus(1500, seed=23)
+    text = differential.SOURCES + differential.SINKS + """
+[routes.a]
+match = 'user == "jdoe"'
+sinks = ["leef"]
+final = true
+
+[routes.b]
+match = 'user == "asmith" or risk_score >= 90'
+sinks = ["leef1"]
+final = true
+
+[routes.c]
+match = 'not (user == "jdoe")'
+sinks = ["leefx"]
+"""
+    (recs, _, _), taken, _ = _lane_counts(lambda: _both(monkeypatch, tmp_path, text, msgs, sources=("tcp",),
+                                                        batch=150)[0])
+    assert taken > 300 or native.leef_line is None, taken
+    heads = {s: {line.split(b" - ", 2)[-1].split(b"|cat=")[0][:40] for r in recs for line in r[0].get(s, ((),))[0]}
+             for s in ("leef", "leef1", "leefx")}
+    assert all(heads.values()) and not (heads["leef"] & heads["leef1"]), heads
+
+
 def test_the_lane_is_off_for_rules_it_cannot_evaluate(monkeypatch, tmp_path):
     from bench_e2e import message
     msgs = [message(i, True).rstrip("\n").encode() for i in range(300)]
