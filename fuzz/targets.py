@@ -383,14 +383,21 @@ sinks = ["json"]
 '''
 #: the same sinks, with routes the native stage's lane evaluates (comparisons, and/or/not)
 _STAGE_CFG_LANE = _STAGE_CFG.split("[routes.high]")[0] + '''
+[sinks.leef1]
+type = "syslog"
+address = "127.0.0.1:3"
+format = "leef1"
+leef_vendor = "Acme"
+leef_version = "9"
+
 [routes.high]
-match = 'app_name == "SigmaIncident" and risk_score >= 70'
+match = 'app_name == "SigmaIncident" and risk_score >= 70 and user exists'
 sinks = ["leef"]
 final = true
 
 [routes.low]
-match = 'risk_score < 70 or hostname == "rx-01" or severity == "low" or not (status == "open")'
-sinks = ["leef"]
+match = 'risk_score < 70 or hostname == "rx-01" or severity == "low" or not (status == "open") or tactic not exists'
+sinks = ["leef1"]
 final = true
 
 [routes.rest]

@@ -1932,6 +1932,8 @@ static PyObject *py_frame_spans(PyObject *self, PyObject *args)
  * ------------------------------------------------------------------------------------------ */
 enum { P_CONST, P_AND, P_OR, P_NOT, P_CALL, P_CMP };
 enum { G_BARE, G_ATTR, G_CALL };
+/* P_CMP's op beyond Py_LT..Py_GE: presence (relay.rules._RICH), the value is not None / is None */
+enum { OP_EXISTS = 6, OP_MISSING = 7 };
 
 static int prog_bad(void)
 {
@@ -2035,6 +2037,11 @@ static int prog_cmp(PyObject *node, PyObject *ev)
         return prog_bad();
     PyObject *k1 = PyTuple_GET_ITEM(node, 2), *k2 = PyTuple_GET_ITEM(node, 3);
     PyObject *r;
+    long cop = PyLong_AsLong(PyTuple_GET_ITEM(node, 4));
+    if (v && (cop == OP_EXISTS || cop == OP_MISSING)) {     /* a value that is not None */
+        Py_DECREF(v);
+        return cop == OP_EXISTS;
+    }
     if (!v) {           /* None: test(None), a constant computed at compile time when it could be */
         PyObject *c = PyTuple_GET_ITEM(node, 10);
         if (PyBool_Check(c))
@@ -2047,7 +2054,7 @@ static int prog_cmp(PyObject *node, PyObject *ev)
         return t;
     }
     if ((PyObject *)Py_TYPE(v) == k1 || (PyObject *)Py_TYPE(v) == k2)
-        r = PyObject_RichCompare(v, PyTuple_GET_ITEM(node, 5), (int)PyLong_AsLong(PyTuple_GET_ITEM(node, 4)));
+        r = PyObject_RichCompare(v, PyTuple_GET_ITEM(node, 5), (int)cop);
     else
         r = PyObject_CallOneArg(PyTuple_GET_ITEM(node, 6), v);
     Py_DECREF(v);
@@ -2531,7 +2538,7 @@ static int lane_prog_ok(PyObject *node, int depth)
                 return 0;
         } else if (g != G_BARE)
             return 0;
-        return cop >= Py_LT && cop <= Py_GE;
+        return (cop >= Py_LT && cop <= Py_GE) || cop == OP_EXISTS || cop == OP_MISSING;
     }
     default:
         return 0;
@@ -2575,13 +2582,16 @@ static int lane_eval(PyObject *node, lane_batch *lb, const lane_ev *le)
             PyObject *c = PyTuple_GET_ITEM(node, 10);
             return PyBool_Check(c) ? c == Py_True : -2;
         }
+        long cop = PyLong_AsLong(PyTuple_GET_ITEM(node, 4));
+        if (cop == OP_EXISTS || cop == OP_MISSING)      /* present; extra: the object path says */
+            return v.kind == LV_EXTRA ? -2 : cop == OP_EXISTS;
         PyObject *o = lv_obj(&v);
         if (!o)
             return PyErr_Occurred() ? -1 : -2;
         PyObject *k1 = PyTuple_GET_ITEM(node, 2), *k2 = PyTuple_GET_ITEM(node, 3), *cst = PyTuple_GET_ITEM(node, 5);
         int r = -2;
         if (((PyObject *)Py_TYPE(o) == k1 || (PyObject *)Py_TYPE(o) == k2) && lane_plain_pair(o, cst)) {
-            PyObject *res = PyObject_RichCompare(o, cst, (int)PyLong_AsLong(PyTuple_GET_ITEM(node, 4)));
+            PyObject *res = PyObject_RichCompare(o, cst, (int)cop);
             r = res ? PyObject_IsTrue(res) : -1;
             Py_XDECREF(res);
         }
@@ -3433,7 +3443,8 @@ static struct PyModuleDef moddef = {
 PyMODINIT_FUNC PyInit__speedups(void)
 {
     PyObject *m = PyModule_Create(&moddef);
-    if (m && PyModule_AddIntConstant(m, "ABI", 1) < 0) {
+    /* parsers.native.ABI: raise both with every change of what the Python code hands over */
+    if (m && PyModule_AddIntConstant(m, "ABI", 2) < 0) {
         Py_DECREF(m);
         return NULL;
     }

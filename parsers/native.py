@@ -52,12 +52,20 @@ def parse_items_pure(items: list, lenient: bool, received: float | None, source:
             for raw, peer in items]
 
 
+#: What the Python code expects of ``_speedups`` (its ``ABI``): raised with every change of what
+#: one hands the other (2: the rule programs' presence codes, relay.rules._RICH).
+ABI = 2
+
+
 def _import():
     """-> (the configured extension module or None, why not)."""
     try:
         from . import _speedups
     except ImportError as e:
         return None, f"the accelerator is not built ({e})"
+    if getattr(_speedups, "ABI", None) != ABI:      # built from other sources: never half-use it
+        return None, (f"the accelerator was built from other sources (ABI {getattr(_speedups, 'ABI', None)}, "
+                      f"this code needs {ABI}: rebuild it, ./scripts/setup)")
     try:
         _speedups.configure(Event, FORMAT_RFC5424)
         _rx_configure(_speedups)

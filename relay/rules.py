@@ -848,6 +848,37 @@ def _leaf(cmp: _Cmp, errs: list):
             leaf._fast = (None, get, k1, k2, cmp_, lit, test)
         return leaf
 
+    if op in ("exists", "not exists"):
+        # presence has a fast form too: the native stage and the lane test it without a call
+        # into Python (``cmp_`` is the test itself: _program maps it to its own code; no value
+        # has the types None, None, so _and_fast calls the test)
+        if p.kind == "bare" and len(p.segs) == 1:
+            key = p.root
+
+            def leaf(ev):
+                try:
+                    f = ev.fields
+                    v = f.get(key) if f else None
+                    if v is None:
+                        e = ev.enrich
+                        v = e.get(key) if e else None
+                    return test(v)
+                except Exception:
+                    errs[0] += 1
+                    gerr[0] += 1
+                    return False
+            leaf._fast = (key, None, None, None, test, None, test)
+        else:
+            def leaf(ev):
+                try:
+                    return test(get(ev))
+                except Exception:
+                    errs[0] += 1
+                    gerr[0] += 1
+                    return False
+            leaf._fast = (None, get, None, None, test, None, test)
+        return leaf
+
     def leaf(ev):
         try:
             return test(get(ev))
@@ -1050,17 +1081,19 @@ P_CONST, P_AND, P_OR, P_NOT, P_CALL, P_CMP = range(6)
 #: getters of P_CMP: (G_BARE, key): fields then enrich, as a bare name; (G_ATTR, name): an
 #: Event attribute (a header field); (G_CALL, get): the path's own getter
 G_BARE, G_ATTR, G_CALL = range(3)
-_RICH = {eq: 2, ne: 3, lt: 0, le: 1, gt: 4, ge: 5}     # Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE
+_RICH = {eq: 2, ne: 3, lt: 0, le: 1, gt: 4, ge: 5,     # Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE
+         _exists: 6, _missing: 7}                   # presence: the value is not None / is None
 _NO_CONST = object()
 
 
 def _program(node, leaf_of: dict, errs: list) -> tuple:
     """The compiled rule ``node`` as nested tuples with the same result, the same short
     circuits and the same error counts as the closures of :func:`_build`: a comparison with a
-    fast form (``leaf._fast``: ``==``, ``!=`` or an ordering on one path) is a P_CMP node the native code
-    evaluates (its own compare when the value has the literal's exact type, ``test(v)`` in
-    Python otherwise, ``errs``/``gerr`` counted on an exception as the leaf does; ``if_none``
-    is ``test(None)`` computed once, or ``_NO_CONST``); any other comparison is its closure,
+    fast form (``leaf._fast``: ``==``, ``!=``, an ordering, ``exists`` or ``not exists`` on one
+    path) is a P_CMP node the native code evaluates (its own compare when the value has the
+    literal's exact type, presence for ``exists``, ``test(v)`` in Python otherwise,
+    ``errs``/``gerr`` counted on an exception as the leaf does; ``if_none`` is ``test(None)``
+    computed once, or ``_NO_CONST``); any other comparison is its closure,
     called (P_CALL)."""
     if isinstance(node, _Const):
         return (P_CONST, bool(node.value))

@@ -62,6 +62,19 @@ def _version(env_pure: bool) -> dict:
 
 
 @needs_native
+def test_an_accelerator_built_from_other_sources_is_not_used(monkeypatch):
+    """The Python code and the C code hand each other programs and tables whose shapes change
+    together (a rule program's op codes, say): a module whose ABI is not parsers.native.ABI
+    (a stale build beside newer code) is refused with the reason, and the Python path runs."""
+    from parsers import _speedups
+    assert _speedups.ABI == native.ABI
+    monkeypatch.setattr(_speedups, "ABI", native.ABI - 1)
+    mod, why = native._import()
+    assert mod is None and "built from other sources" in why and "rebuild" in why
+    monkeypatch.delattr(_speedups, "ABI")
+    assert native._import()[0] is None
+
+
 def test_relay_version_names_the_path_and_relay_pure_forces_python():
     on, off = _version(False), _version(True)
     assert on["hot_path"] == "native" and "_speedups" in on["hot_path_detail"], on

@@ -392,11 +392,29 @@ sinks = ["leefx"]
 def test_the_lane_is_off_for_rules_it_cannot_evaluate(monkeypatch, tmp_path):
     from bench_e2e import message
     msgs = [message(i, True).rstrip("\n").encode() for i in range(300)]
-    for rule in ('risk_score >= 70 and user contains "o"', 'risk_score exists', 'sd.incident@32473.risk_score == "70"',
+    for rule in ('risk_score >= 70 and user contains "o"', 'user matches /o/', 'sd.incident@32473.risk_score == "70"',
                  'procid == "1001"', 'msgid in ["created"]', 'user != true'):
         text = differential.SOURCES + differential.SINKS + f"[routes.r]\nmatch = '{rule}'\nsinks = [\"leef\"]\n"
         _, taken, declined = _lane_counts(lambda: _both(monkeypatch, tmp_path, text, msgs, sources=("tcp",), batch=100))
         assert taken == declined == 0, rule
+
+
+def test_the_lane_takes_exists(monkeypatch, tmp_path):
+    """``exists`` and ``not exists`` on a canonical field or a header field are presence tests
+    the lane and the native stage evaluate without calling Python (relay.rules: their fast
+    form), absent and None values included; ``extra`` (not a value the lane has) declines."""
+    from relay import rules
+    for text in ("risk_score exists", "tactic not exists", "hostname exists", "msgid not exists"):
+        assert rules.compile_rule(text).program[0] == rules.P_CMP, text
+    msgs = _lane_corpus(1500, seed=29)
+    for rule in ('format exists', 'risk_score exists and user exists', 'tactic not exists and risk_score >= 70',
+                 'not (entity exists) or msgid not exists', 'hostname exists and app_name exists'):
+        text = differential.SOURCES + differential.SINKS + f"[routes.r]\nmatch = '{rule}'\nsinks = [\"leef\"]\n"
+        _, taken, declined = _lane_counts(lambda: _both(monkeypatch, tmp_path, text, msgs, sources=("tcp",), batch=100))
+        assert taken > 300 or native.leef_line is None, (rule, taken, declined)
+    text = differential.SOURCES + differential.SINKS + "[routes.r]\nmatch = 'extra exists'\nsinks = [\"leef\"]\n"
+    _, taken, declined = _lane_counts(lambda: _both(monkeypatch, tmp_path, text, msgs, sources=("tcp",), batch=100))
+    assert taken == 0 and (declined > 300 or native.leef_line is None), (taken, declined)
 
 
 def test_the_lane_takes_not_equal(monkeypatch, tmp_path):
