@@ -38,6 +38,8 @@ def run(coro, timeout: float = 30.0):
 
 def cfg(type_: str, **kw) -> SourceConfig:
     kw.setdefault("address", (LOOP, 0))
+    if type_ == "udp":          # each drain hands over at once, unless a test is about batch_linger
+        kw.setdefault("options", {"batch_linger": 0.0})
     return SourceConfig(name=f"test-{type_}-{next(_ids)}", type=type_, **kw)
 
 
@@ -519,6 +521,68 @@ def test_udp_stop_hands_over_what_the_kernel_holds():
         assert len(p.items) == 10
         assert src.kernel_drops() == 0
     run(main())
+
+
+def test_udp_batch_linger_gathers_drains_into_batches():
+    """batch_linger: a drain's short batch waits for the next drains; it goes when the linger,
+    counted from its first datagram, is over, or at once when a drain fills it (BATCH); stop
+    hands over what is held; the order is kept throughout."""
+    from relay.sources.base import BATCH
+
+    async def main():
+        # the linger: 5 datagrams sent at once are one drain's batch, held 0.3 s, then one call
+        p = FakePipeline()
+        src = UdpSource(cfg("udp", options={"batch_linger": 0.3}), p)
+        await src.start()
+        c = udp_client()
+        try:
+            t0 = time.monotonic()
+            for i in range(5):
+                c.sendto(b"<13>t%d" % i, src.bound_address)
+            await until(lambda: p.calls, what="the held batch")
+            waited = time.monotonic() - t0
+            assert waited >= 0.3 - 0.01, waited        # never before the linger is over
+            assert [len(x) for x in p.calls] == [5] and p.messages == [b"<13>t%d" % i for i in range(5)]
+        finally:
+            c.close()
+            await src.stop(1)
+        # a drain that fills the held batch hands it over at once (a linger that cannot be over
+        # during the test: options are not checked here); what stays is held until stop
+        p = FakePipeline()
+        src = UdpSource(cfg("udp", options={"batch_linger": 600}), p)
+        await src.start()
+        c = udp_client()
+        try:
+            for i in range(BATCH - 10):
+                c.sendto(b"<13>a%d" % i, src.bound_address)
+            await until(lambda: metric(src, "relay_received_total") == BATCH - 10, what="the first part")
+            assert p.calls == [] and src._held_h is not None
+            for i in range(30):
+                c.sendto(b"<13>b%d" % i, src.bound_address)
+            await until(lambda: p.calls, what="the full batch")
+            assert len(p.calls[0]) >= BATCH
+            for i in range(3):
+                c.sendto(b"<13>c%d" % i, src.bound_address)
+            await until(lambda: metric(src, "relay_received_total") == BATCH + 23, what="the last 3")
+        finally:
+            c.close()
+            await src.stop(1)
+        assert p.messages == [b"<13>a%d" % i for i in range(BATCH - 10)] + [b"<13>b%d" % i for i in range(30)] + \
+            [b"<13>c%d" % i for i in range(3)]
+        assert src._held is None and src._held_h is None
+    run(main())
+
+
+def test_udp_batch_linger_config():
+    from relay.config import loads
+    from relay.checks import ConfigError
+    c = loads('[sources.u]\ntype = "udp"\naddress = "127.0.0.1:0"\n')
+    assert c.sources["u"].options["batch_linger"] == 0.005
+    c = loads('[sources.u]\ntype = "udp"\naddress = "127.0.0.1:0"\nbatch_linger = 0\n')
+    assert c.sources["u"].options["batch_linger"] == 0.0
+    for bad, why in (("2", "must be 0..1 seconds"), ("-0.1", "must be 0..1 seconds"), ('"5ms"', "must be a float")):
+        with pytest.raises(ConfigError, match=why):
+            loads(f'[sources.u]\ntype = "udp"\naddress = "127.0.0.1:0"\nbatch_linger = {bad}\n')
 
 
 def test_udp_pipeline_future_failure_is_logged_not_raised(caplog):
