@@ -396,7 +396,7 @@ sinks = ["leef"]
 final = true
 
 [routes.low]
-match = 'risk_score < 70 or hostname == "rx-01" or severity == "low" or not (status == "open") or tactic not exists'
+match = 'risk_score < 70 or hostname in ["rx-01", "rx-07"] or severity == "low" or status not in ["open"] or tactic not exists'
 sinks = ["leef1"]
 final = true
 

@@ -1932,8 +1932,9 @@ static PyObject *py_frame_spans(PyObject *self, PyObject *args)
  * ------------------------------------------------------------------------------------------ */
 enum { P_CONST, P_AND, P_OR, P_NOT, P_CALL, P_CMP };
 enum { G_BARE, G_ATTR, G_CALL };
-/* P_CMP's op beyond Py_LT..Py_GE: presence (relay.rules._RICH), the value is not None / is None */
-enum { OP_EXISTS = 6, OP_MISSING = 7 };
+/* P_CMP's op beyond Py_LT..Py_GE (relay.rules._RICH): presence, the value is not None / is None;
+ * membership, the value is / is not in the literal (a frozenset) */
+enum { OP_EXISTS = 6, OP_MISSING = 7, OP_IN = 8, OP_NOT_IN = 9 };
 
 static int prog_bad(void)
 {
@@ -2053,9 +2054,21 @@ static int prog_cmp(PyObject *node, PyObject *ev)
         Py_DECREF(r);
         return t;
     }
-    if ((PyObject *)Py_TYPE(v) == k1 || (PyObject *)Py_TYPE(v) == k2)
+    if ((PyObject *)Py_TYPE(v) == k1 || (PyObject *)Py_TYPE(v) == k2) {
+        if (cop == OP_IN || cop == OP_NOT_IN) {
+            PyObject *members = PyTuple_GET_ITEM(node, 5);
+            if (!PyFrozenSet_CheckExact(members)) {
+                Py_DECREF(v);
+                return prog_bad();
+            }
+            int c = PySet_Contains(members, v);
+            Py_DECREF(v);
+            if (c < 0)
+                return prog_caught(node);
+            return cop == OP_IN ? c : !c;
+        }
         r = PyObject_RichCompare(v, PyTuple_GET_ITEM(node, 5), (int)cop);
-    else
+    } else
         r = PyObject_CallOneArg(PyTuple_GET_ITEM(node, 6), v);
     Py_DECREF(v);
     if (!r)
@@ -2538,6 +2551,8 @@ static int lane_prog_ok(PyObject *node, int depth)
                 return 0;
         } else if (g != G_BARE)
             return 0;
+        if (cop == OP_IN || cop == OP_NOT_IN)
+            return PyFrozenSet_CheckExact(PyTuple_GET_ITEM(node, 5));
         return (cop >= Py_LT && cop <= Py_GE) || cop == OP_EXISTS || cop == OP_MISSING;
     }
     default:
@@ -2590,7 +2605,13 @@ static int lane_eval(PyObject *node, lane_batch *lb, const lane_ev *le)
             return PyErr_Occurred() ? -1 : -2;
         PyObject *k1 = PyTuple_GET_ITEM(node, 2), *k2 = PyTuple_GET_ITEM(node, 3), *cst = PyTuple_GET_ITEM(node, 5);
         int r = -2;
-        if (((PyObject *)Py_TYPE(o) == k1 || (PyObject *)Py_TYPE(o) == k2) && lane_plain_pair(o, cst)) {
+        if (cop == OP_IN || cop == OP_NOT_IN) {     /* frozenset members of the value's own kind */
+            if ((PyObject *)Py_TYPE(o) == k1 || (PyObject *)Py_TYPE(o) == k2) {
+                r = PySet_Contains(cst, o);
+                if (r >= 0 && cop == OP_NOT_IN)
+                    r = !r;
+            }
+        } else if (((PyObject *)Py_TYPE(o) == k1 || (PyObject *)Py_TYPE(o) == k2) && lane_plain_pair(o, cst)) {
             PyObject *res = PyObject_RichCompare(o, cst, (int)cop);
             r = res ? PyObject_IsTrue(res) : -1;
             Py_XDECREF(res);
@@ -3444,7 +3465,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
 {
     PyObject *m = PyModule_Create(&moddef);
     /* parsers.native.ABI: raise both with every change of what the Python code hands over */
-    if (m && PyModule_AddIntConstant(m, "ABI", 2) < 0) {
+    if (m && PyModule_AddIntConstant(m, "ABI", 3) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -53,8 +53,8 @@ def parse_items_pure(items: list, lenient: bool, received: float | None, source:
 
 
 #: What the Python code expects of ``_speedups`` (its ``ABI``): raised with every change of what
-#: one hands the other (2: the rule programs' presence codes, relay.rules._RICH).
-ABI = 2
+#: one hands the other (2: the rule programs' presence codes, relay.rules._RICH; 3: membership).
+ABI = 3
 
 
 def _import():

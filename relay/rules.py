@@ -723,6 +723,73 @@ def _missing(v):
     return v is None
 
 
+def _member(v, members) -> bool:
+    return v in members
+
+
+def _not_member(v, members) -> bool:
+    return v not in members
+
+
+def _member_fast(items: list, test, negate: bool, p: _Path, errs: list, gerr: list):
+    """``in`` / ``not in`` with a list of plain strings (none of them numeric- or
+    boolean-looking) or of numbers only: a value of that kind is a member of the list's
+    frozenset or not, which the native stage and the lane test themselves (``cmp_`` is
+    :func:`_member` / :func:`_not_member`); any other value goes to the full test, negated
+    for ``not in`` as every negated comparison is (None and a missing field: false).  None
+    for any other list (the usual closure)."""
+    if not items:
+        return None
+    if all(x.__class__ is str and _num(x) is None and _as_bool(x) is None for x in items):
+        k1 = k2 = str
+    elif all(_is_num(x) for x in items):
+        k1, k2 = int, float
+    else:
+        return None
+    members = frozenset(items)
+    if negate:
+        in_test = test
+
+        def test(v):
+            return v is not None and not in_test(v)
+    cmp_ = _not_member if negate else _member
+    if p.kind == "bare" and len(p.segs) == 1:
+        key = p.root
+
+        def leaf(ev):
+            try:
+                f = ev.fields
+                v = f.get(key) if f else None
+                if v is None:
+                    e = ev.enrich
+                    v = e.get(key) if e else None
+                c = v.__class__
+                if c is k1 or c is k2:
+                    return (v in members) is not negate
+                return test(v)
+            except Exception:
+                errs[0] += 1
+                gerr[0] += 1
+                return False
+        leaf._fast = (key, None, k1, k2, cmp_, members, test)
+    else:
+        get = p.get
+
+        def leaf(ev):
+            try:
+                v = get(ev)
+                c = v.__class__
+                if c is k1 or c is k2:
+                    return (v in members) is not negate
+                return test(v)
+            except Exception:
+                errs[0] += 1
+                gerr[0] += 1
+                return False
+        leaf._fast = (None, get, k1, k2, cmp_, members, test)
+    return leaf
+
+
 def _leaf(cmp: _Cmp, errs: list):
     """The closure ev -> bool for one comparison."""
     p, op, operand = cmp.path, cmp.op, cmp.operand
@@ -793,6 +860,11 @@ def _leaf(cmp: _Cmp, errs: list):
         def ne_test(v):
             return v is not None and not eq_test(v)
         test, negate = ne_test, False
+
+    if op in ("in", "not in"):
+        fast = _member_fast(operand.value, test, negate, p, errs, gerr)
+        if fast is not None:
+            return fast
 
     if negate:
         def leaf(ev):
@@ -1082,16 +1154,18 @@ P_CONST, P_AND, P_OR, P_NOT, P_CALL, P_CMP = range(6)
 #: Event attribute (a header field); (G_CALL, get): the path's own getter
 G_BARE, G_ATTR, G_CALL = range(3)
 _RICH = {eq: 2, ne: 3, lt: 0, le: 1, gt: 4, ge: 5,     # Py_EQ, Py_NE, Py_LT, Py_LE, Py_GT, Py_GE
-         _exists: 6, _missing: 7}                   # presence: the value is not None / is None
+         _exists: 6, _missing: 7,                   # presence: the value is not None / is None
+         _member: 8, _not_member: 9}                # in / not in a frozenset of the literals
 _NO_CONST = object()
 
 
 def _program(node, leaf_of: dict, errs: list) -> tuple:
     """The compiled rule ``node`` as nested tuples with the same result, the same short
     circuits and the same error counts as the closures of :func:`_build`: a comparison with a
-    fast form (``leaf._fast``: ``==``, ``!=``, an ordering, ``exists`` or ``not exists`` on one
-    path) is a P_CMP node the native code evaluates (its own compare when the value has the
-    literal's exact type, presence for ``exists``, ``test(v)`` in Python otherwise,
+    fast form (``leaf._fast``: ``==``, ``!=``, an ordering, ``exists``, ``not exists``, or
+    ``in``/``not in`` a list of plain strings or of numbers, on one path) is a P_CMP node the
+    native code evaluates (its own compare or set membership when the value has the literal's
+    exact type, presence for ``exists``, ``test(v)`` in Python otherwise,
     ``errs``/``gerr`` counted on an exception as the leaf does; ``if_none`` is ``test(None)``
     computed once, or ``_NO_CONST``); any other comparison is its closure,
     called (P_CALL)."""
