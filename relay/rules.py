@@ -752,7 +752,14 @@ def _member_fast(items: list, test, negate: bool, p: _Path, errs: list, gerr: li
 
         def test(v):
             return v is not None and not in_test(v)
-    cmp_ = _not_member if negate else _member
+    return _fast_leaf(p, k1, k2, _not_member if negate else _member, members, test, errs, gerr)
+
+
+def _fast_leaf(p: _Path, k1, k2, cmp_, lit, test, errs: list, gerr: list):
+    """The closure of a comparison with a fast form, and the form (``leaf._fast``, which
+    :func:`_program` and :func:`_and_fast` read): a value whose class is ``k1`` or ``k2`` is
+    ``cmp_(v, lit)``, any other ``test(v)`` (with its coercions); an exception is counted and
+    false.  A bare name's getter (fields, then enrich) is inlined."""
     if p.kind == "bare" and len(p.segs) == 1:
         key = p.root
 
@@ -765,28 +772,28 @@ def _member_fast(items: list, test, negate: bool, p: _Path, errs: list, gerr: li
                     v = e.get(key) if e else None
                 c = v.__class__
                 if c is k1 or c is k2:
-                    return (v in members) is not negate
+                    return cmp_(v, lit)
                 return test(v)
             except Exception:
                 errs[0] += 1
                 gerr[0] += 1
                 return False
-        leaf._fast = (key, None, k1, k2, cmp_, members, test)
-    else:
-        get = p.get
+        leaf._fast = (key, None, k1, k2, cmp_, lit, test)
+        return leaf
+    get = p.get
 
-        def leaf(ev):
-            try:
-                v = get(ev)
-                c = v.__class__
-                if c is k1 or c is k2:
-                    return (v in members) is not negate
-                return test(v)
-            except Exception:
-                errs[0] += 1
-                gerr[0] += 1
-                return False
-        leaf._fast = (None, get, k1, k2, cmp_, members, test)
+    def leaf(ev):
+        try:
+            v = get(ev)
+            c = v.__class__
+            if c is k1 or c is k2:
+                return cmp_(v, lit)
+            return test(v)
+        except Exception:
+            errs[0] += 1
+            gerr[0] += 1
+            return False
+    leaf._fast = (None, get, k1, k2, cmp_, lit, test)
     return leaf
 
 
@@ -885,71 +892,13 @@ def _leaf(cmp: _Cmp, errs: list):
     if lit is not None and lit is not True and lit is not False:
         cmp_ = eq if op == "==" else ne if op == "!=" else _ORDER[op]
         k1, k2 = (str, str) if lit.__class__ is str else (int, float)
-        if p.kind == "bare" and len(p.segs) == 1:
-            # the bare-name getter inlined: fields, then enrich
-            key = p.root
-
-            def leaf(ev):
-                try:
-                    f = ev.fields
-                    v = f.get(key) if f else None
-                    if v is None:
-                        e = ev.enrich
-                        v = e.get(key) if e else None
-                    c = v.__class__
-                    if c is k1 or c is k2:
-                        return cmp_(v, lit)
-                    return test(v)
-                except Exception:
-                    errs[0] += 1
-                    gerr[0] += 1
-                    return False
-            leaf._fast = (key, None, k1, k2, cmp_, lit, test)
-        else:
-            def leaf(ev):
-                try:
-                    v = get(ev)
-                    c = v.__class__
-                    if c is k1 or c is k2:
-                        return cmp_(v, lit)
-                    return test(v)
-                except Exception:
-                    errs[0] += 1
-                    gerr[0] += 1
-                    return False
-            leaf._fast = (None, get, k1, k2, cmp_, lit, test)
-        return leaf
+        return _fast_leaf(p, k1, k2, cmp_, lit, test, errs, gerr)
 
     if op in ("exists", "not exists"):
         # presence has a fast form too: the native stage and the lane test it without a call
-        # into Python (``cmp_`` is the test itself: _program maps it to its own code; no value
-        # has the types None, None, so _and_fast calls the test)
-        if p.kind == "bare" and len(p.segs) == 1:
-            key = p.root
-
-            def leaf(ev):
-                try:
-                    f = ev.fields
-                    v = f.get(key) if f else None
-                    if v is None:
-                        e = ev.enrich
-                        v = e.get(key) if e else None
-                    return test(v)
-                except Exception:
-                    errs[0] += 1
-                    gerr[0] += 1
-                    return False
-            leaf._fast = (key, None, None, None, test, None, test)
-        else:
-            def leaf(ev):
-                try:
-                    return test(get(ev))
-                except Exception:
-                    errs[0] += 1
-                    gerr[0] += 1
-                    return False
-            leaf._fast = (None, get, None, None, test, None, test)
-        return leaf
+        # into Python (``cmp_`` is the test itself, which _program maps to its own code; no
+        # value's class is None, so the closure and _and_fast call the test)
+        return _fast_leaf(p, None, None, test, None, test, errs, gerr)
 
     def leaf(ev):
         try:
