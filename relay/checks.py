@@ -8,7 +8,7 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["ConfigError", "parse_address", "positive", "non_negative", "http_url", "networks", "path_converter",
+__all__ = ["ConfigError", "parse_address", "positive", "non_negative", "within", "http_url", "networks", "path_converter",
            "existing_file", "pem_certificates", "pem_key", "cert_and_key", "cert_summary"]
 
 
@@ -40,6 +40,16 @@ def parse_address(text: str) -> tuple[str, int]:
 def positive(v):
     if v <= 0:
         raise ValueError(f"must be greater than 0, not {v}")
+
+
+def within(lo, hi, unit: str = ""):
+    """A check that ``lo <= v <= hi``: "must be lo..hi[ unit], not v"."""
+    what = f"{lo}..{hi}" + (f" {unit}" if unit else "")
+
+    def check(v):
+        if not lo <= v <= hi:
+            raise ValueError(f"must be {what}, not {v}")
+    return check
 
 
 def non_negative(v):

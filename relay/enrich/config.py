@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from ..secrets import read_secret
-from ..checks import non_negative as _non_negative, positive as _positive
+from ..checks import non_negative as _non_negative, positive as _positive, within as _within
 from .tables import FORMATS, KINDS, FileTable, Opts, TableError
 
 __all__ = ["EnrichConfig", "LookupConfig", "TriageConfig", "OwnerRule", "EscalateRule", "AuditConfig",
@@ -418,11 +418,7 @@ def _summary(t, base_dir: Path) -> SummaryConfig:
     s.max_tokens_per_minute = t.get("max_tokens_per_minute", int, s.max_tokens_per_minute, check=_non_negative)
     s.max_tokens = t.get("max_tokens", int, s.max_tokens, check=_positive)
     s.min_severity = t.get("min_severity", str, s.min_severity, choices=SEVERITIES)
-
-    def _wait(v):
-        if not 0 <= v <= 120:
-            raise ValueError(f"must be 0..120 seconds, not {v}")
-    s.wait = t.get("wait", float, s.wait, check=_wait)
+    s.wait = t.get("wait", float, s.wait, check=_within(0, 120, "seconds"))
     sinks = t.get("sinks", list, None, check=_strs)
     s.sinks = tuple(sinks) if sinks is not None else None
     s.system_prompt = t.get("system_prompt", str, s.system_prompt)

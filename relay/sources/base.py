@@ -6,6 +6,7 @@ import errno as _errno
 import logging
 from typing import Any
 
+from ..checks import within
 from ..logs import LogLimiter
 from ..metrics import REGISTRY
 
@@ -69,7 +70,7 @@ def read_listener(t, sc, base_dir, *, stream: bool) -> None:
     from ..checks import networks, non_negative, parse_address, positive
     sc.address = t.get("address", str, required=True, check=parse_address)
     sc.lenient = t.get("lenient", bool, False)
-    sc.max_message_size = t.get("max_message_size", int, 65536, check=_message_size)
+    sc.max_message_size = t.get("max_message_size", int, 65536, check=MESSAGE_SIZE)
     sc.oversize = t.get("oversize", str, "truncate", choices=("truncate", "drop"))
     sc.allow = t.get("allow", list, [], check=networks)
     if stream:
@@ -82,6 +83,5 @@ LISTENER_KEYS = ("address", "lenient", "max_message_size", "oversize", "allow")
 STREAM_KEYS = ("max_connections", "max_connections_per_ip", "idle_timeout")
 
 
-def _message_size(v):
-    if not 480 <= v <= 16 << 20:
-        raise ValueError(f"must be 480..16777216, not {v}")
+#: max_message_size's check (listeners and the http source)
+MESSAGE_SIZE = within(480, 16 << 20)

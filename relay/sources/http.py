@@ -65,7 +65,8 @@ from parsers.jsonmap import MapError, compile_map
 
 from .. import kinds
 from ..httpserver import BodyTimeout, BodyTooLarge, HttpServer, read_body, respond, server_tls
-from .base import Source, bind_error
+from ..checks import within
+from .base import MESSAGE_SIZE, Source, bind_error
 
 log = logging.getLogger("relay.sources.http")
 
@@ -115,9 +116,7 @@ def _paths(v):
     return tuple(p.rstrip("/") or "/" for p in v)
 
 
-def _size(v):
-    if not 1024 <= v <= 256 << 20:
-        raise ValueError(f"must be 1024..268435456 bytes, not {v}")
+_size = within(1024, 256 << 20, "bytes")
 
 
 def _pos(v):
@@ -131,8 +130,7 @@ def read_config(t, sc, base_dir: Path) -> None:
     sc.address = t.get("address", str, required=True, check=parse_address)
     sc.allow = t.get("allow", list, [], check=networks)
     sc.lenient = t.get("lenient", bool, False)
-    sc.max_message_size = t.get("max_message_size", int, 65536, check=lambda v: None if 480 <= v <= 16 << 20 else
-                                (_ for _ in ()).throw(ValueError(f"must be 480..16777216, not {v}")))
+    sc.max_message_size = t.get("max_message_size", int, 65536, check=MESSAGE_SIZE)
     fmt = t.get("format", str, "json", choices=FORMATS)
     paths = t.get("paths", list, [HEC_BASE] if fmt == "hec" else ["/ingest"], check=_paths)
     auth = t.get("auth", str, "bearer", choices=AUTHS)

@@ -68,7 +68,7 @@ from parsers.qradar import normalise_offense
 
 from ..secrets import redact
 from .. import kinds
-from ..checks import http_url
+from ..checks import http_url, within
 from .pull import (
     COMMON_KEYS,     AuthFailure, Backoff, ConfigFailure, PullSettings, PullSource, Secret, TransientFailure, jitter,
     make_event, read_common, read_secret,
@@ -126,8 +126,7 @@ def read_config(table, sc, base_dir: Path) -> None:
         max_per_poll=table.get("max_per_poll", int, 5000, check=_pos),
         resolve_context=table.get("resolve_context", bool, True),
         context_ttl=table.get("context_ttl", float, 3600.0, check=_pos),
-        top_events=table.get("top_events", int, 0, check=lambda v: None if 0 <= v <= 100 else
-                             (_ for _ in ()).throw(ValueError(f"must be 0..100, not {v}"))),
+        top_events=table.get("top_events", int, 0, check=within(0, 100)),
         ariel_timeout=table.get("ariel_timeout", float, 30.0, check=_pos),
     )
     sc.options["pull"] = st

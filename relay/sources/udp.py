@@ -407,16 +407,11 @@ class UdpSource(Source):
 # --------------------------------------------------------------------------- kind
 
 def read_config(t, sc, base_dir) -> None:
-    from ..checks import positive
+    from ..checks import positive, within
     from .base import read_listener
     read_listener(t, sc, base_dir, stream=False)
     sc.receive_buffer = t.get("receive_buffer", int, 4 << 20, check=positive)
-    sc.options["batch_linger"] = t.get("batch_linger", float, BATCH_LINGER, check=_linger)
-
-
-def _linger(v) -> None:
-    if not 0 <= v <= 1:
-        raise ValueError(f"must be 0..1 seconds, not {v}")
+    sc.options["batch_linger"] = t.get("batch_linger", float, BATCH_LINGER, check=within(0, 1, "seconds"))
 
 
 KIND = kinds.register_source(kinds.SourceKind(
