@@ -2605,16 +2605,16 @@ static int lane_eval(PyObject *node, lane_batch *lb, const lane_ev *le)
             return PyErr_Occurred() ? -1 : -2;
         PyObject *k1 = PyTuple_GET_ITEM(node, 2), *k2 = PyTuple_GET_ITEM(node, 3), *cst = PyTuple_GET_ITEM(node, 5);
         int r = -2;
-        if (cop == OP_IN || cop == OP_NOT_IN) {     /* frozenset members of the value's own kind */
-            if ((PyObject *)Py_TYPE(o) == k1 || (PyObject *)Py_TYPE(o) == k2) {
+        if ((PyObject *)Py_TYPE(o) == k1 || (PyObject *)Py_TYPE(o) == k2) {
+            if (cop == OP_IN || cop == OP_NOT_IN) {     /* a frozenset (lane_prog_ok) */
                 r = PySet_Contains(cst, o);
                 if (r >= 0 && cop == OP_NOT_IN)
                     r = !r;
+            } else if (lane_plain_pair(o, cst)) {
+                PyObject *res = PyObject_RichCompare(o, cst, (int)cop);
+                r = res ? PyObject_IsTrue(res) : -1;
+                Py_XDECREF(res);
             }
-        } else if (((PyObject *)Py_TYPE(o) == k1 || (PyObject *)Py_TYPE(o) == k2) && lane_plain_pair(o, cst)) {
-            PyObject *res = PyObject_RichCompare(o, cst, (int)cop);
-            r = res ? PyObject_IsTrue(res) : -1;
-            Py_XDECREF(res);
         }
         Py_DECREF(o);
         return r;
